@@ -1,0 +1,41 @@
+//! `ChangeBus`: tells a user's devices that something changed.
+//!
+//! The change log in the `MetaStore` is the truth; the bus only wakes devices up, carrying the
+//! events so that a device usually needs no extra request. A device that sees a gap in sequence
+//! numbers, or reconnects, catches up from the log with `changes since`.
+//!
+//! Two engines: in-process (`local.rs`, read by the long-poll route) and one SQS queue per device
+//! (AWS mode, read by the client directly). Both pass one conformance suite.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jewel_wire::{ChangeEvent, DeviceId, Listen, Seq};
+
+use crate::store::UserId;
+
+pub mod local;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("this change bus is not read by long-poll")]
+    PollUnsupported,
+    #[error("change bus failure: {0}")]
+    Backend(String),
+}
+
+pub type BusResult<T> = Result<T, BusError>;
+
+#[async_trait]
+pub trait ChangeBus: Send + Sync + 'static {
+    /// Prepares the device's channel (a queue in SQS) and says how the device listens.
+    async fn register_device(&self, user: &UserId, device: DeviceId) -> BusResult<Listen>;
+    /// Delivers committed events to the user's devices (all of them; a device skips its own).
+    async fn publish(&self, user: &UserId, devices: &[DeviceId], events: &[ChangeEvent]) -> BusResult<()>;
+    /// Waits until the user's newest sequence number exceeds `after` or `timeout` passes;
+    /// returns the newest sequence number known to the bus. Only for buses read by long-poll.
+    async fn wait_after(&self, user: &UserId, after: Seq, timeout: Duration) -> BusResult<Seq>;
+}

@@ -1,0 +1,1 @@
+//! The JewelFS client (see the crate description).

@@ -1,0 +1,442 @@
+//! The JewelFS wire protocol: every request, response, change event and error that crosses
+//! between the client (`jewelfs`), the service (`backend-lambda`) and the web portal.
+//!
+//! These types are defined here once and imported by both sides, so the two can never drift.
+//! Everything is JSON. Ids are `u64` values below 2^53 so that JavaScript (the portal) reads
+//! them exactly. Times are nanoseconds since the Unix epoch (`i64`), UTC.
+//!
+//! The routes, all under [`API_PREFIX`] and all requiring `Authorization: Bearer <token>`:
+//!
+//! | method | path | body → answer |
+//! |---|---|---|
+//! | GET | `/me` | → [`Me`] |
+//! | GET | `/nodes/{id}` | → [`Node`] |
+//! | GET | `/nodes/{id}/children?after=&limit=` | → [`ListPage`] |
+//! | GET | `/nodes/{id}/children/{name}` | → [`Node`] |
+//! | GET | `/lookup?path=/a/b` | → [`Node`] |
+//! | POST | `/nodes` | [`CreateNode`] → [`Node`] (201) |
+//! | PUT | `/nodes/{id}/content` | [`CommitContent`] → [`Node`] |
+//! | POST | `/nodes/{id}/move` | [`MoveNode`] → [`MoveResult`] |
+//! | PATCH | `/nodes/{id}` | [`SetAttr`] → [`Node`] |
+//! | DELETE | `/nodes/{id}?base_version=&recursive=` | → [`Node`] (the trashed node) |
+//! | GET | `/trash` | → [`TrashPage`] |
+//! | POST | `/trash/{id}/restore` | → [`Node`] |
+//! | POST | `/devices` | [`RegisterDevice`] → [`Device`] |
+//! | GET | `/changes?since=&limit=` | → [`ChangePage`], or 410 `cursor_too_old` |
+//! | GET | `/devices/{id}/poll?since=&timeout_ms=` | → [`ChangePage`] (long-poll) |
+//! | POST | `/blocks/missing` | [`BlockHashes`] → [`MissingBlocks`] |
+//! | POST | `/blocks/urls` | [`BlockHashes`] → [`BlockUrls`] |
+//!
+//! Mutating requests may carry [`DEVICE_HEADER`] naming the caller's device, so the change
+//! events they cause say which device caused them (a client skips its own echoes).
+
+use serde::{Deserialize, Serialize};
+
+/// Every API route lives under this prefix.
+pub const API_PREFIX: &str = "/api/v1";
+/// Header naming the device that makes a request.
+pub const DEVICE_HEADER: &str = "x-jewel-device";
+/// The id of every user's root directory.
+pub const ROOT_ID: NodeId = 1;
+/// Content is split into blocks of this size; a file of at most this size is one block.
+pub const BLOCK_SIZE: u64 = 4 * 1024 * 1024;
+/// Longest accepted name, in bytes (as most Linux filesystems).
+pub const MAX_NAME_BYTES: usize = 255;
+/// Longest accepted symlink target, in bytes.
+pub const MAX_SYMLINK_BYTES: usize = 4096;
+/// Largest number of hashes in one block request.
+pub const MAX_HASHES_PER_REQUEST: usize = 1024;
+/// Largest page size for listings and change feeds.
+pub const MAX_PAGE: u32 = 1000;
+
+pub type NodeId = u64;
+pub type DeviceId = u64;
+pub type Seq = u64;
+pub type Version = u64;
+/// Lower-case hex SHA-256 of one block's bytes.
+pub type BlockHash = String;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// A file, directory or symlink with everything `getattr`/`readdirplus` need.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: NodeId,
+    /// The parent directory; the root is its own parent.
+    pub parent: NodeId,
+    /// The name within the parent; empty for the root.
+    pub name: String,
+    pub kind: NodeKind,
+    /// Bytes of content (files), target length (symlinks), 0 (directories).
+    pub size: u64,
+    /// Permission bits (`0o7777` at most).
+    pub mode: u32,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i64,
+    /// Bumped by every change of content, place or attributes.
+    pub version: Version,
+    /// Content blocks in order (files only); each [`BLOCK_SIZE`] except the last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocks: Vec<BlockHash>,
+    /// The target (symlinks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+impl Node {
+    pub fn is_dir(&self) -> bool {
+        self.kind == NodeKind::Dir
+    }
+}
+
+/// File content as the service stores it: a size and the blocks that hold it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Content {
+    pub size: u64,
+    #[serde(default)]
+    pub blocks: Vec<BlockHash>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Me {
+    pub user: String,
+    pub root: NodeId,
+    /// The newest sequence number of this user's change log.
+    pub latest_seq: Seq,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListPage {
+    pub entries: Vec<Node>,
+    /// Pass as `after` for the next page; `None` when this page is the last.
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
+/// What to create: a file with content, a directory or a symlink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum NewKind {
+    File {
+        #[serde(default)]
+        content: Content,
+    },
+    Dir,
+    Symlink {
+        target: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateNode {
+    pub parent: NodeId,
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: NewKind,
+    /// Permission bits; defaults to 0o644 for files, 0o755 for directories, 0o777 symlinks.
+    #[serde(default)]
+    pub mode: Option<u32>,
+    /// Modification time; defaults to the server's now.
+    #[serde(default)]
+    pub mtime_ns: Option<i64>,
+}
+
+/// New content for a file, based on the version the writer started from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommitContent {
+    pub base_version: Version,
+    pub content: Content,
+    #[serde(default)]
+    pub mtime_ns: Option<i64>,
+}
+
+/// Rename and/or move, based on the version the mover saw.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MoveNode {
+    pub base_version: Version,
+    pub new_parent: NodeId,
+    pub new_name: String,
+    /// What to do when the target name is taken.
+    #[serde(default)]
+    pub mode: MoveMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveMode {
+    /// POSIX `rename`: an existing target (file, or empty directory) is replaced and trashed.
+    #[default]
+    Replace,
+    /// `RENAME_NOREPLACE`: refuse with 409 `exists` when the target name is taken.
+    NoReplace,
+    /// `RENAME_EXCHANGE`: swap the two nodes; the target must exist.
+    Exchange,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MoveResult {
+    pub node: Node,
+    /// The node that was replaced (now in the trash) or exchanged (now at the old place).
+    #[serde(default)]
+    pub other: Option<Node>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SetAttr {
+    #[serde(default)]
+    pub mode: Option<u32>,
+    #[serde(default)]
+    pub mtime_ns: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrashEntry {
+    /// The node as it was when deleted (its `parent`/`name` are where it lived).
+    pub node: Node,
+    pub deleted_at_ns: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrashPage {
+    pub entries: Vec<TrashEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterDevice {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    pub id: DeviceId,
+    pub name: String,
+    /// How this device hears about changes made elsewhere.
+    #[serde(default)]
+    pub listen: Listen,
+}
+
+/// Where a device's change notifications come from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "via", rename_all = "snake_case")]
+pub enum Listen {
+    /// Long-poll `GET /devices/{id}/poll` on the service (the embedded `ChangeBus`).
+    #[default]
+    Poll,
+}
+
+/// What one change did, as recorded in the user's change log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeOp {
+    /// The node was created, or its content, attributes or place changed: `node` is its new
+    /// state; `from` is where it was before when it moved.
+    Upsert,
+    /// The node (and everything below it) went to the trash: `node` is its last state.
+    Remove,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Place {
+    pub parent: NodeId,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeEvent {
+    pub seq: Seq,
+    pub op: ChangeOp,
+    pub node: Node,
+    /// The previous place of a moved node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Place>,
+    /// The device whose request caused the change, when it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceId>,
+    pub at_ns: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangePage {
+    pub events: Vec<ChangeEvent>,
+    /// The newest sequence number the service knows for this user; a client whose cursor is
+    /// below it after applying `events` asks again.
+    pub latest_seq: Seq,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlockHashes {
+    pub hashes: Vec<BlockHash>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockUrl {
+    pub hash: BlockHash,
+    /// Absolute (`http://…`) or relative to the service's base URL (`/blob/…`).
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MissingBlocks {
+    /// Upload URLs (HTTP PUT, body = the block's bytes) for each hash the store lacks.
+    pub missing: Vec<BlockUrl>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlockUrls {
+    /// Download URLs (HTTP GET) for each requested hash the store has.
+    pub urls: Vec<BlockUrl>,
+}
+
+/// Machine-readable error codes; each has one HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    InvalidName,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    /// The base version is stale: `current` holds the node as it is now.
+    Conflict,
+    /// The name is taken: `current` holds the node that has it.
+    Exists,
+    NotEmpty,
+    NotADirectory,
+    IsADirectory,
+    /// A commit names blocks the store does not have.
+    MissingBlocks,
+    /// The change-log cursor is older than the retained log: re-list.
+    CursorTooOld,
+    PayloadTooLarge,
+    Internal,
+    Unavailable,
+}
+
+impl ErrorCode {
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest
+            | ErrorCode::InvalidName
+            | ErrorCode::NotADirectory
+            | ErrorCode::IsADirectory
+            | ErrorCode::MissingBlocks => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Conflict | ErrorCode::Exists | ErrorCode::NotEmpty => 409,
+            ErrorCode::CursorTooOld => 410,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
+        }
+    }
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// For `conflict` and `exists`: the node as the service has it now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<Box<Node>>,
+    /// For `missing_blocks`: the hashes the store lacks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<BlockHash>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError { code, message: message.into(), current: None, missing: Vec::new() }
+    }
+
+    pub fn with_current(mut self, node: Node) -> Self {
+        self.current = Some(Box::new(node));
+        self
+    }
+}
+
+/// Why a name is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("a name cannot be empty")]
+    Empty,
+    #[error("a name cannot be '.' or '..'")]
+    Dots,
+    #[error("a name cannot contain '/'")]
+    Slash,
+    #[error("a name cannot contain NUL")]
+    Nul,
+    #[error("a name is at most {MAX_NAME_BYTES} bytes, this one has {0}")]
+    TooLong(usize),
+}
+
+/// Checks one path component, the same way on both sides.
+pub fn check_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name == "." || name == ".." {
+        return Err(NameError::Dots);
+    }
+    if name.contains('/') {
+        return Err(NameError::Slash);
+    }
+    if name.contains('\0') {
+        return Err(NameError::Nul);
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(NameError::TooLong(name.len()));
+    }
+    Ok(())
+}
+
+/// Whether a string is a well-formed block hash (64 lower-case hex digits).
+pub fn is_block_hash(hash: &str) -> bool {
+    hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The number of blocks a file of `size` bytes has.
+pub fn block_count(size: u64) -> u64 {
+    size.div_ceil(BLOCK_SIZE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert_eq!(check_name(""), Err(NameError::Empty));
+        assert_eq!(check_name(".."), Err(NameError::Dots));
+        assert_eq!(check_name("a/b"), Err(NameError::Slash));
+        assert_eq!(check_name("a\0b"), Err(NameError::Nul));
+        assert_eq!(check_name(&"x".repeat(256)), Err(NameError::TooLong(256)));
+        assert_eq!(check_name(&"x".repeat(255)), Ok(()));
+        assert_eq!(check_name("...") , Ok(()));
+    }
+
+    #[test]
+    fn create_node_json_is_flat() {
+        let body = r#"{"parent":1,"name":"a","kind":"file","content":{"size":0,"blocks":[]}}"#;
+        let req: CreateNode = serde_json::from_str(body).unwrap();
+        assert_eq!(req.kind, NewKind::File { content: Content::default() });
+        let dir: CreateNode = serde_json::from_str(r#"{"parent":1,"name":"d","kind":"dir"}"#).unwrap();
+        assert_eq!(dir.kind, NewKind::Dir);
+    }
+
+    #[test]
+    fn block_counts() {
+        assert_eq!(block_count(0), 0);
+        assert_eq!(block_count(1), 1);
+        assert_eq!(block_count(BLOCK_SIZE), 1);
+        assert_eq!(block_count(BLOCK_SIZE + 1), 2);
+    }
+}
