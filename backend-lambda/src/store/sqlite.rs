@@ -1,1 +1,1297 @@
-//! TODO
+//! The embedded `MetaStore`: one SQLite database file (WAL mode) holding users, devices, the
+//! tree of every user and their change logs.
+//!
+//! **Connections.** One writer connection behind a mutex and a small pool of reader
+//! connections ([`SqliteOptions::readers`]). In WAL mode readers never wait for the writer, so
+//! many concurrent metadata reads run in parallel while writes are serialised (SQLite allows one
+//! writer anyway; serialising in-process avoids busy retries). All SQLite work runs on tokio's
+//! blocking pool (`spawn_blocking`), never on an async worker. An in-memory database (tests) has
+//! no readers: everything goes through the writer connection.
+//!
+//! **Atomicity.** Every mutating method is one `BEGIN IMMEDIATE` transaction: it checks, writes
+//! the node rows, bumps the user's sequence counter and appends the events, or does nothing.
+//! Every multi-statement read runs in one read transaction, so it sees one snapshot.
+//!
+//! **Schema.** `users(id, name, token_hash, created_at_ns, latest_seq, trimmed_through)`;
+//! `devices(user, id, name)`; `nodes(user, id, parent, name, kind, size, mode, mtime_ns,
+//! version, blocks (JSON array), target, trashed_at_ns, trashed_by)`, with a unique index on
+//! `(user, parent, name)` over live nodes only (`trashed_at_ns IS NULL`), so a trashed node keeps
+//! its old place without blocking the name; `changes(user, seq, event JSON, at_ns)`. Every query
+//! names the user, so another user's id is simply not found.
+//!
+//! **Semantics** (the conformance suite checks each):
+//! - A node starts at version 1; content commits, moves, attribute changes and restores bump
+//!   it by one. A commit of identical content still bumps it (simplest; the client avoids
+//!   no-op commits). A stale base is `Conflict` with the current node. Removing does not bump:
+//!   the `Remove` event and the trash entry carry the node's last state.
+//! - The root (`ROOT_ID`, its own parent, name "") is created with the user; it cannot be
+//!   moved or removed (`InvalidMove`) and is never anyone's child.
+//! - `commit_content` on a directory is `IsADirectory`, on a symlink `InvalidMove` (only files
+//!   have content). A missing `mtime_ns` means "now" (`Origin::now_ns`).
+//! - Move follows POSIX `rename`: a file or symlink replaces a file or symlink, a directory
+//!   replaces an empty directory; a directory onto a non-directory is `NotADirectory`, a
+//!   non-directory onto a directory `IsADirectory`, onto a non-empty directory `NotEmpty`;
+//!   moving a node onto its own place is a successful no-op (no bump, no event). The replaced
+//!   node goes to the trash: its `Remove` event comes before the moved node's `Upsert` (which
+//!   carries `from`). `Exchange` swaps two places, bumps both and writes two `Upsert` events.
+//! - Removing marks the node and its live subtree trashed in one statement: every trashed node
+//!   records the top of its deletion (`trashed_by`); the top is the node with
+//!   `trashed_by = id`. Subtree nodes keep their parent, so restoring the top brings back exactly
+//!   that deletion (sub-deletions made earlier stay separate trash entries). A restored node goes
+//!   back to its parent, or to the root when the parent is gone; a taken name becomes
+//!   `name (restored)`, `name (restored 2)`, …
+//! - The change log is a contiguous suffix of seqs: trimming drops a prefix (every event up to
+//!   the newest one older than the cut, never the newest event) and records `trimmed_through`;
+//!   a cursor below it, or beyond the newest seq (a log from another life), is `CursorTooOld`.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jewel_wire::{
+    ChangeEvent, ChangeOp, ChangePage, Content, DeviceId, MoveMode, NewKind, Node, NodeId,
+    NodeKind, Place, Seq, SetAttr, TrashEntry, Version, ROOT_ID,
+};
+use rusqlite::{
+    params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior,
+};
+
+use super::{new_id, MetaStore, Moved, NewNode, Origin, StoreError, StoreResult, User, UserId};
+
+/// Knobs of the SQLite engine.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Reader connections. 4: enough to keep 2–4 cores busy with reads (each read is a few
+    /// microseconds of SQLite work), few enough to keep file handles and page caches small.
+    pub readers: usize,
+    /// How long a connection waits for a lock held by another process (an admin CLI run
+    /// beside the server) before failing. 5 s: long enough for any one transaction.
+    pub busy_timeout: Duration,
+    /// Page cache per connection, in KiB. 8 MiB: the hot part of a family's tree fits.
+    pub cache_kib: u32,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            readers: 4,
+            busy_timeout: Duration::from_secs(5),
+            cache_kib: 8 * 1024,
+        }
+    }
+}
+
+/// The SQLite `MetaStore`. Cheap to clone (all clones share the connections).
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    id              TEXT PRIMARY KEY,
+    name            TEXT NOT NULL UNIQUE,
+    token_hash      TEXT NOT NULL UNIQUE,
+    created_at_ns   INTEGER NOT NULL,
+    latest_seq      INTEGER NOT NULL DEFAULT 0,
+    trimmed_through INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS devices (
+    user TEXT NOT NULL,
+    id   INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    PRIMARY KEY (user, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nodes (
+    user          TEXT NOT NULL,
+    id            INTEGER NOT NULL,
+    parent        INTEGER NOT NULL,
+    name          TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    size          INTEGER NOT NULL,
+    mode          INTEGER NOT NULL,
+    mtime_ns      INTEGER NOT NULL,
+    version       INTEGER NOT NULL,
+    blocks        TEXT NOT NULL DEFAULT '[]',
+    target        TEXT,
+    trashed_at_ns INTEGER,
+    trashed_by    INTEGER,
+    PRIMARY KEY (user, id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS nodes_live_entry
+    ON nodes (user, parent, name) WHERE trashed_at_ns IS NULL;
+CREATE INDEX IF NOT EXISTS nodes_trash_group
+    ON nodes (user, trashed_by) WHERE trashed_by IS NOT NULL;
+CREATE TABLE IF NOT EXISTS changes (
+    user  TEXT NOT NULL,
+    seq   INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    at_ns INTEGER NOT NULL,
+    PRIMARY KEY (user, seq)
+) WITHOUT ROWID;
+PRAGMA user_version = 1;
+";
+
+const NODE_COLS: &str =
+    "id, parent, name, kind, size, mode, mtime_ns, version, blocks, target, trashed_at_ns";
+
+/// Turns rusqlite errors into `StoreError::Backend`.
+trait Db<T> {
+    fn db(self) -> StoreResult<T>;
+}
+
+impl<T> Db<T> for rusqlite::Result<T> {
+    fn db(self) -> StoreResult<T> {
+        self.map_err(|e| StoreError::Backend(format!("sqlite: {e}")))
+    }
+}
+
+fn json_err(e: serde_json::Error) -> StoreError {
+    StoreError::Backend(format!("stored JSON: {e}"))
+}
+
+/// A wire id as SQLite's signed integer; ids beyond `i64` cannot exist, so they become -1
+/// (never stored) instead of wrapping onto a real id.
+fn sql_id(id: u64) -> i64 {
+    i64::try_from(id).unwrap_or(-1)
+}
+
+fn kind_str(kind: NodeKind) -> &'static str {
+    match kind {
+        NodeKind::File => "file",
+        NodeKind::Dir => "dir",
+        NodeKind::Symlink => "symlink",
+    }
+}
+
+fn conversion_err(msg: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        Box::<dyn std::error::Error + Send + Sync>::from(msg),
+    )
+}
+
+/// A node row (selected with [`NODE_COLS`]) and its trash time.
+fn node_row(r: &Row<'_>) -> rusqlite::Result<(Node, Option<i64>)> {
+    let kind = match r.get_ref(3)?.as_str()? {
+        "file" => NodeKind::File,
+        "dir" => NodeKind::Dir,
+        "symlink" => NodeKind::Symlink,
+        other => return Err(conversion_err(format!("unknown node kind {other:?}"))),
+    };
+    let blocks: Vec<String> = serde_json::from_str(r.get_ref(8)?.as_str()?)
+        .map_err(|e| conversion_err(format!("blocks: {e}")))?;
+    let node = Node {
+        id: r.get::<_, i64>(0)? as u64,
+        parent: r.get::<_, i64>(1)? as u64,
+        name: r.get(2)?,
+        kind,
+        size: r.get::<_, i64>(4)? as u64,
+        mode: r.get::<_, i64>(5)? as u32,
+        mtime_ns: r.get(6)?,
+        version: r.get::<_, i64>(7)? as u64,
+        blocks,
+        target: r.get(9)?,
+    };
+    Ok((node, r.get(10)?))
+}
+
+fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        created_at_ns: r.get(2)?,
+    })
+}
+
+// ---- statements shared by several methods (all run inside a transaction) ----
+
+/// Any node of the user, live or trashed, with its trash time.
+fn any_node(c: &Connection, user: &str, id: NodeId) -> StoreResult<Option<(Node, Option<i64>)>> {
+    c.prepare_cached(&format!(
+        "SELECT {NODE_COLS} FROM nodes WHERE user = ?1 AND id = ?2"
+    ))
+    .db()?
+    .query_row(params![user, sql_id(id)], node_row)
+    .optional()
+    .db()
+}
+
+/// A live node, or `NotFound`.
+fn live_node(c: &Connection, user: &str, id: NodeId) -> StoreResult<Node> {
+    match any_node(c, user, id)? {
+        Some((node, None)) => Ok(node),
+        _ => Err(StoreError::NotFound),
+    }
+}
+
+/// A live directory, `NotFound` or `NotADirectory`.
+fn live_dir(c: &Connection, user: &str, id: NodeId) -> StoreResult<Node> {
+    let node = live_node(c, user, id)?;
+    if node.kind != NodeKind::Dir {
+        return Err(StoreError::NotADirectory);
+    }
+    Ok(node)
+}
+
+/// The live entry `name` in `parent`, if any (never the root).
+fn live_child(c: &Connection, user: &str, parent: NodeId, name: &str) -> StoreResult<Option<Node>> {
+    c.prepare_cached(&format!(
+        "SELECT {NODE_COLS} FROM nodes
+         WHERE user = ?1 AND parent = ?2 AND name = ?3 AND trashed_at_ns IS NULL AND id != 1"
+    ))
+    .db()?
+    .query_row(params![user, sql_id(parent), name], node_row)
+    .optional()
+    .db()
+    .map(|row| row.map(|(node, _)| node))
+}
+
+fn has_live_children(c: &Connection, user: &str, dir: NodeId) -> StoreResult<bool> {
+    c.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM nodes
+         WHERE user = ?1 AND parent = ?2 AND trashed_at_ns IS NULL AND id != 1)",
+    )
+    .db()?
+    .query_row(params![user, sql_id(dir)], |r| r.get(0))
+    .db()
+}
+
+/// Whether `node` is `ancestor` or lies below it (walking live parents up to the root).
+fn is_within(c: &Connection, user: &str, node: NodeId, ancestor: NodeId) -> StoreResult<bool> {
+    let mut cur = node;
+    // The depth bound only guards against a corrupt (cyclic) table.
+    for _ in 0..100_000 {
+        if cur == ancestor {
+            return Ok(true);
+        }
+        if cur == ROOT_ID {
+            return Ok(false);
+        }
+        cur = live_node(c, user, cur)?.parent;
+    }
+    Err(StoreError::Backend("the tree has a cycle".into()))
+}
+
+fn insert_node(c: &Connection, user: &str, n: &Node) -> StoreResult<()> {
+    let blocks = serde_json::to_string(&n.blocks).map_err(json_err)?;
+    c.prepare_cached(
+        "INSERT INTO nodes (user, id, parent, name, kind, size, mode, mtime_ns, version, blocks,
+                            target)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )
+    .db()?
+    .execute(params![
+        user,
+        sql_id(n.id),
+        sql_id(n.parent),
+        n.name,
+        kind_str(n.kind),
+        n.size as i64,
+        n.mode as i64,
+        n.mtime_ns,
+        n.version as i64,
+        blocks,
+        n.target
+    ])
+    .db()?;
+    Ok(())
+}
+
+/// Writes a node's place, attributes, content and version.
+fn update_node(c: &Connection, user: &str, n: &Node) -> StoreResult<()> {
+    let blocks = serde_json::to_string(&n.blocks).map_err(json_err)?;
+    c.prepare_cached(
+        "UPDATE nodes SET parent = ?3, name = ?4, size = ?5, mode = ?6, mtime_ns = ?7,
+                          version = ?8, blocks = ?9, target = ?10
+         WHERE user = ?1 AND id = ?2",
+    )
+    .db()?
+    .execute(params![
+        user,
+        sql_id(n.id),
+        sql_id(n.parent),
+        n.name,
+        n.size as i64,
+        n.mode as i64,
+        n.mtime_ns,
+        n.version as i64,
+        blocks,
+        n.target
+    ])
+    .db()?;
+    Ok(())
+}
+
+/// Puts only a node's place (used to park a node during an exchange).
+fn set_place(
+    c: &Connection,
+    user: &str,
+    id: NodeId,
+    parent: NodeId,
+    name: &str,
+) -> StoreResult<()> {
+    c.prepare_cached("UPDATE nodes SET parent = ?3, name = ?4 WHERE user = ?1 AND id = ?2")
+        .db()?
+        .execute(params![user, sql_id(id), sql_id(parent), name])
+        .db()?;
+    Ok(())
+}
+
+/// Marks a node and its live subtree trashed, with the node as the top of the deletion.
+fn trash_subtree(c: &Connection, user: &str, top: NodeId, now_ns: i64) -> StoreResult<()> {
+    c.prepare_cached(
+        "WITH RECURSIVE sub(id) AS (
+             SELECT ?2
+             UNION ALL
+             SELECT n.id FROM nodes n JOIN sub ON n.parent = sub.id
+             WHERE n.user = ?1 AND n.trashed_at_ns IS NULL AND n.id != 1
+         )
+         UPDATE nodes SET trashed_at_ns = ?3, trashed_by = ?2
+         WHERE user = ?1 AND id IN (SELECT id FROM sub) AND trashed_at_ns IS NULL",
+    )
+    .db()?
+    .execute(params![user, sql_id(top), now_ns])
+    .db()?;
+    Ok(())
+}
+
+/// Appends one event to the user's log with the next sequence number.
+fn append_event(
+    c: &Connection,
+    user: &str,
+    op: ChangeOp,
+    node: &Node,
+    from: Option<Place>,
+    origin: Origin,
+) -> StoreResult<ChangeEvent> {
+    let seq: i64 = c
+        .prepare_cached(
+            "UPDATE users SET latest_seq = latest_seq + 1 WHERE id = ?1 RETURNING latest_seq",
+        )
+        .db()?
+        .query_row(params![user], |r| r.get(0))
+        .optional()
+        .db()?
+        .ok_or(StoreError::NotFound)?;
+    let event = ChangeEvent {
+        seq: seq as u64,
+        op,
+        node: node.clone(),
+        from,
+        device: origin.device,
+        at_ns: origin.now_ns,
+    };
+    let json = serde_json::to_string(&event).map_err(json_err)?;
+    c.prepare_cached("INSERT INTO changes (user, seq, event, at_ns) VALUES (?1, ?2, ?3, ?4)")
+        .db()?
+        .execute(params![user, seq, json, origin.now_ns])
+        .db()?;
+    Ok(event)
+}
+
+/// A node id not yet used by this user.
+fn fresh_node_id(c: &Connection, user: &str) -> StoreResult<NodeId> {
+    for _ in 0..16 {
+        let id = new_id();
+        if any_node(c, user, id)?.is_none() {
+            return Ok(id);
+        }
+    }
+    Err(StoreError::Backend("could not draw a free node id".into()))
+}
+
+/// `name (restored)`, `name (restored 2)`, …: the first one free in `parent`. The name is cut
+/// (at a character boundary) so the result stays within the name length limit.
+fn restored_name(c: &Connection, user: &str, parent: NodeId, name: &str) -> StoreResult<String> {
+    for n in 1u32..=100_000 {
+        let suffix = if n == 1 {
+            " (restored)".to_string()
+        } else {
+            format!(" (restored {n})")
+        };
+        let mut stem_len = name
+            .len()
+            .min(jewel_wire::MAX_NAME_BYTES.saturating_sub(suffix.len()));
+        while !name.is_char_boundary(stem_len) {
+            stem_len -= 1;
+        }
+        let candidate = format!("{}{suffix}", &name[..stem_len]);
+        if live_child(c, user, parent, &candidate)?.is_none() {
+            return Ok(candidate);
+        }
+    }
+    Err(StoreError::Backend(format!(
+        "no free restore name for {name:?}"
+    )))
+}
+
+fn user_by_name(c: &Connection, name: &str) -> StoreResult<User> {
+    c.prepare_cached("SELECT id, name, created_at_ns FROM users WHERE name = ?1")
+        .db()?
+        .query_row(params![name], user_row)
+        .optional()
+        .db()?
+        .ok_or_else(|| StoreError::UnknownUser(name.to_string()))
+}
+
+// ---- opening ----
+
+fn configure(conn: &Connection, options: &SqliteOptions) -> StoreResult<()> {
+    conn.busy_timeout(options.busy_timeout).db()?;
+    conn.set_prepared_statement_cache_capacity(64);
+    conn.pragma_update(None, "cache_size", -(options.cache_kib as i64))
+        .db()?;
+    conn.pragma_update(None, "foreign_keys", false).db()?;
+    Ok(())
+}
+
+fn open_flags() -> OpenFlags {
+    OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path` with the default options.
+    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        Self::open_with(path, &SqliteOptions::default())
+    }
+
+    pub fn open_with(path: &Path, options: &SqliteOptions) -> StoreResult<SqliteStore> {
+        let writer = Connection::open_with_flags(path, open_flags()).db()?;
+        configure(&writer, options)?;
+        let mode: String = writer
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .db()?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Backend(format!(
+                "{}: SQLite refused WAL mode (got {mode})",
+                path.display()
+            )));
+        }
+        writer.pragma_update(None, "synchronous", "NORMAL").db()?;
+        writer.execute_batch(SCHEMA).db()?;
+        let mut readers = Vec::with_capacity(options.readers);
+        for _ in 0..options.readers {
+            let reader = Connection::open_with_flags(path, open_flags()).db()?;
+            configure(&reader, options)?;
+            reader.pragma_update(None, "query_only", true).db()?;
+            readers.push(Mutex::new(reader));
+        }
+        Ok(SqliteStore::from_parts(writer, readers))
+    }
+
+    /// A private in-memory database (tests): one connection serves reads and writes.
+    pub fn open_in_memory() -> StoreResult<SqliteStore> {
+        let conn = Connection::open_in_memory().db()?;
+        configure(&conn, &SqliteOptions::default())?;
+        conn.execute_batch(SCHEMA).db()?;
+        Ok(SqliteStore::from_parts(conn, Vec::new()))
+    }
+
+    fn from_parts(writer: Connection, readers: Vec<Mutex<Connection>>) -> SqliteStore {
+        SqliteStore {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(writer),
+                readers,
+                next_reader: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// Runs `f` in one read transaction on a reader connection, on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.reader();
+            let tx = conn.transaction().db()?;
+            f(&tx)
+            // Dropping the transaction ends it (a rollback of nothing).
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction on the writer, committing when it
+    /// succeeds and rolling back when it fails.
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = lock(&inner.writer);
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .db()?;
+            let out = f(&tx)?;
+            tx.commit().db()?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    }
+}
+
+/// Locks a connection; a panic in another holder left no open transaction behind (dropping a
+/// transaction rolls it back), so a poisoned lock is still usable.
+fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Inner {
+    /// A free reader connection (round robin, skipping busy ones), or the writer when there
+    /// are no readers.
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        let n = self.readers.len();
+        if n == 0 {
+            return lock(&self.writer);
+        }
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            if let Ok(guard) = self.readers[(start + i) % n].try_lock() {
+                return guard;
+            }
+        }
+        lock(&self.readers[start % n])
+    }
+}
+
+#[async_trait]
+impl MetaStore for SqliteStore {
+    async fn create_user(&self, name: &str, token_hash: &str, now_ns: i64) -> StoreResult<User> {
+        let (name, token_hash) = (name.to_string(), token_hash.to_string());
+        self.write(move |tx| {
+            let taken: bool = tx
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE name = ?1)")
+                .db()?
+                .query_row(params![name], |r| r.get(0))
+                .db()?;
+            if taken {
+                return Err(StoreError::UserExists(name));
+            }
+            let hash_taken: bool = tx
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE token_hash = ?1)")
+                .db()?
+                .query_row(params![token_hash], |r| r.get(0))
+                .db()?;
+            if hash_taken {
+                return Err(StoreError::Backend(
+                    "the token hash is already in use".into(),
+                ));
+            }
+            let user = User {
+                id: format!("{:016x}", rand::random::<u64>()),
+                name,
+                created_at_ns: now_ns,
+            };
+            tx.prepare_cached(
+                "INSERT INTO users (id, name, token_hash, created_at_ns) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .db()?
+            .execute(params![user.id, user.name, token_hash, now_ns])
+            .db()?;
+            let root = Node {
+                id: ROOT_ID,
+                parent: ROOT_ID,
+                name: String::new(),
+                kind: NodeKind::Dir,
+                size: 0,
+                mode: 0o755,
+                mtime_ns: now_ns,
+                version: 1,
+                blocks: Vec::new(),
+                target: None,
+            };
+            insert_node(tx, &user.id, &root)?;
+            Ok(user)
+        })
+        .await
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<User>> {
+        self.read(|tx| {
+            let mut stmt = tx
+                .prepare_cached("SELECT id, name, created_at_ns FROM users ORDER BY name")
+                .db()?;
+            let users = stmt
+                .query_map([], user_row)
+                .db()?
+                .collect::<rusqlite::Result<_>>();
+            users.db()
+        })
+        .await
+    }
+
+    async fn remove_user(&self, name: &str) -> StoreResult<()> {
+        let name = name.to_string();
+        self.write(move |tx| {
+            let user = user_by_name(tx, &name)?;
+            for sql in [
+                "DELETE FROM nodes WHERE user = ?1",
+                "DELETE FROM devices WHERE user = ?1",
+                "DELETE FROM changes WHERE user = ?1",
+                "DELETE FROM users WHERE id = ?1",
+            ] {
+                tx.prepare_cached(sql)
+                    .db()?
+                    .execute(params![user.id])
+                    .db()?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_token(&self, name: &str, token_hash: &str) -> StoreResult<User> {
+        let (name, token_hash) = (name.to_string(), token_hash.to_string());
+        self.write(move |tx| {
+            let user = user_by_name(tx, &name)?;
+            let other: Option<String> = tx
+                .prepare_cached("SELECT id FROM users WHERE token_hash = ?1")
+                .db()?
+                .query_row(params![token_hash], |r| r.get(0))
+                .optional()
+                .db()?;
+            if other.is_some_and(|id| id != user.id) {
+                return Err(StoreError::Backend(
+                    "the token hash is already in use".into(),
+                ));
+            }
+            tx.prepare_cached("UPDATE users SET token_hash = ?2 WHERE id = ?1")
+                .db()?
+                .execute(params![user.id, token_hash])
+                .db()?;
+            Ok(user)
+        })
+        .await
+    }
+
+    async fn user_by_token(&self, token_hash: &str) -> StoreResult<Option<User>> {
+        let token_hash = token_hash.to_string();
+        self.read(move |tx| {
+            tx.prepare_cached("SELECT id, name, created_at_ns FROM users WHERE token_hash = ?1")
+                .db()?
+                .query_row(params![token_hash], user_row)
+                .optional()
+                .db()
+        })
+        .await
+    }
+
+    async fn register_device(&self, user: &UserId, name: &str) -> StoreResult<DeviceId> {
+        let (user, name) = (user.clone(), name.to_string());
+        self.write(move |tx| {
+            let known: bool = tx
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE id = ?1)")
+                .db()?
+                .query_row(params![user], |r| r.get(0))
+                .db()?;
+            if !known {
+                return Err(StoreError::UnknownUser(user));
+            }
+            for _ in 0..16 {
+                let id = new_id();
+                let inserted = tx
+                    .prepare_cached(
+                        "INSERT INTO devices (user, id, name) VALUES (?1, ?2, ?3)
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .db()?
+                    .execute(params![user, sql_id(id), name])
+                    .db()?;
+                if inserted == 1 {
+                    return Ok(id);
+                }
+            }
+            Err(StoreError::Backend(
+                "could not draw a free device id".into(),
+            ))
+        })
+        .await
+    }
+
+    async fn device(&self, user: &UserId, device: DeviceId) -> StoreResult<String> {
+        let user = user.clone();
+        self.read(move |tx| {
+            tx.prepare_cached("SELECT name FROM devices WHERE user = ?1 AND id = ?2")
+                .db()?
+                .query_row(params![user, sql_id(device)], |r| r.get(0))
+                .optional()
+                .db()?
+                .ok_or(StoreError::UnknownDevice)
+        })
+        .await
+    }
+
+    async fn devices(&self, user: &UserId) -> StoreResult<Vec<(DeviceId, String)>> {
+        let user = user.clone();
+        self.read(move |tx| {
+            let mut stmt = tx
+                .prepare_cached("SELECT id, name FROM devices WHERE user = ?1 ORDER BY name, id")
+                .db()?;
+            let rows = stmt
+                .query_map(params![user], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+                })
+                .db()?
+                .collect::<rusqlite::Result<_>>();
+            rows.db()
+        })
+        .await
+    }
+
+    async fn get_node(&self, user: &UserId, id: NodeId) -> StoreResult<Node> {
+        let user = user.clone();
+        self.read(move |tx| live_node(tx, &user, id)).await
+    }
+
+    async fn child(&self, user: &UserId, parent: NodeId, name: &str) -> StoreResult<Node> {
+        let (user, name) = (user.clone(), name.to_string());
+        self.read(move |tx| live_child(tx, &user, parent, &name)?.ok_or(StoreError::NotFound))
+            .await
+    }
+
+    async fn list_children(
+        &self,
+        user: &UserId,
+        parent: NodeId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<Node>> {
+        let (user, after) = (user.clone(), after.map(str::to_string));
+        self.read(move |tx| {
+            live_dir(tx, &user, parent)?;
+            let base = format!(
+                "SELECT {NODE_COLS} FROM nodes
+                 WHERE user = ?1 AND parent = ?2 AND trashed_at_ns IS NULL AND id != 1"
+            );
+            let rows = match &after {
+                Some(after) => tx
+                    .prepare_cached(&format!("{base} AND name > ?4 ORDER BY name LIMIT ?3"))
+                    .db()?
+                    .query_map(params![user, sql_id(parent), limit, after], node_row)
+                    .db()?
+                    .collect::<rusqlite::Result<Vec<_>>>(),
+                None => tx
+                    .prepare_cached(&format!("{base} ORDER BY name LIMIT ?3"))
+                    .db()?
+                    .query_map(params![user, sql_id(parent), limit], node_row)
+                    .db()?
+                    .collect::<rusqlite::Result<Vec<_>>>(),
+            };
+            Ok(rows.db()?.into_iter().map(|(node, _)| node).collect())
+        })
+        .await
+    }
+
+    async fn create(
+        &self,
+        user: &UserId,
+        node: &NewNode,
+        origin: Origin,
+    ) -> StoreResult<(Node, ChangeEvent)> {
+        let (user, new) = (user.clone(), node.clone());
+        self.write(move |tx| {
+            live_dir(tx, &user, new.parent)?;
+            if let Some(occupant) = live_child(tx, &user, new.parent, &new.name)? {
+                return Err(StoreError::Exists(Box::new(occupant)));
+            }
+            let (kind, size, blocks, target) = match new.kind {
+                NewKind::File { content } => (NodeKind::File, content.size, content.blocks, None),
+                NewKind::Dir => (NodeKind::Dir, 0, Vec::new(), None),
+                NewKind::Symlink { target } => (
+                    NodeKind::Symlink,
+                    target.len() as u64,
+                    Vec::new(),
+                    Some(target),
+                ),
+            };
+            let node = Node {
+                id: fresh_node_id(tx, &user)?,
+                parent: new.parent,
+                name: new.name,
+                kind,
+                size,
+                mode: new.mode,
+                mtime_ns: new.mtime_ns,
+                version: 1,
+                blocks,
+                target,
+            };
+            insert_node(tx, &user, &node)?;
+            let event = append_event(tx, &user, ChangeOp::Upsert, &node, None, origin)?;
+            Ok((node, event))
+        })
+        .await
+    }
+
+    async fn commit_content(
+        &self,
+        user: &UserId,
+        id: NodeId,
+        base: Version,
+        content: &Content,
+        mtime_ns: Option<i64>,
+        origin: Origin,
+    ) -> StoreResult<(Node, ChangeEvent)> {
+        let (user, content) = (user.clone(), content.clone());
+        self.write(move |tx| {
+            let mut node = live_node(tx, &user, id)?;
+            match node.kind {
+                NodeKind::File => {}
+                NodeKind::Dir => return Err(StoreError::IsADirectory),
+                NodeKind::Symlink => {
+                    return Err(StoreError::InvalidMove("only a file has content"))
+                }
+            }
+            if node.version != base {
+                return Err(StoreError::Conflict(Box::new(node)));
+            }
+            node.size = content.size;
+            node.blocks = content.blocks;
+            node.mtime_ns = mtime_ns.unwrap_or(origin.now_ns);
+            node.version += 1;
+            update_node(tx, &user, &node)?;
+            let event = append_event(tx, &user, ChangeOp::Upsert, &node, None, origin)?;
+            Ok((node, event))
+        })
+        .await
+    }
+
+    async fn set_attr(
+        &self,
+        user: &UserId,
+        id: NodeId,
+        attr: &SetAttr,
+        origin: Origin,
+    ) -> StoreResult<(Node, ChangeEvent)> {
+        let (user, attr) = (user.clone(), attr.clone());
+        self.write(move |tx| {
+            let mut node = live_node(tx, &user, id)?;
+            if let Some(mode) = attr.mode {
+                node.mode = mode;
+            }
+            if let Some(mtime_ns) = attr.mtime_ns {
+                node.mtime_ns = mtime_ns;
+            }
+            node.version += 1;
+            update_node(tx, &user, &node)?;
+            let event = append_event(tx, &user, ChangeOp::Upsert, &node, None, origin)?;
+            Ok((node, event))
+        })
+        .await
+    }
+
+    async fn move_node(
+        &self,
+        user: &UserId,
+        id: NodeId,
+        base: Version,
+        new_parent: NodeId,
+        new_name: &str,
+        mode: MoveMode,
+        origin: Origin,
+    ) -> StoreResult<Moved> {
+        let (user, new_name) = (user.clone(), new_name.to_string());
+        self.write(move |tx| {
+            let mut node = live_node(tx, &user, id)?;
+            if id == ROOT_ID {
+                return Err(StoreError::InvalidMove("the root cannot be moved"));
+            }
+            if node.version != base {
+                return Err(StoreError::Conflict(Box::new(node)));
+            }
+            live_dir(tx, &user, new_parent)?;
+            if node.is_dir() && is_within(tx, &user, new_parent, id)? {
+                return Err(StoreError::InvalidMove(
+                    "a directory cannot move below itself",
+                ));
+            }
+            let from = Place {
+                parent: node.parent,
+                name: node.name.clone(),
+            };
+            let target = live_child(tx, &user, new_parent, &new_name)?;
+            let Some(mut target) = target else {
+                if mode == MoveMode::Exchange {
+                    return Err(StoreError::NotFound);
+                }
+                node.parent = new_parent;
+                node.name = new_name;
+                node.version += 1;
+                update_node(tx, &user, &node)?;
+                let event = append_event(tx, &user, ChangeOp::Upsert, &node, Some(from), origin)?;
+                return Ok(Moved {
+                    node,
+                    other: None,
+                    events: vec![event],
+                });
+            };
+            if target.id == node.id {
+                return Ok(Moved {
+                    node,
+                    other: None,
+                    events: Vec::new(),
+                });
+            }
+            match mode {
+                MoveMode::NoReplace => Err(StoreError::Exists(Box::new(target))),
+                MoveMode::Replace => {
+                    match (node.is_dir(), target.is_dir()) {
+                        (true, false) => return Err(StoreError::NotADirectory),
+                        (false, true) => return Err(StoreError::IsADirectory),
+                        (true, true) if has_live_children(tx, &user, target.id)? => {
+                            return Err(StoreError::NotEmpty)
+                        }
+                        _ => {}
+                    }
+                    trash_subtree(tx, &user, target.id, origin.now_ns)?;
+                    let removed = append_event(tx, &user, ChangeOp::Remove, &target, None, origin)?;
+                    node.parent = new_parent;
+                    node.name = new_name;
+                    node.version += 1;
+                    update_node(tx, &user, &node)?;
+                    let moved =
+                        append_event(tx, &user, ChangeOp::Upsert, &node, Some(from), origin)?;
+                    Ok(Moved {
+                        node,
+                        other: Some(target),
+                        events: vec![removed, moved],
+                    })
+                }
+                MoveMode::Exchange => {
+                    if target.is_dir() && is_within(tx, &user, from.parent, target.id)? {
+                        return Err(StoreError::InvalidMove(
+                            "a directory cannot move below itself",
+                        ));
+                    }
+                    let target_from = Place {
+                        parent: target.parent,
+                        name: target.name.clone(),
+                    };
+                    // Park the node under a name no client can use ('\0'), so that neither
+                    // row ever collides with the other in the unique live-entry index.
+                    set_place(tx, &user, node.id, from.parent, "\0exchange")?;
+                    target.parent = from.parent;
+                    target.name = from.name.clone();
+                    target.version += 1;
+                    update_node(tx, &user, &target)?;
+                    node.parent = target_from.parent;
+                    node.name = target_from.name.clone();
+                    node.version += 1;
+                    update_node(tx, &user, &node)?;
+                    let first =
+                        append_event(tx, &user, ChangeOp::Upsert, &node, Some(from), origin)?;
+                    let second = append_event(
+                        tx,
+                        &user,
+                        ChangeOp::Upsert,
+                        &target,
+                        Some(target_from),
+                        origin,
+                    )?;
+                    Ok(Moved {
+                        node,
+                        other: Some(target),
+                        events: vec![first, second],
+                    })
+                }
+            }
+        })
+        .await
+    }
+
+    async fn remove(
+        &self,
+        user: &UserId,
+        id: NodeId,
+        base: Option<Version>,
+        recursive: bool,
+        origin: Origin,
+    ) -> StoreResult<(Node, ChangeEvent)> {
+        let user = user.clone();
+        self.write(move |tx| {
+            let node = live_node(tx, &user, id)?;
+            if id == ROOT_ID {
+                return Err(StoreError::InvalidMove("the root cannot be removed"));
+            }
+            if base.is_some_and(|base| base != node.version) {
+                return Err(StoreError::Conflict(Box::new(node)));
+            }
+            if node.is_dir() && !recursive && has_live_children(tx, &user, id)? {
+                return Err(StoreError::NotEmpty);
+            }
+            trash_subtree(tx, &user, id, origin.now_ns)?;
+            let event = append_event(tx, &user, ChangeOp::Remove, &node, None, origin)?;
+            Ok((node, event))
+        })
+        .await
+    }
+
+    async fn list_trash(&self, user: &UserId) -> StoreResult<Vec<TrashEntry>> {
+        let user = user.clone();
+        self.read(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {NODE_COLS} FROM nodes
+                     WHERE user = ?1 AND trashed_by IS NOT NULL AND trashed_by = id
+                     ORDER BY trashed_at_ns DESC, id"
+                ))
+                .db()?;
+            let rows = stmt
+                .query_map(params![user], node_row)
+                .db()?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .db()?;
+            Ok(rows
+                .into_iter()
+                .map(|(node, at)| TrashEntry {
+                    node,
+                    deleted_at_ns: at.unwrap_or(0),
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn restore(
+        &self,
+        user: &UserId,
+        id: NodeId,
+        origin: Origin,
+    ) -> StoreResult<(Node, ChangeEvent)> {
+        let user = user.clone();
+        self.write(move |tx| {
+            let top: Option<NodeId> = tx
+                .prepare_cached("SELECT trashed_by FROM nodes WHERE user = ?1 AND id = ?2")
+                .db()?
+                .query_row(params![user, sql_id(id)], |r| r.get::<_, Option<i64>>(0))
+                .optional()
+                .db()?
+                .flatten()
+                .map(|t| t as u64);
+            if top != Some(id) {
+                return Err(StoreError::NotFound);
+            }
+            let Some((mut node, _)) = any_node(tx, &user, id)? else {
+                return Err(StoreError::NotFound);
+            };
+            let parent_live = matches!(live_dir(tx, &user, node.parent), Ok(_));
+            if !parent_live {
+                node.parent = ROOT_ID;
+            }
+            if live_child(tx, &user, node.parent, &node.name)?.is_some() {
+                node.name = restored_name(tx, &user, node.parent, &node.name)?;
+            }
+            node.version += 1;
+            update_node(tx, &user, &node)?;
+            tx.prepare_cached(
+                "UPDATE nodes SET trashed_at_ns = NULL, trashed_by = NULL
+                 WHERE user = ?1 AND trashed_by = ?2",
+            )
+            .db()?
+            .execute(params![user, sql_id(id)])
+            .db()?;
+            let event = append_event(tx, &user, ChangeOp::Upsert, &node, None, origin)?;
+            Ok((node, event))
+        })
+        .await
+    }
+
+    async fn changes_since(
+        &self,
+        user: &UserId,
+        since: Seq,
+        limit: u32,
+    ) -> StoreResult<ChangePage> {
+        let user = user.clone();
+        self.read(move |tx| {
+            let (latest, trimmed): (i64, i64) = tx
+                .prepare_cached("SELECT latest_seq, trimmed_through FROM users WHERE id = ?1")
+                .db()?
+                .query_row(params![user], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .db()?
+                .unwrap_or((0, 0));
+            let (latest, trimmed) = (latest as u64, trimmed as u64);
+            if since < trimmed || since > latest {
+                return Err(StoreError::CursorTooOld);
+            }
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT event FROM changes WHERE user = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                )
+                .db()?;
+            let rows = stmt
+                .query_map(params![user, sql_id(since), limit], |r| {
+                    r.get::<_, String>(0)
+                })
+                .db()?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .db()?;
+            let events = rows
+                .iter()
+                .map(|json| serde_json::from_str(json).map_err(json_err))
+                .collect::<StoreResult<Vec<ChangeEvent>>>()?;
+            Ok(ChangePage {
+                events,
+                latest_seq: latest,
+            })
+        })
+        .await
+    }
+
+    async fn latest_seq(&self, user: &UserId) -> StoreResult<Seq> {
+        let user = user.clone();
+        self.read(move |tx| {
+            let latest: Option<i64> = tx
+                .prepare_cached("SELECT latest_seq FROM users WHERE id = ?1")
+                .db()?
+                .query_row(params![user], |r| r.get(0))
+                .optional()
+                .db()?;
+            Ok(latest.unwrap_or(0) as u64)
+        })
+        .await
+    }
+
+    async fn trim_log(&self, user: &UserId, before_ns: i64) -> StoreResult<()> {
+        let user = user.clone();
+        self.write(move |tx| {
+            // The newest event older than the cut, never the newest event of all.
+            let cut: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT MAX(c.seq) FROM changes c JOIN users u ON u.id = c.user
+                     WHERE c.user = ?1 AND c.at_ns < ?2 AND c.seq < u.latest_seq",
+                )
+                .db()?
+                .query_row(params![user, before_ns], |r| r.get(0))
+                .db()?;
+            let Some(cut) = cut else { return Ok(()) };
+            tx.prepare_cached("DELETE FROM changes WHERE user = ?1 AND seq <= ?2")
+                .db()?
+                .execute(params![user, cut])
+                .db()?;
+            tx.prepare_cached(
+                "UPDATE users SET trimmed_through = MAX(trimmed_through, ?2) WHERE id = ?1",
+            )
+            .db()?
+            .execute(params![user, cut])
+            .db()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn referenced_blocks(&self, user: &UserId) -> StoreResult<Vec<String>> {
+        let user = user.clone();
+        self.read(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT DISTINCT b.value FROM nodes n, json_each(n.blocks) b
+                     WHERE n.user = ?1 AND n.kind = 'file' ORDER BY b.value",
+                )
+                .db()?;
+            let rows = stmt
+                .query_map(params![user], |r| r.get(0))
+                .db()?
+                .collect::<rusqlite::Result<Vec<String>>>();
+            rows.db()
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    mod in_memory {
+        crate::meta_store_conformance!(async {
+            crate::store::sqlite::SqliteStore::open_in_memory().expect("in-memory store")
+        });
+    }
+
+    mod on_disk {
+        // A temp file with WAL and the reader pool: the configuration the server runs.
+        crate::meta_store_conformance!(guarded async {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = crate::store::sqlite::SqliteStore::open(&dir.path().join("meta.db"))
+                .expect("store on disk");
+            (store, dir)
+        });
+    }
+
+    #[tokio::test]
+    async fn file_store_uses_wal_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let user = {
+            let store = SqliteStore::open(&path).unwrap();
+            let user = store.create_user("ann", "h1", 1).await.unwrap();
+            let new = NewNode {
+                parent: ROOT_ID,
+                name: "kept".into(),
+                kind: NewKind::Dir,
+                mode: 0o755,
+                mtime_ns: 2,
+            };
+            store
+                .create(
+                    &user.id,
+                    &new,
+                    Origin {
+                        device: None,
+                        now_ns: 2,
+                    },
+                )
+                .await
+                .unwrap();
+            let mode: String = lock(&store.inner.writer)
+                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode.to_lowercase(), "wal");
+            assert!(
+                dir.path().join("meta.db-wal").exists(),
+                "WAL file is in use"
+            );
+            user
+        };
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.user_by_token("h1").await.unwrap().unwrap(), user);
+        let kept = store.child(&user.id, ROOT_ID, "kept").await.unwrap();
+        assert_eq!(kept.kind, NodeKind::Dir);
+        assert_eq!(store.latest_seq(&user.id).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn out_of_range_ids_are_not_found() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let user = store.create_user("ann", "h1", 1).await.unwrap();
+        assert!(matches!(
+            store.get_node(&user.id, u64::MAX).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            store.changes_since(&user.id, u64::MAX, 10).await,
+            Err(StoreError::CursorTooOld)
+        ));
+    }
+}
