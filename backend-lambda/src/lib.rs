@@ -7,4 +7,5 @@
 
 pub mod blobs;
 pub mod bus;
+pub mod portal;
 pub mod store;
