@@ -9,3 +9,6 @@ pub mod blobs;
 pub mod bus;
 pub mod portal;
 pub mod store;
+
+#[cfg(feature = "aws")]
+pub mod aws;

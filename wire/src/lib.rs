@@ -228,6 +228,32 @@ pub enum Listen {
     /// Long-poll `GET /devices/{id}/poll` on the service (the embedded `ChangeBus`).
     #[default]
     Poll,
+    /// Receive from this device's own SQS queue (AWS mode) with long polling (20 s), deleting
+    /// each message once applied. Every message body is a JSON [`ChangePage`]; messages may
+    /// arrive twice or out of order (standard queue), so apply by sequence number and fall back
+    /// to `GET /changes` on a gap. `credentials` allow only receiving from and deleting on this
+    /// queue and expire at `credentials.expires_ns`: register the device again before then to
+    /// get fresh ones (the queue stays the same).
+    Sqs {
+        queue_url: String,
+        region: String,
+        /// Set only when the service talks to an AWS-compatible endpoint other than AWS itself
+        /// (loopback tests); the client then sends its SQS requests there.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<String>,
+        credentials: SqsCredentials,
+    },
+}
+
+/// Short-lived AWS credentials for one device's queue (from STS, narrowed by a session policy).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SqsCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<String>,
+    /// When the credentials stop working, ns since the epoch.
+    pub expires_ns: i64,
 }
 
 /// What one change did, as recorded in the user's change log.

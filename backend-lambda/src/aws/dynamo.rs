@@ -1,0 +1,1223 @@
+//! `MetaStore` on DynamoDB: one table, the single-table design of DESIGN.md.
+//!
+//! | item | PK | SK | attributes |
+//! |---|---|---|---|
+//! | user | `USERS` | `<name>` | `uid`, `token`, `created` |
+//! | token | `T#<token hash>` | `T` | `uid`, `name`, `created` |
+//! | user meta | `U#<uid>` | `META` | `seq` (the per-user sequence counter), `name` |
+//! | device | `U#<uid>` | `DEV#<id>` | `name` |
+//! | pointer | `U#<uid>` | `N#<id>` | the whole node; `trash_at` on the top of a deleted subtree, `in_trash` (the top's id) below it |
+//! | entry | `U#<uid>#D#<parent>` | `<name>` | the whole node (so one query lists a directory with its attributes) |
+//! | trash | `U#<uid>#TRASH` | `N#<id>` | the node as deleted, `at` |
+//! | event | `U#<uid>#LOG` | `<seq, 20 digits>` | `ev` (the JSON event), `at`, `ttl` |
+//!
+//! The pointer is the node's authority (its `ver` is what a base version is checked against);
+//! the entry is a copy kept in the same transaction, so listing is one query. All pointers of a
+//! user share one partition, which makes `referenced_blocks` one paginated query.
+//!
+//! **Every mutation is read, check, write-with-guards.** It reads what it depends on
+//! (strongly consistent), decides in Rust exactly as the SQLite engine does, and commits one
+//! `TransactWriteItems` whose conditions guard everything it read: the node's version, the
+//! target name's occupant, the parent still being live, and the user's sequence counter
+//! (`seq = :read`). The counter guard serialises a user's writes, so sequence numbers are
+//! dense and appear in commit order — a client that has seen `n` has seen everything before
+//! `n`. When a guard fails the transaction is cancelled and the whole operation runs again on
+//! fresh reads, which then report the real outcome (`Conflict`, `Exists`, …) or succeed.
+//!
+//! Subtle cases:
+//! - Deleting a directory keeps its subtree attached. Nodes below it are marked `in_trash`
+//!   after the transaction (batch writes, outside it: a subtree may exceed the 100-item
+//!   limit), and unmarked on restore; a visibility check on the parent keeps `list_children`
+//!   and `child` correct even between the two steps.
+//! - The change log is trimmed by TTL (`ttl`, epoch seconds) and by `trim_log`. Since sequence
+//!   numbers are dense, a cursor is too old exactly when the first retained event after it is
+//!   not `cursor + 1`; items whose TTL passed but that DynamoDB has not yet deleted are
+//!   treated as gone.
+//! - Emptiness of a directory (for a non-recursive remove or a replacing rename) is read, not
+//!   guarded: a child created in the same instant can end up in the trash with its parent,
+//!   where it is still restorable.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, DeleteRequest,
+    KeySchemaElement, KeyType, Put, PutRequest, ScalarAttributeType, TimeToLiveSpecification,
+    TransactWriteItem, WriteRequest,
+};
+use aws_sdk_dynamodb::Client;
+use jewel_wire::{
+    ChangeEvent, ChangeOp, ChangePage, Content, DeviceId, MoveMode, NewKind, Node, NodeId,
+    NodeKind, Place, Seq, SetAttr, TrashEntry, Version, ROOT_ID,
+};
+
+use super::{count, sdk_err, AwsSettings, PK, SK, TTL_ATTR};
+use crate::store::{
+    new_id, MetaStore, Moved, NewNode, Origin, StoreError, StoreResult, User, UserId,
+};
+
+type Item = HashMap<String, AttributeValue>;
+
+/// How often an operation re-runs after a guard failed before giving up.
+const MAX_ATTEMPTS: usize = 20;
+
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+    log_retention: Duration,
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+fn be<E: std::error::Error + 'static>(e: E) -> StoreError {
+    StoreError::Backend(sdk_err(&e))
+}
+
+fn users_pk() -> String {
+    "USERS".into()
+}
+fn token_pk(hash: &str) -> String {
+    format!("T#{hash}")
+}
+fn user_pk(uid: &str) -> String {
+    format!("U#{uid}")
+}
+fn dir_pk(uid: &str, parent: NodeId) -> String {
+    format!("U#{uid}#D#{parent}")
+}
+fn log_pk(uid: &str) -> String {
+    format!("U#{uid}#LOG")
+}
+fn trash_pk(uid: &str) -> String {
+    format!("U#{uid}#TRASH")
+}
+fn node_sk(id: NodeId) -> String {
+    format!("N#{id}")
+}
+fn dev_sk(id: DeviceId) -> String {
+    format!("DEV#{id}")
+}
+fn seq_sk(seq: Seq) -> String {
+    format!("{seq:020}")
+}
+const META: &str = "META";
+
+fn key(pk: String, sk: String) -> Item {
+    HashMap::from([(PK.to_string(), s(pk)), (SK.to_string(), s(sk))])
+}
+
+fn get_s(item: &Item, name: &str) -> StoreResult<String> {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => Ok(v.clone()),
+        _ => Err(StoreError::Backend(format!("item lacks string attribute {name}"))),
+    }
+}
+fn get_n<T: std::str::FromStr>(item: &Item, name: &str) -> StoreResult<T> {
+    match item.get(name) {
+        Some(AttributeValue::N(v)) => {
+            v.parse().map_err(|_| StoreError::Backend(format!("bad number in {name}: {v}")))
+        }
+        _ => Err(StoreError::Backend(format!("item lacks number attribute {name}"))),
+    }
+}
+fn opt_n<T: std::str::FromStr>(item: &Item, name: &str) -> StoreResult<Option<T>> {
+    if item.contains_key(name) {
+        get_n(item, name).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+fn kind_str(kind: NodeKind) -> &'static str {
+    match kind {
+        NodeKind::File => "file",
+        NodeKind::Dir => "dir",
+        NodeKind::Symlink => "symlink",
+    }
+}
+
+/// The node's attributes, added to `item`.
+fn put_node(item: &mut Item, node: &Node) {
+    item.insert("id".into(), n(node.id));
+    item.insert("parent".into(), n(node.parent));
+    item.insert("name".into(), s(&node.name));
+    item.insert("kind".into(), s(kind_str(node.kind)));
+    item.insert("size".into(), n(node.size));
+    item.insert("mode".into(), n(node.mode));
+    item.insert("mtime".into(), n(node.mtime_ns));
+    item.insert("ver".into(), n(node.version));
+    if !node.blocks.is_empty() {
+        item.insert("blocks".into(), AttributeValue::L(node.blocks.iter().map(s).collect()));
+    }
+    if let Some(t) = &node.target {
+        item.insert("target".into(), s(t));
+    }
+}
+
+fn read_node(item: &Item) -> StoreResult<Node> {
+    let kind = match get_s(item, "kind")?.as_str() {
+        "file" => NodeKind::File,
+        "dir" => NodeKind::Dir,
+        "symlink" => NodeKind::Symlink,
+        other => return Err(StoreError::Backend(format!("unknown node kind {other}"))),
+    };
+    let blocks = match item.get("blocks") {
+        Some(AttributeValue::L(list)) => list
+            .iter()
+            .map(|v| match v {
+                AttributeValue::S(h) => Ok(h.clone()),
+                _ => Err(StoreError::Backend("bad block list".into())),
+            })
+            .collect::<StoreResult<Vec<_>>>()?,
+        _ => Vec::new(),
+    };
+    Ok(Node {
+        id: get_n(item, "id")?,
+        parent: get_n(item, "parent")?,
+        name: get_s(item, "name")?,
+        kind,
+        size: get_n(item, "size")?,
+        mode: get_n(item, "mode")?,
+        mtime_ns: get_n(item, "mtime")?,
+        version: get_n(item, "ver")?,
+        blocks,
+        target: match item.get("target") {
+            Some(AttributeValue::S(t)) => Some(t.clone()),
+            _ => None,
+        },
+    })
+}
+
+/// A node's pointer item as read: the node and its trash state.
+#[derive(Debug, Clone)]
+struct Ptr {
+    node: Node,
+    trash_at: Option<i64>,
+    in_trash: Option<NodeId>,
+}
+
+impl Ptr {
+    fn live(&self) -> bool {
+        self.trash_at.is_none() && self.in_trash.is_none()
+    }
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// One `TransactWriteItems` under construction.
+#[derive(Default)]
+struct Tx {
+    items: Vec<TransactWriteItem>,
+}
+
+/// A condition expression with its names and values (`#a`/`:a` placeholders, always: names
+/// such as `name`, `size` and `ttl` are reserved words).
+#[derive(Default, Clone)]
+struct Cond {
+    expr: String,
+    names: HashMap<String, String>,
+    values: Item,
+}
+
+impl Cond {
+    fn not_exists() -> Cond {
+        Cond {
+            expr: "attribute_not_exists(#pk)".into(),
+            names: HashMap::from([("#pk".into(), PK.into())]),
+            values: Item::new(),
+        }
+    }
+    fn exists() -> Cond {
+        Cond {
+            expr: "attribute_exists(#pk)".into(),
+            names: HashMap::from([("#pk".into(), PK.into())]),
+            values: Item::new(),
+        }
+    }
+    /// The item holds this version.
+    fn version(v: Version) -> Cond {
+        Cond {
+            expr: "#ver = :ver".into(),
+            names: HashMap::from([("#ver".into(), "ver".into())]),
+            values: HashMap::from([(":ver".into(), n(v))]),
+        }
+    }
+    /// A pointer that holds this version and is live (not in the trash).
+    fn live_version(v: Version) -> Cond {
+        Cond {
+            expr: "#ver = :ver AND attribute_not_exists(#ta) AND attribute_not_exists(#it)".into(),
+            names: HashMap::from([
+                ("#ver".into(), "ver".into()),
+                ("#ta".into(), "trash_at".into()),
+                ("#it".into(), "in_trash".into()),
+            ]),
+            values: HashMap::from([(":ver".into(), n(v))]),
+        }
+    }
+    /// A pointer that is live.
+    fn live() -> Cond {
+        Cond {
+            expr: "attribute_exists(#pk) AND attribute_not_exists(#ta) AND attribute_not_exists(#it)"
+                .into(),
+            names: HashMap::from([
+                ("#pk".into(), PK.into()),
+                ("#ta".into(), "trash_at".into()),
+                ("#it".into(), "in_trash".into()),
+            ]),
+            values: Item::new(),
+        }
+    }
+}
+
+impl Tx {
+    fn put(&mut self, table: &str, item: Item, cond: Option<Cond>) {
+        let mut b = Put::builder().table_name(table).set_item(Some(item));
+        if let Some(c) = cond {
+            b = b.condition_expression(c.expr).set_expression_attribute_names(Some(c.names));
+            if !c.values.is_empty() {
+                b = b.set_expression_attribute_values(Some(c.values));
+            }
+        }
+        self.items.push(TransactWriteItem::builder().put(b.build().expect("put")).build());
+    }
+    fn delete(&mut self, table: &str, key: Item, cond: Option<Cond>) {
+        let mut b = Delete::builder().table_name(table).set_key(Some(key));
+        if let Some(c) = cond {
+            b = b.condition_expression(c.expr).set_expression_attribute_names(Some(c.names));
+            if !c.values.is_empty() {
+                b = b.set_expression_attribute_values(Some(c.values));
+            }
+        }
+        self.items.push(TransactWriteItem::builder().delete(b.build().expect("delete")).build());
+    }
+    fn check(&mut self, table: &str, key: Item, c: Cond) {
+        let mut b = ConditionCheck::builder()
+            .table_name(table)
+            .set_key(Some(key))
+            .condition_expression(c.expr)
+            .set_expression_attribute_names(Some(c.names));
+        if !c.values.is_empty() {
+            b = b.set_expression_attribute_values(Some(c.values));
+        }
+        self.items.push(TransactWriteItem::builder().condition_check(b.build().expect("check")).build());
+    }
+}
+
+/// The outcome of a transaction attempt.
+enum TxOutcome {
+    Done,
+    /// A guard failed (or a concurrent transaction touched an item): run the operation again.
+    Retry,
+}
+
+impl DynamoStore {
+    pub fn new(sdk: &aws_config::SdkConfig, settings: &AwsSettings) -> DynamoStore {
+        DynamoStore {
+            client: Client::new(sdk),
+            table: settings.table.clone(),
+            log_retention: settings.log_retention,
+        }
+    }
+
+    pub fn from_client(client: Client, table: &str, log_retention: Duration) -> DynamoStore {
+        DynamoStore { client, table: table.to_string(), log_retention }
+    }
+
+    /// Creates the table (on-demand, keys `PK`/`SK`) and turns TTL on, if missing.
+    pub async fn create_table(&self) -> anyhow::Result<()> {
+        count("dynamodb:DescribeTable");
+        let exists = self.client.describe_table().table_name(&self.table).send().await.is_ok();
+        if !exists {
+            count("dynamodb:CreateTable");
+            self.client
+                .create_table()
+                .table_name(&self.table)
+                .billing_mode(BillingMode::PayPerRequest)
+                .attribute_definitions(
+                    AttributeDefinition::builder()
+                        .attribute_name(PK)
+                        .attribute_type(ScalarAttributeType::S)
+                        .build()?,
+                )
+                .attribute_definitions(
+                    AttributeDefinition::builder()
+                        .attribute_name(SK)
+                        .attribute_type(ScalarAttributeType::S)
+                        .build()?,
+                )
+                .key_schema(KeySchemaElement::builder().attribute_name(PK).key_type(KeyType::Hash).build()?)
+                .key_schema(KeySchemaElement::builder().attribute_name(SK).key_type(KeyType::Range).build()?)
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("creating table {}: {}", self.table, sdk_err(&e)))?;
+            // Wait until it is active (at once on the emulators, seconds on AWS).
+            for _ in 0..120 {
+                count("dynamodb:DescribeTable");
+                let d = self.client.describe_table().table_name(&self.table).send().await?;
+                let active = d
+                    .table()
+                    .and_then(|t| t.table_status())
+                    .map(|s| s.as_str() == "ACTIVE")
+                    .unwrap_or(false);
+                if active {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        count("dynamodb:UpdateTimeToLive");
+        let ttl = self
+            .client
+            .update_time_to_live()
+            .table_name(&self.table)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder().attribute_name(TTL_ATTR).enabled(true).build()?,
+            )
+            .send()
+            .await;
+        if let Err(e) = ttl {
+            // Enabling twice is refused ("TimeToLive is already enabled"); anything else matters
+            // only on a server without TTL (dynalite), where the log is trimmed by trim_log.
+            tracing::info!("time to live on {}: {}", self.table, sdk_err(&e));
+        }
+        Ok(())
+    }
+
+    // ---- reading ----
+
+    async fn get(&self, pk: String, sk: String) -> StoreResult<Option<Item>> {
+        count("dynamodb:GetItem");
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk, sk)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(be)?;
+        Ok(out.item)
+    }
+
+    /// All items of a partition whose sort key is above `after` (or begins with `prefix`), in
+    /// order, at most `limit`.
+    async fn query(
+        &self,
+        pk: String,
+        after: Option<String>,
+        prefix: Option<&str>,
+        limit: Option<usize>,
+    ) -> StoreResult<Vec<Item>> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let mut names = HashMap::from([("#pk".to_string(), PK.to_string())]);
+            let mut values = HashMap::from([(":pk".to_string(), s(&pk))]);
+            let mut expr = "#pk = :pk".to_string();
+            if let Some(a) = &after {
+                names.insert("#sk".into(), SK.into());
+                values.insert(":sk".into(), s(a));
+                expr.push_str(" AND #sk > :sk");
+            } else if let Some(p) = prefix {
+                names.insert("#sk".into(), SK.into());
+                values.insert(":sk".into(), s(p));
+                expr.push_str(" AND begins_with(#sk, :sk)");
+            }
+            let mut q = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression(expr)
+                .set_expression_attribute_names(Some(names))
+                .set_expression_attribute_values(Some(values))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take());
+            if let Some(l) = limit {
+                q = q.limit((l - out.len()).min(1000) as i32);
+            }
+            count("dynamodb:Query");
+            let page = q.send().await.map_err(be)?;
+            out.extend(page.items.unwrap_or_default());
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() && limit.is_none_or(|l| out.len() < l) => start = Some(k),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ptr(&self, uid: &str, id: NodeId) -> StoreResult<Option<Ptr>> {
+        let Some(item) = self.get(user_pk(uid), node_sk(id)).await? else { return Ok(None) };
+        Ok(Some(Ptr {
+            node: read_node(&item)?,
+            trash_at: opt_n(&item, "trash_at")?,
+            in_trash: opt_n(&item, "in_trash")?,
+        }))
+    }
+
+    /// A live node, or `NotFound`.
+    async fn live(&self, uid: &str, id: NodeId) -> StoreResult<Node> {
+        match self.ptr(uid, id).await? {
+            Some(p) if p.live() => Ok(p.node),
+            _ => Err(StoreError::NotFound),
+        }
+    }
+
+    async fn live_dir(&self, uid: &str, id: NodeId) -> StoreResult<Node> {
+        let node = self.live(uid, id).await?;
+        if !node.is_dir() {
+            return Err(StoreError::NotADirectory);
+        }
+        Ok(node)
+    }
+
+    async fn entry(&self, uid: &str, parent: NodeId, name: &str) -> StoreResult<Option<Node>> {
+        if name.is_empty() {
+            return Ok(None);
+        }
+        match self.get(dir_pk(uid, parent), name.to_string()).await? {
+            Some(item) => Ok(Some(read_node(&item)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn is_empty_dir(&self, uid: &str, id: NodeId) -> StoreResult<bool> {
+        Ok(self.query(dir_pk(uid, id), None, None, Some(1)).await?.is_empty())
+    }
+
+    /// The user's sequence counter; `NotFound` for a user that does not exist.
+    async fn seq(&self, uid: &str) -> StoreResult<Seq> {
+        match self.get(user_pk(uid), META.into()).await? {
+            Some(item) => get_n(&item, "seq"),
+            None => Err(StoreError::NotFound),
+        }
+    }
+
+    // ---- writing ----
+
+    fn ptr_item(&self, uid: &str, node: &Node) -> Item {
+        let mut item = key(user_pk(uid), node_sk(node.id));
+        put_node(&mut item, node);
+        item
+    }
+
+    fn entry_item(&self, uid: &str, node: &Node) -> Item {
+        let mut item = key(dir_pk(uid, node.parent), node.name.clone());
+        put_node(&mut item, node);
+        item
+    }
+
+    /// Adds the counter guard and the log items for `events` (numbered from `seq + 1`).
+    fn log_events(&self, tx: &mut Tx, uid: &str, seq: Seq, events: &mut [ChangeEvent]) {
+        let ttl = unix_secs() + self.log_retention.as_secs();
+        for (i, ev) in events.iter_mut().enumerate() {
+            ev.seq = seq + 1 + i as u64;
+            let mut item = key(log_pk(uid), seq_sk(ev.seq));
+            item.insert("ev".into(), s(serde_json::to_string(ev).expect("events serialise")));
+            item.insert("at".into(), n(ev.at_ns));
+            item.insert(TTL_ATTR.into(), n(ttl));
+            self.tx_put_raw(tx, item, Some(Cond::not_exists()));
+        }
+        tx.items.push(
+            TransactWriteItem::builder()
+                .update(
+                    aws_sdk_dynamodb::types::Update::builder()
+                        .table_name(&self.table)
+                        .set_key(Some(key(user_pk(uid), META.into())))
+                        .update_expression("SET #seq = :new")
+                        .condition_expression("#seq = :old")
+                        .expression_attribute_names("#seq", "seq")
+                        .expression_attribute_values(":new", n(seq + events.len() as u64))
+                        .expression_attribute_values(":old", n(seq))
+                        .build()
+                        .expect("update"),
+                )
+                .build(),
+        );
+    }
+
+    fn tx_put_raw(&self, tx: &mut Tx, item: Item, cond: Option<Cond>) {
+        tx.put(&self.table, item, cond)
+    }
+
+    async fn commit(&self, tx: Tx) -> StoreResult<TxOutcome> {
+        count("dynamodb:TransactWriteItems");
+        match self.client.transact_write_items().set_transact_items(Some(tx.items)).send().await {
+            Ok(_) => Ok(TxOutcome::Done),
+            Err(e) => {
+                use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError as E;
+                match e.as_service_error() {
+                    Some(E::TransactionCanceledException(_)) => {
+                        Ok(TxOutcome::Retry)
+                    }
+                    _ => Err(be(e)),
+                }
+            }
+        }
+    }
+
+    async fn batch_write(&self, requests: Vec<WriteRequest>) -> StoreResult<()> {
+        for chunk in requests.chunks(25) {
+            let mut pending = HashMap::from([(self.table.clone(), chunk.to_vec())]);
+            for attempt in 0.. {
+                count("dynamodb:BatchWriteItem");
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .set_request_items(Some(pending))
+                    .send()
+                    .await
+                    .map_err(be)?;
+                match out.unprocessed_items {
+                    Some(rest) if rest.values().any(|v| !v.is_empty()) => {
+                        if attempt > 10 {
+                            return Err(StoreError::Backend("batch write kept being throttled".into()));
+                        }
+                        tokio::time::sleep(Duration::from_millis(20 << attempt.min(6))).await;
+                        pending = rest;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn delete_req(item: &Item) -> WriteRequest {
+        let k: Item = item
+            .iter()
+            .filter(|(k, _)| k.as_str() == PK || k.as_str() == SK)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        WriteRequest::builder()
+            .delete_request(DeleteRequest::builder().set_key(Some(k)).build().expect("key"))
+            .build()
+    }
+
+    /// Marks (`Some(top)`) or unmarks (`None`) every node below `top` as being in the trash.
+    async fn mark_subtree(&self, uid: &str, top: NodeId, mark: Option<NodeId>) -> StoreResult<()> {
+        let mut dirs = vec![top];
+        let mut writes = Vec::new();
+        while let Some(dir) = dirs.pop() {
+            for item in self.query(dir_pk(uid, dir), None, None, None).await? {
+                let node = read_node(&item)?;
+                if node.is_dir() {
+                    dirs.push(node.id);
+                }
+                let mut p = self.ptr_item(uid, &node);
+                if let Some(t) = mark {
+                    p.insert("in_trash".into(), n(t));
+                }
+                writes.push(
+                    WriteRequest::builder()
+                        .put_request(PutRequest::builder().set_item(Some(p)).build().expect("item"))
+                        .build(),
+                );
+            }
+        }
+        self.batch_write(writes).await
+    }
+
+    async fn user_item(&self, name: &str) -> StoreResult<Item> {
+        self.get(users_pk(), name.to_string()).await?.ok_or_else(|| StoreError::UnknownUser(name.into()))
+    }
+
+    fn user_from(item: &Item) -> StoreResult<User> {
+        Ok(User { id: get_s(item, "uid")?, name: get_s(item, SK)?, created_at_ns: get_n(item, "created")? })
+    }
+}
+
+fn event(op: ChangeOp, node: &Node, from: Option<Place>, origin: Origin) -> ChangeEvent {
+    ChangeEvent { seq: 0, op, node: node.clone(), from, device: origin.device, at_ns: origin.now_ns }
+}
+
+/// `name (restored)`, `name (restored 2)`, …, cut (at a character boundary) to the name
+/// length limit — as the SQLite engine names them.
+fn restored_name(name: &str, k: u32) -> String {
+    let suffix = if k == 1 { " (restored)".to_string() } else { format!(" (restored {k})") };
+    let mut stem = name.len().min(jewel_wire::MAX_NAME_BYTES.saturating_sub(suffix.len()));
+    while !name.is_char_boundary(stem) {
+        stem -= 1;
+    }
+    format!("{}{suffix}", &name[..stem])
+}
+
+fn too_many() -> StoreError {
+    StoreError::Backend("too much contention on this user's data; try again".into())
+}
+
+#[async_trait]
+impl MetaStore for DynamoStore {
+    async fn create_user(&self, name: &str, token_hash: &str, now_ns: i64) -> StoreResult<User> {
+        let uid = format!("{:016x}", rand::random::<u64>());
+        let mut tx = Tx::default();
+        let mut u = key(users_pk(), name.to_string());
+        u.insert("uid".into(), s(&uid));
+        u.insert("token".into(), s(token_hash));
+        u.insert("created".into(), n(now_ns));
+        tx.put(&self.table, u, Some(Cond::not_exists()));
+        let mut t = key(token_pk(token_hash), "T".into());
+        t.insert("uid".into(), s(&uid));
+        t.insert("name".into(), s(name));
+        t.insert("created".into(), n(now_ns));
+        tx.put(&self.table, t, Some(Cond::not_exists()));
+        let mut meta = key(user_pk(&uid), META.into());
+        meta.insert("seq".into(), n(0));
+        meta.insert("name".into(), s(name));
+        tx.put(&self.table, meta, None);
+        let root = Node {
+            id: ROOT_ID,
+            parent: ROOT_ID,
+            name: String::new(),
+            kind: NodeKind::Dir,
+            size: 0,
+            mode: 0o755,
+            mtime_ns: now_ns,
+            version: 1,
+            blocks: Vec::new(),
+            target: None,
+        };
+        tx.put(&self.table, self.ptr_item(&uid, &root), None);
+        match self.commit(tx).await? {
+            TxOutcome::Done => Ok(User { id: uid, name: name.into(), created_at_ns: now_ns }),
+            TxOutcome::Retry => {
+                if self.get(users_pk(), name.to_string()).await?.is_some() {
+                    Err(StoreError::UserExists(name.into()))
+                } else {
+                    Err(StoreError::Backend("that token hash is already in use".into()))
+                }
+            }
+        }
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<User>> {
+        self.query(users_pk(), None, None, None).await?.iter().map(Self::user_from).collect()
+    }
+
+    async fn remove_user(&self, name: &str) -> StoreResult<()> {
+        let u = self.user_item(name).await?;
+        let uid = get_s(&u, "uid")?;
+        let token = get_s(&u, "token")?;
+        let mut deletes = Vec::new();
+        let own = self.query(user_pk(&uid), None, None, None).await?;
+        for item in &own {
+            if get_s(item, SK)?.starts_with("N#") && get_s(item, "kind")? == "dir" {
+                let id: NodeId = get_n(item, "id")?;
+                for e in self.query(dir_pk(&uid, id), None, None, None).await? {
+                    deletes.push(Self::delete_req(&e));
+                }
+            }
+        }
+        for pk in [log_pk(&uid), trash_pk(&uid)] {
+            for e in self.query(pk, None, None, None).await? {
+                deletes.push(Self::delete_req(&e));
+            }
+        }
+        // The user's own partition (meta, devices, pointers) last, then the token and name:
+        // a removal cut short can be run again.
+        deletes.extend(own.iter().map(Self::delete_req));
+        deletes.push(Self::delete_req(&key(token_pk(&token), "T".into())));
+        deletes.push(Self::delete_req(&key(users_pk(), name.into())));
+        self.batch_write(deletes).await
+    }
+
+    async fn set_token(&self, name: &str, token_hash: &str) -> StoreResult<User> {
+        for _ in 0..MAX_ATTEMPTS {
+            let u = self.user_item(name).await?;
+            let user = Self::user_from(&u)?;
+            let old = get_s(&u, "token")?;
+            let mut tx = Tx::default();
+            let mut nu = u.clone();
+            nu.insert("token".into(), s(token_hash));
+            let mut c = Cond::exists();
+            c.expr.push_str(" AND #tok = :tok");
+            c.names.insert("#tok".into(), "token".into());
+            c.values.insert(":tok".into(), s(&old));
+            tx.put(&self.table, nu, Some(c));
+            if old != token_hash {
+                tx.delete(&self.table, key(token_pk(&old), "T".into()), None);
+                let mut t = key(token_pk(token_hash), "T".into());
+                t.insert("uid".into(), s(&user.id));
+                t.insert("name".into(), s(name));
+                t.insert("created".into(), n(user.created_at_ns));
+                tx.put(&self.table, t, Some(Cond::not_exists()));
+            }
+            if let TxOutcome::Done = self.commit(tx).await? {
+                return Ok(user);
+            }
+        }
+        Err(too_many())
+    }
+
+    async fn user_by_token(&self, token_hash: &str) -> StoreResult<Option<User>> {
+        let Some(t) = self.get(token_pk(token_hash), "T".into()).await? else { return Ok(None) };
+        Ok(Some(User { id: get_s(&t, "uid")?, name: get_s(&t, "name")?, created_at_ns: get_n(&t, "created")? }))
+    }
+
+    async fn register_device(&self, user: &UserId, name: &str) -> StoreResult<DeviceId> {
+        if self.get(user_pk(user), META.into()).await?.is_none() {
+            return Err(StoreError::UnknownUser(user.clone()));
+        }
+        let id = new_id();
+        let mut item = key(user_pk(user), dev_sk(id));
+        item.insert("name".into(), s(name));
+        item.insert("id".into(), n(id));
+        count("dynamodb:PutItem");
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", PK)
+            .send()
+            .await
+            .map_err(be)?;
+        Ok(id)
+    }
+
+    async fn device(&self, user: &UserId, device: DeviceId) -> StoreResult<String> {
+        match self.get(user_pk(user), dev_sk(device)).await? {
+            Some(item) => get_s(&item, "name"),
+            None => Err(StoreError::UnknownDevice),
+        }
+    }
+
+    async fn devices(&self, user: &UserId) -> StoreResult<Vec<(DeviceId, String)>> {
+        let mut out = self
+            .query(user_pk(user), None, Some("DEV#"), None)
+            .await?
+            .iter()
+            .map(|i| Ok((get_n(i, "id")?, get_s(i, "name")?)))
+            .collect::<StoreResult<Vec<(DeviceId, String)>>>()?;
+        out.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    async fn get_node(&self, user: &UserId, id: NodeId) -> StoreResult<Node> {
+        self.live(user, id).await
+    }
+
+    async fn child(&self, user: &UserId, parent: NodeId, name: &str) -> StoreResult<Node> {
+        let node = self.entry(user, parent, name).await?.ok_or(StoreError::NotFound)?;
+        // Entries below a deleted directory stay; they are visible only under a live parent.
+        self.live(user, parent).await?;
+        Ok(node)
+    }
+
+    async fn list_children(
+        &self,
+        user: &UserId,
+        parent: NodeId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<Node>> {
+        self.live_dir(user, parent).await?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let after = after.filter(|a| !a.is_empty()).map(str::to_string);
+        self.query(dir_pk(user, parent), after, None, Some(limit as usize))
+            .await?
+            .iter()
+            .map(read_node)
+            .collect()
+    }
+
+    async fn create(
+        &self,
+        user: &UserId,
+        new: &NewNode,
+        origin: Origin,
+    ) -> StoreResult<(Node, ChangeEvent)> {
+        let id = new_id();
+        for _ in 0..MAX_ATTEMPTS {
+            let seq = self.seq(user).await?;
+            self.live_dir(user, new.parent).await?;
+            if let Some(occupant) = self.entry(user, new.parent, &new.name).await? {
+                return Err(StoreError::Exists(Box::new(occupant)));
+            }
+            let (kind, size, blocks, target) = match &new.kind {
+                NewKind::File { content } => (NodeKind::File, content.size, content.blocks.clone(), None),
+                NewKind::Dir => (NodeKind::Dir, 0, Vec::new(), None),
+                NewKind::Symlink { target } => {
+                    (NodeKind::Symlink, target.len() as u64, Vec::new(), Some(target.clone()))
+                }
+            };
+            let node = Node {
+                id,
+                parent: new.parent,
+                name: new.name.clone(),
+                kind,
+                size,
+                mode: new.mode,
+                mtime_ns: new.mtime_ns,
+                version: 1,
+                blocks,
+                target,
+            };
+            let mut events = [event(ChangeOp::Upsert, &node, None, origin)];
+            let mut tx = Tx::default();
+            tx.put(&self.table, self.ptr_item(user, &node), Some(Cond::not_exists()));
+            tx.put(&self.table, self.entry_item(user, &node), Some(Cond::not_exists()));
+            tx.check(&self.table, key(user_pk(user), node_sk(new.parent)), Cond::live());
+            self.log_events(&mut tx, user, seq, &mut events);
+            if let TxOutcome::Done = self.commit(tx).await? {
+                let [ev] = events;
+                return Ok((node, ev));
+            }
+        }
+        Err(too_many())
+    }
+
+    async fn commit_content(
+        &self,
+        user: &UserId,
+        id: NodeId,
+        base: Version,
+        content: &Content,
+        mtime_ns: Option<i64>,
+        origin: Origin,
+    ) -> StoreResult<(Node, ChangeEvent)> {
+        for _ in 0..MAX_ATTEMPTS {
+            let seq = self.seq(user).await?;
+            let cur = self.live(user, id).await?;
+            match cur.kind {
+                NodeKind::File => {}
+                NodeKind::Dir => return Err(StoreError::IsADirectory),
+                NodeKind::Symlink => return Err(StoreError::InvalidMove("a symlink has no content")),
+            }
+            if cur.version != base {
+                return Err(StoreError::Conflict(Box::new(cur)));
+            }
+            let node = Node {
+                size: content.size,
+                blocks: content.blocks.clone(),
+                mtime_ns: mtime_ns.unwrap_or(origin.now_ns),
+                version: cur.version + 1,
+                ..cur.clone()
+            };
+            let mut events = [event(ChangeOp::Upsert, &node, None, origin)];
+            let mut tx = Tx::default();
+            tx.put(&self.table, self.ptr_item(user, &node), Some(Cond::live_version(cur.version)));
+            tx.put(&self.table, self.entry_item(user, &node), Some(Cond::version(cur.version)));
+            self.log_events(&mut tx, user, seq, &mut events);
+            if let TxOutcome::Done = self.commit(tx).await? {
+                let [ev] = events;
+                return Ok((node, ev));
+            }
+        }
+        Err(too_many())
+    }
+
+    async fn set_attr(
+        &self,
+        user: &UserId,
+        id: NodeId,
+        attr: &SetAttr,
+        origin: Origin,
+    ) -> StoreResult<(Node, ChangeEvent)> {
+        for _ in 0..MAX_ATTEMPTS {
+            let seq = self.seq(user).await?;
+            let cur = self.live(user, id).await?;
+            let node = Node {
+                mode: attr.mode.unwrap_or(cur.mode),
+                mtime_ns: attr.mtime_ns.unwrap_or(cur.mtime_ns),
+                version: cur.version + 1,
+                ..cur.clone()
+            };
+            let mut events = [event(ChangeOp::Upsert, &node, None, origin)];
+            let mut tx = Tx::default();
+            tx.put(&self.table, self.ptr_item(user, &node), Some(Cond::live_version(cur.version)));
+            if id != ROOT_ID {
+                tx.put(&self.table, self.entry_item(user, &node), Some(Cond::version(cur.version)));
+            }
+            self.log_events(&mut tx, user, seq, &mut events);
+            if let TxOutcome::Done = self.commit(tx).await? {
+                let [ev] = events;
+                return Ok((node, ev));
+            }
+        }
+        Err(too_many())
+    }
+
+    async fn move_node(
+        &self,
+        user: &UserId,
+        id: NodeId,
+        base: Version,
+        new_parent: NodeId,
+        new_name: &str,
+        mode: MoveMode,
+        origin: Origin,
+    ) -> StoreResult<Moved> {
+        for _ in 0..MAX_ATTEMPTS {
+            let seq = self.seq(user).await?;
+            let node = self.live(user, id).await?;
+            if id == ROOT_ID {
+                return Err(StoreError::InvalidMove("the root cannot be moved"));
+            }
+            if node.version != base {
+                return Err(StoreError::Conflict(Box::new(node)));
+            }
+            self.live_dir(user, new_parent).await?;
+            if node.is_dir() && self.is_below(user, new_parent, id).await? {
+                return Err(StoreError::InvalidMove("a directory cannot move below itself"));
+            }
+            let target = self.entry(user, new_parent, new_name).await?;
+            if target.as_ref().is_some_and(|t| t.id == id) {
+                // Already there: nothing changes.
+                return Ok(Moved { node, other: None, events: Vec::new() });
+            }
+            let from = Place { parent: node.parent, name: node.name.clone() };
+            let moved = Node { parent: new_parent, name: new_name.to_string(), version: node.version + 1, ..node.clone() };
+            let mut tx = Tx::default();
+            tx.put(&self.table, self.ptr_item(user, &moved), Some(Cond::live_version(node.version)));
+            tx.check(&self.table, key(user_pk(user), node_sk(new_parent)), Cond::live());
+            let mut events = vec![event(ChangeOp::Upsert, &moved, Some(from.clone()), origin)];
+            let mut other = None;
+            let mut trashed_dir = None;
+            match (mode, target) {
+                (MoveMode::NoReplace, Some(t)) => return Err(StoreError::Exists(Box::new(t))),
+                (MoveMode::Exchange, None) => return Err(StoreError::NotFound),
+                (_, None) => {
+                    tx.delete(&self.table, key(dir_pk(user, node.parent), node.name.clone()), Some(Cond::version(node.version)));
+                    tx.put(&self.table, self.entry_item(user, &moved), Some(Cond::not_exists()));
+                }
+                (MoveMode::Replace, Some(t)) => {
+                    match (node.is_dir(), t.is_dir()) {
+                        (false, true) => return Err(StoreError::IsADirectory),
+                        (true, false) => return Err(StoreError::NotADirectory),
+                        (true, true) if !self.is_empty_dir(user, t.id).await? => {
+                            return Err(StoreError::NotEmpty)
+                        }
+                        _ => {}
+                    }
+                    let gone = t.clone();
+                    tx.delete(&self.table, key(dir_pk(user, node.parent), node.name.clone()), Some(Cond::version(node.version)));
+                    tx.put(&self.table, self.entry_item(user, &moved), Some(Cond::version(t.version)));
+                    let mut p = self.ptr_item(user, &gone);
+                    p.insert("trash_at".into(), n(origin.now_ns));
+                    tx.put(&self.table, p, Some(Cond::live_version(t.version)));
+                    let mut tr = key(trash_pk(user), node_sk(t.id));
+                    put_node(&mut tr, &gone);
+                    tr.insert("at".into(), n(origin.now_ns));
+                    tx.put(&self.table, tr, None);
+                    // The replaced node's removal comes before the move.
+                    events.insert(0, event(ChangeOp::Remove, &gone, None, origin));
+                    if gone.is_dir() {
+                        trashed_dir = Some(gone.id);
+                    }
+                    other = Some(gone);
+                }
+                (MoveMode::Exchange, Some(t)) => {
+                    if t.is_dir() && self.is_below(user, node.parent, t.id).await? {
+                        return Err(StoreError::InvalidMove("a directory cannot move below itself"));
+                    }
+                    let swapped = Node { parent: node.parent, name: node.name.clone(), version: t.version + 1, ..t.clone() };
+                    tx.put(&self.table, self.ptr_item(user, &swapped), Some(Cond::live_version(t.version)));
+                    tx.put(&self.table, self.entry_item(user, &moved), Some(Cond::version(t.version)));
+                    tx.put(&self.table, self.entry_item(user, &swapped), Some(Cond::version(node.version)));
+                    let from_t = Place { parent: t.parent, name: t.name.clone() };
+                    events.push(event(ChangeOp::Upsert, &swapped, Some(from_t), origin));
+                    other = Some(swapped);
+                }
+            }
+            self.log_events(&mut tx, user, seq, &mut events);
+            if let TxOutcome::Done = self.commit(tx).await? {
+                if let Some(d) = trashed_dir {
+                    self.mark_subtree(user, d, Some(d)).await?;
+                }
+                return Ok(Moved { node: moved, other, events });
+            }
+        }
+        Err(too_many())
+    }
+
+    async fn remove(
+        &self,
+        user: &UserId,
+        id: NodeId,
+        base: Option<Version>,
+        recursive: bool,
+        origin: Origin,
+    ) -> StoreResult<(Node, ChangeEvent)> {
+        for _ in 0..MAX_ATTEMPTS {
+            let seq = self.seq(user).await?;
+            let node = self.live(user, id).await?;
+            if id == ROOT_ID {
+                return Err(StoreError::InvalidMove("the root cannot be removed"));
+            }
+            if base.is_some_and(|b| b != node.version) {
+                return Err(StoreError::Conflict(Box::new(node)));
+            }
+            if node.is_dir() && !recursive && !self.is_empty_dir(user, id).await? {
+                return Err(StoreError::NotEmpty);
+            }
+            // Removing does not bump: the event and the trash entry carry the last state.
+            let gone = node.clone();
+            let mut events = [event(ChangeOp::Remove, &gone, None, origin)];
+            let mut tx = Tx::default();
+            let mut p = self.ptr_item(user, &gone);
+            p.insert("trash_at".into(), n(origin.now_ns));
+            tx.put(&self.table, p, Some(Cond::live_version(node.version)));
+            tx.delete(&self.table, key(dir_pk(user, node.parent), node.name.clone()), Some(Cond::version(node.version)));
+            let mut tr = key(trash_pk(user), node_sk(id));
+            put_node(&mut tr, &gone);
+            tr.insert("at".into(), n(origin.now_ns));
+            tx.put(&self.table, tr, None);
+            self.log_events(&mut tx, user, seq, &mut events);
+            if let TxOutcome::Done = self.commit(tx).await? {
+                if gone.is_dir() {
+                    self.mark_subtree(user, id, Some(id)).await?;
+                }
+                let [ev] = events;
+                return Ok((gone, ev));
+            }
+        }
+        Err(too_many())
+    }
+
+    async fn list_trash(&self, user: &UserId) -> StoreResult<Vec<TrashEntry>> {
+        let mut out = self
+            .query(trash_pk(user), None, None, None)
+            .await?
+            .iter()
+            .map(|i| Ok(TrashEntry { node: read_node(i)?, deleted_at_ns: get_n(i, "at")? }))
+            .collect::<StoreResult<Vec<_>>>()?;
+        out.sort_by(|a, b| b.deleted_at_ns.cmp(&a.deleted_at_ns).then(a.node.id.cmp(&b.node.id)));
+        Ok(out)
+    }
+
+    async fn restore(
+        &self,
+        user: &UserId,
+        id: NodeId,
+        origin: Origin,
+    ) -> StoreResult<(Node, ChangeEvent)> {
+        for _ in 0..MAX_ATTEMPTS {
+            let seq = self.seq(user).await?;
+            let p = match self.ptr(user, id).await? {
+                Some(p) if p.trash_at.is_some() && p.in_trash.is_none() => p,
+                _ => return Err(StoreError::NotFound),
+            };
+            let parent = match self.live(user, p.node.parent).await {
+                Ok(d) if d.is_dir() => d.id,
+                _ => ROOT_ID,
+            };
+            let mut name = p.node.name.clone();
+            let mut k = 1u32;
+            while self.entry(user, parent, &name).await?.is_some() {
+                name = restored_name(&p.node.name, k);
+                k += 1;
+                if k > 10_000 {
+                    return Err(StoreError::Backend(format!("no free restore name for {name:?}")));
+                }
+            }
+            let node = Node { parent, name, version: p.node.version + 1, ..p.node.clone() };
+            let mut events = [event(ChangeOp::Upsert, &node, None, origin)];
+            let mut tx = Tx::default();
+            let mut c = Cond::version(p.node.version);
+            c.expr.push_str(" AND attribute_exists(#ta)");
+            c.names.insert("#ta".into(), "trash_at".into());
+            tx.put(&self.table, self.ptr_item(user, &node), Some(c));
+            tx.put(&self.table, self.entry_item(user, &node), Some(Cond::not_exists()));
+            tx.delete(&self.table, key(trash_pk(user), node_sk(id)), None);
+            if parent != ROOT_ID {
+                tx.check(&self.table, key(user_pk(user), node_sk(parent)), Cond::live());
+            }
+            self.log_events(&mut tx, user, seq, &mut events);
+            if let TxOutcome::Done = self.commit(tx).await? {
+                if node.is_dir() {
+                    self.mark_subtree(user, id, None).await?;
+                }
+                let [ev] = events;
+                return Ok((node, ev));
+            }
+        }
+        Err(too_many())
+    }
+
+    async fn changes_since(&self, user: &UserId, since: Seq, limit: u32) -> StoreResult<ChangePage> {
+        let latest = self.latest_seq(user).await?;
+        if since > latest {
+            // A cursor from another life of this log.
+            return Err(StoreError::CursorTooOld);
+        }
+        if since == latest || limit == 0 {
+            return Ok(ChangePage { events: Vec::new(), latest_seq: latest });
+        }
+        let now = unix_secs();
+        let items = self.query(log_pk(user), Some(seq_sk(since)), None, Some(limit as usize)).await?;
+        let mut events = Vec::with_capacity(items.len());
+        for item in &items {
+            if opt_n::<u64>(item, TTL_ATTR)?.is_some_and(|t| t <= now) {
+                continue;
+            }
+            let ev: ChangeEvent = serde_json::from_str(&get_s(item, "ev")?)
+                .map_err(|e| StoreError::Backend(format!("bad event in the log: {e}")))?;
+            events.push(ev);
+        }
+        if events.first().map(|e| e.seq) != Some(since + 1) {
+            return Err(StoreError::CursorTooOld);
+        }
+        Ok(ChangePage { events, latest_seq: latest })
+    }
+
+    async fn latest_seq(&self, user: &UserId) -> StoreResult<Seq> {
+        match self.seq(user).await {
+            Err(StoreError::NotFound) => Ok(0),
+            other => other,
+        }
+    }
+
+    async fn trim_log(&self, user: &UserId, before_ns: i64) -> StoreResult<()> {
+        // The log stays a contiguous suffix: drop every event up to the newest one older than
+        // the cut, never the newest event of all.
+        let items = self.query(log_pk(user), None, None, None).await?;
+        let Some((_newest, older)) = items.split_last() else { return Ok(()) };
+        let mut cut = None;
+        for (i, item) in older.iter().enumerate() {
+            if get_n::<i64>(item, "at")? < before_ns {
+                cut = Some(i);
+            }
+        }
+        let Some(cut) = cut else { return Ok(()) };
+        self.batch_write(older[..=cut].iter().map(Self::delete_req).collect()).await
+    }
+
+    async fn referenced_blocks(&self, user: &UserId) -> StoreResult<Vec<String>> {
+        let mut out = Vec::new();
+        for item in self.query(user_pk(user), None, Some("N#"), None).await? {
+            out.extend(read_node(&item)?.blocks);
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+}
+
+impl DynamoStore {
+    /// Whether `id` is `dir` or lies below it (walking up from `id` to the root).
+    async fn is_below(&self, uid: &str, mut id: NodeId, dir: NodeId) -> StoreResult<bool> {
+        for _ in 0..4096 {
+            if id == dir {
+                return Ok(true);
+            }
+            if id == ROOT_ID {
+                return Ok(false);
+            }
+            id = match self.ptr(uid, id).await? {
+                Some(p) => p.node.parent,
+                None => return Ok(false),
+            };
+        }
+        Err(StoreError::Backend("the tree is deeper than 4096 levels".into()))
+    }
+}

@@ -1,0 +1,162 @@
+//! AWS mode: `MetaStore` on DynamoDB ([`dynamo`]), `BlobStore` on S3 ([`s3`]) and `ChangeBus`
+//! on SQS ([`sqs`]), all through the AWS SDK for Rust.
+//!
+//! Configuration comes from the environment, the same in Lambda, in `jewel-server --backend
+//! aws` and in the loopback tests:
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `JEWEL_TABLE` | the DynamoDB table (single-table design, keys `PK`/`SK`, TTL on `ttl`) | `jewel` |
+//! | `JEWEL_BUCKET` | the S3 bucket holding blocks under `u/<user>/b/<hash>` | `jewel-blocks` |
+//! | `JEWEL_QUEUE_PREFIX` | name prefix of the per-device SQS queues | `jewel` |
+//! | `JEWEL_LISTENER_ROLE_ARN` | role assumed (with a one-queue session policy) to hand devices receive-only credentials | none: devices get no credentials, see [`sqs`] |
+//! | `JEWEL_LOG_RETENTION_DAYS` | how long change-log items live before DynamoDB's TTL drops them | 30 |
+//! | `AWS_REGION`, `AWS_ENDPOINT_URL[_DYNAMODB/_S3/_SQS/_STS]`, credentials | the standard AWS environment | |
+//!
+//! One subtle point: the SDK is built without its default HTTPS client; we give it a hyper
+//! client on rustls with the *ring* provider, the same TLS stack `reqwest` uses in the
+//! workspace, so the binary carries one TLS implementation. Every SDK call is counted per
+//! operation ([`request_counts`]) so tests and benchmarks can show what a workload costs.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::blobs::BlobStore;
+use crate::bus::ChangeBus;
+use crate::store::MetaStore;
+
+pub mod dynamo;
+pub mod s3;
+pub mod sqs;
+
+/// The names the deployment and the code share (Terraform's `aws_naming_test` checks them).
+pub const ENV_TABLE: &str = "JEWEL_TABLE";
+pub const ENV_BUCKET: &str = "JEWEL_BUCKET";
+pub const ENV_QUEUE_PREFIX: &str = "JEWEL_QUEUE_PREFIX";
+pub const ENV_LISTENER_ROLE: &str = "JEWEL_LISTENER_ROLE_ARN";
+pub const ENV_LOG_RETENTION_DAYS: &str = "JEWEL_LOG_RETENTION_DAYS";
+/// The table's key attributes and its TTL attribute.
+pub const PK: &str = "PK";
+pub const SK: &str = "SK";
+pub const TTL_ATTR: &str = "ttl";
+
+/// Everything AWS mode needs to know besides the SDK's own configuration.
+#[derive(Debug, Clone)]
+pub struct AwsSettings {
+    pub table: String,
+    pub bucket: String,
+    /// Queues are named `<prefix>-<user>-<device>`.
+    pub queue_prefix: String,
+    /// Role to assume for device credentials; `None` hands out none.
+    pub listener_role_arn: Option<String>,
+    /// Change-log retention (TTL): long enough for a laptop to be away on holiday.
+    pub log_retention: Duration,
+    /// Presigned block URLs live this long: enough for one 4 MiB block on a slow link.
+    pub url_lifetime: Duration,
+}
+
+impl Default for AwsSettings {
+    fn default() -> Self {
+        AwsSettings {
+            table: "jewel".into(),
+            bucket: "jewel-blocks".into(),
+            queue_prefix: "jewel".into(),
+            listener_role_arn: None,
+            log_retention: Duration::from_secs(30 * 24 * 3600),
+            url_lifetime: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+impl AwsSettings {
+    pub fn from_env() -> anyhow::Result<AwsSettings> {
+        let mut s = AwsSettings::default();
+        if let Ok(v) = std::env::var(ENV_TABLE) {
+            s.table = v;
+        }
+        if let Ok(v) = std::env::var(ENV_BUCKET) {
+            s.bucket = v;
+        }
+        if let Ok(v) = std::env::var(ENV_QUEUE_PREFIX) {
+            s.queue_prefix = v;
+        }
+        s.listener_role_arn = std::env::var(ENV_LISTENER_ROLE).ok().filter(|v| !v.is_empty());
+        if let Ok(v) = std::env::var(ENV_LOG_RETENTION_DAYS) {
+            let days: u64 = v
+                .parse()
+                .with_context(|| format!("{ENV_LOG_RETENTION_DAYS}={v:?} is not a number of days"))?;
+            s.log_retention = Duration::from_secs(days * 24 * 3600);
+        }
+        Ok(s)
+    }
+}
+
+/// The SDK configuration from the standard AWS environment, on our one TLS stack.
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    use aws_smithy_http_client::tls;
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .build_https();
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http).load().await
+}
+
+/// The three stores, configured from the environment.
+pub async fn stores_from_env(
+) -> anyhow::Result<(Arc<dyn MetaStore>, Arc<dyn BlobStore>, Arc<dyn ChangeBus>)> {
+    let settings = AwsSettings::from_env()?;
+    let sdk = sdk_config().await;
+    let meta = dynamo::DynamoStore::new(&sdk, &settings);
+    let blobs = s3::S3BlobStore::new(&sdk, &settings);
+    let bus = sqs::SqsBus::new(&sdk, &settings);
+    Ok((Arc::new(meta), Arc::new(blobs), Arc::new(bus)))
+}
+
+/// Creates whatever is missing: the table (with TTL) and the bucket. Safe to run again.
+pub async fn init_from_env() -> anyhow::Result<()> {
+    let settings = AwsSettings::from_env()?;
+    let sdk = sdk_config().await;
+    dynamo::DynamoStore::new(&sdk, &settings).create_table().await?;
+    s3::S3BlobStore::new(&sdk, &settings).create_bucket().await?;
+    Ok(())
+}
+
+/// The environment's endpoint override for one service (loopback tests), if any.
+pub fn endpoint_override(service: &str) -> Option<String> {
+    std::env::var(format!("AWS_ENDPOINT_URL_{}", service.to_ascii_uppercase()))
+        .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
+static REQUESTS: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
+
+/// Counts one AWS request (`"dynamodb:GetItem"`, …).
+pub(crate) fn count(op: &'static str) {
+    *REQUESTS.lock().unwrap().entry(op).or_default() += 1;
+}
+
+/// How many AWS requests of each operation this process made so far.
+pub fn request_counts() -> BTreeMap<&'static str, u64> {
+    REQUESTS.lock().unwrap().clone()
+}
+
+/// Forgets the counts (benchmarks measure one phase at a time).
+pub fn reset_request_counts() {
+    REQUESTS.lock().unwrap().clear();
+}
+
+/// Formats an SDK error with its whole chain (the SDK's `Display` alone says only "service
+/// error").
+pub(crate) fn sdk_err(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}

@@ -1,0 +1,257 @@
+//! `ChangeBus` on SQS: one standard queue per device, `<prefix>-<user>-<device>`.
+//!
+//! - **register_device** creates the device's queue (idempotent: registering again returns the
+//!   same queue) with 20 s long polling as its default and a 4-day retention (a device away
+//!   longer catches up from the change log anyway), then hands the device short-lived
+//!   credentials for it: STS `AssumeRole` on `JEWEL_LISTENER_ROLE_ARN` with a *session policy*
+//!   that allows only `ReceiveMessage`, `DeleteMessage`, `ChangeMessageVisibility` and
+//!   `GetQueueAttributes` on that one queue. The effective permissions are the intersection
+//!   of the role's policy (all JewelFS queues, receive side only) and the session policy, so a
+//!   device can read its own queue and nothing else, and never holds the service's keys.
+//!   The credentials last one hour (the limit when a Lambda role chains into another role);
+//!   the device registers again to renew them.
+//! - **publish** sends the events to each given device's queue with `SendMessageBatch`. Each
+//!   message body is a JSON `ChangePage` of consecutive events, at most [`MAX_BODY`] bytes, so a
+//!   whole batch usually bills as one request (SQS bills per 64 KiB of payload). The sends to
+//!   different devices run concurrently.
+//! - **wait_after** is [`BusError::PollUnsupported`]: devices read their queues themselves.
+//!
+//! Queue URLs are cached per process (a warm Lambda sends without looking them up).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
+use jewel_wire::{ChangeEvent, ChangePage, DeviceId, Listen, Seq, SqsCredentials};
+
+use super::{count, endpoint_override, sdk_err, AwsSettings};
+use crate::bus::{BusError, BusResult, ChangeBus};
+use crate::store::UserId;
+
+/// Largest message body we send: below 64 KiB, so each message is one billed request.
+pub const MAX_BODY: usize = 60 * 1024;
+/// Largest batch payload (SQS allows 256 KiB per batch).
+const MAX_BATCH_BYTES: usize = 240 * 1024;
+/// Lifetime of device credentials (the most STS grants to a chained role session).
+const CREDENTIALS_LIFETIME: Duration = Duration::from_secs(3600);
+
+pub struct SqsBus {
+    sqs: aws_sdk_sqs::Client,
+    sts: aws_sdk_sts::Client,
+    prefix: String,
+    role_arn: Option<String>,
+    region: String,
+    urls: Mutex<HashMap<String, String>>,
+}
+
+fn be<E: std::error::Error + 'static>(e: E) -> BusError {
+    BusError::Backend(sdk_err(&e))
+}
+
+impl SqsBus {
+    pub fn new(sdk: &aws_config::SdkConfig, settings: &AwsSettings) -> SqsBus {
+        SqsBus {
+            sqs: aws_sdk_sqs::Client::new(sdk),
+            sts: aws_sdk_sts::Client::new(sdk),
+            prefix: settings.queue_prefix.clone(),
+            role_arn: settings.listener_role_arn.clone(),
+            region: sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "us-east-1".into()),
+            urls: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The queue name of one device: only the characters SQS allows, at most 80.
+    pub fn queue_name(&self, user: &str, device: DeviceId) -> String {
+        let clean: String = user
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .collect();
+        let mut name = format!("{}-{clean}-{device}", self.prefix);
+        name.truncate(80);
+        name
+    }
+
+    /// Creates the queue if needed and returns its URL (cached).
+    async fn queue_url(&self, user: &str, device: DeviceId) -> BusResult<String> {
+        let name = self.queue_name(user, device);
+        if let Some(url) = self.urls.lock().unwrap().get(&name) {
+            return Ok(url.clone());
+        }
+        count("sqs:CreateQueue");
+        let out = self
+            .sqs
+            .create_queue()
+            .queue_name(&name)
+            .attributes(QueueAttributeName::ReceiveMessageWaitTimeSeconds, "20")
+            .attributes(QueueAttributeName::MessageRetentionPeriod, (4 * 24 * 3600).to_string())
+            .tags("jewel-user", user)
+            .send()
+            .await
+            .map_err(be)?;
+        let url = out.queue_url.ok_or_else(|| BusError::Backend("CreateQueue gave no URL".into()))?;
+        self.urls.lock().unwrap().insert(name, url.clone());
+        Ok(url)
+    }
+
+    async fn queue_arn(&self, url: &str) -> BusResult<String> {
+        count("sqs:GetQueueAttributes");
+        let out = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(be)?;
+        out.attributes
+            .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+            .ok_or_else(|| BusError::Backend("the queue has no ARN".into()))
+    }
+
+    /// Credentials that can only receive from and delete on the queue `arn`.
+    async fn device_credentials(&self, arn: &str, device: DeviceId) -> BusResult<SqsCredentials> {
+        let role = self.role_arn.as_deref().ok_or_else(|| {
+            BusError::Backend(format!(
+                "{} is not set: devices cannot be given credentials for their queues",
+                super::ENV_LISTENER_ROLE
+            ))
+        })?;
+        count("sts:AssumeRole");
+        let out = self
+            .sts
+            .assume_role()
+            .role_arn(role)
+            .role_session_name(format!("jewel-device-{device}"))
+            .policy(session_policy(arn))
+            .duration_seconds(CREDENTIALS_LIFETIME.as_secs() as i32)
+            .send()
+            .await
+            .map_err(be)?;
+        let c = out.credentials.ok_or_else(|| BusError::Backend("AssumeRole gave no credentials".into()))?;
+        let exp = c.expiration();
+        Ok(SqsCredentials {
+            access_key_id: c.access_key_id().to_string(),
+            secret_access_key: c.secret_access_key().to_string(),
+            session_token: Some(c.session_token().to_string()),
+            expires_ns: exp.secs() * 1_000_000_000 + exp.subsec_nanos() as i64,
+        })
+    }
+}
+
+/// The session policy that narrows the listener role to one queue.
+pub fn session_policy(queue_arn: &str) -> String {
+    serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Action": [
+                "sqs:ReceiveMessage",
+                "sqs:DeleteMessage",
+                "sqs:ChangeMessageVisibility",
+                "sqs:GetQueueAttributes"
+            ],
+            "Resource": queue_arn
+        }]
+    })
+    .to_string()
+}
+
+/// Splits events into message bodies of at most [`MAX_BODY`] bytes (an event larger than that
+/// alone goes in a message of its own; SQS accepts up to 256 KiB).
+pub fn bodies(events: &[ChangeEvent]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < events.len() {
+        let mut end = start + 1;
+        let mut body = page_json(&events[start..end]);
+        while end < events.len() {
+            let next = page_json(&events[start..end + 1]);
+            if next.len() > MAX_BODY {
+                break;
+            }
+            body = next;
+            end += 1;
+        }
+        out.push(body);
+        start = end;
+    }
+    out
+}
+
+fn page_json(events: &[ChangeEvent]) -> String {
+    let latest_seq: Seq = events.iter().map(|e| e.seq).max().unwrap_or(0);
+    serde_json::to_string(&ChangePage { events: events.to_vec(), latest_seq }).expect("serialise")
+}
+
+#[async_trait]
+impl ChangeBus for SqsBus {
+    async fn register_device(&self, user: &UserId, device: DeviceId) -> BusResult<Listen> {
+        let queue_url = self.queue_url(user, device).await?;
+        let arn = self.queue_arn(&queue_url).await?;
+        let credentials = self.device_credentials(&arn, device).await?;
+        Ok(Listen::Sqs { queue_url, region: self.region.clone(), endpoint: endpoint_override("sqs"), credentials })
+    }
+
+    async fn publish(&self, user: &UserId, devices: &[DeviceId], events: &[ChangeEvent]) -> BusResult<()> {
+        if events.is_empty() || devices.is_empty() {
+            return Ok(());
+        }
+        let bodies = bodies(events);
+        let sends = devices.iter().map(|&d| {
+            let bodies = &bodies;
+            async move {
+                let url = self.queue_url(user, d).await?;
+                let mut batch: Vec<SendMessageBatchRequestEntry> = Vec::new();
+                let mut bytes = 0;
+                for (i, body) in bodies.iter().enumerate() {
+                    if batch.len() == 10 || (bytes + body.len() > MAX_BATCH_BYTES && !batch.is_empty()) {
+                        self.send_batch(&url, std::mem::take(&mut batch)).await?;
+                        bytes = 0;
+                    }
+                    bytes += body.len();
+                    batch.push(
+                        SendMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .message_body(body.clone())
+                            .build()
+                            .map_err(be)?,
+                    );
+                }
+                self.send_batch(&url, batch).await
+            }
+        });
+        futures::future::try_join_all(sends).await?;
+        Ok(())
+    }
+
+    async fn wait_after(&self, _user: &UserId, _after: Seq, _timeout: Duration) -> BusResult<Seq> {
+        Err(BusError::PollUnsupported)
+    }
+}
+
+impl SqsBus {
+    async fn send_batch(&self, url: &str, batch: Vec<SendMessageBatchRequestEntry>) -> BusResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        count("sqs:SendMessageBatch");
+        let out = self
+            .sqs
+            .send_message_batch()
+            .queue_url(url)
+            .set_entries(Some(batch))
+            .send()
+            .await
+            .map_err(be)?;
+        if let Some(f) = out.failed.first() {
+            return Err(BusError::Backend(format!(
+                "SQS refused a change message: {} {}",
+                f.code,
+                f.message.as_deref().unwrap_or("")
+            )));
+        }
+        Ok(())
+    }
+}
