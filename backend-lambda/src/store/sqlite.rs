@@ -1093,9 +1093,10 @@ impl MetaStore for SqliteStore {
             let Some((mut node, _)) = any_node(tx, &user, id)? else {
                 return Err(StoreError::NotFound);
             };
-            let parent_live = matches!(live_dir(tx, &user, node.parent), Ok(_));
-            if !parent_live {
-                node.parent = ROOT_ID;
+            match live_dir(tx, &user, node.parent) {
+                Ok(_) => {}
+                Err(StoreError::NotFound | StoreError::NotADirectory) => node.parent = ROOT_ID,
+                Err(e) => return Err(e),
             }
             if live_child(tx, &user, node.parent, &node.name)?.is_some() {
                 node.name = restored_name(tx, &user, node.parent, &node.name)?;
