@@ -1295,4 +1295,56 @@ mod tests {
             Err(StoreError::CursorTooOld)
         ));
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_openers_of_one_file_share_it() {
+        // The server and an admin command (`jewel-server user token NAME`) at the same time.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let server = SqliteStore::open(&path).unwrap();
+        let admin = SqliteStore::open(&path).unwrap();
+        let user = admin.create_user("ann", "old", 1).await.unwrap();
+        assert_eq!(
+            server.user_by_token("old").await.unwrap(),
+            Some(user.clone())
+        );
+        let writes = (0..20).map(|i| {
+            let store = if i % 2 == 0 {
+                server.clone()
+            } else {
+                admin.clone()
+            };
+            let uid = user.id.clone();
+            async move {
+                let new = NewNode {
+                    parent: ROOT_ID,
+                    name: format!("n{i}"),
+                    kind: NewKind::Dir,
+                    mode: 0o755,
+                    mtime_ns: 1,
+                };
+                store
+                    .create(
+                        &uid,
+                        &new,
+                        Origin {
+                            device: None,
+                            now_ns: i,
+                        },
+                    )
+                    .await
+            }
+        });
+        for w in futures::future::join_all(writes).await {
+            w.expect("every write lands despite the other opener");
+        }
+        admin.set_token("ann", "new").await.unwrap();
+        assert_eq!(server.user_by_token("old").await.unwrap(), None);
+        assert_eq!(server.latest_seq(&user.id).await.unwrap(), 20);
+        let listed = server
+            .list_children(&user.id, ROOT_ID, None, 100)
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 20);
+    }
 }
