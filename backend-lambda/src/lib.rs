@@ -5,9 +5,13 @@
 //! `lambda_http`) and `jewel-server` (self-hosted, `axum::serve`). Nothing here knows which
 //! host it runs in.
 
+pub mod admin;
+pub mod api;
 pub mod blobs;
 pub mod bus;
 pub mod portal;
+pub mod server;
+pub mod service;
 pub mod store;
 
 #[cfg(feature = "aws")]

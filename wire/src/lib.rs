@@ -380,7 +380,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into(), current: None, missing: Vec::new() }
+        ApiError {
+            code,
+            message: message.into(),
+            current: None,
+            missing: Vec::new(),
+        }
     }
 
     pub fn with_current(mut self, node: Node) -> Self {
@@ -426,7 +431,10 @@ pub fn check_name(name: &str) -> Result<(), NameError> {
 
 /// Whether a string is a well-formed block hash (64 lower-case hex digits).
 pub fn is_block_hash(hash: &str) -> bool {
-    hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    hash.len() == 64
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The number of blocks a file of `size` bytes has.
@@ -446,15 +454,21 @@ mod tests {
         assert_eq!(check_name("a\0b"), Err(NameError::Nul));
         assert_eq!(check_name(&"x".repeat(256)), Err(NameError::TooLong(256)));
         assert_eq!(check_name(&"x".repeat(255)), Ok(()));
-        assert_eq!(check_name("...") , Ok(()));
+        assert_eq!(check_name("..."), Ok(()));
     }
 
     #[test]
     fn create_node_json_is_flat() {
         let body = r#"{"parent":1,"name":"a","kind":"file","content":{"size":0,"blocks":[]}}"#;
         let req: CreateNode = serde_json::from_str(body).unwrap();
-        assert_eq!(req.kind, NewKind::File { content: Content::default() });
-        let dir: CreateNode = serde_json::from_str(r#"{"parent":1,"name":"d","kind":"dir"}"#).unwrap();
+        assert_eq!(
+            req.kind,
+            NewKind::File {
+                content: Content::default()
+            }
+        );
+        let dir: CreateNode =
+            serde_json::from_str(r#"{"parent":1,"name":"d","kind":"dir"}"#).unwrap();
         assert_eq!(dir.kind, NewKind::Dir);
     }
 

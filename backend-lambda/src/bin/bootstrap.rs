@@ -1,1 +1,22 @@
-fn main() {}
+//! `bootstrap`: the AWS Lambda entry point. Builds the service from the environment and hands
+//! the router to `lambda_http`, which translates API Gateway (HTTP API v2 / REST) events.
+//! `JEWEL_BACKEND=embedded` with `JEWEL_DATA` runs on the embedded store (for local trials);
+//! the AWS stores are the default once the `aws` feature provides them.
+
+use std::sync::Arc;
+
+use backend_lambda::service::Service;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .without_time()
+        .init();
+    let data = std::env::var("JEWEL_DATA").unwrap_or_else(|_| "/tmp/jewel".into());
+    let service = Service::embedded(std::path::Path::new(&data))?;
+    let router = backend_lambda::api::router(Arc::new(service));
+    lambda_http::run(router).await
+}

@@ -1,1 +1,112 @@
-fn main() {}
+//! `jewel-server`: the self-hosted JewelFS service and its admin commands.
+//! Parses arguments and calls the library; nothing else lives here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use backend_lambda::service::Service;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(version, about = "The JewelFS service: serve the API, manage users")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct DataArg {
+    /// Where the embedded store keeps its database and blocks.
+    #[arg(long, env = "JEWEL_DATA", global = true)]
+    data: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API, the block URLs and the web portal.
+    Serve {
+        #[command(flatten)]
+        data: DataArg,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7070", env = "JEWEL_LISTEN")]
+        listen: SocketAddr,
+    },
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+        #[command(flatten)]
+        data: DataArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user; prints its token as the last line.
+    Add { name: String },
+    /// List users.
+    List,
+    /// Remove a user and everything it owns.
+    Remove { name: String },
+    /// Issue a new token for a user (the old one stops working); prints it as the last line.
+    Token { name: String },
+}
+
+fn data_dir(arg: &DataArg) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = &arg.data {
+        return Ok(dir.clone());
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set; pass --data DIR")?;
+    Ok(PathBuf::from(home).join(".local/share/jewel"))
+}
+
+fn open(arg: &DataArg) -> anyhow::Result<Service> {
+    let dir = data_dir(arg)?;
+    Service::embedded(&dir)
+        .with_context(|| format!("could not open the data folder {}", dir.display()))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { data, listen } => {
+            let service = Arc::new(open(&data)?);
+            backend_lambda::server::serve(service, listen).await
+        }
+        Command::User { command, data } => {
+            let service = open(&data)?;
+            let meta = service.meta.as_ref();
+            match command {
+                UserCommand::Add { name } => {
+                    let (user, token) = backend_lambda::admin::add_user(meta, &name).await?;
+                    println!("created user {} (id {})", user.name, user.id);
+                    println!("{token}");
+                }
+                UserCommand::List => {
+                    for user in backend_lambda::admin::list_users(meta).await? {
+                        println!("{}\t{}", user.name, user.id);
+                    }
+                }
+                UserCommand::Remove { name } => {
+                    backend_lambda::admin::remove_user(meta, &name).await?;
+                    println!("removed user {name}");
+                }
+                UserCommand::Token { name } => {
+                    let token = backend_lambda::admin::reissue_token(meta, &name).await?;
+                    println!("issued a new token for {name}; the old one no longer works");
+                    println!("{token}");
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,1 +1,273 @@
-//! TODO
+//! The local block folder: `ROOT/<user>/<first two hex digits>/<hash>`, with HMAC-signed URLs.
+//!
+//! A URL is `/blob/<user>/<hash>?exp=<unix seconds>&sig=<hex HMAC-SHA256>` over the operation
+//! (GET or PUT), the user, the hash and the expiry, keyed by a random secret kept in
+//! `ROOT/.key` (created on first open, readable by the owner only). Changing any part, or
+//! using a GET URL to PUT, breaks the signature; an expired URL is refused even with a valid
+//! signature. Writes are verified against the hash and land atomically (temporary file, fsync,
+//! rename), so a block on disk is always whole and always matches its name.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use jewel_wire::is_block_hash;
+use sha2::Sha256;
+
+use super::{sha256_hex, BlobError, BlobResult, BlobStore};
+use crate::store::UserId;
+
+/// How long a block URL stays valid: long enough for a 4 MiB block on a slow link.
+const URL_LIFETIME: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobOp {
+    Get,
+    Put,
+}
+
+impl BlobOp {
+    fn as_str(self) -> &'static str {
+        match self {
+            BlobOp::Get => "GET",
+            BlobOp::Put => "PUT",
+        }
+    }
+}
+
+/// The parts of a block URL that the signature covers.
+pub struct SignedUrl<'a> {
+    pub op: BlobOp,
+    pub user: &'a str,
+    pub hash: &'a str,
+    pub exp: u64,
+    pub sig: &'a str,
+}
+
+pub struct LocalBlobStore {
+    root: PathBuf,
+    key: Vec<u8>,
+}
+
+impl LocalBlobStore {
+    pub fn open(root: &Path) -> BlobResult<LocalBlobStore> {
+        std::fs::create_dir_all(root).map_err(backend)?;
+        let key_path = root.join(".key");
+        let key = match std::fs::read(&key_path) {
+            Ok(key) if key.len() >= 32 => key,
+            _ => {
+                use rand::RngCore;
+                let mut key = vec![0u8; 32];
+                rand::thread_rng().fill_bytes(&mut key);
+                write_private(&key_path, &key).map_err(backend)?;
+                key
+            }
+        };
+        Ok(LocalBlobStore {
+            root: root.to_path_buf(),
+            key,
+        })
+    }
+
+    fn signature(&self, op: BlobOp, user: &str, hash: &str, exp: u64) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length works");
+        mac.update(format!("{}\n{user}\n{hash}\n{exp}", op.as_str()).as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// A relative URL for `op` on one block, valid for [`URL_LIFETIME`].
+    pub fn sign(&self, op: BlobOp, user: &str, hash: &str) -> String {
+        let exp = unix_now() + URL_LIFETIME.as_secs();
+        let sig = self.signature(op, user, hash, exp);
+        format!("/blob/{user}/{hash}?exp={exp}&sig={sig}")
+    }
+
+    /// Checks a URL's signature (in constant time) and expiry.
+    pub fn verify(&self, url: &SignedUrl<'_>) -> BlobResult<()> {
+        let given = hex::decode(url.sig).map_err(|_| BlobError::BadSignature)?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length works");
+        mac.update(
+            format!(
+                "{}\n{}\n{}\n{}",
+                url.op.as_str(),
+                url.user,
+                url.hash,
+                url.exp
+            )
+            .as_bytes(),
+        );
+        mac.verify_slice(&given)
+            .map_err(|_| BlobError::BadSignature)?;
+        if url.exp < unix_now() {
+            return Err(BlobError::BadSignature);
+        }
+        Ok(())
+    }
+
+    fn path(&self, user: &str, hash: &str) -> BlobResult<PathBuf> {
+        if !is_block_hash(hash) {
+            return Err(BlobError::BadHash(hash.to_string()));
+        }
+        if user.is_empty()
+            || !user
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(BlobError::NotFound);
+        }
+        Ok(self.root.join(user).join(&hash[..2]).join(hash))
+    }
+}
+
+#[async_trait]
+impl BlobStore for LocalBlobStore {
+    async fn missing(&self, user: &UserId, hashes: &[String]) -> BlobResult<Vec<String>> {
+        let mut missing = Vec::new();
+        for hash in hashes {
+            if !self.path(user, hash)?.exists() {
+                missing.push(hash.clone());
+            }
+        }
+        Ok(missing)
+    }
+
+    async fn upload_url(&self, user: &UserId, hash: &str) -> BlobResult<String> {
+        self.path(user, hash)?;
+        Ok(self.sign(BlobOp::Put, user, hash))
+    }
+
+    async fn download_url(&self, user: &UserId, hash: &str) -> BlobResult<String> {
+        self.path(user, hash)?;
+        Ok(self.sign(BlobOp::Get, user, hash))
+    }
+
+    async fn put(&self, user: &UserId, hash: &str, bytes: Bytes) -> BlobResult<()> {
+        let path = self.path(user, hash)?;
+        let hash = hash.to_string();
+        tokio::task::spawn_blocking(move || {
+            if sha256_hex(&bytes) != hash {
+                return Err(BlobError::HashMismatch(hash));
+            }
+            if path.exists() {
+                return Ok(());
+            }
+            let dir = path.parent().expect("block paths have a parent");
+            std::fs::create_dir_all(dir).map_err(backend)?;
+            let mut tmp = tempfile_in(dir)?;
+            tmp.write_all(&bytes).map_err(backend)?;
+            tmp.as_file().sync_data().map_err(backend)?;
+            tmp.persist(&path).map_err(|e| backend(e.error))?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| BlobError::Backend(e.to_string()))?
+    }
+
+    async fn get(&self, user: &UserId, hash: &str) -> BlobResult<Bytes> {
+        let path = self.path(user, hash)?;
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(Bytes::from(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BlobError::NotFound),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn delete(&self, user: &UserId, hash: &str) -> BlobResult<()> {
+        let path = self.path(user, hash)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(backend(e)),
+        }
+    }
+}
+
+fn tempfile_in(dir: &Path) -> BlobResult<tempfile::NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix(".upload-")
+        .tempfile_in(dir)
+        .map_err(backend)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn backend(e: impl std::fmt::Display) -> BlobError {
+    BlobError::Backend(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_cover_every_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalBlobStore::open(dir.path()).unwrap();
+        let hash = sha256_hex(b"x");
+        let exp = unix_now() + 60;
+        let sig = store.signature(BlobOp::Get, "u1", &hash, exp);
+        let ok = SignedUrl {
+            op: BlobOp::Get,
+            user: "u1",
+            hash: &hash,
+            exp,
+            sig: &sig,
+        };
+        assert!(store.verify(&ok).is_ok());
+        assert!(store
+            .verify(&SignedUrl {
+                op: BlobOp::Put,
+                ..ok
+            })
+            .is_err());
+        assert!(store.verify(&SignedUrl { user: "u2", ..ok }).is_err());
+        assert!(store.verify(&SignedUrl { exp: exp + 1, ..ok }).is_err());
+        let other = sha256_hex(b"y");
+        assert!(store.verify(&SignedUrl { hash: &other, ..ok }).is_err());
+        let expired_exp = unix_now() - 1;
+        let expired_sig = store.signature(BlobOp::Get, "u1", &hash, expired_exp);
+        let expired = SignedUrl {
+            exp: expired_exp,
+            sig: &expired_sig,
+            ..ok
+        };
+        assert!(matches!(
+            store.verify(&expired),
+            Err(BlobError::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn the_key_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = LocalBlobStore::open(dir.path()).unwrap();
+        let b = LocalBlobStore::open(dir.path()).unwrap();
+        assert_eq!(a.key, b.key);
+    }
+
+    crate::blob_store_conformance!(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalBlobStore::open(dir.path()).unwrap();
+        (store, dir)
+    });
+}

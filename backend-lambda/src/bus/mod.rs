@@ -33,8 +33,18 @@ pub type BusResult<T> = Result<T, BusError>;
 pub trait ChangeBus: Send + Sync + 'static {
     /// Prepares the device's channel (a queue in SQS) and says how the device listens.
     async fn register_device(&self, user: &UserId, device: DeviceId) -> BusResult<Listen>;
+    /// Whether `publish` needs the list of the user's devices (a queue per device does; an
+    /// in-process bus does not, which saves a store read per change).
+    fn wants_device_list(&self) -> bool {
+        true
+    }
     /// Delivers committed events to the user's devices (all of them; a device skips its own).
-    async fn publish(&self, user: &UserId, devices: &[DeviceId], events: &[ChangeEvent]) -> BusResult<()>;
+    async fn publish(
+        &self,
+        user: &UserId,
+        devices: &[DeviceId],
+        events: &[ChangeEvent],
+    ) -> BusResult<()>;
     /// Waits until the user's newest sequence number exceeds `after` or `timeout` passes;
     /// returns the newest sequence number known to the bus. Only for buses read by long-poll.
     async fn wait_after(&self, user: &UserId, after: Seq, timeout: Duration) -> BusResult<Seq>;

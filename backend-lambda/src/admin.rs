@@ -1,0 +1,52 @@
+//! Administration: users and their tokens, the same for every backend.
+//!
+//! A token is shown once, when it is issued (`add_user`, `reissue_token`); the store keeps only
+//! its hash. Issuing a new token revokes the old one in the same write.
+
+use crate::service::{new_token, token_hash};
+use crate::store::{now_ns, MetaStore, StoreResult, User};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("invalid user name {0:?}: use 1 to 64 letters, digits, '.', '_' or '-'")]
+    InvalidName(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+fn valid_user_name(name: &str) -> Result<(), AdminError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(AdminError::InvalidName(name.to_string()))
+    }
+}
+
+/// Creates a user and returns it with its first token.
+pub async fn add_user(meta: &dyn MetaStore, name: &str) -> Result<(User, String), AdminError> {
+    valid_user_name(name)?;
+    let token = new_token();
+    let user = meta
+        .create_user(name, &token_hash(&token), now_ns())
+        .await?;
+    Ok((user, token))
+}
+
+/// Issues a new token for a user; the old one stops working.
+pub async fn reissue_token(meta: &dyn MetaStore, name: &str) -> Result<String, AdminError> {
+    let token = new_token();
+    meta.set_token(name, &token_hash(&token)).await?;
+    Ok(token)
+}
+
+pub async fn list_users(meta: &dyn MetaStore) -> StoreResult<Vec<User>> {
+    meta.list_users().await
+}
+
+pub async fn remove_user(meta: &dyn MetaStore, name: &str) -> StoreResult<()> {
+    meta.remove_user(name).await
+}

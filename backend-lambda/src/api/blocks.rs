@@ -1,0 +1,135 @@
+//! Block routes: which blocks are missing (with upload URLs), download URLs, and — when blocks
+//! live in a local folder — the signed URLs themselves.
+//!
+//! Block bytes never pass through the JSON API: clients PUT and GET them at short-lived URLs
+//! scoped to one block of one user (S3 presigned URLs in AWS mode, HMAC-signed `/blob/...`
+//! URLs here). The blob routes take no bearer token: the signature is the authority, and it
+//! names the user, the block and the operation.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use jewel_wire::{
+    is_block_hash, BlockHashes, BlockUrl, BlockUrls, ErrorCode, MissingBlocks, BLOCK_SIZE,
+    MAX_HASHES_PER_REQUEST,
+};
+use serde::Deserialize;
+
+use super::auth::Caller;
+use super::error::{ApiPath, ApiQuery, AppError, AppResult};
+use crate::blobs::local::{BlobOp, SignedUrl};
+use crate::service::Service;
+
+type S = State<Arc<Service>>;
+
+fn valid_hashes(req: &BlockHashes) -> AppResult<()> {
+    if req.hashes.len() > MAX_HASHES_PER_REQUEST {
+        return Err(AppError::bad_request(format!(
+            "at most {MAX_HASHES_PER_REQUEST} hashes per request"
+        )));
+    }
+    if let Some(bad) = req.hashes.iter().find(|h| !is_block_hash(h)) {
+        return Err(AppError::bad_request(format!("not a block hash: {bad:?}")));
+    }
+    Ok(())
+}
+
+pub async fn missing(
+    State(svc): S,
+    caller: Caller,
+    super::error::JsonBody(req): super::error::JsonBody<BlockHashes>,
+) -> AppResult<Json<MissingBlocks>> {
+    valid_hashes(&req)?;
+    let mut hashes = req.hashes;
+    hashes.sort();
+    hashes.dedup();
+    let mut missing = Vec::new();
+    for hash in svc.blobs.missing(&caller.user.id, &hashes).await? {
+        let url = svc.blobs.upload_url(&caller.user.id, &hash).await?;
+        missing.push(BlockUrl { hash, url });
+    }
+    Ok(Json(MissingBlocks { missing }))
+}
+
+pub async fn urls(
+    State(svc): S,
+    caller: Caller,
+    super::error::JsonBody(req): super::error::JsonBody<BlockHashes>,
+) -> AppResult<Json<BlockUrls>> {
+    valid_hashes(&req)?;
+    let mut urls = Vec::with_capacity(req.hashes.len());
+    for hash in req.hashes {
+        let url = svc.blobs.download_url(&caller.user.id, &hash).await?;
+        urls.push(BlockUrl { hash, url });
+    }
+    Ok(Json(BlockUrls { urls }))
+}
+
+#[derive(Deserialize)]
+pub struct SignatureQuery {
+    exp: u64,
+    sig: String,
+}
+
+fn checked(
+    svc: &Service,
+    op: BlobOp,
+    user: &str,
+    hash: &str,
+    q: &SignatureQuery,
+) -> AppResult<Arc<crate::blobs::local::LocalBlobStore>> {
+    let local = svc.local_blobs.clone().ok_or_else(AppError::not_found)?;
+    if !is_block_hash(hash) {
+        return Err(AppError::bad_request("not a block hash"));
+    }
+    let url = SignedUrl {
+        op,
+        user,
+        hash,
+        exp: q.exp,
+        sig: &q.sig,
+    };
+    local.verify(&url).map_err(AppError::from)?;
+    Ok(local)
+}
+
+pub async fn blob_put(
+    State(svc): S,
+    ApiPath((user, hash)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<SignatureQuery>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> AppResult<StatusCode> {
+    let local = checked(&svc, BlobOp::Put, &user, &hash, &q)?;
+    let body = body.map_err(|_| {
+        AppError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("a block is at most {BLOCK_SIZE} bytes"),
+        )
+    })?;
+    crate::blobs::BlobStore::put(local.as_ref(), &user, &hash, body).await?;
+    Ok(StatusCode::OK)
+}
+
+pub async fn blob_get(
+    State(svc): S,
+    ApiPath((user, hash)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<SignatureQuery>,
+) -> AppResult<Response> {
+    let local = checked(&svc, BlobOp::Get, &user, &hash, &q)?;
+    let bytes = crate::blobs::BlobStore::get(local.as_ref(), &user, &hash).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (
+                header::CACHE_CONTROL,
+                "private, max-age=31536000, immutable",
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}

@@ -1,0 +1,318 @@
+//! The tree routes: read nodes and listings, create, commit content, move, set attributes,
+//! delete to the trash and restore.
+//!
+//! Input is checked here, before any store is touched: names (`check_name`), modes, symlink
+//! targets, content shapes (block count matches size, hashes well-formed) and that every named
+//! block is stored. The store then applies the change atomically and returns the events, which
+//! are published on the bus after the commit (the log is the truth; a lost notification is
+//! caught up from the log by the client).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use jewel_wire::{
+    block_count, check_name, is_block_hash, ChangeEvent, CommitContent, Content, CreateNode,
+    ErrorCode, ListPage, Me, MoveNode, MoveResult, NewKind, Node, NodeId, SetAttr, TrashPage,
+    MAX_SYMLINK_BYTES, ROOT_ID,
+};
+use serde::Deserialize;
+
+use super::auth::Caller;
+use super::error::{ApiPath, ApiQuery, AppError, AppResult, JsonBody};
+use crate::service::Service;
+use crate::store::{NewNode, UserId};
+
+type S = State<Arc<Service>>;
+
+pub async fn me(State(svc): S, caller: Caller) -> AppResult<Json<Me>> {
+    let latest_seq = svc.meta.latest_seq(&caller.user.id).await?;
+    Ok(Json(Me {
+        user: caller.user.name,
+        root: ROOT_ID,
+        latest_seq,
+    }))
+}
+
+pub async fn get_node(
+    State(svc): S,
+    caller: Caller,
+    ApiPath(id): ApiPath<NodeId>,
+) -> AppResult<Json<Node>> {
+    Ok(Json(svc.meta.get_node(&caller.user.id, id).await?))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+pub async fn list_children(
+    State(svc): S,
+    caller: Caller,
+    ApiPath(id): ApiPath<NodeId>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> AppResult<Json<ListPage>> {
+    let dir = svc.meta.get_node(&caller.user.id, id).await?;
+    if !dir.is_dir() {
+        return Err(AppError::new(ErrorCode::NotADirectory, "not a directory"));
+    }
+    let limit = q
+        .limit
+        .unwrap_or(svc.limits.max_page)
+        .clamp(1, svc.limits.max_page);
+    let entries = svc
+        .meta
+        .list_children(&caller.user.id, id, q.after.as_deref(), limit)
+        .await?;
+    let next = (entries.len() as u32 == limit)
+        .then(|| entries.last().map(|n| n.name.clone()))
+        .flatten();
+    Ok(Json(ListPage { entries, next }))
+}
+
+pub async fn child(
+    State(svc): S,
+    caller: Caller,
+    ApiPath((parent, name)): ApiPath<(NodeId, String)>,
+) -> AppResult<Json<Node>> {
+    valid_name(&name)?;
+    Ok(Json(svc.meta.child(&caller.user.id, parent, &name).await?))
+}
+
+#[derive(Deserialize)]
+pub struct LookupQuery {
+    path: String,
+}
+
+pub async fn lookup(
+    State(svc): S,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<LookupQuery>,
+) -> AppResult<Json<Node>> {
+    let mut node = svc.meta.get_node(&caller.user.id, ROOT_ID).await?;
+    for part in q.path.split('/').filter(|p| !p.is_empty()) {
+        valid_name(part)?;
+        if !node.is_dir() {
+            return Err(AppError::new(
+                ErrorCode::NotADirectory,
+                "a path component is not a directory",
+            ));
+        }
+        node = svc.meta.child(&caller.user.id, node.id, part).await?;
+    }
+    Ok(Json(node))
+}
+
+pub async fn create(
+    State(svc): S,
+    caller: Caller,
+    JsonBody(req): JsonBody<CreateNode>,
+) -> AppResult<(StatusCode, Json<Node>)> {
+    valid_name(&req.name)?;
+    let default_mode = match &req.kind {
+        NewKind::File { content } => {
+            valid_content(&svc, &caller.user.id, content).await?;
+            0o644
+        }
+        NewKind::Dir => 0o755,
+        NewKind::Symlink { target } => {
+            if target.is_empty() || target.len() > MAX_SYMLINK_BYTES || target.contains('\0') {
+                return Err(AppError::bad_request(format!(
+                    "a symlink target must be 1 to {MAX_SYMLINK_BYTES} bytes without NUL"
+                )));
+            }
+            0o777
+        }
+    };
+    let mode = valid_mode(req.mode)?.unwrap_or(default_mode);
+    let origin = caller.origin();
+    let new = NewNode {
+        parent: req.parent,
+        name: req.name,
+        kind: req.kind,
+        mode,
+        mtime_ns: req.mtime_ns.unwrap_or(origin.now_ns),
+    };
+    let (node, event) = svc.meta.create(&caller.user.id, &new, origin).await?;
+    publish(&svc, &caller.user.id, &[event]).await;
+    Ok((StatusCode::CREATED, Json(node)))
+}
+
+pub async fn commit_content(
+    State(svc): S,
+    caller: Caller,
+    ApiPath(id): ApiPath<NodeId>,
+    JsonBody(req): JsonBody<CommitContent>,
+) -> AppResult<Json<Node>> {
+    valid_content(&svc, &caller.user.id, &req.content).await?;
+    let (node, event) = svc
+        .meta
+        .commit_content(
+            &caller.user.id,
+            id,
+            req.base_version,
+            &req.content,
+            req.mtime_ns,
+            caller.origin(),
+        )
+        .await?;
+    publish(&svc, &caller.user.id, &[event]).await;
+    Ok(Json(node))
+}
+
+pub async fn move_node(
+    State(svc): S,
+    caller: Caller,
+    ApiPath(id): ApiPath<NodeId>,
+    JsonBody(req): JsonBody<MoveNode>,
+) -> AppResult<Json<MoveResult>> {
+    valid_name(&req.new_name)?;
+    let moved = svc
+        .meta
+        .move_node(
+            &caller.user.id,
+            id,
+            req.base_version,
+            req.new_parent,
+            &req.new_name,
+            req.mode,
+            caller.origin(),
+        )
+        .await?;
+    publish(&svc, &caller.user.id, &moved.events).await;
+    Ok(Json(MoveResult {
+        node: moved.node,
+        other: moved.other,
+    }))
+}
+
+pub async fn set_attr(
+    State(svc): S,
+    caller: Caller,
+    ApiPath(id): ApiPath<NodeId>,
+    JsonBody(req): JsonBody<SetAttr>,
+) -> AppResult<Json<Node>> {
+    valid_mode(req.mode)?;
+    let (node, event) = svc
+        .meta
+        .set_attr(&caller.user.id, id, &req, caller.origin())
+        .await?;
+    publish(&svc, &caller.user.id, &[event]).await;
+    Ok(Json(node))
+}
+
+#[derive(Deserialize)]
+pub struct RemoveQuery {
+    base_version: Option<u64>,
+    #[serde(default)]
+    recursive: bool,
+}
+
+pub async fn remove(
+    State(svc): S,
+    caller: Caller,
+    ApiPath(id): ApiPath<NodeId>,
+    ApiQuery(q): ApiQuery<RemoveQuery>,
+) -> AppResult<Json<Node>> {
+    let (node, event) = svc
+        .meta
+        .remove(
+            &caller.user.id,
+            id,
+            q.base_version,
+            q.recursive,
+            caller.origin(),
+        )
+        .await?;
+    publish(&svc, &caller.user.id, &[event]).await;
+    Ok(Json(node))
+}
+
+pub async fn list_trash(State(svc): S, caller: Caller) -> AppResult<Json<TrashPage>> {
+    Ok(Json(TrashPage {
+        entries: svc.meta.list_trash(&caller.user.id).await?,
+    }))
+}
+
+pub async fn restore(
+    State(svc): S,
+    caller: Caller,
+    ApiPath(id): ApiPath<NodeId>,
+) -> AppResult<Json<Node>> {
+    let (node, event) = svc
+        .meta
+        .restore(&caller.user.id, id, caller.origin())
+        .await?;
+    publish(&svc, &caller.user.id, &[event]).await;
+    Ok(Json(node))
+}
+
+/// Tells the user's devices; a failure is logged, never returned (the change is committed and
+/// devices catch up from the log).
+pub async fn publish(svc: &Service, user: &UserId, events: &[ChangeEvent]) {
+    if events.is_empty() {
+        return;
+    }
+    let devices = if svc.bus.wants_device_list() {
+        match svc.meta.devices(user).await {
+            Ok(devices) => devices.into_iter().map(|(id, _)| id).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list devices to notify");
+                return;
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    if let Err(e) = svc.bus.publish(user, &devices, events).await {
+        tracing::warn!(error = %e, "could not notify devices; they will catch up from the log");
+    }
+}
+
+fn valid_name(name: &str) -> AppResult<()> {
+    check_name(name).map_err(|e| AppError::new(ErrorCode::InvalidName, e.to_string()))
+}
+
+fn valid_mode(mode: Option<u32>) -> AppResult<Option<u32>> {
+    match mode {
+        Some(m) if m > 0o7777 => Err(AppError::bad_request(format!(
+            "mode {m:o} has bits beyond 0o7777"
+        ))),
+        other => Ok(other),
+    }
+}
+
+/// Content must be well-formed and every block must already be stored (blocks first, then
+/// the commit).
+async fn valid_content(svc: &Service, user: &UserId, content: &Content) -> AppResult<()> {
+    if block_count(content.size) != content.blocks.len() as u64 {
+        return Err(AppError::bad_request(format!(
+            "{} bytes need {} blocks, the request names {}",
+            content.size,
+            block_count(content.size),
+            content.blocks.len()
+        )));
+    }
+    if let Some(bad) = content.blocks.iter().find(|h| !is_block_hash(h)) {
+        return Err(AppError::bad_request(format!("not a block hash: {bad:?}")));
+    }
+    let mut unique = content.blocks.clone();
+    unique.sort();
+    unique.dedup();
+    let missing = svc.blobs.missing(user, &unique).await?;
+    if !missing.is_empty() {
+        let mut err = jewel_wire::ApiError::new(
+            ErrorCode::MissingBlocks,
+            format!(
+                "{} block(s) must be uploaded before this commit",
+                missing.len()
+            ),
+        );
+        err.missing = missing;
+        return Err(AppError(err));
+    }
+    Ok(())
+}

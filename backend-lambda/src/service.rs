@@ -1,0 +1,86 @@
+//! `Service`: the three stores and the settings every route shares, plus token handling.
+//!
+//! A `Service` is built once per process (by `jewel-server` or the Lambda `bootstrap`) and
+//! handed to [`crate::api::router`]. Tokens are random 256-bit values shown to the user once;
+//! the stores keep only their SHA-256, so a leaked database does not leak working tokens.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::blobs::local::LocalBlobStore;
+use crate::blobs::{sha256_hex, BlobStore};
+use crate::bus::ChangeBus;
+use crate::store::MetaStore;
+
+/// Limits and timings of the API. Each default says why it is what it is.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest JSON request body. A commit of a 100 GiB file names 25,600 hashes of 67 bytes
+    /// (~1.7 MB), so 4 MiB leaves room without letting a client exhaust memory.
+    pub max_json_body: usize,
+    /// Longest a long-poll waits before answering empty: below API Gateway's 30 s limit.
+    pub max_poll: Duration,
+    /// Largest page for listings and change feeds.
+    pub max_page: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_json_body: 4 * 1024 * 1024,
+            max_poll: Duration::from_secs(25),
+            max_page: jewel_wire::MAX_PAGE,
+        }
+    }
+}
+
+pub struct Service {
+    pub meta: Arc<dyn MetaStore>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub bus: Arc<dyn ChangeBus>,
+    /// Set when blocks live in a local folder: the router then serves its signed URLs.
+    pub local_blobs: Option<Arc<LocalBlobStore>>,
+    pub limits: Limits,
+}
+
+impl Service {
+    pub fn new(
+        meta: Arc<dyn MetaStore>,
+        blobs: Arc<dyn BlobStore>,
+        bus: Arc<dyn ChangeBus>,
+    ) -> Service {
+        Service {
+            meta,
+            blobs,
+            bus,
+            local_blobs: None,
+            limits: Limits::default(),
+        }
+    }
+
+    /// The embedded service: SQLite and a block folder under `data`, the in-process bus.
+    pub fn embedded(data: &std::path::Path) -> anyhow::Result<Service> {
+        std::fs::create_dir_all(data)?;
+        let meta = Arc::new(crate::store::sqlite::SqliteStore::open(
+            &data.join("meta.db"),
+        )?);
+        let blobs = Arc::new(LocalBlobStore::open(&data.join("blocks"))?);
+        let bus = Arc::new(crate::bus::local::LocalBus::default());
+        let mut service = Service::new(meta, blobs.clone(), bus);
+        service.local_blobs = Some(blobs);
+        Ok(service)
+    }
+}
+
+/// A new random token, `jwl_` and 64 hex digits.
+pub fn new_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    format!("jwl_{}", hex::encode(bytes))
+}
+
+/// What the stores keep of a token.
+pub fn token_hash(token: &str) -> String {
+    sha256_hex(token.as_bytes())
+}
