@@ -66,6 +66,10 @@ pub struct DynamoStore {
     client: Client,
     table: String,
     log_retention: Duration,
+    /// One lock per user serialises this process's writes of one user: the sequence guard
+    /// would serialise them anyway, and a cancelled transaction still costs its write units.
+    /// Other processes (other Lambda instances) are kept in order by the guards alone.
+    writers: std::sync::Mutex<HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -114,15 +118,19 @@ fn key(pk: String, sk: String) -> Item {
 fn get_s(item: &Item, name: &str) -> StoreResult<String> {
     match item.get(name) {
         Some(AttributeValue::S(v)) => Ok(v.clone()),
-        _ => Err(StoreError::Backend(format!("item lacks string attribute {name}"))),
+        _ => Err(StoreError::Backend(format!(
+            "item lacks string attribute {name}"
+        ))),
     }
 }
 fn get_n<T: std::str::FromStr>(item: &Item, name: &str) -> StoreResult<T> {
     match item.get(name) {
-        Some(AttributeValue::N(v)) => {
-            v.parse().map_err(|_| StoreError::Backend(format!("bad number in {name}: {v}")))
-        }
-        _ => Err(StoreError::Backend(format!("item lacks number attribute {name}"))),
+        Some(AttributeValue::N(v)) => v
+            .parse()
+            .map_err(|_| StoreError::Backend(format!("bad number in {name}: {v}"))),
+        _ => Err(StoreError::Backend(format!(
+            "item lacks number attribute {name}"
+        ))),
     }
 }
 fn opt_n<T: std::str::FromStr>(item: &Item, name: &str) -> StoreResult<Option<T>> {
@@ -152,7 +160,10 @@ fn put_node(item: &mut Item, node: &Node) {
     item.insert("mtime".into(), n(node.mtime_ns));
     item.insert("ver".into(), n(node.version));
     if !node.blocks.is_empty() {
-        item.insert("blocks".into(), AttributeValue::L(node.blocks.iter().map(s).collect()));
+        item.insert(
+            "blocks".into(),
+            AttributeValue::L(node.blocks.iter().map(s).collect()),
+        );
     }
     if let Some(t) = &node.target {
         item.insert("target".into(), s(t));
@@ -208,7 +219,10 @@ impl Ptr {
 }
 
 fn unix_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// One `TransactWriteItems` under construction.
@@ -264,8 +278,9 @@ impl Cond {
     /// A pointer that is live.
     fn live() -> Cond {
         Cond {
-            expr: "attribute_exists(#pk) AND attribute_not_exists(#ta) AND attribute_not_exists(#it)"
-                .into(),
+            expr:
+                "attribute_exists(#pk) AND attribute_not_exists(#ta) AND attribute_not_exists(#it)"
+                    .into(),
             names: HashMap::from([
                 ("#pk".into(), PK.into()),
                 ("#ta".into(), "trash_at".into()),
@@ -280,22 +295,34 @@ impl Tx {
     fn put(&mut self, table: &str, item: Item, cond: Option<Cond>) {
         let mut b = Put::builder().table_name(table).set_item(Some(item));
         if let Some(c) = cond {
-            b = b.condition_expression(c.expr).set_expression_attribute_names(Some(c.names));
+            b = b
+                .condition_expression(c.expr)
+                .set_expression_attribute_names(Some(c.names));
             if !c.values.is_empty() {
                 b = b.set_expression_attribute_values(Some(c.values));
             }
         }
-        self.items.push(TransactWriteItem::builder().put(b.build().expect("put")).build());
+        self.items.push(
+            TransactWriteItem::builder()
+                .put(b.build().expect("put"))
+                .build(),
+        );
     }
     fn delete(&mut self, table: &str, key: Item, cond: Option<Cond>) {
         let mut b = Delete::builder().table_name(table).set_key(Some(key));
         if let Some(c) = cond {
-            b = b.condition_expression(c.expr).set_expression_attribute_names(Some(c.names));
+            b = b
+                .condition_expression(c.expr)
+                .set_expression_attribute_names(Some(c.names));
             if !c.values.is_empty() {
                 b = b.set_expression_attribute_values(Some(c.values));
             }
         }
-        self.items.push(TransactWriteItem::builder().delete(b.build().expect("delete")).build());
+        self.items.push(
+            TransactWriteItem::builder()
+                .delete(b.build().expect("delete"))
+                .build(),
+        );
     }
     fn check(&mut self, table: &str, key: Item, c: Cond) {
         let mut b = ConditionCheck::builder()
@@ -306,7 +333,11 @@ impl Tx {
         if !c.values.is_empty() {
             b = b.set_expression_attribute_values(Some(c.values));
         }
-        self.items.push(TransactWriteItem::builder().condition_check(b.build().expect("check")).build());
+        self.items.push(
+            TransactWriteItem::builder()
+                .condition_check(b.build().expect("check"))
+                .build(),
+        );
     }
 }
 
@@ -319,21 +350,45 @@ enum TxOutcome {
 
 impl DynamoStore {
     pub fn new(sdk: &aws_config::SdkConfig, settings: &AwsSettings) -> DynamoStore {
-        DynamoStore {
-            client: Client::new(sdk),
-            table: settings.table.clone(),
-            log_retention: settings.log_retention,
-        }
+        Self::from_client(Client::new(sdk), &settings.table, settings.log_retention)
     }
 
     pub fn from_client(client: Client, table: &str, log_retention: Duration) -> DynamoStore {
-        DynamoStore { client, table: table.to_string(), log_retention }
+        DynamoStore {
+            client,
+            table: table.to_string(),
+            log_retention,
+            writers: Default::default(),
+        }
+    }
+
+    /// Holds this process's write lock of one user.
+    async fn write_lock(&self, uid: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.writers.lock().unwrap();
+            map.retain(|_, w| w.strong_count() > 0);
+            match map.get(uid).and_then(|w| w.upgrade()) {
+                Some(l) => l,
+                None => {
+                    let l = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+                    map.insert(uid.to_string(), std::sync::Arc::downgrade(&l));
+                    l
+                }
+            }
+        };
+        lock.lock_owned().await
     }
 
     /// Creates the table (on-demand, keys `PK`/`SK`) and turns TTL on, if missing.
     pub async fn create_table(&self) -> anyhow::Result<()> {
         count("dynamodb:DescribeTable");
-        let exists = self.client.describe_table().table_name(&self.table).send().await.is_ok();
+        let exists = self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .is_ok();
         if !exists {
             count("dynamodb:CreateTable");
             self.client
@@ -352,15 +407,30 @@ impl DynamoStore {
                         .attribute_type(ScalarAttributeType::S)
                         .build()?,
                 )
-                .key_schema(KeySchemaElement::builder().attribute_name(PK).key_type(KeyType::Hash).build()?)
-                .key_schema(KeySchemaElement::builder().attribute_name(SK).key_type(KeyType::Range).build()?)
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name(PK)
+                        .key_type(KeyType::Hash)
+                        .build()?,
+                )
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name(SK)
+                        .key_type(KeyType::Range)
+                        .build()?,
+                )
                 .send()
                 .await
                 .map_err(|e| anyhow::anyhow!("creating table {}: {}", self.table, sdk_err(&e)))?;
             // Wait until it is active (at once on the emulators, seconds on AWS).
             for _ in 0..120 {
                 count("dynamodb:DescribeTable");
-                let d = self.client.describe_table().table_name(&self.table).send().await?;
+                let d = self
+                    .client
+                    .describe_table()
+                    .table_name(&self.table)
+                    .send()
+                    .await?;
                 let active = d
                     .table()
                     .and_then(|t| t.table_status())
@@ -378,7 +448,10 @@ impl DynamoStore {
             .update_time_to_live()
             .table_name(&self.table)
             .time_to_live_specification(
-                TimeToLiveSpecification::builder().attribute_name(TTL_ATTR).enabled(true).build()?,
+                TimeToLiveSpecification::builder()
+                    .attribute_name(TTL_ATTR)
+                    .enabled(true)
+                    .build()?,
             )
             .send()
             .await;
@@ -454,7 +527,9 @@ impl DynamoStore {
     }
 
     async fn ptr(&self, uid: &str, id: NodeId) -> StoreResult<Option<Ptr>> {
-        let Some(item) = self.get(user_pk(uid), node_sk(id)).await? else { return Ok(None) };
+        let Some(item) = self.get(user_pk(uid), node_sk(id)).await? else {
+            return Ok(None);
+        };
         Ok(Some(Ptr {
             node: read_node(&item)?,
             trash_at: opt_n(&item, "trash_at")?,
@@ -489,7 +564,10 @@ impl DynamoStore {
     }
 
     async fn is_empty_dir(&self, uid: &str, id: NodeId) -> StoreResult<bool> {
-        Ok(self.query(dir_pk(uid, id), None, None, Some(1)).await?.is_empty())
+        Ok(self
+            .query(dir_pk(uid, id), None, None, Some(1))
+            .await?
+            .is_empty())
     }
 
     /// The user's sequence counter; `NotFound` for a user that does not exist.
@@ -520,7 +598,10 @@ impl DynamoStore {
         for (i, ev) in events.iter_mut().enumerate() {
             ev.seq = seq + 1 + i as u64;
             let mut item = key(log_pk(uid), seq_sk(ev.seq));
-            item.insert("ev".into(), s(serde_json::to_string(ev).expect("events serialise")));
+            item.insert(
+                "ev".into(),
+                s(serde_json::to_string(ev).expect("events serialise")),
+            );
             item.insert("at".into(), n(ev.at_ns));
             item.insert(TTL_ATTR.into(), n(ttl));
             self.tx_put_raw(tx, item, Some(Cond::not_exists()));
@@ -549,14 +630,22 @@ impl DynamoStore {
 
     async fn commit(&self, tx: Tx) -> StoreResult<TxOutcome> {
         count("dynamodb:TransactWriteItems");
-        match self.client.transact_write_items().set_transact_items(Some(tx.items)).send().await {
+        // The token makes the SDK's own retries of this request idempotent: a retry after a
+        // lost answer is reported as the success it was, not as a failed guard.
+        let token = format!("{:032x}", rand::random::<u128>());
+        match self
+            .client
+            .transact_write_items()
+            .client_request_token(token)
+            .set_transact_items(Some(tx.items))
+            .send()
+            .await
+        {
             Ok(_) => Ok(TxOutcome::Done),
             Err(e) => {
                 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError as E;
                 match e.as_service_error() {
-                    Some(E::TransactionCanceledException(_)) => {
-                        Ok(TxOutcome::Retry)
-                    }
+                    Some(E::TransactionCanceledException(_)) => Ok(TxOutcome::Retry),
                     _ => Err(be(e)),
                 }
             }
@@ -578,7 +667,9 @@ impl DynamoStore {
                 match out.unprocessed_items {
                     Some(rest) if rest.values().any(|v| !v.is_empty()) => {
                         if attempt > 10 {
-                            return Err(StoreError::Backend("batch write kept being throttled".into()));
+                            return Err(StoreError::Backend(
+                                "batch write kept being throttled".into(),
+                            ));
                         }
                         tokio::time::sleep(Duration::from_millis(20 << attempt.min(6))).await;
                         pending = rest;
@@ -597,7 +688,12 @@ impl DynamoStore {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         WriteRequest::builder()
-            .delete_request(DeleteRequest::builder().set_key(Some(k)).build().expect("key"))
+            .delete_request(
+                DeleteRequest::builder()
+                    .set_key(Some(k))
+                    .build()
+                    .expect("key"),
+            )
             .build()
     }
 
@@ -617,7 +713,12 @@ impl DynamoStore {
                 }
                 writes.push(
                     WriteRequest::builder()
-                        .put_request(PutRequest::builder().set_item(Some(p)).build().expect("item"))
+                        .put_request(
+                            PutRequest::builder()
+                                .set_item(Some(p))
+                                .build()
+                                .expect("item"),
+                        )
                         .build(),
                 );
             }
@@ -626,23 +727,42 @@ impl DynamoStore {
     }
 
     async fn user_item(&self, name: &str) -> StoreResult<Item> {
-        self.get(users_pk(), name.to_string()).await?.ok_or_else(|| StoreError::UnknownUser(name.into()))
+        self.get(users_pk(), name.to_string())
+            .await?
+            .ok_or_else(|| StoreError::UnknownUser(name.into()))
     }
 
     fn user_from(item: &Item) -> StoreResult<User> {
-        Ok(User { id: get_s(item, "uid")?, name: get_s(item, SK)?, created_at_ns: get_n(item, "created")? })
+        Ok(User {
+            id: get_s(item, "uid")?,
+            name: get_s(item, SK)?,
+            created_at_ns: get_n(item, "created")?,
+        })
     }
 }
 
 fn event(op: ChangeOp, node: &Node, from: Option<Place>, origin: Origin) -> ChangeEvent {
-    ChangeEvent { seq: 0, op, node: node.clone(), from, device: origin.device, at_ns: origin.now_ns }
+    ChangeEvent {
+        seq: 0,
+        op,
+        node: node.clone(),
+        from,
+        device: origin.device,
+        at_ns: origin.now_ns,
+    }
 }
 
 /// `name (restored)`, `name (restored 2)`, …, cut (at a character boundary) to the name
 /// length limit — as the SQLite engine names them.
 fn restored_name(name: &str, k: u32) -> String {
-    let suffix = if k == 1 { " (restored)".to_string() } else { format!(" (restored {k})") };
-    let mut stem = name.len().min(jewel_wire::MAX_NAME_BYTES.saturating_sub(suffix.len()));
+    let suffix = if k == 1 {
+        " (restored)".to_string()
+    } else {
+        format!(" (restored {k})")
+    };
+    let mut stem = name
+        .len()
+        .min(jewel_wire::MAX_NAME_BYTES.saturating_sub(suffix.len()));
     while !name.is_char_boundary(stem) {
         stem -= 1;
     }
@@ -686,19 +806,29 @@ impl MetaStore for DynamoStore {
         };
         tx.put(&self.table, self.ptr_item(&uid, &root), None);
         match self.commit(tx).await? {
-            TxOutcome::Done => Ok(User { id: uid, name: name.into(), created_at_ns: now_ns }),
+            TxOutcome::Done => Ok(User {
+                id: uid,
+                name: name.into(),
+                created_at_ns: now_ns,
+            }),
             TxOutcome::Retry => {
                 if self.get(users_pk(), name.to_string()).await?.is_some() {
                     Err(StoreError::UserExists(name.into()))
                 } else {
-                    Err(StoreError::Backend("that token hash is already in use".into()))
+                    Err(StoreError::Backend(
+                        "that token hash is already in use".into(),
+                    ))
                 }
             }
         }
     }
 
     async fn list_users(&self) -> StoreResult<Vec<User>> {
-        self.query(users_pk(), None, None, None).await?.iter().map(Self::user_from).collect()
+        self.query(users_pk(), None, None, None)
+            .await?
+            .iter()
+            .map(Self::user_from)
+            .collect()
     }
 
     async fn remove_user(&self, name: &str) -> StoreResult<()> {
@@ -757,8 +887,14 @@ impl MetaStore for DynamoStore {
     }
 
     async fn user_by_token(&self, token_hash: &str) -> StoreResult<Option<User>> {
-        let Some(t) = self.get(token_pk(token_hash), "T".into()).await? else { return Ok(None) };
-        Ok(Some(User { id: get_s(&t, "uid")?, name: get_s(&t, "name")?, created_at_ns: get_n(&t, "created")? }))
+        let Some(t) = self.get(token_pk(token_hash), "T".into()).await? else {
+            return Ok(None);
+        };
+        Ok(Some(User {
+            id: get_s(&t, "uid")?,
+            name: get_s(&t, "name")?,
+            created_at_ns: get_n(&t, "created")?,
+        }))
     }
 
     async fn register_device(&self, user: &UserId, name: &str) -> StoreResult<DeviceId> {
@@ -805,7 +941,10 @@ impl MetaStore for DynamoStore {
     }
 
     async fn child(&self, user: &UserId, parent: NodeId, name: &str) -> StoreResult<Node> {
-        let node = self.entry(user, parent, name).await?.ok_or(StoreError::NotFound)?;
+        let node = self
+            .entry(user, parent, name)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         // Entries below a deleted directory stay; they are visible only under a live parent.
         self.live(user, parent).await?;
         Ok(node)
@@ -837,6 +976,7 @@ impl MetaStore for DynamoStore {
         origin: Origin,
     ) -> StoreResult<(Node, ChangeEvent)> {
         let id = new_id();
+        let _writing = self.write_lock(user).await;
         for _ in 0..MAX_ATTEMPTS {
             let seq = self.seq(user).await?;
             self.live_dir(user, new.parent).await?;
@@ -844,11 +984,16 @@ impl MetaStore for DynamoStore {
                 return Err(StoreError::Exists(Box::new(occupant)));
             }
             let (kind, size, blocks, target) = match &new.kind {
-                NewKind::File { content } => (NodeKind::File, content.size, content.blocks.clone(), None),
-                NewKind::Dir => (NodeKind::Dir, 0, Vec::new(), None),
-                NewKind::Symlink { target } => {
-                    (NodeKind::Symlink, target.len() as u64, Vec::new(), Some(target.clone()))
+                NewKind::File { content } => {
+                    (NodeKind::File, content.size, content.blocks.clone(), None)
                 }
+                NewKind::Dir => (NodeKind::Dir, 0, Vec::new(), None),
+                NewKind::Symlink { target } => (
+                    NodeKind::Symlink,
+                    target.len() as u64,
+                    Vec::new(),
+                    Some(target.clone()),
+                ),
             };
             let node = Node {
                 id,
@@ -864,9 +1009,21 @@ impl MetaStore for DynamoStore {
             };
             let mut events = [event(ChangeOp::Upsert, &node, None, origin)];
             let mut tx = Tx::default();
-            tx.put(&self.table, self.ptr_item(user, &node), Some(Cond::not_exists()));
-            tx.put(&self.table, self.entry_item(user, &node), Some(Cond::not_exists()));
-            tx.check(&self.table, key(user_pk(user), node_sk(new.parent)), Cond::live());
+            tx.put(
+                &self.table,
+                self.ptr_item(user, &node),
+                Some(Cond::not_exists()),
+            );
+            tx.put(
+                &self.table,
+                self.entry_item(user, &node),
+                Some(Cond::not_exists()),
+            );
+            tx.check(
+                &self.table,
+                key(user_pk(user), node_sk(new.parent)),
+                Cond::live(),
+            );
             self.log_events(&mut tx, user, seq, &mut events);
             if let TxOutcome::Done = self.commit(tx).await? {
                 let [ev] = events;
@@ -885,13 +1042,16 @@ impl MetaStore for DynamoStore {
         mtime_ns: Option<i64>,
         origin: Origin,
     ) -> StoreResult<(Node, ChangeEvent)> {
+        let _writing = self.write_lock(user).await;
         for _ in 0..MAX_ATTEMPTS {
             let seq = self.seq(user).await?;
             let cur = self.live(user, id).await?;
             match cur.kind {
                 NodeKind::File => {}
                 NodeKind::Dir => return Err(StoreError::IsADirectory),
-                NodeKind::Symlink => return Err(StoreError::InvalidMove("a symlink has no content")),
+                NodeKind::Symlink => {
+                    return Err(StoreError::InvalidMove("a symlink has no content"))
+                }
             }
             if cur.version != base {
                 return Err(StoreError::Conflict(Box::new(cur)));
@@ -905,8 +1065,16 @@ impl MetaStore for DynamoStore {
             };
             let mut events = [event(ChangeOp::Upsert, &node, None, origin)];
             let mut tx = Tx::default();
-            tx.put(&self.table, self.ptr_item(user, &node), Some(Cond::live_version(cur.version)));
-            tx.put(&self.table, self.entry_item(user, &node), Some(Cond::version(cur.version)));
+            tx.put(
+                &self.table,
+                self.ptr_item(user, &node),
+                Some(Cond::live_version(cur.version)),
+            );
+            tx.put(
+                &self.table,
+                self.entry_item(user, &node),
+                Some(Cond::version(cur.version)),
+            );
             self.log_events(&mut tx, user, seq, &mut events);
             if let TxOutcome::Done = self.commit(tx).await? {
                 let [ev] = events;
@@ -923,6 +1091,7 @@ impl MetaStore for DynamoStore {
         attr: &SetAttr,
         origin: Origin,
     ) -> StoreResult<(Node, ChangeEvent)> {
+        let _writing = self.write_lock(user).await;
         for _ in 0..MAX_ATTEMPTS {
             let seq = self.seq(user).await?;
             let cur = self.live(user, id).await?;
@@ -934,9 +1103,17 @@ impl MetaStore for DynamoStore {
             };
             let mut events = [event(ChangeOp::Upsert, &node, None, origin)];
             let mut tx = Tx::default();
-            tx.put(&self.table, self.ptr_item(user, &node), Some(Cond::live_version(cur.version)));
+            tx.put(
+                &self.table,
+                self.ptr_item(user, &node),
+                Some(Cond::live_version(cur.version)),
+            );
             if id != ROOT_ID {
-                tx.put(&self.table, self.entry_item(user, &node), Some(Cond::version(cur.version)));
+                tx.put(
+                    &self.table,
+                    self.entry_item(user, &node),
+                    Some(Cond::version(cur.version)),
+                );
             }
             self.log_events(&mut tx, user, seq, &mut events);
             if let TxOutcome::Done = self.commit(tx).await? {
@@ -957,6 +1134,7 @@ impl MetaStore for DynamoStore {
         mode: MoveMode,
         origin: Origin,
     ) -> StoreResult<Moved> {
+        let _writing = self.write_lock(user).await;
         for _ in 0..MAX_ATTEMPTS {
             let seq = self.seq(user).await?;
             let node = self.live(user, id).await?;
@@ -968,18 +1146,40 @@ impl MetaStore for DynamoStore {
             }
             self.live_dir(user, new_parent).await?;
             if node.is_dir() && self.is_below(user, new_parent, id).await? {
-                return Err(StoreError::InvalidMove("a directory cannot move below itself"));
+                return Err(StoreError::InvalidMove(
+                    "a directory cannot move below itself",
+                ));
             }
             let target = self.entry(user, new_parent, new_name).await?;
             if target.as_ref().is_some_and(|t| t.id == id) {
                 // Already there: nothing changes.
-                return Ok(Moved { node, other: None, events: Vec::new() });
+                return Ok(Moved {
+                    node,
+                    other: None,
+                    events: Vec::new(),
+                });
             }
-            let from = Place { parent: node.parent, name: node.name.clone() };
-            let moved = Node { parent: new_parent, name: new_name.to_string(), version: node.version + 1, ..node.clone() };
+            let from = Place {
+                parent: node.parent,
+                name: node.name.clone(),
+            };
+            let moved = Node {
+                parent: new_parent,
+                name: new_name.to_string(),
+                version: node.version + 1,
+                ..node.clone()
+            };
             let mut tx = Tx::default();
-            tx.put(&self.table, self.ptr_item(user, &moved), Some(Cond::live_version(node.version)));
-            tx.check(&self.table, key(user_pk(user), node_sk(new_parent)), Cond::live());
+            tx.put(
+                &self.table,
+                self.ptr_item(user, &moved),
+                Some(Cond::live_version(node.version)),
+            );
+            tx.check(
+                &self.table,
+                key(user_pk(user), node_sk(new_parent)),
+                Cond::live(),
+            );
             let mut events = vec![event(ChangeOp::Upsert, &moved, Some(from.clone()), origin)];
             let mut other = None;
             let mut trashed_dir = None;
@@ -987,8 +1187,16 @@ impl MetaStore for DynamoStore {
                 (MoveMode::NoReplace, Some(t)) => return Err(StoreError::Exists(Box::new(t))),
                 (MoveMode::Exchange, None) => return Err(StoreError::NotFound),
                 (_, None) => {
-                    tx.delete(&self.table, key(dir_pk(user, node.parent), node.name.clone()), Some(Cond::version(node.version)));
-                    tx.put(&self.table, self.entry_item(user, &moved), Some(Cond::not_exists()));
+                    tx.delete(
+                        &self.table,
+                        key(dir_pk(user, node.parent), node.name.clone()),
+                        Some(Cond::version(node.version)),
+                    );
+                    tx.put(
+                        &self.table,
+                        self.entry_item(user, &moved),
+                        Some(Cond::not_exists()),
+                    );
                 }
                 (MoveMode::Replace, Some(t)) => {
                     match (node.is_dir(), t.is_dir()) {
@@ -1000,8 +1208,16 @@ impl MetaStore for DynamoStore {
                         _ => {}
                     }
                     let gone = t.clone();
-                    tx.delete(&self.table, key(dir_pk(user, node.parent), node.name.clone()), Some(Cond::version(node.version)));
-                    tx.put(&self.table, self.entry_item(user, &moved), Some(Cond::version(t.version)));
+                    tx.delete(
+                        &self.table,
+                        key(dir_pk(user, node.parent), node.name.clone()),
+                        Some(Cond::version(node.version)),
+                    );
+                    tx.put(
+                        &self.table,
+                        self.entry_item(user, &moved),
+                        Some(Cond::version(t.version)),
+                    );
                     let mut p = self.ptr_item(user, &gone);
                     p.insert("trash_at".into(), n(origin.now_ns));
                     tx.put(&self.table, p, Some(Cond::live_version(t.version)));
@@ -1018,13 +1234,35 @@ impl MetaStore for DynamoStore {
                 }
                 (MoveMode::Exchange, Some(t)) => {
                     if t.is_dir() && self.is_below(user, node.parent, t.id).await? {
-                        return Err(StoreError::InvalidMove("a directory cannot move below itself"));
+                        return Err(StoreError::InvalidMove(
+                            "a directory cannot move below itself",
+                        ));
                     }
-                    let swapped = Node { parent: node.parent, name: node.name.clone(), version: t.version + 1, ..t.clone() };
-                    tx.put(&self.table, self.ptr_item(user, &swapped), Some(Cond::live_version(t.version)));
-                    tx.put(&self.table, self.entry_item(user, &moved), Some(Cond::version(t.version)));
-                    tx.put(&self.table, self.entry_item(user, &swapped), Some(Cond::version(node.version)));
-                    let from_t = Place { parent: t.parent, name: t.name.clone() };
+                    let swapped = Node {
+                        parent: node.parent,
+                        name: node.name.clone(),
+                        version: t.version + 1,
+                        ..t.clone()
+                    };
+                    tx.put(
+                        &self.table,
+                        self.ptr_item(user, &swapped),
+                        Some(Cond::live_version(t.version)),
+                    );
+                    tx.put(
+                        &self.table,
+                        self.entry_item(user, &moved),
+                        Some(Cond::version(t.version)),
+                    );
+                    tx.put(
+                        &self.table,
+                        self.entry_item(user, &swapped),
+                        Some(Cond::version(node.version)),
+                    );
+                    let from_t = Place {
+                        parent: t.parent,
+                        name: t.name.clone(),
+                    };
                     events.push(event(ChangeOp::Upsert, &swapped, Some(from_t), origin));
                     other = Some(swapped);
                 }
@@ -1034,7 +1272,11 @@ impl MetaStore for DynamoStore {
                 if let Some(d) = trashed_dir {
                     self.mark_subtree(user, d, Some(d)).await?;
                 }
-                return Ok(Moved { node: moved, other, events });
+                return Ok(Moved {
+                    node: moved,
+                    other,
+                    events,
+                });
             }
         }
         Err(too_many())
@@ -1048,6 +1290,7 @@ impl MetaStore for DynamoStore {
         recursive: bool,
         origin: Origin,
     ) -> StoreResult<(Node, ChangeEvent)> {
+        let _writing = self.write_lock(user).await;
         for _ in 0..MAX_ATTEMPTS {
             let seq = self.seq(user).await?;
             let node = self.live(user, id).await?;
@@ -1067,7 +1310,11 @@ impl MetaStore for DynamoStore {
             let mut p = self.ptr_item(user, &gone);
             p.insert("trash_at".into(), n(origin.now_ns));
             tx.put(&self.table, p, Some(Cond::live_version(node.version)));
-            tx.delete(&self.table, key(dir_pk(user, node.parent), node.name.clone()), Some(Cond::version(node.version)));
+            tx.delete(
+                &self.table,
+                key(dir_pk(user, node.parent), node.name.clone()),
+                Some(Cond::version(node.version)),
+            );
             let mut tr = key(trash_pk(user), node_sk(id));
             put_node(&mut tr, &gone);
             tr.insert("at".into(), n(origin.now_ns));
@@ -1089,9 +1336,18 @@ impl MetaStore for DynamoStore {
             .query(trash_pk(user), None, None, None)
             .await?
             .iter()
-            .map(|i| Ok(TrashEntry { node: read_node(i)?, deleted_at_ns: get_n(i, "at")? }))
+            .map(|i| {
+                Ok(TrashEntry {
+                    node: read_node(i)?,
+                    deleted_at_ns: get_n(i, "at")?,
+                })
+            })
             .collect::<StoreResult<Vec<_>>>()?;
-        out.sort_by(|a, b| b.deleted_at_ns.cmp(&a.deleted_at_ns).then(a.node.id.cmp(&b.node.id)));
+        out.sort_by(|a, b| {
+            b.deleted_at_ns
+                .cmp(&a.deleted_at_ns)
+                .then(a.node.id.cmp(&b.node.id))
+        });
         Ok(out)
     }
 
@@ -1101,6 +1357,7 @@ impl MetaStore for DynamoStore {
         id: NodeId,
         origin: Origin,
     ) -> StoreResult<(Node, ChangeEvent)> {
+        let _writing = self.write_lock(user).await;
         for _ in 0..MAX_ATTEMPTS {
             let seq = self.seq(user).await?;
             let p = match self.ptr(user, id).await? {
@@ -1117,20 +1374,35 @@ impl MetaStore for DynamoStore {
                 name = restored_name(&p.node.name, k);
                 k += 1;
                 if k > 10_000 {
-                    return Err(StoreError::Backend(format!("no free restore name for {name:?}")));
+                    return Err(StoreError::Backend(format!(
+                        "no free restore name for {name:?}"
+                    )));
                 }
             }
-            let node = Node { parent, name, version: p.node.version + 1, ..p.node.clone() };
+            let node = Node {
+                parent,
+                name,
+                version: p.node.version + 1,
+                ..p.node.clone()
+            };
             let mut events = [event(ChangeOp::Upsert, &node, None, origin)];
             let mut tx = Tx::default();
             let mut c = Cond::version(p.node.version);
             c.expr.push_str(" AND attribute_exists(#ta)");
             c.names.insert("#ta".into(), "trash_at".into());
             tx.put(&self.table, self.ptr_item(user, &node), Some(c));
-            tx.put(&self.table, self.entry_item(user, &node), Some(Cond::not_exists()));
+            tx.put(
+                &self.table,
+                self.entry_item(user, &node),
+                Some(Cond::not_exists()),
+            );
             tx.delete(&self.table, key(trash_pk(user), node_sk(id)), None);
             if parent != ROOT_ID {
-                tx.check(&self.table, key(user_pk(user), node_sk(parent)), Cond::live());
+                tx.check(
+                    &self.table,
+                    key(user_pk(user), node_sk(parent)),
+                    Cond::live(),
+                );
             }
             self.log_events(&mut tx, user, seq, &mut events);
             if let TxOutcome::Done = self.commit(tx).await? {
@@ -1144,17 +1416,32 @@ impl MetaStore for DynamoStore {
         Err(too_many())
     }
 
-    async fn changes_since(&self, user: &UserId, since: Seq, limit: u32) -> StoreResult<ChangePage> {
+    async fn changes_since(
+        &self,
+        user: &UserId,
+        since: Seq,
+        limit: u32,
+    ) -> StoreResult<ChangePage> {
         let latest = self.latest_seq(user).await?;
         if since > latest {
             // A cursor from another life of this log.
             return Err(StoreError::CursorTooOld);
         }
         if since == latest || limit == 0 {
-            return Ok(ChangePage { events: Vec::new(), latest_seq: latest });
+            return Ok(ChangePage {
+                events: Vec::new(),
+                latest_seq: latest,
+            });
         }
         let now = unix_secs();
-        let items = self.query(log_pk(user), Some(seq_sk(since)), None, Some(limit as usize)).await?;
+        let items = self
+            .query(
+                log_pk(user),
+                Some(seq_sk(since)),
+                None,
+                Some(limit as usize),
+            )
+            .await?;
         let mut events = Vec::with_capacity(items.len());
         for item in &items {
             if opt_n::<u64>(item, TTL_ATTR)?.is_some_and(|t| t <= now) {
@@ -1167,7 +1454,10 @@ impl MetaStore for DynamoStore {
         if events.first().map(|e| e.seq) != Some(since + 1) {
             return Err(StoreError::CursorTooOld);
         }
-        Ok(ChangePage { events, latest_seq: latest })
+        Ok(ChangePage {
+            events,
+            latest_seq: latest,
+        })
     }
 
     async fn latest_seq(&self, user: &UserId) -> StoreResult<Seq> {
@@ -1181,7 +1471,9 @@ impl MetaStore for DynamoStore {
         // The log stays a contiguous suffix: drop every event up to the newest one older than
         // the cut, never the newest event of all.
         let items = self.query(log_pk(user), None, None, None).await?;
-        let Some((_newest, older)) = items.split_last() else { return Ok(()) };
+        let Some((_newest, older)) = items.split_last() else {
+            return Ok(());
+        };
         let mut cut = None;
         for (i, item) in older.iter().enumerate() {
             if get_n::<i64>(item, "at")? < before_ns {
@@ -1189,7 +1481,8 @@ impl MetaStore for DynamoStore {
             }
         }
         let Some(cut) = cut else { return Ok(()) };
-        self.batch_write(older[..=cut].iter().map(Self::delete_req).collect()).await
+        self.batch_write(older[..=cut].iter().map(Self::delete_req).collect())
+            .await
     }
 
     async fn referenced_blocks(&self, user: &UserId) -> StoreResult<Vec<String>> {
@@ -1218,6 +1511,8 @@ impl DynamoStore {
                 None => return Ok(false),
             };
         }
-        Err(StoreError::Backend("the tree is deeper than 4096 levels".into()))
+        Err(StoreError::Backend(
+            "the tree is deeper than 4096 levels".into(),
+        ))
     }
 }

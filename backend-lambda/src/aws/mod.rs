@@ -32,6 +32,11 @@ pub mod dynamo;
 pub mod s3;
 pub mod sqs;
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod testing;
+#[cfg(test)]
+mod tests;
+
 /// The names the deployment and the code share (Terraform's `aws_naming_test` checks them).
 pub const ENV_TABLE: &str = "JEWEL_TABLE";
 pub const ENV_BUCKET: &str = "JEWEL_BUCKET";
@@ -83,11 +88,13 @@ impl AwsSettings {
         if let Ok(v) = std::env::var(ENV_QUEUE_PREFIX) {
             s.queue_prefix = v;
         }
-        s.listener_role_arn = std::env::var(ENV_LISTENER_ROLE).ok().filter(|v| !v.is_empty());
+        s.listener_role_arn = std::env::var(ENV_LISTENER_ROLE)
+            .ok()
+            .filter(|v| !v.is_empty());
         if let Ok(v) = std::env::var(ENV_LOG_RETENTION_DAYS) {
-            let days: u64 = v
-                .parse()
-                .with_context(|| format!("{ENV_LOG_RETENTION_DAYS}={v:?} is not a number of days"))?;
+            let days: u64 = v.parse().with_context(|| {
+                format!("{ENV_LOG_RETENTION_DAYS}={v:?} is not a number of days")
+            })?;
             s.log_retention = Duration::from_secs(days * 24 * 3600);
         }
         Ok(s)
@@ -96,11 +103,20 @@ impl AwsSettings {
 
 /// The SDK configuration from the standard AWS environment, on our one TLS stack.
 pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(http_client())
+        .load()
+        .await
+}
+
+/// The SDK's HTTP client: hyper on rustls with the ring provider.
+pub fn http_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
     use aws_smithy_http_client::tls;
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
-        .build_https();
-    aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http).load().await
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
 }
 
 /// The three stores, configured from the environment.
@@ -118,17 +134,13 @@ pub async fn stores_from_env(
 pub async fn init_from_env() -> anyhow::Result<()> {
     let settings = AwsSettings::from_env()?;
     let sdk = sdk_config().await;
-    dynamo::DynamoStore::new(&sdk, &settings).create_table().await?;
-    s3::S3BlobStore::new(&sdk, &settings).create_bucket().await?;
+    dynamo::DynamoStore::new(&sdk, &settings)
+        .create_table()
+        .await?;
+    s3::S3BlobStore::new(&sdk, &settings)
+        .create_bucket()
+        .await?;
     Ok(())
-}
-
-/// The environment's endpoint override for one service (loopback tests), if any.
-pub fn endpoint_override(service: &str) -> Option<String> {
-    std::env::var(format!("AWS_ENDPOINT_URL_{}", service.to_ascii_uppercase()))
-        .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
-        .ok()
-        .filter(|v| !v.is_empty())
 }
 
 static REQUESTS: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());

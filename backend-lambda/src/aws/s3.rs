@@ -67,7 +67,9 @@ impl S3BlobStore {
     pub fn new(sdk: &aws_config::SdkConfig, settings: &AwsSettings) -> S3BlobStore {
         // Path-style URLs (`endpoint/bucket/key`): they work against loopback servers, which
         // have no per-bucket host names, and against AWS alike.
-        let conf = aws_sdk_s3::config::Builder::from(sdk).force_path_style(true).build();
+        let conf = aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(true)
+            .build();
         S3BlobStore {
             client: Client::from_conf(conf),
             bucket: settings.bucket.clone(),
@@ -79,7 +81,14 @@ impl S3BlobStore {
     /// Terraform creates it with encryption, public-access block and lifecycle).
     pub async fn create_bucket(&self) -> anyhow::Result<()> {
         count("s3:HeadBucket");
-        if self.client.head_bucket().bucket(&self.bucket).send().await.is_ok() {
+        if self
+            .client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         count("s3:CreateBucket");
@@ -93,7 +102,9 @@ impl S3BlobStore {
                     .build(),
             );
         }
-        req.send().await.map_err(|e| anyhow::anyhow!("creating bucket {}: {}", self.bucket, sdk_err(&e)))?;
+        req.send()
+            .await
+            .map_err(|e| anyhow::anyhow!("creating bucket {}: {}", self.bucket, sdk_err(&e)))?;
         Ok(())
     }
 
@@ -103,7 +114,14 @@ impl S3BlobStore {
 
     async fn exists(&self, user: &str, hash: &str) -> BlobResult<bool> {
         count("s3:HeadObject");
-        match self.client.head_object().bucket(&self.bucket).key(Self::key(user, hash)).send().await {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(Self::key(user, hash))
+            .send()
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
             Err(e) => Err(be(e)),
@@ -123,9 +141,20 @@ impl BlobStore for S3BlobStore {
         }
         // One HEAD per block, 16 at a time; the answer keeps the given order.
         let user: &str = user;
-        let checks: Vec<_> = hashes.iter().map(|h| self.exists(user, h.as_str())).collect();
-        let present: Vec<bool> = futures::stream::iter(checks).buffered(16).try_collect().await?;
-        Ok(hashes.iter().zip(present).filter(|(_, p)| !p).map(|(h, _)| h.clone()).collect())
+        let checks: Vec<_> = hashes
+            .iter()
+            .map(|h| self.exists(user, h.as_str()))
+            .collect();
+        let present: Vec<bool> = futures::stream::iter(checks)
+            .buffered(16)
+            .try_collect()
+            .await?;
+        Ok(hashes
+            .iter()
+            .zip(present)
+            .filter(|(_, p)| !p)
+            .map(|(h, _)| h.clone())
+            .collect())
     }
 
     async fn upload_url(&self, user: &UserId, hash: &str) -> BlobResult<String> {
@@ -181,7 +210,14 @@ impl BlobStore for S3BlobStore {
     async fn get(&self, user: &UserId, hash: &str) -> BlobResult<Bytes> {
         check(hash)?;
         count("s3:GetObject");
-        let out = match self.client.get_object().bucket(&self.bucket).key(Self::key(user, hash)).send().await {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(Self::key(user, hash))
+            .send()
+            .await
+        {
             Ok(out) => out,
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
                 return Err(BlobError::NotFound)
@@ -190,7 +226,9 @@ impl BlobStore for S3BlobStore {
         };
         let bytes = out.body.collect().await.map_err(be)?.into_bytes();
         if sha256_hex(&bytes) != hash {
-            return Err(BlobError::Backend(format!("stored block {hash} does not match its hash")));
+            return Err(BlobError::Backend(format!(
+                "stored block {hash} does not match its hash"
+            )));
         }
         Ok(bytes)
     }

@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 use jewel_wire::{ChangeEvent, ChangePage, DeviceId, Listen, Seq, SqsCredentials};
 
-use super::{count, endpoint_override, sdk_err, AwsSettings};
+use super::{count, sdk_err, AwsSettings};
 use crate::bus::{BusError, BusResult, ChangeBus};
 use crate::store::UserId;
 
@@ -43,6 +43,8 @@ pub struct SqsBus {
     prefix: String,
     role_arn: Option<String>,
     region: String,
+    /// The SQS endpoint devices must use, when it is not AWS itself (loopback).
+    endpoint: Option<String>,
     urls: Mutex<HashMap<String, String>>,
 }
 
@@ -57,7 +59,14 @@ impl SqsBus {
             sts: aws_sdk_sts::Client::new(sdk),
             prefix: settings.queue_prefix.clone(),
             role_arn: settings.listener_role_arn.clone(),
-            region: sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "us-east-1".into()),
+            region: sdk
+                .region()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "us-east-1".into()),
+            endpoint: std::env::var("AWS_ENDPOINT_URL_SQS")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .or_else(|| sdk.endpoint_url().map(str::to_string)),
             urls: Mutex::new(HashMap::new()),
         }
     }
@@ -66,7 +75,13 @@ impl SqsBus {
     pub fn queue_name(&self, user: &str, device: DeviceId) -> String {
         let clean: String = user
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let mut name = format!("{}-{clean}-{device}", self.prefix);
         name.truncate(80);
@@ -85,12 +100,17 @@ impl SqsBus {
             .create_queue()
             .queue_name(&name)
             .attributes(QueueAttributeName::ReceiveMessageWaitTimeSeconds, "20")
-            .attributes(QueueAttributeName::MessageRetentionPeriod, (4 * 24 * 3600).to_string())
+            .attributes(
+                QueueAttributeName::MessageRetentionPeriod,
+                (4 * 24 * 3600).to_string(),
+            )
             .tags("jewel-user", user)
             .send()
             .await
             .map_err(be)?;
-        let url = out.queue_url.ok_or_else(|| BusError::Backend("CreateQueue gave no URL".into()))?;
+        let url = out
+            .queue_url
+            .ok_or_else(|| BusError::Backend("CreateQueue gave no URL".into()))?;
         self.urls.lock().unwrap().insert(name, url.clone());
         Ok(url)
     }
@@ -129,7 +149,9 @@ impl SqsBus {
             .send()
             .await
             .map_err(be)?;
-        let c = out.credentials.ok_or_else(|| BusError::Backend("AssumeRole gave no credentials".into()))?;
+        let c = out
+            .credentials
+            .ok_or_else(|| BusError::Backend("AssumeRole gave no credentials".into()))?;
         let exp = c.expiration();
         Ok(SqsCredentials {
             access_key_id: c.access_key_id().to_string(),
@@ -182,7 +204,11 @@ pub fn bodies(events: &[ChangeEvent]) -> Vec<String> {
 
 fn page_json(events: &[ChangeEvent]) -> String {
     let latest_seq: Seq = events.iter().map(|e| e.seq).max().unwrap_or(0);
-    serde_json::to_string(&ChangePage { events: events.to_vec(), latest_seq }).expect("serialise")
+    serde_json::to_string(&ChangePage {
+        events: events.to_vec(),
+        latest_seq,
+    })
+    .expect("serialise")
 }
 
 #[async_trait]
@@ -191,10 +217,20 @@ impl ChangeBus for SqsBus {
         let queue_url = self.queue_url(user, device).await?;
         let arn = self.queue_arn(&queue_url).await?;
         let credentials = self.device_credentials(&arn, device).await?;
-        Ok(Listen::Sqs { queue_url, region: self.region.clone(), endpoint: endpoint_override("sqs"), credentials })
+        Ok(Listen::Sqs {
+            queue_url,
+            region: self.region.clone(),
+            endpoint: self.endpoint.clone(),
+            credentials,
+        })
     }
 
-    async fn publish(&self, user: &UserId, devices: &[DeviceId], events: &[ChangeEvent]) -> BusResult<()> {
+    async fn publish(
+        &self,
+        user: &UserId,
+        devices: &[DeviceId],
+        events: &[ChangeEvent],
+    ) -> BusResult<()> {
         if events.is_empty() || devices.is_empty() {
             return Ok(());
         }
@@ -206,7 +242,9 @@ impl ChangeBus for SqsBus {
                 let mut batch: Vec<SendMessageBatchRequestEntry> = Vec::new();
                 let mut bytes = 0;
                 for (i, body) in bodies.iter().enumerate() {
-                    if batch.len() == 10 || (bytes + body.len() > MAX_BATCH_BYTES && !batch.is_empty()) {
+                    if batch.len() == 10
+                        || (bytes + body.len() > MAX_BATCH_BYTES && !batch.is_empty())
+                    {
                         self.send_batch(&url, std::mem::take(&mut batch)).await?;
                         bytes = 0;
                     }
@@ -232,7 +270,11 @@ impl ChangeBus for SqsBus {
 }
 
 impl SqsBus {
-    async fn send_batch(&self, url: &str, batch: Vec<SendMessageBatchRequestEntry>) -> BusResult<()> {
+    async fn send_batch(
+        &self,
+        url: &str,
+        batch: Vec<SendMessageBatchRequestEntry>,
+    ) -> BusResult<()> {
         if batch.is_empty() {
             return Ok(());
         }

@@ -1,0 +1,165 @@
+//! AWS-compatible servers on loopback for tests: moto server (DynamoDB, S3, SQS, STS) and
+//! dynalite (strict DynamoDB). `make setup-aws` installs both into the workspace
+//! (`.venv-emu`, `.emu-node`); `JEWEL_MOTO` / `JEWEL_DYNALITE` point elsewhere.
+//!
+//! One moto process is shared by the tests that run at the same time (each test uses its own
+//! table, bucket and queue names) and killed when the last of them ends. Every SDK client here
+//! has explicit static credentials, a region and a loopback endpoint, so nothing ever looks
+//! for instance metadata.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use super::AwsSettings;
+
+/// A server process on a loopback port, killed on drop.
+pub struct Emulator {
+    child: Mutex<Child>,
+    pub url: String,
+    pub name: &'static str,
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let mut child = self.child.lock().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sets the AWS environment every test must have (same values everywhere, so setting it from
+/// several threads is harmless).
+pub fn aws_test_env() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for (k, v) in [
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ] {
+            std::env::set_var(k, v);
+        }
+    });
+}
+
+fn start(name: &'static str, mut cmd: Command, port: u16) -> Emulator {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start emulator");
+    let emu = Emulator {
+        child: Mutex::new(child),
+        url: format!("http://127.0.0.1:{port}"),
+        name,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = emu.child.lock().unwrap().try_wait() {
+            panic!("{name} exited at start: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not listen on port {port} within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    emu
+}
+
+fn skip(what: &str, path: &std::path::Path) {
+    eprintln!(
+        "\n!!!!!!!! SKIPPED: {what} is not installed at {} — run `make setup-aws` \
+         (make test does) to run the AWS-mode tests !!!!!!!!\n",
+        path.display()
+    );
+}
+
+/// The shared moto server, started if none is running; `None` (after a loud message) when
+/// moto is not installed.
+pub fn moto() -> Option<Arc<Emulator>> {
+    static SHARED: Mutex<Weak<Emulator>> = Mutex::new(Weak::new());
+    aws_test_env();
+    let bin = std::env::var_os("JEWEL_MOTO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".venv-emu/bin/moto_server"));
+    if !bin.exists() {
+        skip("moto server", &bin);
+        return None;
+    }
+    let mut shared = SHARED.lock().unwrap();
+    if let Some(m) = shared.upgrade() {
+        return Some(m);
+    }
+    let port = free_port();
+    let mut cmd = Command::new(bin);
+    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+    let m = Arc::new(start("moto", cmd, port));
+    *shared = Arc::downgrade(&m);
+    Some(m)
+}
+
+/// A dynalite server of this test's own; `None` (after a loud message) when not installed.
+pub fn dynalite() -> Option<Emulator> {
+    aws_test_env();
+    let cli = std::env::var_os("JEWEL_DYNALITE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".emu-node/node_modules/dynalite/cli.js"));
+    if !cli.exists() {
+        skip("dynalite", &cli);
+        return None;
+    }
+    let port = free_port();
+    let mut cmd = Command::new("node");
+    cmd.arg(cli).args([
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--createTableMs",
+        "0",
+    ]);
+    Some(start("dynalite", cmd, port))
+}
+
+/// An SDK configuration that talks only to `endpoint`, with static test credentials.
+pub async fn sdk_for(endpoint: &str) -> aws_config::SdkConfig {
+    aws_test_env();
+    let creds =
+        aws_sdk_dynamodb::config::Credentials::new("testing", "testing", None, None, "jewel-tests");
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(super::http_client())
+        .credentials_provider(creds)
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .load()
+        .await
+}
+
+/// Settings with names no other test uses.
+pub fn fresh_settings() -> AwsSettings {
+    let tag = format!("{:x}", rand::random::<u32>());
+    AwsSettings {
+        table: format!("jewel-t{tag}"),
+        bucket: format!("jewel-b{tag}"),
+        queue_prefix: format!("jq{tag}"),
+        listener_role_arn: Some("arn:aws:iam::123456789012:role/jewel-listener".into()),
+        ..AwsSettings::default()
+    }
+}

@@ -1,0 +1,270 @@
+//! The store conformance suites, unchanged, on DynamoDB, S3 and SQS served by moto on
+//! loopback; then what only the AWS engines have: presigned URLs checked by S3, device queues
+//! read with the device's own credentials.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use jewel_wire::{ChangeEvent, ChangeOp, ChangePage, Listen, Node, NodeKind};
+
+use super::dynamo::DynamoStore;
+use super::s3::{checksum_header, S3BlobStore, CHECKSUM_HEADER};
+use super::sqs::SqsBus;
+use super::testing::{fresh_settings, moto, sdk_for, Emulator};
+use crate::blobs::{sha256_hex, BlobStore};
+use crate::bus::ChangeBus;
+
+async fn dynamo_on(m: Arc<Emulator>) -> (DynamoStore, Arc<Emulator>) {
+    let sdk = sdk_for(&m.url).await;
+    let store = DynamoStore::new(&sdk, &fresh_settings());
+    store.create_table().await.expect("create table on moto");
+    (store, m)
+}
+
+async fn s3_on(m: Arc<Emulator>) -> (S3BlobStore, Arc<Emulator>) {
+    let sdk = sdk_for(&m.url).await;
+    let store = S3BlobStore::new(&sdk, &fresh_settings());
+    store.create_bucket().await.expect("create bucket on moto");
+    (store, m)
+}
+
+async fn sqs_on(m: Arc<Emulator>) -> (SqsBus, Arc<Emulator>) {
+    let sdk = sdk_for(&m.url).await;
+    (SqsBus::new(&sdk, &fresh_settings()), m)
+}
+
+mod dynamo_conformance {
+    use super::*;
+    crate::meta_store_conformance!(guarded match moto() {
+        Some(m) => dynamo_on(m),
+        None => return,
+    });
+}
+
+crate::blob_store_conformance!(match moto() {
+    Some(m) => s3_on(m),
+    None => return,
+});
+
+crate::change_bus_conformance!(match moto() {
+    Some(m) => sqs_on(m),
+    None => return,
+});
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presigned_urls_move_blocks_without_the_service() {
+    let Some(m) = moto() else { return };
+    let (store, _m) = s3_on(m).await;
+    let user = "u1".to_string();
+    let data = Bytes::from(vec![42u8; 300_000]);
+    let hash = sha256_hex(&data);
+    assert_eq!(
+        store
+            .missing(&user, std::slice::from_ref(&hash))
+            .await
+            .unwrap(),
+        vec![hash.clone()]
+    );
+
+    let put = store.upload_url(&user, &hash).await.unwrap();
+    assert!(put.starts_with(&_m.url), "{put}");
+    assert!(
+        put.contains(&format!("/u/{user}/b/{hash}?")),
+        "one block of one user: {put}"
+    );
+    assert!(put.contains("X-Amz-Expires=600"), "short-lived: {put}");
+    assert!(
+        put.to_lowercase().contains("x-amz-checksum-sha256"),
+        "the checksum is signed: {put}"
+    );
+    let sum = checksum_header(&hash).unwrap();
+    let r = client()
+        .put(&put)
+        .header("content-type", "application/octet-stream")
+        .header(CHECKSUM_HEADER, &sum)
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "presigned PUT: {} {}",
+        r.status(),
+        r.text().await.unwrap()
+    );
+    assert!(store
+        .missing(&user, std::slice::from_ref(&hash))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.get(&user, &hash).await.unwrap(), data);
+
+    let get = store.download_url(&user, &hash).await.unwrap();
+    let r = client().get(&get).send().await.unwrap();
+    assert!(r.status().is_success());
+    assert_eq!(r.bytes().await.unwrap(), data);
+}
+
+fn event(seq: u64, name_len: usize) -> ChangeEvent {
+    ChangeEvent {
+        seq,
+        op: ChangeOp::Upsert,
+        node: Node {
+            id: 5000 + seq,
+            parent: 1,
+            name: "n".repeat(name_len),
+            kind: NodeKind::File,
+            size: 1,
+            mode: 0o644,
+            mtime_ns: 0,
+            version: 1,
+            blocks: vec![format!("{seq:064x}")],
+            target: None,
+        },
+        from: None,
+        device: Some(7),
+        at_ns: 1,
+    }
+}
+
+#[test]
+fn message_bodies_stay_small_and_ordered() {
+    let events: Vec<_> = (1..=300).map(|s| event(s, 200)).collect();
+    let bodies = super::sqs::bodies(&events);
+    assert!(bodies.len() > 1);
+    let mut seqs = Vec::new();
+    for b in &bodies {
+        assert!(b.len() <= super::sqs::MAX_BODY, "{}", b.len());
+        let page: ChangePage = serde_json::from_str(b).unwrap();
+        assert_eq!(page.latest_seq, page.events.last().unwrap().seq);
+        seqs.extend(page.events.iter().map(|e| e.seq));
+    }
+    assert_eq!(seqs, (1..=300).collect::<Vec<_>>());
+}
+
+/// Receives everything waiting in a queue as the device would: with its own credentials, from
+/// the endpoint and region it was given.
+async fn receive_all(listen: &Listen) -> Vec<ChangeEvent> {
+    let Listen::Sqs {
+        queue_url,
+        region,
+        endpoint,
+        credentials,
+    } = listen
+    else {
+        panic!("not an SQS listener: {listen:?}")
+    };
+    let creds = aws_sdk_sqs::config::Credentials::new(
+        &credentials.access_key_id,
+        &credentials.secret_access_key,
+        credentials.session_token.clone(),
+        None,
+        "device",
+    );
+    let conf = aws_sdk_sqs::config::Builder::new()
+        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+        .http_client(super::http_client())
+        .credentials_provider(creds)
+        .region(aws_sdk_sqs::config::Region::new(region.clone()))
+        .endpoint_url(endpoint.clone().expect("loopback endpoint"))
+        .build();
+    let sqs = aws_sdk_sqs::Client::from_conf(conf);
+    let mut out = Vec::new();
+    loop {
+        let r = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        let msgs = r.messages.unwrap_or_default();
+        if msgs.is_empty() {
+            break;
+        }
+        for msg in msgs {
+            let page: ChangePage = serde_json::from_str(msg.body().unwrap()).unwrap();
+            out.extend(page.events);
+            sqs.delete_message()
+                .queue_url(queue_url)
+                .receipt_handle(msg.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    out.sort_by_key(|e| e.seq);
+    out.dedup_by_key(|e| e.seq); // a standard queue may deliver twice
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_device_receives_from_its_own_queue() {
+    let Some(m) = moto() else { return };
+    let (bus, _m) = sqs_on(m).await;
+    let user = "ann".to_string();
+    let a = bus.register_device(&user, 101).await.unwrap();
+    let b = bus.register_device(&user, 102).await.unwrap();
+    let Listen::Sqs {
+        queue_url: qa,
+        credentials,
+        endpoint,
+        ..
+    } = &a
+    else {
+        panic!("{a:?}")
+    };
+    let Listen::Sqs { queue_url: qb, .. } = &b else {
+        panic!("{b:?}")
+    };
+    assert_ne!(qa, qb, "one queue per device");
+    assert_eq!(
+        endpoint.as_deref(),
+        Some(_m.url.as_str()),
+        "the device is sent to loopback"
+    );
+    assert!(!credentials.access_key_id.is_empty() && credentials.session_token.is_some());
+    let now = crate::store::now_ns();
+    assert!(credentials.expires_ns > now && credentials.expires_ns <= now + 3_700_000_000_000);
+    // Registering again (to renew credentials) keeps the queue.
+    let again = bus.register_device(&user, 101).await.unwrap();
+    let Listen::Sqs { queue_url: qa2, .. } = &again else {
+        panic!()
+    };
+    assert_eq!(qa, qa2);
+
+    let events: Vec<_> = (1..=25).map(|s| event(s, 10)).collect();
+    bus.publish(&user, &[101, 102], &events).await.unwrap();
+    bus.publish(&user, &[101], &[event(26, 10)]).await.unwrap();
+    let got_a: Vec<u64> = receive_all(&a).await.iter().map(|e| e.seq).collect();
+    let got_b: Vec<u64> = receive_all(&b).await.iter().map(|e| e.seq).collect();
+    assert_eq!(got_a, (1..=26).collect::<Vec<_>>());
+    assert_eq!(got_b, (1..=25).collect::<Vec<_>>());
+}
+
+#[test]
+fn the_session_policy_names_one_queue_and_only_receive_actions() {
+    let p: serde_json::Value = serde_json::from_str(&super::sqs::session_policy(
+        "arn:aws:sqs:eu-west-1:1:jewel-u-7",
+    ))
+    .unwrap();
+    let st = &p["Statement"][0];
+    assert_eq!(st["Resource"], "arn:aws:sqs:eu-west-1:1:jewel-u-7");
+    let actions: Vec<&str> = st["Action"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        actions
+            .iter()
+            .all(|a| !a.contains("Send") && !a.contains('*')),
+        "{actions:?}"
+    );
+}
