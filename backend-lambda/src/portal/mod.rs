@@ -86,7 +86,10 @@ impl PortalConfig {
             if is_plain_origin(origin) {
                 block_origins.push(origin.to_string());
             } else {
-                tracing::warn!(origin, "ignoring {BLOCK_ORIGINS_ENV} entry: not an http(s) origin");
+                tracing::warn!(
+                    origin,
+                    "ignoring {BLOCK_ORIGINS_ENV} entry: not an http(s) origin"
+                );
             }
         }
         PortalConfig { block_origins }
@@ -179,13 +182,18 @@ fn serve(served: &Served, i: usize, req: &HeaderMap) -> Response {
     let fresh = req
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag.to_str().unwrap_or("")));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim() == etag.to_str().unwrap_or(""))
+        });
     let mut resp = if fresh {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         let mut resp = asset.bytes.into_response();
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(asset.content_type),
+        );
         resp
     };
     let h = resp.headers_mut();
@@ -197,11 +205,23 @@ fn serve(served: &Served, i: usize, req: &HeaderMap) -> Response {
 
 fn security_headers(served: &Served, h: &mut HeaderMap) {
     h.insert(header::CONTENT_SECURITY_POLICY, served.csp.clone());
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
-    h.insert("cross-origin-resource-policy", HeaderValue::from_static("same-origin"));
+    h.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("same-origin"),
+    );
 }
 
 #[cfg(test)]
@@ -216,7 +236,10 @@ mod tests {
         if let Some(etag) = etag {
             req = req.header(header::IF_NONE_MATCH, etag);
         }
-        app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap()
+        app.clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap()
     }
 
     #[tokio::test]
@@ -233,7 +256,10 @@ mod tests {
             let h = resp.headers();
             assert_eq!(h[header::CONTENT_TYPE], ty, "{path}");
             let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
-            assert!(csp.starts_with("default-src 'self'; script-src 'self';"), "{csp}");
+            assert!(
+                csp.starts_with("default-src 'self'; script-src 'self';"),
+                "{csp}"
+            );
             assert!(csp.contains("frame-ancestors 'none'"));
             assert!(!csp.contains("unsafe"), "{csp}");
             assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
@@ -246,7 +272,9 @@ mod tests {
         assert_eq!(missing.status(), StatusCode::NOT_FOUND);
         let missing = get(&app, "/portal/nope.js", None).await;
         assert_eq!(missing.status(), StatusCode::NOT_FOUND);
-        assert!(missing.headers().contains_key(header::CONTENT_SECURITY_POLICY));
+        assert!(missing
+            .headers()
+            .contains_key(header::CONTENT_SECURITY_POLICY));
     }
 
     #[test]
@@ -255,7 +283,10 @@ mod tests {
         assert!(!html.contains("<script>"), "inline script");
         assert!(!html.contains("style="), "inline style attribute");
         assert!(!html.contains("<style"), "inline style element");
-        assert!(!html.contains("http://") && !html.contains("https://"), "outside URL");
+        assert!(
+            !html.contains("http://") && !html.contains("https://"),
+            "outside URL"
+        );
         let handler = html
             .split(|c: char| c.is_whitespace())
             .any(|w| w.starts_with("on") && w.contains('='));
@@ -272,7 +303,10 @@ mod tests {
         assert!(!is_plain_origin("https://x.com; script-src *"));
         assert!(!is_plain_origin("*"));
         assert!(!is_plain_origin("https://x.com/path"));
-        let csp = PortalConfig { block_origins: vec!["https://b.example".into()] }.csp();
+        let csp = PortalConfig {
+            block_origins: vec!["https://b.example".into()],
+        }
+        .csp();
         assert!(csp.contains("connect-src 'self' https://b.example;"));
     }
 }

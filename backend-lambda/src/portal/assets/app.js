@@ -686,12 +686,27 @@
         bar.value = bar.max;
         li.classList.add('ok');
         status.textContent = text;
+        settleTransfers();
       },
       fail(text) {
         li.classList.add('failed');
         status.textContent = text;
       },
     };
+  }
+
+  // When every transfer has finished well, the panel folds away after a moment so it does
+  // not cover the listing; a failure keeps it open until the user hides it.
+  let settleTimer = 0;
+  function settleTransfers() {
+    clearTimeout(settleTimer);
+    settleTimer = setTimeout(() => {
+      const items = [...$('transfer-list').children];
+      if (items.every((li) => li.classList.contains('ok'))) {
+        $('transfers').hidden = true;
+        $('transfer-list').replaceChildren();
+      }
+    }, 4000);
   }
 
   // PUT one block's bytes to its signed URL, with upload progress. No token goes with it.
