@@ -1,1 +1,10 @@
-//! The JewelFS client (see the crate description).
+//! The JewelFS client: `~/Jewel` as a FUSE drive synced through the JewelFS service.
+//!
+//! - [`core`]: the FUSE-free async core (tree cache, block cache, upload journal, uploader,
+//!   change listener, conflict naming), tested without mounting;
+//! - [`fuse`]: the thin `fuser` adapter;
+//! - [`mount`]: the commands (`mount`, `unmount`, `status`) that `main.rs` parses.
+
+pub mod core;
+pub mod fuse;
+pub mod mount;

@@ -1,0 +1,278 @@
+//! The service as the client sees it: one [`Api`] trait with every route the client uses, and
+//! [`HttpApi`], its reqwest implementation (rustls, the workspace's one TLS stack).
+//!
+//! Why a trait: the core is tested against a fake service (and a test can wrap the real one
+//! to inject latency or failures) without a network. Every method returns [`ApiErr`], which
+//! separates "the service said no" (an [`ApiError`] body with a code) from "the service could
+//! not be reached" ([`ApiErr::Offline`]): the first is final for that request, the second means
+//! keep the change in the journal and retry when the service answers again.
+//!
+//! Block URLs may be relative (`/blob/...`, the embedded server) or absolute (presigned S3);
+//! relative ones are joined to the server's base URL here, so callers never care.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use jewel_wire::*;
+
+/// Why a request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiErr {
+    /// The service could not be reached (connection refused, timeout, 5xx from a proxy).
+    #[error("server unreachable: {0}")]
+    Offline(String),
+    /// The service answered with an error body.
+    #[error("{0}")]
+    Api(ApiError),
+    /// The service answered something we cannot read.
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+}
+
+impl ApiErr {
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ApiErr::Api(e) => Some(e.code),
+            _ => None,
+        }
+    }
+    pub fn is_offline(&self) -> bool {
+        matches!(self, ApiErr::Offline(_))
+            || matches!(
+                self.code(),
+                Some(ErrorCode::Unavailable | ErrorCode::Internal)
+            )
+    }
+    pub fn current(&self) -> Option<Node> {
+        match self {
+            ApiErr::Api(e) => e.current.as_deref().cloned(),
+            _ => None,
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiErr>;
+
+/// Every route of the service the client uses (see the table in `jewel_wire`).
+#[async_trait]
+pub trait Api: Send + Sync + 'static {
+    async fn me(&self) -> ApiResult<Me>;
+    async fn get_node(&self, id: NodeId) -> ApiResult<Node>;
+    async fn list_children(&self, id: NodeId, after: Option<String>) -> ApiResult<ListPage>;
+    async fn create(&self, req: &CreateNode) -> ApiResult<Node>;
+    async fn commit(&self, id: NodeId, req: &CommitContent) -> ApiResult<Node>;
+    async fn move_node(&self, id: NodeId, req: &MoveNode) -> ApiResult<MoveResult>;
+    async fn set_attr(&self, id: NodeId, req: &SetAttr) -> ApiResult<Node>;
+    async fn delete(&self, id: NodeId, base_version: Version, recursive: bool) -> ApiResult<Node>;
+    async fn register_device(&self, name: &str) -> ApiResult<Device>;
+    async fn changes(&self, since: Seq, limit: u32) -> ApiResult<ChangePage>;
+    async fn poll(&self, device: DeviceId, since: Seq, timeout_ms: u64) -> ApiResult<ChangePage>;
+    async fn missing_blocks(&self, hashes: Vec<BlockHash>) -> ApiResult<MissingBlocks>;
+    async fn block_urls(&self, hashes: Vec<BlockHash>) -> ApiResult<BlockUrls>;
+    async fn put_block(&self, url: &str, bytes: Bytes) -> ApiResult<()>;
+    async fn get_block(&self, url: &str) -> ApiResult<Bytes>;
+    /// Names this client's device on later mutating requests (echo suppression).
+    fn set_device(&self, id: DeviceId);
+}
+
+/// The HTTP implementation.
+pub struct HttpApi {
+    base: String,
+    token: String,
+    client: reqwest::Client,
+    device: AtomicU64,
+}
+
+impl HttpApi {
+    pub fn new(base: &str, token: &str) -> anyhow::Result<HttpApi> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .pool_max_idle_per_host(16)
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(HttpApi {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            client,
+            device: AtomicU64::new(0),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}{}", self.base, API_PREFIX, path)
+    }
+
+    fn abs(&self, url: &str) -> String {
+        if url.starts_with("http://") || url.starts_with("https://") {
+            url.to_string()
+        } else {
+            format!("{}{}", self.base, url)
+        }
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut b = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(60));
+        let dev = self.device.load(Ordering::Relaxed);
+        if dev != 0 {
+            b = b.header(DEVICE_HEADER, dev.to_string());
+        }
+        b
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(b: reqwest::RequestBuilder) -> ApiResult<T> {
+        let resp = b.send().await.map_err(net_err)?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(net_err)?;
+        if status.is_success() {
+            return serde_json::from_slice(&body)
+                .map_err(|e| ApiErr::Protocol(format!("{e}: {}", String::from_utf8_lossy(&body))));
+        }
+        Err(status_err(status, &body))
+    }
+}
+
+fn net_err(e: reqwest::Error) -> ApiErr {
+    ApiErr::Offline(e.to_string())
+}
+
+fn status_err(status: reqwest::StatusCode, body: &[u8]) -> ApiErr {
+    match serde_json::from_slice::<ApiError>(body) {
+        Ok(e) => ApiErr::Api(e),
+        Err(_) if status.is_server_error() => {
+            ApiErr::Offline(format!("HTTP {status}: {}", String::from_utf8_lossy(body)))
+        }
+        Err(_) => ApiErr::Protocol(format!("HTTP {status}: {}", String::from_utf8_lossy(body))),
+    }
+}
+
+#[async_trait]
+impl Api for HttpApi {
+    async fn me(&self) -> ApiResult<Me> {
+        Self::send(
+            self.req(reqwest::Method::GET, "/me")
+                .timeout(Duration::from_secs(5)),
+        )
+        .await
+    }
+    async fn get_node(&self, id: NodeId) -> ApiResult<Node> {
+        Self::send(self.req(reqwest::Method::GET, &format!("/nodes/{id}"))).await
+    }
+    async fn list_children(&self, id: NodeId, after: Option<String>) -> ApiResult<ListPage> {
+        let mut b = self
+            .req(reqwest::Method::GET, &format!("/nodes/{id}/children"))
+            .query(&[("limit", MAX_PAGE.to_string())]);
+        if let Some(a) = after {
+            b = b.query(&[("after", a)]);
+        }
+        Self::send(b).await
+    }
+    async fn create(&self, req: &CreateNode) -> ApiResult<Node> {
+        Self::send(self.req(reqwest::Method::POST, "/nodes").json(req)).await
+    }
+    async fn commit(&self, id: NodeId, req: &CommitContent) -> ApiResult<Node> {
+        Self::send(
+            self.req(reqwest::Method::PUT, &format!("/nodes/{id}/content"))
+                .json(req),
+        )
+        .await
+    }
+    async fn move_node(&self, id: NodeId, req: &MoveNode) -> ApiResult<MoveResult> {
+        Self::send(
+            self.req(reqwest::Method::POST, &format!("/nodes/{id}/move"))
+                .json(req),
+        )
+        .await
+    }
+    async fn set_attr(&self, id: NodeId, req: &SetAttr) -> ApiResult<Node> {
+        Self::send(
+            self.req(reqwest::Method::PATCH, &format!("/nodes/{id}"))
+                .json(req),
+        )
+        .await
+    }
+    async fn delete(&self, id: NodeId, base_version: Version, recursive: bool) -> ApiResult<Node> {
+        let b = self
+            .req(reqwest::Method::DELETE, &format!("/nodes/{id}"))
+            .query(&[
+                ("base_version", base_version.to_string()),
+                ("recursive", recursive.to_string()),
+            ]);
+        Self::send(b).await
+    }
+    async fn register_device(&self, name: &str) -> ApiResult<Device> {
+        let body = RegisterDevice {
+            name: name.to_string(),
+        };
+        Self::send(self.req(reqwest::Method::POST, "/devices").json(&body)).await
+    }
+    async fn changes(&self, since: Seq, limit: u32) -> ApiResult<ChangePage> {
+        let b = self
+            .req(reqwest::Method::GET, "/changes")
+            .query(&[("since", since.to_string()), ("limit", limit.to_string())]);
+        Self::send(b).await
+    }
+    async fn poll(&self, device: DeviceId, since: Seq, timeout_ms: u64) -> ApiResult<ChangePage> {
+        let b = self
+            .req(reqwest::Method::GET, &format!("/devices/{device}/poll"))
+            .query(&[
+                ("since", since.to_string()),
+                ("timeout_ms", timeout_ms.to_string()),
+            ])
+            .timeout(Duration::from_millis(timeout_ms + 15_000));
+        Self::send(b).await
+    }
+    async fn missing_blocks(&self, hashes: Vec<BlockHash>) -> ApiResult<MissingBlocks> {
+        let body = BlockHashes { hashes };
+        Self::send(
+            self.req(reqwest::Method::POST, "/blocks/missing")
+                .json(&body),
+        )
+        .await
+    }
+    async fn block_urls(&self, hashes: Vec<BlockHash>) -> ApiResult<BlockUrls> {
+        let body = BlockHashes { hashes };
+        Self::send(self.req(reqwest::Method::POST, "/blocks/urls").json(&body)).await
+    }
+    async fn put_block(&self, url: &str, bytes: Bytes) -> ApiResult<()> {
+        let resp = self
+            .client
+            .put(self.abs(url))
+            .header("content-type", "application/octet-stream")
+            .timeout(Duration::from_secs(120))
+            .body(bytes)
+            .send()
+            .await
+            .map_err(net_err)?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = resp.bytes().await.map_err(net_err)?;
+        Err(status_err(status, &body))
+    }
+    async fn get_block(&self, url: &str) -> ApiResult<Bytes> {
+        let resp = self
+            .client
+            .get(self.abs(url))
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await
+            .map_err(net_err)?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(net_err)?;
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(status_err(status, &body))
+        }
+    }
+    fn set_device(&self, id: DeviceId) {
+        self.device.store(id, Ordering::Relaxed);
+    }
+}

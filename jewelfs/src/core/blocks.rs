@@ -1,0 +1,308 @@
+//! The disk block cache: content blocks by SHA-256, in one folder, bounded in bytes (LRU).
+//!
+//! Blocks are immutable (content-addressed), so a cached block never goes stale; the cache
+//! only has to be bounded, trustworthy and quick:
+//! - **Bounded**: an in-memory LRU index (rebuilt from the folder at start, oldest mtime
+//!   first) evicts the least recently used blocks when the total passes the capacity.
+//! - **Verified**: a downloaded block is hashed before it is stored; a block already on disk
+//!   is hashed on its first use by this process, and a corrupt one is deleted and fetched
+//!   again. After that the block is trusted (the file is ours, written by rename).
+//! - **One fetch per block**: concurrent readers of a missing block wait on one download
+//!   (a per-hash async lock), then all read the stored file.
+//! - **Read-ahead**: [`BlockCache::prefetch`] asks for the URLs of several blocks in one
+//!   request and downloads them concurrently in the background.
+//!
+//! Reads go through a small table of open files, so a sequential read of a cached file costs
+//! one `pread` per kernel request.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use jewel_wire::BlockHash;
+use sha2::{Digest, Sha256};
+
+use super::api::{Api, ApiErr};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlockErr {
+    #[error("{0}")]
+    Api(#[from] ApiErr),
+    #[error("block {0} is not on the server")]
+    Missing(String),
+    #[error("block {0} came back with the wrong hash")]
+    Corrupt(String),
+    #[error("block cache: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Default)]
+struct Lru {
+    map: HashMap<String, (u64, u64)>,
+    order: BTreeMap<u64, String>,
+    tick: u64,
+    used: u64,
+}
+
+impl Lru {
+    fn touch(&mut self, hash: &str) -> bool {
+        let Some(entry) = self.map.get_mut(hash) else {
+            return false;
+        };
+        self.order.remove(&entry.1);
+        self.tick += 1;
+        entry.1 = self.tick;
+        self.order.insert(self.tick, hash.to_string());
+        true
+    }
+    fn add(&mut self, hash: &str, size: u64) {
+        if self.touch(hash) {
+            return;
+        }
+        self.tick += 1;
+        self.map.insert(hash.to_string(), (size, self.tick));
+        self.order.insert(self.tick, hash.to_string());
+        self.used += size;
+    }
+    fn remove(&mut self, hash: &str) {
+        if let Some((size, tick)) = self.map.remove(hash) {
+            self.order.remove(&tick);
+            self.used -= size;
+        }
+    }
+    fn pop_oldest(&mut self) -> Option<String> {
+        let (_, hash) = self.order.pop_first()?;
+        if let Some((size, _)) = self.map.remove(&hash) {
+            self.used -= size;
+        }
+        Some(hash)
+    }
+}
+
+pub struct BlockCache {
+    dir: PathBuf,
+    capacity: u64,
+    lru: Mutex<Lru>,
+    verified: Mutex<HashSet<String>>,
+    inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    files: Mutex<HashMap<String, Arc<File>>>,
+    api: Arc<dyn Api>,
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl BlockCache {
+    /// Opens (creating) the cache folder and indexes what it holds, oldest first.
+    pub fn open(dir: &Path, capacity: u64, api: Arc<dyn Api>) -> std::io::Result<BlockCache> {
+        std::fs::create_dir_all(dir)?;
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !jewel_wire::is_block_hash(&name) {
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            }
+            let meta = entry.metadata()?;
+            found.push((meta.modified().ok(), name, meta.len()));
+        }
+        found.sort();
+        let mut lru = Lru::default();
+        for (_, name, size) in found {
+            lru.add(&name, size);
+        }
+        let cache = BlockCache {
+            dir: dir.to_path_buf(),
+            capacity,
+            lru: Mutex::new(lru),
+            verified: Mutex::new(HashSet::new()),
+            inflight: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
+            api,
+        };
+        cache.evict();
+        Ok(cache)
+    }
+
+    pub fn path(&self, hash: &str) -> PathBuf {
+        self.dir.join(hash)
+    }
+
+    /// Bytes held on disk.
+    pub fn used(&self) -> u64 {
+        self.lru.lock().unwrap().used
+    }
+
+    /// Whether the block is cached and already verified: a read can be served at once.
+    pub fn ready(&self, hash: &str) -> bool {
+        self.verified.lock().unwrap().contains(hash) && self.lru.lock().unwrap().touch(hash)
+    }
+
+    /// Stores a block whose bytes are known to hash to `hash` (the caller hashed them).
+    pub fn insert(&self, hash: &str, bytes: &[u8]) -> std::io::Result<()> {
+        if self.lru.lock().unwrap().touch(hash) {
+            return Ok(());
+        }
+        let tmp = self.dir.join(format!(".{hash}.{}", std::process::id()));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, self.path(hash))?;
+        self.lru.lock().unwrap().add(hash, bytes.len() as u64);
+        self.verified.lock().unwrap().insert(hash.to_string());
+        self.evict();
+        Ok(())
+    }
+
+    fn evict(&self) {
+        loop {
+            let victim = {
+                let mut lru = self.lru.lock().unwrap();
+                if lru.used <= self.capacity || lru.map.len() <= 1 {
+                    return;
+                }
+                lru.pop_oldest()
+            };
+            let Some(victim) = victim else { return };
+            self.files.lock().unwrap().remove(&victim);
+            self.verified.lock().unwrap().remove(&victim);
+            let _ = std::fs::remove_file(self.path(&victim));
+        }
+    }
+
+    fn forget(&self, hash: &str) {
+        self.lru.lock().unwrap().remove(hash);
+        self.verified.lock().unwrap().remove(hash);
+        self.files.lock().unwrap().remove(hash);
+        let _ = std::fs::remove_file(self.path(hash));
+    }
+
+    /// Reads from a ready block (see [`BlockCache::ready`]).
+    pub fn read(&self, hash: &str, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        let file = {
+            let mut files = self.files.lock().unwrap();
+            match files.get(hash) {
+                Some(f) => f.clone(),
+                None => {
+                    if files.len() > 256 {
+                        files.clear();
+                    }
+                    let f = Arc::new(File::open(self.path(hash))?);
+                    files.insert(hash.to_string(), f.clone());
+                    f
+                }
+            }
+        };
+        let mut done = 0;
+        while done < buf.len() {
+            let n = file.read_at(&mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        Ok(done)
+    }
+
+    /// Makes the block ready: verifies a cached copy once, or fetches it (one download for
+    /// all concurrent callers).
+    pub async fn get(self: &Arc<Self>, hash: &str) -> Result<(), BlockErr> {
+        if self.ready(hash) {
+            return Ok(());
+        }
+        let lock = {
+            let mut inflight = self.inflight.lock().unwrap();
+            inflight.entry(hash.to_string()).or_default().clone()
+        };
+        let _guard = lock.lock().await;
+        let result = self.get_locked(hash, None).await;
+        self.inflight.lock().unwrap().remove(hash);
+        result
+    }
+
+    async fn get_locked(self: &Arc<Self>, hash: &str, url: Option<String>) -> Result<(), BlockErr> {
+        if self.ready(hash) {
+            return Ok(());
+        }
+        let cached = self.lru.lock().unwrap().map.contains_key(hash);
+        if cached {
+            let me = self.clone();
+            let h = hash.to_string();
+            let good = tokio::task::spawn_blocking(move || {
+                std::fs::read(me.path(&h))
+                    .map(|b| sha256_hex(&b) == h)
+                    .unwrap_or(false)
+            })
+            .await
+            .unwrap_or(false);
+            if good {
+                self.verified.lock().unwrap().insert(hash.to_string());
+                return Ok(());
+            }
+            tracing::warn!(block = hash, "cached block is corrupt; fetching it again");
+            self.forget(hash);
+        }
+        let url = match url {
+            Some(u) => u,
+            None => {
+                let urls = self.api.block_urls(vec![hash.to_string()]).await?;
+                urls.urls
+                    .into_iter()
+                    .find(|u| u.hash == hash)
+                    .map(|u| u.url)
+                    .ok_or_else(|| BlockErr::Missing(hash.to_string()))?
+            }
+        };
+        let bytes = self.api.get_block(&url).await?;
+        let me = self.clone();
+        let h = hash.to_string();
+        tokio::task::spawn_blocking(move || {
+            if sha256_hex(&bytes) != h {
+                return Err(BlockErr::Corrupt(h));
+            }
+            me.insert(&h, &bytes)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| BlockErr::Io(std::io::Error::other(e)))?
+    }
+
+    /// Fetches the given blocks in the background (read-ahead), skipping ready ones.
+    pub fn prefetch(self: &Arc<Self>, hashes: Vec<BlockHash>) {
+        let wanted: Vec<BlockHash> = {
+            let inflight = self.inflight.lock().unwrap();
+            hashes
+                .into_iter()
+                .filter(|h| !inflight.contains_key(h))
+                .filter(|h| !self.lru.lock().unwrap().map.contains_key(h))
+                .collect()
+        };
+        if wanted.is_empty() {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let Ok(urls) = me.api.block_urls(wanted).await else {
+                return;
+            };
+            let mut tasks = Vec::new();
+            for u in urls.urls {
+                let me = me.clone();
+                tasks.push(tokio::spawn(async move {
+                    let lock = {
+                        let mut inflight = me.inflight.lock().unwrap();
+                        inflight.entry(u.hash.clone()).or_default().clone()
+                    };
+                    let _guard = lock.lock().await;
+                    let _ = me.get_locked(&u.hash, Some(u.url)).await;
+                    me.inflight.lock().unwrap().remove(&u.hash);
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        });
+    }
+}

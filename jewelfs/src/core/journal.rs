@@ -1,0 +1,507 @@
+//! The durable upload journal: every local change, in order, until the service has it.
+//!
+//! Layout under `<cache>/journal/`: one `<seq>.json` per entry (written to a temporary name,
+//! fsync'd, renamed, directory fsync'd, so an entry is either whole or absent after a crash),
+//! `data/<name>` holding the content of a file change (the closed staging file, moved here by
+//! rename and fsync'd before its entry is written), and `aliases`, an append-only list of
+//! `local-id server-id` lines.
+//!
+//! Subtle points:
+//! - **Order.** Entries are uploaded strictly in sequence order (one in flight at a time), so
+//!   an entry never refers to a node the service does not know yet: a file created offline in
+//!   a directory created offline waits for that directory.
+//! - **Local ids.** A node created locally gets an id with bit 62 set, never seen by the
+//!   service. When its create is uploaded the service's id is recorded as an alias (durably,
+//!   before the entry is removed) and every later entry is resolved through the aliases.
+//! - **Coalescing.** An entry not yet in flight may be rewritten: a file's content changed
+//!   again before its create went out is folded into the create; an editor's
+//!   write-then-rename becomes one content change of the final file. This is why the
+//!   uploader lets entries settle for a few milliseconds before taking them.
+//! - **Replay.** On start the entries and aliases are read back; an entry that was uploaded
+//!   but not yet removed when the client died is uploaded again, which is harmless because
+//!   the uploader recognises its own identical content (see `sync.rs`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jewel_wire::{BlockHash, MoveMode, NodeId, Version};
+use serde::{Deserialize, Serialize};
+
+/// Ids at or above this are local (not yet known to the service).
+pub const LOCAL_ID_BASE: NodeId = 1 << 62;
+
+pub fn is_local(id: NodeId) -> bool {
+    id >= LOCAL_ID_BASE
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum LocalKind {
+    File {
+        /// Name of the content file under `data/`; `None` for an empty file.
+        data: Option<String>,
+        size: u64,
+    },
+    Dir,
+    Symlink {
+        target: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    Create {
+        node: NodeId,
+        parent: NodeId,
+        name: String,
+        kind: LocalKind,
+        mode: u32,
+        mtime_ns: i64,
+    },
+    Content {
+        node: NodeId,
+        base_version: Version,
+        /// The content the writer started from, to tell a real conflict from a metadata one.
+        base_blocks: Vec<BlockHash>,
+        data: Option<String>,
+        size: u64,
+        mtime_ns: i64,
+    },
+    Move {
+        node: NodeId,
+        new_parent: NodeId,
+        new_name: String,
+        mode: MoveMode,
+    },
+    Delete {
+        node: NodeId,
+        base_version: Version,
+        base_blocks: Vec<BlockHash>,
+    },
+    SetAttr {
+        node: NodeId,
+        mode: Option<u32>,
+        mtime_ns: Option<i64>,
+    },
+}
+
+impl Op {
+    /// The node the entry changes.
+    pub fn node(&self) -> NodeId {
+        match self {
+            Op::Create { node, .. }
+            | Op::Content { node, .. }
+            | Op::Move { node, .. }
+            | Op::Delete { node, .. }
+            | Op::SetAttr { node, .. } => *node,
+        }
+    }
+    /// The content file the entry owns, if any.
+    pub fn data(&self) -> Option<&str> {
+        match self {
+            Op::Create {
+                kind: LocalKind::File { data, .. },
+                ..
+            }
+            | Op::Content { data, .. } => data.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub seq: u64,
+    pub at_ms: u64,
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: BTreeMap<u64, Entry>,
+    next: u64,
+    inflight: Option<u64>,
+    data_counter: u64,
+}
+
+pub struct Journal {
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+    aliases: Mutex<HashMap<NodeId, NodeId>>,
+    alias_file: Mutex<File>,
+    pub changed: tokio::sync::Notify,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Journal {
+    /// Opens the journal folder and reads back every entry and alias (replay).
+    pub fn open(dir: &Path) -> std::io::Result<Journal> {
+        std::fs::create_dir_all(dir.join("data"))?;
+        let mut inner = Inner {
+            next: 1,
+            ..Default::default()
+        };
+        for item in std::fs::read_dir(dir)? {
+            let path = item?.path();
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            if name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            if !name.ends_with(".json") {
+                continue;
+            }
+            match std::fs::read(&path).map(|b| serde_json::from_slice::<Entry>(&b)) {
+                Ok(Ok(entry)) => {
+                    inner.next = inner.next.max(entry.seq + 1);
+                    inner.entries.insert(entry.seq, entry);
+                }
+                _ => tracing::warn!(path = %path.display(), "unreadable journal entry skipped"),
+            }
+        }
+        let mut aliases = HashMap::new();
+        let alias_path = dir.join("aliases");
+        if let Ok(text) = std::fs::read_to_string(&alias_path) {
+            for line in text.lines() {
+                let mut parts = line.split_whitespace();
+                if let (Some(Some(l)), Some(Some(s))) = (
+                    parts.next().map(|p| p.parse().ok()),
+                    parts.next().map(|p| p.parse().ok()),
+                ) {
+                    aliases.insert(l, s);
+                }
+            }
+        }
+        if inner.entries.is_empty() {
+            // Nothing can refer to old local ids any more: start the alias list afresh, and
+            // drop content files no entry owns (left by a crash between rename and entry).
+            aliases.clear();
+            let _ = std::fs::remove_file(&alias_path);
+            if let Ok(items) = std::fs::read_dir(dir.join("data")) {
+                for item in items.flatten() {
+                    let _ = std::fs::remove_file(item.path());
+                }
+            }
+        }
+        inner.data_counter = now_ms() * 1000;
+        let alias_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&alias_path)?;
+        Ok(Journal {
+            dir: dir.to_path_buf(),
+            inner: Mutex::new(inner),
+            aliases: Mutex::new(aliases),
+            alias_file: Mutex::new(alias_file),
+            changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    pub fn data_path(&self, name: &str) -> PathBuf {
+        self.dir.join("data").join(name)
+    }
+
+    /// A fresh name for a content file under `data/`.
+    pub fn new_data_name(&self) -> String {
+        let mut inner = self.inner.lock().unwrap();
+        inner.data_counter += 1;
+        format!("{}-{}", std::process::id(), inner.data_counter)
+    }
+
+    fn write_entry(&self, entry: &Entry) -> std::io::Result<()> {
+        let path = self.dir.join(format!("{:020}.json", entry.seq));
+        let tmp = self.dir.join(format!("{:020}.json.tmp", entry.seq));
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec(entry).map_err(std::io::Error::other)?)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)?;
+        sync_dir(&self.dir)
+    }
+
+    /// Appends an entry durably and wakes the uploader.
+    pub fn append(&self, op: Op) -> std::io::Result<u64> {
+        let entry = {
+            let mut inner = self.inner.lock().unwrap();
+            let seq = inner.next;
+            inner.next += 1;
+            Entry {
+                seq,
+                at_ms: now_ms(),
+                op,
+            }
+        };
+        self.write_entry(&entry)?;
+        self.inner
+            .lock()
+            .unwrap()
+            .entries
+            .insert(entry.seq, entry.clone());
+        self.changed.notify_one();
+        Ok(entry.seq)
+    }
+
+    /// Rewrites a pending entry that is not in flight; false when it is (or is gone).
+    pub fn rewrite(&self, seq: u64, op: Op) -> std::io::Result<bool> {
+        let entry = {
+            let inner = self.inner.lock().unwrap();
+            if inner.inflight == Some(seq) || !inner.entries.contains_key(&seq) {
+                return Ok(false);
+            }
+            Entry {
+                seq,
+                at_ms: now_ms(),
+                op,
+            }
+        };
+        self.write_entry(&entry)?;
+        self.inner.lock().unwrap().entries.insert(seq, entry);
+        self.changed.notify_one();
+        Ok(true)
+    }
+
+    /// Drops a pending entry that is not in flight (and its content file); false if in flight.
+    pub fn cancel(&self, seq: u64) -> bool {
+        let entry = {
+            let mut inner = self.inner.lock().unwrap();
+            if inner.inflight == Some(seq) {
+                return false;
+            }
+            inner.entries.remove(&seq)
+        };
+        if let Some(entry) = entry {
+            self.delete_files(&entry);
+        }
+        true
+    }
+
+    fn delete_files(&self, entry: &Entry) {
+        let _ = std::fs::remove_file(self.dir.join(format!("{:020}.json", entry.seq)));
+        if let Some(data) = entry.op.data() {
+            if !self.data_in_use(data) {
+                let _ = std::fs::remove_file(self.data_path(data));
+            }
+        }
+    }
+
+    fn data_in_use(&self, data: &str) -> bool {
+        self.inner
+            .lock()
+            .unwrap()
+            .entries
+            .values()
+            .any(|e| e.op.data() == Some(data))
+    }
+
+    /// The last pending entry about `node` that is not in flight and matches `pred`.
+    pub fn find_pending(&self, node: NodeId, pred: impl Fn(&Op) -> bool) -> Option<Entry> {
+        let inner = self.inner.lock().unwrap();
+        inner
+            .entries
+            .values()
+            .rev()
+            .filter(|e| inner.inflight != Some(e.seq))
+            .find(|e| e.op.node() == node && pred(&e.op))
+            .cloned()
+    }
+
+    /// Whether any pending entry refers to `node` (as subject).
+    pub fn has_pending(&self, node: NodeId) -> bool {
+        self.inner
+            .lock()
+            .unwrap()
+            .entries
+            .values()
+            .any(|e| e.op.node() == node)
+    }
+
+    /// Whether any entry after `seq` refers to `node`.
+    pub fn has_later(&self, seq: u64, node: NodeId) -> bool {
+        let inner = self.inner.lock().unwrap();
+        inner
+            .entries
+            .range(seq + 1..)
+            .any(|(_, e)| self.resolve(e.op.node()) == node)
+    }
+
+    /// Takes the oldest entry for upload if it has settled for `settle_ms`.
+    pub fn take(&self, settle_ms: u64) -> Result<Entry, Option<u64>> {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.inflight.is_some() {
+            return Err(None);
+        }
+        let Some(entry) = inner.entries.values().next().cloned() else {
+            return Err(None);
+        };
+        let age = now_ms().saturating_sub(entry.at_ms);
+        if age < settle_ms {
+            return Err(Some(settle_ms - age));
+        }
+        inner.inflight = Some(entry.seq);
+        Ok(entry)
+    }
+
+    /// The entry in flight is done: remove it and its files.
+    pub fn done(&self, seq: u64) {
+        let entry = {
+            let mut inner = self.inner.lock().unwrap();
+            inner.inflight = None;
+            inner.entries.remove(&seq)
+        };
+        if let Some(entry) = entry {
+            self.delete_files(&entry);
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// The entry in flight could not be uploaded now: keep it for a later try.
+    pub fn retry_later(&self, seq: u64) {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.inflight == Some(seq) {
+            inner.inflight = None;
+        }
+    }
+
+    pub fn pending(&self) -> usize {
+        self.inner.lock().unwrap().entries.len()
+    }
+
+    pub fn entries(&self) -> Vec<Entry> {
+        self.inner
+            .lock()
+            .unwrap()
+            .entries
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Records durably that local id `local` is `server` on the service.
+    pub fn add_alias(&self, local: NodeId, server: NodeId) -> std::io::Result<()> {
+        {
+            let mut f = self.alias_file.lock().unwrap();
+            writeln!(f, "{local} {server}")?;
+            f.sync_data()?;
+        }
+        self.aliases.lock().unwrap().insert(local, server);
+        Ok(())
+    }
+
+    /// The service's id for `id` (itself unless it is an uploaded local id).
+    pub fn resolve(&self, id: NodeId) -> NodeId {
+        let aliases = self.aliases.lock().unwrap();
+        let mut id = id;
+        for _ in 0..16 {
+            match aliases.get(&id) {
+                Some(next) if *next != id => id = *next,
+                _ => break,
+            }
+        }
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn content(node: NodeId) -> Op {
+        Op::Content {
+            node,
+            base_version: 1,
+            base_blocks: vec![],
+            data: None,
+            size: 0,
+            mtime_ns: 0,
+        }
+    }
+
+    #[test]
+    fn entries_survive_a_restart_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let j = Journal::open(dir.path()).unwrap();
+            for node in 10..15 {
+                j.append(content(node)).unwrap();
+            }
+            j.add_alias(LOCAL_ID_BASE + 1, 42).unwrap();
+            let first = j.take(0).unwrap();
+            j.done(first.seq);
+            // Dropped without cleanup, as a SIGKILL would.
+        }
+        let j = Journal::open(dir.path()).unwrap();
+        let nodes: Vec<NodeId> = j.entries().iter().map(|e| e.op.node()).collect();
+        assert_eq!(nodes, vec![11, 12, 13, 14]);
+        assert_eq!(j.resolve(LOCAL_ID_BASE + 1), 42);
+        let seq = j.append(content(99)).unwrap();
+        assert!(
+            seq > j.entries()[3].seq,
+            "sequence numbers keep increasing after replay"
+        );
+    }
+
+    #[test]
+    fn in_flight_entries_are_not_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let a = j.append(content(1)).unwrap();
+        let b = j.append(content(2)).unwrap();
+        let taken = j.take(0).unwrap();
+        assert_eq!(taken.seq, a);
+        assert!(!j.rewrite(a, content(3)).unwrap());
+        assert!(!j.cancel(a));
+        assert!(j.rewrite(b, content(4)).unwrap());
+        assert!(j.take(0).is_err(), "one entry in flight at a time");
+        j.retry_later(a);
+        assert_eq!(j.take(0).unwrap().seq, a);
+    }
+
+    #[test]
+    fn torn_writes_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let j = Journal::open(dir.path()).unwrap();
+            j.append(content(7)).unwrap();
+        }
+        std::fs::write(
+            dir.path().join("00000000000000000099.json.tmp"),
+            b"{\"seq\":",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("00000000000000000098.json"), b"garbage").unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.entries().len(), 1);
+    }
+
+    #[test]
+    fn settle_time_is_respected() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        j.append(content(1)).unwrap();
+        match j.take(60_000) {
+            Err(Some(wait)) => assert!(wait > 50_000),
+            other => panic!("expected to wait, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The change listener: hears what other devices changed and applies it to the tree cache,
+//! then tells the kernel (through [`Inval`] messages to the notifier thread).
+//!
+//! The embedded service is long-polled (`GET /devices/{id}/poll?since=cursor`), which
+//! answers as soon as there are events after the cursor. Subtle cases:
+//! - **gaps**: the first event must be `cursor + 1`; otherwise (a dropped notification) the
+//!   listener reads `GET /changes?since=cursor` page by page until it reaches `latest_seq`.
+//! - **reconnects**: after any failure the listener catches up from its cursor the same way,
+//!   so nothing that happened while offline is missed.
+//! - **`cursor_too_old`** (410): the log was trimmed past our cursor; the listener drops
+//!   every cached listing and node that has no local changes, tells the kernel to forget
+//!   them, and starts again from the service's newest sequence number (a re-list).
+//! - **our own echoes** (events naming our device) are applied (versions only move forward,
+//!   so this is idempotent) but cause no kernel invalidation.
+//! - **local changes win locally**: a remote change to a node with a pending local change
+//!   does not move it or hide it; the uploader settles the conflict when it sends ours.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jewel_wire::*;
+
+use super::api::ApiErr;
+use super::{Core, Inval};
+
+impl Core {
+    /// Registers this device (once per mount) and starts from the service's newest change.
+    pub async fn connect(&self) -> Result<Me, ApiErr> {
+        let me = self.api.me().await?;
+        if self.device.load(Ordering::Relaxed) == 0 {
+            let dev = self.api.register_device(&self.cfg.device_name).await?;
+            self.api.set_device(dev.id);
+            self.device.store(dev.id, Ordering::Relaxed);
+        }
+        if self.cursor.load(Ordering::Relaxed) == 0 {
+            self.cursor.store(me.latest_seq, Ordering::Relaxed);
+        }
+        self.online.store(true, Ordering::Relaxed);
+        Ok(me)
+    }
+
+    /// Runs forever: long-polls for changes and applies them.
+    pub async fn run_listener(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(100);
+        let mut need_catch_up = false;
+        loop {
+            if self.device.load(Ordering::Relaxed) == 0 {
+                if let Err(e) = self.connect().await {
+                    self.online.store(false, Ordering::Relaxed);
+                    tracing::debug!("service unreachable: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            }
+            if need_catch_up {
+                match self.catch_up().await {
+                    Ok(()) => need_catch_up = false,
+                    Err(e) => {
+                        self.went_offline(&e, &mut backoff).await;
+                        continue;
+                    }
+                }
+            }
+            let device = self.device.load(Ordering::Relaxed);
+            let cursor = self.cursor.load(Ordering::Relaxed);
+            match self
+                .api
+                .poll(device, cursor, self.cfg.poll_timeout_ms)
+                .await
+            {
+                Ok(page) => {
+                    if !self.online.swap(true, Ordering::Relaxed) {
+                        self.journal.changed.notify_one();
+                    }
+                    backoff = Duration::from_millis(100);
+                    if !self.apply_page(&page) {
+                        need_catch_up = true;
+                    }
+                }
+                Err(e) if e.code() == Some(ErrorCode::CursorTooOld) => self.relist().await,
+                Err(e) if e.code() == Some(ErrorCode::NotFound) => {
+                    // Our device is unknown (the service was reset): register again.
+                    self.device.store(0, Ordering::Relaxed);
+                    need_catch_up = true;
+                }
+                Err(e) => {
+                    self.went_offline(&e, &mut backoff).await;
+                    need_catch_up = true;
+                }
+            }
+        }
+    }
+
+    async fn went_offline(&self, e: &ApiErr, backoff: &mut Duration) {
+        if e.code() == Some(ErrorCode::CursorTooOld) {
+            self.relist().await;
+            return;
+        }
+        if self.online.swap(false, Ordering::Relaxed) {
+            tracing::info!("offline: {e}");
+        }
+        tokio::time::sleep(*backoff).await;
+        *backoff = (*backoff * 2).min(Duration::from_secs(2));
+    }
+
+    /// Reads the change feed from the cursor up to the newest change.
+    pub async fn catch_up(&self) -> Result<(), ApiErr> {
+        loop {
+            let cursor = self.cursor.load(Ordering::Relaxed);
+            let page = self.api.changes(cursor, MAX_PAGE).await?;
+            self.online.store(true, Ordering::Relaxed);
+            for ev in &page.events {
+                if ev.seq > self.cursor.load(Ordering::Relaxed) {
+                    self.apply_event(ev);
+                    self.cursor.store(ev.seq, Ordering::Relaxed);
+                }
+            }
+            if page.events.is_empty() || self.cursor.load(Ordering::Relaxed) >= page.latest_seq {
+                if page.events.is_empty() && page.latest_seq > self.cursor.load(Ordering::Relaxed) {
+                    // Nothing left to read but a newer seq: events were trimmed or skipped.
+                    self.cursor.store(page.latest_seq, Ordering::Relaxed);
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    /// Applies a long-poll page; false when a gap means the feed must be read.
+    pub fn apply_page(&self, page: &ChangePage) -> bool {
+        let mut events: Vec<&ChangeEvent> = page.events.iter().collect();
+        events.sort_by_key(|e| e.seq);
+        for ev in events {
+            let cursor = self.cursor.load(Ordering::Relaxed);
+            if ev.seq <= cursor {
+                continue;
+            }
+            if ev.seq != cursor + 1 {
+                return false;
+            }
+            self.apply_event(ev);
+            self.cursor.store(ev.seq, Ordering::Relaxed);
+        }
+        self.cursor.load(Ordering::Relaxed) >= page.latest_seq
+    }
+
+    fn has_local_changes(&self, id: NodeId) -> bool {
+        self.journal.has_pending(id)
+            || self.local.lock().unwrap().contains_key(&id)
+            || self.staging.lock().unwrap().contains_key(&id)
+    }
+
+    /// Applies one remote change to the tree and queues the kernel invalidations.
+    pub fn apply_event(&self, ev: &ChangeEvent) {
+        let own = ev.device.is_some() && ev.device == Some(self.device.load(Ordering::Relaxed));
+        let node = &ev.node;
+        let old = self.tree.get(node.id);
+        let mut invals = Vec::new();
+        match ev.op {
+            ChangeOp::Upsert => {
+                if old.as_ref().is_some_and(|o| o.version >= node.version) {
+                    return;
+                }
+                if self.has_local_changes(node.id) {
+                    // Take the new version, keep the local place and attributes.
+                    if let Some(o) = &old {
+                        let mut n = node.clone();
+                        n.parent = o.parent;
+                        n.name = o.name.clone();
+                        n.mode = o.mode;
+                        self.tree.put(n);
+                    } else {
+                        self.tree.put(node.clone());
+                    }
+                    return;
+                }
+                if let Some(o) = &old {
+                    if o.parent != node.parent || o.name != node.name {
+                        self.tree.unlink(o.parent, &o.name, node.id);
+                        invals.push(Inval::Entry {
+                            parent: o.parent,
+                            name: o.name.clone(),
+                        });
+                    }
+                    if o.blocks != node.blocks
+                        || o.size != node.size
+                        || o.mode != node.mode
+                        || o.mtime_ns != node.mtime_ns
+                        || o.target != node.target
+                    {
+                        invals.push(Inval::Inode(node.id));
+                    }
+                } else if let Some(from) = &ev.from {
+                    self.tree.unlink(from.parent, &from.name, node.id);
+                    invals.push(Inval::Entry {
+                        parent: from.parent,
+                        name: from.name.clone(),
+                    });
+                    invals.push(Inval::Inode(node.id));
+                } else {
+                    invals.push(Inval::Inode(node.id));
+                }
+                if let Some(from) = &ev.from {
+                    if old.is_some() {
+                        self.tree.unlink(from.parent, &from.name, node.id);
+                    }
+                }
+                self.tree.link_remote(node.parent, &node.name, node.id);
+                self.tree.put(node.clone());
+                invals.push(Inval::Entry {
+                    parent: node.parent,
+                    name: node.name.clone(),
+                });
+                if let Some(p) = self.tree.get(node.parent) {
+                    invals.push(Inval::Inode(p.id));
+                }
+            }
+            ChangeOp::Remove => {
+                if self.has_local_changes(node.id) {
+                    return; // an edit here beats the delete there
+                }
+                let (parent, name) = match &old {
+                    Some(o) => (o.parent, o.name.clone()),
+                    None => (node.parent, node.name.clone()),
+                };
+                self.tree.unlink(parent, &name, node.id);
+                self.tree.forget(node.id);
+                invals.push(Inval::Delete {
+                    parent,
+                    child: node.id,
+                    name,
+                });
+                invals.push(Inval::Inode(parent));
+            }
+        }
+        if !own {
+            for i in invals {
+                self.inval(i);
+            }
+        }
+    }
+
+    /// The cursor is older than the log: forget what may be stale and start afresh.
+    pub async fn relist(&self) {
+        tracing::warn!("change log trimmed past our cursor: re-listing");
+        let known = self.tree.known();
+        let dirs = self.tree.listed_dirs();
+        for dir in &dirs {
+            if let Some(listing) = self.tree.listing(*dir) {
+                for (name, child) in listing {
+                    if !self.tree.is_pinned(child) {
+                        self.inval(Inval::Entry { parent: *dir, name });
+                    }
+                }
+            }
+        }
+        self.tree.clear_unpinned();
+        for n in known {
+            if !self.tree.is_pinned(n.id) {
+                self.inval(Inval::Inode(n.id));
+            }
+        }
+        if let Ok(me) = self.api.me().await {
+            self.cursor.store(me.latest_seq, Ordering::Relaxed);
+        }
+        if let Ok(root) = self.api.get_node(ROOT_ID).await {
+            self.tree.put(root);
+        }
+    }
+}

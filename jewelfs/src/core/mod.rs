@@ -1,0 +1,1384 @@
+//! The FUSE-free core of the client: everything `jewelfs` does, as plain (async) methods on
+//! [`Core`], so it can be tested without mounting and driven by the thin `fuse` adapter.
+//!
+//! What it owns:
+//! - the tree cache ([`tree`]), the disk block cache ([`blocks`]), the upload journal
+//!   ([`journal`]), the uploader ([`sync`]) and the change listener ([`listener`]);
+//! - **staging files**: one per file open for writing, under `<cache>/staging/`. Writes,
+//!   truncates and reads of a file being written go there. On `flush` (every `close`) a dirty
+//!   staging file is *moved* (renamed, no copy) into the journal and fsync'd, and a journal
+//!   entry names it; a later write through the same handle copies it first (copy on write);
+//! - **local content**: the newest journaled content of a file not yet committed, kept open,
+//!   so reads see local changes at once and never race the uploader deleting the file.
+//!
+//! Every mutation is applied locally first and journaled; the uploader sends it in order in
+//! the background. Callers therefore never wait for the network to change anything; only
+//! reads of what is not cached (a listing, a block) wait for the service. See
+//! `docs/SEMANTICS.md` for what a user sees.
+
+pub mod api;
+pub mod blocks;
+pub mod conflict;
+pub mod journal;
+pub mod listener;
+pub mod sync;
+pub mod tree;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jewel_wire::*;
+
+use self::api::{Api, ApiErr};
+use self::blocks::{BlockCache, BlockErr};
+use self::journal::{is_local, Journal, LocalKind, Op, LOCAL_ID_BASE};
+use self::tree::Tree;
+
+/// The knobs of the core, each default with its reason.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where blocks, staging files, the journal and state live.
+    pub cache_dir: PathBuf,
+    /// Shown in conflict copy names and device registration.
+    pub device_name: String,
+    /// Bytes of block cache on disk: 10 GiB holds a working set of documents and code
+    /// without filling a laptop disk.
+    pub cache_size: u64,
+    /// How long a journal entry rests before upload: long enough for an editor's
+    /// write-close-rename to be folded into one upload, short enough to be invisible.
+    pub settle_ms: u64,
+    /// The long-poll wait: under common idle timeouts of proxies (30 s).
+    pub poll_timeout_ms: u64,
+    /// Blocks fetched ahead of a sequential reader: 4 × 4 MiB keeps a fast link busy.
+    pub readahead_blocks: usize,
+}
+
+impl Config {
+    pub fn new(cache_dir: PathBuf, device_name: String) -> Config {
+        Config {
+            cache_dir,
+            device_name,
+            cache_size: 10 << 30,
+            settle_ms: 20,
+            poll_timeout_ms: 25_000,
+            readahead_blocks: 4,
+        }
+    }
+}
+
+/// Why an operation failed; [`CoreErr::errno`] is the one errno table.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreErr {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("the name is taken")]
+    Exists,
+    #[error("the directory is not empty")]
+    NotEmpty,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("name too long")]
+    NameTooLong,
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
+    #[error("offline and not cached")]
+    Offline,
+    #[error("{0}")]
+    Api(ApiErr),
+    #[error("local I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<ApiErr> for CoreErr {
+    fn from(e: ApiErr) -> Self {
+        if e.is_offline() {
+            return CoreErr::Offline;
+        }
+        match e.code() {
+            Some(ErrorCode::NotFound) => CoreErr::NotFound,
+            Some(ErrorCode::Exists) => CoreErr::Exists,
+            Some(ErrorCode::NotEmpty) => CoreErr::NotEmpty,
+            Some(ErrorCode::NotADirectory) => CoreErr::NotDir,
+            Some(ErrorCode::IsADirectory) => CoreErr::IsDir,
+            _ => CoreErr::Api(e),
+        }
+    }
+}
+
+impl From<BlockErr> for CoreErr {
+    fn from(e: BlockErr) -> Self {
+        match e {
+            BlockErr::Api(a) => a.into(),
+            BlockErr::Io(io) => CoreErr::Io(io),
+            other => CoreErr::Io(std::io::Error::other(other.to_string())),
+        }
+    }
+}
+
+impl From<NameError> for CoreErr {
+    fn from(e: NameError) -> Self {
+        match e {
+            NameError::TooLong(_) => CoreErr::NameTooLong,
+            other => CoreErr::Invalid(other.to_string()),
+        }
+    }
+}
+
+impl CoreErr {
+    pub fn errno(&self) -> i32 {
+        match self {
+            CoreErr::NotFound => libc::ENOENT,
+            CoreErr::Exists => libc::EEXIST,
+            CoreErr::NotEmpty => libc::ENOTEMPTY,
+            CoreErr::NotDir => libc::ENOTDIR,
+            CoreErr::IsDir => libc::EISDIR,
+            CoreErr::Invalid(_) => libc::EINVAL,
+            CoreErr::NameTooLong => libc::ENAMETOOLONG,
+            CoreErr::Unsupported(_) => libc::ENOTSUP,
+            CoreErr::Offline => libc::EIO,
+            CoreErr::Api(_) => libc::EIO,
+            CoreErr::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
+}
+
+pub type CoreResult<T> = Result<T, CoreErr>;
+
+/// What the kernel must forget (sent to the notifier thread, never called in a callback).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inval {
+    Entry {
+        parent: NodeId,
+        name: String,
+    },
+    Inode(NodeId),
+    Delete {
+        parent: NodeId,
+        child: NodeId,
+        name: String,
+    },
+}
+
+struct StagingFile {
+    file: Arc<File>,
+    /// The staging file's name while it is ours (not yet moved into the journal).
+    path: Option<PathBuf>,
+    sealed: bool,
+}
+
+/// The local copy of a file open for writing.
+pub struct Staging {
+    inner: Mutex<StagingFile>,
+    size: AtomicU64,
+    dirty: AtomicBool,
+    handles: AtomicUsize,
+    base_version: Version,
+    base_blocks: Vec<BlockHash>,
+}
+
+/// Journaled content of a file that the service does not have yet.
+#[derive(Clone)]
+pub struct LocalContent {
+    pub data: String,
+    pub file: Arc<File>,
+    pub size: u64,
+}
+
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as i64
+}
+
+pub struct Core {
+    pub cfg: Config,
+    pub api: Arc<dyn Api>,
+    pub tree: Tree,
+    pub blocks: Arc<BlockCache>,
+    pub journal: Journal,
+    staging: Mutex<HashMap<NodeId, Arc<Staging>>>,
+    local: Mutex<HashMap<NodeId, LocalContent>>,
+    /// Files created here whose create is not journaled yet (no close so far).
+    unsent: Mutex<HashSet<NodeId>>,
+    pub online: AtomicBool,
+    pub cursor: AtomicU64,
+    pub device: AtomicU64,
+    pub conflicts: AtomicU64,
+    pub uploaded: AtomicU64,
+    next_local: AtomicU64,
+    inval_tx: Mutex<Option<std::sync::mpsc::Sender<Inval>>>,
+    pub last_error: Mutex<Option<String>>,
+}
+
+fn copy_file(src: &File, dst: &File, len: u64) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    while off < len {
+        let want = ((len - off) as usize).min(buf.len());
+        let n = src.read_at(&mut buf[..want], off)?;
+        if n == 0 {
+            break;
+        }
+        dst.write_all_at(&buf[..n], off)?;
+        off += n as u64;
+    }
+    dst.set_len(len)
+}
+
+fn read_full(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = file.read_at(&mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
+}
+
+impl Core {
+    /// Opens the caches and journal under `cfg.cache_dir` (replaying pending changes).
+    pub fn open(cfg: Config, api: Arc<dyn Api>) -> anyhow::Result<Arc<Core>> {
+        let dir = &cfg.cache_dir;
+        std::fs::create_dir_all(dir)?;
+        let staging_dir = dir.join("staging");
+        let _ = std::fs::remove_dir_all(&staging_dir);
+        std::fs::create_dir_all(&staging_dir)?;
+        let blocks = Arc::new(BlockCache::open(
+            &dir.join("blocks"),
+            cfg.cache_size,
+            api.clone(),
+        )?);
+        let journal = Journal::open(&dir.join("journal"))?;
+        let tree = Tree::default();
+        let root = Node {
+            id: ROOT_ID,
+            parent: ROOT_ID,
+            name: String::new(),
+            kind: NodeKind::Dir,
+            size: 0,
+            mode: 0o755,
+            mtime_ns: now_ns(),
+            version: 0,
+            blocks: vec![],
+            target: None,
+        };
+        tree.put(root);
+        let core = Core {
+            cfg,
+            api,
+            tree,
+            blocks,
+            journal,
+            staging: Mutex::new(HashMap::new()),
+            local: Mutex::new(HashMap::new()),
+            unsent: Mutex::new(HashSet::new()),
+            online: AtomicBool::new(false),
+            cursor: AtomicU64::new(0),
+            device: AtomicU64::new(0),
+            conflicts: AtomicU64::new(0),
+            uploaded: AtomicU64::new(0),
+            next_local: AtomicU64::new(LOCAL_ID_BASE + (journal::now_ms() << 8)),
+            inval_tx: Mutex::new(None),
+            last_error: Mutex::new(None),
+        };
+        let core = Arc::new(core);
+        core.replay_local_state()?;
+        Ok(core)
+    }
+
+    /// After a restart: show journaled changes in the tree again (local nodes, local content).
+    fn replay_local_state(&self) -> anyhow::Result<()> {
+        for entry in self.journal.entries() {
+            match &entry.op {
+                Op::Create {
+                    node,
+                    parent,
+                    name,
+                    kind,
+                    mode,
+                    mtime_ns,
+                } => {
+                    let (k, size, target) = match kind {
+                        LocalKind::File { size, .. } => (NodeKind::File, *size, None),
+                        LocalKind::Dir => (NodeKind::Dir, 0, None),
+                        LocalKind::Symlink { target } => {
+                            (NodeKind::Symlink, target.len() as u64, Some(target.clone()))
+                        }
+                    };
+                    self.tree.pin(Node {
+                        id: *node,
+                        parent: self.journal.resolve(*parent),
+                        name: name.clone(),
+                        kind: k,
+                        size,
+                        mode: *mode,
+                        mtime_ns: *mtime_ns,
+                        version: 0,
+                        blocks: vec![],
+                        target,
+                    });
+                    if k == NodeKind::Dir {
+                        self.tree.new_listing(*node);
+                    }
+                    if let Some(data) = entry.op.data() {
+                        self.set_local(*node, data, size);
+                    }
+                }
+                Op::Content {
+                    node, data, size, ..
+                } => {
+                    if let Some(data) = data {
+                        self.set_local(self.journal.resolve(*node), data, *size);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn set_local(&self, id: NodeId, data: &str, size: u64) {
+        if let Ok(f) = File::open(self.journal.data_path(data)) {
+            self.local.lock().unwrap().insert(
+                id,
+                LocalContent {
+                    data: data.to_string(),
+                    file: Arc::new(f),
+                    size,
+                },
+            );
+        }
+    }
+
+    pub fn set_invalidator(&self, tx: std::sync::mpsc::Sender<Inval>) {
+        *self.inval_tx.lock().unwrap() = Some(tx);
+    }
+
+    pub fn inval(&self, what: Inval) {
+        if let Some(tx) = self.inval_tx.lock().unwrap().as_ref() {
+            let _ = tx.send(what);
+        }
+    }
+
+    /// The service's id for a kernel inode number.
+    pub fn resolve(&self, ino: NodeId) -> NodeId {
+        self.journal.resolve(ino)
+    }
+
+    fn new_local_id(&self) -> NodeId {
+        self.next_local.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn device_name(&self) -> &str {
+        &self.cfg.device_name
+    }
+
+    // ---------------------------------------------------------------- reading the tree
+
+    /// A node as the user sees it: local content sizes win over the service's.
+    pub fn view(&self, id: NodeId) -> Option<Node> {
+        let mut node = (*self.tree.get(id)?).clone();
+        if let Some(s) = self.staging.lock().unwrap().get(&id) {
+            node.size = s.size.load(Ordering::Relaxed);
+        } else if let Some(l) = self.local.lock().unwrap().get(&id) {
+            node.size = l.size;
+        }
+        Some(node)
+    }
+
+    /// A node, from the cache or the service.
+    pub async fn node(&self, id: NodeId) -> CoreResult<Node> {
+        if let Some(n) = self.view(id) {
+            return Ok(n);
+        }
+        if is_local(id) {
+            return Err(CoreErr::NotFound);
+        }
+        let node = self.api.get_node(id).await?;
+        self.tree.put(node);
+        self.view(id).ok_or(CoreErr::NotFound)
+    }
+
+    /// Answers a lookup from the cache alone, or `None` if the service must be asked.
+    pub fn lookup_cached(&self, parent: NodeId, name: &str) -> Option<CoreResult<Node>> {
+        match self.tree.child(parent, name)? {
+            None => Some(Err(CoreErr::NotFound)),
+            Some(id) => self.view(id).map(Ok),
+        }
+    }
+
+    pub async fn lookup(&self, parent: NodeId, name: &str) -> CoreResult<Node> {
+        if let Some(r) = self.lookup_cached(parent, name) {
+            return r;
+        }
+        self.ensure_listing(parent).await?;
+        match self.tree.child(parent, name) {
+            Some(Some(id)) => self.node(id).await,
+            _ => Err(CoreErr::NotFound),
+        }
+    }
+
+    /// Makes sure the directory's complete listing is cached.
+    pub async fn ensure_listing(&self, dir: NodeId) -> CoreResult<()> {
+        if self.tree.has_listing(dir) {
+            return Ok(());
+        }
+        let node = self.node(dir).await?;
+        if !node.is_dir() {
+            return Err(CoreErr::NotDir);
+        }
+        if is_local(dir) {
+            self.tree.new_listing(dir);
+            return Ok(());
+        }
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.api.list_children(dir, after).await?;
+            all.extend(page.entries);
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        if !self.tree.has_listing(dir) {
+            self.tree.set_listing(dir, all);
+        }
+        Ok(())
+    }
+
+    /// A directory's entries (without `.` and `..`).
+    pub async fn readdir(&self, dir: NodeId) -> CoreResult<Vec<Node>> {
+        self.ensure_listing(dir).await?;
+        let listing = self.tree.listing(dir).ok_or(CoreErr::NotFound)?;
+        let mut out = Vec::with_capacity(listing.len());
+        for (_, id) in listing {
+            match self.view(id) {
+                Some(n) => out.push(n),
+                None => {
+                    if let Ok(n) = self.node(id).await {
+                        out.push(n)
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    // ---------------------------------------------------------------- reading content
+
+    /// Reads from local state or ready blocks; `None` when blocks must be fetched first.
+    pub fn read_local(&self, id: NodeId, offset: u64, size: u32) -> Option<CoreResult<Vec<u8>>> {
+        let staging = self.staging.lock().unwrap().get(&id).cloned();
+        if let Some(s) = staging {
+            let len = s.size.load(Ordering::Relaxed);
+            let file = s.inner.lock().unwrap().file.clone();
+            return Some(read_range(&file, offset, size, len));
+        }
+        let local = self.local.lock().unwrap().get(&id).cloned();
+        if let Some(l) = local {
+            return Some(read_range(&l.file, offset, size, l.size));
+        }
+        let node = self.tree.get(id)?;
+        if node.size <= offset || size == 0 {
+            return Some(Ok(Vec::new()));
+        }
+        let end = (offset + size as u64).min(node.size);
+        let first = offset / BLOCK_SIZE;
+        let last = (end - 1) / BLOCK_SIZE;
+        for b in first..=last {
+            let hash = node.blocks.get(b as usize)?;
+            if !self.blocks.ready(hash) {
+                return None;
+            }
+        }
+        let mut out = vec![0u8; (end - offset) as usize];
+        let mut pos = offset;
+        while pos < end {
+            let b = pos / BLOCK_SIZE;
+            let within = pos % BLOCK_SIZE;
+            let take = ((BLOCK_SIZE - within).min(end - pos)) as usize;
+            let at = (pos - offset) as usize;
+            match self
+                .blocks
+                .read(&node.blocks[b as usize], within, &mut out[at..at + take])
+            {
+                Ok(n) if n == take => {}
+                Ok(_) => return Some(Err(CoreErr::Io(std::io::Error::other("short block")))),
+                Err(_) => return None,
+            }
+            pos += take as u64;
+        }
+        Some(Ok(out))
+    }
+
+    /// Starts fetching the blocks after the one holding `offset` (sequential read-ahead).
+    pub fn read_ahead(&self, id: NodeId, offset: u64) {
+        let Some(node) = self.tree.get(id) else {
+            return;
+        };
+        let first = (offset / BLOCK_SIZE) as usize;
+        let want: Vec<BlockHash> = node
+            .blocks
+            .iter()
+            .skip(first)
+            .take(self.cfg.readahead_blocks + 1)
+            .filter(|h| !self.blocks.ready(h))
+            .cloned()
+            .collect();
+        if !want.is_empty() {
+            self.blocks.prefetch(want);
+        }
+    }
+
+    /// Reads, fetching missing blocks (one download per block, however many readers).
+    pub async fn read(&self, id: NodeId, offset: u64, size: u32) -> CoreResult<Vec<u8>> {
+        for _ in 0..3 {
+            if let Some(r) = self.read_local(id, offset, size) {
+                return r;
+            }
+            let node = self.node(id).await?;
+            let end = (offset + size as u64).min(node.size);
+            if end <= offset {
+                return Ok(Vec::new());
+            }
+            self.read_ahead(id, offset);
+            for b in offset / BLOCK_SIZE..=(end - 1) / BLOCK_SIZE {
+                let hash =
+                    node.blocks
+                        .get(b as usize)
+                        .ok_or(CoreErr::Io(std::io::Error::other(
+                            "file has fewer blocks than its size",
+                        )))?;
+                self.blocks.get(hash).await?;
+            }
+        }
+        self.read_local(id, offset, size)
+            .unwrap_or(Err(CoreErr::Offline))
+    }
+
+    pub fn readlink(&self, id: NodeId) -> CoreResult<String> {
+        let node = self.view(id).ok_or(CoreErr::NotFound)?;
+        node.target.ok_or(CoreErr::Invalid("not a symlink".into()))
+    }
+
+    // ---------------------------------------------------------------- creating
+
+    async fn check_new_name(&self, parent: NodeId, name: &str) -> CoreResult<Node> {
+        check_name(name)?;
+        let p = self.node(parent).await?;
+        if !p.is_dir() {
+            return Err(CoreErr::NotDir);
+        }
+        self.ensure_listing(parent).await?;
+        if let Some(Some(_)) = self.tree.child(parent, name) {
+            return Err(CoreErr::Exists);
+        }
+        Ok(p)
+    }
+
+    fn new_node(&self, parent: NodeId, name: &str, kind: NodeKind, mode: u32) -> Node {
+        Node {
+            id: self.new_local_id(),
+            parent,
+            name: name.to_string(),
+            kind,
+            size: 0,
+            mode: mode & 0o7777,
+            mtime_ns: now_ns(),
+            version: 0,
+            blocks: vec![],
+            target: None,
+        }
+    }
+
+    fn add_local_node(&self, node: &Node) {
+        self.tree.pin(node.clone());
+        self.tree.link(node.parent, &node.name, node.id);
+        self.touch_dir(node.parent);
+    }
+
+    fn touch_dir(&self, dir: NodeId) {
+        if let Some(d) = self.tree.get(dir) {
+            let mut d = (*d).clone();
+            d.mtime_ns = now_ns();
+            self.tree.put(d);
+        }
+    }
+
+    pub async fn mkdir(&self, parent: NodeId, name: &str, mode: u32) -> CoreResult<Node> {
+        self.check_new_name(parent, name).await?;
+        let node = self.new_node(parent, name, NodeKind::Dir, mode);
+        self.tree.new_listing(node.id);
+        self.journal.append(Op::Create {
+            node: node.id,
+            parent,
+            name: name.to_string(),
+            kind: LocalKind::Dir,
+            mode: node.mode,
+            mtime_ns: node.mtime_ns,
+        })?;
+        self.add_local_node(&node);
+        Ok(node)
+    }
+
+    pub async fn symlink(&self, parent: NodeId, name: &str, target: &str) -> CoreResult<Node> {
+        if target.len() > MAX_SYMLINK_BYTES || target.is_empty() || target.contains('\0') {
+            return Err(CoreErr::NameTooLong);
+        }
+        self.check_new_name(parent, name).await?;
+        let mut node = self.new_node(parent, name, NodeKind::Symlink, 0o777);
+        node.size = target.len() as u64;
+        node.target = Some(target.to_string());
+        self.journal.append(Op::Create {
+            node: node.id,
+            parent,
+            name: name.to_string(),
+            kind: LocalKind::Symlink {
+                target: target.to_string(),
+            },
+            mode: node.mode,
+            mtime_ns: node.mtime_ns,
+        })?;
+        self.add_local_node(&node);
+        Ok(node)
+    }
+
+    /// Creates an empty file, open for writing (one handle).
+    pub async fn create_file(&self, parent: NodeId, name: &str, mode: u32) -> CoreResult<Node> {
+        self.check_new_name(parent, name).await?;
+        let node = self.new_node(parent, name, NodeKind::File, mode);
+        let staging = self.new_staging(0, vec![])?;
+        staging.dirty.store(true, Ordering::Relaxed);
+        staging.handles.store(1, Ordering::Relaxed);
+        self.staging.lock().unwrap().insert(node.id, staging);
+        self.unsent.lock().unwrap().insert(node.id);
+        self.add_local_node(&node);
+        Ok(node)
+    }
+
+    fn staging_file(&self) -> CoreResult<(Arc<File>, PathBuf)> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .cfg
+            .cache_dir
+            .join("staging")
+            .join(format!("{}-{n}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        Ok((Arc::new(file), path))
+    }
+
+    fn new_staging(
+        &self,
+        base_version: Version,
+        base_blocks: Vec<BlockHash>,
+    ) -> CoreResult<Arc<Staging>> {
+        let (file, path) = self.staging_file()?;
+        Ok(Arc::new(Staging {
+            inner: Mutex::new(StagingFile {
+                file,
+                path: Some(path),
+                sealed: false,
+            }),
+            size: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
+            handles: AtomicUsize::new(0),
+            base_version,
+            base_blocks,
+        }))
+    }
+
+    // ---------------------------------------------------------------- writing
+
+    /// Opens a file; for writing, makes (or shares) its staging copy.
+    pub async fn open_file(&self, id: NodeId, write: bool, trunc: bool) -> CoreResult<()> {
+        let node = self.node(id).await?;
+        if node.is_dir() {
+            return if write { Err(CoreErr::IsDir) } else { Ok(()) };
+        }
+        if !write {
+            return Ok(());
+        }
+        if let Some(s) = self.staging.lock().unwrap().get(&id) {
+            s.handles.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let staging = self.new_staging(node.version, node.blocks.clone())?;
+        let len = if trunc { 0 } else { node.size };
+        if len > 0 {
+            let file = staging.inner.lock().unwrap().file.clone();
+            let local = self.local.lock().unwrap().get(&id).cloned();
+            if let Some(l) = local {
+                let src = l.file.clone();
+                tokio::task::spawn_blocking(move || copy_file(&src, &file, l.size))
+                    .await
+                    .map_err(std::io::Error::other)??;
+            } else {
+                for (i, hash) in node.blocks.iter().enumerate() {
+                    self.blocks.get(hash).await?;
+                    let path = self.blocks.path(hash);
+                    let file = file.clone();
+                    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                        let bytes = std::fs::read(path)?;
+                        file.write_all_at(&bytes, i as u64 * BLOCK_SIZE)
+                    })
+                    .await
+                    .map_err(std::io::Error::other)??;
+                }
+                file.set_len(len)?;
+            }
+            staging.size.store(len, Ordering::Relaxed);
+        }
+        if trunc && node.size > 0 {
+            staging.dirty.store(true, Ordering::Relaxed);
+        }
+        let mut map = self.staging.lock().unwrap();
+        let s = map.entry(id).or_insert(staging);
+        s.handles.fetch_add(1, Ordering::Relaxed);
+        if trunc && node.size > 0 {
+            s.dirty.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn staging_of(&self, id: NodeId) -> Option<Arc<Staging>> {
+        self.staging.lock().unwrap().get(&id).cloned()
+    }
+
+    /// Makes the staging file writable again after a flush moved it into the journal.
+    fn unseal(&self, s: &Staging) -> CoreResult<Arc<File>> {
+        let mut inner = s.inner.lock().unwrap();
+        if inner.sealed {
+            let (file, path) = self.staging_file()?;
+            copy_file(&inner.file, &file, s.size.load(Ordering::Relaxed))?;
+            inner.file = file;
+            inner.path = Some(path);
+            inner.sealed = false;
+        }
+        Ok(inner.file.clone())
+    }
+
+    /// Writes into the staging copy (local disk only).
+    pub fn write(&self, id: NodeId, offset: u64, data: &[u8]) -> CoreResult<usize> {
+        let s = self
+            .staging_of(id)
+            .ok_or(CoreErr::Invalid("file not open for writing".into()))?;
+        let file = self.unseal(&s)?;
+        file.write_all_at(data, offset)?;
+        s.size
+            .fetch_max(offset + data.len() as u64, Ordering::Relaxed);
+        s.dirty.store(true, Ordering::Relaxed);
+        Ok(data.len())
+    }
+
+    /// `close`/`fsync`: journals a dirty staging copy (durably) for upload.
+    pub fn flush(&self, id: NodeId) -> CoreResult<()> {
+        let Some(s) = self.staging_of(id) else {
+            return Ok(());
+        };
+        if !s.dirty.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut inner = s.inner.lock().unwrap();
+        if !s.dirty.swap(false, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let size = s.size.load(Ordering::Relaxed);
+        let path = inner.path.take();
+        let data = self.journal.new_data_name();
+        let dest = self.journal.data_path(&data);
+        match (&path, inner.sealed) {
+            (Some(path), false) => std::fs::rename(path, &dest)?,
+            _ => {
+                let f = File::create(&dest)?;
+                copy_file(&inner.file, &f, size)?;
+            }
+        }
+        inner.file.set_len(size)?;
+        inner.file.sync_data()?;
+        inner.sealed = true;
+        drop(inner);
+        if let Err(e) = self.journal_content(id, &s, &data, size) {
+            s.dirty.store(true, Ordering::Relaxed);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn journal_content(&self, id: NodeId, s: &Staging, data: &str, size: u64) -> CoreResult<()> {
+        let node = self.view(id).ok_or(CoreErr::NotFound)?;
+        let mtime_ns = now_ns();
+        let old_local = self.local.lock().unwrap().get(&id).map(|l| l.data.clone());
+        let was_unsent = self.unsent.lock().unwrap().remove(&id);
+        let data_opt = Some(data.to_string());
+        if was_unsent {
+            self.journal.append(Op::Create {
+                node: id,
+                parent: node.parent,
+                name: node.name.clone(),
+                kind: LocalKind::File {
+                    data: data_opt,
+                    size,
+                },
+                mode: node.mode,
+                mtime_ns,
+            })?;
+        } else if let Some(e) = self
+            .journal
+            .find_pending(id, |op| matches!(op, Op::Create { .. }))
+        {
+            let Op::Create {
+                node: n,
+                parent,
+                name,
+                mode,
+                ..
+            } = e.op.clone()
+            else {
+                unreachable!()
+            };
+            let op = Op::Create {
+                node: n,
+                parent,
+                name,
+                kind: LocalKind::File {
+                    data: data_opt.clone(),
+                    size,
+                },
+                mode,
+                mtime_ns,
+            };
+            if !self.journal.rewrite(e.seq, op)? {
+                self.append_content(id, s, data_opt, size, mtime_ns)?;
+            }
+        } else if let Some(e) = self
+            .journal
+            .find_pending(id, |op| matches!(op, Op::Content { .. }))
+        {
+            let Op::Content {
+                node: n,
+                base_version,
+                base_blocks,
+                ..
+            } = e.op.clone()
+            else {
+                unreachable!()
+            };
+            let op = Op::Content {
+                node: n,
+                base_version,
+                base_blocks,
+                data: data_opt.clone(),
+                size,
+                mtime_ns,
+            };
+            if !self.journal.rewrite(e.seq, op)? {
+                self.append_content(id, s, data_opt, size, mtime_ns)?;
+            }
+        } else {
+            self.append_content(id, s, data_opt, size, mtime_ns)?;
+        }
+        if let Some(old) = old_local {
+            if old != data
+                && !self
+                    .journal
+                    .entries()
+                    .iter()
+                    .any(|e| e.op.data() == Some(&old))
+            {
+                let _ = std::fs::remove_file(self.journal.data_path(&old));
+            }
+        }
+        self.set_local(id, data, size);
+        let mut n = node;
+        n.size = size;
+        n.mtime_ns = mtime_ns;
+        self.tree.pin(n);
+        Ok(())
+    }
+
+    fn append_content(
+        &self,
+        id: NodeId,
+        s: &Staging,
+        data: Option<String>,
+        size: u64,
+        mtime_ns: i64,
+    ) -> CoreResult<()> {
+        self.journal.append(Op::Content {
+            node: id,
+            base_version: s.base_version,
+            base_blocks: s.base_blocks.clone(),
+            data,
+            size,
+            mtime_ns,
+        })?;
+        Ok(())
+    }
+
+    /// The last handle of a file is closed.
+    pub fn release(&self, id: NodeId, write: bool) -> CoreResult<()> {
+        if !write {
+            return Ok(());
+        }
+        let Some(s) = self.staging_of(id) else {
+            return Ok(());
+        };
+        if s.handles.fetch_sub(1, Ordering::Relaxed) > 1 {
+            return Ok(());
+        }
+        let result = self.flush(id);
+        let mut map = self.staging.lock().unwrap();
+        if let Some(cur) = map.get(&id) {
+            if Arc::ptr_eq(cur, &s) && s.handles.load(Ordering::Relaxed) == 0 {
+                map.remove(&id);
+                if let Some(path) = s.inner.lock().unwrap().path.take() {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        result
+    }
+
+    /// `fsync`: journal now, then wait (while online) until the service has the change.
+    pub async fn fsync(&self, id: NodeId) -> CoreResult<()> {
+        let me_id = id;
+        self.flush(me_id)?;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.journal.has_pending(me_id) && self.online.load(Ordering::Relaxed) {
+            let notified = self.journal.changed.notified();
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- changing the tree
+
+    /// Removes every pending entry about a node that never reached the service; false if
+    /// one is already on its way (then the node must be deleted on the service too).
+    fn cancel_local(&self, id: NodeId) -> bool {
+        if self.unsent.lock().unwrap().remove(&id) {
+            return true;
+        }
+        if !is_local(id) || self.journal.resolve(id) != id {
+            return false;
+        }
+        let entries: Vec<_> = self
+            .journal
+            .entries()
+            .into_iter()
+            .filter(|e| e.op.node() == id)
+            .collect();
+        if entries.is_empty() {
+            return false;
+        }
+        for e in entries.iter().rev() {
+            if !self.journal.cancel(e.seq) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn drop_local_content(&self, id: NodeId) {
+        self.local.lock().unwrap().remove(&id);
+    }
+
+    /// unlink / rmdir.
+    pub async fn remove(&self, parent: NodeId, name: &str, dir: bool) -> CoreResult<()> {
+        self.ensure_listing(parent).await?;
+        let id = self
+            .tree
+            .child(parent, name)
+            .flatten()
+            .ok_or(CoreErr::NotFound)?;
+        let node = self.node(id).await?;
+        if dir && !node.is_dir() {
+            return Err(CoreErr::NotDir);
+        }
+        if !dir && node.is_dir() {
+            return Err(CoreErr::IsDir);
+        }
+        if dir {
+            self.ensure_listing(id).await?;
+            if !self.tree.listing(id).unwrap_or_default().is_empty() {
+                return Err(CoreErr::NotEmpty);
+            }
+        }
+        if !self.cancel_local(id) {
+            self.journal.append(Op::Delete {
+                node: id,
+                base_version: node.version,
+                base_blocks: node.blocks.clone(),
+            })?;
+        }
+        self.tree.unlink(parent, name, id);
+        self.drop_local_content(id);
+        self.touch_dir(parent);
+        Ok(())
+    }
+
+    fn is_ancestor(&self, ancestor: NodeId, mut id: NodeId) -> bool {
+        for _ in 0..4096 {
+            if id == ancestor {
+                return true;
+            }
+            match self.tree.get(id) {
+                Some(n) if n.parent != n.id => id = n.parent,
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    /// rename, with the `RENAME_NOREPLACE` / `RENAME_EXCHANGE` modes.
+    pub async fn rename(
+        &self,
+        parent: NodeId,
+        name: &str,
+        new_parent: NodeId,
+        new_name: &str,
+        mode: MoveMode,
+    ) -> CoreResult<()> {
+        check_name(new_name)?;
+        self.ensure_listing(parent).await?;
+        self.ensure_listing(new_parent).await?;
+        let id = self
+            .tree
+            .child(parent, name)
+            .flatten()
+            .ok_or(CoreErr::NotFound)?;
+        let node = self.node(id).await?;
+        if node.is_dir() && self.is_ancestor(id, new_parent) {
+            return Err(CoreErr::Invalid(
+                "cannot move a directory into itself".into(),
+            ));
+        }
+        let target = self.tree.child(new_parent, new_name).flatten();
+        if target == Some(id) {
+            return Ok(());
+        }
+        let target_node = match target {
+            Some(t) => Some(self.node(t).await?),
+            None => None,
+        };
+        match (mode, &target_node) {
+            (MoveMode::NoReplace, Some(_)) => return Err(CoreErr::Exists),
+            (MoveMode::Exchange, None) => return Err(CoreErr::NotFound),
+            (MoveMode::Exchange, Some(t)) => return self.exchange(node, t.clone()),
+            (_, Some(t)) if t.is_dir() && !node.is_dir() => return Err(CoreErr::IsDir),
+            (_, Some(t)) if !t.is_dir() && node.is_dir() => return Err(CoreErr::NotDir),
+            (_, Some(t)) if t.is_dir() => {
+                self.ensure_listing(t.id).await?;
+                if !self.tree.listing(t.id).unwrap_or_default().is_empty() {
+                    return Err(CoreErr::NotEmpty);
+                }
+            }
+            _ => {}
+        }
+        let mut moved = node.clone();
+        moved.parent = new_parent;
+        moved.name = new_name.to_string();
+
+        // Editors' atomic save: a new file, not uploaded yet, replaces an uploaded file. Fold
+        // it into one content change of the replaced file, which keeps its id.
+        if let Some(t) = &target_node {
+            if !t.is_dir() && !is_local(t.id) && node.kind == NodeKind::File {
+                if let Some(e) = self
+                    .journal
+                    .find_pending(id, |op| matches!(op, Op::Create { .. }))
+                {
+                    if self
+                        .journal
+                        .entries()
+                        .iter()
+                        .all(|x| x.seq == e.seq || x.op.node() != id)
+                        && self.staging_of(id).is_none()
+                    {
+                        if let Op::Create {
+                            kind: LocalKind::File { data, size },
+                            ..
+                        } = &e.op
+                        {
+                            if self.journal.rewrite(
+                                e.seq,
+                                Op::Content {
+                                    node: t.id,
+                                    base_version: t.version,
+                                    base_blocks: t.blocks.clone(),
+                                    data: data.clone(),
+                                    size: *size,
+                                    mtime_ns: node.mtime_ns,
+                                },
+                            )? {
+                                self.journal.add_alias(id, t.id)?;
+                                let local = self.local.lock().unwrap().remove(&id);
+                                if let Some(l) = local {
+                                    self.local.lock().unwrap().insert(t.id, l);
+                                }
+                                let mut replaced =
+                                    (**self.tree.get(t.id).as_ref().unwrap()).clone();
+                                replaced.size = *size;
+                                replaced.mtime_ns = node.mtime_ns;
+                                replaced.mode = node.mode;
+                                self.tree.unlink(parent, name, id);
+                                self.tree.forget(id);
+                                self.tree.pin(replaced);
+                                self.touch_dir(parent);
+                                if node.mode != t.mode {
+                                    self.journal.append(Op::SetAttr {
+                                        node: t.id,
+                                        mode: Some(node.mode),
+                                        mtime_ns: None,
+                                    })?;
+                                }
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        let unsent = self.unsent.lock().unwrap().contains(&id);
+        if let Some(t) = &target_node {
+            if self.cancel_local(t.id) {
+                // The replaced node never reached the service.
+            } else if unsent {
+                self.journal.append(Op::Delete {
+                    node: t.id,
+                    base_version: t.version,
+                    base_blocks: t.blocks.clone(),
+                })?;
+            }
+            self.drop_local_content(t.id);
+            self.tree.unlink(new_parent, new_name, t.id);
+        }
+        if !unsent {
+            let pending_create = self
+                .journal
+                .find_pending(id, |op| matches!(op, Op::Create { .. }));
+            let rewritten = match (pending_create, &target_node) {
+                (Some(e), None) => {
+                    let mut op = e.op.clone();
+                    if let Op::Create {
+                        parent: p, name: n, ..
+                    } = &mut op
+                    {
+                        *p = new_parent;
+                        *n = new_name.to_string();
+                    }
+                    self.journal.rewrite(e.seq, op)?
+                }
+                _ => false,
+            };
+            if !rewritten {
+                self.journal.append(Op::Move {
+                    node: id,
+                    new_parent,
+                    new_name: new_name.to_string(),
+                    mode: MoveMode::Replace,
+                })?;
+            }
+        }
+        self.tree.unlink(parent, name, id);
+        self.tree.link(new_parent, new_name, id);
+        self.tree.pin(moved);
+        self.touch_dir(parent);
+        self.touch_dir(new_parent);
+        Ok(())
+    }
+
+    fn exchange(&self, a: Node, b: Node) -> CoreResult<()> {
+        if is_local(a.id) || is_local(b.id) {
+            return Err(CoreErr::Unsupported(
+                "RENAME_EXCHANGE of a file not uploaded yet",
+            ));
+        }
+        self.journal.append(Op::Move {
+            node: a.id,
+            new_parent: b.parent,
+            new_name: b.name.clone(),
+            mode: MoveMode::Exchange,
+        })?;
+        let mut a2 = a.clone();
+        a2.parent = b.parent;
+        a2.name = b.name.clone();
+        let mut b2 = b.clone();
+        b2.parent = a.parent;
+        b2.name = a.name.clone();
+        self.tree.link(a2.parent, &a2.name, a2.id);
+        self.tree.link(b2.parent, &b2.name, b2.id);
+        self.tree.pin(a2);
+        self.tree.pin(b2);
+        Ok(())
+    }
+
+    /// chmod / utimens / truncate.
+    pub async fn setattr(
+        &self,
+        id: NodeId,
+        mode: Option<u32>,
+        mtime_ns: Option<i64>,
+        size: Option<u64>,
+    ) -> CoreResult<Node> {
+        let node = self.node(id).await?;
+        if let Some(size) = size {
+            if node.is_dir() {
+                return Err(CoreErr::IsDir);
+            }
+            let opened_here = self.staging_of(id).is_none();
+            if opened_here {
+                self.open_file(id, true, size == 0).await?;
+            }
+            let s = self.staging_of(id).ok_or(CoreErr::NotFound)?;
+            let file = self.unseal(&s)?;
+            file.set_len(size)?;
+            s.size.store(size, Ordering::Relaxed);
+            s.dirty.store(true, Ordering::Relaxed);
+            if opened_here {
+                self.release(id, true)?;
+            }
+        }
+        if mode.is_some() || mtime_ns.is_some() {
+            let mut n = self.view(id).ok_or(CoreErr::NotFound)?;
+            if let Some(m) = mode {
+                n.mode = m & 0o7777;
+            }
+            if let Some(t) = mtime_ns {
+                n.mtime_ns = t;
+            }
+            let folded = self.unsent.lock().unwrap().contains(&id) || {
+                match self
+                    .journal
+                    .find_pending(id, |op| matches!(op, Op::Create { .. }))
+                {
+                    Some(e) => {
+                        let mut op = e.op.clone();
+                        if let Op::Create {
+                            mode: m,
+                            mtime_ns: t,
+                            ..
+                        } = &mut op
+                        {
+                            *m = n.mode;
+                            *t = n.mtime_ns;
+                        }
+                        self.journal.rewrite(e.seq, op)?
+                    }
+                    None => false,
+                }
+            };
+            if !folded {
+                self.journal.append(Op::SetAttr {
+                    node: id,
+                    mode: mode.map(|m| m & 0o7777),
+                    mtime_ns,
+                })?;
+            }
+            self.tree.pin(n);
+        }
+        self.view(id).ok_or(CoreErr::NotFound)
+    }
+
+    // ---------------------------------------------------------------- status
+
+    pub fn status(&self) -> Status {
+        Status {
+            online: self.online.load(Ordering::Relaxed),
+            pending_uploads: self.journal.pending(),
+            pending: self
+                .journal
+                .entries()
+                .iter()
+                .take(20)
+                .map(|e| describe(&e.op))
+                .collect(),
+            cache_bytes: self.blocks.used(),
+            cache_limit: self.cfg.cache_size,
+            last_seq: self.cursor.load(Ordering::Relaxed),
+            conflicts: self.conflicts.load(Ordering::Relaxed),
+            uploaded: self.uploaded.load(Ordering::Relaxed),
+            device: self.cfg.device_name.clone(),
+            device_id: self.device.load(Ordering::Relaxed),
+            last_error: self.last_error.lock().unwrap().clone(),
+            ..Default::default()
+        }
+    }
+}
+
+fn read_range(file: &File, offset: u64, size: u32, len: u64) -> CoreResult<Vec<u8>> {
+    if offset >= len {
+        return Ok(Vec::new());
+    }
+    let want = (size as u64).min(len - offset) as usize;
+    let mut buf = vec![0u8; want];
+    let n = read_full(file, offset, &mut buf)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+fn describe(op: &Op) -> String {
+    match op {
+        Op::Create { name, kind, .. } => format!(
+            "create {name} ({})",
+            match kind {
+                LocalKind::File { size, .. } => format!("file, {size} bytes"),
+                LocalKind::Dir => "directory".into(),
+                LocalKind::Symlink { .. } => "symlink".into(),
+            }
+        ),
+        Op::Content { node, size, .. } => format!("content of node {node} ({size} bytes)"),
+        Op::Move { node, new_name, .. } => format!("move node {node} to {new_name}"),
+        Op::Delete { node, .. } => format!("delete node {node}"),
+        Op::SetAttr { node, .. } => format!("attributes of node {node}"),
+    }
+}
+
+/// What `jewelfs status` shows.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    pub online: bool,
+    pub pending_uploads: usize,
+    #[serde(default)]
+    pub pending: Vec<String>,
+    pub cache_bytes: u64,
+    pub cache_limit: u64,
+    pub last_seq: Seq,
+    pub conflicts: u64,
+    pub uploaded: u64,
+    pub device: String,
+    pub device_id: DeviceId,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub server: String,
+    #[serde(default)]
+    pub mountpoint: String,
+    #[serde(default)]
+    pub cache_dir: String,
+    #[serde(default)]
+    pub pid: u32,
+    #[serde(default)]
+    pub ready: bool,
+}

@@ -1,0 +1,823 @@
+//! The uploader: drains the journal in order, one entry at a time.
+//!
+//! File content goes **blocks first**: the content file is cut into 4 MiB blocks and hashed
+//! (each block is also put in the block cache, so later reads stay local), `POST
+//! /blocks/missing` says which the service lacks, only those are PUT (a few at once), and then
+//! the metadata commit names the blocks. An unchanged block is never sent twice.
+//!
+//! How each answer is handled (the conflict rules of DESIGN.md):
+//! - **unreachable**: the entry stays, the uploader backs off and tries again; `online` drops.
+//! - **content conflict** (stale base): if the service already has exactly our content, done
+//!   (identical content never conflicts; this also makes a replay after a crash harmless);
+//!   if only metadata changed since our base (same blocks), retry on the current version;
+//!   otherwise the remote version keeps the name and ours is stored as a conflict copy.
+//! - **create on a taken name**: identical content → adopt the existing node; two
+//!   directories → merge; else our node becomes a conflict copy.
+//! - **edit vs delete**: content committed to a node deleted meanwhile is created again
+//!   (the edit wins); our delete of a node edited meanwhile is dropped (the edit wins).
+//! - **other refusals** are logged, shown by `status`, and the entry dropped: retrying a
+//!   request the service refuses would block every later change.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use jewel_wire::*;
+
+use super::api::ApiErr;
+use super::blocks::sha256_hex;
+use super::conflict::free_conflict_name;
+use super::journal::{is_local, Entry, LocalKind, Op};
+use super::{now_ns, Core, Inval};
+
+/// Why an entry could not be uploaded.
+enum Fail {
+    Offline(ApiErr),
+    Refused(String),
+}
+
+impl From<ApiErr> for Fail {
+    fn from(e: ApiErr) -> Self {
+        if e.is_offline() {
+            Fail::Offline(e)
+        } else {
+            Fail::Refused(e.to_string())
+        }
+    }
+}
+
+impl From<std::io::Error> for Fail {
+    fn from(e: std::io::Error) -> Self {
+        Fail::Refused(format!("local I/O: {e}"))
+    }
+}
+
+type Res<T> = Result<T, Fail>;
+
+impl Core {
+    /// Runs forever: uploads journal entries as they come.
+    pub async fn run_uploader(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let notified = self.journal.changed.notified();
+            match self.journal.take(self.cfg.settle_ms) {
+                Ok(entry) => {
+                    let seq = entry.seq;
+                    match self.upload(&entry).await {
+                        Ok(()) => {
+                            self.journal.done(seq);
+                            self.uploaded.fetch_add(1, Ordering::Relaxed);
+                            self.after_upload(&entry);
+                            backoff = Duration::from_millis(100);
+                        }
+                        Err(Fail::Offline(e)) => {
+                            self.journal.retry_later(seq);
+                            self.online.store(false, Ordering::Relaxed);
+                            tracing::debug!("upload waits, service unreachable: {e}");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(2));
+                        }
+                        Err(Fail::Refused(why)) => {
+                            tracing::error!(entry = ?entry.op, "the service refused a change: {why}");
+                            *self.last_error.lock().unwrap() = Some(why);
+                            self.journal.done(seq);
+                            self.after_upload(&entry);
+                        }
+                    }
+                }
+                Err(Some(wait)) => tokio::time::sleep(Duration::from_millis(wait)).await,
+                Err(None) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+                }
+            }
+        }
+    }
+
+    /// Uploads everything pending now (tests, unmount). Returns what is left.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.journal.pending() > 0 && tokio::time::Instant::now() < deadline {
+            let notified = self.journal.changed.notified();
+            let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+        }
+        self.journal.pending()
+    }
+
+    fn after_upload(&self, entry: &Entry) {
+        let id = self.journal.resolve(entry.op.node());
+        if let Some(data) = entry.op.data() {
+            let mut local = self.local.lock().unwrap();
+            if local.get(&id).is_some_and(|l| l.data == data) {
+                local.remove(&id);
+            }
+        }
+        self.maybe_unpin(id);
+    }
+
+    fn maybe_unpin(&self, id: NodeId) {
+        if is_local(id)
+            || self.journal.has_pending(id)
+            || self.local.lock().unwrap().contains_key(&id)
+            || self.staging.lock().unwrap().contains_key(&id)
+        {
+            return;
+        }
+        self.tree.unpin(id);
+    }
+
+    async fn upload(&self, entry: &Entry) -> Res<()> {
+        match &entry.op {
+            Op::Create {
+                node,
+                parent,
+                name,
+                kind,
+                mode,
+                mtime_ns,
+            } => {
+                self.upload_create(entry.seq, *node, *parent, name, kind, *mode, *mtime_ns)
+                    .await
+            }
+            Op::Content {
+                node,
+                base_version,
+                base_blocks,
+                data,
+                size,
+                mtime_ns,
+            } => {
+                self.upload_content(
+                    entry.seq,
+                    *node,
+                    *base_version,
+                    base_blocks,
+                    data.as_deref(),
+                    *size,
+                    *mtime_ns,
+                )
+                .await
+            }
+            Op::Move {
+                node,
+                new_parent,
+                new_name,
+                mode,
+            } => self.upload_move(*node, *new_parent, new_name, *mode).await,
+            Op::Delete {
+                node,
+                base_version,
+                base_blocks,
+            } => self.upload_delete(*node, *base_version, base_blocks).await,
+            Op::SetAttr {
+                node,
+                mode,
+                mtime_ns,
+            } => {
+                let id = self.journal.resolve(*node);
+                if is_local(id) {
+                    return Ok(());
+                }
+                match self
+                    .api
+                    .set_attr(
+                        id,
+                        &SetAttr {
+                            mode: *mode,
+                            mtime_ns: *mtime_ns,
+                        },
+                    )
+                    .await
+                {
+                    Ok(n) => {
+                        self.apply_own(n);
+                        Ok(())
+                    }
+                    Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+
+    /// Cuts a content file into blocks, caches them, and sends the ones the service lacks.
+    async fn upload_data(&self, data: Option<&str>, size: u64) -> Res<Content> {
+        let Some(data) = data else {
+            return Ok(Content {
+                size: 0,
+                blocks: vec![],
+            });
+        };
+        let path = self.journal.data_path(data);
+        let cache = self.blocks.clone();
+        let (hashes, size) =
+            tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<String>, u64)> {
+                use std::os::unix::fs::FileExt;
+                let file = std::fs::File::open(&path)?;
+                let len = file.metadata()?.len().min(size);
+                let mut hashes = Vec::new();
+                let mut buf = vec![0u8; BLOCK_SIZE as usize];
+                let mut off = 0;
+                while off < len {
+                    let want = ((len - off).min(BLOCK_SIZE)) as usize;
+                    file.read_exact_at(&mut buf[..want], off)?;
+                    let hash = sha256_hex(&buf[..want]);
+                    cache.insert(&hash, &buf[..want])?;
+                    hashes.push(hash);
+                    off += want as u64;
+                }
+                Ok((hashes, len))
+            })
+            .await
+            .map_err(|e| Fail::Refused(e.to_string()))??;
+        let mut missing = Vec::new();
+        for chunk in hashes.chunks(MAX_HASHES_PER_REQUEST) {
+            missing.extend(self.api.missing_blocks(chunk.to_vec()).await?.missing);
+        }
+        let path = self.journal.data_path(data);
+        let positions: std::collections::HashMap<&str, usize> = hashes
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.as_str(), i))
+            .collect();
+        let uploads = missing.into_iter().map(|m| {
+            let index = positions.get(m.hash.as_str()).copied();
+            let path = path.clone();
+            let cache = self.blocks.clone();
+            async move {
+                let index = index.ok_or_else(|| {
+                    Fail::Refused(format!("service asked for unknown block {}", m.hash))
+                })?;
+                let hash = m.hash.clone();
+                let bytes = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+                    match std::fs::read(cache.path(&hash)) {
+                        Ok(b) if sha256_hex(&b) == hash => Ok(b),
+                        _ => {
+                            use std::os::unix::fs::FileExt;
+                            let file = std::fs::File::open(&path)?;
+                            let off = index as u64 * BLOCK_SIZE;
+                            let len = (file.metadata()?.len() - off).min(BLOCK_SIZE) as usize;
+                            let mut buf = vec![0u8; len];
+                            file.read_exact_at(&mut buf, off)?;
+                            Ok(buf)
+                        }
+                    }
+                })
+                .await
+                .map_err(|e| Fail::Refused(e.to_string()))??;
+                self.api.put_block(&m.url, Bytes::from(bytes)).await?;
+                Ok::<(), Fail>(())
+            }
+        });
+        let results: Vec<Res<()>> = futures::stream::iter(uploads)
+            .buffer_unordered(4)
+            .collect()
+            .await;
+        for r in results {
+            r?;
+        }
+        Ok(Content {
+            size,
+            blocks: hashes,
+        })
+    }
+
+    /// Applies a node the service returned for our own request.
+    fn apply_own(&self, node: Node) {
+        if let Some(old) = self.tree.get(node.id) {
+            if old.version > node.version {
+                return;
+            }
+        }
+        // Keep a place we changed locally since (a later journal entry moves it).
+        let keep_place = self.journal.entries().iter().any(|e| {
+            matches!(e.op, Op::Move { .. }) && self.journal.resolve(e.op.node()) == node.id
+        });
+        if keep_place {
+            if let Some(old) = self.tree.get(node.id) {
+                let mut n = node;
+                n.parent = old.parent;
+                n.name = old.name.clone();
+                self.tree.put(n);
+                return;
+            }
+        }
+        self.tree.place(node);
+    }
+
+    /// Rebases later content changes of `id` from `old` onto the version just committed.
+    fn rebase(&self, after_seq: u64, id: NodeId, old: Version, new: &Node) {
+        for e in self.journal.entries() {
+            if e.seq <= after_seq {
+                continue;
+            }
+            if let Op::Content {
+                node,
+                base_version,
+                data,
+                size,
+                mtime_ns,
+                ..
+            } = &e.op
+            {
+                if self.journal.resolve(*node) == id && *base_version == old {
+                    let op = Op::Content {
+                        node: *node,
+                        base_version: new.version,
+                        base_blocks: new.blocks.clone(),
+                        data: data.clone(),
+                        size: *size,
+                        mtime_ns: *mtime_ns,
+                    };
+                    let _ = self.journal.rewrite(e.seq, op);
+                }
+            }
+        }
+    }
+
+    /// Our local node `local` is node `server` on the service from now on.
+    fn adopt(&self, local: NodeId, server: Node) -> Res<()> {
+        if local == server.id {
+            self.apply_own(server);
+            return Ok(());
+        }
+        self.journal.add_alias(local, server.id)?;
+        let old = self.tree.get(local);
+        if let Some(old) = &old {
+            self.tree.unlink(old.parent, &old.name, local);
+        }
+        {
+            let mut staging = self.staging.lock().unwrap();
+            if let Some(s) = staging.remove(&local) {
+                staging.insert(server.id, s);
+            }
+        }
+        {
+            let mut map = self.local.lock().unwrap();
+            if let Some(l) = map.remove(&local) {
+                map.insert(server.id, l);
+            }
+        }
+        if self.unsent.lock().unwrap().remove(&local) {
+            self.unsent.lock().unwrap().insert(server.id);
+        }
+        let is_dir = server.is_dir();
+        let id = server.id;
+        if is_dir {
+            // Children listed under the local id move to the service's id.
+            if let Some(children) = self.tree.listing(local) {
+                if !self.tree.has_listing(id) {
+                    self.tree.new_listing(id);
+                }
+                for (name, child) in children {
+                    self.tree.link(id, &name, child);
+                    if let Some(c) = self.tree.get(child) {
+                        let mut c = (*c).clone();
+                        c.parent = id;
+                        self.tree.put(c);
+                    }
+                }
+            }
+        }
+        let keep = old.as_ref().map(|o| (o.parent, o.name.clone()));
+        let mut node = server;
+        if let Some((p, n)) = keep {
+            // Our local place is newer than what the service has if a move is pending.
+            if self
+                .journal
+                .entries()
+                .iter()
+                .any(|e| matches!(e.op, Op::Move { .. }) && self.journal.resolve(e.op.node()) == id)
+            {
+                node.parent = p;
+                node.name = n;
+            }
+        }
+        let mut pinned_node = node.clone();
+        if let Some(old) = &old {
+            pinned_node.mode = old.mode;
+        }
+        self.tree.pin(pinned_node);
+        self.tree.link(node.parent, &node.name, id);
+        self.tree.forget(local);
+        Ok(())
+    }
+
+    fn taken(&self, parent: NodeId, name: &str) -> bool {
+        matches!(self.tree.child(parent, name), Some(Some(_)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn upload_create(
+        &self,
+        seq: u64,
+        local: NodeId,
+        parent: NodeId,
+        name: &str,
+        kind: &LocalKind,
+        mode: u32,
+        mtime_ns: i64,
+    ) -> Res<()> {
+        if self.journal.resolve(local) != local {
+            return Ok(()); // created already (replay after a crash)
+        }
+        let mut parent = self.journal.resolve(parent);
+        if is_local(parent) {
+            parent = ROOT_ID;
+        }
+        let new_kind = match kind {
+            LocalKind::File { data, size } => NewKind::File {
+                content: self.upload_data(data.as_deref(), *size).await?,
+            },
+            LocalKind::Dir => NewKind::Dir,
+            LocalKind::Symlink { target } => NewKind::Symlink {
+                target: target.clone(),
+            },
+        };
+        let mut name = name.to_string();
+        for attempt in 0..8 {
+            let req = CreateNode {
+                parent,
+                name: name.clone(),
+                kind: new_kind.clone(),
+                mode: Some(mode),
+                mtime_ns: Some(mtime_ns),
+            };
+            match self.api.create(&req).await {
+                Ok(node) => {
+                    self.rebase(seq, node.id, 0, &node);
+                    let id = node.id;
+                    self.adopt(local, node)?;
+                    self.rebase_local(seq, local, &self.tree.get(id).map(|n| (*n).clone()));
+                    return Ok(());
+                }
+                Err(e) if e.code() == Some(ErrorCode::Exists) => {
+                    let Some(current) = e.current() else {
+                        return Err(Fail::Refused(format!("{name} exists")));
+                    };
+                    let same = match (&new_kind, current.kind) {
+                        (NewKind::Dir, NodeKind::Dir) => true,
+                        (NewKind::File { content }, NodeKind::File) => {
+                            content.blocks == current.blocks
+                        }
+                        (NewKind::Symlink { target }, NodeKind::Symlink) => {
+                            current.target.as_deref() == Some(target.as_str())
+                        }
+                        _ => false,
+                    };
+                    if same {
+                        let id = current.id;
+                        self.adopt(local, current)?;
+                        self.rebase_local(seq, local, &self.tree.get(id).map(|n| (*n).clone()));
+                        return Ok(());
+                    }
+                    // Keep both: the service's node keeps the name, ours gets a conflict name.
+                    let new_name =
+                        free_conflict_name(&name, &self.cfg.device_name, now_ns(), |n| {
+                            self.taken(parent, n)
+                        });
+                    self.conflicts.fetch_add(1, Ordering::Relaxed);
+                    self.rename_local(local, parent, &name, &new_name, Some(current));
+                    name = new_name;
+                }
+                Err(e) if e.code() == Some(ErrorCode::NotFound) && attempt < 2 => {
+                    // The parent is gone on the service: the new node goes to the root.
+                    parent = ROOT_ID;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Fail::Refused(format!(
+            "could not find a free name for {name}"
+        )))
+    }
+
+    /// Later content entries of a node created locally were based on version 0.
+    fn rebase_local(&self, seq: u64, local: NodeId, node: &Option<Node>) {
+        if let Some(node) = node {
+            for e in self.journal.entries() {
+                if e.seq > seq && e.op.node() == local {
+                    if let Op::Content {
+                        base_version: 0,
+                        data,
+                        size,
+                        mtime_ns,
+                        ..
+                    } = &e.op
+                    {
+                        let op = Op::Content {
+                            node: local,
+                            base_version: node.version,
+                            base_blocks: node.blocks.clone(),
+                            data: data.clone(),
+                            size: *size,
+                            mtime_ns: *mtime_ns,
+                        };
+                        let _ = self.journal.rewrite(e.seq, op);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Shows a conflict locally: our node `id` takes `new_name`; `theirs` takes `name`.
+    fn rename_local(
+        &self,
+        id: NodeId,
+        parent: NodeId,
+        name: &str,
+        new_name: &str,
+        theirs: Option<Node>,
+    ) {
+        if let Some(n) = self.tree.get(id) {
+            let mut n = (*n).clone();
+            self.tree.unlink(n.parent, &n.name, id);
+            n.parent = parent;
+            n.name = new_name.to_string();
+            self.tree.link(parent, new_name, id);
+            self.tree.pin(n);
+        }
+        if let Some(t) = theirs {
+            let tid = t.id;
+            self.tree.place(t);
+            self.inval(Inval::Inode(tid));
+        }
+        self.inval(Inval::Entry {
+            parent,
+            name: name.to_string(),
+        });
+        self.inval(Inval::Entry {
+            parent,
+            name: new_name.to_string(),
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn upload_content(
+        &self,
+        seq: u64,
+        node: NodeId,
+        base_version: Version,
+        base_blocks: &[BlockHash],
+        data: Option<&str>,
+        size: u64,
+        mtime_ns: i64,
+    ) -> Res<()> {
+        let id = self.journal.resolve(node);
+        if is_local(id) {
+            return Ok(()); // its create was dropped; nothing to attach the content to
+        }
+        let content = self.upload_data(data, size).await?;
+        let mut base = base_version;
+        for _ in 0..4 {
+            let req = CommitContent {
+                base_version: base,
+                content: content.clone(),
+                mtime_ns: Some(mtime_ns),
+            };
+            match self.api.commit(id, &req).await {
+                Ok(n) => {
+                    self.rebase(seq, id, base_version, &n);
+                    self.apply_own(n);
+                    return Ok(());
+                }
+                Err(e) if e.code() == Some(ErrorCode::Conflict) => {
+                    let Some(current) = e.current() else {
+                        return Err(e.into());
+                    };
+                    if current.blocks == content.blocks && current.size == content.size {
+                        self.rebase(seq, id, base_version, &current);
+                        self.apply_own(current);
+                        return Ok(());
+                    }
+                    if current.blocks == base_blocks {
+                        base = current.version;
+                        continue;
+                    }
+                    return self.content_conflict(id, current, content, mtime_ns).await;
+                }
+                Err(e) if e.code() == Some(ErrorCode::NotFound) => {
+                    return self.recreate(id, content, mtime_ns).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Fail::Refused("content commit kept conflicting".into()))
+    }
+
+    /// Stores our content as a conflict copy beside the remote version, which keeps the name.
+    async fn content_conflict(
+        &self,
+        id: NodeId,
+        current: Node,
+        content: Content,
+        mtime_ns: i64,
+    ) -> Res<()> {
+        self.conflicts.fetch_add(1, Ordering::Relaxed);
+        let parent = current.parent;
+        let mode = self.tree.get(id).map(|n| n.mode).unwrap_or(current.mode);
+        let created = self
+            .create_copy(parent, &current.name, content, mode, mtime_ns)
+            .await?;
+        // The original name shows the remote version again.
+        self.local.lock().unwrap().remove(&id);
+        self.tree.unpin(id);
+        self.tree.place(current.clone());
+        if self.journal.has_pending(id) {
+            self.tree.pin(current.clone());
+        }
+        self.inval(Inval::Inode(id));
+        self.inval(Inval::Entry {
+            parent,
+            name: current.name.clone(),
+        });
+        self.inval(Inval::Entry {
+            parent: created.parent,
+            name: created.name.clone(),
+        });
+        self.tree.place(created);
+        Ok(())
+    }
+
+    async fn create_copy(
+        &self,
+        parent: NodeId,
+        name: &str,
+        content: Content,
+        mode: u32,
+        mtime_ns: i64,
+    ) -> Res<Node> {
+        let mut parent = parent;
+        for attempt in 0..8u32 {
+            let copy_name = free_conflict_name(name, &self.cfg.device_name, now_ns(), |n| {
+                self.taken(parent, n)
+            });
+            let copy_name = if attempt > 0 {
+                super::conflict::conflict_name(name, &self.cfg.device_name, now_ns(), attempt + 1)
+            } else {
+                copy_name
+            };
+            let req = CreateNode {
+                parent,
+                name: copy_name,
+                kind: NewKind::File {
+                    content: content.clone(),
+                },
+                mode: Some(mode),
+                mtime_ns: Some(mtime_ns),
+            };
+            match self.api.create(&req).await {
+                Ok(n) => return Ok(n),
+                Err(e) if e.code() == Some(ErrorCode::Exists) => {
+                    if e.current().is_some_and(|c| c.blocks == content.blocks) {
+                        return Ok(e.current().unwrap());
+                    }
+                }
+                Err(e) if e.code() == Some(ErrorCode::NotFound) => parent = ROOT_ID,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Fail::Refused(format!("no free conflict name for {name}")))
+    }
+
+    /// Edit beats delete: the node was deleted elsewhere, our edit brings it back.
+    async fn recreate(&self, id: NodeId, content: Content, mtime_ns: i64) -> Res<()> {
+        let Some(old) = self.tree.get(id) else {
+            return Ok(());
+        };
+        let mut parent = self.journal.resolve(old.parent);
+        if is_local(parent) {
+            parent = ROOT_ID;
+        }
+        let mut name = old.name.clone();
+        for _ in 0..8 {
+            let req = CreateNode {
+                parent,
+                name: name.clone(),
+                kind: NewKind::File {
+                    content: content.clone(),
+                },
+                mode: Some(old.mode),
+                mtime_ns: Some(mtime_ns),
+            };
+            match self.api.create(&req).await {
+                Ok(n) => {
+                    self.adopt(id, n)?;
+                    return Ok(());
+                }
+                Err(e) if e.code() == Some(ErrorCode::Exists) => {
+                    if let Some(c) = e.current().filter(|c| c.blocks == content.blocks) {
+                        self.adopt(id, c)?;
+                        return Ok(());
+                    }
+                    name = free_conflict_name(&old.name, &self.cfg.device_name, now_ns(), |n| {
+                        n == name || self.taken(parent, n)
+                    });
+                    self.conflicts.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) if e.code() == Some(ErrorCode::NotFound) => parent = ROOT_ID,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Fail::Refused(format!("could not bring back {}", old.name)))
+    }
+
+    async fn upload_move(
+        &self,
+        node: NodeId,
+        new_parent: NodeId,
+        new_name: &str,
+        mode: MoveMode,
+    ) -> Res<()> {
+        let id = self.journal.resolve(node);
+        let np = self.journal.resolve(new_parent);
+        if is_local(id) || is_local(np) {
+            return Ok(());
+        }
+        let mut base = match self.tree.get(id) {
+            Some(n) if n.version > 0 => n.version,
+            _ => match self.api.get_node(id).await {
+                Ok(n) => n.version,
+                Err(e) if e.code() == Some(ErrorCode::NotFound) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        for _ in 0..4 {
+            let req = MoveNode {
+                base_version: base,
+                new_parent: np,
+                new_name: new_name.to_string(),
+                mode,
+            };
+            match self.api.move_node(id, &req).await {
+                Ok(result) => {
+                    if let Some(other) = result.other {
+                        if mode == MoveMode::Exchange {
+                            self.apply_own(other);
+                        } else if self.tree.get(other.id).is_some() {
+                            self.tree.unlink(other.parent, &other.name, other.id);
+                            self.tree.forget(other.id);
+                        }
+                    }
+                    self.apply_own(result.node);
+                    return Ok(());
+                }
+                Err(e) if e.code() == Some(ErrorCode::Conflict) => match e.current() {
+                    Some(c) => base = c.version,
+                    None => return Err(e.into()),
+                },
+                Err(e) if e.code() == Some(ErrorCode::NotFound) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Fail::Refused("move kept conflicting".into()))
+    }
+
+    async fn upload_delete(
+        &self,
+        node: NodeId,
+        base_version: Version,
+        base_blocks: &[BlockHash],
+    ) -> Res<()> {
+        let id = self.journal.resolve(node);
+        if is_local(id) {
+            return Ok(());
+        }
+        let mut base = base_version;
+        for _ in 0..4 {
+            match self.api.delete(id, base, true).await {
+                Ok(_) => {
+                    if self.tree.get(id).is_some_and(|n| {
+                        !self
+                            .tree
+                            .child(n.parent, &n.name)
+                            .flatten()
+                            .is_some_and(|c| c == id)
+                    }) {
+                        self.tree.forget(id);
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.code() == Some(ErrorCode::NotFound) => return Ok(()),
+                Err(e) if e.code() == Some(ErrorCode::Conflict) => {
+                    let Some(current) = e.current() else {
+                        return Err(e.into());
+                    };
+                    if current.kind == NodeKind::File && current.blocks != base_blocks {
+                        // Edit beats delete: the edited file comes back here.
+                        let parent = current.parent;
+                        let name = current.name.clone();
+                        self.tree.unpin(id);
+                        self.tree.place(current);
+                        self.inval(Inval::Entry { parent, name });
+                        return Ok(());
+                    }
+                    base = current.version;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Fail::Refused("delete kept conflicting".into()))
+    }
+}

@@ -1,0 +1,249 @@
+//! The tree cache: nodes by id and complete directory listings by directory id.
+//!
+//! - Nodes the service knows live in a `moka` cache (bounded, so a huge tree does not grow
+//!   memory without limit); an evicted node is fetched again by id on demand.
+//! - Nodes with local state (created here and not uploaded, or with changes in the journal)
+//!   are **pinned**: kept in a plain map that is never evicted and always wins over the cache,
+//!   so a pending local change can never be lost to eviction or overwritten by a listing.
+//! - A directory's listing is cached only when complete (all pages read); so "name not in
+//!   the listing" means ENOENT without asking the service. Evicted listings are listed again,
+//!   and pinned nodes are merged back in ([`Tree::set_listing`]).
+//! - Long TTLs are safe because the change listener applies every remote change here (and
+//!   tells the kernel) as it happens; a cursor gap or `cursor_too_old` clears everything.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use jewel_wire::{Node, NodeId};
+
+type Listing = Arc<Mutex<BTreeMap<String, NodeId>>>;
+
+pub struct Tree {
+    nodes: moka::sync::Cache<NodeId, Arc<Node>>,
+    dirs: moka::sync::Cache<NodeId, Listing>,
+    pinned: Mutex<HashMap<NodeId, Arc<Node>>>,
+}
+
+/// Default bounds: about 200 bytes a node; a million nodes stay well under the memory goal.
+pub const MAX_NODES: u64 = 1_000_000;
+pub const MAX_DIRS: u64 = 100_000;
+
+impl Default for Tree {
+    fn default() -> Self {
+        Tree::new(MAX_NODES, MAX_DIRS)
+    }
+}
+
+impl Tree {
+    pub fn new(max_nodes: u64, max_dirs: u64) -> Tree {
+        Tree {
+            nodes: moka::sync::Cache::new(max_nodes),
+            dirs: moka::sync::Cache::new(max_dirs),
+            pinned: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn get(&self, id: NodeId) -> Option<Arc<Node>> {
+        if let Some(n) = self.pinned.lock().unwrap().get(&id) {
+            return Some(n.clone());
+        }
+        self.nodes.get(&id)
+    }
+
+    /// Stores a node (pinned stays pinned).
+    pub fn put(&self, node: Node) {
+        let id = node.id;
+        let node = Arc::new(node);
+        let mut pinned = self.pinned.lock().unwrap();
+        if let Some(slot) = pinned.get_mut(&id) {
+            *slot = node;
+        } else {
+            drop(pinned);
+            self.nodes.insert(id, node);
+        }
+    }
+
+    /// Keeps the node in memory whatever happens (it has local state).
+    pub fn pin(&self, node: Node) {
+        self.nodes.invalidate(&node.id);
+        self.pinned.lock().unwrap().insert(node.id, Arc::new(node));
+    }
+
+    pub fn is_pinned(&self, id: NodeId) -> bool {
+        self.pinned.lock().unwrap().contains_key(&id)
+    }
+
+    pub fn unpin(&self, id: NodeId) {
+        if let Some(n) = self.pinned.lock().unwrap().remove(&id) {
+            self.nodes.insert(id, n);
+        }
+    }
+
+    /// Forgets a node entirely (not its listing entry: see [`Tree::unlink`]).
+    pub fn forget(&self, id: NodeId) {
+        self.pinned.lock().unwrap().remove(&id);
+        self.nodes.invalidate(&id);
+        self.dirs.invalidate(&id);
+    }
+
+    pub fn has_listing(&self, dir: NodeId) -> bool {
+        self.dirs.contains_key(&dir)
+    }
+
+    /// `None` when the listing is not cached; `Some(None)` when the name is known absent.
+    pub fn child(&self, dir: NodeId, name: &str) -> Option<Option<NodeId>> {
+        let listing = self.dirs.get(&dir)?;
+        let found = listing.lock().unwrap().get(name).copied();
+        Some(found)
+    }
+
+    pub fn listing(&self, dir: NodeId) -> Option<Vec<(String, NodeId)>> {
+        let listing = self.dirs.get(&dir)?;
+        let entries = listing
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        Some(entries)
+    }
+
+    /// An empty, complete listing (a directory created here).
+    pub fn new_listing(&self, dir: NodeId) {
+        self.dirs.insert(dir, Arc::new(Mutex::new(BTreeMap::new())));
+    }
+
+    /// Stores a complete listing read from the service. Pinned nodes win: one that lives
+    /// here locally is added, one that moved away locally is left out.
+    pub fn set_listing(&self, dir: NodeId, entries: Vec<Node>) {
+        let pinned = self.pinned.lock().unwrap().clone();
+        let mut map = BTreeMap::new();
+        for node in entries {
+            if let Some(p) = pinned.get(&node.id) {
+                if p.parent != dir {
+                    continue;
+                }
+                map.insert(p.name.clone(), p.id);
+                continue;
+            }
+            map.insert(node.name.clone(), node.id);
+            self.nodes.insert(node.id, Arc::new(node));
+        }
+        for p in pinned.values() {
+            if p.parent == dir && p.id != dir {
+                map.insert(p.name.clone(), p.id);
+            }
+        }
+        self.dirs.insert(dir, Arc::new(Mutex::new(map)));
+    }
+
+    /// Adds `name → id` to a cached listing.
+    pub fn link(&self, dir: NodeId, name: &str, id: NodeId) {
+        if let Some(listing) = self.dirs.get(&dir) {
+            listing.lock().unwrap().insert(name.to_string(), id);
+        }
+    }
+
+    /// Like [`Tree::link`], but never hides a pinned node that holds the name.
+    pub fn link_remote(&self, dir: NodeId, name: &str, id: NodeId) {
+        if let Some(listing) = self.dirs.get(&dir) {
+            let mut map = listing.lock().unwrap();
+            if let Some(existing) = map.get(name) {
+                if *existing != id && self.is_pinned(*existing) {
+                    return;
+                }
+            }
+            map.insert(name.to_string(), id);
+        }
+    }
+
+    /// Removes `name` from a cached listing if it points at `id`.
+    pub fn unlink(&self, dir: NodeId, name: &str, id: NodeId) {
+        if let Some(listing) = self.dirs.get(&dir) {
+            let mut map = listing.lock().unwrap();
+            if map.get(name) == Some(&id) {
+                map.remove(name);
+            }
+        }
+    }
+
+    /// Moves a node to a new place (listing entries and the node itself).
+    pub fn place(&self, node: Node) {
+        if let Some(old) = self.get(node.id) {
+            if old.parent != node.parent || old.name != node.name {
+                self.unlink(old.parent, &old.name, node.id);
+            }
+        }
+        self.link(node.parent, &node.name, node.id);
+        self.put(node);
+    }
+
+    /// Every directory whose listing is cached.
+    pub fn listed_dirs(&self) -> Vec<NodeId> {
+        self.dirs.iter().map(|(k, _)| *k).collect()
+    }
+
+    /// Every node id known (cached or pinned).
+    pub fn known(&self) -> Vec<Arc<Node>> {
+        let mut all: Vec<Arc<Node>> = self.nodes.iter().map(|(_, v)| v).collect();
+        all.extend(self.pinned.lock().unwrap().values().cloned());
+        all
+    }
+
+    /// Drops every listing and unpinned node (after `cursor_too_old`).
+    pub fn clear_unpinned(&self) {
+        self.nodes.invalidate_all();
+        self.dirs.invalidate_all();
+    }
+
+    pub fn pinned_count(&self) -> usize {
+        self.pinned.lock().unwrap().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jewel_wire::NodeKind;
+
+    fn node(id: NodeId, parent: NodeId, name: &str) -> Node {
+        Node {
+            id,
+            parent,
+            name: name.into(),
+            kind: NodeKind::File,
+            size: 0,
+            mode: 0o644,
+            mtime_ns: 0,
+            version: 1,
+            blocks: vec![],
+            target: None,
+        }
+    }
+
+    #[test]
+    fn listings_merge_pinned_nodes() {
+        let tree = Tree::default();
+        tree.pin(node(100, 1, "local.txt"));
+        tree.pin(node(5, 2, "moved-away.txt"));
+        tree.set_listing(1, vec![node(5, 1, "moved-away.txt"), node(6, 1, "b")]);
+        let names: Vec<String> = tree.listing(1).unwrap().into_iter().map(|e| e.0).collect();
+        assert_eq!(names, vec!["b", "local.txt"]);
+        assert_eq!(tree.child(1, "nope"), Some(None));
+        assert_eq!(tree.child(3, "x"), None, "unknown listing");
+    }
+
+    #[test]
+    fn remote_links_never_hide_pinned_nodes() {
+        let tree = Tree::default();
+        tree.set_listing(1, vec![]);
+        tree.pin(node(100, 1, "a"));
+        tree.link(1, "a", 100);
+        tree.link_remote(1, "a", 7);
+        assert_eq!(tree.child(1, "a"), Some(Some(100)));
+        tree.place(node(8, 1, "c"));
+        tree.place(node(8, 1, "d"));
+        assert_eq!(tree.child(1, "c"), Some(None));
+        assert_eq!(tree.child(1, "d"), Some(Some(8)));
+    }
+}

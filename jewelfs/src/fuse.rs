@@ -1,0 +1,835 @@
+//! The thin `fuser` adapter: translates kernel requests into [`Core`] calls and replies.
+//!
+//! Rules it keeps:
+//! - **Never block a dispatch thread on the network.** A request that the caches can answer
+//!   (lookup, getattr, readdir of a listed directory, read of cached blocks, write into a
+//!   staging file) is answered in the callback; anything else moves its reply object into a
+//!   tokio task. Local disk work that may be long (flush moving and fsync'ing a staging file)
+//!   goes to the blocking pool.
+//! - **Inode numbers are node ids** (the root, id 1, is `FUSE_ROOT_ID`); a file created here
+//!   has a local id until its create reaches the service, and keeps answering under it after
+//!   (the core resolves aliases).
+//! - **Long TTLs**: the listener pushes invalidations through the notifier from its own
+//!   thread (see `mount.rs`), never from here.
+//! - Errors become errno values in one place, [`CoreErr::errno`].
+//! - Ownership is the mounting user's; chown to anyone else is refused (`EPERM`), as are hard
+//!   links and special files; extended attributes are not supported (`ENOTSUP`).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use jewel_wire::{MoveMode, Node, NodeKind, BLOCK_SIZE};
+
+use crate::core::{Core, CoreErr};
+
+/// Attribute and entry lifetime in the kernel: long, because changes are pushed.
+const TTL: Duration = Duration::from_secs(3600);
+
+struct Handle {
+    id: u64,
+    write: bool,
+}
+
+pub struct JewelFs {
+    core: Arc<Core>,
+    rt: tokio::runtime::Handle,
+    uid: u32,
+    gid: u32,
+    handles: Arc<Mutex<HashMap<u64, Handle>>>,
+    dirs: Arc<Mutex<HashMap<u64, Arc<Vec<Node>>>>>,
+    next_fh: AtomicU64,
+}
+
+fn errno(e: &CoreErr) -> Errno {
+    if !matches!(e, CoreErr::NotFound | CoreErr::Exists | CoreErr::NotEmpty) {
+        tracing::debug!("request failed: {e}");
+    }
+    Errno::from_i32(e.errno())
+}
+
+fn name_str(name: &OsStr) -> Result<&str, Errno> {
+    std::str::from_utf8(name.as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+fn time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH
+    }
+}
+
+fn ns_of(t: TimeOrNow) -> i64 {
+    let t = match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    };
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl JewelFs {
+    pub fn new(core: Arc<Core>, rt: tokio::runtime::Handle) -> JewelFs {
+        JewelFs {
+            core,
+            rt,
+            uid: unsafe { libc::getuid() },
+            gid: unsafe { libc::getgid() },
+            handles: Arc::new(Mutex::new(HashMap::new())),
+            dirs: Arc::new(Mutex::new(HashMap::new())),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    fn attr(&self, n: &Node, ino: u64) -> FileAttr {
+        AttrMaker {
+            uid: self.uid,
+            gid: self.gid,
+        }
+        .attr(n, ino)
+    }
+
+    fn dir_store(&self) -> impl Fn(u64, Arc<Vec<Node>>) + Send + 'static {
+        let dirs = self.dirs.clone();
+        move |fh, entries| {
+            dirs.lock().unwrap().insert(fh, entries);
+        }
+    }
+
+    fn handle_store(&self) -> impl Fn(u64, u64, bool) + Send + 'static {
+        let handles = self.handles.clone();
+        move |fh, id, write| {
+            handles.lock().unwrap().insert(fh, Handle { id, write });
+        }
+    }
+
+    fn remove(&self, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
+        let name = match name_str(name) {
+            Ok(n) => n.to_string(),
+            Err(e) => return reply.error(e),
+        };
+        let parent = self.core.resolve(parent.0);
+        let core = self.core.clone();
+        self.spawn(async move {
+            match core.remove(parent, &name, dir).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn entry(&self, reply: ReplyEntry, n: &Node) {
+        reply.entry(&TTL, &self.attr(n, n.id), Generation(0));
+    }
+
+    fn new_fh(&self, id: u64, write: bool) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .lock()
+            .unwrap()
+            .insert(fh, Handle { id, write });
+        fh
+    }
+
+    fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, f: F) {
+        self.rt.spawn(f);
+    }
+}
+
+impl Filesystem for JewelFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        if let Err(max) = config.set_max_readahead(4 << 20) {
+            let _ = config.set_max_readahead(max);
+        }
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = match name_str(name) {
+            Ok(n) => n.to_string(),
+            Err(e) => return reply.error(e),
+        };
+        let parent = self.core.resolve(parent.0);
+        match self.core.lookup_cached(parent, &name) {
+            Some(Ok(n)) => self.entry(reply, &n),
+            Some(Err(e)) => reply.error(errno(&e)),
+            None => {
+                let core = self.core.clone();
+                let attr_of = AttrMaker {
+                    uid: self.uid,
+                    gid: self.gid,
+                };
+                self.spawn(async move {
+                    match core.lookup(parent, &name).await {
+                        Ok(n) => reply.entry(&TTL, &attr_of.attr(&n, n.id), Generation(0)),
+                        Err(e) => reply.error(errno(&e)),
+                    }
+                });
+            }
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let id = self.core.resolve(ino.0);
+        match self.core.view(id) {
+            Some(n) => reply.attr(&TTL, &self.attr(&n, ino.0)),
+            None => {
+                let core = self.core.clone();
+                let maker = AttrMaker {
+                    uid: self.uid,
+                    gid: self.gid,
+                };
+                self.spawn(async move {
+                    match core.node(id).await {
+                        Ok(n) => reply.attr(&TTL, &maker.attr(&n, ino.0)),
+                        Err(e) => reply.error(errno(&e)),
+                    }
+                });
+            }
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        if uid.is_some_and(|u| u != self.uid) || gid.is_some_and(|g| g != self.gid) {
+            return reply.error(Errno::EPERM);
+        }
+        let id = self.core.resolve(ino.0);
+        let core = self.core.clone();
+        let maker = AttrMaker {
+            uid: self.uid,
+            gid: self.gid,
+        };
+        let mtime = mtime.map(ns_of);
+        self.spawn(async move {
+            match core.setattr(id, mode, mtime, size).await {
+                Ok(n) => reply.attr(&TTL, &maker.attr(&n, ino.0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.core.readlink(self.core.resolve(ino.0)) {
+            Ok(t) => reply.data(t.as_bytes()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            return reply.error(Errno::EPERM);
+        }
+        let name = match name_str(name) {
+            Ok(n) => n.to_string(),
+            Err(e) => return reply.error(e),
+        };
+        let parent = self.core.resolve(parent.0);
+        let core = self.core.clone();
+        let maker = AttrMaker {
+            uid: self.uid,
+            gid: self.gid,
+        };
+        self.spawn(async move {
+            match core.create_file(parent, &name, mode & !umask).await {
+                Ok(n) => {
+                    let core2 = core.clone();
+                    let _ = tokio::task::spawn_blocking(move || core2.release(n.id, true)).await;
+                    reply.entry(&TTL, &maker.attr(&n, n.id), Generation(0))
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = match name_str(name) {
+            Ok(n) => n.to_string(),
+            Err(e) => return reply.error(e),
+        };
+        let parent = self.core.resolve(parent.0);
+        let core = self.core.clone();
+        let maker = AttrMaker {
+            uid: self.uid,
+            gid: self.gid,
+        };
+        self.spawn(async move {
+            match core.mkdir(parent, &name, mode & !umask).await {
+                Ok(n) => reply.entry(&TTL, &maker.attr(&n, n.id), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.remove(parent, name, false, reply)
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.remove(parent, name, true, reply)
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (name, target) = match (name_str(link_name), name_str(target.as_os_str())) {
+            (Ok(n), Ok(t)) => (n.to_string(), t.to_string()),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let parent = self.core.resolve(parent.0);
+        let core = self.core.clone();
+        let maker = AttrMaker {
+            uid: self.uid,
+            gid: self.gid,
+        };
+        self.spawn(async move {
+            match core.symlink(parent, &name, &target).await {
+                Ok(n) => reply.entry(&TTL, &maker.attr(&n, n.id), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (name, newname) = match (name_str(name), name_str(newname)) {
+            (Ok(a), Ok(b)) => (a.to_string(), b.to_string()),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            MoveMode::Exchange
+        } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            MoveMode::NoReplace
+        } else if flags.is_empty() {
+            MoveMode::Replace
+        } else {
+            return reply.error(Errno::EINVAL); // RENAME_WHITEOUT
+        };
+        let parent = self.core.resolve(parent.0);
+        let newparent = self.core.resolve(newparent.0);
+        let core = self.core.clone();
+        self.spawn(async move {
+            match core.rename(parent, &name, newparent, &newname, mode).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EPERM)
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let id = self.core.resolve(ino.0);
+        let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
+        let trunc = flags.0 & libc::O_TRUNC != 0;
+        if !write {
+            if let Some(n) = self.core.view(id) {
+                if n.is_dir() {
+                    return reply.error(Errno::EISDIR);
+                }
+                let fh = self.new_fh(id, false);
+                return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+        }
+        let core = self.core.clone();
+        let fh = self.new_fh(id, write);
+        let handles = self.handles.clone();
+        self.spawn(async move {
+            match core.open_file(id, write, trunc).await {
+                Ok(()) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                Err(e) => {
+                    handles.lock().unwrap().remove(&fh);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let id = self.core.resolve(ino.0);
+        if offset % BLOCK_SIZE < size as u64 {
+            let _guard = self.rt.enter();
+            self.core.read_ahead(id, offset);
+        }
+        match self.core.read_local(id, offset, size) {
+            Some(Ok(data)) => reply.data(&data),
+            Some(Err(e)) => reply.error(errno(&e)),
+            None => {
+                let core = self.core.clone();
+                self.spawn(async move {
+                    match core.read(id, offset, size).await {
+                        Ok(data) => reply.data(&data),
+                        Err(e) => reply.error(errno(&e)),
+                    }
+                });
+            }
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.core.write(self.core.resolve(ino.0), offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let write = self
+            .handles
+            .lock()
+            .unwrap()
+            .get(&fh.0)
+            .is_some_and(|h| h.write);
+        if !write {
+            return reply.ok();
+        }
+        let id = self.core.resolve(ino.0);
+        let core = self.core.clone();
+        self.rt.spawn_blocking(move || match core.flush(id) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let handle = self.handles.lock().unwrap().remove(&fh.0);
+        let Some(handle) = handle else {
+            return reply.ok();
+        };
+        if !handle.write {
+            return reply.ok();
+        }
+        let id = self.core.resolve(ino.0);
+        let _ = handle.id;
+        let core = self.core.clone();
+        self.rt
+            .spawn_blocking(move || match core.release(id, true) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            });
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let id = self.core.resolve(ino.0);
+        let core = self.core.clone();
+        self.spawn(async move {
+            let c2 = core.clone();
+            let flushed = tokio::task::spawn_blocking(move || c2.flush(id)).await;
+            match flushed {
+                Ok(Ok(())) => match core.fsync(id).await {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(errno(&e)),
+                },
+                Ok(Err(e)) => reply.error(errno(&e)),
+                Err(_) => reply.error(Errno::EIO),
+            }
+        });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let fh = self.new_fh(self.core.resolve(ino.0), false);
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let id = self.core.resolve(ino.0);
+        let cached = if offset == 0 {
+            None
+        } else {
+            self.dirs.lock().unwrap().get(&fh.0).cloned()
+        };
+        let fill = move |entries: &Vec<Node>, parent: u64, reply: &mut ReplyDirectory| {
+            let mut i = offset;
+            loop {
+                let (ino, kind, name): (u64, FileType, &str) = match i {
+                    0 => (id, FileType::Directory, "."),
+                    1 => (parent, FileType::Directory, ".."),
+                    n => match entries.get((n - 2) as usize) {
+                        Some(e) => (e.id, kind_of(e.kind), e.name.as_str()),
+                        None => break,
+                    },
+                };
+                if reply.add(INodeNo(ino), i + 1, kind, name) {
+                    break;
+                }
+                i += 1;
+            }
+        };
+        let parent = self.core.view(id).map(|n| n.parent).unwrap_or(1);
+        if let Some(entries) = cached {
+            fill(&entries, parent, &mut reply);
+            return reply.ok();
+        }
+        let core = self.core.clone();
+        let store = self.dir_store();
+        self.spawn(async move {
+            match core.readdir(id).await {
+                Ok(entries) => {
+                    let entries = Arc::new(entries);
+                    store(fh.0, entries.clone());
+                    fill(&entries, parent, &mut reply);
+                    reply.ok()
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let id = self.core.resolve(ino.0);
+        let cached = if offset == 0 {
+            None
+        } else {
+            self.dirs.lock().unwrap().get(&fh.0).cloned()
+        };
+        let maker = AttrMaker {
+            uid: self.uid,
+            gid: self.gid,
+        };
+        let me = self.core.view(id);
+        let fill = move |entries: &Vec<Node>, me: &Option<Node>, reply: &mut ReplyDirectoryPlus| {
+            let mut i = offset;
+            loop {
+                let (node, name): (Node, &str) = match i {
+                    0 | 1 => match me {
+                        Some(n) => (n.clone(), if i == 0 { "." } else { ".." }),
+                        None => break,
+                    },
+                    n => match entries.get((n - 2) as usize) {
+                        Some(e) => (e.clone(), e.name.as_str()),
+                        None => break,
+                    },
+                };
+                let attr = maker.attr(&node, node.id);
+                if reply.add(INodeNo(node.id), i + 1, name, &TTL, &attr, Generation(0)) {
+                    break;
+                }
+                i += 1;
+            }
+        };
+        if let Some(entries) = cached {
+            fill(&entries, &me, &mut reply);
+            return reply.ok();
+        }
+        let core = self.core.clone();
+        let store = self.dir_store();
+        self.spawn(async move {
+            match core.readdir(id).await {
+                Ok(entries) => {
+                    let me = match me {
+                        Some(m) => Some(m),
+                        None => core.node(id).await.ok(),
+                    };
+                    let entries = Arc::new(entries);
+                    store(fh.0, entries.clone());
+                    fill(&entries, &me, &mut reply);
+                    reply.ok()
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.lock().unwrap().remove(&fh.0);
+        self.dirs.lock().unwrap().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let bsize = 4096u32;
+        let total = (1u64 << 40) / bsize as u64;
+        reply.statfs(total, total, total, 1 << 30, 1 << 30, bsize, 255, bsize);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOTSUP);
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(Errno::ENOTSUP);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0)
+        } else {
+            reply.data(&[])
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::ENOTSUP);
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let id = self.core.resolve(ino.0);
+        match self.core.view(id) {
+            Some(n)
+                if mask.contains(AccessFlags::X_OK)
+                    && n.kind == NodeKind::File
+                    && n.mode & 0o111 == 0 =>
+            {
+                reply.error(Errno::EACCES)
+            }
+            _ => reply.ok(),
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = match name_str(name) {
+            Ok(n) => n.to_string(),
+            Err(e) => return reply.error(e),
+        };
+        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
+            return reply.error(Errno::EPERM);
+        }
+        let parent = self.core.resolve(parent.0);
+        let core = self.core.clone();
+        let maker = AttrMaker {
+            uid: self.uid,
+            gid: self.gid,
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let handles = self.handle_store();
+        self.spawn(async move {
+            match core.create_file(parent, &name, mode & !umask).await {
+                Ok(n) => {
+                    handles(fh, n.id, true);
+                    reply.created(
+                        &TTL,
+                        &maker.attr(&n, n.id),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::FOPEN_KEEP_CACHE,
+                    )
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EOPNOTSUPP);
+    }
+}
+
+fn kind_of(k: NodeKind) -> FileType {
+    match k {
+        NodeKind::File => FileType::RegularFile,
+        NodeKind::Dir => FileType::Directory,
+        NodeKind::Symlink => FileType::Symlink,
+    }
+}
+
+#[derive(Clone, Copy)]
+struct AttrMaker {
+    uid: u32,
+    gid: u32,
+}
+
+impl AttrMaker {
+    fn attr(&self, n: &Node, ino: u64) -> FileAttr {
+        let t = time(n.mtime_ns);
+        FileAttr {
+            ino: INodeNo(ino),
+            size: n.size,
+            blocks: n.size.div_ceil(512),
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind: kind_of(n.kind),
+            perm: (n.mode & 0o7777) as u16,
+            nlink: if n.is_dir() { 2 } else { 1 },
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 1 << 20,
+            flags: 0,
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! `jewelfs`: the command line. Parsing only; the work is in the library.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "jewelfs",
+    version,
+    about = "JewelFS: your files on every machine (a FUSE drive synced through a JewelFS server)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Mount the drive at MOUNTPOINT (runs in the foreground unless --daemon).
+    Mount {
+        mountpoint: PathBuf,
+        /// Server base URL, e.g. http://127.0.0.1:8080.
+        #[arg(long, env = "JEWEL_SERVER")]
+        server: Option<String>,
+        /// Access token.
+        #[arg(long, env = "JEWEL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Cache folder (blocks, journal); default ~/.cache/jewel/<server+user>.
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// This machine's name (in conflict copy names); default the host name.
+        #[arg(long)]
+        device: Option<String>,
+        /// Block cache size, e.g. 10G, 512M.
+        #[arg(long)]
+        cache_size: Option<String>,
+        /// Detach once the mount is ready.
+        #[arg(long)]
+        daemon: bool,
+    },
+    /// Wait for pending uploads, then unmount.
+    Unmount {
+        mountpoint: PathBuf,
+        /// Longest wait for uploads, in seconds.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// Show online/offline, pending uploads, cache use, last change seen, conflicts.
+    Status {
+        mountpoint: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("JEWEL_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Mount {
+            mountpoint,
+            server,
+            token,
+            cache_dir,
+            device,
+            cache_size,
+            daemon,
+        } => jewelfs::mount::mount(jewelfs::mount::MountArgs {
+            mountpoint,
+            server,
+            token,
+            cache_dir,
+            device,
+            cache_size,
+            daemon,
+        }),
+        Cmd::Unmount { mountpoint, wait } => {
+            jewelfs::mount::unmount(&mountpoint, Duration::from_secs(wait))
+        }
+        Cmd::Status { mountpoint, json } => jewelfs::mount::status(&mountpoint, json),
+    };
+    if let Err(e) = result {
+        eprintln!("jewelfs: {e:#}");
+        std::process::exit(1);
+    }
+}
