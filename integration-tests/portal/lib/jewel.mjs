@@ -3,7 +3,7 @@
 
 import { spawn, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, existsSync, readFileSync, mkdirSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
@@ -197,5 +197,68 @@ export class Client {
 
   mkdir(parent, name) {
     return this.call('POST', '/nodes', { parent, name, kind: 'dir' });
+  }
+}
+
+/** Whether `path` is a mount point now (per /proc/self/mountinfo). */
+export function isMounted(path) {
+  const info = readFileSync('/proc/self/mountinfo', 'utf8');
+  return info.split('\n').some((line) => line.split(' ')[4] === path);
+}
+
+/** Why a FUSE mount cannot be tried here, or null when it can. */
+export function mountUnavailable() {
+  const target = process.env.CARGO_TARGET_DIR || join(repoRoot, 'target');
+  if (!existsSync(join(target, 'debug', 'jewelfs'))) return 'target/debug/jewelfs is not built';
+  if (!existsSync('/dev/fuse')) return '/dev/fuse is missing';
+  return null;
+}
+
+/** A real `jewelfs mount` of one user's drive, in the foreground, unmounted by stop(). */
+export class Mount {
+  static async start(server, token, device) {
+    const dir = mkdtempSync(join(tmpdir(), 'jewel-portal-mount-'));
+    const path = join(dir, 'mnt');
+    const cache = join(dir, 'cache');
+    mkdirSync(path);
+    const child = spawn(bin('jewelfs'), ['mount', path, '--server', server.url, '--cache-dir', cache, '--device', device], {
+      env: { ...process.env, JEWEL_TOKEN: token, JEWEL_LOG: process.env.JEWEL_LOG || 'warn' },
+      stdio: ['ignore', 'ignore', 'inherit'],
+    });
+    let exited = null;
+    child.on('exit', (code, signal) => { exited = { code, signal }; });
+    const mount = new Mount(child, dir, path);
+    try {
+      await waitFor('jewelfs to mount', 20000, () => {
+        if (exited) throw new Error(`jewelfs exited early: ${JSON.stringify(exited)}`);
+        return isMounted(path);
+      });
+    } catch (e) {
+      await mount.stop();
+      throw e;
+    }
+    return mount;
+  }
+
+  constructor(child, dir, path) {
+    this.child = child;
+    this.dir = dir;
+    this.path = path;
+  }
+
+  async stop() {
+    if (isMounted(this.path)) {
+      try {
+        execFileSync(bin('jewelfs'), ['unmount', this.path, '--wait', '30'], { stdio: 'inherit', timeout: 40000 });
+      } catch (_) {
+        try { execFileSync('fusermount3', ['-u', '-z', this.path]); } catch (_) { /* best effort */ }
+      }
+    }
+    if (this.child.exitCode === null && this.child.signalCode === null) {
+      const gone = new Promise((r) => this.child.once('exit', r));
+      await Promise.race([gone, sleep(5000)]);
+      if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL');
+    }
+    if (!isMounted(this.path)) rmSync(this.dir, { recursive: true, force: true });
   }
 }

@@ -5,12 +5,12 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, mkdirSync, existsSync, renameSync, unlinkSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
-import { Server, waitFor, sha256, repoRoot, BLOCK } from '../lib/jewel.mjs';
+import { Server, Mount, mountUnavailable, waitFor, sha256, repoRoot, BLOCK } from '../lib/jewel.mjs';
 
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const ARGS = [
@@ -36,6 +36,8 @@ describe('web portal in chromium', () => {
   let context;
   let page;
   let profile;
+  let mount = null; // alice's drive mounted with jewelfs: her "other machine" with FUSE
+  let mountProblem = null;
   const dialogs = [];
   const pageErrors = [];
   const consoleErrors = [];
@@ -47,6 +49,14 @@ describe('web portal in chromium', () => {
     bob = server.addUser('bob');
     assert.notEqual(alice, bob);
     api = server.client(alice);
+    mountProblem = process.env.JEWEL_PORTAL_NO_MOUNT ? 'JEWEL_PORTAL_NO_MOUNT is set' : mountUnavailable();
+    if (!mountProblem) {
+      try {
+        mount = await Mount.start(server, alice, 'laptop');
+      } catch (e) {
+        mountProblem = e;
+      }
+    }
     profile = mkdtempSync(join(tmpdir(), 'jewel-portal-chromium-'));
     context = await chromium.launchPersistentContext(profile, {
       executablePath: CHROMIUM,
@@ -63,6 +73,7 @@ describe('web portal in chromium', () => {
 
   after(async () => {
     if (context) await context.close();
+    if (mount) await mount.stop();
     if (server) await server.stop();
     if (profile) rmSync(profile, { recursive: true, force: true });
   });
@@ -118,6 +129,23 @@ describe('web portal in chromium', () => {
     assert.equal((await api.read(notes.id)).toString(), 'hello from the portal\n');
   });
 
+  // Skips (saying why) only when jewelfs is not built or FUSE is missing; a mount that
+  // fails to start fails the test.
+  const needMount = (t) => {
+    if (mount) return true;
+    if (mountProblem instanceof Error) throw mountProblem;
+    t.skip(`no FUSE mount: ${mountProblem}`);
+    return false;
+  };
+
+  it('puts the upload in a FUSE mount of the same user, byte-identical', async (t) => {
+    if (!needMount(t)) return;
+    const file = join(mount.path, 'big.bin');
+    await waitFor('big.bin in the mount', LIVE_MS, () => existsSync(file) && statSync(file).size === big.length);
+    assert.equal(sha256(readFileSync(file)), sha256(big));
+    assert.equal(readFileSync(join(mount.path, 'notes.txt'), 'utf8'), 'hello from the portal\n');
+  });
+
   it('uploads several files dropped on the page', async () => {
     const dt = await page.evaluateHandle(() => {
       const dt = new DataTransfer();
@@ -149,6 +177,19 @@ describe('web portal in chromium', () => {
     await api.remove(gone);
     await row(page, 'from-laptop.txt').waitFor({ state: 'detached', timeout: LIVE_MS });
 
+    assert.equal(await page.evaluate(() => window.__noReload), 'still here', 'the page was not reloaded');
+  });
+
+  it('follows a rename and a delete made in the FUSE mount without reloading', async (t) => {
+    if (!needMount(t)) return;
+    await page.evaluate(() => { window.__noReload = 'still here'; });
+    const from = join(mount.path, 'dropped-2.dat');
+    await waitFor('dropped-2.dat in the mount', LIVE_MS, () => existsSync(from));
+    renameSync(from, join(mount.path, 'renamed in mount.dat'));
+    await row(page, 'renamed in mount.dat').waitFor({ timeout: LIVE_MS });
+    await row(page, 'dropped-2.dat').waitFor({ state: 'detached', timeout: LIVE_MS });
+    unlinkSync(join(mount.path, 'renamed in mount.dat'));
+    await row(page, 'renamed in mount.dat').waitFor({ state: 'detached', timeout: LIVE_MS });
     assert.equal(await page.evaluate(() => window.__noReload), 'still here', 'the page was not reloaded');
   });
 
