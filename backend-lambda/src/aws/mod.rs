@@ -130,6 +130,12 @@ pub async fn stores_from_env(
     Ok((Arc::new(meta), Arc::new(blobs), Arc::new(bus)))
 }
 
+/// The service on the AWS stores, configured from the environment.
+pub async fn service_from_env() -> anyhow::Result<crate::service::Service> {
+    let (meta, blobs, bus) = stores_from_env().await?;
+    Ok(crate::service::Service::new(meta, blobs, bus))
+}
+
 /// Creates whatever is missing: the table (with TTL) and the bucket. Safe to run again.
 pub async fn init_from_env() -> anyhow::Result<()> {
     let settings = AwsSettings::from_env()?;

@@ -71,6 +71,7 @@ async fn presigned_urls_move_blocks_without_the_service() {
     );
 
     let put = store.upload_url(&user, &hash).await.unwrap();
+    eprintln!("upload URL: {put}");
     assert!(put.starts_with(&_m.url), "{put}");
     assert!(
         put.contains(&format!("/u/{user}/b/{hash}?")),

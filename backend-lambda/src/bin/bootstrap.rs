@@ -15,8 +15,17 @@ async fn main() -> Result<(), lambda_http::Error> {
         )
         .without_time()
         .init();
-    let data = std::env::var("JEWEL_DATA").unwrap_or_else(|_| "/tmp/jewel".into());
-    let service = Service::embedded(std::path::Path::new(&data))?;
+    let service = match std::env::var("JEWEL_BACKEND").as_deref() {
+        Ok("embedded") => {
+            let data = std::env::var("JEWEL_DATA").unwrap_or_else(|_| "/tmp/jewel".into());
+            Service::embedded(std::path::Path::new(&data))?
+        }
+        #[cfg(feature = "aws")]
+        Ok("aws") | Err(_) => backend_lambda::aws::service_from_env().await?,
+        other => {
+            return Err(format!("JEWEL_BACKEND={other:?}: expected `aws` or `embedded`").into())
+        }
+    };
     let router = backend_lambda::api::router(Arc::new(service));
     lambda_http::run(router).await
 }

@@ -21,6 +21,16 @@ struct DataArg {
     /// Where the embedded store keeps its database and blocks.
     #[arg(long, env = "JEWEL_DATA", global = true)]
     data: Option<PathBuf>,
+    /// Where the state lives: `embedded` (SQLite and a block folder under --data) or `aws`
+    /// (DynamoDB, S3, SQS named by JEWEL_TABLE, JEWEL_BUCKET and the standard AWS environment).
+    #[arg(long, value_enum, default_value = "embedded", env = "JEWEL_BACKEND", global = true)]
+    backend: Backend,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Embedded,
+    Aws,
 }
 
 #[derive(Subcommand)]
@@ -32,6 +42,12 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7070", env = "JEWEL_LISTEN")]
         listen: SocketAddr,
+    },
+    /// Create the DynamoDB table, S3 bucket and whatever else AWS mode needs and is missing.
+    AwsInit {
+        /// Accepted (and ignored) so that every admin command takes the same options.
+        #[command(flatten)]
+        data: DataArg,
     },
     /// Manage users.
     User {
@@ -62,10 +78,35 @@ fn data_dir(arg: &DataArg) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(home).join(".local/share/jewel"))
 }
 
-fn open(arg: &DataArg) -> anyhow::Result<Service> {
+async fn open(arg: &DataArg) -> anyhow::Result<Service> {
+    if arg.backend == Backend::Aws {
+        return aws_service().await;
+    }
     let dir = data_dir(arg)?;
     Service::embedded(&dir)
         .with_context(|| format!("could not open the data folder {}", dir.display()))
+}
+
+#[cfg(feature = "aws")]
+async fn aws_service() -> anyhow::Result<Service> {
+    backend_lambda::aws::service_from_env().await
+}
+
+#[cfg(not(feature = "aws"))]
+async fn aws_service() -> anyhow::Result<Service> {
+    anyhow::bail!("this jewel-server was built without the `aws` feature")
+}
+
+#[cfg(feature = "aws")]
+async fn aws_init() -> anyhow::Result<()> {
+    backend_lambda::aws::init_from_env().await?;
+    println!("the AWS resources are ready");
+    Ok(())
+}
+
+#[cfg(not(feature = "aws"))]
+async fn aws_init() -> anyhow::Result<()> {
+    anyhow::bail!("this jewel-server was built without the `aws` feature")
 }
 
 #[tokio::main]
@@ -79,11 +120,12 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { data, listen } => {
-            let service = Arc::new(open(&data)?);
+            let service = Arc::new(open(&data).await?);
             backend_lambda::server::serve(service, listen).await
         }
+        Command::AwsInit { .. } => aws_init().await,
         Command::User { command, data } => {
-            let service = open(&data)?;
+            let service = open(&data).await?;
             let meta = service.meta.as_ref();
             match command {
                 UserCommand::Add { name } => {
