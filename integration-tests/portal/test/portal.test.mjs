@@ -41,6 +41,7 @@ describe('web portal in chromium', () => {
   const dialogs = [];
   const pageErrors = [];
   const consoleErrors = [];
+  const requests = []; // every request the page makes: [url, has Authorization]
   const big = randomBytes(2 * BLOCK + 12345); // three blocks, the last one short
 
   before(async () => {
@@ -69,6 +70,9 @@ describe('web portal in chromium', () => {
     page.on('dialog', (d) => { dialogs.push(`${d.type()}: ${d.message()}`); d.dismiss().catch(() => {}); });
     page.on('pageerror', (e) => pageErrors.push(String(e)));
     page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
+    context.on('request', (r) => {
+      requests.push(r.allHeaders().then((h) => [r.url(), 'authorization' in h], () => [r.url(), false]));
+    });
   });
 
   after(async () => {
@@ -232,6 +236,25 @@ describe('web portal in chromium', () => {
     await api.remove(dir);
   });
 
+  it('asks before uploading over a taken name: keep both, or replace', async () => {
+    await api.upload(1, 'letter.txt', Buffer.from('first letter'));
+    await row(page, 'letter.txt').waitFor({ timeout: LIVE_MS });
+    await page.setInputFiles('#file-input', [{ name: 'letter.txt', mimeType: 'text/plain', buffer: Buffer.from('second letter') }]);
+    await page.locator('#ask-title', { hasText: 'The name is taken' }).waitFor();
+    await page.click('#ask-buttons button[data-value="both"]');
+    await row(page, 'letter (2).txt').waitFor();
+    assert.equal((await api.read((await api.child(1, 'letter (2).txt')).id)).toString(), 'second letter');
+
+    const before = await api.child(1, 'letter.txt');
+    await page.setInputFiles('#file-input', [{ name: 'letter.txt', mimeType: 'text/plain', buffer: Buffer.from('replaced letter') }]);
+    await page.locator('#ask-title', { hasText: 'The name is taken' }).waitFor();
+    await page.click('#ask-buttons button[data-value="replace"]');
+    await waitFor('letter.txt to be replaced', LIVE_MS, async () => (await api.child(1, 'letter.txt')).version !== before.version);
+    const after = await api.child(1, 'letter.txt');
+    assert.equal(after.id, before.id, 'replaced in place, same node');
+    assert.equal((await api.read(after.id)).toString(), 'replaced letter');
+  });
+
   it('marks conflict copies', async () => {
     const name = 'report (conflicted copy laptop 2026-11-25 101010).txt';
     await api.upload(1, name, Buffer.from('the other version'));
@@ -373,6 +396,18 @@ describe('web portal in chromium', () => {
     await page.reload();
     await page.locator('#token').waitFor();
     assert.ok(await page.locator('#app').isHidden(), 'still signed out after a reload');
+  });
+
+  it('sent the token only to the API of its own origin, and nothing elsewhere', async () => {
+    const seen = await Promise.all(requests);
+    assert.ok(seen.length > 20, 'requests were recorded');
+    for (const [url, auth] of seen) {
+      assert.ok(url.startsWith(server.url + '/') || url.startsWith('blob:') || url.startsWith('data:'), `request to ${url}`);
+      if (auth) assert.ok(url.startsWith(server.url + '/api/v1/'), `token sent with ${url}`);
+    }
+    const blockRequests = seen.filter(([url]) => url.startsWith(server.url + '/blob/'));
+    assert.ok(blockRequests.length >= 3, 'blocks moved through their signed URLs');
+    assert.ok(blockRequests.every(([, auth]) => !auth), 'no token on block URLs');
   });
 
   it('raised no script errors and no policy violations', () => {
