@@ -5,7 +5,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, mkdirSync, existsSync, renameSync, unlinkSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync, rmSync, mkdirSync, existsSync, renameSync, unlinkSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -165,6 +165,30 @@ describe('web portal in chromium', () => {
     assert.ok(await page.locator('#drop-hint').isHidden());
     const two = await api.child(1, 'dropped-2.dat');
     assert.deepEqual([...await api.read(two.id)], [...new Uint8Array(70000).fill(7)]);
+  });
+
+  it('uploads a whole folder through the folder picker', async () => {
+    const tmp = mkdtempSync(join(tmpdir(), 'jewel-portal-folder-'));
+    try {
+      const album = join(tmp, 'album');
+      mkdirSync(join(album, 'sub'), { recursive: true });
+      writeFileSync(join(album, 'a.txt'), 'in the album');
+      writeFileSync(join(album, 'sub', 'b.bin'), Buffer.alloc(5000, 1));
+      await page.setInputFiles('#folder-input', album);
+      await row(page, 'album').waitFor({ timeout: LIVE_MS });
+      const dir = await waitFor('album/sub/b.bin', LIVE_MS, async () => {
+        const a = await api.child(1, 'album');
+        const sub = a && await api.child(a.id, 'sub');
+        return sub && await api.child(sub.id, 'b.bin') ? a : null;
+      });
+      assert.equal((await api.read((await api.child(dir.id, 'a.txt')).id)).toString(), 'in the album');
+      const sub = await api.child(dir.id, 'sub');
+      assert.deepEqual(await api.read((await api.child(sub.id, 'b.bin')).id), Buffer.alloc(5000, 1));
+      await api.remove(dir);
+      await row(page, 'album').waitFor({ state: 'detached', timeout: LIVE_MS });
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
   });
 
   it('follows changes made on another machine without reloading', async () => {

@@ -726,18 +726,79 @@
     });
   }
 
-  async function uploadFiles(files) {
-    const parent = state.folder;
-    const list = [...files];
-    if (!list.length) return;
-    for (const file of list) {
-      if (!state.me) return;
-      await uploadOne(file, parent);
-    }
+  // Picked files; from the folder picker each carries its path (webkitRelativePath).
+  function uploadFiles(files) {
+    return uploadTree([...files].map((file) => ({
+      file, dirs: (file.webkitRelativePath || '').split('/').slice(0, -1),
+    })));
   }
 
-  async function uploadOne(file, parent) {
-    const item = transfer('up', file.name, file.size);
+  // Uploads files, each with the folder path (a list of names) it sits in below the current
+  // folder. Folders are made as needed, or reused when one of that name is already there;
+  // an item without a file is an empty folder.
+  async function uploadTree(items) {
+    const parent = state.folder;
+    const made = new Map();
+    const ensure = async (dirs) => {
+      let id = parent;
+      let key = '';
+      for (const name of dirs) {
+        key += '/' + name;
+        if (made.has(key)) { id = made.get(key); continue; }
+        const problem = nameProblem(name);
+        if (problem) throw new Error(`folder “${name}”: ${problem}`);
+        try {
+          id = (await api('POST', '/nodes', { parent: id, name, kind: 'dir' })).id;
+        } catch (e) {
+          if (e.code !== 'exists' || !e.current || e.current.kind !== 'dir') throw e;
+          id = e.current.id;
+        }
+        made.set(key, id);
+      }
+      return id;
+    };
+    for (const { file, dirs } of items) {
+      if (!state.me) return;
+      const label = [...dirs, file ? file.name : ''].filter(Boolean).join('/');
+      let dir;
+      try {
+        dir = await ensure(dirs);
+      } catch (e) {
+        transfer('up', label, file ? file.size : 0).fail(`Failed: ${explain(e)}`);
+        continue;
+      }
+      if (file) await uploadOne(file, dir, label);
+    }
+    refreshSoon();
+  }
+
+  // Reads what was dropped: files, and folders walked to the bottom. The entries must be
+  // taken from the DataTransfer during the drop event; reading them may come later.
+  async function readDropped(entries) {
+    const out = [];
+    const walk = async (entry, dirs) => {
+      if (entry.isFile) {
+        const file = await new Promise((res, rej) => entry.file(res, rej));
+        out.push({ file, dirs });
+      } else if (entry.isDirectory) {
+        const sub = [...dirs, entry.name];
+        const reader = entry.createReader();
+        let empty = true;
+        for (;;) {
+          const batch = await new Promise((res, rej) => reader.readEntries(res, rej));
+          if (!batch.length) break;
+          empty = false;
+          for (const child of batch) await walk(child, sub);
+        }
+        if (empty) out.push({ file: null, dirs: sub });
+      }
+    };
+    for (const entry of entries) await walk(entry, []);
+    return out;
+  }
+
+  async function uploadOne(file, parent, label = file.name) {
+    const item = transfer('up', label, file.size);
     const problem = nameProblem(file.name);
     if (problem) { item.fail(problem); return; }
     try {
@@ -982,11 +1043,13 @@
     });
     $('signout').addEventListener('click', () => signOut());
     $('new-folder').addEventListener('click', newFolder);
-    $('file-input').addEventListener('change', (e) => {
-      const files = [...e.target.files];
-      e.target.value = '';
-      uploadFiles(files);
-    });
+    for (const id of ['file-input', 'folder-input']) {
+      $(id).addEventListener('change', (e) => {
+        const files = [...e.target.files];
+        e.target.value = '';
+        uploadFiles(files);
+      });
+    }
     $('transfers-close').addEventListener('click', () => {
       $('transfers').hidden = true;
       for (const li of [...$('transfer-list').children]) {
@@ -1030,21 +1093,24 @@
       hint.hidden = true;
       if (!state.me || state.view !== 'files') return;
       const files = [];
-      let folders = 0;
+      const folders = [];
       const items = e.dataTransfer.items ? [...e.dataTransfer.items] : [];
-      if (items.length) {
-        for (const it of items) {
-          if (it.kind !== 'file') continue;
-          const entry = it.webkitGetAsEntry ? it.webkitGetAsEntry() : null;
-          if (entry && entry.isDirectory) { folders++; continue; }
-          const f = it.getAsFile();
-          if (f) files.push(f);
-        }
-      } else {
-        files.push(...e.dataTransfer.files);
+      for (const it of items) {
+        if (it.kind !== 'file') continue;
+        const entry = it.webkitGetAsEntry ? it.webkitGetAsEntry() : null;
+        if (entry && entry.isDirectory) { folders.push(entry); continue; }
+        const f = it.getAsFile();
+        if (f) files.push(f);
       }
-      if (folders) toast('Folders cannot be dropped yet: create the folder, then drop its files into it.');
-      uploadFiles(files);
+      if (!items.length) files.push(...e.dataTransfer.files);
+      const plain = files.map((file) => ({ file, dirs: [] }));
+      if (!folders.length) {
+        uploadTree(plain);
+        return;
+      }
+      readDropped(folders)
+        .then((tree) => uploadTree([...plain, ...tree]))
+        .catch((err) => toast(`Cannot read the dropped folder: ${err.message}`, { error: true }));
     });
     document.addEventListener('visibilitychange', () => {
       if (!document.hidden && state.me) refreshSoon();
