@@ -71,21 +71,8 @@ impl SqsBus {
         }
     }
 
-    /// The queue name of one device: only the characters SQS allows, at most 80.
     pub fn queue_name(&self, user: &str, device: DeviceId) -> String {
-        let clean: String = user
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let mut name = format!("{}-{clean}-{device}", self.prefix);
-        name.truncate(80);
-        name
+        queue_name(&self.prefix, user, device)
     }
 
     /// Creates the queue if needed and returns its URL (cached).
@@ -160,6 +147,18 @@ impl SqsBus {
             expires_ns: exp.secs() * 1_000_000_000 + exp.subsec_nanos() as i64,
         })
     }
+}
+
+/// The queue name of one device, `<prefix>-<user>-<device>`: only the characters SQS allows,
+/// at most 80.
+pub fn queue_name(prefix: &str, user: &str, device: DeviceId) -> String {
+    let clean: String = user
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect();
+    let mut name = format!("{prefix}-{clean}-{device}");
+    name.truncate(80);
+    name
 }
 
 /// The session policy that narrows the listener role to one queue.

@@ -1,0 +1,151 @@
+//! The deployment and the code agree: the table's keys and TTL attribute, the environment the
+//! Lambda gets and the code reads, the queue names the IAM policies cover, and every route of
+//! the router (and only those) in API Gateway. Reads `terraform/*.tf` and the router's source
+//! as text, so a rename on either side fails here instead of in production.
+
+#![cfg(feature = "aws")]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use backend_lambda::aws;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// The value of `key = "value"` inside the text (the first one).
+fn string_attr(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let l = l.trim();
+        let rest = l.strip_prefix(key)?.trim_start().strip_prefix('=')?.trim();
+        Some(rest.trim_matches('"').to_string())
+    })
+}
+
+/// The body of the first `name {` block after `after` (brace-matched).
+fn block<'a>(text: &'a str, after: &str, name: &str) -> &'a str {
+    let start = text.find(after).unwrap_or_else(|| panic!("{after} not found"));
+    let open = start + text[start..].find(&format!("{name} {{")).unwrap() + name.len() + 2;
+    let mut depth = 1;
+    for (i, c) in text[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return &text[open..open + i];
+                }
+            }
+            _ => {}
+        }
+    }
+    panic!("unclosed {name} block")
+}
+
+#[test]
+fn table_keys_and_ttl_match() {
+    let tf = read("terraform/dynamodb.tf");
+    assert_eq!(string_attr(&tf, "hash_key").as_deref(), Some(aws::PK));
+    assert_eq!(string_attr(&tf, "range_key").as_deref(), Some(aws::SK));
+    let ttl = block(&tf, "resource \"aws_dynamodb_table\"", "ttl");
+    assert_eq!(string_attr(ttl, "attribute_name").as_deref(), Some(aws::TTL_ATTR));
+    assert_eq!(string_attr(ttl, "enabled").as_deref(), Some("true"));
+    let pitr = block(&tf, "resource \"aws_dynamodb_table\"", "point_in_time_recovery");
+    assert_eq!(string_attr(pitr, "enabled").as_deref(), Some("true"));
+}
+
+#[test]
+fn lambda_environment_is_what_the_code_reads() {
+    let tf = read("terraform/lambda.tf");
+    let vars = block(&tf, "resource \"aws_lambda_function\"", "variables =");
+    let set: BTreeSet<String> = vars
+        .lines()
+        .filter_map(|l| l.split('=').next())
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
+    let code: BTreeSet<String> = [
+        "JEWEL_BACKEND",
+        aws::ENV_TABLE,
+        aws::ENV_BUCKET,
+        aws::ENV_QUEUE_PREFIX,
+        aws::ENV_LISTENER_ROLE,
+        aws::ENV_LOG_RETENTION_DAYS,
+        "RUST_LOG",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(set, code);
+    assert_eq!(string_attr(vars, "JEWEL_BACKEND").as_deref(), Some("aws"));
+    // bootstrap reads JEWEL_BACKEND, and the AWS module's variables are the ones above.
+    let bootstrap = read("backend-lambda/src/bin/bootstrap.rs");
+    assert!(bootstrap.contains("\"JEWEL_BACKEND\"") && bootstrap.contains("Ok(\"aws\")"));
+}
+
+#[test]
+fn queue_names_are_covered_by_the_iam_policies() {
+    let lambda = read("terraform/lambda.tf");
+    let iam = read("terraform/iam.tf");
+    assert_eq!(string_attr(&lambda, aws::ENV_QUEUE_PREFIX).as_deref(), Some("var.name"));
+    let arns = string_attr(&iam, "queue_arns").unwrap();
+    assert!(arns.ends_with(":${var.name}-*"), "{arns}");
+    // The code names queues `<prefix>-...`, which that pattern covers.
+    let settings = aws::AwsSettings { queue_prefix: "jewel".into(), ..Default::default() };
+    let name = aws::sqs::queue_name(&settings.queue_prefix, "0123abcd", 42);
+    assert!(name.starts_with("jewel-"), "{name}");
+    assert!(name.len() <= 80);
+    // Devices can receive and delete; they cannot send.
+    let listener = block(&iam, "data \"aws_iam_policy_document\" \"listener\"", "statement");
+    assert!(listener.contains("sqs:ReceiveMessage") && listener.contains("sqs:DeleteMessage"));
+    assert!(!listener.contains("SendMessage") && !listener.contains("sqs:*"));
+}
+
+/// `METHOD /path` of every route in a router's source (`.route("/p", get(..).post(..))`).
+fn routes_in(source: &str, prefix: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for chunk in source.split(".route(").skip(1) {
+        let path = chunk.split('"').nth(1).unwrap();
+        let end = chunk.find(".layer(").or_else(|| chunk.find(".with_state(")).unwrap_or(chunk.len());
+        for method in ["get", "post", "put", "patch", "delete"] {
+            let body = &chunk[..end];
+            let called = body.match_indices(&format!("{method}(")).any(|(i, _)| {
+                i == 0 || !body.as_bytes()[i - 1].is_ascii_alphanumeric() && body.as_bytes()[i - 1] != b'_'
+            });
+            if called {
+                out.insert(format!("{} {prefix}{path}", method.to_uppercase()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn api_gateway_has_every_route_of_the_router() {
+    let api = read("backend-lambda/src/api/mod.rs");
+    // The API proper; the `/blob/...` routes serve the local block folder, which S3 replaces.
+    let api_part = api.split("let blobs").next().unwrap();
+    let mut code = routes_in(api_part, jewel_wire::API_PREFIX);
+    let portal = read("backend-lambda/src/portal/mod.rs");
+    code.extend(routes_in(&portal, ""));
+    assert!(code.len() > 15, "{code:?}");
+
+    let tf = read("terraform/api.tf");
+    let start = tf.find("toset([").unwrap() + 7;
+    let end = start + tf[start..].find("])").unwrap();
+    let deployed: BTreeSet<String> = tf[start..end]
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with('"'))
+        .map(|l| l.trim_end_matches(',').trim_matches('"').to_string())
+        .collect();
+    let missing: Vec<_> = code.difference(&deployed).collect();
+    let extra: Vec<_> = deployed.difference(&code).collect();
+    assert!(missing.is_empty(), "routes the router has but API Gateway lacks: {missing:?}");
+    assert!(extra.is_empty(), "routes in API Gateway the router does not have: {extra:?}");
+}

@@ -1,0 +1,66 @@
+# AWS mode: the AWS-compatible servers the tests run on loopback, the Terraform checks and the
+# Lambda build. Everything installs into the workspace (gitignored), pinned:
+#   .venv-emu      moto server 5.2.5 (DynamoDB, S3, SQS, STS)    PyPI
+#   .emu-node      dynalite 4.0.0 (strict DynamoDB expressions)   npm
+#   .venv-checkov  checkov (Terraform policy checks, offline)    PyPI
+#   .venv-lambda   cargo-lambda + ziglang (make lambda)           PyPI
+# Every AWS SDK call in the tests goes to 127.0.0.1 with static test credentials and
+# AWS_EC2_METADATA_DISABLED=true (exported by the Makefile).
+
+EMU_VENV      := $(CURDIR)/.venv-emu
+EMU_NODE      := $(CURDIR)/.emu-node
+CHECKOV_VENV  := $(CURDIR)/.venv-checkov
+LAMBDA_VENV   := $(CURDIR)/.venv-lambda
+MOTO_VERSION  := 5.2.5
+DYNALITE_VERSION := 4.0.0
+CHECKOV_VERSION  := 3.3.30
+
+SETUP_TARGETS += setup-aws
+TEST_TARGETS  += test-aws-infra
+
+.PHONY: setup-aws setup-checkov test-aws test-aws-rust test-aws-infra terraform-check lambda lambda-smoke
+
+## moto and dynalite, for the AWS-mode tests (idempotent; fast when already there).
+setup-aws:
+	@if ! $(EMU_VENV)/bin/python -c 'import moto, sys; sys.exit(moto.__version__ != "$(MOTO_VERSION)")' 2>/dev/null; then \
+	  echo "==> installing moto server $(MOTO_VERSION) into .venv-emu"; \
+	  python3 -m venv $(EMU_VENV) && $(EMU_VENV)/bin/pip install -q 'moto[server]==$(MOTO_VERSION)'; \
+	fi
+	@if [ ! -f $(EMU_NODE)/node_modules/dynalite/cli.js ]; then \
+	  if command -v npm >/dev/null; then \
+	    echo "==> installing dynalite $(DYNALITE_VERSION) into .emu-node"; \
+	    npm install --silent --no-audit --no-fund --prefix $(EMU_NODE) dynalite@$(DYNALITE_VERSION); \
+	  else echo "!!! npm is missing: the dynalite expression tests will be skipped"; fi; \
+	fi
+
+setup-checkov:
+	@if [ ! -x $(CHECKOV_VENV)/bin/checkov ]; then \
+	  echo "==> installing checkov into .venv-checkov"; \
+	  python3 -m venv $(CHECKOV_VENV) && $(CHECKOV_VENV)/bin/pip install -q 'checkov==$(CHECKOV_VERSION)'; \
+	fi
+
+## Every AWS-mode test: the conformance suites on moto and dynalite, the server end to end,
+## and the Terraform checks.
+test-aws: setup-aws test-aws-rust test-aws-infra
+
+test-aws-rust: setup-aws
+	$(CARGO) test -p backend-lambda --features aws,conformance --lib aws
+	$(CARGO) test -p backend-lambda --features aws,conformance --test aws_server --test aws_terraform
+
+## Terraform: formatting (when terraform is installed) and checkov's policies, offline.
+test-aws-infra: setup-checkov terraform-check
+
+terraform-check:
+	@if command -v terraform >/dev/null; then \
+	  echo "==> terraform fmt -check"; terraform fmt -check -recursive terraform; \
+	else echo "!!! terraform is not installed: skipping terraform fmt -check"; fi
+	@echo "==> checkov (offline)"
+	@$(CHECKOV_VENV)/bin/checkov -d terraform --skip-download --quiet --compact --framework terraform
+
+## The Lambda package: target/lambda/bootstrap/bootstrap.zip (arm64, release).
+lambda:
+	@if [ ! -x $(LAMBDA_VENV)/bin/cargo-lambda ]; then \
+	  echo "==> installing cargo-lambda and ziglang into .venv-lambda"; \
+	  python3 -m venv $(LAMBDA_VENV) && $(LAMBDA_VENV)/bin/pip install -q cargo-lambda==1.9.2 ziglang==0.17.0; \
+	fi
+	PATH=$(LAMBDA_VENV)/bin:$$PATH $(CARGO) lambda build --release --arm64 --bin bootstrap -p backend-lambda --output-format zip

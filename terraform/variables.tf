@@ -1,0 +1,69 @@
+variable "name" {
+  description = "Prefix of every resource name (table, bucket, queues, function, API). Lower case letters, digits and dashes."
+  type        = string
+  default     = "jewel"
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,30}$", var.name))
+    error_message = "name: 2 to 31 lower-case letters, digits or dashes, starting with a letter."
+  }
+}
+
+variable "region" {
+  description = "AWS region to deploy into."
+  type        = string
+  default     = "eu-west-1"
+}
+
+variable "bucket_name" {
+  description = "Name of the block bucket (globally unique); empty means <name>-blocks-<account id>."
+  type        = string
+  default     = ""
+}
+
+variable "lambda_zip" {
+  description = "The function package built by `make lambda`."
+  type        = string
+  default     = "../target/lambda/bootstrap/bootstrap.zip"
+}
+
+variable "lambda_memory_mb" {
+  description = "Lambda memory. The service is I/O bound (DynamoDB/S3/SQS calls); 256 MB gives enough CPU for JSON and signing."
+  type        = number
+  default     = 256
+}
+
+variable "lambda_concurrency" {
+  description = "Reserved concurrency: a ceiling on simultaneous invocations, so a runaway client cannot run up the bill."
+  type        = number
+  default     = 20
+}
+
+variable "log_retention_days" {
+  description = "Change-log retention (DynamoDB TTL). A device offline longer re-lists instead of catching up."
+  type        = number
+  default     = 30
+}
+
+variable "trash_retention_days" {
+  description = "How long S3 keeps a block after the garbage collector deleted it (noncurrent version), as a safety net."
+  type        = number
+  default     = 30
+}
+
+variable "cloudwatch_log_days" {
+  description = "Retention of the function's and the API's logs."
+  type        = number
+  default     = 30
+}
+
+variable "throttle_rate" {
+  description = "API requests per second allowed (steady state), all users together."
+  type        = number
+  default     = 50
+}
+
+variable "throttle_burst" {
+  description = "API burst allowance."
+  type        = number
+  default     = 100
+}
