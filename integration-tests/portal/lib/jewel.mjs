@@ -231,7 +231,10 @@ export class Mount {
     try {
       await waitFor('jewelfs to mount', 20000, () => {
         if (exited) throw new Error(`jewelfs exited early: ${JSON.stringify(exited)}`);
-        return isMounted(path);
+        if (!isMounted(path)) return false;
+        // Ready once its first listing is in (as `jewelfs status --json` says).
+        const out = execFileSync(bin('jewelfs'), ['status', path, '--json'], { encoding: 'utf8', timeout: 5000 });
+        return JSON.parse(out).ready !== false;
       });
     } catch (e) {
       await mount.stop();
