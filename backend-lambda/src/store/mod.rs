@@ -17,7 +17,7 @@
 
 use async_trait::async_trait;
 use jewel_wire::{
-    ChangeEvent, ChangePage, Content, DeviceId, MoveMode, Node, NodeId, NewKind, Seq, SetAttr,
+    ChangeEvent, ChangePage, Content, DeviceId, MoveMode, NewKind, Node, NodeId, Seq, SetAttr,
     TrashEntry, Version,
 };
 
@@ -153,6 +153,7 @@ pub trait MetaStore: Send + Sync + 'static {
     /// existing target (a file, or an empty directory when the moved node is a directory);
     /// `NoReplace` refuses with `Exists`; `Exchange` swaps two nodes. A directory cannot move
     /// below itself.
+    #[allow(clippy::too_many_arguments)]
     async fn move_node(
         &self,
         user: &UserId,
@@ -187,7 +188,8 @@ pub trait MetaStore: Send + Sync + 'static {
     // ---- the change log ----
     /// Events with `seq > since`, oldest first, at most `limit`; `CursorTooOld` when events
     /// after `since` were trimmed.
-    async fn changes_since(&self, user: &UserId, since: Seq, limit: u32) -> StoreResult<ChangePage>;
+    async fn changes_since(&self, user: &UserId, since: Seq, limit: u32)
+        -> StoreResult<ChangePage>;
     async fn latest_seq(&self, user: &UserId) -> StoreResult<Seq>;
     /// Drops events older than `before_ns`, always keeping the newest one.
     async fn trim_log(&self, user: &UserId, before_ns: i64) -> StoreResult<()>;
