@@ -17,7 +17,8 @@ if mountpoint -q "$mountpoint"; then
   exit 1
 fi
 
-"$bin/jewel-server" serve --data "$data" --listen "$listen" &
+# Its own session: Ctrl-C reaches only the mount, which finishes uploads before the server stops.
+setsid "$bin/jewel-server" serve --data "$data" --listen "$listen" &
 server_pid=$!
 stop_server() { kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; }
 trap stop_server EXIT
