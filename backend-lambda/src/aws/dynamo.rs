@@ -70,6 +70,9 @@ pub struct DynamoStore {
     /// would serialise them anyway, and a cancelled transaction still costs its write units.
     /// Other processes (other Lambda instances) are kept in order by the guards alone.
     writers: std::sync::Mutex<HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
+    /// Tests only: write each transaction item as its own request (for servers without
+    /// transactions, such as dynalite, which checks every expression strictly).
+    one_by_one: bool,
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -359,7 +362,118 @@ impl DynamoStore {
             table: table.to_string(),
             log_retention,
             writers: Default::default(),
+            one_by_one: false,
         }
+    }
+
+    /// Writes transaction items one request at a time — NOT atomic, for testing the
+    /// expressions on servers without `TransactWriteItems` (dynalite).
+    #[cfg(any(test, feature = "conformance"))]
+    pub fn without_transactions(mut self) -> Self {
+        self.one_by_one = true;
+        self
+    }
+
+    async fn commit_one_by_one(&self, tx: Tx) -> StoreResult<TxOutcome> {
+        for item in tx.items {
+            let failed = if let Some(p) = item.put {
+                count("dynamodb:PutItem");
+                let r = self
+                    .client
+                    .put_item()
+                    .table_name(p.table_name)
+                    .set_item(Some(p.item))
+                    .set_condition_expression(p.condition_expression)
+                    .set_expression_attribute_names(p.expression_attribute_names)
+                    .set_expression_attribute_values(p.expression_attribute_values)
+                    .send()
+                    .await;
+                match r {
+                    Ok(_) => false,
+                    Err(e)
+                        if e.as_service_error()
+                            .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+                    {
+                        true
+                    }
+                    Err(e) => return Err(be(e)),
+                }
+            } else if let Some(d) = item.delete {
+                count("dynamodb:DeleteItem");
+                let r = self
+                    .client
+                    .delete_item()
+                    .table_name(d.table_name)
+                    .set_key(Some(d.key))
+                    .set_condition_expression(d.condition_expression)
+                    .set_expression_attribute_names(d.expression_attribute_names)
+                    .set_expression_attribute_values(d.expression_attribute_values)
+                    .send()
+                    .await;
+                match r {
+                    Ok(_) => false,
+                    Err(e)
+                        if e.as_service_error()
+                            .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+                    {
+                        true
+                    }
+                    Err(e) => return Err(be(e)),
+                }
+            } else if let Some(u) = item.update {
+                count("dynamodb:UpdateItem");
+                let r = self
+                    .client
+                    .update_item()
+                    .table_name(u.table_name)
+                    .set_key(Some(u.key))
+                    .update_expression(u.update_expression)
+                    .set_condition_expression(u.condition_expression)
+                    .set_expression_attribute_names(u.expression_attribute_names)
+                    .set_expression_attribute_values(u.expression_attribute_values)
+                    .send()
+                    .await;
+                match r {
+                    Ok(_) => false,
+                    Err(e)
+                        if e.as_service_error()
+                            .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+                    {
+                        true
+                    }
+                    Err(e) => return Err(be(e)),
+                }
+            } else if let Some(c) = item.condition_check {
+                // A condition alone: an update that changes nothing, guarded by it.
+                count("dynamodb:UpdateItem");
+                let r = self
+                    .client
+                    .update_item()
+                    .table_name(c.table_name)
+                    .set_key(Some(c.key))
+                    .condition_expression(c.condition_expression)
+                    .set_expression_attribute_names(c.expression_attribute_names)
+                    .set_expression_attribute_values(c.expression_attribute_values)
+                    .send()
+                    .await;
+                match r {
+                    Ok(_) => false,
+                    Err(e)
+                        if e.as_service_error()
+                            .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+                    {
+                        true
+                    }
+                    Err(e) => return Err(be(e)),
+                }
+            } else {
+                false
+            };
+            if failed {
+                return Ok(TxOutcome::Retry);
+            }
+        }
+        Ok(TxOutcome::Done)
     }
 
     /// Holds this process's write lock of one user.
@@ -629,6 +743,9 @@ impl DynamoStore {
     }
 
     async fn commit(&self, tx: Tx) -> StoreResult<TxOutcome> {
+        if self.one_by_one {
+            return self.commit_one_by_one(tx).await;
+        }
         count("dynamodb:TransactWriteItems");
         // The token makes the SDK's own retries of this request idempotent: a retry after a
         // lost answer is reported as the success it was, not as a failed guard.

@@ -154,7 +154,13 @@ impl SqsBus {
 pub fn queue_name(prefix: &str, user: &str, device: DeviceId) -> String {
     let clean: String = user
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let mut name = format!("{prefix}-{clean}-{device}");
     name.truncate(80);

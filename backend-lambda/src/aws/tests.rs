@@ -33,6 +33,28 @@ async fn sqs_on(m: Arc<Emulator>) -> (SqsBus, Arc<Emulator>) {
     (SqsBus::new(&sdk, &fresh_settings()), m)
 }
 
+async fn dynamo_on_dynalite(d: Emulator) -> (DynamoStore, Emulator) {
+    let sdk = sdk_for(&d.url).await;
+    let store = DynamoStore::new(&sdk, &fresh_settings()).without_transactions();
+    store
+        .create_table()
+        .await
+        .expect("create table on dynalite");
+    (store, d)
+}
+
+/// The same suite on dynalite, which rejects malformed expressions, unused or missing
+/// placeholders and reserved words as DynamoDB does (moto lets them through). dynalite has no
+/// transactions, so each item is written alone: this checks every expression the engine
+/// builds, not atomicity (moto's run above checks that).
+mod dynamo_expressions_on_dynalite {
+    use super::*;
+    crate::meta_store_conformance!(guarded match super::super::testing::dynalite() {
+        Some(d) => dynamo_on_dynalite(d),
+        None => return,
+    });
+}
+
 mod dynamo_conformance {
     use super::*;
     crate::meta_store_conformance!(guarded match moto() {
@@ -268,4 +290,25 @@ fn the_session_policy_names_one_queue_and_only_receive_actions() {
             .all(|a| !a.contains("Send") && !a.contains('*')),
         "{actions:?}"
     );
+}
+
+/// The dynalite run above is worth something only if dynalite refuses what DynamoDB refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynalite_refuses_what_dynamodb_refuses() {
+    let Some(d) = super::testing::dynalite() else { return };
+    let (store, d) = dynamo_on_dynalite(d).await;
+    drop(store);
+    let sdk = sdk_for(&d.url).await;
+    let client = aws_sdk_dynamodb::Client::new(&sdk);
+    let table = client.list_tables().send().await.unwrap().table_names.unwrap().remove(0);
+    let s = |v: &str| aws_sdk_dynamodb::types::AttributeValue::S(v.into());
+    let put = || client.put_item().table_name(&table).item("PK", s("p")).item("SK", s("s"));
+    // An unused placeholder value, and a reserved word used bare: both refused.
+    let unused = put().condition_expression("attribute_not_exists(PK)").expression_attribute_values(":x", s("1"));
+    assert!(unused.send().await.is_err());
+    let reserved = put().condition_expression("attribute_not_exists(name)");
+    assert!(reserved.send().await.is_err());
+    // The same condition written properly passes.
+    let good = put().condition_expression("attribute_not_exists(#n)").expression_attribute_names("#n", "name");
+    good.send().await.unwrap();
 }
