@@ -20,6 +20,7 @@ use jewel_wire::BLOCK_SIZE;
 pub mod auth;
 pub mod blocks;
 pub mod error;
+pub mod openapi;
 pub mod sync;
 pub mod tree;
 
@@ -33,6 +34,7 @@ pub fn router(service: Arc<Service>) -> Router {
             "/health",
             get(|| async { Json(serde_json::json!({ "ok": true })) }),
         )
+        .route("/openapi.json", get(openapi::serve))
         .route("/me", get(tree::me))
         .route("/lookup", get(tree::lookup))
         .route("/nodes", post(tree::create))
@@ -63,6 +65,7 @@ pub fn router(service: Arc<Service>) -> Router {
     Router::new()
         .nest(jewel_wire::API_PREFIX, api)
         .merge(blobs)
+        .merge(crate::portal::routes())
         .fallback(|| async { AppError::new(jewel_wire::ErrorCode::NotFound, "no such route") })
         .layer(axum::middleware::from_fn(log_request))
         .with_state(service)
