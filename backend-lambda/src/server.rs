@@ -52,6 +52,7 @@ pub async fn serve(service: Arc<Service>, listen: SocketAddr) -> anyhow::Result<
         "jewel-server listening on http://{}",
         listener.local_addr()?
     );
+    crate::maintenance::spawn(service.clone());
     let app = crate::api::router(service);
     // `stop` tells connections to finish; every connection task holds a clone of `open_rx`,
     // so `open_tx.closed()` resolves once the last one ends.
