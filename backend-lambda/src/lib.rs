@@ -9,6 +9,7 @@ pub mod admin;
 pub mod api;
 pub mod blobs;
 pub mod bus;
+pub mod maintenance;
 pub mod portal;
 pub mod server;
 pub mod service;
