@@ -2,6 +2,7 @@
 # Lambda build. Everything installs into the workspace (gitignored), pinned:
 #   .venv-emu      moto server 5.2.5 (DynamoDB, S3, SQS, STS)    PyPI
 #   .emu-node      dynalite 4.0.0 (strict DynamoDB expressions)   npm
+#   .tools         s3s-fs 0.14.1 (S3 that checks SigV4)          crates.io (built once, ~5 min)
 #   .venv-checkov  checkov (Terraform policy checks, offline)    PyPI
 #   .venv-lambda   cargo-lambda + ziglang (make lambda)           PyPI
 # Every AWS SDK call in the tests goes to 127.0.0.1 with static test credentials and
@@ -25,6 +26,10 @@ setup-aws:
 	@if ! $(EMU_VENV)/bin/python -c 'import moto, sys; sys.exit(moto.__version__ != "$(MOTO_VERSION)")' 2>/dev/null; then \
 	  echo "==> installing moto server $(MOTO_VERSION) into .venv-emu"; \
 	  python3 -m venv $(EMU_VENV) && $(EMU_VENV)/bin/pip install -q 'moto[server]==$(MOTO_VERSION)'; \
+	fi
+	@if [ ! -x $(CURDIR)/.tools/bin/s3s-fs ]; then \
+	  echo "==> building s3s-fs 0.14.1 into .tools (once)"; \
+	  $(CARGO) install s3s-fs@0.14.1 --features binary --locked --root $(CURDIR)/.tools --quiet; \
 	fi
 	@if [ ! -f $(EMU_NODE)/node_modules/dynalite/cli.js ]; then \
 	  if command -v npm >/dev/null; then \

@@ -20,6 +20,8 @@ pub struct Emulator {
     child: Mutex<Child>,
     pub url: String,
     pub name: &'static str,
+    /// A folder the server stored data in, removed on drop.
+    scratch: Option<PathBuf>,
 }
 
 impl Drop for Emulator {
@@ -27,6 +29,9 @@ impl Drop for Emulator {
         let mut child = self.child.lock().unwrap();
         let _ = child.kill();
         let _ = child.wait();
+        if let Some(dir) = &self.scratch {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -68,6 +73,7 @@ fn start(name: &'static str, mut cmd: Command, port: u16) -> Emulator {
         child: Mutex::new(child),
         url: format!("http://127.0.0.1:{port}"),
         name,
+        scratch: None,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -162,4 +168,28 @@ pub fn fresh_settings() -> AwsSettings {
         listener_role_arn: Some("arn:aws:iam::123456789012:role/jewel-listener".into()),
         ..AwsSettings::default()
     }
+}
+
+/// An s3s-fs server of this test's own (S3 that checks SigV4: a tampered presigned URL gets
+/// 400, an expired one 403), with credentials `testing`/`testing`; `None` (after a loud
+/// message) when not installed.
+pub fn s3s_fs() -> Option<Emulator> {
+    aws_test_env();
+    let bin = std::env::var_os("JEWEL_S3S_FS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".tools/bin/s3s-fs"));
+    if !bin.exists() {
+        skip("s3s-fs", &bin);
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!("jewel-s3s-{:x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let mut cmd = Command::new(bin);
+    cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", "testing", "--secret-key", "testing"])
+        .arg(&dir);
+    let mut emu = start("s3s-fs", cmd, port);
+    emu.scratch = Some(dir);
+    Some(emu)
 }
