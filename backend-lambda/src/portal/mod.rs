@@ -9,9 +9,10 @@
 //! - `Content-Security-Policy`: scripts and styles only from this origin, no inline script, no
 //!   `eval`, no plugins, no framing (`frame-ancestors 'none'`), no `<base>` tricks. Even if a
 //!   file name ever reached the DOM as markup, nothing in it could run. `connect-src` allows
-//!   this origin plus the block store's origin(s) when blocks live elsewhere (S3): set
-//!   `JEWEL_PORTAL_BLOCK_ORIGINS` (space-separated origins such as
-//!   `https://bucket.s3.eu-west-1.amazonaws.com`) or use [`routes_with`].
+//!   this origin plus the block store's origin when blocks live elsewhere: in AWS mode the
+//!   S3 endpoint is derived from the environment ([`PortalConfig::from_env`]);
+//!   `JEWEL_PORTAL_BLOCK_ORIGINS` (space-separated origins) overrides it, or use
+//!   [`routes_with`]. The bucket's CORS rule must allow the portal's origin (terraform/s3.tf).
 //! - `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer` (a block URL or a page
 //!   address never leaks to another site), `Cross-Origin-Opener-Policy: same-origin`.
 //! - The page keeps the token in `sessionStorage` (gone when the tab closes) and sends it only
@@ -77,18 +78,36 @@ pub struct PortalConfig {
 }
 
 impl PortalConfig {
-    /// Reads [`BLOCK_ORIGINS_ENV`]; entries that are not plain http(s) origins are ignored
-    /// (with a warning) so a typo cannot open the policy wide.
+    /// From the environment: [`BLOCK_ORIGINS_ENV`] when set; otherwise, in AWS mode
+    /// (`JEWEL_BACKEND=aws`, or running in Lambda), the S3 endpoint the presigned URLs point
+    /// to (path-style: `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, else
+    /// `https://s3.<AWS_REGION>.amazonaws.com`). Entries that are not plain http(s) origins
+    /// are ignored (with a warning) so a typo cannot open the policy wide.
     pub fn from_env() -> Self {
-        let raw = std::env::var(BLOCK_ORIGINS_ENV).unwrap_or_default();
+        Self::from_vars(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+    }
+
+    fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
+        let mut wanted: Vec<String> = Vec::new();
+        if let Some(raw) = var(BLOCK_ORIGINS_ENV) {
+            wanted.extend(raw.split_whitespace().map(str::to_string));
+        } else if var("JEWEL_BACKEND").as_deref() == Some("aws")
+            || (var("JEWEL_BACKEND").is_none() && var("AWS_LAMBDA_FUNCTION_NAME").is_some())
+        {
+            if let Some(url) = var("AWS_ENDPOINT_URL_S3").or_else(|| var("AWS_ENDPOINT_URL")) {
+                wanted.push(origin_of(&url));
+            } else if let Some(region) = var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")) {
+                wanted.push(format!("https://s3.{region}.amazonaws.com"));
+            }
+        }
         let mut block_origins = Vec::new();
-        for origin in raw.split_whitespace() {
-            if is_plain_origin(origin) {
-                block_origins.push(origin.to_string());
+        for origin in wanted {
+            if is_plain_origin(&origin) {
+                block_origins.push(origin);
             } else {
                 tracing::warn!(
                     origin,
-                    "ignoring {BLOCK_ORIGINS_ENV} entry: not an http(s) origin"
+                    "ignoring block origin for the portal: not an http(s) origin"
                 );
             }
         }
@@ -109,6 +128,14 @@ impl PortalConfig {
              frame-ancestors 'none'"
         )
     }
+}
+
+/// The `scheme://host[:port]` part of a URL.
+fn origin_of(url: &str) -> String {
+    let url = url.trim();
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..].find('/').map_or(url.len(), |i| start + i);
+    url[..end].to_string()
 }
 
 /// `scheme://host[:port]` with nothing else: no path, no spaces, no quotes, no `;`.
@@ -303,6 +330,44 @@ mod tests {
         assert!(!is_plain_origin("https://x.com; script-src *"));
         assert!(!is_plain_origin("*"));
         assert!(!is_plain_origin("https://x.com/path"));
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            PortalConfig::from_vars(move |name| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            })
+            .block_origins
+        };
+        assert!(env(&[]).is_empty(), "embedded: this origin only");
+        assert!(
+            env(&[("AWS_REGION", "eu-west-1")]).is_empty(),
+            "not in AWS mode"
+        );
+        assert_eq!(
+            env(&[("JEWEL_BACKEND", "aws"), ("AWS_REGION", "eu-west-1")]),
+            ["https://s3.eu-west-1.amazonaws.com"]
+        );
+        assert_eq!(
+            env(&[
+                ("AWS_LAMBDA_FUNCTION_NAME", "jewel"),
+                ("AWS_REGION", "eu-west-1")
+            ]),
+            ["https://s3.eu-west-1.amazonaws.com"]
+        );
+        assert_eq!(
+            env(&[
+                ("JEWEL_BACKEND", "aws"),
+                ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000/")
+            ]),
+            ["http://127.0.0.1:5000"]
+        );
+        assert_eq!(
+            env(&[
+                ("JEWEL_BACKEND", "aws"),
+                (BLOCK_ORIGINS_ENV, "https://a.example bad;x")
+            ]),
+            ["https://a.example"]
+        );
         let csp = PortalConfig {
             block_origins: vec!["https://b.example".into()],
         }
