@@ -342,6 +342,7 @@ describe('web portal in chromium', () => {
     assert.equal(await api.child(1, 'renamed elsewhere.txt'), undefined);
     await page.click('#nav-trash');
     await trashRow(page, 'renamed elsewhere.txt').waitFor();
+    assert.equal(await trashRow(page, 'renamed elsewhere.txt').locator('.origin').textContent(), 'from Files');
     await trashRow(page, 'renamed elsewhere.txt').getByRole('button', { name: 'Restore' }).click();
     await trashRow(page, 'renamed elsewhere.txt').waitFor({ state: 'detached' });
     await page.click('#nav-files');

@@ -979,8 +979,19 @@
     state.trash = page.entries;
     document.title = 'Trash · JewelFS';
     const entries = [...page.entries].sort((a, b) => b.deleted_at_ns - a.deleted_at_ns);
+    // Where each one lived: its folder's name, or the top folder when that is gone too
+    // (a restore then puts it there).
+    const places = new Map([[ROOT, 'Files']]);
+    await Promise.all([...new Set(entries.map((e) => e.node.parent))]
+      .filter((id) => !places.has(id))
+      .map(async (id) => {
+        try { places.set(id, (await api('GET', `/nodes/${id}`)).name); } catch (_) { places.set(id, null); }
+      }));
+    if (seq !== state.loadSeq || gen !== state.gen) return;
     const rows = entries.map(({ node, deleted_at_ns: at }) => {
-      const nameCell = el('td', { class: 'c-name' }, el('span', { class: 'name', text: node.name }));
+      const place = places.get(node.parent);
+      const nameCell = el('td', { class: 'c-name' }, el('span', { class: 'name', text: node.name }),
+        el('span', { class: 'origin', text: place ? `from ${place}` : 'from a deleted folder (restores to Files)' }));
       const meta = node.kind === 'dir' ? `deleted ${fmtDate(at)}` : `${fmtSize(node.size)} · deleted ${fmtDate(at)}`;
       nameCell.append(el('span', { class: 'meta', text: meta }));
       const restoreBtn = el('button', { type: 'button', class: 'ghost small restore', onclick: () => restore(node.id) },
