@@ -19,9 +19,9 @@ CHECKOV_VERSION  := 3.3.30
 SETUP_TARGETS += setup-aws
 TEST_TARGETS  += test-aws-infra
 
-.PHONY: setup-aws setup-checkov test-aws test-aws-rust test-aws-infra terraform-check lambda lambda-smoke
+.PHONY: setup-aws setup-checkov test-aws test-aws-rust test-aws-infra terraform-check lambda
 
-## moto and dynalite, for the AWS-mode tests (idempotent; fast when already there).
+## moto, dynalite, s3s-fs and cargo-lambda, for the AWS-mode tests (idempotent; fast when already there).
 setup-aws:
 	@if ! $(EMU_VENV)/bin/python -c 'import moto, sys; sys.exit(moto.__version__ != "$(MOTO_VERSION)")' 2>/dev/null; then \
 	  echo "==> installing moto server $(MOTO_VERSION) into .venv-emu"; \
@@ -30,6 +30,10 @@ setup-aws:
 	@if [ ! -x $(CURDIR)/.tools/bin/s3s-fs ]; then \
 	  echo "==> building s3s-fs 0.14.1 into .tools (once)"; \
 	  $(CARGO) install s3s-fs@0.14.1 --features binary --locked --root $(CURDIR)/.tools --quiet; \
+	fi
+	@if [ ! -x $(LAMBDA_VENV)/bin/cargo-lambda ]; then \
+	  echo "==> installing cargo-lambda and ziglang into .venv-lambda"; \
+	  python3 -m venv $(LAMBDA_VENV) && $(LAMBDA_VENV)/bin/pip install -q cargo-lambda==1.9.2 ziglang==0.17.0; \
 	fi
 	@if [ ! -f $(EMU_NODE)/node_modules/dynalite/cli.js ]; then \
 	  if command -v npm >/dev/null; then \
@@ -50,7 +54,7 @@ test-aws: setup-aws test-aws-rust test-aws-infra
 
 test-aws-rust: setup-aws
 	$(CARGO) test -p backend-lambda --features aws,conformance --lib aws
-	$(CARGO) test -p backend-lambda --features aws,conformance --test aws_server --test aws_terraform
+	$(CARGO) test -p backend-lambda --features aws,conformance --test aws_server --test aws_lambda --test aws_terraform
 
 ## Terraform: formatting (when terraform is installed) and checkov's policies, offline.
 test-aws-infra: setup-checkov terraform-check
@@ -63,9 +67,5 @@ terraform-check:
 	@$(CHECKOV_VENV)/bin/checkov -d terraform --skip-download --quiet --compact --framework terraform
 
 ## The Lambda package: target/lambda/bootstrap/bootstrap.zip (arm64, release).
-lambda:
-	@if [ ! -x $(LAMBDA_VENV)/bin/cargo-lambda ]; then \
-	  echo "==> installing cargo-lambda and ziglang into .venv-lambda"; \
-	  python3 -m venv $(LAMBDA_VENV) && $(LAMBDA_VENV)/bin/pip install -q cargo-lambda==1.9.2 ziglang==0.17.0; \
-	fi
+lambda: setup-aws
 	PATH=$(LAMBDA_VENV)/bin:$$PATH $(CARGO) lambda build --release --arm64 --bin bootstrap -p backend-lambda --output-format zip
