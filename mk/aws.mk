@@ -54,7 +54,7 @@ test-aws: setup-aws test-aws-rust test-aws-infra
 
 test-aws-rust: setup-aws
 	$(CARGO) test -p backend-lambda --features aws,conformance --lib aws
-	$(CARGO) test -p backend-lambda --features aws,conformance --test aws_server --test aws_lambda --test aws_terraform
+	$(CARGO) test -p backend-lambda --features aws,conformance --test aws_server --test aws_lambda --test aws_terraform --test aws_cost
 
 ## Terraform: formatting (when terraform is installed) and checkov's policies, offline.
 test-aws-infra: setup-checkov terraform-check

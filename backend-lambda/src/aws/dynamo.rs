@@ -52,7 +52,7 @@ use jewel_wire::{
     NodeKind, Place, Seq, SetAttr, TrashEntry, Version, ROOT_ID,
 };
 
-use super::{count, sdk_err, AwsSettings, PK, SK, TTL_ATTR};
+use super::{count, count_n, sdk_err, AwsSettings, PK, SK, TTL_ATTR};
 use crate::store::{
     new_id, MetaStore, Moved, NewNode, Origin, StoreError, StoreResult, User, UserId,
 };
@@ -747,6 +747,7 @@ impl DynamoStore {
             return self.commit_one_by_one(tx).await;
         }
         count("dynamodb:TransactWriteItems");
+        count_n("dynamodb:TransactWriteItems (items)", tx.items.len() as u64);
         // The token makes the SDK's own retries of this request idempotent: a retry after a
         // lost answer is reported as the success it was, not as a failed guard.
         let token = format!("{:032x}", rand::random::<u128>());

@@ -153,7 +153,12 @@ static REQUESTS: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new()
 
 /// Counts one AWS request (`"dynamodb:GetItem"`, …).
 pub(crate) fn count(op: &'static str) {
-    *REQUESTS.lock().unwrap().entry(op).or_default() += 1;
+    count_n(op, 1);
+}
+
+/// Counts `n` of something (items written in a transaction, for write units).
+pub(crate) fn count_n(op: &'static str, n: u64) {
+    *REQUESTS.lock().unwrap().entry(op).or_default() += n;
 }
 
 /// How many AWS requests of each operation this process made so far.
