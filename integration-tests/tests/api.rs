@@ -514,10 +514,11 @@ fn block_urls_are_signed_scoped_and_verified() {
     assert!(put(&url, &data).status().is_success());
     let urls: BlockUrls = alice.ok(alice.post("/blocks/urls", json!({"hashes": [hash]})));
     let get_url = format!("{}{}", server.url, urls.urls[0].url);
-    assert_eq!(
-        http.get(&get_url).send().unwrap().bytes().unwrap().to_vec(),
-        data
-    );
+    let got = http.get(&get_url).send().unwrap();
+    // A block never renders as a page on the portal's origin.
+    assert_eq!(got.headers()["content-disposition"], "attachment");
+    assert_eq!(got.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(got.bytes().unwrap().to_vec(), data);
     // Eve gets a URL for the same hash, but her namespace does not hold Alice's block; and
     // pointing her signed URL at Alice's namespace breaks the signature.
     let eve = Api::new(&server, &server.add_user("eve"));

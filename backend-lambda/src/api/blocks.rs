@@ -128,6 +128,10 @@ pub async fn blob_get(
                 header::CACHE_CONTROL,
                 "private, max-age=31536000, immutable",
             ),
+            // Blocks share the portal's origin: never let a block render as a page.
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CONTENT_DISPOSITION, "attachment"),
+            (header::CONTENT_SECURITY_POLICY, "sandbox"),
         ],
         bytes,
     )
