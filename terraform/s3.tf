@@ -54,7 +54,10 @@ resource "aws_s3_bucket_lifecycle_configuration" "blocks" {
     id     = "blocks-tiering"
     status = "Enabled"
     filter {
-      prefix = "u/"
+      and {
+        prefix                   = "u/"
+        object_size_greater_than = 131072 # smaller objects never leave the frequent tier
+      }
     }
     transition {
       days          = 0
