@@ -58,7 +58,9 @@ async fn requests_per_sync_operation() {
     blobs.create_bucket().await.unwrap();
     let bus = SqsBus::new(&sdk, &st);
     let service = Arc::new(Service::new(Arc::new(meta), Arc::new(blobs), Arc::new(bus)));
-    let (_user, token) = backend_lambda::admin::add_user(service.meta.as_ref(), "ann").await.unwrap();
+    let (_user, token) = backend_lambda::admin::add_user(service.meta.as_ref(), "ann")
+        .await
+        .unwrap();
     let router = backend_lambda::api::router(service);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}{API_PREFIX}", listener.local_addr().unwrap());
@@ -67,7 +69,9 @@ async fn requests_per_sync_operation() {
     let http = reqwest::Client::new();
     let auth = format!("Bearer {token}");
     let call = |method: reqwest::Method, path: String, dev: DeviceId| {
-        http.request(method, format!("{base}{path}")).header("authorization", &auth).header(DEVICE_HEADER, dev.to_string())
+        http.request(method, format!("{base}{path}"))
+            .header("authorization", &auth)
+            .header(DEVICE_HEADER, dev.to_string())
     };
     let mut devs = Vec::new();
     for name in ["laptop", "desktop"] {
@@ -81,7 +85,15 @@ async fn requests_per_sync_operation() {
             .json()
             .await
             .unwrap();
-        let Listen::Sqs { queue_url, region, endpoint, credentials } = d.listen else { panic!() };
+        let Listen::Sqs {
+            queue_url,
+            region,
+            endpoint,
+            credentials,
+        } = d.listen
+        else {
+            panic!()
+        };
         let creds = aws_sdk_sqs::config::Credentials::new(
             credentials.access_key_id,
             credentials.secret_access_key,
@@ -96,7 +108,11 @@ async fn requests_per_sync_operation() {
             .region(aws_sdk_sqs::config::Region::new(region))
             .endpoint_url(endpoint.unwrap())
             .build();
-        devs.push(Dev { id: d.id, sqs: aws_sdk_sqs::Client::from_conf(conf), queue: queue_url });
+        devs.push(Dev {
+            id: d.id,
+            sqs: aws_sdk_sqs::Client::from_conf(conf),
+            queue: queue_url,
+        });
     }
     let (a, b) = (&devs[0], &devs[1]);
 
@@ -117,13 +133,27 @@ async fn requests_per_sync_operation() {
     }
     // Device B receives (and deletes) what is waiting, as its listener does.
     async fn receive(dev: &Dev, t: &mut Tally) -> Vec<ChangeEvent> {
-        let r = dev.sqs.receive_message().queue_url(&dev.queue).max_number_of_messages(10).wait_time_seconds(1).send().await.unwrap();
+        let r = dev
+            .sqs
+            .receive_message()
+            .queue_url(&dev.queue)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
         t.device("sqs:ReceiveMessage");
         let mut out = Vec::new();
         for msg in r.messages.unwrap_or_default() {
             let page: ChangePage = serde_json::from_str(msg.body().unwrap()).unwrap();
             out.extend(page.events);
-            dev.sqs.delete_message().queue_url(&dev.queue).receipt_handle(msg.receipt_handle().unwrap()).send().await.unwrap();
+            dev.sqs
+                .delete_message()
+                .queue_url(&dev.queue)
+                .receipt_handle(msg.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
             t.device("sqs:DeleteMessage");
         }
         out
@@ -139,20 +169,46 @@ async fn requests_per_sync_operation() {
         let data = format!("file {round} first version").into_bytes();
         let hash = sha256_hex(&data);
         let missing: MissingBlocks = call(reqwest::Method::POST, "/blocks/missing".into(), a.id)
-            .json(&BlockHashes { hashes: vec![hash.clone()] }).send().await.unwrap().json().await.unwrap();
+            .json(&BlockHashes {
+                hashes: vec![hash.clone()],
+            })
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         t.api_calls += 1;
         upload(&http, t, missing, &data).await;
         let body = json!({"parent": ROOT_ID, "name": format!("f{round}"), "kind": "file",
             "content": {"size": data.len(), "blocks": [hash.clone()]}});
-        let node: Node = call(reqwest::Method::POST, "/nodes".into(), a.id).json(&body).send().await.unwrap().json().await.unwrap();
+        let node: Node = call(reqwest::Method::POST, "/nodes".into(), a.id)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         t.api_calls += 1;
         ids.push(node.id);
         let evs = receive(b, t).await;
         assert_eq!(evs.len(), 1);
         let urls: BlockUrls = call(reqwest::Method::POST, "/blocks/urls".into(), b.id)
-            .json(&BlockHashes { hashes: vec![hash] }).send().await.unwrap().json().await.unwrap();
+            .json(&BlockHashes { hashes: vec![hash] })
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         t.api_calls += 1;
-        http.get(&urls.urls[0].url).send().await.unwrap().error_for_status().unwrap();
+        http.get(&urls.urls[0].url)
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
         t.device("s3:GetObject");
         receive(a, t).await; // A drains its own echo
         t.add_service(&before);
@@ -163,18 +219,52 @@ async fn requests_per_sync_operation() {
         let data = format!("file {round} second version").into_bytes();
         let hash = sha256_hex(&data);
         let missing: MissingBlocks = call(reqwest::Method::POST, "/blocks/missing".into(), a.id)
-            .json(&BlockHashes { hashes: vec![hash.clone()] }).send().await.unwrap().json().await.unwrap();
+            .json(&BlockHashes {
+                hashes: vec![hash.clone()],
+            })
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         t.api_calls += 1;
         upload(&http, t, missing, &data).await;
-        let commit = CommitContent { base_version: node.version, content: Content { size: data.len() as u64, blocks: vec![hash.clone()] }, mtime_ns: None };
-        let r = call(reqwest::Method::PUT, format!("/nodes/{}/content", node.id), a.id).json(&commit).send().await.unwrap();
+        let commit = CommitContent {
+            base_version: node.version,
+            content: Content {
+                size: data.len() as u64,
+                blocks: vec![hash.clone()],
+            },
+            mtime_ns: None,
+        };
+        let r = call(
+            reqwest::Method::PUT,
+            format!("/nodes/{}/content", node.id),
+            a.id,
+        )
+        .json(&commit)
+        .send()
+        .await
+        .unwrap();
         assert!(r.status().is_success());
         t.api_calls += 1;
         assert_eq!(receive(b, t).await.len(), 1);
         let urls: BlockUrls = call(reqwest::Method::POST, "/blocks/urls".into(), b.id)
-            .json(&BlockHashes { hashes: vec![hash] }).send().await.unwrap().json().await.unwrap();
+            .json(&BlockHashes { hashes: vec![hash] })
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         t.api_calls += 1;
-        http.get(&urls.urls[0].url).send().await.unwrap().error_for_status().unwrap();
+        http.get(&urls.urls[0].url)
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
         t.device("s3:GetObject");
         receive(a, t).await;
         t.add_service(&before);
@@ -182,8 +272,21 @@ async fn requests_per_sync_operation() {
         // ---- rename on A ----
         let t = per_op.entry("rename").or_default();
         let before = aws::request_counts();
-        let mv = MoveNode { base_version: node.version + 1, new_parent: ROOT_ID, new_name: format!("g{round}"), mode: MoveMode::Replace };
-        let r = call(reqwest::Method::POST, format!("/nodes/{}/move", node.id), a.id).json(&mv).send().await.unwrap();
+        let mv = MoveNode {
+            base_version: node.version + 1,
+            new_parent: ROOT_ID,
+            new_name: format!("g{round}"),
+            mode: MoveMode::Replace,
+        };
+        let r = call(
+            reqwest::Method::POST,
+            format!("/nodes/{}/move", node.id),
+            a.id,
+        )
+        .json(&mv)
+        .send()
+        .await
+        .unwrap();
         assert!(r.status().is_success());
         t.api_calls += 1;
         assert_eq!(receive(b, t).await.len(), 1);
@@ -193,7 +296,10 @@ async fn requests_per_sync_operation() {
         // ---- delete on A ----
         let t = per_op.entry("delete").or_default();
         let before = aws::request_counts();
-        let r = call(reqwest::Method::DELETE, format!("/nodes/{}", node.id), a.id).send().await.unwrap();
+        let r = call(reqwest::Method::DELETE, format!("/nodes/{}", node.id), a.id)
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success());
         t.api_calls += 1;
         assert_eq!(receive(b, t).await.len(), 1);
@@ -203,7 +309,10 @@ async fn requests_per_sync_operation() {
 
     println!("\nAWS requests per operation (average of {N}), device-side ones marked:");
     for (op, t) in &per_op {
-        println!("  {op}: {} API calls (Lambda invocations)", t.api_calls as f64 / N as f64);
+        println!(
+            "  {op}: {} API calls (Lambda invocations)",
+            t.api_calls as f64 / N as f64
+        );
         for (k, v) in &t.aws {
             println!("      {k:<44} {:>5.1}", *v as f64 / N as f64);
         }
@@ -211,9 +320,21 @@ async fn requests_per_sync_operation() {
     // Guards against creeping request counts (what COST.md's numbers assume).
     let per = |op: &str, k: &str| per_op[op].aws.get(k).copied().unwrap_or(0) as f64 / N as f64;
     for op in ["create file", "edit file", "rename", "delete"] {
-        assert_eq!(per(op, "dynamodb:TransactWriteItems"), 1.0, "{op}: one transaction");
-        assert!(per(op, "dynamodb:GetItem") <= 10.0, "{op}: {} reads", per(op, "dynamodb:GetItem"));
-        assert_eq!(per(op, "sqs:SendMessageBatch"), 2.0, "{op}: one send per device");
+        assert_eq!(
+            per(op, "dynamodb:TransactWriteItems"),
+            1.0,
+            "{op}: one transaction"
+        );
+        assert!(
+            per(op, "dynamodb:GetItem") <= 10.0,
+            "{op}: {} reads",
+            per(op, "dynamodb:GetItem")
+        );
+        assert_eq!(
+            per(op, "sqs:SendMessageBatch"),
+            2.0,
+            "{op}: one send per device"
+        );
     }
     assert!(per("edit file", "dynamodb:TransactWriteItems (items)") <= 4.0);
     assert!(per("rename", "dynamodb:TransactWriteItems (items)") <= 6.0);

@@ -48,7 +48,10 @@ async fn bootstrap_serves_function_url_requests_on_aws_stores() {
         ("JEWEL_TABLE", st.table.clone()),
         ("JEWEL_BUCKET", st.bucket.clone()),
         ("JEWEL_QUEUE_PREFIX", st.queue_prefix.clone()),
-        ("JEWEL_LISTENER_ROLE_ARN", st.listener_role_arn.clone().unwrap()),
+        (
+            "JEWEL_LISTENER_ROLE_ARN",
+            st.listener_role_arn.clone().unwrap(),
+        ),
     ];
     let admin = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_jewel-server"))
@@ -56,17 +59,38 @@ async fn bootstrap_serves_function_url_requests_on_aws_stores() {
             .envs(aws_env.iter().map(|(k, v)| (*k, v.as_str())))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     admin(&["aws-init"]);
-    let token = admin(&["user", "add", "ann", "--backend", "aws"]).lines().last().unwrap().trim().to_string();
+    let token = admin(&["user", "add", "ann", "--backend", "aws"])
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_string();
 
     // The Lambda runtime API and function URLs, without building anything.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let _runtime = Proc(
         Command::new(&cargo_lambda)
-            .args(["lambda", "watch", "--only-lambda-apis", "-A", "127.0.0.1", "-P", &port.to_string()])
+            .args([
+                "lambda",
+                "watch",
+                "--only-lambda-apis",
+                "-A",
+                "127.0.0.1",
+                "-P",
+                &port.to_string(),
+            ])
             .args(["-p", "backend-lambda"])
             .current_dir(workspace())
             .stdout(Stdio::null())
@@ -77,7 +101,10 @@ async fn bootstrap_serves_function_url_requests_on_aws_stores() {
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "cargo lambda watch did not start");
+        assert!(
+            Instant::now() < deadline,
+            "cargo lambda watch did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // The function itself, exactly as Lambda starts it: JEWEL_BACKEND unset means AWS.
@@ -98,7 +125,12 @@ async fn bootstrap_serves_function_url_requests_on_aws_stores() {
     let url = format!("{base}/lambda-url/_/api/v1");
     let http = reqwest::Client::new();
     let health = loop {
-        match http.get(format!("{url}/health")).timeout(Duration::from_secs(10)).send().await {
+        match http
+            .get(format!("{url}/health"))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+        {
             Ok(r) if r.status().is_success() => break r,
             _ => {
                 assert!(Instant::now() < deadline, "the function did not answer");
@@ -106,11 +138,22 @@ async fn bootstrap_serves_function_url_requests_on_aws_stores() {
             }
         }
     };
-    assert_eq!(health.json::<serde_json::Value>().await.unwrap()["ok"], true);
+    assert_eq!(
+        health.json::<serde_json::Value>().await.unwrap()["ok"],
+        true
+    );
     let auth = format!("Bearer {token}");
     let r = http.get(format!("{url}/me")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401, "no token, no answer");
-    let me: Me = http.get(format!("{url}/me")).header("authorization", &auth).send().await.unwrap().json().await.unwrap();
+    let me: Me = http
+        .get(format!("{url}/me"))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(me.user, "ann");
 
     let r = http
@@ -122,7 +165,11 @@ async fn bootstrap_serves_function_url_requests_on_aws_stores() {
         .unwrap();
     assert!(r.status().is_success());
     let device: jewel_wire::Device = r.json().await.unwrap();
-    assert!(matches!(device.listen, Listen::Sqs { .. }), "{:?}", device.listen);
+    assert!(
+        matches!(device.listen, Listen::Sqs { .. }),
+        "{:?}",
+        device.listen
+    );
 
     let r = http
         .post(format!("{url}/nodes"))
@@ -150,5 +197,9 @@ async fn bootstrap_serves_function_url_requests_on_aws_stores() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.json::<Node>().await.unwrap().id, node.id, "percent-encoded names survive the v2 payload");
+    assert_eq!(
+        r.json::<Node>().await.unwrap().id,
+        node.id,
+        "percent-encoded names survive the v2 payload"
+    );
 }

@@ -34,7 +34,10 @@ fn server_cmd(m: &Emulator, table: &str, bucket: &str, prefix: &str) -> Command 
         .env("JEWEL_TABLE", table)
         .env("JEWEL_BUCKET", bucket)
         .env("JEWEL_QUEUE_PREFIX", prefix)
-        .env("JEWEL_LISTENER_ROLE_ARN", "arn:aws:iam::123456789012:role/jewel-listener")
+        .env(
+            "JEWEL_LISTENER_ROLE_ARN",
+            "arn:aws:iam::123456789012:role/jewel-listener",
+        )
         .env("RUST_LOG", "warn")
         .env_remove("AWS_PROFILE");
     cmd
@@ -62,7 +65,11 @@ impl Device {
         let mut got: Vec<ChangeEvent> = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         while got.len() < want {
-            assert!(Instant::now() < deadline, "only {} of {want} events arrived: {got:?}", got.len());
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {want} events arrived: {got:?}",
+                got.len()
+            );
             let r = self
                 .sqs
                 .receive_message()
@@ -94,7 +101,13 @@ impl Device {
 }
 
 fn device_client(listen: &Listen) -> (aws_sdk_sqs::Client, String) {
-    let Listen::Sqs { queue_url, region, endpoint, credentials } = listen else {
+    let Listen::Sqs {
+        queue_url,
+        region,
+        endpoint,
+        credentials,
+    } = listen
+    else {
         panic!("AWS mode hands out SQS listeners: {listen:?}")
     };
     let creds = aws_sdk_sqs::config::Credentials::new(
@@ -125,10 +138,16 @@ async fn two_devices_sync_through_jewel_server_on_aws_stores() {
     let token = out.lines().last().unwrap().trim().to_string();
     assert!(run(cmd(), &["user", "list", "--backend", "aws"]).contains("ann"));
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let mut serve = cmd();
-    serve.args(["serve", "--backend", "aws", "--listen", &addr]).stdout(Stdio::null());
+    serve
+        .args(["serve", "--backend", "aws", "--listen", &addr])
+        .stdout(Stdio::null());
     let _server = Proc(serve.spawn().unwrap());
     let base = format!("http://{addr}{API_PREFIX}");
     let http = reqwest::Client::new();
@@ -139,7 +158,9 @@ async fn two_devices_sync_through_jewel_server_on_aws_stores() {
     }
     let auth = format!("Bearer {token}");
     let api = |method: reqwest::Method, path: &str, dev: Option<DeviceId>| {
-        let mut r = http.request(method, format!("{base}{path}")).header("authorization", &auth);
+        let mut r = http
+            .request(method, format!("{base}{path}"))
+            .header("authorization", &auth);
         if let Some(d) = dev {
             r = r.header(DEVICE_HEADER, d.to_string());
         }
@@ -149,33 +170,50 @@ async fn two_devices_sync_through_jewel_server_on_aws_stores() {
     // Two devices, each with its own queue and credentials.
     let mut devices = Vec::new();
     for name in ["laptop", "desktop"] {
-        let r = api(reqwest::Method::POST, "/devices", None).json(&json!({ "name": name })).send().await.unwrap();
+        let r = api(reqwest::Method::POST, "/devices", None)
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success(), "{}", r.text().await.unwrap());
         let d: jewel_wire::Device = r.json().await.unwrap();
         let (sqs, queue) = device_client(&d.listen);
-        devices.push(Device { id: d.id, sqs, queue });
+        devices.push(Device {
+            id: d.id,
+            sqs,
+            queue,
+        });
     }
     let (a, b) = (&devices[0], &devices[1]);
     assert_ne!(a.queue, b.queue);
     // Long-poll is not how AWS mode listens; the answer says so.
-    let r = api(reqwest::Method::GET, &format!("/devices/{}/poll?since=0&timeout_ms=10", b.id), None)
-        .send()
-        .await
-        .unwrap();
+    let r = api(
+        reqwest::Method::GET,
+        &format!("/devices/{}/poll?since=0&timeout_ms=10", b.id),
+        None,
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status().as_u16(), 400);
 
     // A uploads a block straight to S3, then creates the file.
     let data = b"hello from the laptop".to_vec();
     let hash = sha256_hex(&data);
     let r = api(reqwest::Method::POST, "/blocks/missing", Some(a.id))
-        .json(&BlockHashes { hashes: vec![hash.clone()] })
+        .json(&BlockHashes {
+            hashes: vec![hash.clone()],
+        })
         .send()
         .await
         .unwrap();
     let missing: MissingBlocks = r.json().await.unwrap();
     assert_eq!(missing.missing.len(), 1);
     let put = &missing.missing[0].url;
-    assert!(put.starts_with(&m.url), "the bytes go to S3, not the service: {put}");
+    assert!(
+        put.starts_with(&m.url),
+        "the bytes go to S3, not the service: {put}"
+    );
     let r = http
         .put(put)
         .header("content-type", "application/octet-stream")
@@ -187,7 +225,11 @@ async fn two_devices_sync_through_jewel_server_on_aws_stores() {
     assert!(r.status().is_success(), "{}", r.status());
     let create = json!({"parent": ROOT_ID, "name": "notes.txt", "kind": "file",
         "content": {"size": data.len(), "blocks": [hash]}});
-    let r = api(reqwest::Method::POST, "/nodes", Some(a.id)).json(&create).send().await.unwrap();
+    let r = api(reqwest::Method::POST, "/nodes", Some(a.id))
+        .json(&create)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
     let file: Node = r.json().await.unwrap();
 
@@ -195,7 +237,9 @@ async fn two_devices_sync_through_jewel_server_on_aws_stores() {
     let data2 = b"edited on the laptop".to_vec();
     let hash2 = sha256_hex(&data2);
     let r = api(reqwest::Method::POST, "/blocks/missing", Some(a.id))
-        .json(&BlockHashes { hashes: vec![hash2.clone()] })
+        .json(&BlockHashes {
+            hashes: vec![hash2.clone()],
+        })
         .send()
         .await
         .unwrap();
@@ -211,24 +255,48 @@ async fn two_devices_sync_through_jewel_server_on_aws_stores() {
         .unwrap();
     let commit = CommitContent {
         base_version: 1,
-        content: Content { size: data2.len() as u64, blocks: vec![hash2.clone()] },
+        content: Content {
+            size: data2.len() as u64,
+            blocks: vec![hash2.clone()],
+        },
         mtime_ns: None,
     };
-    let r = api(reqwest::Method::PUT, &format!("/nodes/{}/content", file.id), Some(a.id))
-        .json(&commit)
-        .send()
-        .await
-        .unwrap();
+    let r = api(
+        reqwest::Method::PUT,
+        &format!("/nodes/{}/content", file.id),
+        Some(a.id),
+    )
+    .json(&commit)
+    .send()
+    .await
+    .unwrap();
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
     // A stale base is a conflict, as on every engine.
-    let r = api(reqwest::Method::PUT, &format!("/nodes/{}/content", file.id), Some(b.id))
-        .json(&commit)
-        .send()
-        .await
-        .unwrap();
+    let r = api(
+        reqwest::Method::PUT,
+        &format!("/nodes/{}/content", file.id),
+        Some(b.id),
+    )
+    .json(&commit)
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status().as_u16(), 409);
-    let mv = MoveNode { base_version: 2, new_parent: ROOT_ID, new_name: "renamed.txt".into(), mode: MoveMode::Replace };
-    let r = api(reqwest::Method::POST, &format!("/nodes/{}/move", file.id), Some(a.id)).json(&mv).send().await.unwrap();
+    let mv = MoveNode {
+        base_version: 2,
+        new_parent: ROOT_ID,
+        new_name: "renamed.txt".into(),
+        mode: MoveMode::Replace,
+    };
+    let r = api(
+        reqwest::Method::POST,
+        &format!("/nodes/{}/move", file.id),
+        Some(a.id),
+    )
+    .json(&mv)
+    .send()
+    .await
+    .unwrap();
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
 
     // B hears each change from its own queue, in order, and fetches the content from S3.
@@ -236,22 +304,38 @@ async fn two_devices_sync_through_jewel_server_on_aws_stores() {
     assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
     assert!(events.iter().all(|e| e.device == Some(a.id)));
     assert_eq!(events[0].node.name, "notes.txt");
-    assert_eq!(events[1].node.blocks, [hash2.clone()]);
+    assert_eq!(events[1].node.blocks, std::slice::from_ref(&hash2));
     assert_eq!(events[2].node.name, "renamed.txt");
-    assert_eq!(events[2].from.as_ref().map(|p| p.name.as_str()), Some("notes.txt"));
+    assert_eq!(
+        events[2].from.as_ref().map(|p| p.name.as_str()),
+        Some("notes.txt")
+    );
     let r = api(reqwest::Method::POST, "/blocks/urls", Some(b.id))
-        .json(&BlockHashes { hashes: vec![hash2.clone()] })
+        .json(&BlockHashes {
+            hashes: vec![hash2.clone()],
+        })
         .send()
         .await
         .unwrap();
     let urls: BlockUrls = r.json().await.unwrap();
-    let got = http.get(&urls.urls[0].url).send().await.unwrap().bytes().await.unwrap();
-    assert_eq!(got.as_ref(), data2.as_slice());
-
-    let r = api(reqwest::Method::DELETE, &format!("/nodes/{}?base_version=3", file.id), Some(a.id))
+    let got = http
+        .get(&urls.urls[0].url)
         .send()
         .await
+        .unwrap()
+        .bytes()
+        .await
         .unwrap();
+    assert_eq!(got.as_ref(), data2.as_slice());
+
+    let r = api(
+        reqwest::Method::DELETE,
+        &format!("/nodes/{}?base_version=3", file.id),
+        Some(a.id),
+    )
+    .send()
+    .await
+    .unwrap();
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
     let events = b.receive(1).await;
     assert_eq!((events[0].seq, events[0].op), (4, ChangeOp::Remove));
@@ -259,16 +343,32 @@ async fn two_devices_sync_through_jewel_server_on_aws_stores() {
     assert_eq!(a.receive(4).await.len(), 4);
 
     // The change feed agrees, and a listing shows the state.
-    let page: ChangePage = api(reqwest::Method::GET, "/changes?since=0", None).send().await.unwrap().json().await.unwrap();
-    assert_eq!(page.latest_seq, 4);
-    let list: ListPage = api(reqwest::Method::GET, &format!("/nodes/{ROOT_ID}/children"), None)
+    let page: ChangePage = api(reqwest::Method::GET, "/changes?since=0", None)
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
+    assert_eq!(page.latest_seq, 4);
+    let list: ListPage = api(
+        reqwest::Method::GET,
+        &format!("/nodes/{ROOT_ID}/children"),
+        None,
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     assert!(list.entries.is_empty());
-    let trash: TrashPage = api(reqwest::Method::GET, "/trash", None).send().await.unwrap().json().await.unwrap();
+    let trash: TrashPage = api(reqwest::Method::GET, "/trash", None)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(trash.entries[0].node.name, "renamed.txt");
 }

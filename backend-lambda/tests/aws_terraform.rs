@@ -29,7 +29,9 @@ fn string_attr(text: &str, key: &str) -> Option<String> {
 
 /// The body of the first `name {` block after `after` (brace-matched).
 fn block<'a>(text: &'a str, after: &str, name: &str) -> &'a str {
-    let start = text.find(after).unwrap_or_else(|| panic!("{after} not found"));
+    let start = text
+        .find(after)
+        .unwrap_or_else(|| panic!("{after} not found"));
     let open = start + text[start..].find(&format!("{name} {{")).unwrap() + name.len() + 2;
     let mut depth = 1;
     for (i, c) in text[open..].char_indices() {
@@ -53,9 +55,16 @@ fn table_keys_and_ttl_match() {
     assert_eq!(string_attr(&tf, "hash_key").as_deref(), Some(aws::PK));
     assert_eq!(string_attr(&tf, "range_key").as_deref(), Some(aws::SK));
     let ttl = block(&tf, "resource \"aws_dynamodb_table\"", "ttl");
-    assert_eq!(string_attr(ttl, "attribute_name").as_deref(), Some(aws::TTL_ATTR));
+    assert_eq!(
+        string_attr(ttl, "attribute_name").as_deref(),
+        Some(aws::TTL_ATTR)
+    );
     assert_eq!(string_attr(ttl, "enabled").as_deref(), Some("true"));
-    let pitr = block(&tf, "resource \"aws_dynamodb_table\"", "point_in_time_recovery");
+    let pitr = block(
+        &tf,
+        "resource \"aws_dynamodb_table\"",
+        "point_in_time_recovery",
+    );
     assert_eq!(string_attr(pitr, "enabled").as_deref(), Some("true"));
 }
 
@@ -92,16 +101,26 @@ fn lambda_environment_is_what_the_code_reads() {
 fn queue_names_are_covered_by_the_iam_policies() {
     let lambda = read("terraform/lambda.tf");
     let iam = read("terraform/iam.tf");
-    assert_eq!(string_attr(&lambda, aws::ENV_QUEUE_PREFIX).as_deref(), Some("var.name"));
+    assert_eq!(
+        string_attr(&lambda, aws::ENV_QUEUE_PREFIX).as_deref(),
+        Some("var.name")
+    );
     let arns = string_attr(&iam, "queue_arns").unwrap();
     assert!(arns.ends_with(":${var.name}-*"), "{arns}");
     // The code names queues `<prefix>-...`, which that pattern covers.
-    let settings = aws::AwsSettings { queue_prefix: "jewel".into(), ..Default::default() };
+    let settings = aws::AwsSettings {
+        queue_prefix: "jewel".into(),
+        ..Default::default()
+    };
     let name = aws::sqs::queue_name(&settings.queue_prefix, "0123abcd", 42);
     assert!(name.starts_with("jewel-"), "{name}");
     assert!(name.len() <= 80);
     // Devices can receive and delete; they cannot send.
-    let listener = block(&iam, "data \"aws_iam_policy_document\" \"listener\"", "statement");
+    let listener = block(
+        &iam,
+        "data \"aws_iam_policy_document\" \"listener\"",
+        "statement",
+    );
     assert!(listener.contains("sqs:ReceiveMessage") && listener.contains("sqs:DeleteMessage"));
     assert!(!listener.contains("SendMessage") && !listener.contains("sqs:*"));
 }
@@ -111,11 +130,16 @@ fn routes_in(source: &str, prefix: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for chunk in source.split(".route(").skip(1) {
         let path = chunk.split('"').nth(1).unwrap();
-        let end = chunk.find(".layer(").or_else(|| chunk.find(".with_state(")).unwrap_or(chunk.len());
+        let end = chunk
+            .find(".layer(")
+            .or_else(|| chunk.find(".with_state("))
+            .unwrap_or(chunk.len());
         for method in ["get", "post", "put", "patch", "delete"] {
             let body = &chunk[..end];
             let called = body.match_indices(&format!("{method}(")).any(|(i, _)| {
-                i == 0 || !body.as_bytes()[i - 1].is_ascii_alphanumeric() && body.as_bytes()[i - 1] != b'_'
+                i == 0
+                    || !body.as_bytes()[i - 1].is_ascii_alphanumeric()
+                        && body.as_bytes()[i - 1] != b'_'
             });
             if called {
                 out.insert(format!("{} {prefix}{path}", method.to_uppercase()));
@@ -146,6 +170,12 @@ fn api_gateway_has_every_route_of_the_router() {
         .collect();
     let missing: Vec<_> = code.difference(&deployed).collect();
     let extra: Vec<_> = deployed.difference(&code).collect();
-    assert!(missing.is_empty(), "routes the router has but API Gateway lacks: {missing:?}");
-    assert!(extra.is_empty(), "routes in API Gateway the router does not have: {extra:?}");
+    assert!(
+        missing.is_empty(),
+        "routes the router has but API Gateway lacks: {missing:?}"
+    );
+    assert!(
+        extra.is_empty(),
+        "routes in API Gateway the router does not have: {extra:?}"
+    );
 }

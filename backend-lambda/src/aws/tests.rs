@@ -295,21 +295,40 @@ fn the_session_policy_names_one_queue_and_only_receive_actions() {
 /// The dynalite run above is worth something only if dynalite refuses what DynamoDB refuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynalite_refuses_what_dynamodb_refuses() {
-    let Some(d) = super::testing::dynalite() else { return };
+    let Some(d) = super::testing::dynalite() else {
+        return;
+    };
     let (store, d) = dynamo_on_dynalite(d).await;
     drop(store);
     let sdk = sdk_for(&d.url).await;
     let client = aws_sdk_dynamodb::Client::new(&sdk);
-    let table = client.list_tables().send().await.unwrap().table_names.unwrap().remove(0);
+    let table = client
+        .list_tables()
+        .send()
+        .await
+        .unwrap()
+        .table_names
+        .unwrap()
+        .remove(0);
     let s = |v: &str| aws_sdk_dynamodb::types::AttributeValue::S(v.into());
-    let put = || client.put_item().table_name(&table).item("PK", s("p")).item("SK", s("s"));
+    let put = || {
+        client
+            .put_item()
+            .table_name(&table)
+            .item("PK", s("p"))
+            .item("SK", s("s"))
+    };
     // An unused placeholder value, and a reserved word used bare: both refused.
-    let unused = put().condition_expression("attribute_not_exists(PK)").expression_attribute_values(":x", s("1"));
+    let unused = put()
+        .condition_expression("attribute_not_exists(PK)")
+        .expression_attribute_values(":x", s("1"));
     assert!(unused.send().await.is_err());
     let reserved = put().condition_expression("attribute_not_exists(name)");
     assert!(reserved.send().await.is_err());
     // The same condition written properly passes.
-    let good = put().condition_expression("attribute_not_exists(#n)").expression_attribute_names("#n", "name");
+    let good = put()
+        .condition_expression("attribute_not_exists(#n)")
+        .expression_attribute_names("#n", "name");
     good.send().await.unwrap();
 }
 
@@ -317,7 +336,9 @@ async fn dynalite_refuses_what_dynamodb_refuses() {
 /// checksum header, only for the block it names, and only until it expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presigned_urls_are_checked_by_a_signature_checking_s3() {
-    let Some(s3s) = super::testing::s3s_fs() else { return };
+    let Some(s3s) = super::testing::s3s_fs() else {
+        return;
+    };
     let sdk = sdk_for(&s3s.url).await;
     let mut settings = fresh_settings();
     let store = S3BlobStore::new(&sdk, &settings);
@@ -327,7 +348,10 @@ async fn presigned_urls_are_checked_by_a_signature_checking_s3() {
     let hash = sha256_hex(&data);
     let sum = checksum_header(&hash).unwrap();
     let put = |url: String, header: Option<String>, body: Bytes| {
-        let mut r = client().put(url).header("content-type", "application/octet-stream").body(body);
+        let mut r = client()
+            .put(url)
+            .header("content-type", "application/octet-stream")
+            .body(body);
         if let Some(h) = header {
             r = r.header(CHECKSUM_HEADER, h);
         }
@@ -337,23 +361,48 @@ async fn presigned_urls_are_checked_by_a_signature_checking_s3() {
 
     // Without the signed checksum header, or with another block's checksum: refused.
     let r = put(url.clone(), None, data.clone()).await.unwrap();
-    assert!(r.status().is_client_error(), "no checksum header: {}", r.status());
+    assert!(
+        r.status().is_client_error(),
+        "no checksum header: {}",
+        r.status()
+    );
     let other = checksum_header(&sha256_hex(b"other")).unwrap();
     let r = put(url.clone(), Some(other), data.clone()).await.unwrap();
-    assert!(r.status().is_client_error(), "wrong checksum header: {}", r.status());
+    assert!(
+        r.status().is_client_error(),
+        "wrong checksum header: {}",
+        r.status()
+    );
     // (Bytes that do not match a correct checksum header are refused by S3 itself; neither
     // moto nor s3s-fs computes the checksum, so that last step is AWS's and not tested here.
     // Reads verify the SHA-256 in the service and the client regardless.)
     // A tampered URL (another user's key) is refused.
     let tampered = url.replace("/u/ann/", "/u/bob/");
-    let r = put(tampered, Some(sum.clone()), data.clone()).await.unwrap();
+    let r = put(tampered, Some(sum.clone()), data.clone())
+        .await
+        .unwrap();
     assert!(r.status().is_client_error(), "tampered URL: {}", r.status());
-    assert_eq!(store.missing(&user, std::slice::from_ref(&hash)).await.unwrap(), vec![hash.clone()]);
+    assert_eq!(
+        store
+            .missing(&user, std::slice::from_ref(&hash))
+            .await
+            .unwrap(),
+        vec![hash.clone()]
+    );
 
     // The real thing works, and the download URL serves it.
     let r = put(url, Some(sum.clone()), data.clone()).await.unwrap();
-    assert!(r.status().is_success(), "{} {}", r.status(), r.text().await.unwrap());
-    let got = client().get(store.download_url(&user, &hash).await.unwrap()).send().await.unwrap();
+    assert!(
+        r.status().is_success(),
+        "{} {}",
+        r.status(),
+        r.text().await.unwrap()
+    );
+    let got = client()
+        .get(store.download_url(&user, &hash).await.unwrap())
+        .send()
+        .await
+        .unwrap();
     assert!(got.status().is_success());
     assert_eq!(got.bytes().await.unwrap(), data);
 

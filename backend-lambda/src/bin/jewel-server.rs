@@ -23,7 +23,13 @@ struct DataArg {
     data: Option<PathBuf>,
     /// Where the state lives: `embedded` (SQLite and a block folder under --data) or `aws`
     /// (DynamoDB, S3, SQS named by JEWEL_TABLE, JEWEL_BUCKET and the standard AWS environment).
-    #[arg(long, value_enum, default_value = "embedded", env = "JEWEL_BACKEND", global = true)]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "embedded",
+        env = "JEWEL_BACKEND",
+        global = true
+    )]
     backend: Backend,
 }
 
