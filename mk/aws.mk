@@ -66,6 +66,14 @@ terraform-check:
 	@echo "==> checkov (offline)"
 	@$(CHECKOV_VENV)/bin/checkov -d terraform --skip-download --quiet --compact --framework terraform
 
-## The Lambda package: target/lambda/bootstrap/bootstrap.zip (arm64, release).
+## The Lambda package: target/lambda-build/lambda/bootstrap/bootstrap.zip (release, glibc-compatible with
+## Lambda's provided.al2023 through zig). x86-64 by default; LAMBDA_ARCH=arm64 (Graviton, 20%
+## cheaper per GB-second) needs `rustup target add aarch64-unknown-linux-gnu` first, and
+## `-var lambda_architecture=arm64` in terraform.
+## It builds in its own target folder, so a long release build never holds the lock of the
+## one the tests use.
+LAMBDA_ARCH ?= x86-64
+LAMBDA_TARGET := $(CURDIR)/target/lambda-build
 lambda: setup-aws
-	PATH=$(LAMBDA_VENV)/bin:$$PATH $(CARGO) lambda build --release --arm64 --bin bootstrap -p backend-lambda --output-format zip
+	PATH=$(LAMBDA_VENV)/bin:$$PATH CARGO_TARGET_DIR=$(LAMBDA_TARGET) $(CARGO) lambda build --release --$(LAMBDA_ARCH) --bin bootstrap -p backend-lambda --output-format zip
+	@ls -l $(LAMBDA_TARGET)/lambda/bootstrap/bootstrap.zip

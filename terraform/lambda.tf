@@ -14,7 +14,7 @@ resource "aws_lambda_function" "api" {
   role             = aws_iam_role.lambda.arn
   runtime          = "provided.al2023"
   handler          = "bootstrap"
-  architectures    = ["arm64"]
+  architectures    = [var.lambda_architecture]
   filename         = var.lambda_zip
   source_code_hash = filebase64sha256(var.lambda_zip)
   memory_size      = var.lambda_memory_mb

@@ -23,7 +23,17 @@ variable "bucket_name" {
 variable "lambda_zip" {
   description = "The function package built by `make lambda`."
   type        = string
-  default     = "../target/lambda/bootstrap/bootstrap.zip"
+  default     = "../target/lambda-build/lambda/bootstrap/bootstrap.zip"
+}
+
+variable "lambda_architecture" {
+  description = "CPU of the function; must match the package (`make lambda` builds x86_64; `make lambda LAMBDA_ARCH=arm64` for Graviton, 20% cheaper per GB-second)."
+  type        = string
+  default     = "x86_64"
+  validation {
+    condition     = contains(["x86_64", "arm64"], var.lambda_architecture)
+    error_message = "lambda_architecture: x86_64 or arm64."
+  }
 }
 
 variable "lambda_memory_mb" {

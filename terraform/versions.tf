@@ -1,7 +1,7 @@
 # JewelFS on AWS: one DynamoDB table, one S3 bucket, per-device SQS queues (created by the
 # service at device registration), one Lambda behind an API Gateway HTTP API.
 #
-#   terraform init && terraform apply -var lambda_zip=../target/lambda/bootstrap/bootstrap.zip
+#   terraform init && terraform apply -var lambda_zip=../target/lambda-build/lambda/bootstrap/bootstrap.zip
 #
 # See docs/DEPLOY.md. Names shared with the code (table keys, TTL attribute, environment
 # variables, queue prefix, routes) are checked by backend-lambda/tests/aws_terraform.rs.

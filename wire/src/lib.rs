@@ -231,7 +231,8 @@ pub enum Listen {
     /// Receive from this device's own SQS queue (AWS mode) with long polling (20 s), deleting
     /// each message once applied. Every message body is a JSON [`ChangePage`]; messages may
     /// arrive twice or out of order (standard queue), so apply by sequence number and fall back
-    /// to `GET /changes` on a gap. `credentials` allow only receiving from and deleting on this
+    /// to `GET /changes` on a gap (a page may carry no events, only a `latest_seq`: an event
+    /// too large for a message, to be read from the feed). `credentials` allow only receiving from and deleting on this
     /// queue and expire at `credentials.expires_ns`: register the device again before then to
     /// get fresh ones (the queue stays the same).
     Sqs {

@@ -59,6 +59,20 @@ use crate::store::{
 
 type Item = HashMap<String, AttributeValue>;
 
+/// Most blocks one file may have here (~19.5 GiB): a node (with its block list) lives in
+/// DynamoDB items of at most 400 KB, and each hash takes ~67 bytes.
+pub const MAX_BLOCKS: usize = 5000;
+
+fn check_blocks(n: usize) -> StoreResult<()> {
+    if n > MAX_BLOCKS {
+        return Err(StoreError::Backend(format!(
+            "a file of {n} blocks is larger than AWS mode stores (at most {MAX_BLOCKS} blocks, {} GiB)",
+            MAX_BLOCKS as u64 * jewel_wire::BLOCK_SIZE >> 30
+        )));
+    }
+    Ok(())
+}
+
 /// How often an operation re-runs after a guard failed before giving up.
 const MAX_ATTEMPTS: usize = 20;
 
@@ -1094,6 +1108,9 @@ impl MetaStore for DynamoStore {
         origin: Origin,
     ) -> StoreResult<(Node, ChangeEvent)> {
         let id = new_id();
+        if let NewKind::File { content } = &new.kind {
+            check_blocks(content.blocks.len())?;
+        }
         let _writing = self.write_lock(user).await;
         for _ in 0..MAX_ATTEMPTS {
             let seq = self.seq(user).await?;
@@ -1160,6 +1177,7 @@ impl MetaStore for DynamoStore {
         mtime_ns: Option<i64>,
         origin: Origin,
     ) -> StoreResult<(Node, ChangeEvent)> {
+        check_blocks(content.blocks.len())?;
         let _writing = self.write_lock(user).await;
         for _ in 0..MAX_ATTEMPTS {
             let seq = self.seq(user).await?;

@@ -185,14 +185,24 @@ pub fn session_policy(queue_arn: &str) -> String {
     .to_string()
 }
 
-/// Splits events into message bodies of at most [`MAX_BODY`] bytes (an event larger than that
-/// alone goes in a message of its own; SQS accepts up to 256 KiB).
+/// Splits events into message bodies of at most [`MAX_BODY`] bytes, in order. An event that
+/// alone exceeds that becomes an empty page naming its sequence number (read from the log).
 pub fn bodies(events: &[ChangeEvent]) -> Vec<String> {
     let mut out = Vec::new();
     let mut start = 0;
     while start < events.len() {
         let mut end = start + 1;
         let mut body = page_json(&events[start..end]);
+        if body.len() > MAX_BODY {
+            // One event too large for a message (a file of thousands of blocks): send only its
+            // sequence number; the device sees `latest_seq` beyond its cursor with no events
+            // and reads the event from the change log, as after any gap.
+            body = serde_json::to_string(&ChangePage {
+                events: Vec::new(),
+                latest_seq: events[start].seq,
+            })
+            .expect("serialise");
+        }
         while end < events.len() {
             let next = page_json(&events[start..end + 1]);
             if next.len() > MAX_BODY {

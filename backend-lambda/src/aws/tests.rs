@@ -167,6 +167,19 @@ fn message_bodies_stay_small_and_ordered() {
         seqs.extend(page.events.iter().map(|e| e.seq));
     }
     assert_eq!(seqs, (1..=300).collect::<Vec<_>>());
+
+    // An event too large for a message (a huge file's block list) travels as its seq alone.
+    let mut big = event(301, 10);
+    big.node.blocks = (0..5000).map(|i| format!("{i:064x}")).collect();
+    let bodies = super::sqs::bodies(&[event(300, 10), big, event(302, 10)]);
+    let pages: Vec<ChangePage> = bodies
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+    assert!(bodies.iter().all(|b| b.len() <= super::sqs::MAX_BODY));
+    assert_eq!(pages.len(), 3);
+    assert_eq!((pages[1].events.len(), pages[1].latest_seq), (0, 301));
+    assert_eq!(pages[2].events[0].seq, 302);
 }
 
 /// Receives everything waiting in a queue as the device would: with its own credentials, from
@@ -413,4 +426,51 @@ async fn presigned_urls_are_checked_by_a_signature_checking_s3() {
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let r = client().get(url).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 403, "expired URL");
+}
+
+/// The largest file AWS mode takes fits DynamoDB's 400 KB items (moto checks the size); one
+/// block more is refused with a message saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_file_fits_and_a_larger_one_is_refused() {
+    use crate::store::{MetaStore, NewNode, Origin};
+    use jewel_wire::{Content, NewKind, ROOT_ID};
+    let Some(m) = moto() else { return };
+    let (store, _m) = dynamo_on(m).await;
+    let u = store.create_user("big", "hash-big", 1).await.unwrap().id;
+    let blocks = |n: usize| (0..n).map(|i| format!("{i:064x}")).collect::<Vec<_>>();
+    let n = super::dynamo::MAX_BLOCKS;
+    let content = Content {
+        size: n as u64 * jewel_wire::BLOCK_SIZE,
+        blocks: blocks(n),
+    };
+    let new = NewNode {
+        parent: ROOT_ID,
+        name: "big.iso".into(),
+        kind: NewKind::File { content },
+        mode: 0o644,
+        mtime_ns: 1,
+    };
+    let (node, _) = store
+        .create(&u, &new, Origin::default())
+        .await
+        .expect("the largest file fits");
+    assert_eq!(store.get_node(&u, node.id).await.unwrap().blocks.len(), n);
+    let bigger = Content {
+        size: 0,
+        blocks: blocks(n + 1),
+    };
+    let err = store
+        .commit_content(&u, node.id, 1, &bigger, None, Origin::default())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("larger than AWS mode stores"),
+        "{err}"
+    );
+    let page = store.changes_since(&u, 0, 10).await.unwrap();
+    assert_eq!(
+        page.events[0].node.blocks.len(),
+        n,
+        "the log holds the whole event"
+    );
 }
