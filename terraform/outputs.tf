@@ -1,6 +1,6 @@
 output "api_url" {
   description = "The service URL to give `jewelfs mount --server`."
-  value       = aws_apigatewayv2_stage.default.invoke_url
+  value       = trimsuffix(aws_apigatewayv2_stage.default.invoke_url, "/")
 }
 
 output "table" {
