@@ -15,7 +15,11 @@ pub fn bin(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     let path = target.join(profile).join(name);
     assert!(
         path.exists(),
@@ -27,7 +31,11 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `check` until it returns `Some` or `deadline` passes; panics with `what` on timeout.
@@ -70,10 +78,17 @@ impl Server {
             .spawn()
             .expect("start jewel-server");
         let url = format!("http://{addr}");
-        let server = Server { child: Some(child), url, data, addr };
+        let server = Server {
+            child: Some(child),
+            url,
+            data,
+            addr,
+        };
         let health = format!("{}/api/v1/health", server.url);
         wait_for("jewel-server to answer", Duration::from_secs(20), || {
-            reqwest::blocking::get(&health).ok().filter(|r| r.status().is_success())
+            reqwest::blocking::get(&health)
+                .ok()
+                .filter(|r| r.status().is_success())
         });
         server
     }
@@ -128,4 +143,234 @@ impl Drop for Server {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
+}
+
+// ------------------------------------------------------------------------------------------
+// Real FUSE mounts of the `jewelfs` client.
+
+impl Server {
+    /// Starts a server on a given data folder and address (to restart on the same port, so
+    /// running clients find it again).
+    pub fn start_at(data: tempfile::TempDir, addr: &str) -> Server {
+        let child = Command::new(bin("jewel-server"))
+            .args(["serve", "--data"])
+            .arg(data.path())
+            .args(["--listen", addr])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start jewel-server");
+        let url = format!("http://{addr}");
+        let server = Server {
+            child: Some(child),
+            url,
+            data,
+            addr: addr.to_string(),
+        };
+        let health = format!("{}/api/v1/health", server.url);
+        wait_for("jewel-server to answer", Duration::from_secs(20), || {
+            reqwest::blocking::get(&health)
+                .ok()
+                .filter(|r| r.status().is_success())
+        });
+        server
+    }
+
+    /// Kills the server and starts it again on the same data and port.
+    pub fn restart(self) -> Server {
+        let addr = self.addr.clone();
+        let data = self.kill();
+        Server::start_at(data, &addr)
+    }
+}
+
+/// Whether `path` is a mountpoint right now.
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy().to_string();
+    info.lines()
+        .any(|l| l.split(' ').nth(4).map(|m| m.replace("\\040", " ")) == Some(want.clone()))
+}
+
+/// A `jewelfs mount` running in the foreground as a child process, in its own temporary
+/// folder (`mnt/` the mountpoint, `cache/` its cache). Unmounted (and the client stopped) on
+/// drop.
+pub struct Mount {
+    child: Option<Child>,
+    root: tempfile::TempDir,
+    pub url: String,
+    pub token: String,
+    pub device: String,
+    mnt: PathBuf,
+}
+
+impl Mount {
+    /// Mounts `token`'s drive from `server`, as device `device`, and waits until it is ready.
+    pub fn new(server: &Server, token: &str, device: &str) -> Mount {
+        let root = tempfile::tempdir().unwrap();
+        let mnt = root.path().join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let mut m = Mount {
+            child: None,
+            root,
+            url: server.url.clone(),
+            token: token.to_string(),
+            device: device.to_string(),
+            mnt,
+        };
+        m.start();
+        m
+    }
+
+    /// The mountpoint.
+    pub fn path(&self) -> &Path {
+        &self.mnt
+    }
+
+    /// A path inside the mount.
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.root.path().join("cache")
+    }
+
+    /// Starts the client (again) on the same mountpoint and cache, and waits until ready.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::File::create(self.root.path().join("client.log")).unwrap();
+        let child = Command::new(bin("jewelfs"))
+            .arg("mount")
+            .arg(&self.mnt)
+            .args([
+                "--server",
+                &self.url,
+                "--token",
+                &self.token,
+                "--device",
+                &self.device,
+            ])
+            .arg("--cache-dir")
+            .arg(self.cache_dir())
+            .env(
+                "JEWEL_LOG",
+                std::env::var("JEWEL_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start jewelfs mount");
+        self.child = Some(child);
+        let mnt = self.mnt.clone();
+        wait_for("jewelfs to mount", Duration::from_secs(20), || {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("jewelfs mount exited with {status}:\n{}", self.log());
+            }
+            (is_mounted(&mnt) && jewelfs::mount::read_status(&mnt).is_some_and(|s| s.ready))
+                .then_some(())
+        });
+    }
+
+    /// The client's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.path().join("client.log")).unwrap_or_default()
+    }
+
+    /// What `jewelfs status` would say.
+    pub fn status(&self) -> jewelfs::core::Status {
+        jewelfs::mount::read_status(&self.mnt).expect("status of a running mount")
+    }
+
+    /// Waits until the client has uploaded everything it has journaled.
+    pub fn wait_uploaded(&self, deadline: Duration) {
+        wait_for("pending uploads to drain", deadline, || {
+            (self.status().pending_uploads == 0).then_some(())
+        });
+    }
+
+    /// SIGKILLs the client (no clean-up at all) and detaches the dead mount.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.detach();
+    }
+
+    fn detach(&self) {
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&self.mnt)
+                .status();
+        }
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+    }
+
+    /// `jewelfs unmount`: waits for uploads, then unmounts; returns its output.
+    pub fn unmount(&mut self) -> String {
+        let out = Command::new(bin("jewelfs"))
+            .arg("unmount")
+            .arg(&self.mnt)
+            .args(["--wait", "30"])
+            .output()
+            .expect("run jewelfs unmount");
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.detach();
+    }
+}
+
+/// Waits until `path` holds exactly `want`.
+pub fn wait_content(path: &Path, want: &[u8], deadline: Duration) {
+    wait_for(
+        &format!(
+            "{} to hold the expected {} bytes",
+            path.display(),
+            want.len()
+        ),
+        deadline,
+        || std::fs::read(path).ok().filter(|c| c == want).map(|_| ()),
+    );
+}
+
+/// Waits until `path` does not exist.
+pub fn wait_gone(path: &Path, deadline: Duration) {
+    wait_for(
+        &format!("{} to disappear", path.display()),
+        deadline,
+        || (!path.exists() && std::fs::symlink_metadata(path).is_err()).then_some(()),
+    );
 }

@@ -264,19 +264,20 @@ impl Journal {
 
     /// Rewrites a pending entry that is not in flight; false when it is (or is gone).
     pub fn rewrite(&self, seq: u64, op: Op) -> std::io::Result<bool> {
-        let entry = {
-            let inner = self.inner.lock().unwrap();
-            if inner.inflight == Some(seq) || !inner.entries.contains_key(&seq) {
-                return Ok(false);
-            }
-            Entry {
-                seq,
-                at_ms: now_ms(),
-                op,
-            }
+        // The lock is held across the write so the uploader cannot take the old version
+        // of the entry in between (it would upload stale content and then remove ours).
+        let mut inner = self.inner.lock().unwrap();
+        if inner.inflight == Some(seq) || !inner.entries.contains_key(&seq) {
+            return Ok(false);
+        }
+        let entry = Entry {
+            seq,
+            at_ms: now_ms(),
+            op,
         };
         self.write_entry(&entry)?;
-        self.inner.lock().unwrap().entries.insert(seq, entry);
+        inner.entries.insert(seq, entry);
+        drop(inner);
         self.changed.notify_one();
         Ok(true)
     }

@@ -10,8 +10,9 @@
 //! - **`cursor_too_old`** (410): the log was trimmed past our cursor; the listener drops
 //!   every cached listing and node that has no local changes, tells the kernel to forget
 //!   them, and starts again from the service's newest sequence number (a re-list).
-//! - **our own echoes** (events naming our device) are applied (versions only move forward,
-//!   so this is idempotent) but cause no kernel invalidation.
+//! - **our own echoes** (events naming our device) are skipped: the uploader already applied
+//!   the service's answer, and an echo may be older than the local view (a file created as
+//!   `x.lock` and renamed since must not reappear under its first name).
 //! - **local changes win locally**: a remote change to a node with a pending local change
 //!   does not move it or hide it; the uploader settles the conflict when it sends ours.
 
@@ -146,14 +147,22 @@ impl Core {
     }
 
     fn has_local_changes(&self, id: NodeId) -> bool {
-        self.journal.has_pending(id)
-            || self.local.lock().unwrap().contains_key(&id)
-            || self.staging.lock().unwrap().contains_key(&id)
+        if self.journal.has_pending(id) {
+            return true;
+        }
+        let has_local = self.local.lock().unwrap().contains_key(&id);
+        has_local || self.staging.lock().unwrap().contains_key(&id)
     }
 
     /// Applies one remote change to the tree and queues the kernel invalidations.
     pub fn apply_event(&self, ev: &ChangeEvent) {
         let own = ev.device.is_some() && ev.device == Some(self.device.load(Ordering::Relaxed));
+        if own {
+            // The uploader applied the service's answer already; an echo can only be older
+            // than our local view (it may name a place we have since moved the node from).
+            return;
+        }
+        self.remember(ev);
         let node = &ev.node;
         let old = self.tree.get(node.id);
         let mut invals = Vec::new();

@@ -181,8 +181,9 @@ pub struct Staging {
     size: AtomicU64,
     dirty: AtomicBool,
     handles: AtomicUsize,
-    base_version: Version,
-    base_blocks: Vec<BlockHash>,
+    /// The service version (and its blocks) this copy descends from; moved forward when our
+    /// own upload of an earlier state of this copy is committed.
+    base: Mutex<(Version, Vec<BlockHash>)>,
 }
 
 /// Journaled content of a file that the service does not have yet.
@@ -218,6 +219,8 @@ pub struct Core {
     next_local: AtomicU64,
     inval_tx: Mutex<Option<std::sync::mpsc::Sender<Inval>>>,
     pub last_error: Mutex<Option<String>>,
+    /// The last applied change events, to correct a listing read while they arrived.
+    recent: Mutex<std::collections::VecDeque<ChangeEvent>>,
 }
 
 fn copy_file(src: &File, dst: &File, len: u64) -> std::io::Result<()> {
@@ -292,6 +295,7 @@ impl Core {
             next_local: AtomicU64::new(LOCAL_ID_BASE + (journal::now_ms() << 8)),
             inval_tx: Mutex::new(None),
             last_error: Mutex::new(None),
+            recent: Mutex::new(std::collections::VecDeque::new()),
         };
         let core = Arc::new(core);
         core.replay_local_state()?;
@@ -390,10 +394,20 @@ impl Core {
     /// A node as the user sees it: local content sizes win over the service's.
     pub fn view(&self, id: NodeId) -> Option<Node> {
         let mut node = (*self.tree.get(id)?).clone();
-        if let Some(s) = self.staging.lock().unwrap().get(&id) {
-            node.size = s.size.load(Ordering::Relaxed);
-        } else if let Some(l) = self.local.lock().unwrap().get(&id) {
-            node.size = l.size;
+        // One lock at a time (never nested): staging, then local content.
+        let staging = self
+            .staging
+            .lock()
+            .unwrap()
+            .get(&id)
+            .map(|s| s.size.load(Ordering::Relaxed));
+        if let Some(size) = staging {
+            node.size = size;
+        } else {
+            let local = self.local.lock().unwrap().get(&id).map(|l| l.size);
+            if let Some(size) = local {
+                node.size = size;
+            }
         }
         Some(node)
     }
@@ -443,6 +457,7 @@ impl Core {
             self.tree.new_listing(dir);
             return Ok(());
         }
+        let seen_before = self.cursor.load(Ordering::Relaxed);
         let mut all = Vec::new();
         let mut after = None;
         loop {
@@ -455,6 +470,18 @@ impl Core {
         }
         if !self.tree.has_listing(dir) {
             self.tree.set_listing(dir, all);
+            // Events applied while the listing was read may be newer than it: replay them.
+            let recent: Vec<ChangeEvent> = self
+                .recent
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| e.seq > seen_before)
+                .cloned()
+                .collect();
+            for ev in recent {
+                self.relink(dir, &ev);
+            }
         }
         Ok(())
     }
@@ -475,6 +502,56 @@ impl Core {
             }
         }
         Ok(out)
+    }
+
+    /// Our own upload of `node` was committed: an open copy of it now descends from it.
+    pub(crate) fn rebase_staging(&self, node: &Node) {
+        if let Some(s) = self.staging_of(node.id) {
+            let mut base = s.base.lock().unwrap();
+            if base.0 < node.version {
+                *base = (node.version, node.blocks.clone());
+            }
+        }
+    }
+
+    /// Remembers an applied event (see `recent`).
+    pub(crate) fn remember(&self, ev: &ChangeEvent) {
+        let mut recent = self.recent.lock().unwrap();
+        recent.push_back(ev.clone());
+        while recent.len() > 4096 {
+            recent.pop_front();
+        }
+    }
+
+    /// Re-applies one event to a freshly read listing of `dir`.
+    fn relink(&self, dir: NodeId, ev: &ChangeEvent) {
+        let node = &ev.node;
+        let current = self.tree.get(node.id);
+        let newest = current.as_ref().is_none_or(|c| c.version <= node.version);
+        match ev.op {
+            ChangeOp::Upsert if newest => {
+                if let Some(from) = &ev.from {
+                    if from.parent == dir {
+                        self.tree.unlink(dir, &from.name, node.id);
+                    }
+                }
+                if node.parent == dir {
+                    self.tree.link_remote(dir, &node.name, node.id);
+                    self.tree.put(node.clone());
+                } else if let Some(c) = &current {
+                    if c.parent == dir && c.version <= node.version {
+                        self.tree.unlink(dir, &c.name, node.id);
+                    }
+                }
+            }
+            ChangeOp::Remove if !self.journal.has_pending(node.id) => {
+                self.tree.unlink(dir, &node.name, node.id);
+                if let Some(c) = &current {
+                    self.tree.unlink(dir, &c.name, node.id);
+                }
+            }
+            _ => {}
+        }
     }
 
     // ---------------------------------------------------------------- reading content
@@ -701,8 +778,7 @@ impl Core {
             size: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
             handles: AtomicUsize::new(0),
-            base_version,
-            base_blocks,
+            base: Mutex::new((base_version, base_blocks)),
         }))
     }
 
@@ -923,10 +999,11 @@ impl Core {
         size: u64,
         mtime_ns: i64,
     ) -> CoreResult<()> {
+        let (base_version, base_blocks) = s.base.lock().unwrap().clone();
         self.journal.append(Op::Content {
             node: id,
-            base_version: s.base_version,
-            base_blocks: s.base_blocks.clone(),
+            base_version,
+            base_blocks,
             data,
             size,
             mtime_ns,
@@ -946,13 +1023,19 @@ impl Core {
             return Ok(());
         }
         let result = self.flush(id);
-        let mut map = self.staging.lock().unwrap();
-        if let Some(cur) = map.get(&id) {
-            if Arc::ptr_eq(cur, &s) && s.handles.load(Ordering::Relaxed) == 0 {
-                map.remove(&id);
-                if let Some(path) = s.inner.lock().unwrap().path.take() {
-                    let _ = std::fs::remove_file(path);
+        let removed = {
+            let mut map = self.staging.lock().unwrap();
+            match map.get(&id) {
+                Some(cur) if Arc::ptr_eq(cur, &s) && s.handles.load(Ordering::Relaxed) == 0 => {
+                    map.remove(&id)
                 }
+                _ => None,
+            }
+        };
+        if let Some(s) = removed {
+            let path = s.inner.lock().unwrap().path.take();
+            if let Some(path) = path {
+                let _ = std::fs::remove_file(path);
             }
         }
         result
@@ -1268,7 +1351,8 @@ impl Core {
             if let Some(t) = mtime_ns {
                 n.mtime_ns = t;
             }
-            let folded = self.unsent.lock().unwrap().contains(&id) || {
+            let is_unsent = self.unsent.lock().unwrap().contains(&id);
+            let folded = is_unsent || {
                 match self
                     .journal
                     .find_pending(id, |op| matches!(op, Op::Create { .. }))

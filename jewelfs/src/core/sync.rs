@@ -117,11 +117,12 @@ impl Core {
     }
 
     fn maybe_unpin(&self, id: NodeId) {
-        if is_local(id)
-            || self.journal.has_pending(id)
-            || self.local.lock().unwrap().contains_key(&id)
-            || self.staging.lock().unwrap().contains_key(&id)
-        {
+        if is_local(id) || self.journal.has_pending(id) {
+            return;
+        }
+        let has_local = self.local.lock().unwrap().contains_key(&id);
+        let has_staging = self.staging.lock().unwrap().contains_key(&id);
+        if has_local || has_staging {
             return;
         }
         self.tree.unpin(id);
@@ -343,64 +344,36 @@ impl Core {
             return Ok(());
         }
         self.journal.add_alias(local, server.id)?;
+        let id = server.id;
         let old = self.tree.get(local);
-        if let Some(old) = &old {
-            self.tree.unlink(old.parent, &old.name, local);
-        }
+        self.tree.alias(local, id);
         {
             let mut staging = self.staging.lock().unwrap();
             if let Some(s) = staging.remove(&local) {
-                staging.insert(server.id, s);
+                staging.insert(id, s);
             }
         }
         {
             let mut map = self.local.lock().unwrap();
             if let Some(l) = map.remove(&local) {
-                map.insert(server.id, l);
+                map.insert(id, l);
             }
         }
         if self.unsent.lock().unwrap().remove(&local) {
-            self.unsent.lock().unwrap().insert(server.id);
+            self.unsent.lock().unwrap().insert(id);
         }
-        let is_dir = server.is_dir();
-        let id = server.id;
-        if is_dir {
-            // Children listed under the local id move to the service's id.
-            if let Some(children) = self.tree.listing(local) {
-                if !self.tree.has_listing(id) {
-                    self.tree.new_listing(id);
-                }
-                for (name, child) in children {
-                    self.tree.link(id, &name, child);
-                    if let Some(c) = self.tree.get(child) {
-                        let mut c = (*c).clone();
-                        c.parent = id;
-                        self.tree.put(c);
-                    }
-                }
-            }
-        }
-        let keep = old.as_ref().map(|o| (o.parent, o.name.clone()));
+        self.rebase_staging(&server);
         let mut node = server;
-        if let Some((p, n)) = keep {
-            // Our local place is newer than what the service has if a move is pending.
-            if self
-                .journal
-                .entries()
-                .iter()
-                .any(|e| matches!(e.op, Op::Move { .. }) && self.journal.resolve(e.op.node()) == id)
-            {
-                node.parent = p;
-                node.name = n;
+        if let Some(old) = &old {
+            // Our local place and mode are newer than the service's while changes are pending.
+            node.parent = old.parent;
+            node.name = old.name.clone();
+            node.mode = old.mode;
+            if node.is_dir() && !self.tree.has_listing(id) {
+                self.tree.new_listing(id);
             }
         }
-        let mut pinned_node = node.clone();
-        if let Some(old) = &old {
-            pinned_node.mode = old.mode;
-        }
-        self.tree.pin(pinned_node);
-        self.tree.link(node.parent, &node.name, id);
-        self.tree.forget(local);
+        self.tree.pin(node);
         Ok(())
     }
 
@@ -579,6 +552,7 @@ impl Core {
             match self.api.commit(id, &req).await {
                 Ok(n) => {
                     self.rebase(seq, id, base_version, &n);
+                    self.rebase_staging(&n);
                     self.apply_own(n);
                     return Ok(());
                 }

@@ -12,7 +12,7 @@
 //!   tells the kernel) as it happens; a cursor gap or `cursor_too_old` clears everything.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use jewel_wire::{Node, NodeId};
 
@@ -22,6 +22,11 @@ pub struct Tree {
     nodes: moka::sync::Cache<NodeId, Arc<Node>>,
     dirs: moka::sync::Cache<NodeId, Listing>,
     pinned: Mutex<HashMap<NodeId, Arc<Node>>>,
+    /// Local id → the service's id, for nodes created here and uploaded since. Every method
+    /// resolves through it, so an operation that started with the local id still lands on
+    /// the right node; a directory's listing is shared by both ids (one map, two keys), so
+    /// no entry added during the switch is lost.
+    aliases: RwLock<HashMap<NodeId, NodeId>>,
 }
 
 /// Default bounds: about 200 bytes a node; a million nodes stay well under the memory goal.
@@ -40,18 +45,76 @@ impl Tree {
             nodes: moka::sync::Cache::new(max_nodes),
             dirs: moka::sync::Cache::new(max_dirs),
             pinned: Mutex::new(HashMap::new()),
+            aliases: RwLock::new(HashMap::new()),
         }
     }
 
-    pub fn get(&self, id: NodeId) -> Option<Arc<Node>> {
-        if let Some(n) = self.pinned.lock().unwrap().get(&id) {
-            return Some(n.clone());
+    /// The current id of `id` (itself unless it is an uploaded local id).
+    pub fn r(&self, id: NodeId) -> NodeId {
+        let aliases = self.aliases.read().unwrap();
+        if aliases.is_empty() {
+            return id;
         }
-        self.nodes.get(&id)
+        let mut id = id;
+        for _ in 0..16 {
+            match aliases.get(&id) {
+                Some(next) if *next != id => id = *next,
+                _ => break,
+            }
+        }
+        id
+    }
+
+    fn fix(&self, node: Node) -> Node {
+        let (id, parent) = (self.r(node.id), self.r(node.parent));
+        if id == node.id && parent == node.parent {
+            return node;
+        }
+        Node { id, parent, ..node }
+    }
+
+    /// Local node `local` is `server` from now on (its listing too).
+    pub fn alias(&self, local: NodeId, server: NodeId) {
+        if local == server {
+            return;
+        }
+        let listing = self.dirs.get(&local);
+        self.aliases.write().unwrap().insert(local, server);
+        if let Some(listing) = listing {
+            match self.dirs.get(&server) {
+                Some(existing) if !Arc::ptr_eq(&existing, &listing) => {
+                    let entries = listing.lock().unwrap().clone();
+                    existing.lock().unwrap().extend(entries);
+                    self.dirs.insert(local, existing);
+                }
+                Some(_) => {}
+                None => self.dirs.insert(server, listing),
+            }
+        }
+        let moved = self.pinned.lock().unwrap().remove(&local);
+        if let Some(n) = moved {
+            let n = self.fix((*n).clone());
+            self.pinned.lock().unwrap().insert(server, Arc::new(n));
+        }
+        self.nodes.invalidate(&local);
+    }
+
+    pub fn get(&self, id: NodeId) -> Option<Arc<Node>> {
+        let id = self.r(id);
+        let found = match self.pinned.lock().unwrap().get(&id) {
+            Some(n) => Some(n.clone()),
+            None => None,
+        };
+        let n = found.or_else(|| self.nodes.get(&id))?;
+        if self.r(n.parent) != n.parent {
+            return Some(Arc::new(self.fix((*n).clone())));
+        }
+        Some(n)
     }
 
     /// Stores a node (pinned stays pinned).
     pub fn put(&self, node: Node) {
+        let node = self.fix(node);
         let id = node.id;
         let node = Arc::new(node);
         let mut pinned = self.pinned.lock().unwrap();
@@ -65,15 +128,18 @@ impl Tree {
 
     /// Keeps the node in memory whatever happens (it has local state).
     pub fn pin(&self, node: Node) {
+        let node = self.fix(node);
         self.nodes.invalidate(&node.id);
         self.pinned.lock().unwrap().insert(node.id, Arc::new(node));
     }
 
     pub fn is_pinned(&self, id: NodeId) -> bool {
+        let id = self.r(id);
         self.pinned.lock().unwrap().contains_key(&id)
     }
 
     pub fn unpin(&self, id: NodeId) {
+        let id = self.r(id);
         if let Some(n) = self.pinned.lock().unwrap().remove(&id) {
             self.nodes.insert(id, n);
         }
@@ -81,56 +147,68 @@ impl Tree {
 
     /// Forgets a node entirely (not its listing entry: see [`Tree::unlink`]).
     pub fn forget(&self, id: NodeId) {
+        let id = self.r(id);
         self.pinned.lock().unwrap().remove(&id);
         self.nodes.invalidate(&id);
         self.dirs.invalidate(&id);
     }
 
     pub fn has_listing(&self, dir: NodeId) -> bool {
-        self.dirs.contains_key(&dir)
+        self.dirs.contains_key(&self.r(dir))
     }
 
     /// `None` when the listing is not cached; `Some(None)` when the name is known absent.
     pub fn child(&self, dir: NodeId, name: &str) -> Option<Option<NodeId>> {
-        let listing = self.dirs.get(&dir)?;
+        let listing = self.dirs.get(&self.r(dir))?;
         let found = listing.lock().unwrap().get(name).copied();
-        Some(found)
+        Some(found.map(|id| self.r(id)))
     }
 
     pub fn listing(&self, dir: NodeId) -> Option<Vec<(String, NodeId)>> {
-        let listing = self.dirs.get(&dir)?;
-        let entries = listing
+        let listing = self.dirs.get(&self.r(dir))?;
+        let entries: Vec<(String, NodeId)> = listing
             .lock()
             .unwrap()
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect();
-        Some(entries)
+        Some(entries.into_iter().map(|(k, v)| (k, self.r(v))).collect())
     }
 
     /// An empty, complete listing (a directory created here).
     pub fn new_listing(&self, dir: NodeId) {
-        self.dirs.insert(dir, Arc::new(Mutex::new(BTreeMap::new())));
+        self.dirs
+            .insert(self.r(dir), Arc::new(Mutex::new(BTreeMap::new())));
     }
 
     /// Stores a complete listing read from the service. Pinned nodes win: one that lives
     /// here locally is added, one that moved away locally is left out.
     pub fn set_listing(&self, dir: NodeId, entries: Vec<Node>) {
-        let pinned = self.pinned.lock().unwrap().clone();
+        let dir = self.r(dir);
+        let pinned: Vec<Arc<Node>> = self.pinned.lock().unwrap().values().cloned().collect();
+        let pinned_by_id: HashMap<NodeId, Arc<Node>> =
+            pinned.iter().map(|n| (n.id, n.clone())).collect();
         let mut map = BTreeMap::new();
         for node in entries {
-            if let Some(p) = pinned.get(&node.id) {
-                if p.parent != dir {
+            if let Some(p) = pinned_by_id.get(&node.id) {
+                if self.r(p.parent) != dir {
                     continue;
                 }
                 map.insert(p.name.clone(), p.id);
                 continue;
             }
             map.insert(node.name.clone(), node.id);
-            self.nodes.insert(node.id, Arc::new(node));
+            // A listing read while changes arrived may be older than what events told us.
+            if self
+                .nodes
+                .get(&node.id)
+                .is_none_or(|cur| cur.version < node.version)
+            {
+                self.nodes.insert(node.id, Arc::new(node));
+            }
         }
-        for p in pinned.values() {
-            if p.parent == dir && p.id != dir {
+        for p in pinned {
+            if self.r(p.parent) == dir && p.id != dir {
                 map.insert(p.name.clone(), p.id);
             }
         }
@@ -139,17 +217,18 @@ impl Tree {
 
     /// Adds `name → id` to a cached listing.
     pub fn link(&self, dir: NodeId, name: &str, id: NodeId) {
-        if let Some(listing) = self.dirs.get(&dir) {
-            listing.lock().unwrap().insert(name.to_string(), id);
+        if let Some(listing) = self.dirs.get(&self.r(dir)) {
+            listing.lock().unwrap().insert(name.to_string(), self.r(id));
         }
     }
 
     /// Like [`Tree::link`], but never hides a pinned node that holds the name.
     pub fn link_remote(&self, dir: NodeId, name: &str, id: NodeId) {
-        if let Some(listing) = self.dirs.get(&dir) {
+        if let Some(listing) = self.dirs.get(&self.r(dir)) {
             let mut map = listing.lock().unwrap();
             if let Some(existing) = map.get(name) {
-                if *existing != id && self.is_pinned(*existing) {
+                let existing = self.r(*existing);
+                if existing != id && self.is_pinned(existing) {
                     return;
                 }
             }
@@ -159,9 +238,10 @@ impl Tree {
 
     /// Removes `name` from a cached listing if it points at `id`.
     pub fn unlink(&self, dir: NodeId, name: &str, id: NodeId) {
-        if let Some(listing) = self.dirs.get(&dir) {
+        if let Some(listing) = self.dirs.get(&self.r(dir)) {
+            let id = self.r(id);
             let mut map = listing.lock().unwrap();
-            if map.get(name) == Some(&id) {
+            if map.get(name).is_some_and(|cur| self.r(*cur) == id) {
                 map.remove(name);
             }
         }
@@ -169,6 +249,7 @@ impl Tree {
 
     /// Moves a node to a new place (listing entries and the node itself).
     pub fn place(&self, node: Node) {
+        let node = self.fix(node);
         if let Some(old) = self.get(node.id) {
             if old.parent != node.parent || old.name != node.name {
                 self.unlink(old.parent, &old.name, node.id);
@@ -183,7 +264,7 @@ impl Tree {
         self.dirs.iter().map(|(k, _)| *k).collect()
     }
 
-    /// Every node id known (cached or pinned).
+    /// Every node known (cached or pinned).
     pub fn known(&self) -> Vec<Arc<Node>> {
         let mut all: Vec<Arc<Node>> = self.nodes.iter().map(|(_, v)| v).collect();
         all.extend(self.pinned.lock().unwrap().values().cloned());
