@@ -10,6 +10,7 @@
 //! | `JEWEL_BUCKET` | the S3 bucket holding blocks under `u/<user>/b/<hash>` | `jewel-blocks` |
 //! | `JEWEL_QUEUE_PREFIX` | name prefix of the per-device SQS queues | `jewel` |
 //! | `JEWEL_LISTENER_ROLE_ARN` | role assumed (with a one-queue session policy) to hand devices receive-only credentials | none: devices get no credentials, see [`sqs`] |
+//! | `JEWEL_BUS` | `sqs`, or `local` for one `jewel-server` process serving long-poll | `sqs` |
 //! | `JEWEL_LOG_RETENTION_DAYS` | how long change-log items live before DynamoDB's TTL drops them | 30 |
 //! | `AWS_REGION`, `AWS_ENDPOINT_URL[_DYNAMODB/_S3/_SQS/_STS]`, credentials | the standard AWS environment | |
 //!
@@ -43,6 +44,10 @@ pub const ENV_BUCKET: &str = "JEWEL_BUCKET";
 pub const ENV_QUEUE_PREFIX: &str = "JEWEL_QUEUE_PREFIX";
 pub const ENV_LISTENER_ROLE: &str = "JEWEL_LISTENER_ROLE_ARN";
 pub const ENV_LOG_RETENTION_DAYS: &str = "JEWEL_LOG_RETENTION_DAYS";
+/// `sqs` (default): a queue per device. `local`: the in-process long-poll bus — right only
+/// for a single `jewel-server` process on the AWS stores (never for Lambda, whose instances
+/// do not share memory), and what today's long-polling clients need.
+pub const ENV_BUS: &str = "JEWEL_BUS";
 /// The table's key attributes and its TTL attribute.
 pub const PK: &str = "PK";
 pub const SK: &str = "SK";
@@ -126,8 +131,12 @@ pub async fn stores_from_env(
     let sdk = sdk_config().await;
     let meta = dynamo::DynamoStore::new(&sdk, &settings);
     let blobs = s3::S3BlobStore::new(&sdk, &settings);
-    let bus = sqs::SqsBus::new(&sdk, &settings);
-    Ok((Arc::new(meta), Arc::new(blobs), Arc::new(bus)))
+    let bus: Arc<dyn ChangeBus> = match std::env::var(ENV_BUS).as_deref() {
+        Ok("sqs") | Ok("") | Err(_) => Arc::new(sqs::SqsBus::new(&sdk, &settings)),
+        Ok("local") => Arc::new(crate::bus::local::LocalBus::default()),
+        Ok(other) => anyhow::bail!("{ENV_BUS}={other:?}: expected `sqs` or `local`"),
+    };
+    Ok((Arc::new(meta), Arc::new(blobs), bus))
 }
 
 /// The service on the AWS stores, configured from the environment.
