@@ -232,9 +232,11 @@ pub enum Listen {
     /// each message once applied. Every message body is a JSON [`ChangePage`]; messages may
     /// arrive twice or out of order (standard queue), so apply by sequence number and fall back
     /// to `GET /changes` on a gap (a page may carry no events, only a `latest_seq`: an event
-    /// too large for a message, to be read from the feed). `credentials` allow only receiving from and deleting on this
-    /// queue and expire at `credentials.expires_ns`: register the device again before then to
-    /// get fresh ones (the queue stays the same).
+    /// too large for a message, to be read from the feed). `credentials` allow only receiving
+    /// from and deleting on this queue and expire at `credentials.expires_ns` (one hour): ask
+    /// the service for this device's listener again before then (the service's
+    /// `ChangeBus::register_device` for the same device id returns the same queue with fresh
+    /// credentials).
     Sqs {
         queue_url: String,
         region: String,

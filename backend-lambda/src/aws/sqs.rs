@@ -9,7 +9,7 @@
 //!   of the role's policy (all JewelFS queues, receive side only) and the session policy, so a
 //!   device can read its own queue and nothing else, and never holds the service's keys.
 //!   The credentials last one hour (the limit when a Lambda role chains into another role);
-//!   the device registers again to renew them.
+//!   calling `register_device` again for the same device renews them for the same queue.
 //! - **publish** sends the events to each given device's queue with `SendMessageBatch`. Each
 //!   message body is a JSON `ChangePage` of consecutive events, at most [`MAX_BODY`] bytes, so a
 //!   whole batch usually bills as one request (SQS bills per 64 KiB of payload). The sends to
