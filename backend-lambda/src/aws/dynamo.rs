@@ -23,12 +23,18 @@
 //! dense and appear in commit order — a client that has seen `n` has seen everything before
 //! `n`. When a guard fails the transaction is cancelled and the whole operation runs again on
 //! fresh reads, which then report the real outcome (`Conflict`, `Exists`, …) or succeed.
+//! Within one process a per-user lock queues a user's writes first (a cancelled transaction
+//! still costs its write units); each transaction carries a client request token, so the
+//! SDK's retry after a lost answer is the success it was, not a failed guard.
 //!
 //! Subtle cases:
 //! - Deleting a directory keeps its subtree attached. Nodes below it are marked `in_trash`
 //!   after the transaction (batch writes, outside it: a subtree may exceed the 100-item
-//!   limit), and unmarked on restore; a visibility check on the parent keeps `list_children`
-//!   and `child` correct even between the two steps.
+//!   limit), and unmarked on restore. `list_children` and `child` check the parent's own
+//!   pointer, so the deleted directory's direct children vanish with the transaction; deeper
+//!   nodes vanish from `get_node` a moment later, when the marking is done.
+//! - A file has at most [`MAX_BLOCKS`] blocks (~19.5 GiB): the node, with its block list, is
+//!   an item of at most 400 KB. A larger commit is refused with a message saying so.
 //! - The change log is trimmed by TTL (`ttl`, epoch seconds) and by `trim_log`. Since sequence
 //!   numbers are dense, a cursor is too old exactly when the first retained event after it is
 //!   not `cursor + 1`; items whose TTL passed but that DynamoDB has not yet deleted are
