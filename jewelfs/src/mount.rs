@@ -211,6 +211,9 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             if let Ok(root) = rt.block_on(api.get_node(jewel_wire::ROOT_ID)) {
                 core.tree.put(root);
             }
+            // The top folder is listed up front: `ls` is instant and new files can be
+            // created there even if the service goes away before anyone looked.
+            let _ = rt.block_on(core.ensure_listing(jewel_wire::ROOT_ID));
             let _ = std::fs::write(
                 cache_dir.join("state.json"),
                 format!("{{\"server\":{:?}}}\n", server),

@@ -157,7 +157,9 @@ impl Core {
     /// Applies one remote change to the tree and queues the kernel invalidations.
     pub fn apply_event(&self, ev: &ChangeEvent) {
         let own = ev.device.is_some() && ev.device == Some(self.device.load(Ordering::Relaxed));
-        if own {
+        if own || self.journal.resolve(ev.node.id) != ev.node.id {
+            // (A node we replaced by a new one, e.g. an edit brought back after a delete
+            // elsewhere: news about the old node must not touch the new one.)
             // The uploader applied the service's answer already; an echo can only be older
             // than our local view (it may name a place we have since moved the node from).
             return;
