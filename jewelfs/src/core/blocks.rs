@@ -306,3 +306,191 @@ impl BlockCache {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::api::ApiResult;
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use jewel_wire::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A service that only serves blocks, counting downloads (slowly, to let readers pile up).
+    #[derive(Default)]
+    struct BlockServer {
+        blocks: Mutex<HashMap<String, Vec<u8>>>,
+        downloads: AtomicUsize,
+    }
+
+    fn offline<T>() -> ApiResult<T> {
+        Err(ApiErr::Offline("not in this test".into()))
+    }
+
+    #[async_trait]
+    impl Api for BlockServer {
+        async fn me(&self) -> ApiResult<Me> {
+            offline()
+        }
+        async fn get_node(&self, _: NodeId) -> ApiResult<Node> {
+            offline()
+        }
+        async fn list_children(&self, _: NodeId, _: Option<String>) -> ApiResult<ListPage> {
+            offline()
+        }
+        async fn create(&self, _: &CreateNode) -> ApiResult<Node> {
+            offline()
+        }
+        async fn commit(&self, _: NodeId, _: &CommitContent) -> ApiResult<Node> {
+            offline()
+        }
+        async fn move_node(&self, _: NodeId, _: &MoveNode) -> ApiResult<MoveResult> {
+            offline()
+        }
+        async fn set_attr(&self, _: NodeId, _: &SetAttr) -> ApiResult<Node> {
+            offline()
+        }
+        async fn delete(&self, _: NodeId, _: Version, _: bool) -> ApiResult<Node> {
+            offline()
+        }
+        async fn register_device(&self, _: &str) -> ApiResult<Device> {
+            offline()
+        }
+        async fn changes(&self, _: Seq, _: u32) -> ApiResult<ChangePage> {
+            offline()
+        }
+        async fn poll(&self, _: DeviceId, _: Seq, _: u64) -> ApiResult<ChangePage> {
+            offline()
+        }
+        async fn missing_blocks(&self, _: Vec<BlockHash>) -> ApiResult<MissingBlocks> {
+            offline()
+        }
+        async fn block_urls(&self, hashes: Vec<BlockHash>) -> ApiResult<BlockUrls> {
+            let blocks = self.blocks.lock().unwrap();
+            let urls = hashes
+                .into_iter()
+                .filter(|h| blocks.contains_key(h))
+                .map(|h| BlockUrl {
+                    url: format!("/blob/{h}"),
+                    hash: h,
+                })
+                .collect();
+            Ok(BlockUrls { urls })
+        }
+        async fn put_block(&self, _: &str, _: Bytes) -> ApiResult<()> {
+            offline()
+        }
+        async fn get_block(&self, url: &str) -> ApiResult<Bytes> {
+            self.downloads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let hash = url.trim_start_matches("/blob/");
+            let bytes = self.blocks.lock().unwrap().get(hash).cloned();
+            bytes
+                .map(Bytes::from)
+                .ok_or_else(|| ApiErr::Api(ApiError::new(ErrorCode::NotFound, "no block")))
+        }
+        fn set_device(&self, _: DeviceId) {}
+    }
+
+    fn serve(server: &BlockServer, bytes: &[u8]) -> String {
+        let hash = sha256_hex(bytes);
+        server
+            .blocks
+            .lock()
+            .unwrap()
+            .insert(hash.clone(), bytes.to_vec());
+        hash
+    }
+
+    #[tokio::test]
+    async fn concurrent_readers_share_one_download() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Arc::new(BlockServer::default());
+        let hash = serve(&server, b"shared block");
+        let cache = Arc::new(BlockCache::open(dir.path(), 1 << 20, server.clone()).unwrap());
+        let readers: Vec<_> = (0..8)
+            .map(|_| {
+                let cache = cache.clone();
+                let hash = hash.clone();
+                tokio::spawn(async move { cache.get(&hash).await.unwrap() })
+            })
+            .collect();
+        for r in readers {
+            r.await.unwrap();
+        }
+        assert_eq!(server.downloads.load(Ordering::SeqCst), 1);
+        let mut buf = [0u8; 6];
+        assert_eq!(cache.read(&hash, 7, &mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"block");
+    }
+
+    #[tokio::test]
+    async fn least_recently_used_blocks_are_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Arc::new(BlockServer::default());
+        let cache = BlockCache::open(dir.path(), 2500, server).unwrap();
+        let blocks: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 1000]).collect();
+        let hashes: Vec<String> = blocks.iter().map(|b| sha256_hex(b)).collect();
+        cache.insert(&hashes[0], &blocks[0]).unwrap();
+        cache.insert(&hashes[1], &blocks[1]).unwrap();
+        assert!(
+            cache.ready(&hashes[0]),
+            "touching block 0 makes block 1 the oldest"
+        );
+        cache.insert(&hashes[2], &blocks[2]).unwrap();
+        assert!(cache.used() <= 2500);
+        assert!(cache.ready(&hashes[0]));
+        assert!(
+            !cache.ready(&hashes[1]),
+            "the least recently used block went"
+        );
+        assert!(!cache.path(&hashes[1]).exists());
+        cache.insert(&hashes[3], &blocks[3]).unwrap();
+        assert_eq!(cache.used(), 2000);
+        // A reopened cache indexes what is on disk and keeps to its bound.
+        drop(cache);
+        let server = Arc::new(BlockServer::default());
+        let reopened = BlockCache::open(dir.path(), 1500, server).unwrap();
+        assert_eq!(reopened.used(), 1000);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_cached_block_is_fetched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Arc::new(BlockServer::default());
+        let hash = serve(&server, b"the real bytes");
+        {
+            let cache = Arc::new(BlockCache::open(dir.path(), 1 << 20, server.clone()).unwrap());
+            cache.get(&hash).await.unwrap();
+        }
+        assert_eq!(server.downloads.load(Ordering::SeqCst), 1);
+        // Flip the stored bytes behind the cache's back, then start again (a new process).
+        std::fs::write(dir.path().join(&hash), b"the fake bytes").unwrap();
+        let cache = Arc::new(BlockCache::open(dir.path(), 1 << 20, server.clone()).unwrap());
+        assert!(!cache.ready(&hash), "not trusted before it is verified");
+        cache.get(&hash).await.unwrap();
+        assert_eq!(server.downloads.load(Ordering::SeqCst), 2, "refetched");
+        let mut buf = vec![0u8; 14];
+        cache.read(&hash, 0, &mut buf).unwrap();
+        assert_eq!(buf, b"the real bytes");
+        // An intact cached block is verified once and not fetched again.
+        let again = Arc::new(BlockCache::open(dir.path(), 1 << 20, server.clone()).unwrap());
+        again.get(&hash).await.unwrap();
+        assert_eq!(server.downloads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_server_sending_wrong_bytes_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Arc::new(BlockServer::default());
+        let hash = sha256_hex(b"expected");
+        server
+            .blocks
+            .lock()
+            .unwrap()
+            .insert(hash.clone(), b"something else".to_vec());
+        let cache = Arc::new(BlockCache::open(dir.path(), 1 << 20, server).unwrap());
+        assert!(matches!(cache.get(&hash).await, Err(BlockErr::Corrupt(_))));
+        assert!(!cache.path(&hash).exists());
+    }
+}

@@ -341,11 +341,12 @@ impl Core {
                     }
                 }
                 Op::Content {
-                    node, data, size, ..
+                    node,
+                    data: Some(data),
+                    size,
+                    ..
                 } => {
-                    if let Some(data) = data {
-                        self.set_local(self.journal.resolve(*node), data, *size);
-                    }
+                    self.set_local(self.journal.resolve(*node), data, *size);
                 }
                 _ => {}
             }

@@ -762,13 +762,11 @@ impl Core {
         for _ in 0..4 {
             match self.api.delete(id, base, true).await {
                 Ok(_) => {
-                    if self.tree.get(id).is_some_and(|n| {
-                        !self
-                            .tree
-                            .child(n.parent, &n.name)
-                            .flatten()
-                            .is_some_and(|c| c == id)
-                    }) {
+                    let still_listed = self
+                        .tree
+                        .get(id)
+                        .is_some_and(|n| self.tree.child(n.parent, &n.name).flatten() == Some(id));
+                    if !still_listed {
                         self.tree.forget(id);
                     }
                     return Ok(());

@@ -101,10 +101,7 @@ impl Tree {
 
     pub fn get(&self, id: NodeId) -> Option<Arc<Node>> {
         let id = self.r(id);
-        let found = match self.pinned.lock().unwrap().get(&id) {
-            Some(n) => Some(n.clone()),
-            None => None,
-        };
+        let found = self.pinned.lock().unwrap().get(&id).cloned();
         let n = found.or_else(|| self.nodes.get(&id))?;
         if self.r(n.parent) != n.parent {
             return Some(Arc::new(self.fix((*n).clone())));
