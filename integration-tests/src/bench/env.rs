@@ -1,0 +1,473 @@
+//! The parts every benchmark uses: a `jewel-server` whose request log is kept (one line per
+//! request with its handler time, `jewel::request` target), `jewelfs` FUSE mounts, memory
+//! readings from `/proc`, a byte-counting TCP proxy, cache dropping and progress output.
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use integration_tests::{bin, free_port, is_mounted, wait_for};
+
+/// Progress line on stderr, with the time since the bench started.
+pub fn progress(msg: &str) {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let t = START.get_or_init(Instant::now).elapsed().as_secs();
+    eprintln!("[bench {:>3}:{:02}] {msg}", t / 60, t % 60);
+}
+
+/// `sync; echo 3 > /proc/sys/vm/drop_caches` (page cache, dentries, inodes). Needs root.
+pub fn drop_caches() -> bool {
+    let _ = Command::new("sync").status();
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
+}
+
+/// Resident memory of a process in bytes (`VmRSS`), 0 when unknown.
+pub fn rss(pid: u32) -> u64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return 0;
+    };
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Output of a shell command, trimmed (for the machine description).
+pub fn sh(cmd: &str) -> String {
+    Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// A real `jewel-server serve` with its request log in a file.
+pub struct BenchServer {
+    child: Child,
+    pub url: String,
+    pub addr: String,
+    pub data: PathBuf,
+    pub log: PathBuf,
+}
+
+/// One line of the request log.
+#[derive(Debug, Clone)]
+pub struct Req {
+    pub method: String,
+    /// The route with ids replaced (`/api/v1/nodes/{id}`), `/blob` for block URLs.
+    pub route: String,
+    pub status: u16,
+    pub ms: f64,
+}
+
+impl Req {
+    pub fn is_poll(&self) -> bool {
+        self.route.ends_with("/poll")
+    }
+}
+
+fn route_of(path: &str) -> String {
+    if path.starts_with("/blob/") {
+        return "/blob".into();
+    }
+    let segs: Vec<&str> = path.split('/').collect();
+    let mut out = Vec::new();
+    for (i, seg) in segs.iter().enumerate() {
+        if i > 0 && segs[i - 1] == "children" {
+            out.push("{name}");
+        } else if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+            out.push("{id}");
+        } else {
+            out.push(seg);
+        }
+    }
+    out.join("/")
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn parse_line(line: &str) -> Option<Req> {
+    if !line.contains("jewel::request") {
+        return None;
+    }
+    let line = strip_ansi(line);
+    let rest = &line[line.find("jewel::request")? + "jewel::request".len()..];
+    let mut it = rest.split_whitespace().skip_while(|t| {
+        !matches!(*t, "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD")
+    });
+    let method = it.next()?.to_string();
+    let path = it.next()?;
+    let status = it.next()?.parse().ok()?;
+    let ms = it.next()?.trim_end_matches("ms").parse().ok()?;
+    Some(Req {
+        method,
+        route: route_of(path),
+        status,
+        ms,
+    })
+}
+
+impl BenchServer {
+    pub fn start(root: &Path, name: &str) -> BenchServer {
+        let data = root.join(format!("server-{name}"));
+        let _ = std::fs::remove_dir_all(&data);
+        std::fs::create_dir_all(&data).unwrap();
+        let log = root.join(format!("server-{name}.log"));
+        let addr = format!("127.0.0.1:{}", free_port());
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin("jewel-server"))
+            .args(["serve", "--data"])
+            .arg(&data)
+            .args(["--listen", &addr])
+            .env("RUST_LOG", "warn,jewel::request=info")
+            .env("NO_COLOR", "1")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start jewel-server");
+        let url = format!("http://{addr}");
+        let health = format!("{url}/api/v1/health");
+        wait_for("jewel-server to answer", Duration::from_secs(30), || {
+            reqwest::blocking::get(&health)
+                .ok()
+                .filter(|r| r.status().is_success())
+        });
+        BenchServer {
+            child,
+            url,
+            addr,
+            data,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn rss(&self) -> u64 {
+        rss(self.pid())
+    }
+
+    /// `jewel-server user add` for `names`, a few at a time; the tokens in order.
+    pub fn add_users(&self, prefix: &str, n: usize) -> Vec<String> {
+        let mut tokens = vec![String::new(); n];
+        let chunk = 4;
+        let mut i = 0;
+        while i < n {
+            let handles: Vec<_> = (i..(i + chunk).min(n))
+                .map(|k| {
+                    let data = self.data.clone();
+                    let name = format!("{prefix}{k}");
+                    std::thread::spawn(move || {
+                        let out = Command::new(bin("jewel-server"))
+                            .args(["user", "add", &name, "--data"])
+                            .arg(&data)
+                            .env("RUST_LOG", "warn")
+                            .output()
+                            .expect("run jewel-server user add");
+                        assert!(
+                            out.status.success(),
+                            "user add {name}: {}",
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                        String::from_utf8_lossy(&out.stdout)
+                            .lines()
+                            .last()
+                            .unwrap_or_default()
+                            .trim()
+                            .to_string()
+                    })
+                })
+                .collect();
+            for (j, h) in handles.into_iter().enumerate() {
+                tokens[i + j] = h.join().unwrap();
+            }
+            i += chunk;
+        }
+        tokens
+    }
+
+    /// Where the request log ends now (a mark for [`BenchServer::requests`]).
+    pub fn mark(&self) -> u64 {
+        std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// The requests logged between two marks.
+    pub fn requests(&self, from: u64, to: u64) -> Vec<Req> {
+        let Ok(mut f) = std::fs::File::open(&self.log) else {
+            return vec![];
+        };
+        if f.seek(SeekFrom::Start(from)).is_err() {
+            return vec![];
+        }
+        let reader = BufReader::new(f.take(to.saturating_sub(from)));
+        reader
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| parse_line(&l))
+            .collect()
+    }
+}
+
+impl Drop for BenchServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+/// A `jewelfs mount` process (foreground child), unmounted on drop.
+pub struct FuseClient {
+    child: Option<Child>,
+    pub mnt: PathBuf,
+    root: PathBuf,
+}
+
+impl FuseClient {
+    /// Mounts under `root` (`root/mnt`, cache `root/cache`) and waits until ready.
+    pub fn mount(root: &Path, url: &str, token: &str, device: &str) -> FuseClient {
+        let _ = std::fs::remove_dir_all(root);
+        let mnt = root.join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let log = std::fs::File::create(root.join("client.log")).unwrap();
+        let child = Command::new(bin("jewelfs"))
+            .arg("mount")
+            .arg(&mnt)
+            .args(["--server", url, "--token", token, "--device", device])
+            .arg("--cache-dir")
+            .arg(root.join("cache"))
+            .env("JEWEL_LOG", std::env::var("BENCH_JEWEL_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start jewelfs mount");
+        let mut c = FuseClient {
+            child: Some(child),
+            mnt: mnt.clone(),
+            root: root.to_path_buf(),
+        };
+        let log_path = root.join("client.log");
+        wait_for("jewelfs to mount", Duration::from_secs(30), || {
+            if let Some(Ok(Some(status))) = c.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "jewelfs mount exited with {status}: {}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            (is_mounted(&mnt) && jewelfs::mount::read_status(&mnt).is_some_and(|s| s.ready))
+                .then_some(())
+        });
+        c
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn rss(&self) -> u64 {
+        rss(self.pid())
+    }
+
+    pub fn pending(&self) -> usize {
+        jewelfs::mount::read_status(&self.mnt)
+            .map(|s| s.pending_uploads)
+            .unwrap_or(usize::MAX)
+    }
+
+    /// Waits until the upload journal is empty; the time it took.
+    pub fn wait_uploaded(&self, deadline: Duration) -> Duration {
+        let t = Instant::now();
+        wait_for("jewelfs uploads to drain", deadline, || {
+            (self.pending() == 0).then_some(())
+        });
+        t.elapsed()
+    }
+
+}
+
+impl Drop for FuseClient {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.mnt)
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// A TCP proxy on loopback that counts the bytes each way (client → server = up).
+pub struct CountingProxy {
+    pub url: String,
+    pub up: Arc<AtomicU64>,
+    pub down: Arc<AtomicU64>,
+    pub connections: Arc<AtomicU64>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl CountingProxy {
+    pub fn start(upstream: &str) -> CountingProxy {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let up = Arc::new(AtomicU64::new(0));
+        let down = Arc::new(AtomicU64::new(0));
+        let connections = Arc::new(AtomicU64::new(0));
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let upstream = upstream.to_string();
+        let (u, d, c) = (up.clone(), down.clone(), connections.clone());
+        rt.spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                c.fetch_add(1, Ordering::Relaxed);
+                let (u, d, upstream) = (u.clone(), d.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
+                    let (ri, wi) = inbound.into_split();
+                    let (ro, wo) = outbound.into_split();
+                    let a = tokio::spawn(pump(ri, wo, u));
+                    let b = tokio::spawn(pump(ro, wi, d));
+                    let _ = a.await;
+                    let _ = b.await;
+                });
+            }
+        });
+        CountingProxy {
+            url,
+            up,
+            down,
+            connections,
+            _rt: rt,
+        }
+    }
+
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.up.load(Ordering::Relaxed),
+            self.down.load(Ordering::Relaxed),
+        )
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    count: Arc<AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                count.fetch_add(n as u64, Ordering::Relaxed);
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// Samples a process's RSS every 200 ms until stopped; the peak.
+pub struct RssSampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl RssSampler {
+    pub fn start(pid: u32) -> RssSampler {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !s.load(Ordering::Relaxed) {
+                peak = peak.max(rss(pid));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            peak.max(rss(pid))
+        });
+        RssSampler {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_request_lines() {
+        let l = "2026-11-25T13:06:18.123Z  INFO jewel::request: POST /api/v1/nodes/12/children/a 201 0.53ms";
+        let r = parse_line(l).unwrap();
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.route, "/api/v1/nodes/{id}/children/{name}");
+        assert_eq!(r.status, 201);
+        assert!((r.ms - 0.53).abs() < 1e-9);
+        let r = parse_line("x INFO jewel::request: GET /api/v1/devices/3/poll 200 25000.10ms").unwrap();
+        assert!(r.is_poll());
+        assert_eq!(parse_line("x INFO jewel::request: PUT /blob/1/abc 200 1.0ms").unwrap().route, "/blob");
+    }
+}

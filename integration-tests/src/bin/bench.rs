@@ -1,0 +1,840 @@
+//! `bench`: the benchmarks of `make bench`, written to `docs/BENCHMARKS.md` with PNG charts.
+//!
+//! 1. The original experiments (see `src/bench/sync.rs`): independent and dependent users,
+//!    N = 1, 10, 100, 1000 — creation and deletion time of 100 files, request time p50/p99.
+//!    Real FUSE mounts for N ≤ 10, the same sync core without FUSE above.
+//! 2. Bytes and requests per synced file (a pair of FUSE mounts through a counting proxy).
+//! 3. Filesystem speed: jewelfs, bindfs and the native disk in one run (`src/bench/fs.rs`).
+//! 4. API latency under 64 clients (the `api_latency` program, its table included).
+//!
+//! `--quick` (make bench QUICK=1): smaller N, one run, a smaller file set; under 5 minutes.
+//! Other flags: `--only sync,wire,fs,api`, `--runs N`, `--ind 1,10` / `--dep 1,10` (the N), `--out DIR` (default `docs`),
+//! `--work DIR` (scratch, default `/var/tmp/jewel-bench`).
+//!
+//! Needs root (drop_caches, FUSE), `bindfs` and `fusermount3`; `make bench` installs them.
+
+#[path = "../bench/chart.rs"]
+mod chart;
+#[path = "../bench/env.rs"]
+mod env;
+#[path = "../bench/fs.rs"]
+mod fs;
+#[path = "../bench/stats.rs"]
+mod stats;
+#[path = "../bench/sync.rs"]
+mod sync;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use env::{mib, progress, sh, BenchServer};
+use plotters::style::RGBColor;
+use serde::Serialize;
+use stats::{agg, fmt_agg, num, Agg};
+use sync::{Mode, SyncResult};
+
+struct Args {
+    quick: bool,
+    only: Vec<String>,
+    runs: Option<usize>,
+    out: PathBuf,
+    work: PathBuf,
+    fuse_max: usize,
+    ind: Option<Vec<usize>>,
+    dep: Option<Vec<usize>>,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        quick: std::env::var("QUICK").is_ok_and(|v| !v.is_empty() && v != "0"),
+        only: vec![],
+        runs: None,
+        out: PathBuf::from("docs"),
+        work: PathBuf::from("/var/tmp/jewel-bench"),
+        fuse_max: 10,
+        ind: None,
+        dep: None,
+    };
+    let ns = |v: Option<String>| -> Option<Vec<usize>> {
+        Some(v?.split(',').filter_map(|x| x.parse().ok()).collect())
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--quick" => a.quick = true,
+            "--only" => {
+                a.only = it
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(String::from)
+                    .collect()
+            }
+            "--runs" => a.runs = it.next().and_then(|v| v.parse().ok()),
+            "--out" => a.out = PathBuf::from(it.next().expect("--out DIR")),
+            "--work" => a.work = PathBuf::from(it.next().expect("--work DIR")),
+            "--ind" => a.ind = ns(it.next()),
+            "--dep" => a.dep = ns(it.next()),
+            "--fuse-max" => a.fuse_max = it.next().and_then(|v| v.parse().ok()).unwrap_or(10),
+            other => panic!("unknown flag {other}; see the doc comment of bench.rs"),
+        }
+    }
+    a
+}
+
+#[derive(Serialize)]
+struct Machine {
+    date: String,
+    cpu: String,
+    nproc: String,
+    memory: String,
+    kernel: String,
+    disk: String,
+    load_start: String,
+    load_end: String,
+    rustc: String,
+    commit: String,
+    bindfs: String,
+    fuse: String,
+}
+
+#[derive(Serialize, Default)]
+struct Results {
+    quick: bool,
+    runs: usize,
+    independent: Vec<SyncResult>,
+    dependent: Vec<SyncResult>,
+    wire: Option<sync::WireCost>,
+    fs: Option<fs::FsResult>,
+    fs_settings: Option<String>,
+    api_latency: Option<String>,
+    aws: String,
+    user_add_s: f64,
+    elapsed_s: f64,
+}
+
+/// The published numbers of the original design (issue 6).
+const ORIG_INDEP: [(usize, f64, f64, f64); 4] = [
+    (1, 95.637, 31.723, 0.033),
+    (10, 87.627, 42.123, 0.037),
+    (100, 108.844, 48.146, 0.051),
+    (1000, 671.856, 581.248, 0.749),
+];
+const ORIG_DEP: [(usize, Option<(f64, f64, f64)>); 4] = [
+    (1, Some((86.234, 22.627, 0.039))),
+    (10, Some((168.762, 123.783, 0.033))),
+    (100, None),
+    (1000, None),
+];
+
+fn main() {
+    let args = parse_args();
+    let t0 = Instant::now();
+    progress(&format!(
+        "make bench{}: results go to {}/BENCHMARKS.md",
+        if args.quick { " QUICK=1" } else { "" },
+        args.out.display()
+    ));
+    let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
+    let runs = args.runs.unwrap_or(if args.quick { 1 } else { 3 });
+    let (mut ind_ns, mut dep_ns): (Vec<usize>, Vec<usize>) = if args.quick {
+        (vec![1, 10, 100], vec![1, 10])
+    } else {
+        (vec![1, 10, 100, 1000], vec![1, 10, 100, 1000])
+    };
+    if let Some(v) = &args.ind {
+        ind_ns = v.clone();
+    }
+    if let Some(v) = &args.dep {
+        dep_ns = v.clone();
+    }
+    let deadline = Duration::from_secs(if args.quick { 60 } else { 300 });
+    let fs_settings = if args.quick {
+        fs::FsSettings {
+            big_mib: 256,
+            small_files: 1000,
+            random_reads: 5000,
+            runs,
+        }
+    } else {
+        fs::FsSettings {
+            big_mib: 1024,
+            small_files: 10_000,
+            random_reads: 20_000,
+            runs,
+        }
+    };
+    let _ = std::fs::remove_dir_all(&args.work);
+    std::fs::create_dir_all(&args.work).unwrap();
+    std::fs::create_dir_all(&args.out).unwrap();
+    let mut machine = Machine {
+        date: sh("date -u '+%Y-%m-%d %H:%M UTC'"),
+        cpu: sh("lscpu | sed -n 's/^Model name: *//p' | head -1"),
+        nproc: sh("nproc"),
+        memory: sh("free -m | awk '/^Mem:/ {print $2\" MiB\"}'"),
+        kernel: sh("uname -r"),
+        disk: sh(&format!(
+            "df -hT {} | awk 'NR==2 {{print $2\", \"$1\", \"$3\" size\"}}'",
+            args.work.display()
+        )),
+        load_start: sh("uptime"),
+        load_end: String::new(),
+        rustc: sh("rustc -V"),
+        commit: sh("git rev-parse --short HEAD 2>/dev/null"),
+        bindfs: sh("bindfs --version 2>&1 | head -1"),
+        fuse: sh("fusermount3 --version 2>&1 | head -1"),
+    };
+    let mut res = Results {
+        quick: args.quick,
+        runs,
+        aws: aws_note(),
+        ..Default::default()
+    };
+
+    if want("sync") {
+        // Independent users: one server, max N users made once.
+        let maxn = *ind_ns.iter().max().unwrap();
+        let server = BenchServer::start(&args.work, "independent");
+        progress(&format!("adding {maxn} users (jewel-server user add)"));
+        let t = Instant::now();
+        let tokens = server.add_users("u", maxn);
+        res.user_add_s = t.elapsed().as_secs_f64();
+        for &n in &ind_ns {
+            let r = if n <= args.fuse_max {
+                sync::run_fuse(&server, &tokens, Mode::Independent, n, runs, deadline, &args.work)
+            } else {
+                sync::run_core(&server, &tokens, Mode::Independent, n, runs, deadline, &args.work)
+            };
+            res.independent.push(r);
+        }
+        drop(server);
+        let server = BenchServer::start(&args.work, "dependent");
+        let tokens = server.add_users("shared", 1);
+        for &n in &dep_ns {
+            let r = if n <= args.fuse_max {
+                sync::run_fuse(&server, &tokens, Mode::Dependent, n, runs, deadline, &args.work)
+            } else {
+                sync::run_core(&server, &tokens, Mode::Dependent, n, runs, deadline, &args.work)
+            };
+            res.dependent.push(r);
+        }
+        drop(server);
+    }
+    if want("wire") || want("fs") {
+        let server = BenchServer::start(&args.work, "fs");
+        let tokens = server.add_users("fs", 2);
+        if want("wire") {
+            progress("bytes and requests per synced file (counting proxy)");
+            res.wire = Some(sync::wire_cost(&server, &tokens[1], &args.work));
+        }
+        if want("fs") {
+            progress(&format!("filesystem speed: {fs_settings:?}"));
+            res.fs = Some(fs::run_fs(&server, &tokens[0], &args.work, fs_settings));
+            res.fs_settings = Some(format!(
+                "big file {} MiB, {} small files of 1 KiB, {} random 4 KiB reads, {} run(s)",
+                fs_settings.big_mib, fs_settings.small_files, fs_settings.random_reads, runs
+            ));
+        }
+        drop(server);
+    }
+    if want("api") {
+        progress("API latency (api_latency, 64 clients)");
+        let secs = if args.quick { 3 } else { 10 };
+        let out = std::process::Command::new(integration_tests::bin("api_latency"))
+            .args(["--seconds", &secs.to_string()])
+            .output();
+        res.api_latency = match out {
+            Ok(o) if o.status.success() => Some(String::from_utf8_lossy(&o.stdout).to_string()),
+            Ok(o) => Some(format!(
+                "api_latency failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            )),
+            Err(e) => Some(format!("api_latency could not run: {e}")),
+        };
+    }
+    machine.load_end = sh("uptime");
+    res.elapsed_s = t0.elapsed().as_secs_f64();
+    let json = serde_json::to_string_pretty(&(&machine, &res)).unwrap();
+    let _ = std::fs::write(args.work.join("results.json"), &json);
+    let charts = write_charts(&args.out, &res);
+    let md = report(&machine, &res, &charts, &args);
+    std::fs::write(args.out.join("BENCHMARKS.md"), md).unwrap();
+    let _ = std::fs::remove_dir_all(&args.work);
+    progress(&format!(
+        "done in {:.0} s: {}/BENCHMARKS.md",
+        res.elapsed_s,
+        args.out.display()
+    ));
+}
+
+fn aws_note() -> String {
+    "not run: the AWS mode needs `jewel-server` built with `--features aws` and the moto \
+     server of `make setup-aws`; the bench builds the plain workspace and measures the \
+     embedded server only"
+        .into()
+}
+
+// ------------------------------------------------------------------------------ charts
+
+const BLUE: RGBColor = RGBColor(31, 119, 180);
+const ORANGE: RGBColor = RGBColor(255, 127, 14);
+const GREY: RGBColor = RGBColor(150, 150, 150);
+const GREEN: RGBColor = RGBColor(44, 160, 44);
+const RED: RGBColor = RGBColor(214, 39, 40);
+
+fn field(r: &SyncResult, f: impl Fn(&sync::SyncRun) -> f64) -> Option<Agg> {
+    agg(&r.runs.iter().map(f).collect::<Vec<_>>())
+}
+
+fn one(v: f64) -> Agg {
+    Agg {
+        median: v,
+        min: v,
+        max: v,
+        runs: 1,
+    }
+}
+
+fn write_charts(out: &Path, res: &Results) -> Vec<(String, String)> {
+    let mut made = Vec::new();
+    if !chart::init_font() {
+        progress("no TTF font found (fonts-dejavu-core): charts skipped");
+        return made;
+    }
+    if !res.independent.is_empty() {
+        let panel = |rs: &[SyncResult], orig: Vec<(usize, f64, f64)>| {
+            let ours = |name: &str, color, f: fn(&sync::SyncRun) -> f64| chart::Series {
+                label: name.into(),
+                color,
+                dashed: false,
+                points: rs
+                    .iter()
+                    .filter_map(|r| Some((r.n as f64, field(r, f)?)))
+                    .collect(),
+            };
+            vec![
+                ours("JewelFS creation", BLUE, |r| r.create_s),
+                ours("JewelFS deletion", ORANGE, |r| r.delete_s),
+                chart::Series {
+                    label: "original creation".into(),
+                    color: GREY,
+                    dashed: true,
+                    points: orig.iter().map(|o| (o.0 as f64, one(o.1))).collect(),
+                },
+                chart::Series {
+                    label: "original deletion".into(),
+                    color: RED,
+                    dashed: true,
+                    points: orig.iter().map(|o| (o.0 as f64, one(o.2))).collect(),
+                },
+            ]
+        };
+        let panels = vec![
+            (
+                "independent users".to_string(),
+                panel(
+                    &res.independent,
+                    ORIG_INDEP.iter().map(|o| (o.0, o.1, o.2)).collect(),
+                ),
+            ),
+            (
+                "dependent users (one account)".to_string(),
+                panel(
+                    &res.dependent,
+                    ORIG_DEP
+                        .iter()
+                        .filter_map(|(n, o)| o.map(|o| (*n, o.0, o.1)))
+                        .collect(),
+                ),
+            ),
+        ];
+        let p = out.join("bench-sync.png");
+        match chart::loglog_panels(&p, "100 files: time until they all arrived (s, log)", "seconds", &panels) {
+            Ok(()) => made.push(("bench-sync.png".into(), "creation and deletion time".into())),
+            Err(e) => progress(&format!("chart {}: {e}", p.display())),
+        }
+        let req = |rs: &[SyncResult]| {
+            vec![
+                chart::Series {
+                    label: "p50 (server)".into(),
+                    color: BLUE,
+                    dashed: false,
+                    points: rs
+                        .iter()
+                        .filter_map(|r| Some((r.n as f64, field(r, |x| x.server_p50_ms / 1000.0)?)))
+                        .collect(),
+                },
+                chart::Series {
+                    label: "p99 (server)".into(),
+                    color: ORANGE,
+                    dashed: false,
+                    points: rs
+                        .iter()
+                        .filter_map(|r| Some((r.n as f64, field(r, |x| x.server_p99_ms / 1000.0)?)))
+                        .collect(),
+                },
+            ]
+        };
+        let mut ind = req(&res.independent);
+        ind.push(chart::Series {
+            label: "original (mean?)".into(),
+            color: GREY,
+            dashed: true,
+            points: ORIG_INDEP.iter().map(|o| (o.0 as f64, one(o.3))).collect(),
+        });
+        let mut dep = req(&res.dependent);
+        dep.push(chart::Series {
+            label: "original".into(),
+            color: GREY,
+            dashed: true,
+            points: ORIG_DEP
+                .iter()
+                .filter_map(|(n, o)| o.map(|o| (*n as f64, one(o.2))))
+                .collect(),
+        });
+        let p = out.join("bench-requests.png");
+        match chart::loglog_panels(
+            &p,
+            "request time (s, log)",
+            "seconds",
+            &[("independent users".into(), ind), ("dependent users".into(), dep)],
+        ) {
+            Ok(()) => made.push(("bench-requests.png".into(), "request time".into())),
+            Err(e) => progress(&format!("chart {}: {e}", p.display())),
+        }
+    }
+    if let Some(f) = &res.fs {
+        let ops = [
+            ("seq_write", "write"),
+            ("seq_read_cold", "read cold"),
+            ("seq_read_cold_server", "read cold (server)"),
+            ("seq_read_cached", "read cached"),
+        ];
+        let targets = [
+            ("native".to_string(), GREEN),
+            ("bindfs".to_string(), GREY),
+            ("jewelfs".to_string(), BLUE),
+        ];
+        let values: Vec<Vec<Option<Agg>>> = ops
+            .iter()
+            .map(|(op, _)| {
+                targets
+                    .iter()
+                    .map(|(t, _)| agg(f.values.get(t)?.get(*op)?))
+                    .collect()
+            })
+            .collect();
+        let p = out.join("bench-fs.png");
+        match chart::grouped_bars(
+            &p,
+            "sequential throughput (MiB/s; bars: median, lines: min–max)",
+            "MiB/s",
+            &ops.iter().map(|o| o.1.to_string()).collect::<Vec<_>>(),
+            &targets,
+            &values,
+        ) {
+            Ok(()) => made.push(("bench-fs.png".into(), "sequential throughput".into())),
+            Err(e) => progress(&format!("chart {}: {e}", p.display())),
+        }
+    }
+    made
+}
+
+// ------------------------------------------------------------------------------ report
+
+fn sync_table(rs: &[SyncResult], ns: &[usize]) -> String {
+    let mut s = String::new();
+    let _ = write!(s, "| users |");
+    for n in ns {
+        let _ = write!(s, " {n} |");
+    }
+    let _ = write!(s, "\n|---|");
+    for _ in ns {
+        let _ = write!(s, "---|");
+    }
+    s.push('\n');
+    let find = |n: usize| rs.iter().find(|r| r.n == n);
+    let mut row = |name: &str, f: &dyn Fn(&SyncResult) -> String| {
+        let _ = write!(s, "| {name} |");
+        for &n in ns {
+            let _ = write!(s, " {} |", find(n).map(f).unwrap_or_else(|| "not run".into()));
+        }
+        s.push('\n');
+    };
+    row("clients", &|r| {
+        format!(
+            "{} × {}",
+            r.clients,
+            if r.fuse { "FUSE mount" } else { "sync core, no FUSE" }
+        )
+    });
+    let fin = |r: &SyncResult, done: fn(&sync::SyncRun) -> usize, v: fn(&sync::SyncRun) -> f64| {
+        if r.runs.iter().all(|x| done(x) == r.n) {
+            fmt_agg(field(r, v))
+        } else {
+            let d = r.runs.iter().map(done).min().unwrap_or(0);
+            format!("**did not finish** ({d}/{} users)", r.n)
+        }
+    };
+    row("creation time (s)", &|r| fin(r, |x| x.create_done, |x| x.create_s));
+    row("deletion time (s)", &|r| fin(r, |x| x.delete_done, |x| x.delete_s));
+    row("creation, median user (s)", &|r| {
+        fmt_agg(field(r, |x| x.create_user_median_s))
+    });
+    row("deletion, median user (s)", &|r| {
+        fmt_agg(field(r, |x| x.delete_user_median_s))
+    });
+    row("request time p50, server (ms)", &|r| {
+        fmt_agg(field(r, |x| x.server_p50_ms))
+    });
+    row("request time p99, server (ms)", &|r| {
+        fmt_agg(field(r, |x| x.server_p99_ms))
+    });
+    row("request time p50, client (ms)", &|r| {
+        if r.fuse {
+            "(FUSE: n/a)".into()
+        } else {
+            fmt_agg(field(r, |x| x.client_p50_ms))
+        }
+    });
+    row("request time p99, client (ms)", &|r| {
+        if r.fuse {
+            "(FUSE: n/a)".into()
+        } else {
+            fmt_agg(field(r, |x| x.client_p99_ms))
+        }
+    });
+    row("requests per file (create + delete)", &|r| {
+        fmt_agg(field(r, |x| x.requests_per_file))
+    });
+    row("server errors (5xx)", &|r| r.runs.iter().map(|x| x.errors).sum::<usize>().to_string());
+    row("runs", &|r| {
+        let mut t = r.runs.len().to_string();
+        if !r.note.is_empty() {
+            let _ = write!(t, " ({})", r.note);
+        }
+        t
+    });
+    s
+}
+
+fn median_of(r: Option<&SyncResult>, f: fn(&sync::SyncRun) -> f64) -> Option<f64> {
+    field(r?, f).map(|a| a.median)
+}
+
+fn finished(r: Option<&SyncResult>) -> Option<bool> {
+    let r = r?;
+    Some(!r.runs.is_empty() && r.runs.iter().all(|x| x.delete_done == r.n))
+}
+
+fn verdict(v: Option<bool>) -> &'static str {
+    match v {
+        Some(true) => "met",
+        Some(false) => "**MISSED**",
+        None => "not measured in this run",
+    }
+}
+
+fn report(m: &Machine, res: &Results, charts: &[(String, String)], args: &Args) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Benchmarks\n");
+    let _ = writeln!(
+        s,
+        "Written by `make bench{}` (`integration-tests/src/bin/bench.rs`); do not edit by hand — \
+         run it again. Every figure is the **median of {} run(s)**, with (min–max) when there \
+         were several. {}\n",
+        if res.quick { " QUICK=1" } else { "" },
+        res.runs,
+        if res.quick {
+            "**This is a QUICK run**: smaller N, one run, a 256 MiB file and 1,000 small files; \
+             `make bench` (without QUICK) runs everything."
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(s, "## Machine, versions, settings\n");
+    let _ = writeln!(s, "| | |\n|---|---|");
+    let rows = [
+        ("date", m.date.clone()),
+        ("CPU", format!("{} ({} cores online)", m.cpu, m.nproc)),
+        ("memory", m.memory.clone()),
+        ("kernel", m.kernel.clone()),
+        ("disk (scratch, server data, caches)", m.disk.clone()),
+        ("load at start (`uptime`)", m.load_start.clone()),
+        ("load at end", m.load_end.clone()),
+        ("rustc", m.rustc.clone()),
+        ("commit", m.commit.clone()),
+        ("build", "release (`cargo build --release --workspace --bins`)".into()),
+        ("FUSE", m.fuse.clone()),
+        ("bindfs", format!("{} with `-o big_writes`", m.bindfs)),
+        ("server", "`jewel-server serve` (embedded: SQLite + block folder), loopback; request log on (`jewel::request=info`)".into()),
+        ("client", "`jewelfs mount` defaults (settle 20 ms, long-poll 25 s, 4 FUSE threads, 2 I/O threads)".into()),
+        ("total time", format!("{:.0} s", res.elapsed_s)),
+    ];
+    for (k, v) in rows {
+        let _ = writeln!(s, "| {k} | {v} |");
+    }
+    let _ = writeln!(
+        s,
+        "\nThe machine is shared: other work was running during the measurements (see the load); \
+         timings are noisier than on an idle machine.\n"
+    );
+
+    // ---- sync
+    if !res.independent.is_empty() {
+        let _ = writeln!(s, "## The original experiments\n");
+        let _ = writeln!(
+            s,
+            "Each **user** has two synchronized clients. One creates 100 files of 1 KiB in a fresh \
+             folder; **creation time** runs from the common start until the *last* user's other \
+             client lists all 100 (the median user is shown too). Then the first client deletes \
+             them; **deletion time** until the last user's other client lists none. \
+             **Independent users**: N accounts, one pair each. **Dependent users**: N clients of \
+             *one* account in one shared folder; client k writes `c{{k}}-000…099` and client k+1 \
+             waits for them (N = 1: one writer, one watcher), so every client receives all N × 100 \
+             changes.\n\n\
+             **Which clients**: N ≤ {} are real `jewelfs` FUSE mounts (one process each; files \
+             written with `write(2)` and looked up through the kernel). Above that, every client \
+             is the same sync core (`jewelfs::core::Core`: tree cache, journal, uploader, \
+             long-poll listener) without the FUSE adapter, all in the bench process, driven where \
+             the FUSE adapter would call it and checked in its tree cache. \
+             **Request time**: every request the server handled during both phases, long-polls \
+             excluded, timed by the server's request log (handler time); for the sync-core \
+             clients also as the clients saw it (wrapping their `Api`: network and queueing \
+             included). Users were made with `jewel-server user add` ({} users in {:.1} s, \
+             before the timed part).\n",
+            args.fuse_max,
+            res.independent.iter().map(|r| r.n).max().unwrap_or(0),
+            res.user_add_s
+        );
+        let _ = writeln!(s, "### Independent users\n\nOriginal design:\n");
+        let _ = writeln!(
+            s,
+            "| users | 1 | 10 | 100 | 1000 |\n|---|---|---|---|---|\n| creation time (s) | 95.637 | 87.627 | 108.844 | 671.856 |\n| deletion time (s) | 31.723 | 42.123 | 48.146 | 581.248 |\n| request time (s) | 0.033 | 0.037 | 0.051 | 0.749 |\n"
+        );
+        let _ = writeln!(s, "JewelFS:\n");
+        let _ = writeln!(s, "{}", sync_table(&res.independent, &[1, 10, 100, 1000]));
+        let _ = writeln!(s, "### Dependent users\n\nOriginal design:\n");
+        let _ = writeln!(
+            s,
+            "| users | 1 | 10 | 100 | 1000 |\n|---|---|---|---|---|\n| creation time (s) | 86.234 | 168.762 | never finished | never finished |\n| deletion time (s) | 22.627 | 123.783 | never finished | never finished |\n| request time (s) | 0.039 | 0.033 | – | – |\n"
+        );
+        let _ = writeln!(s, "JewelFS:\n");
+        let _ = writeln!(s, "{}", sync_table(&res.dependent, &[1, 10, 100, 1000]));
+        for (file, alt) in charts.iter().filter(|c| c.0 != "bench-fs.png") {
+            let _ = writeln!(s, "![{alt}]({file})\n");
+        }
+        let _ = writeln!(
+            s,
+            "AWS mode on loopback: {}.\n",
+            res.aws
+        );
+    }
+
+    // ---- resources
+    let _ = writeln!(s, "## Resources\n");
+    let _ = writeln!(s, "| what | memory (VmRSS) |\n|---|---|");
+    for r in res.independent.iter().chain(&res.dependent) {
+        let who = format!("{} N={}", r.mode.name(), r.n);
+        let _ = writeln!(
+            s,
+            "| server, {who}: idle (clients connected) / peak during the runs | {:.0} MiB / {:.0} MiB |",
+            mib(r.server_rss_idle),
+            mib(r.server_rss_peak)
+        );
+        if r.fuse {
+            let _ = writeln!(
+                s,
+                "| one `jewelfs` FUSE client, {who}: idle after mount / after the runs | {:.1} MiB / {:.1} MiB |",
+                mib(r.client_rss_idle),
+                mib(r.client_rss)
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "| one sync-core client, {who} ({} in one process; RSS growth ÷ clients): idle / peak | {:.2} MiB / {:.2} MiB |",
+                r.clients,
+                mib(r.client_rss_idle),
+                mib(r.client_rss)
+            );
+        }
+    }
+    if let Some(w) = &res.wire {
+        let f = w.files as f64;
+        let _ = writeln!(
+            s,
+            "\n**Bytes and requests per synced file** — one user, two FUSE mounts whose every \
+             connection goes through a byte-counting TCP proxy (both directions, HTTP headers and \
+             JSON included, both clients: the writer's uploads and the watcher's long-poll \
+             answers); requests counted from the server's request log. 100 files of 1 KiB:\n"
+        );
+        let _ = writeln!(
+            s,
+            "| phase | bytes up / file | bytes down / file | requests / file (no polls) | long-poll answers / file |\n|---|---|---|---|---|"
+        );
+        let _ = writeln!(
+            s,
+            "| create (1 KiB files) | {:.0} | {:.0} | {:.2} | {:.2} |",
+            w.create_up as f64 / f,
+            w.create_down as f64 / f,
+            w.create_requests as f64 / f,
+            w.create_polls as f64 / f
+        );
+        let _ = writeln!(
+            s,
+            "| delete | {:.0} | {:.0} | {:.2} | {:.2} |\n",
+            w.delete_up as f64 / f,
+            w.delete_down as f64 / f,
+            w.delete_requests as f64 / f,
+            w.delete_polls as f64 / f
+        );
+        let routes = |v: &[(String, usize)]| {
+            v.iter()
+                .map(|(r, c)| format!("`{r}` × {c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(s, "TCP connections opened by the two clients: {}.\n", w.connections);
+        let _ = writeln!(s, "Requests by route, create phase: {}.\n", routes(&w.create_routes));
+        let _ = writeln!(s, "Delete phase: {}.\n", routes(&w.delete_routes));
+    }
+
+    // ---- fs
+    if let Some(f) = &res.fs {
+        let _ = writeln!(s, "## Filesystem speed\n");
+        let _ = writeln!(
+            s,
+            "The same operations, one run after the other on each target: the **native** disk \
+             (a folder on the filesystem above), **bindfs** `-o big_writes` (passthrough FUSE \
+             over such a folder) and **jewelfs** (mounted from the embedded server on loopback; a \
+             second jewelfs mount of the same user reads the file \"cold from the server\"). \
+             Settings: {}. Source tree: {} ({} files, {:.1} MiB tar). Cold = after \
+             `echo 3 > /proc/sys/vm/drop_caches` ({}). Writes are timed from open to close \
+             without fsync (jewelfs' close journals the file durably, which includes an \
+             fsync); `ls -l` and `tar` are timed as processes (≈1 ms of process start included). \
+             jewelfs uploads in the background; the bench waits for its journal to drain before \
+             the next operation and reports that time too. Relative speed: jewelfs ÷ other for \
+             rates, other ÷ jewelfs for times — above 1 jewelfs is faster.\n",
+            res.fs_settings.clone().unwrap_or_default(),
+            f.tarball,
+            f.tar_files,
+            mib(f.tar_bytes),
+            if f.drop_caches { "done" } else { "**could not drop caches: not root?**" }
+        );
+        let _ = writeln!(
+            s,
+            "| operation | native | bindfs | jewelfs | jewelfs vs native | jewelfs vs bindfs |\n|---|---|---|---|---|---|"
+        );
+        let get = |t: &str, op: &str| agg(f.values.get(t)?.get(op)?);
+        for (op, label, higher) in fs::OPS {
+            let (n, b, j) = (get("native", op), get("bindfs", op), get("jewelfs", op));
+            if n.is_none() && b.is_none() && j.is_none() {
+                continue;
+            }
+            let rel = |o: Option<Agg>| match (o, j) {
+                (Some(o), Some(j)) if o.median > 0.0 && j.median > 0.0 => {
+                    let r = if *higher { j.median / o.median } else { o.median / j.median };
+                    format!("{r:.2}×")
+                }
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                s,
+                "| {label} | {} | {} | {} | {} | {} |",
+                fmt_agg(n),
+                fmt_agg(b),
+                fmt_agg(j),
+                rel(n),
+                rel(b)
+            );
+        }
+        s.push('\n');
+        if charts.iter().any(|c| c.0 == "bench-fs.png") {
+            let _ = writeln!(s, "![sequential throughput](bench-fs.png)\n");
+        }
+    }
+
+    // ---- targets
+    let _ = writeln!(s, "## Targets\n");
+    let _ = writeln!(s, "| target | measured | verdict |\n|---|---|---|");
+    let ind = |n: usize| res.independent.iter().find(|r| r.n == n);
+    let dep = |n: usize| res.dependent.iter().find(|r| r.n == n);
+    let mut t = |name: &str, measured: Option<f64>, unit: &str, ok: Option<bool>| {
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} |",
+            measured
+                .map(|v| format!("{} {unit}", num(v)))
+                .unwrap_or_else(|| "–".into()),
+            verdict(ok)
+        );
+    };
+    for (n, limit) in [(1usize, 0.3), (1000, 5.0)] {
+        let c = median_of(ind(n), |x| x.create_s);
+        let d = median_of(ind(n), |x| x.delete_s);
+        let fin = finished(ind(n));
+        t(&format!("independent N={n}: creation ≤ {limit} s"), c, "s",
+          fin.map(|f| f && c.is_some_and(|v| v <= limit)));
+        t(&format!("independent N={n}: deletion ≤ {limit} s"), d, "s",
+          fin.map(|f| f && d.is_some_and(|v| v <= limit)));
+    }
+    let p50 = median_of(ind(1000), |x| x.server_p50_ms);
+    let p99 = median_of(ind(1000), |x| x.server_p99_ms);
+    t("independent N=1000: request p50 ≤ 1 ms (server)", p50, "ms", p50.map(|v| v <= 1.0));
+    t("independent N=1000: request p99 ≤ 20 ms (server)", p99, "ms", p99.map(|v| v <= 20.0));
+    let cp50 = median_of(ind(1000), |x| x.client_p50_ms);
+    let cp99 = median_of(ind(1000), |x| x.client_p99_ms);
+    t("independent N=1000: request p50 ≤ 1 ms (client side)", cp50, "ms", cp50.map(|v| v <= 1.0));
+    t("independent N=1000: request p99 ≤ 20 ms (client side)", cp99, "ms", cp99.map(|v| v <= 20.0));
+    for n in [100usize, 1000] {
+        let fin = finished(dep(n));
+        let dc = median_of(dep(n), |x| x.create_s);
+        let ic = median_of(ind(n), |x| x.create_s);
+        let ratio = match (dc, ic) {
+            (Some(d), Some(i)) if i > 0.0 => Some(d / i),
+            _ => None,
+        };
+        t(&format!("dependent N={n} finishes"), dc, "s (creation)", fin);
+        t(&format!("dependent N={n} within 2× of independent (creation)"), ratio, "×",
+          match (fin, ratio) {
+              (Some(false), _) => Some(false),
+              (_, Some(r)) => Some(r <= 2.0),
+              _ => None,
+          });
+    }
+    if let Some(f) = &res.fs {
+        let get = |tg: &str, op: &str| agg(f.values.get(tg)?.get(op)?).map(|a| a.median);
+        let jc = get("jewelfs", "seq_read_cached");
+        let bc = get("bindfs", "seq_read_cached");
+        t("cached sequential read ≥ bindfs `-o big_writes`", jc, "MiB/s",
+          jc.zip(bc).map(|(j, b)| j >= b));
+        t("cached sequential read ≥ 1400 MiB/s (issue 3)", jc, "MiB/s", jc.map(|v| v >= 1400.0));
+        let cs = get("jewelfs", "seq_read_cold_server");
+        t("cold read from the server ≥ 500 MiB/s (issue 3)", cs, "MiB/s", cs.map(|v| v >= 500.0));
+        let w = get("jewelfs", "seq_write");
+        t("sequential write ≥ 800 MiB/s", w, "MiB/s", w.map(|v| v >= 800.0));
+        let l = get("jewelfs", "ls_1000_warm");
+        t("`ls -l` of 1,000 files warm ≤ 0.01 s", l, "s", l.map(|v| v <= 0.01));
+        let c = get("jewelfs", "create_1000");
+        t("1,000 × 1 KiB files written ≤ 0.2 s (issue 3)", c, "s", c.map(|v| v <= 0.2));
+        if let Some(fsl) = &res.fs_settings {
+            if fsl.contains("10000 small") {
+                let l = get("jewelfs", "ls_warm");
+                t("`ls -l` of 10,000 files warm ≤ 0.1 s (issue 3)", l, "s", l.map(|v| v <= 0.1));
+            }
+        }
+    }
+    s.push('\n');
+
+    if let Some(a) = &res.api_latency {
+        let _ = writeln!(
+            s,
+            "## API latency under 64 concurrent clients\n\nFrom `api_latency` (its own server, \
+             client-side times in ms):\n"
+        );
+        let body = a.lines().filter(|l| !l.starts_with("## ")).collect::<Vec<_>>().join("\n");
+        let _ = writeln!(s, "{}\n", body.trim());
+    }
+    s
+}

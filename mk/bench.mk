@@ -1,0 +1,23 @@
+# make bench: the benchmarks (integration-tests/src/bin/bench.rs) → docs/BENCHMARKS.md and
+# docs/bench-*.png. Release build first; progress on stderr. `make bench QUICK=1` runs a
+# smaller set (N up to 100, one run, 256 MiB file) in under 5 minutes. Needs root (FUSE,
+# drop_caches). Extra flags for the program: BENCH_ARGS="--only sync --runs 5 ...".
+# Not part of `make test`.
+
+BENCH_QUICK := $(if $(filter-out 0 no false,$(QUICK)),--quick)
+
+.PHONY: bench setup-bench
+
+## Debian packages the bench needs: bindfs (the passthrough FUSE baseline, libfuse 2 so
+## `-o big_writes` exists) and DejaVu fonts for chart text (drawn by ab_glyph, no fontconfig).
+setup-bench:
+	@if ! command -v bindfs >/dev/null || [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then \
+	  echo "==> installing Debian packages for make bench (bindfs, fonts-dejavu-core)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bindfs fonts-dejavu-core >/dev/null; \
+	fi
+
+bench: setup-debian setup-bench
+	@echo "==> release build of the workspace binaries"
+	$(CARGO) build --release --workspace --bins
+	@echo "==> running the benchmarks$(if $(BENCH_QUICK), (QUICK))"
+	$(CARGO_TARGET_DIR)/release/bench $(BENCH_QUICK) --out $(CURDIR)/docs $(BENCH_ARGS)
