@@ -137,7 +137,7 @@ pub fn grouped_bars(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..n as f64, 0f64..hi)?;
+        .build_cartesian_2d(0f64..n as f64, (10f64..hi).log_scale())?;
     let g = groups.to_vec();
     chart
         .configure_mesh()
@@ -152,6 +152,7 @@ pub fn grouped_bars(
             }
         })
         .y_desc(y_label)
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
     let width = 0.8 / targets.len() as f64;
     for (t, (label, color)) in targets.iter().enumerate() {
@@ -161,7 +162,7 @@ pub fn grouped_bars(
                 let a = values.get(gi)?.get(t)?.as_ref()?;
                 let x0 = gi as f64 + 0.1 + t as f64 * width;
                 Some(Rectangle::new(
-                    [(x0, 0.0), (x0 + width * 0.9, a.median)],
+                    [(x0, 10.0), (x0 + width * 0.9, a.median)],
                     color.filled(),
                 ))
             })

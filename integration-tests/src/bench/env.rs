@@ -57,6 +57,9 @@ pub struct BenchServer {
     pub addr: String,
     pub data: PathBuf,
     pub log: PathBuf,
+    /// AWS mode: the moto server (DynamoDB, S3) and the environment naming it.
+    moto: Option<Child>,
+    env: Vec<(String, String)>,
 }
 
 /// One line of the request log.
@@ -131,18 +134,80 @@ fn parse_line(line: &str) -> Option<Req> {
     })
 }
 
+/// moto's server from `make setup-aws` (`.venv-emu`), if installed.
+pub fn moto_path() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-emu/bin/moto_server");
+    p.exists().then_some(p)
+}
+
 impl BenchServer {
     pub fn start(root: &Path, name: &str) -> BenchServer {
+        Self::start_with(root, name, None)
+    }
+
+    /// `jewel-server serve --backend aws` on DynamoDB and S3 served by moto on loopback (the
+    /// change bus in-process: `JEWEL_BUS=local`, long-poll, as the clients listen today).
+    pub fn start_aws(root: &Path, name: &str) -> Option<BenchServer> {
+        let moto = moto_path()?;
+        let port = free_port();
+        let child = Command::new(moto)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        wait_for("moto to listen", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        let env: Vec<(String, String)> = [
+            ("AWS_ACCESS_KEY_ID", "testing".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+            ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+            ("JEWEL_TABLE", "jewel-bench".to_string()),
+            ("JEWEL_BUCKET", "jewel-bench-blocks".to_string()),
+            ("JEWEL_BUS", "local".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let out = Command::new(bin("jewel-server"))
+            .arg("aws-init")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "warn")
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            progress(&format!(
+                "jewel-server aws-init failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+            return None;
+        }
+        Some(Self::start_with(root, name, Some((child, env))))
+    }
+
+    fn start_with(root: &Path, name: &str, aws: Option<(Child, Vec<(String, String)>)>) -> BenchServer {
         let data = root.join(format!("server-{name}"));
         let _ = std::fs::remove_dir_all(&data);
         std::fs::create_dir_all(&data).unwrap();
         let log = root.join(format!("server-{name}.log"));
         let addr = format!("127.0.0.1:{}", free_port());
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin("jewel-server"))
-            .args(["serve", "--data"])
-            .arg(&data)
+        let (moto, env) = match aws {
+            Some((c, e)) => (Some(c), e),
+            None => (None, vec![]),
+        };
+        let mut cmd = Command::new(bin("jewel-server"));
+        if moto.is_some() {
+            cmd.args(["serve", "--backend", "aws"]);
+        } else {
+            cmd.args(["serve", "--data"]).arg(&data);
+        }
+        let child = cmd
             .args(["--listen", &addr])
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "warn,jewel::request=info")
             .env("NO_COLOR", "1")
             .stdout(out.try_clone().unwrap())
@@ -162,7 +227,13 @@ impl BenchServer {
             addr,
             data,
             log,
+            moto,
+            env,
         }
+    }
+
+    pub fn is_aws(&self) -> bool {
+        self.moto.is_some()
     }
 
     pub fn pid(&self) -> u32 {
@@ -183,10 +254,17 @@ impl BenchServer {
                 .map(|k| {
                     let data = self.data.clone();
                     let name = format!("{prefix}{k}");
+                    let (aws, env) = (self.is_aws(), self.env.clone());
                     std::thread::spawn(move || {
-                        let out = Command::new(bin("jewel-server"))
-                            .args(["user", "add", &name, "--data"])
-                            .arg(&data)
+                        let mut cmd = Command::new(bin("jewel-server"));
+                        cmd.args(["user", "add", &name]);
+                        if aws {
+                            cmd.args(["--backend", "aws"]);
+                        } else {
+                            cmd.arg("--data").arg(&data);
+                        }
+                        let out = cmd
+                            .envs(env)
                             .env("RUST_LOG", "warn")
                             .output()
                             .expect("run jewel-server user add");
@@ -238,6 +316,10 @@ impl Drop for BenchServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(mut m) = self.moto.take() {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.data);
     }
 }

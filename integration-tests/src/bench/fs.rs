@@ -52,8 +52,8 @@ pub const OPS: &[(&str, &str, bool)] = &[
     ("create_1000", "write 1,000 × 1 KiB files (s)", false),
     ("ls_1000_warm", "`ls -l` of 1,000 files, warm (s)", false),
     ("untar", "untar a source tree (s)", false),
-    ("upload_big", "jewelfs: big file written → all on the server (s)", false),
-    ("upload_small", "jewelfs: small files created → all on the server (s)", false),
+    ("upload_big", "jewelfs: big file closed → complete in the other mount (s)", false),
+    ("upload_small", "jewelfs: small files created → all listed in the other mount (s)", false),
 ];
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -238,12 +238,33 @@ impl Target<'_> {
             Target::Jewel(a, _) => a.mnt.clone(),
         }
     }
-    fn settle(&self, res: &mut FsResult, op: &str) {
+    /// jewelfs: waits until the journal is empty (the status file is rewritten every
+    /// 200 ms, so first let it catch up).
+    fn settle(&self) {
         if let Target::Jewel(a, _) = self {
-            let t = a.wait_uploaded(Duration::from_secs(900));
-            if !op.is_empty() {
-                res.put("jewelfs", op, t.as_secs_f64());
-            }
+            std::thread::sleep(Duration::from_millis(450));
+            a.wait_uploaded(Duration::from_secs(900));
+        }
+    }
+
+    /// jewelfs: the time from `since` until `check` holds in the other mount.
+    fn other_sees(
+        &self,
+        res: &mut FsResult,
+        op: &str,
+        since: Instant,
+        check: impl Fn(&Path) -> bool,
+    ) {
+        if let Target::Jewel(_, b) = self {
+            integration_tests::wait_for(op, Duration::from_secs(900), || {
+                if check(&b.mnt) {
+                    Some(())
+                } else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    None
+                }
+            });
+            res.put("jewelfs", op, since.elapsed().as_secs_f64());
         }
     }
 }
@@ -297,11 +318,17 @@ pub fn run_fs(server: &BenchServer, token: &str, work: &Path, s: FsSettings) -> 
             progress(&format!("fs run {}/{}: {name}", r + 1, s.runs));
             let dir = t.root().join(format!("fs-r{r}"));
             std::fs::create_dir_all(&dir).unwrap();
-            t.settle(&mut res, "");
+            t.settle();
             let big = dir.join("big.bin");
             let seed = 0x5eed_0000 + r as u64 * 7 + name.len() as u64;
             res.put(name, "seq_write", write_big(&big, s.big_mib, seed));
-            t.settle(&mut res, "upload_big");
+            let closed = Instant::now();
+            let want = s.big_mib << 20;
+            let rel = format!("fs-r{r}/big.bin");
+            t.other_sees(&mut res, "upload_big", closed, |m| {
+                std::fs::metadata(m.join(&rel)).is_ok_and(|md| md.len() == want)
+            });
+            t.settle();
             // Cached: read once to warm, then measure.
             read_all(&big);
             res.put(name, "seq_read_cached", read_all(&big));
@@ -309,19 +336,20 @@ pub fn run_fs(server: &BenchServer, token: &str, work: &Path, s: FsSettings) -> 
             drop_caches();
             res.put(name, "seq_read_cold", read_all(&big));
             if let Target::Jewel(_, b) = t {
-                let other = b.mnt.join(format!("fs-r{r}")).join("big.bin");
-                let want = s.big_mib << 20;
-                integration_tests::wait_for("the big file in the other mount", Duration::from_secs(120), || {
-                    std::fs::metadata(&other).ok().filter(|m| m.len() == want).map(|_| ())
-                });
+                let other = b.mnt.join(&rel);
                 drop_caches();
                 res.put(name, "seq_read_cold_server", read_all(&other));
             }
             std::fs::remove_file(&big).unwrap();
-            t.settle(&mut res, "");
+            t.settle();
             let small = dir.join("small");
             res.put(name, "small_create", create_small(&small, s.small_files, name));
-            t.settle(&mut res, "upload_small");
+            let created = Instant::now();
+            let (rel, count) = (format!("fs-r{r}/small"), s.small_files);
+            t.other_sees(&mut res, "upload_small", created, |m| {
+                std::fs::read_dir(m.join(&rel)).is_ok_and(|d| d.count() == count)
+            });
+            t.settle();
             drop_caches();
             res.put(name, "ls_cold", ls(&small));
             ls(&small);
@@ -331,7 +359,7 @@ pub fn run_fs(server: &BenchServer, token: &str, work: &Path, s: FsSettings) -> 
             res.put(name, "create_1000", create_small(&k, 1000, name));
             ls(&k);
             res.put(name, "ls_1000_warm", ls(&k));
-            t.settle(&mut res, "");
+            t.settle();
             let u = dir.join("untar");
             std::fs::create_dir_all(&u).unwrap();
             res.put(
@@ -339,10 +367,10 @@ pub fn run_fs(server: &BenchServer, token: &str, work: &Path, s: FsSettings) -> 
                 "untar",
                 timed_cmd(Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&u)),
             );
-            t.settle(&mut res, "");
+            t.settle();
             // Clean up (jewelfs: deletes uploaded before the next target runs).
             let _ = std::fs::remove_dir_all(&dir);
-            t.settle(&mut res, "");
+            t.settle();
         }
     }
     drop(a);
