@@ -263,13 +263,16 @@ impl Mount {
             .stderr(log)
             .spawn()
             .expect("start jewelfs mount");
+        let pid = child.id();
         self.child = Some(child);
         let mnt = self.mnt.clone();
         wait_for("jewelfs to mount", Duration::from_secs(20), || {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("jewelfs mount exited with {status}:\n{}", self.log());
             }
-            (is_mounted(&mnt) && jewelfs::mount::read_status(&mnt).is_some_and(|s| s.ready))
+            // The status of this process, not one left behind by a killed one.
+            (is_mounted(&mnt)
+                && jewelfs::mount::read_status(&mnt).is_some_and(|s| s.ready && s.pid == pid))
                 .then_some(())
         });
     }
@@ -286,8 +289,15 @@ impl Mount {
 
     /// Waits until the client has uploaded everything it has journaled.
     pub fn wait_uploaded(&self, deadline: Duration) {
+        // The status is rewritten every 200 ms: only one written after this call began counts
+        // the changes made just before it.
+        let since = std::time::SystemTime::now();
+        let path = jewelfs::mount::status_path(&self.mnt);
         wait_for("pending uploads to drain", deadline, || {
-            (self.status().pending_uploads == 0).then_some(())
+            let fresh = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > since);
+            (fresh && self.status().pending_uploads == 0).then_some(())
         });
     }
 

@@ -472,9 +472,24 @@ pub fn unmount(mountpoint: &Path, wait: Duration) -> anyhow::Result<()> {
         }
         bail!("{} is not mounted", mountpoint.display());
     };
+    // The mount rewrites its status every 200 ms: wait for one written after this command
+    // began, so that changes saved a moment ago are counted (a stale "0 pending" would stop
+    // the mount before they are uploaded, and say everything was).
+    let begun = std::time::SystemTime::now();
+    let mut s = first;
+    let fresh_by = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < fresh_by {
+        let written = std::fs::metadata(status_path(&mountpoint)).and_then(|m| m.modified());
+        if written.is_ok_and(|t| t > begun) {
+            if let Some(now) = read_status(&mountpoint) {
+                s = now;
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let start = Instant::now();
     let mut last = usize::MAX;
-    let mut s = first;
     while s.pending_uploads > 0 && start.elapsed() < wait {
         if s.pending_uploads != last {
             eprintln!(
