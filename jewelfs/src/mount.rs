@@ -236,6 +236,8 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
 
     rt.spawn(core.clone().run_uploader());
     rt.spawn(core.clone().run_listener());
+    rt.spawn(core.clone().run_syncer());
+    rt.spawn(core.clone().run_preuploader());
 
     let fs = crate::fuse::JewelFs::new(core.clone(), rt.handle().clone());
     let mut config = fuser::Config::default();
@@ -346,6 +348,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     eprintln!("jewelfs: {} mounted ({})", mountpoint.display(), server);
 
     let result = session.run();
+    let _ = core.journal.sync();
     let left = core.journal.pending();
     let _ = std::fs::remove_file(&spath);
     if left > 0 {

@@ -221,6 +221,8 @@ pub struct Core {
     pub last_error: Mutex<Option<String>>,
     /// The last applied change events, to correct a listing read while they arrived.
     recent: Mutex<std::collections::VecDeque<ChangeEvent>>,
+    /// Content whose blocks the pre-uploader already sent, by journal data name.
+    pub(crate) pre: Mutex<HashMap<String, Content>>,
 }
 
 fn copy_file(src: &File, dst: &File, len: u64) -> std::io::Result<()> {
@@ -296,6 +298,7 @@ impl Core {
             inval_tx: Mutex::new(None),
             last_error: Mutex::new(None),
             recent: Mutex::new(std::collections::VecDeque::new()),
+            pre: Mutex::new(HashMap::new()),
         };
         let core = Arc::new(core);
         core.replay_local_state()?;
@@ -890,7 +893,6 @@ impl Core {
             }
         }
         inner.file.set_len(size)?;
-        inner.file.sync_data()?;
         inner.sealed = true;
         drop(inner);
         if let Err(e) = self.journal_content(id, &s, &data, size) {
@@ -1046,6 +1048,7 @@ impl Core {
     pub async fn fsync(&self, id: NodeId) -> CoreResult<()> {
         let me_id = id;
         self.flush(me_id)?;
+        tokio::task::block_in_place(|| self.journal.sync())?;
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         while self.journal.has_pending(me_id) && self.online.load(Ordering::Relaxed) {
             let notified = self.journal.changed.notified();
