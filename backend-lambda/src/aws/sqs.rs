@@ -250,32 +250,11 @@ impl ChangeBus for SqsBus {
             return Ok(());
         }
         let bodies = bodies(events);
-        let sends = devices.iter().map(|&d| {
-            let bodies = &bodies;
-            async move {
-                let url = self.queue_url(user, d).await?;
-                let mut batch: Vec<SendMessageBatchRequestEntry> = Vec::new();
-                let mut bytes = 0;
-                for (i, body) in bodies.iter().enumerate() {
-                    if batch.len() == 10
-                        || (bytes + body.len() > MAX_BATCH_BYTES && !batch.is_empty())
-                    {
-                        self.send_batch(&url, std::mem::take(&mut batch)).await?;
-                        bytes = 0;
-                    }
-                    bytes += body.len();
-                    batch.push(
-                        SendMessageBatchRequestEntry::builder()
-                            .id(i.to_string())
-                            .message_body(body.clone())
-                            .build()
-                            .map_err(be)?,
-                    );
-                }
-                self.send_batch(&url, batch).await
-            }
-        });
-        futures::future::try_join_all(sends).await?;
+        // Every device gets its copy even when another device's send fails; the first failure
+        // is reported after all were tried.
+        let sends = devices.iter().map(|&d| self.publish_to(user, d, &bodies));
+        let results = futures::future::join_all(sends).await;
+        results.into_iter().collect::<BusResult<Vec<()>>>()?;
         Ok(())
     }
 
@@ -285,30 +264,92 @@ impl ChangeBus for SqsBus {
 }
 
 impl SqsBus {
+    /// Sends the bodies to one device's queue. A queue deleted behind our back (a cached URL
+    /// gone stale) is created again once; if that fails too (AWS refuses to recreate a queue
+    /// name for 60 s), the device catches up from the change log when it next asks for its
+    /// listener.
+    async fn publish_to(&self, user: &str, device: DeviceId, bodies: &[String]) -> BusResult<()> {
+        for attempt in 0..2 {
+            let url = self.queue_url(user, device).await?;
+            match self.send_all(&url, bodies).await {
+                Err(Sent::Gone) if attempt == 0 => {
+                    self.urls
+                        .lock()
+                        .unwrap()
+                        .remove(&self.queue_name(user, device));
+                }
+                Err(Sent::Gone) => {
+                    return Err(BusError::Backend(format!(
+                        "the queue of device {device} is gone"
+                    )))
+                }
+                Err(Sent::Failed(e)) => return Err(e),
+                Ok(()) => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_all(&self, url: &str, bodies: &[String]) -> Result<(), Sent> {
+        let mut batch: Vec<SendMessageBatchRequestEntry> = Vec::new();
+        let mut bytes = 0;
+        for (i, body) in bodies.iter().enumerate() {
+            if batch.len() == 10 || (bytes + body.len() > MAX_BATCH_BYTES && !batch.is_empty()) {
+                self.send_batch(url, std::mem::take(&mut batch)).await?;
+                bytes = 0;
+            }
+            bytes += body.len();
+            batch.push(
+                SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(body.clone())
+                    .build()
+                    .map_err(|e| Sent::Failed(be(e)))?,
+            );
+        }
+        self.send_batch(url, batch).await
+    }
+
     async fn send_batch(
         &self,
         url: &str,
         batch: Vec<SendMessageBatchRequestEntry>,
-    ) -> BusResult<()> {
+    ) -> Result<(), Sent> {
         if batch.is_empty() {
             return Ok(());
         }
         count("sqs:SendMessageBatch");
-        let out = self
+        let out = match self
             .sqs
             .send_message_batch()
             .queue_url(url)
             .set_entries(Some(batch))
             .send()
             .await
-            .map_err(be)?;
+        {
+            Ok(out) => out,
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_queue_does_not_exist()) =>
+            {
+                return Err(Sent::Gone)
+            }
+            Err(e) => return Err(Sent::Failed(be(e))),
+        };
         if let Some(f) = out.failed.first() {
-            return Err(BusError::Backend(format!(
+            return Err(Sent::Failed(BusError::Backend(format!(
                 "SQS refused a change message: {} {}",
                 f.code,
                 f.message.as_deref().unwrap_or("")
-            )));
+            ))));
         }
         Ok(())
     }
+}
+
+/// Why a send did not go through.
+enum Sent {
+    /// The queue does not exist (any more).
+    Gone,
+    Failed(BusError),
 }

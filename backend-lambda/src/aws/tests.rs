@@ -474,3 +474,34 @@ async fn the_largest_file_fits_and_a_larger_one_is_refused() {
         "the log holds the whole event"
     );
 }
+
+/// A queue deleted behind the service's back (its URL cached) is created again on the next
+/// publish, and the other devices get their copies regardless.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_queue_is_recreated_on_publish() {
+    let Some(m) = moto() else { return };
+    let (bus, _m) = sqs_on(m).await;
+    let user = "carol".to_string();
+    let a = bus.register_device(&user, 201).await.unwrap();
+    let b = bus.register_device(&user, 202).await.unwrap();
+    let Listen::Sqs { queue_url, .. } = &a else {
+        panic!()
+    };
+    let sdk = sdk_for(&_m.url).await;
+    aws_sdk_sqs::Client::new(&sdk)
+        .delete_queue()
+        .queue_url(queue_url)
+        .send()
+        .await
+        .unwrap();
+    bus.publish(&user, &[201, 202], &[event(1, 5)])
+        .await
+        .unwrap();
+    assert_eq!(receive_all(&b).await.len(), 1);
+    let again = bus.register_device(&user, 201).await.unwrap();
+    assert_eq!(
+        receive_all(&again).await.len(),
+        1,
+        "the recreated queue got the event"
+    );
+}
