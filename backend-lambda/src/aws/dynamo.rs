@@ -73,7 +73,7 @@ fn check_blocks(n: usize) -> StoreResult<()> {
     if n > MAX_BLOCKS {
         return Err(StoreError::Backend(format!(
             "a file of {n} blocks is larger than AWS mode stores (at most {MAX_BLOCKS} blocks, {} GiB)",
-            MAX_BLOCKS as u64 * jewel_wire::BLOCK_SIZE >> 30
+            (MAX_BLOCKS as u64 * jewel_wire::BLOCK_SIZE) >> 30
         )));
     }
     Ok(())
