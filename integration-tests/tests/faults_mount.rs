@@ -206,12 +206,22 @@ fn assert_exactly_once(remote: &Remote, dir: &str, files: &[(String, Vec<u8>)]) 
     );
     for (name, content) in &want {
         let got = here[name].as_ref().expect("a file, not a directory");
-        assert!(
-            got == *content,
-            "{dir}/{name}: {} bytes on the service, {} written",
-            got.len(),
-            content.len()
-        );
+        if got != *content {
+            let first = got.iter().zip(content.iter()).position(|(a, b)| a != b);
+            let blocks = |c: &[u8]| -> Vec<String> {
+                c.chunks(BLOCK_SIZE as usize)
+                    .map(|b| sha256_hex(b)[..8].to_string())
+                    .collect()
+            };
+            panic!(
+                "{dir}/{name}: {} bytes on the service, {} written, first difference at byte \
+                 {first:?}; blocks on the service {:?}, written {:?}",
+                got.len(),
+                content.len(),
+                blocks(got),
+                blocks(content)
+            );
+        }
     }
     let dir_id = if dir.is_empty() {
         ROOT_ID
