@@ -309,3 +309,41 @@ fn clear_errors_at_mount() {
         "{err}"
     );
 }
+
+#[test]
+fn a_mount_with_a_cache_starts_offline_and_catches_up() {
+    let t = std::time::Instant::now();
+    let server = Server::start();
+    let token = server.add_user("alice");
+    let mut a = Mount::new(&server, &token, "laptop");
+    let b = Mount::new(&server, &token, "desktop");
+    fs::create_dir(a.p("docs")).unwrap();
+    fs::write(a.p("docs/cached.txt"), b"read me offline").unwrap();
+    wait_content(&b.p("docs/cached.txt"), b"read me offline", SYNC);
+    assert_eq!(
+        fs::read(a.p("docs/cached.txt")).unwrap(),
+        b"read me offline"
+    );
+    eprintln!("synced {:?}", t.elapsed());
+    let out = a.unmount();
+    eprintln!("unmounted {:?}", t.elapsed());
+    assert!(out.contains("unmounted"), "{out}");
+
+    // The service goes away; the mount starts anyway from its cache.
+    let data = server.kill();
+    a.start();
+    eprintln!("started offline {:?}", t.elapsed());
+    assert!(!a.status().online);
+    assert_eq!(
+        fs::read(a.p("docs/cached.txt")).unwrap(),
+        b"read me offline"
+    );
+    fs::write(a.p("docs/new-offline.txt"), b"made while offline").unwrap();
+
+    let _server = Server::start_at(data, &server_addr(&a));
+    wait_content(&b.p("docs/new-offline.txt"), b"made while offline", SYNC);
+    eprintln!("uploaded {:?}", t.elapsed());
+    // And what happened elsewhere meanwhile reaches the restarted mount.
+    fs::write(b.p("docs/from-b.txt"), b"hello").unwrap();
+    wait_content(&a.p("docs/from-b.txt"), b"hello", SYNC);
+}

@@ -121,7 +121,16 @@ fn unescape_mount(s: &str) -> String {
 }
 
 fn pid_alive(pid: u32) -> bool {
-    pid != 0 && unsafe { libc::kill(pid as i32, 0) } == 0
+    if pid == 0 || unsafe { libc::kill(pid as i32, 0) } != 0 {
+        return false;
+    }
+    // A zombie (exited, not yet reaped by its parent) is not running.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().next());
+    state != Some("Z")
 }
 
 pub fn read_status(mountpoint: &Path) -> Option<Status> {
@@ -229,6 +238,12 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             if !had_cache {
                 bail!("cannot reach the server at {server} ({e}) and there is no cache in {} to work offline from", cache_dir.display());
             }
+            if let Err(err) = core.load_snapshot() {
+                eprintln!(
+                    "jewelfs: the saved tree in {} is unreadable ({err}); starting empty",
+                    cache_dir.display()
+                );
+            }
             eprintln!("jewelfs: server {server} unreachable ({e}); mounting offline, changes will upload when it is back");
         }
         Err(e) => bail!("the server at {server} answered unexpectedly: {e}"),
@@ -332,7 +347,13 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         let core = core.clone();
         let spath = spath.clone();
         rt.spawn(async move {
+            let mut tick = 0u64;
             loop {
+                tick += 1;
+                if tick % 50 == 0 {
+                    let c = core.clone();
+                    let _ = tokio::task::spawn_blocking(move || c.save_snapshot()).await;
+                }
                 let mut s = core.status();
                 s.server = base.server.clone();
                 s.mountpoint = base.mountpoint.clone();
@@ -349,6 +370,9 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
 
     let result = session.run();
     let _ = core.journal.sync();
+    if let Err(e) = core.save_snapshot() {
+        eprintln!("jewelfs: could not save the tree for offline use: {e}");
+    }
     let left = core.journal.pending();
     let _ = std::fs::remove_file(&spath);
     if left > 0 {

@@ -1389,6 +1389,79 @@ impl Core {
         self.view(id).ok_or(CoreErr::NotFound)
     }
 
+    // ---------------------------------------------------------------- snapshot
+
+    /// Saves what the tree cache knows (nodes, complete listings, the change cursor) to
+    /// `<cache>/tree.json`, so a later mount can start offline with the same view.
+    pub fn save_snapshot(&self) -> std::io::Result<()> {
+        let nodes: Vec<Node> = self
+            .tree
+            .known()
+            .into_iter()
+            .filter(|n| !is_local(n.id))
+            .map(|n| (*n).clone())
+            .collect();
+        let dirs: Vec<(NodeId, Vec<(String, NodeId)>)> = self
+            .tree
+            .listed_dirs()
+            .into_iter()
+            .filter(|d| !is_local(*d))
+            .filter_map(|d| {
+                let entries = self
+                    .tree
+                    .listing(d)?
+                    .into_iter()
+                    .filter(|(_, id)| !is_local(*id))
+                    .collect();
+                Some((d, entries))
+            })
+            .collect();
+        let snap = Snapshot {
+            cursor: self.cursor.load(Ordering::Relaxed),
+            nodes,
+            dirs,
+        };
+        let path = self.cfg.cache_dir.join("tree.json");
+        let tmp = self.cfg.cache_dir.join("tree.json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(&snap).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(tmp, path)
+    }
+
+    /// Loads the snapshot of an earlier mount (used when starting offline). Journaled local
+    /// changes, already replayed, stay on top.
+    pub fn load_snapshot(&self) -> std::io::Result<bool> {
+        let path = self.cfg.cache_dir.join("tree.json");
+        let Ok(bytes) = std::fs::read(&path) else {
+            return Ok(false);
+        };
+        let snap: Snapshot = serde_json::from_slice(&bytes).map_err(std::io::Error::other)?;
+        for n in snap.nodes {
+            if !self.tree.is_pinned(n.id) {
+                self.tree.put(n);
+            }
+        }
+        for (dir, entries) in snap.dirs {
+            self.tree.new_listing(dir);
+            for (name, id) in entries {
+                if !self.tree.is_pinned(id) {
+                    self.tree.link(dir, &name, id);
+                }
+            }
+        }
+        for n in self.tree.known() {
+            if self.tree.is_pinned(n.id) {
+                self.tree.link(n.parent, &n.name, n.id);
+            }
+        }
+        if self.cursor.load(Ordering::Relaxed) == 0 {
+            self.cursor.store(snap.cursor, Ordering::Relaxed);
+        }
+        Ok(true)
+    }
+
     // ---------------------------------------------------------------- status
 
     pub fn status(&self) -> Status {
@@ -1441,6 +1514,13 @@ fn describe(op: &Op) -> String {
         Op::Delete { node, .. } => format!("delete node {node}"),
         Op::SetAttr { node, .. } => format!("attributes of node {node}"),
     }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Snapshot {
+    cursor: Seq,
+    nodes: Vec<Node>,
+    dirs: Vec<(NodeId, Vec<(String, NodeId)>)>,
 }
 
 /// What `jewelfs status` shows.
