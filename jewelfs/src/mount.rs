@@ -350,7 +350,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             let mut tick = 0u64;
             loop {
                 tick += 1;
-                if tick % 50 == 0 {
+                if tick.is_multiple_of(50) {
                     let c = core.clone();
                     let _ = tokio::task::spawn_blocking(move || c.save_snapshot()).await;
                 }
