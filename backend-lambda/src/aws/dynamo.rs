@@ -783,7 +783,14 @@ impl DynamoStore {
             Err(e) => {
                 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError as E;
                 match e.as_service_error() {
-                    Some(E::TransactionCanceledException(_)) => Ok(TxOutcome::Retry),
+                    Some(E::TransactionCanceledException(_)) => {
+                        count("dynamodb:TransactWriteItems (cancelled)");
+                        // Another instance won the race: step aside for a random moment so
+                        // that the losers do not collide again in lockstep.
+                        let pause = rand::random::<u64>() % 40 + 2;
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                        Ok(TxOutcome::Retry)
+                    }
                     _ => Err(be(e)),
                 }
             }
