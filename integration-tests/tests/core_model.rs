@@ -1,0 +1,1245 @@
+//! Reference-model property test of the FUSE-free client core (`jewelfs::core::Core`).
+//!
+//! Two `Core`s (two devices of one user) run against one real `jewel-server` process, no FUSE.
+//! A seeded generator makes a sequence of operations (create with content, overwrite, append,
+//! truncate, mkdir, rename/move of files and directories, unlink, rmdir) in a small name space,
+//! so names collide, and applies each to a randomly chosen device. Every device talks to the
+//! service through [`FaultApi`], which can cut that device off (every call fails as
+//! unreachable, and an in-flight long-poll is cut too), so the run has outages.
+//!
+//! The run is a series of phases:
+//! - **connected**: both devices online. After each operation the device that did it must show
+//!   exactly the model's tree (read-your-writes), and once both settle (journals empty,
+//!   cursors at the service's newest change) both devices and the service must hold exactly the
+//!   model's tree: with no concurrency there is nothing to merge, and no conflict copy.
+//! - **split**: at most one device online (so no device hears anything from the other), each
+//!   device has its own copy of the model, and after each operation the device that did it
+//!   must show exactly its own model (offline: from its caches and journal). At the end the
+//!   devices come back one at a time (order chosen by the seed, so the merge is deterministic)
+//!   and settle, and the merge is checked:
+//!   1. convergence: both devices list the same tree with the same content as the service;
+//!   2. nothing lost: every file content live on either device at the end of the split is in
+//!      the merged tree (conflict copies included) or, failing that, in the service's trash
+//!      (read from its database); content in neither fails the run. Content written during the
+//!      split that survives only in the trash is reported as a note (it was deleted with a
+//!      directory on a device that never saw it);
+//!   3. untouched paths keep their content;
+//!   4. when only one device changed anything, the merged tree is exactly its model, and no
+//!      conflict copy appears.
+//!
+//! Seeds: `JEWEL_MODEL_SEED=n` replays one seed, `JEWEL_MODEL_CASES=n` runs seeds 1..=n
+//! (default 8), `JEWEL_MODEL_OPS=n` operations per seed (default 40). A failure prints its
+//! seed and the operation log. Replays are deterministic up to conflict copy names (they carry
+//! the time) and the ordering they bring.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use integration_tests::Server;
+use jewel_wire::*;
+use jewelfs::core::api::{Api, ApiErr, ApiResult, HttpApi};
+use jewelfs::core::{Config, Core, CoreErr};
+
+// ------------------------------------------------------------------------------------------
+// The fault-injecting API
+
+/// The real HTTP API, with a switch that makes every call fail as "server unreachable".
+struct FaultApi {
+    inner: HttpApi,
+    offline: tokio::sync::watch::Sender<bool>,
+    failed: AtomicU64,
+}
+
+impl FaultApi {
+    fn new(url: &str, token: &str) -> FaultApi {
+        FaultApi {
+            inner: HttpApi::new(url, token).unwrap(),
+            offline: tokio::sync::watch::channel(false).0,
+            failed: AtomicU64::new(0),
+        }
+    }
+
+    fn set_offline(&self, off: bool) {
+        self.offline.send_replace(off);
+    }
+
+    fn is_offline(&self) -> bool {
+        *self.offline.borrow()
+    }
+
+    fn cut(&self) -> ApiErr {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        ApiErr::Offline("connection refused (injected outage)".into())
+    }
+
+    /// Runs `call` unless offline; a call still running when the switch flips is cut off, and
+    /// an answer that arrives after it flipped is dropped (the device must not hear it).
+    async fn guard<T>(&self, call: impl Future<Output = ApiResult<T>>) -> ApiResult<T> {
+        if self.is_offline() {
+            return Err(self.cut());
+        }
+        let mut rx = self.offline.subscribe();
+        tokio::select! {
+            r = call => if self.is_offline() { Err(self.cut()) } else { r },
+            _ = rx.wait_for(|off| *off) => Err(self.cut()),
+        }
+    }
+}
+
+#[async_trait]
+impl Api for FaultApi {
+    async fn me(&self) -> ApiResult<Me> {
+        self.guard(self.inner.me()).await
+    }
+    async fn get_node(&self, id: NodeId) -> ApiResult<Node> {
+        self.guard(self.inner.get_node(id)).await
+    }
+    async fn list_children(&self, id: NodeId, after: Option<String>) -> ApiResult<ListPage> {
+        self.guard(self.inner.list_children(id, after)).await
+    }
+    async fn create(&self, req: &CreateNode) -> ApiResult<Node> {
+        self.guard(self.inner.create(req)).await
+    }
+    async fn commit(&self, id: NodeId, req: &CommitContent) -> ApiResult<Node> {
+        self.guard(self.inner.commit(id, req)).await
+    }
+    async fn move_node(&self, id: NodeId, req: &MoveNode) -> ApiResult<MoveResult> {
+        self.guard(self.inner.move_node(id, req)).await
+    }
+    async fn set_attr(&self, id: NodeId, req: &SetAttr) -> ApiResult<Node> {
+        self.guard(self.inner.set_attr(id, req)).await
+    }
+    async fn delete(&self, id: NodeId, base_version: Version, recursive: bool) -> ApiResult<Node> {
+        self.guard(self.inner.delete(id, base_version, recursive))
+            .await
+    }
+    async fn register_device(&self, name: &str) -> ApiResult<Device> {
+        self.guard(self.inner.register_device(name)).await
+    }
+    async fn changes(&self, since: Seq, limit: u32) -> ApiResult<ChangePage> {
+        self.guard(self.inner.changes(since, limit)).await
+    }
+    async fn poll(&self, device: DeviceId, since: Seq, timeout_ms: u64) -> ApiResult<ChangePage> {
+        self.guard(self.inner.poll(device, since, timeout_ms)).await
+    }
+    async fn missing_blocks(&self, hashes: Vec<BlockHash>) -> ApiResult<MissingBlocks> {
+        self.guard(self.inner.missing_blocks(hashes)).await
+    }
+    async fn block_urls(&self, hashes: Vec<BlockHash>) -> ApiResult<BlockUrls> {
+        self.guard(self.inner.block_urls(hashes)).await
+    }
+    async fn put_block(&self, url: &str, bytes: Bytes) -> ApiResult<()> {
+        self.guard(self.inner.put_block(url, bytes)).await
+    }
+    async fn get_block(&self, url: &str) -> ApiResult<Bytes> {
+        self.guard(self.inner.get_block(url)).await
+    }
+    fn set_device(&self, id: DeviceId) {
+        self.inner.set_device(id)
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The model
+
+/// What a path holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entry {
+    Dir,
+    File(Vec<u8>),
+}
+
+/// A tree as `path → entry` ("a", "a/b.txt"); the root is implicit.
+type View = BTreeMap<String, Entry>;
+
+fn parent_of(path: &str) -> &str {
+    path.rfind('/').map(|i| &path[..i]).unwrap_or("")
+}
+
+fn name_of(path: &str) -> &str {
+    path.rfind('/').map(|i| &path[i + 1..]).unwrap_or(path)
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// `anc` is `path` or one of its ancestors ("" is the root, everyone's ancestor).
+fn is_prefix(anc: &str, path: &str) -> bool {
+    anc.is_empty() || anc == path || path.starts_with(&format!("{anc}/"))
+}
+
+fn depth(path: &str) -> usize {
+    if path.is_empty() {
+        0
+    } else {
+        path.matches('/').count() + 1
+    }
+}
+
+fn has_children(view: &View, dir: &str) -> bool {
+    let pre = format!("{dir}/");
+    view.range(pre.clone()..)
+        .next()
+        .is_some_and(|(k, _)| k.starts_with(&pre))
+}
+
+/// The errors the model predicts, matched against `CoreErr` variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    NotFound,
+    Exists,
+    NotEmpty,
+    NotDir,
+    IsDir,
+    Invalid,
+}
+
+fn classify(e: &CoreErr) -> Option<Want> {
+    Some(match e {
+        CoreErr::NotFound => Want::NotFound,
+        CoreErr::Exists => Want::Exists,
+        CoreErr::NotEmpty => Want::NotEmpty,
+        CoreErr::NotDir => Want::NotDir,
+        CoreErr::IsDir => Want::IsDir,
+        CoreErr::Invalid(_) => Want::Invalid,
+        _ => return None,
+    })
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Create { path: String, data: Vec<u8> },
+    Overwrite { path: String, data: Vec<u8> },
+    Append { path: String, data: Vec<u8> },
+    Truncate { path: String, len: u64 },
+    Mkdir { path: String },
+    Rename { from: String, to: String },
+    Unlink { path: String },
+    Rmdir { path: String },
+}
+
+fn show(data: &[u8]) -> String {
+    format!("{:?}", String::from_utf8_lossy(data))
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::Create { path, data } => write!(f, "create /{path} = {}", show(data)),
+            Op::Overwrite { path, data } => write!(f, "overwrite /{path} = {}", show(data)),
+            Op::Append { path, data } => write!(f, "append /{path} += {}", show(data)),
+            Op::Truncate { path, len } => write!(f, "truncate /{path} to {len}"),
+            Op::Mkdir { path } => write!(f, "mkdir /{path}"),
+            Op::Rename { from, to } => write!(f, "rename /{from} -> /{to}"),
+            Op::Unlink { path } => write!(f, "unlink /{path}"),
+            Op::Rmdir { path } => write!(f, "rmdir /{path}"),
+        }
+    }
+}
+
+impl Op {
+    /// The paths this operation may change (everything below them too).
+    fn touches(&self) -> Vec<String> {
+        match self {
+            Op::Rename { from, to } => vec![from.clone(), to.clone()],
+            Op::Create { path, .. }
+            | Op::Overwrite { path, .. }
+            | Op::Append { path, .. }
+            | Op::Truncate { path, .. }
+            | Op::Mkdir { path }
+            | Op::Unlink { path }
+            | Op::Rmdir { path } => vec![path.clone()],
+        }
+    }
+}
+
+/// Applies `op` to the model with POSIX semantics; the error the core must give otherwise.
+fn model_apply(view: &mut View, op: &Op) -> Result<(), Want> {
+    let need_parent = |view: &View, path: &str| -> Result<(), Want> {
+        let p = parent_of(path);
+        match view.get(p) {
+            _ if p.is_empty() => Ok(()),
+            Some(Entry::Dir) => Ok(()),
+            Some(Entry::File(_)) => Err(Want::NotDir),
+            None => Err(Want::NotFound),
+        }
+    };
+    let need_file = |view: &View, path: &str| -> Result<Vec<u8>, Want> {
+        need_parent(view, path)?;
+        match view.get(path) {
+            Some(Entry::File(d)) => Ok(d.clone()),
+            Some(Entry::Dir) => Err(Want::IsDir),
+            None => Err(Want::NotFound),
+        }
+    };
+    match op {
+        Op::Create { path, data } => {
+            need_parent(view, path)?;
+            if view.contains_key(path) {
+                return Err(Want::Exists);
+            }
+            view.insert(path.clone(), Entry::File(data.clone()));
+        }
+        Op::Overwrite { path, data } => {
+            need_file(view, path)?;
+            view.insert(path.clone(), Entry::File(data.clone()));
+        }
+        Op::Append { path, data } => {
+            let mut d = need_file(view, path)?;
+            d.extend_from_slice(data);
+            view.insert(path.clone(), Entry::File(d));
+        }
+        Op::Truncate { path, len } => {
+            let mut d = need_file(view, path)?;
+            d.resize(*len as usize, 0);
+            view.insert(path.clone(), Entry::File(d));
+        }
+        Op::Mkdir { path } => {
+            need_parent(view, path)?;
+            if view.contains_key(path) {
+                return Err(Want::Exists);
+            }
+            view.insert(path.clone(), Entry::Dir);
+        }
+        Op::Unlink { path } => {
+            need_file(view, path)?;
+            view.remove(path);
+        }
+        Op::Rmdir { path } => {
+            need_parent(view, path)?;
+            match view.get(path) {
+                None => return Err(Want::NotFound),
+                Some(Entry::File(_)) => return Err(Want::NotDir),
+                Some(Entry::Dir) if has_children(view, path) => return Err(Want::NotEmpty),
+                Some(Entry::Dir) => {
+                    view.remove(path);
+                }
+            }
+        }
+        Op::Rename { from, to } => {
+            need_parent(view, from)?;
+            let Some(src) = view.get(from).cloned() else {
+                return Err(Want::NotFound);
+            };
+            need_parent(view, to)?;
+            if from == to {
+                return Ok(());
+            }
+            if src == Entry::Dir && is_prefix(from, to) {
+                return Err(Want::Invalid);
+            }
+            match (&src, view.get(to)) {
+                (_, None) => {}
+                (Entry::File(_), Some(Entry::File(_))) => {}
+                (Entry::File(_), Some(Entry::Dir)) => return Err(Want::IsDir),
+                (Entry::Dir, Some(Entry::File(_))) => return Err(Want::NotDir),
+                (Entry::Dir, Some(Entry::Dir)) => {
+                    if has_children(view, to) {
+                        return Err(Want::NotEmpty);
+                    }
+                }
+            }
+            view.remove(to);
+            let moved: Vec<(String, Entry)> = view
+                .iter()
+                .filter(|(k, _)| is_prefix(from, k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            for (k, _) in &moved {
+                view.remove(k);
+            }
+            for (k, v) in moved {
+                let rest = &k[from.len()..];
+                view.insert(format!("{to}{rest}"), v);
+            }
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// The generator
+
+/// SplitMix64: small, seedable, good enough to pick operations.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
+        if items.is_empty() {
+            None
+        } else {
+            Some(&items[self.below(items.len())])
+        }
+    }
+}
+
+/// A small name space, files and directories alike, so names collide.
+const NAMES: [&str; 5] = ["a", "b", "c.txt", "d.txt", "e"];
+/// Contents shared between operations (identical content must never conflict).
+const COMMON: [&str; 3] = ["same", "hello world\n", "x"];
+
+struct Gen {
+    rng: Rng,
+    counter: u64,
+}
+
+impl Gen {
+    fn data(&mut self, dev: usize) -> Vec<u8> {
+        self.counter += 1;
+        if self.rng.chance(15) {
+            return COMMON[self.rng.below(COMMON.len())].as_bytes().to_vec();
+        }
+        let tag = ["A", "B"][dev];
+        let len = self.rng.below(40);
+        let mut s = format!("{tag}{}:", self.counter);
+        for _ in 0..len {
+            s.push((b'a' + self.rng.below(26) as u8) as char);
+        }
+        s.into_bytes()
+    }
+
+    fn op(&mut self, view: &View, dev: usize) -> Op {
+        let files: Vec<String> = view
+            .iter()
+            .filter(|(_, e)| matches!(e, Entry::File(_)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let dirs: Vec<String> = view
+            .iter()
+            .filter(|(_, e)| **e == Entry::Dir)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut parents = vec![String::new()];
+        parents.extend(dirs.iter().filter(|d| depth(d) < 3).cloned());
+        let all: Vec<String> = view.keys().cloned().collect();
+        let new_path = |rng: &mut Rng| {
+            let dir = rng.pick(&parents).unwrap().clone();
+            join(&dir, NAMES[rng.below(NAMES.len())])
+        };
+        loop {
+            let roll = self.rng.below(100);
+            let op = match roll {
+                0..=21 => Op::Create {
+                    path: new_path(&mut self.rng),
+                    data: self.data(dev),
+                },
+                22..=33 => match self.rng.pick(&files) {
+                    Some(p) => Op::Overwrite {
+                        path: p.clone(),
+                        data: self.data(dev),
+                    },
+                    None => continue,
+                },
+                34..=43 => match self.rng.pick(&files) {
+                    Some(p) => Op::Append {
+                        path: p.clone(),
+                        data: self.data(dev),
+                    },
+                    None => continue,
+                },
+                44..=49 => match self.rng.pick(&files) {
+                    Some(p) => {
+                        let size = match &view[p] {
+                            Entry::File(d) => d.len(),
+                            Entry::Dir => 0,
+                        };
+                        Op::Truncate {
+                            path: p.clone(),
+                            len: self.rng.below(size + 4) as u64,
+                        }
+                    }
+                    None => continue,
+                },
+                50..=61 => {
+                    let dir = self.rng.pick(&parents).unwrap().clone();
+                    if depth(&dir) >= 2 {
+                        continue;
+                    }
+                    Op::Mkdir {
+                        path: join(&dir, NAMES[self.rng.below(NAMES.len())]),
+                    }
+                }
+                62..=79 => match self.rng.pick(&all) {
+                    Some(p) => Op::Rename {
+                        from: p.clone(),
+                        to: new_path(&mut self.rng),
+                    },
+                    None => continue,
+                },
+                80..=90 => {
+                    // Mostly files; sometimes anything (IsDir).
+                    let pool = if self.rng.chance(85) { &files } else { &all };
+                    match self.rng.pick(pool) {
+                        Some(p) => Op::Unlink { path: p.clone() },
+                        None => continue,
+                    }
+                }
+                _ => {
+                    let pool = if self.rng.chance(85) { &dirs } else { &all };
+                    match self.rng.pick(pool) {
+                        Some(p) => Op::Rmdir { path: p.clone() },
+                        None => continue,
+                    }
+                }
+            };
+            return op;
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Driving the real core
+
+struct Dev {
+    name: &'static str,
+    core: Arc<Core>,
+    api: Arc<FaultApi>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn open_device(url: &str, token: &str, dir: &std::path::Path, name: &'static str) -> Dev {
+    let api = Arc::new(FaultApi::new(url, token));
+    let core = Core::open(
+        Config::new(dir.join(name), name.to_string()),
+        api.clone() as Arc<dyn Api>,
+    )
+    .unwrap();
+    core.connect().await.expect("connect");
+    let root = api.get_node(ROOT_ID).await.expect("root");
+    core.tree.put(root);
+    core.readdir(ROOT_ID).await.unwrap();
+    let tasks = vec![
+        tokio::spawn(core.clone().run_uploader()),
+        tokio::spawn(core.clone().run_listener()),
+    ];
+    Dev {
+        name,
+        core,
+        api,
+        tasks,
+    }
+}
+
+async fn resolve(core: &Core, path: &str) -> Result<NodeId, CoreErr> {
+    let mut id = ROOT_ID;
+    if path.is_empty() {
+        return Ok(id);
+    }
+    for part in path.split('/') {
+        id = core.lookup(id, part).await?.id;
+    }
+    Ok(id)
+}
+
+/// Runs `op` on a device's core, as the FUSE adapter would (open, write, close).
+async fn run_op(core: &Core, op: &Op) -> Result<(), CoreErr> {
+    match op {
+        Op::Create { path, data } => {
+            let parent = resolve(core, parent_of(path)).await?;
+            let node = core.create_file(parent, name_of(path), 0o644).await?;
+            core.write(node.id, 0, data)?;
+            core.release(node.id, true)
+        }
+        Op::Overwrite { path, data } => {
+            let id = resolve(core, path).await?;
+            core.open_file(id, true, true).await?;
+            let r = core.write(id, 0, data);
+            core.release(id, true)?;
+            r.map(|_| ())
+        }
+        Op::Append { path, data } => {
+            let id = resolve(core, path).await?;
+            let size = core.node(id).await?.size;
+            core.open_file(id, true, false).await?;
+            let r = core.write(id, size, data);
+            core.release(id, true)?;
+            r.map(|_| ())
+        }
+        Op::Truncate { path, len } => {
+            let id = resolve(core, path).await?;
+            core.setattr(id, None, None, Some(*len)).await.map(|_| ())
+        }
+        Op::Mkdir { path } => {
+            let parent = resolve(core, parent_of(path)).await?;
+            core.mkdir(parent, name_of(path), 0o755).await.map(|_| ())
+        }
+        Op::Rename { from, to } => {
+            let p = resolve(core, parent_of(from)).await?;
+            let np = resolve(core, parent_of(to)).await?;
+            core.rename(p, name_of(from), np, name_of(to), MoveMode::Replace)
+                .await
+        }
+        Op::Unlink { path } => {
+            let parent = resolve(core, parent_of(path)).await?;
+            core.remove(parent, name_of(path), false).await
+        }
+        Op::Rmdir { path } => {
+            let parent = resolve(core, parent_of(path)).await?;
+            core.remove(parent, name_of(path), true).await
+        }
+    }
+}
+
+/// The tree as a device shows it (listings and content through the core).
+async fn walk_core(core: &Core) -> Result<View, String> {
+    let mut out = View::new();
+    let mut stack = vec![(ROOT_ID, String::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        let nodes = core
+            .readdir(dir)
+            .await
+            .map_err(|e| format!("readdir /{prefix}: {e}"))?;
+        for n in nodes {
+            let path = join(&prefix, &n.name);
+            match n.kind {
+                NodeKind::Dir => {
+                    out.insert(path.clone(), Entry::Dir);
+                    stack.push((n.id, path));
+                }
+                NodeKind::File => {
+                    let data = core
+                        .read(n.id, 0, n.size as u32 + 64)
+                        .await
+                        .map_err(|e| format!("read /{path}: {e}"))?;
+                    if data.len() as u64 != n.size {
+                        return Err(format!(
+                            "/{path}: size {} but {} bytes read",
+                            n.size,
+                            data.len()
+                        ));
+                    }
+                    out.insert(path, Entry::File(data));
+                }
+                NodeKind::Symlink => return Err(format!("unexpected symlink /{path}")),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What the service holds: directories, and files as their block hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Held {
+    Dir,
+    File(Vec<BlockHash>),
+}
+
+fn hashes_of(data: &[u8]) -> Vec<BlockHash> {
+    if data.is_empty() {
+        vec![]
+    } else {
+        vec![integration_tests::sha256_hex(data)]
+    }
+}
+
+fn held(view: &View) -> BTreeMap<String, Held> {
+    view.iter()
+        .map(|(k, v)| {
+            let h = match v {
+                Entry::Dir => Held::Dir,
+                Entry::File(d) => Held::File(hashes_of(d)),
+            };
+            (k.clone(), h)
+        })
+        .collect()
+}
+
+async fn walk_server(api: &HttpApi) -> Result<BTreeMap<String, Held>, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![(ROOT_ID, String::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        let mut after = None;
+        loop {
+            let page = api
+                .list_children(dir, after)
+                .await
+                .map_err(|e| format!("server listing of /{prefix}: {e}"))?;
+            for n in page.entries {
+                let path = join(&prefix, &n.name);
+                match n.kind {
+                    NodeKind::Dir => {
+                        out.insert(path.clone(), Held::Dir);
+                        stack.push((n.id, path));
+                    }
+                    _ => {
+                        out.insert(path, Held::File(n.blocks.clone()));
+                    }
+                }
+            }
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every file content the service still has for `user`, live or in the trash (whole deleted
+/// subtrees included), read from its SQLite database with the `sqlite3` tool. `None` when the
+/// tool is missing.
+fn server_contents(server: &Server, user: &str) -> Option<BTreeSet<Vec<BlockHash>>> {
+    let db = server.data.path().join("meta.db");
+    let out = std::process::Command::new("sqlite3")
+        .arg("-readonly")
+        .arg(&db)
+        .arg(format!(
+            "SELECT n.blocks FROM nodes n JOIN users u ON u.id = n.user \
+             WHERE u.name = '{user}' AND n.kind = 'file';"
+        ))
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!(
+            "core_model: sqlite3 failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return None;
+    }
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Vec<BlockHash>>(l.trim()).ok())
+            .collect(),
+    )
+}
+
+fn diff(a_name: &str, a: &View, b_name: &str, b: &View) -> String {
+    let mut s = String::new();
+    let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    for k in keys {
+        let fmt = |e: Option<&Entry>| match e {
+            None => "-".to_string(),
+            Some(Entry::Dir) => "dir".to_string(),
+            Some(Entry::File(d)) => format!("file {}", show(d)),
+        };
+        let (x, y) = (a.get(k), b.get(k));
+        if x != y {
+            let _ = writeln!(s, "    /{k}: {a_name} {} | {b_name} {}", fmt(x), fmt(y));
+        }
+    }
+    s
+}
+
+fn dump(view: &View) -> String {
+    let mut s = String::new();
+    for (k, v) in view {
+        match v {
+            Entry::Dir => {
+                let _ = writeln!(s, "    /{k}/");
+            }
+            Entry::File(d) => {
+                let _ = writeln!(s, "    /{k} = {}", show(d));
+            }
+        }
+    }
+    if s.is_empty() {
+        s.push_str("    (empty)\n");
+    }
+    s
+}
+
+fn is_conflict_copy(path: &str) -> bool {
+    name_of(path).contains("(conflicted copy ")
+}
+
+// ------------------------------------------------------------------------------------------
+// One seed
+
+struct Run<'a> {
+    seed: u64,
+    server: &'a Server,
+    user: String,
+    observer: HttpApi,
+    devs: [Dev; 2],
+    log: Vec<String>,
+    ops_done: usize,
+    notes: Vec<String>,
+}
+
+impl Run<'_> {
+    fn fail(&self, what: String) -> String {
+        let mut s = format!(
+            "core model: seed {} failed (replay: JEWEL_MODEL_SEED={} cargo test -p integration-tests --test core_model)\n  {what}\n  operations so far:\n",
+            self.seed, self.seed
+        );
+        for l in &self.log {
+            let _ = writeln!(s, "    {l}");
+        }
+        for (i, d) in self.devs.iter().enumerate() {
+            let st = d.core.status();
+            let _ = writeln!(
+                s,
+                "  device {} ({i}): online {} pending {} {:?} cursor {} conflicts {} last error {:?}",
+                d.name, st.online, st.pending_uploads, st.pending, st.last_seq, st.conflicts, st.last_error
+            );
+        }
+        s
+    }
+
+    /// Applies one operation to device `dev` and its model; checks the result and the tree.
+    async fn step(
+        &mut self,
+        dev: usize,
+        op: &Op,
+        view: &mut View,
+        phase: &str,
+    ) -> Result<(), String> {
+        let want = model_apply(view, op);
+        let got = run_op(&self.devs[dev].core, op).await;
+        let got_s = match &got {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("{e}"),
+        };
+        self.ops_done += 1;
+        self.log.push(format!(
+            "#{} [{phase}] {}: {op} => {got_s}",
+            self.ops_done, self.devs[dev].name
+        ));
+        match (&want, &got) {
+            (Ok(()), Ok(())) => {}
+            (Err(w), Err(e)) if classify(e) == Some(*w) => {}
+            _ => {
+                return Err(self.fail(format!(
+                    "{} {op}: model says {want:?}, core says {got_s}",
+                    self.devs[dev].name
+                )))
+            }
+        }
+        // Read-your-writes: the device shows exactly its model, at once.
+        let seen = walk_core(&self.devs[dev].core)
+            .await
+            .map_err(|e| self.fail(format!("{} after {op}: {e}", self.devs[dev].name)))?;
+        if &seen != view {
+            return Err(self.fail(format!(
+                "{} after {op}: the device does not show its own change (model | device):\n{}",
+                self.devs[dev].name,
+                diff("model", view, "device", &seen)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits until both devices are online, have uploaded everything, heard every change, and
+    /// show the same tree as the service; returns that tree.
+    async fn settle(&self, what: &str) -> Result<View, String> {
+        let deadline = Duration::from_secs(15);
+        let start = Instant::now();
+        loop {
+            let last = match self.settled_once().await {
+                Ok(v) => return Ok(v),
+                Err(why) => why,
+            };
+            if start.elapsed() > deadline {
+                return Err(self.fail(format!("{what}: not settled after {deadline:?}: {last}")));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn settled_once(&self) -> Result<View, String> {
+        let latest = self
+            .observer
+            .me()
+            .await
+            .map_err(|e| format!("me: {e}"))?
+            .latest_seq;
+        for d in &self.devs {
+            let st = d.core.status();
+            if !st.online || st.pending_uploads > 0 || st.last_seq < latest {
+                return Err(format!(
+                    "{}: online {} pending {} cursor {} < {latest}",
+                    d.name, st.online, st.pending_uploads, st.last_seq
+                ));
+            }
+        }
+        let a = walk_core(&self.devs[0].core).await?;
+        let b = walk_core(&self.devs[1].core).await?;
+        let s = walk_server(&self.observer).await?;
+        if a != b || held(&a) != s {
+            let mut msg =
+                String::from("the devices and the service differ (path: A | B | service):\n");
+            let (ha, hb) = (held(&a), held(&b));
+            let keys: BTreeSet<&String> = a.keys().chain(b.keys()).chain(s.keys()).collect();
+            for k in keys {
+                let (x, y, z) = (ha.get(k), hb.get(k), s.get(k));
+                if x != y || x != z {
+                    let f = |e: Option<&Entry>| match e {
+                        None => "-".to_string(),
+                        Some(Entry::Dir) => "dir".to_string(),
+                        Some(Entry::File(d)) => format!("file {}", show(d)),
+                    };
+                    let g = match z {
+                        None => "-".to_string(),
+                        Some(Held::Dir) => "dir".to_string(),
+                        Some(Held::File(h)) if Some(&Held::File(h.clone())) == x => {
+                            "file (as A)".to_string()
+                        }
+                        Some(Held::File(h)) if Some(&Held::File(h.clone())) == y => {
+                            "file (as B)".to_string()
+                        }
+                        Some(Held::File(h)) => format!("file {h:?}"),
+                    };
+                    let _ = writeln!(msg, "    /{k}: {} | {} | {g}", f(a.get(k)), f(b.get(k)));
+                }
+            }
+            return Err(msg);
+        }
+        // Still nothing pending (a change may have landed while we walked).
+        for d in &self.devs {
+            if d.core.status().pending_uploads > 0 {
+                return Err(format!("{}: uploads pending again", d.name));
+            }
+        }
+        if self
+            .observer
+            .me()
+            .await
+            .map_err(|e| e.to_string())?
+            .latest_seq
+            != latest
+        {
+            return Err("the service changed while we looked".into());
+        }
+        Ok(a)
+    }
+
+    async fn wait_offline(&self, dev: usize) -> Result<(), String> {
+        let start = Instant::now();
+        while self.devs[dev].core.status().online {
+            if start.elapsed() > Duration::from_secs(10) {
+                return Err(self.fail(format!(
+                    "{} cut off but its status still says online",
+                    self.devs[dev].name
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    async fn go(&mut self, ops: usize) -> Result<(), String> {
+        let mut gen = Gen {
+            rng: Rng(self.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0xDEAD_BEEF),
+            counter: 0,
+        };
+        let mut common = View::new();
+        let mut done = 0;
+        let mut phase_no = 0;
+        while done < ops {
+            phase_no += 1;
+            let len = (3 + gen.rng.below(8)).min(ops - done);
+            if gen.rng.chance(40) {
+                // Connected: every change reaches the other device and the service, exactly.
+                let tag = format!("p{phase_no} connected");
+                for _ in 0..len {
+                    let dev = gen.rng.below(2);
+                    let op = gen.op(&common, dev);
+                    self.step(dev, &op, &mut common, &tag).await?;
+                    let merged = self.settle(&format!("after {op}")).await?;
+                    if merged != common {
+                        return Err(self.fail(format!(
+                            "after {op} (connected): the devices and service do not hold the model (model | synced):\n{}",
+                            diff("model", &common, "synced", &merged)
+                        )));
+                    }
+                }
+                done += len;
+            } else {
+                // Split: at most one device online.
+                let online: Option<usize> = match gen.rng.below(3) {
+                    0 => None,
+                    n => Some(n - 1),
+                };
+                let tag = match online {
+                    None => format!("p{phase_no} both offline"),
+                    Some(d) => format!("p{phase_no} only {} online", self.devs[d].name),
+                };
+                self.log.push(format!("-- {tag}"));
+                for (i, d) in self.devs.iter().enumerate() {
+                    if Some(i) != online {
+                        d.api.set_offline(true);
+                    }
+                }
+                for i in 0..2 {
+                    if Some(i) != online {
+                        self.wait_offline(i).await?;
+                    }
+                }
+                let start = common.clone();
+                let mut views = [common.clone(), common.clone()];
+                let mut touched: [Vec<String>; 2] = [vec![], vec![]];
+                for _ in 0..len {
+                    let dev = gen.rng.below(2);
+                    let op = gen.op(&views[dev], dev);
+                    let mut v = views[dev].clone();
+                    self.step(dev, &op, &mut v, &tag).await?;
+                    views[dev] = v;
+                    touched[dev].extend(op.touches());
+                }
+                done += len;
+                // The online device finishes its uploads first; then the others come back one
+                // at a time, so which change reaches the service first is the seed's.
+                if let Some(i) = online {
+                    self.wait_drained(i).await?;
+                }
+                let first = gen.rng.below(2);
+                self.log
+                    .push(format!("-- reconnect {} first", self.devs[first].name));
+                for i in [first, 1 - first] {
+                    self.devs[i].api.set_offline(false);
+                    self.wait_drained(i).await?;
+                }
+                let merged = self.settle(&format!("merge after {tag}")).await?;
+                self.check_merge(&tag, &start, &views, &touched, &merged)?;
+                common = merged;
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_drained(&self, dev: usize) -> Result<(), String> {
+        let start = Instant::now();
+        loop {
+            let st = self.devs[dev].core.status();
+            if st.online && st.pending_uploads == 0 {
+                return Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                return Err(self.fail(format!(
+                    "{} back online but its journal does not drain",
+                    self.devs[dev].name
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn check_merge(
+        &mut self,
+        tag: &str,
+        start: &View,
+        views: &[View; 2],
+        touched: &[Vec<String>; 2],
+        merged: &View,
+    ) -> Result<(), String> {
+        let contents = |v: &View| -> BTreeSet<Vec<u8>> {
+            v.values()
+                .filter_map(|e| match e {
+                    Entry::File(d) if !d.is_empty() => Some(d.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let old = contents(start);
+        let in_merged = contents(merged);
+        let mut stored: Option<Option<BTreeSet<Vec<BlockHash>>>> = None;
+        // 2. Nothing lost.
+        for (i, v) in views.iter().enumerate() {
+            for (path, e) in v {
+                let Entry::File(d) = e else { continue };
+                // Old content may be overwritten or deleted by the other device for good
+                // (the service keeps no old versions); check 3 covers what nobody touched.
+                if d.is_empty() || in_merged.contains(d) || old.contains(d) {
+                    continue;
+                }
+                let on_server = stored
+                    .get_or_insert_with(|| server_contents(self.server, &self.user))
+                    .as_ref()
+                    .map(|s| s.contains(&hashes_of(d)));
+                let (dev, shown) = (self.devs[i].name, show(d));
+                match on_server {
+                    Some(true) => self.notes.push(format!(
+                        "seed {}: {tag}: {dev}'s new content of /{path} ({shown}) survives only in the trash",
+                        self.seed
+                    )),
+                    Some(false) => {
+                        return Err(self.fail(format!(
+                            "{tag}: {dev}'s new content of /{path} ({shown}) is lost: not in the merged tree, not in the trash\n  merged tree:\n{}",
+                            dump(merged)
+                        )))
+                    }
+                    None => {
+                        return Err(self.fail(format!(
+                            "{tag}: {dev}'s new content of /{path} ({shown}) is not in the merged tree (and sqlite3 is missing to look in the trash)\n  merged tree:\n{}",
+                            dump(merged)
+                        )))
+                    }
+                }
+            }
+        }
+        // 3. Untouched paths keep what they held.
+        let all_touched: Vec<&String> = touched[0].iter().chain(touched[1].iter()).collect();
+        for (path, e) in start {
+            if all_touched.iter().any(|t| is_prefix(t, path)) {
+                continue;
+            }
+            if merged.get(path) != Some(e) {
+                return Err(self.fail(format!(
+                    "{tag}: /{path} was touched by no device but changed (before | merged):\n{}",
+                    diff("before", start, "merged", merged)
+                )));
+            }
+        }
+        // 4. One writer: its model is the result.
+        for i in 0..2 {
+            if touched[1 - i].is_empty() && &views[i] != merged {
+                return Err(self.fail(format!(
+                    "{tag}: only {} changed anything, yet the merge differs from its model (model | merged):\n{}",
+                    self.devs[i].name,
+                    diff("model", &views[i], "merged", merged)
+                )));
+            }
+        }
+        if touched[0].is_empty() || touched[1].is_empty() {
+            if let Some(p) = merged
+                .keys()
+                .find(|p| is_conflict_copy(p) && !start.contains_key(*p))
+            {
+                return Err(self.fail(format!(
+                    "{tag}: conflict copy /{p} although only one device changed anything"
+                )));
+            }
+        }
+        let copies = merged
+            .keys()
+            .filter(|p| is_conflict_copy(p) && !start.contains_key(*p))
+            .count();
+        self.log.push(format!(
+            "-- merged: {} entries, {copies} new conflict copies",
+            merged.len()
+        ));
+        Ok(())
+    }
+}
+
+async fn run_seed(
+    server: &Server,
+    user: String,
+    token: String,
+    seed: u64,
+    ops: usize,
+) -> Result<Vec<String>, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open_device(&server.url, &token, dir.path(), "devA").await;
+    let b = open_device(&server.url, &token, dir.path(), "devB").await;
+    let mut run = Run {
+        seed,
+        server,
+        user,
+        observer: HttpApi::new(&server.url, &token).unwrap(),
+        devs: [a, b],
+        log: vec![],
+        ops_done: 0,
+        notes: vec![],
+    };
+    run.go(ops).await?;
+    // The end: everyone online, settled, and the same everywhere.
+    for d in &run.devs {
+        d.api.set_offline(false);
+    }
+    run.settle("at the end").await?;
+    Ok(run.notes)
+}
+
+fn env_num(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// Runs `seeds` (or the seeds the environment names) and fails with every failing seed.
+fn run_seeds(default: &[u64]) {
+    let seeds: Vec<u64> = match (env_num("JEWEL_MODEL_SEED"), env_num("JEWEL_MODEL_CASES")) {
+        (Some(s), _) => vec![s],
+        (None, Some(n)) => (1..=n).collect(),
+        (None, None) => default.to_vec(),
+    };
+    let ops = env_num("JEWEL_MODEL_OPS").unwrap_or(40) as usize;
+    let server = Server::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut failures = Vec::new();
+    let mut notes = Vec::new();
+    for seed in seeds {
+        let t = Instant::now();
+        let user = format!("model{seed}x{}", std::process::id());
+        let token = server.add_user(&user);
+        match rt.block_on(run_seed(&server, user, token, seed, ops)) {
+            Ok(n) => {
+                eprintln!("core model: seed {seed}: ok ({ops} ops, {:?})", t.elapsed());
+                notes.extend(n);
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                failures.push(seed);
+            }
+        }
+    }
+    for n in &notes {
+        eprintln!("core model note: {n}");
+    }
+    assert!(
+        failures.is_empty(),
+        "core model: failing seeds {failures:?} (details above; replay one with JEWEL_MODEL_SEED=n)"
+    );
+}
+
+/// The default run: seeds that pass with today's core (see the ignored test below for the
+/// ones that find bugs). `JEWEL_MODEL_SEED=n` / `JEWEL_MODEL_CASES=n` choose other seeds.
+#[test]
+fn core_matches_model_on_two_devices_with_outages() {
+    run_seeds(&[1, 2, 4, 7, 9, 10, 12, 14]);
+}
+
+/// Seeds that find convergence bugs in the core (jewelfs/src/core), kept so the fixes can be
+/// checked: `cargo test -p integration-tests --test core_model -- --ignored`.
+/// - seed 11 (also 3): **ghost after our own delete**. A deletes a node that B moved
+///   meanwhile; A's uploader deletes it on the service and forgets it, then A's listener
+///   catches up on B's older move event, finds no cached node to compare versions with, and
+///   links it again at its new place. The service's `Remove` event that would undo this is
+///   A's own echo, which `apply_event` skips. A keeps showing a file nobody has.
+/// - seeds 5, 6: **"edit beats delete" copy invisible on the editing device**. A edits a
+///   file offline that B replaced/deleted; on reconnect `recreate` brings it back (under a
+///   conflict name when the old name is taken), but `adopt` keeps the node's old local place,
+///   and the listing link under that name was taken over by B's node, so A never lists the
+///   recreated file while B and the service do.
+/// - seed 8 (also 13, 16, 20): further divergences of the same kinds (see the failure text).
+#[test]
+#[ignore = "finds core convergence bugs: ghost after own delete (seeds 3, 11), recreated file invisible (5, 6), more (8, 13, 16, 20)"]
+fn core_model_seeds_that_find_bugs() {
+    run_seeds(&[3, 5, 6, 8, 11, 13, 16, 20]);
+}
