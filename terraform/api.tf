@@ -18,6 +18,7 @@ locals {
     "POST /api/v1/trash/{id}/restore",
     "POST /api/v1/devices",
     "GET /api/v1/devices/{id}/poll",
+    "POST /api/v1/devices/{id}/listen",
     "GET /api/v1/changes",
     "POST /api/v1/blocks/missing",
     "POST /api/v1/blocks/urls",

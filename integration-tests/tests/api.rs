@@ -320,6 +320,14 @@ fn the_change_feed_and_long_poll() {
     let api = Api::new(&server, &server.add_user("dave"));
     let device: Device = api.ok(api.post("/devices", json!({"name": "laptop"})));
     assert_eq!(device.listen, Listen::Poll);
+    // Renewing how a device listens keeps the device.
+    let renewed: Device = api.ok(api.post(&format!("/devices/{}/listen", device.id), json!({})));
+    assert_eq!((renewed.id, renewed.name.as_str()), (device.id, "laptop"));
+    expect_error(
+        api.post("/devices/12345/listen", json!({})),
+        404,
+        "not_found",
+    );
     let start_seq = api.latest_seq();
 
     let d = api.mkdir(ROOT_ID, "d");

@@ -24,6 +24,7 @@
 //! | POST | `/devices` | [`RegisterDevice`] → [`Device`] |
 //! | GET | `/changes?since=&limit=` | → [`ChangePage`], or 410 `cursor_too_old` |
 //! | GET | `/devices/{id}/poll?since=&timeout_ms=` | → [`ChangePage`] (long-poll) |
+//! | POST | `/devices/{id}/listen` | → [`Device`] (renewed `listen`, e.g. fresh credentials) |
 //! | POST | `/blocks/missing` | [`BlockHashes`] → [`MissingBlocks`] |
 //! | POST | `/blocks/urls` | [`BlockHashes`] → [`BlockUrls`] |
 //!

@@ -64,6 +64,7 @@ impl From<StoreError> for AppError {
             StoreError::UserExists(_) | StoreError::UnknownUser(_) => {
                 AppError::new(ErrorCode::BadRequest, message)
             }
+            StoreError::TooLarge(_) => AppError::new(ErrorCode::PayloadTooLarge, message),
             StoreError::Backend(_) => AppError::new(ErrorCode::Unavailable, message),
         }
     }

@@ -52,6 +52,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/trash/{id}/restore", post(tree::restore))
         .route("/devices", post(sync::register_device))
         .route("/devices/{id}/poll", get(sync::poll))
+        .route("/devices/{id}/listen", post(sync::renew_listen))
         .route("/changes", get(sync::changes))
         .route("/blocks/missing", post(blocks::missing))
         .route("/blocks/urls", post(blocks::urls))

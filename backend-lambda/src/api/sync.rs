@@ -41,6 +41,18 @@ pub async fn register_device(
     ))
 }
 
+/// Renews how an existing device listens (in AWS mode: fresh short-lived credentials for the
+/// same queue), without creating a new device.
+pub async fn renew_listen(
+    State(svc): S,
+    caller: Caller,
+    ApiPath(id): ApiPath<DeviceId>,
+) -> AppResult<Json<Device>> {
+    let name = svc.meta.device(&caller.user.id, id).await?;
+    let listen = svc.bus.register_device(&caller.user.id, id).await?;
+    Ok(Json(Device { id, name, listen }))
+}
+
 #[derive(Deserialize)]
 pub struct ChangesQuery {
     #[serde(default)]

@@ -71,7 +71,7 @@ pub const MAX_BLOCKS: usize = 5000;
 
 fn check_blocks(n: usize) -> StoreResult<()> {
     if n > MAX_BLOCKS {
-        return Err(StoreError::Backend(format!(
+        return Err(StoreError::TooLarge(format!(
             "a file of {n} blocks is larger than AWS mode stores (at most {MAX_BLOCKS} blocks, {} GiB)",
             (MAX_BLOCKS as u64 * jewel_wire::BLOCK_SIZE) >> 30
         )));

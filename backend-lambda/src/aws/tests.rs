@@ -464,7 +464,8 @@ async fn the_largest_file_fits_and_a_larger_one_is_refused() {
         .await
         .unwrap_err();
     assert!(
-        err.to_string().contains("larger than AWS mode stores"),
+        matches!(err, crate::store::StoreError::TooLarge(_))
+            && err.to_string().contains("larger than AWS mode stores"),
         "{err}"
     );
     let page = store.changes_since(&u, 0, 10).await.unwrap();

@@ -88,6 +88,8 @@ pub enum StoreError {
     UnknownUser(String),
     #[error("no such device")]
     UnknownDevice,
+    #[error("too large for this store: {0}")]
+    TooLarge(String),
     #[error("storage failure: {0}")]
     Backend(String),
 }
