@@ -50,8 +50,13 @@ mod tests {
     async fn old_events_are_trimmed_and_devices_told_to_relist() {
         let dir = tempfile::tempdir().unwrap();
         let service = Service::embedded(dir.path()).unwrap();
-        let (user, _) = crate::admin::add_user(service.meta.as_ref(), "u").await.unwrap();
-        let origin = crate::store::Origin { device: None, now_ns: now_ns() };
+        let (user, _) = crate::admin::add_user(service.meta.as_ref(), "u")
+            .await
+            .unwrap();
+        let origin = crate::store::Origin {
+            device: None,
+            now_ns: now_ns(),
+        };
         for name in ["a", "b"] {
             let node = crate::store::NewNode {
                 parent: jewel_wire::ROOT_ID,
@@ -62,12 +67,31 @@ mod tests {
             };
             service.meta.create(&user.id, &node, origin).await.unwrap();
         }
-        assert_eq!(service.meta.changes_since(&user.id, 0, 10).await.unwrap().events.len(), 2);
+        assert_eq!(
+            service
+                .meta
+                .changes_since(&user.id, 0, 10)
+                .await
+                .unwrap()
+                .events
+                .len(),
+            2
+        );
         // Retention zero: everything but the newest event goes.
         assert_eq!(trim_logs(&service, Duration::ZERO).await.unwrap(), 1);
-        let err = service.meta.changes_since(&user.id, 0, 10).await.unwrap_err();
+        let err = service
+            .meta
+            .changes_since(&user.id, 0, 10)
+            .await
+            .unwrap_err();
         assert!(matches!(err, crate::store::StoreError::CursorTooOld));
         let latest = service.meta.latest_seq(&user.id).await.unwrap();
-        assert!(service.meta.changes_since(&user.id, latest, 10).await.unwrap().events.is_empty());
+        assert!(service
+            .meta
+            .changes_since(&user.id, latest, 10)
+            .await
+            .unwrap()
+            .events
+            .is_empty());
     }
 }
