@@ -65,10 +65,7 @@ impl Remote {
         let mut after: Option<String> = None;
         loop {
             let q = match &after {
-                Some(a) => format!(
-                    "/nodes/{dir}/children?after={}",
-                    url_escape(a)
-                ),
+                Some(a) => format!("/nodes/{dir}/children?after={}", url_escape(a)),
                 None => format!("/nodes/{dir}/children"),
             };
             let page: ListPage = self.get(&q);
@@ -97,7 +94,12 @@ impl Remote {
             assert_eq!(&sha256_hex(&bytes), want, "a stored block matches its hash");
             out.extend_from_slice(&bytes);
         }
-        assert_eq!(out.len() as u64, node.size, "{}: size and blocks agree", node.name);
+        assert_eq!(
+            out.len() as u64,
+            node.size,
+            "{}: size and blocks agree",
+            node.name
+        );
         out
     }
     /// Every live file and directory by path (directories as `None`).
@@ -226,7 +228,9 @@ fn assert_exactly_once(remote: &Remote, dir: &str, files: &[(String, Vec<u8>)]) 
     let dir_id = if dir.is_empty() {
         ROOT_ID
     } else {
-        remote.get::<Node>(&format!("/lookup?path={}", url_escape(dir))).id
+        remote
+            .get::<Node>(&format!("/lookup?path={}", url_escape(dir)))
+            .id
     };
     let log = remote.log();
     for (name, _) in files {
@@ -292,10 +296,7 @@ fn a_client_killed_while_uploading_a_large_file_finishes_it_after_restart() {
     fs::write(a.p("big.bin"), &big).unwrap();
     // Kill once the upload has visibly started (the first blocks are on the service) but
     // before it is committed, if the machine is slow enough to let us see that moment.
-    let hashes: Vec<String> = big
-        .chunks(BLOCK_SIZE as usize)
-        .map(sha256_hex)
-        .collect();
+    let hashes: Vec<String> = big.chunks(BLOCK_SIZE as usize).map(sha256_hex).collect();
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
         let missing: MissingBlocks = remote.post("/blocks/missing", json!({ "hashes": hashes }));
@@ -378,7 +379,8 @@ fn acknowledged_commits_survive_a_server_kill() {
     let acked: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
     let writers: Vec<_> = (0..8)
         .map(|w| {
-            let (url, token, stop, acked) = (url.clone(), token.clone(), stop.clone(), acked.clone());
+            let (url, token, stop, acked) =
+                (url.clone(), token.clone(), stop.clone(), acked.clone());
             std::thread::spawn(move || {
                 let http = Client::builder()
                     .timeout(Duration::from_secs(5))
@@ -401,7 +403,11 @@ fn acknowledged_commits_survive_a_server_kill() {
                             .json()
                             .ok()?;
                         for m in missing.missing {
-                            let r = http.put(format!("{url}{}", m.url)).body(data.clone()).send().ok()?;
+                            let r = http
+                                .put(format!("{url}{}", m.url))
+                                .body(data.clone())
+                                .send()
+                                .ok()?;
                             if !r.status().is_success() {
                                 return None;
                             }
@@ -448,7 +454,11 @@ fn acknowledged_commits_survive_a_server_kill() {
         assert!(
             got == Some(&Some(data.clone())),
             "acknowledged {name} is {}",
-            if got.is_some() { "different" } else { "missing" }
+            if got.is_some() {
+                "different"
+            } else {
+                "missing"
+            }
         );
     }
     // Whatever else is there (commits whose answer was lost in the kill) is whole: `tree`
@@ -482,7 +492,12 @@ fn a_corrupted_cached_block_is_refetched_and_reads_stay_correct() {
         .map(|h| {
             blocks
                 .iter()
-                .find(|p| p.file_name().unwrap().to_string_lossy().contains(h.as_str()))
+                .find(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .contains(h.as_str())
+                })
                 .unwrap_or_else(|| panic!("block {h} is not in the cache: {blocks:?}"))
                 .clone()
         })
@@ -509,7 +524,12 @@ fn a_corrupted_cached_block_is_refetched_and_reads_stay_correct() {
     // The damaged blocks were replaced by good ones (or dropped).
     for (path, hash) in paths.iter().zip(&hashes) {
         if let Ok(bytes) = fs::read(path) {
-            assert_eq!(&sha256_hex(&bytes), hash, "{} still corrupt", path.display());
+            assert_eq!(
+                &sha256_hex(&bytes),
+                hash,
+                "{} still corrupt",
+                path.display()
+            );
         }
     }
 }
