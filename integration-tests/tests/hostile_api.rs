@@ -1068,6 +1068,12 @@ fn a_user_reaches_nothing_of_another_user_by_any_route() {
         None,
         NotFound,
     ));
+    probes.push(probe(
+        Method::POST,
+        format!("/devices/{}/listen", a_dev.id),
+        Some(json!({})),
+        NotFound,
+    ));
     let mut tagged = probe(
         Method::POST,
         "/nodes".to_string(),
@@ -1143,6 +1149,7 @@ fn a_user_reaches_nothing_of_another_user_by_any_route() {
         (Method::POST, "/devices"),
         (Method::GET, "/changes"),
         (Method::GET, "/devices/{id}/poll"),
+        (Method::POST, "/devices/{id}/listen"),
         (Method::POST, "/blocks/missing"),
         (Method::POST, "/blocks/urls"),
     ];

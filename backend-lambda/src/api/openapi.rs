@@ -36,6 +36,7 @@ mod tests {
             "/devices",
             "/changes",
             "/devices/{id}/poll",
+            "/devices/{id}/listen",
             "/blocks/missing",
             "/blocks/urls",
         ] {
