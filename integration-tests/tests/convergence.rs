@@ -691,12 +691,12 @@ fn describe(tree: Option<&BTreeMap<String, Option<Vec<u8>>>>) -> String {
     }
 }
 
-fn run_seed(seed: u64, ops: usize) {
+/// Runs one seed; on failure returns everything needed to understand it.
+fn run_seed(seed: u64, ops: usize) -> Result<(), String> {
     eprintln!("convergence: seed {seed}, {ops} operations (replay with JEWEL_SEED={seed})");
     let mut run = Run::start(seed);
     run.ops(ops);
-    let result = run.check();
-    if let Err(why) = result {
+    if let Err(why) = run.check() {
         let logs: Vec<String> = run
             .machines
             .iter()
@@ -710,12 +710,14 @@ fn run_seed(seed: u64, ops: usize) {
                 )
             })
             .collect();
-        panic!(
-            "convergence failed for seed {seed} (replay: JEWEL_SEED={seed} cargo test -p \
-             integration-tests --test convergence)\n{why}\n--- operations ---\n{}\n{}",
+        eprintln!("convergence: seed {seed} FAILED");
+        return Err(format!(
+            "convergence failed for seed {seed} (replay: JEWEL_SEED={seed} \
+             JEWEL_CONVERGENCE_OPS={ops} cargo test -p integration-tests --test convergence)\n\
+             {why}\n--- operations ---\n{}\n{}",
             run.log.join("\n"),
             logs.join("\n")
-        );
+        ));
     }
     eprintln!(
         "convergence: seed {seed} ok ({} versions written, {} knowingly destroyed, {} outages)",
@@ -723,6 +725,7 @@ fn run_seed(seed: u64, ops: usize) {
         run.versions.iter().filter(|v| v.superseded).count(),
         run.log.iter().filter(|l| l.ends_with("KILLED")).count()
     );
+    Ok(())
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -732,9 +735,6 @@ fn env_u64(name: &str) -> Option<u64> {
 #[test]
 fn two_machines_with_outages_converge_and_lose_nothing() {
     let ops = env_u64("JEWEL_CONVERGENCE_OPS").map(|n| n as usize);
-    if let Some(seed) = env_u64("JEWEL_SEED") {
-        return run_seed(seed, ops.unwrap_or(60));
-    }
     let fresh = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -742,17 +742,33 @@ fn two_machines_with_outages_converge_and_lose_nothing() {
             .as_nanos() as u64
             % 1_000_000_007
     };
-    match env_u64("JEWEL_SOAK_SEEDS") {
-        Some(n) => {
-            for _ in 0..n {
-                run_seed(fresh(), ops.unwrap_or(300));
-            }
-        }
+    let runs: Vec<(u64, usize)> = if let Some(seed) = env_u64("JEWEL_SEED") {
+        vec![(seed, ops.unwrap_or(60))]
+    } else if let Some(n) = env_u64("JEWEL_SOAK_SEEDS") {
+        (0..n).map(|_| (fresh(), ops.unwrap_or(300))).collect()
+    } else {
         // `make test`: fixed seeds, so the suite is repeatable; `make soak` explores.
-        None => {
-            for seed in MAKE_TEST_SEEDS {
-                run_seed(*seed, ops.unwrap_or(60));
-            }
-        }
+        MAKE_TEST_SEEDS
+            .iter()
+            .map(|s| (*s, ops.unwrap_or(60)))
+            .collect()
+    };
+    // Every seed runs, so one failure does not hide another.
+    let failures: Vec<String> = runs
+        .iter()
+        .filter_map(|(seed, ops)| run_seed(*seed, *ops).err())
+        .collect();
+    if !failures.is_empty() {
+        let seeds: Vec<&str> = failures
+            .iter()
+            .filter_map(|f| f.split_whitespace().nth(4))
+            .collect();
+        panic!(
+            "{} of {} seeds failed ({}):\n\n{}",
+            failures.len(),
+            runs.len(),
+            seeds.join(", "),
+            failures.join("\n\n")
+        );
     }
 }

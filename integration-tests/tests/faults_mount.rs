@@ -21,6 +21,9 @@ use serde_json::json;
 
 const SYNC: Duration = Duration::from_secs(30);
 
+/// A file name and its content.
+type NamedContent = (String, Vec<u8>);
+
 /// The service's view of one user, through the API (not through a mount).
 struct Remote {
     http: Client,
@@ -376,7 +379,7 @@ fn acknowledged_commits_survive_a_server_kill() {
     let addr = server.addr.clone();
     let url = server.url.clone();
     let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let acked: Arc<Mutex<Vec<NamedContent>>> = Arc::default();
     let writers: Vec<_> = (0..8)
         .map(|w| {
             let (url, token, stop, acked) =
