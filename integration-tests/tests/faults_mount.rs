@@ -603,3 +603,71 @@ fn unmount_with_pending_uploads_says_so_and_the_next_mount_delivers_them() {
     all.extend(second);
     assert_exactly_once(&remote, "", &all);
 }
+
+#[test]
+fn both_machines_write_while_the_server_is_down_and_everything_converges() {
+    let server = Server::start();
+    let token = server.add_user("gina");
+    let addr = server.addr.clone();
+    let a = Mount::new(&server, &token, "laptop");
+    let b = Mount::new(&server, &token, "desktop");
+    fs::write(a.p("shared.txt"), b"the version both start from").unwrap();
+    wait_content(&b.p("shared.txt"), b"the version both start from", SYNC);
+    fs::create_dir(a.p("docs")).unwrap();
+    wait_for("docs on the other machine", SYNC, || {
+        b.p("docs").is_dir().then_some(())
+    });
+
+    // Both have listed the folder (a folder never listed is EIO offline, as documented).
+    for m in [&a, &b] {
+        assert_eq!(fs::read_dir(m.p("docs")).unwrap().count(), 0);
+    }
+
+    let data = server.kill();
+    // Both edit the same file and add their own files to the shared folder.
+    fs::write(a.p("shared.txt"), b"laptop's offline edit").unwrap();
+    fs::write(b.p("shared.txt"), b"desktop's offline edit").unwrap();
+    let mine_a = assorted("laptop", 6, 100);
+    let mine_b = assorted("desktop", 6, 200);
+    for (m, files) in [(&a, &mine_a), (&b, &mine_b)] {
+        for (name, content) in files {
+            if let Err(e) = fs::write(m.p("docs").join(name), content) {
+                panic!("{}: writing docs/{name} offline: {e}", m.device);
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+
+    let server = Server::start_at(data, &addr);
+    a.wait_uploaded(SYNC);
+    b.wait_uploaded(SYNC);
+    let remote = Remote::new(&server, &token);
+    // Every file of both is there once, and both edits of shared.txt are kept: one under the
+    // name, the other as a conflict copy.
+    let mut all = mine_a.clone();
+    all.extend(mine_b.clone());
+    assert_exactly_once(&remote, "/docs", &all);
+    let tree = remote.tree();
+    let shared: Vec<&Vec<u8>> = tree
+        .iter()
+        .filter(|(p, _)| p.starts_with("/shared"))
+        .filter_map(|(_, c)| c.as_ref())
+        .collect();
+    assert!(
+        shared.contains(&&b"laptop's offline edit".to_vec())
+            && shared.contains(&&b"desktop's offline edit".to_vec()),
+        "both offline edits kept: {:?}",
+        tree.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(shared.len(), 2, "{:?}", tree.keys().collect::<Vec<_>>());
+    // Both machines show exactly what the service holds.
+    let want: Vec<(String, Vec<u8>)> = tree
+        .iter()
+        .filter_map(|(p, c)| Some((p.trim_start_matches('/').to_string(), c.clone()?)))
+        .collect();
+    for m in [&a, &b] {
+        for (path, content) in &want {
+            wait_content(&m.p(path), content, SYNC);
+        }
+    }
+}
