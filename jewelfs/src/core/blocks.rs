@@ -147,7 +147,10 @@ impl BlockCache {
         if self.lru.lock().unwrap().touch(hash) {
             return Ok(());
         }
-        let tmp = self.dir.join(format!(".{hash}.{}", std::process::id()));
+        // A unique temporary name: two writers of one block must never share a file.
+        static TMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = TMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.dir.join(format!(".{hash}.{}.{n}", std::process::id()));
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, self.path(hash))?;
         self.lru.lock().unwrap().add(hash, bytes.len() as u64);

@@ -223,6 +223,8 @@ pub struct Core {
     recent: Mutex<std::collections::VecDeque<ChangeEvent>>,
     /// Content whose blocks the pre-uploader already sent, by journal data name.
     pub(crate) pre: Mutex<HashMap<String, Content>>,
+    /// Content files the pre-uploader is working on right now.
+    pub(crate) pre_busy: Mutex<HashSet<String>>,
 }
 
 fn copy_file(src: &File, dst: &File, len: u64) -> std::io::Result<()> {
@@ -299,6 +301,7 @@ impl Core {
             last_error: Mutex::new(None),
             recent: Mutex::new(std::collections::VecDeque::new()),
             pre: Mutex::new(HashMap::new()),
+            pre_busy: Mutex::new(HashSet::new()),
         };
         let core = Arc::new(core);
         core.replay_local_state()?;
@@ -397,6 +400,7 @@ impl Core {
 
     /// A node as the user sees it: local content sizes win over the service's.
     pub fn view(&self, id: NodeId) -> Option<Node> {
+        let id = self.resolve(id);
         let mut node = (*self.tree.get(id)?).clone();
         // One lock at a time (never nested): staging, then local content.
         let staging = self
@@ -408,7 +412,7 @@ impl Core {
         if let Some(size) = staging {
             node.size = size;
         } else {
-            let local = self.local.lock().unwrap().get(&id).map(|l| l.size);
+            let local = self.local_of(id).map(|l| l.size);
             if let Some(size) = local {
                 node.size = size;
             }
@@ -562,13 +566,14 @@ impl Core {
 
     /// Reads from local state or ready blocks; `None` when blocks must be fetched first.
     pub fn read_local(&self, id: NodeId, offset: u64, size: u32) -> Option<CoreResult<Vec<u8>>> {
-        let staging = self.staging.lock().unwrap().get(&id).cloned();
+        let id = self.resolve(id);
+        let staging = self.staging_of(id);
         if let Some(s) = staging {
             let len = s.size.load(Ordering::Relaxed);
             let file = s.inner.lock().unwrap().file.clone();
             return Some(read_range(&file, offset, size, len));
         }
-        let local = self.local.lock().unwrap().get(&id).cloned();
+        let local = self.local_of(id);
         if let Some(l) = local {
             return Some(read_range(&l.file, offset, size, l.size));
         }
@@ -703,6 +708,7 @@ impl Core {
         self.check_new_name(parent, name).await?;
         let node = self.new_node(parent, name, NodeKind::Dir, mode);
         self.tree.new_listing(node.id);
+        self.add_local_node(&node);
         self.journal.append(Op::Create {
             node: node.id,
             parent,
@@ -711,7 +717,6 @@ impl Core {
             mode: node.mode,
             mtime_ns: node.mtime_ns,
         })?;
-        self.add_local_node(&node);
         Ok(node)
     }
 
@@ -723,6 +728,7 @@ impl Core {
         let mut node = self.new_node(parent, name, NodeKind::Symlink, 0o777);
         node.size = target.len() as u64;
         node.target = Some(target.to_string());
+        self.add_local_node(&node);
         self.journal.append(Op::Create {
             node: node.id,
             parent,
@@ -733,7 +739,6 @@ impl Core {
             mode: node.mode,
             mtime_ns: node.mtime_ns,
         })?;
-        self.add_local_node(&node);
         Ok(node)
     }
 
@@ -790,6 +795,7 @@ impl Core {
 
     /// Opens a file; for writing, makes (or shares) its staging copy.
     pub async fn open_file(&self, id: NodeId, write: bool, trunc: bool) -> CoreResult<()> {
+        let id = self.resolve(id);
         let node = self.node(id).await?;
         if node.is_dir() {
             return if write { Err(CoreErr::IsDir) } else { Ok(()) };
@@ -840,7 +846,13 @@ impl Core {
     }
 
     fn staging_of(&self, id: NodeId) -> Option<Arc<Staging>> {
-        self.staging.lock().unwrap().get(&id).cloned()
+        let map = self.staging.lock().unwrap();
+        map.get(&self.resolve(id)).or_else(|| map.get(&id)).cloned()
+    }
+
+    fn local_of(&self, id: NodeId) -> Option<LocalContent> {
+        let map = self.local.lock().unwrap();
+        map.get(&self.resolve(id)).or_else(|| map.get(&id)).cloned()
     }
 
     /// Makes the staging file writable again after a flush moved it into the journal.
@@ -858,6 +870,7 @@ impl Core {
 
     /// Writes into the staging copy (local disk only).
     pub fn write(&self, id: NodeId, offset: u64, data: &[u8]) -> CoreResult<usize> {
+        let id = self.resolve(id);
         let s = self
             .staging_of(id)
             .ok_or(CoreErr::Invalid("file not open for writing".into()))?;
@@ -871,6 +884,7 @@ impl Core {
 
     /// `close`/`fsync`: journals a dirty staging copy (durably) for upload.
     pub fn flush(&self, id: NodeId) -> CoreResult<()> {
+        let id = self.resolve(id);
         let Some(s) = self.staging_of(id) else {
             return Ok(());
         };
@@ -908,6 +922,13 @@ impl Core {
         let old_local = self.local.lock().unwrap().get(&id).map(|l| l.data.clone());
         let was_unsent = self.unsent.lock().unwrap().remove(&id);
         let data_opt = Some(data.to_string());
+        // The tree and local content first: the uploader may take the entry at once, and its
+        // answer must not be overwritten by this older local view afterwards.
+        self.set_local(id, data, size);
+        let mut n = node.clone();
+        n.size = size;
+        n.mtime_ns = mtime_ns;
+        self.tree.pin(n);
         if was_unsent {
             self.journal.append(Op::Create {
                 node: id,
@@ -986,11 +1007,6 @@ impl Core {
                 let _ = std::fs::remove_file(self.journal.data_path(&old));
             }
         }
-        self.set_local(id, data, size);
-        let mut n = node;
-        n.size = size;
-        n.mtime_ns = mtime_ns;
-        self.tree.pin(n);
         Ok(())
     }
 
@@ -1016,6 +1032,7 @@ impl Core {
 
     /// The last handle of a file is closed.
     pub fn release(&self, id: NodeId, write: bool) -> CoreResult<()> {
+        let id = self.resolve(id);
         if !write {
             return Ok(());
         }
@@ -1027,11 +1044,15 @@ impl Core {
         }
         let result = self.flush(id);
         let removed = {
+            // Found by identity, not by id: the node may have been given its service id
+            // (and the staging copy moved to it) since this call started.
             let mut map = self.staging.lock().unwrap();
-            match map.get(&id) {
-                Some(cur) if Arc::ptr_eq(cur, &s) && s.handles.load(Ordering::Relaxed) == 0 => {
-                    map.remove(&id)
-                }
+            let key = map
+                .iter()
+                .find(|(_, cur)| Arc::ptr_eq(cur, &s))
+                .map(|(k, _)| *k);
+            match key {
+                Some(k) if s.handles.load(Ordering::Relaxed) == 0 => map.remove(&k),
                 _ => None,
             }
         };
@@ -1046,6 +1067,7 @@ impl Core {
 
     /// `fsync`: journal now, then wait (while online) until the service has the change.
     pub async fn fsync(&self, id: NodeId) -> CoreResult<()> {
+        let id = self.resolve(id);
         let me_id = id;
         self.flush(me_id)?;
         tokio::task::block_in_place(|| self.journal.sync())?;
@@ -1329,6 +1351,7 @@ impl Core {
         mtime_ns: Option<i64>,
         size: Option<u64>,
     ) -> CoreResult<Node> {
+        let id = self.resolve(id);
         let node = self.node(id).await?;
         if let Some(size) = size {
             if node.is_dir() {
@@ -1550,3 +1573,5 @@ pub struct Status {
     #[serde(default)]
     pub ready: bool,
 }
+#[cfg(test)]
+mod model_tests;

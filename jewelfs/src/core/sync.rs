@@ -222,6 +222,13 @@ impl Core {
                 blocks: vec![],
             });
         };
+        // The pre-uploader may be sending this very file: wait for it rather than race it.
+        for _ in 0..6000 {
+            if !self.pre_busy.lock().unwrap().contains(data) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let ready = self.pre.lock().unwrap().remove(data);
         if let Some(content) = ready {
             return Ok(content);
@@ -353,6 +360,10 @@ impl Core {
             if wanted.len() < 2 {
                 continue; // one file: the uploader does it itself
             }
+            self.pre_busy
+                .lock()
+                .unwrap()
+                .extend(wanted.iter().map(|(d, _)| d.clone()));
             let mut hashed = Vec::new();
             for (data, size) in wanted {
                 if let Ok(content) = self.hash_data(&data, size).await {
@@ -365,10 +376,11 @@ impl Core {
                 .collect();
             if self.send_blocks(files).await.is_ok() {
                 let mut pre = self.pre.lock().unwrap();
-                for (d, c) in hashed {
-                    pre.insert(d, c);
+                for (d, c) in &hashed {
+                    pre.insert(d.clone(), c.clone());
                 }
             }
+            self.pre_busy.lock().unwrap().clear();
         }
     }
 
@@ -431,21 +443,21 @@ impl Core {
             self.apply_own(server);
             return Ok(());
         }
-        self.journal.add_alias(local, server.id)?;
         let id = server.id;
         let old = self.tree.get(local);
-        self.tree.alias(local, id);
         {
+            // Moved and aliased under the staging and local-content locks, so a reader that
+            // looks up either id under those locks sees one consistent state.
             let mut staging = self.staging.lock().unwrap();
+            let mut contents = self.local.lock().unwrap();
             if let Some(s) = staging.remove(&local) {
                 staging.insert(id, s);
             }
-        }
-        {
-            let mut map = self.local.lock().unwrap();
-            if let Some(l) = map.remove(&local) {
-                map.insert(id, l);
+            if let Some(l) = contents.remove(&local) {
+                contents.insert(id, l);
             }
+            self.journal.add_alias(local, id)?;
+            self.tree.alias(local, id);
         }
         if self.unsent.lock().unwrap().remove(&local) {
             self.unsent.lock().unwrap().insert(id);
