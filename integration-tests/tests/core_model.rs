@@ -787,12 +787,19 @@ struct Run<'a> {
     log: Vec<String>,
     ops_done: usize,
     notes: Vec<String>,
+    /// Whether phases of racing operations (both online, no waiting) are drawn too.
+    race: bool,
 }
 
 impl Run<'_> {
     fn fail(&self, what: String) -> String {
+        let test = if self.race {
+            "core_converges_when_devices_race -- --include-ignored"
+        } else {
+            "core_matches_model_on_two_devices_with_outages"
+        };
         let mut s = format!(
-            "core model: seed {} failed (replay: JEWEL_MODEL_SEED={} cargo test -p integration-tests --test core_model)\n  {what}\n  operations so far:\n",
+            "core model: seed {} failed (replay: JEWEL_MODEL_SEED={} cargo test -p integration-tests --test core_model {test})\n  {what}\n  operations so far:\n",
             self.seed, self.seed
         );
         for l in &self.log {
@@ -961,7 +968,45 @@ impl Run<'_> {
         while done < ops {
             phase_no += 1;
             let len = (3 + gen.rng.below(8)).min(ops - done);
-            if gen.rng.chance(40) {
+            if self.race && gen.rng.chance(35) {
+                // Racing: both online, no waiting between operations, so uploads and change
+                // events cross. What each device sees meanwhile depends on timing, so the
+                // operations are drawn from what the device shows, their results are not
+                // checked, and only convergence is (replays are not exact here).
+                let tag = format!("p{phase_no} racing");
+                self.log.push(format!("-- {tag}"));
+                for _ in 0..len {
+                    let dev = gen.rng.below(2);
+                    let shown = walk_core(&self.devs[dev].core)
+                        .await
+                        .map_err(|e| self.fail(format!("{tag}: {e}")))?;
+                    let op = gen.op(&shown, dev);
+                    let got = run_op(&self.devs[dev].core, &op).await;
+                    self.ops_done += 1;
+                    self.log.push(format!(
+                        "#{} [{tag}] {}: {op} => {}",
+                        self.ops_done,
+                        self.devs[dev].name,
+                        match &got {
+                            Ok(()) => "ok".to_string(),
+                            Err(e) => e.to_string(),
+                        }
+                    ));
+                    if let Err(e) = &got {
+                        if classify(e).is_none() {
+                            return Err(self.fail(format!("{tag}: {op} failed: {e}")));
+                        }
+                    }
+                    let pause = gen.rng.below(40) as u64;
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+                done += len;
+                self.wait_drained(0).await?;
+                self.wait_drained(1).await?;
+                common = self.settle(&format!("after {tag}")).await?;
+                self.log
+                    .push(format!("-- settled: {} entries", common.len()));
+            } else if gen.rng.chance(40) {
                 // Connected: every change reaches the other device and the service, exactly.
                 let tag = format!("p{phase_no} connected");
                 for _ in 0..len {
@@ -1151,6 +1196,7 @@ async fn run_seed(
     token: String,
     seed: u64,
     ops: usize,
+    race: bool,
 ) -> Result<Vec<String>, String> {
     let dir = tempfile::tempdir().unwrap();
     let a = open_device(&server.url, &token, dir.path(), "devA").await;
@@ -1164,6 +1210,7 @@ async fn run_seed(
         log: vec![],
         ops_done: 0,
         notes: vec![],
+        race,
     };
     run.go(ops).await?;
     // The end: everyone online, settled, and the same everywhere.
@@ -1179,7 +1226,7 @@ fn env_num(name: &str) -> Option<u64> {
 }
 
 /// Runs `seeds` (or the seeds the environment names) and fails with every failing seed.
-fn run_seeds(default: &[u64]) {
+fn run_seeds(default: &[u64], race: bool) {
     let seeds: Vec<u64> = match (env_num("JEWEL_MODEL_SEED"), env_num("JEWEL_MODEL_CASES")) {
         (Some(s), _) => vec![s],
         (None, Some(n)) => (1..=n).collect(),
@@ -1198,7 +1245,7 @@ fn run_seeds(default: &[u64]) {
         let t = Instant::now();
         let user = format!("model{seed}x{}", std::process::id());
         let token = server.add_user(&user);
-        match rt.block_on(run_seed(&server, user, token, seed, ops)) {
+        match rt.block_on(run_seed(&server, user, token, seed, ops, race)) {
             Ok(n) => {
                 eprintln!("core model: seed {seed}: ok ({ops} ops, {:?})", t.elapsed());
                 notes.extend(n);
@@ -1222,24 +1269,54 @@ fn run_seeds(default: &[u64]) {
 /// ones that find bugs). `JEWEL_MODEL_SEED=n` / `JEWEL_MODEL_CASES=n` choose other seeds.
 #[test]
 fn core_matches_model_on_two_devices_with_outages() {
-    run_seeds(&[1, 2, 4, 7, 9, 10, 12, 14]);
+    run_seeds(&[1, 2, 4, 7, 9, 10, 12, 14], false);
 }
 
-/// Seeds that find convergence bugs in the core (jewelfs/src/core), kept so the fixes can be
-/// checked: `cargo test -p integration-tests --test core_model -- --ignored`.
-/// - seed 11 (also 3): **ghost after our own delete**. A deletes a node that B moved
-///   meanwhile; A's uploader deletes it on the service and forgets it, then A's listener
-///   catches up on B's older move event, finds no cached node to compare versions with, and
-///   links it again at its new place. The service's `Remove` event that would undo this is
-///   A's own echo, which `apply_event` skips. A keeps showing a file nobody has.
-/// - seeds 5, 6: **"edit beats delete" copy invisible on the editing device**. A edits a
-///   file offline that B replaced/deleted; on reconnect `recreate` brings it back (under a
-///   conflict name when the old name is taken), but `adopt` keeps the node's old local place,
-///   and the listing link under that name was taken over by B's node, so A never lists the
-///   recreated file while B and the service do.
-/// - seed 8 (also 13, 16, 20): further divergences of the same kinds (see the failure text).
+/// Seeds that find convergence bugs in the core (jewelfs/src/core): in each, after both
+/// devices are back online with empty journals and their cursors at the service's newest
+/// change, the two devices keep showing different trees. Kept so the fixes can be checked:
+/// `cargo test -p integration-tests --test core_model -- --ignored`.
+/// - seed 11: **ghost after our own delete**. A deletes `/b` offline while B moved it to
+///   `/e`; A's uploader deletes it on the service (retrying on the new version) and forgets
+///   it, then A's listener catches up on B's older move event, has no cached node to compare
+///   versions with, and links it again at `/e`. The `Remove` event that would undo this is
+///   A's own echo, which `apply_event` skips. A shows `/e`; B and the service have nothing.
+/// - seed 3: **ghost after a conflicting create**. A creates file `/d.txt/a` and removes dir
+///   `/c.txt` offline; B moved `/c.txt` to `/d.txt/a`. A's create meets B's directory
+///   (`Exists`), `rename_local` places B's directory at `/d.txt/a` in A's tree, then A's
+///   delete succeeds, but `upload_delete` only forgets a node that is *not* linked at its
+///   place, so A keeps listing a directory the service has trashed.
+/// - seeds 5, 6, 13, 23, 26: **"edit beats delete" copy invisible on the editing device**. A
+///   edits a file offline that B deleted or replaced; on reconnect `recreate` brings it back
+///   (under a conflict name when the old name is taken) and `adopt` keeps the node's old
+///   local place, but the listing entry under that name now points at another node (or
+///   nothing), so A never lists the recreated file while B and the service do.
+/// - seed 16: **a refused move is never undone locally**. B moved `/e` into `/b/d.txt`
+///   offline while A moved `/b` into `/e`; the service refuses B's move (a directory cannot
+///   move below itself), the uploader drops the entry (status `last_error`), and B keeps
+///   showing its own move forever.
+/// - seeds 8, 20, 21, 29: further divergences of these kinds (a device keeps a node at a
+///   stale place or name after a replace/move it did not see); see the failure text.
+///
+/// On top (not a failure): seed 2 of the default run shows that an `rmdir` of a directory
+/// that was empty on B deletes, on the service, a file A created in it meanwhile (the core
+/// always deletes with `recursive=true`), so A's new file survives only in the trash.
 #[test]
-#[ignore = "finds core convergence bugs: ghost after own delete (seeds 3, 11), recreated file invisible (5, 6), more (8, 13, 16, 20)"]
+#[ignore = "finds core convergence bugs (ghosts after own delete, invisible recreated files, refused moves kept): see the doc comment"]
 fn core_model_seeds_that_find_bugs() {
-    run_seeds(&[3, 5, 6, 8, 11, 13, 16, 20]);
+    run_seeds(&[3, 5, 6, 8, 11, 13, 16, 20, 21, 23, 26, 29], false);
+}
+
+/// Racing phases too: both devices online and changing things without waiting for each other
+/// (uploads and change events cross), then convergence is checked. Timing decides what each
+/// device sees, so a seed does not replay exactly.
+///
+/// Ignored while the core has the convergence bugs listed above: with them, a racing run
+/// fails by chance (seed 4 of this test, for one: after B appended to and moved `/b` while A
+/// overwrote it, B's content went to a conflict copy and B kept showing the file at `/b`
+/// while A and the service have it where B moved it, `/d.txt/e`).
+#[test]
+#[ignore = "finds core convergence bugs under racing devices (timing-dependent): see the doc comment"]
+fn core_converges_when_devices_race() {
+    run_seeds(&[1, 2, 3, 4], true);
 }
