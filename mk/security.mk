@@ -35,7 +35,8 @@ load:
 	$(CARGO) build --release -p backend-lambda --bin jewel-server -p integration-tests --bin load
 	$(CARGO_TARGET_DIR)/release/load --devices $(LOAD_DEVICES) --seconds $(LOAD_SECONDS)
 
-## Long runs: the load test for 5 minutes, the convergence test over many seeds, a long fuzz.
+## Long runs: the load test for 5 minutes, the convergence test over many random seeds with
+## client and server outages (and the seeds known to fail), a long fuzz.
 soak: build load
-	JEWEL_SOAK_SEEDS=$(SOAK_SEEDS) $(CARGO) test -p integration-tests --test convergence -- --nocapture
+	JEWEL_SOAK_SEEDS=$(SOAK_SEEDS) $(CARGO) test -p integration-tests --test convergence -- --include-ignored --nocapture
 	JEWEL_FUZZ_EXAMPLES=200 JEWEL_FUZZ_TIME=900 $(MAKE) test-fuzz
