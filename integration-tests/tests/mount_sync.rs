@@ -177,11 +177,30 @@ fn big_file_case(mib: usize) {
     let read_start = Instant::now();
     let got = fs::read(b.p("big.bin")).unwrap();
     let read = read_start.elapsed();
-    assert_eq!(
-        sha256_hex(&got),
-        want,
-        "the other mount has different bytes"
-    );
+    if sha256_hex(&got) != want {
+        let data = pseudo_random(mib << 20, 42);
+        let first = got.iter().zip(&data).position(|(x, y)| x != y);
+        let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+        let local = sha256_hex(&fs::read(a.p("big.bin")).unwrap()) == want;
+        let again = sha256_hex(&fs::read(b.p("big.bin")).unwrap()) == want;
+        if let Some(f) = first {
+            let end = got[f..]
+                .iter()
+                .zip(&data[f..])
+                .position(|(x, y)| x == y)
+                .map(|e| e + f);
+            let zeros = got[f..end.unwrap_or(got.len())].iter().all(|x| *x == 0);
+            eprintln!("wrong range {f}..{end:?}, all zeros: {zeros}");
+        }
+        panic!(
+            "the other mount has different bytes: {} of {} bytes, first difference at {first:?}; \
+             the writer's copy is {}; a second read there is {}",
+            got.len(),
+            data.len(),
+            if local { "right" } else { "wrong" },
+            if again { "right" } else { "wrong" }
+        );
+    }
     eprintln!(
         "{mib} MiB file: written in {written:?}, visible on the other mount after {visible:?}, \
          read cold there in {read:?} ({:.0} MiB/s)",

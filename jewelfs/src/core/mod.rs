@@ -856,7 +856,15 @@ impl Core {
     }
 
     /// Makes the staging file writable again after a flush moved it into the journal.
-    fn unseal(&self, s: &Staging) -> CoreResult<Arc<File>> {
+    ///
+    /// Every change of a staging copy runs under its lock, as `flush` does: a flush can come
+    /// at any time, even in the middle of a write (a forked child closing its inherited copy
+    /// of the descriptor sends one), and must see each write whole or not at all.
+    fn change_staging<R>(
+        &self,
+        s: &Staging,
+        f: impl FnOnce(&File) -> std::io::Result<R>,
+    ) -> CoreResult<R> {
         let mut inner = s.inner.lock().unwrap();
         if inner.sealed {
             let (file, path) = self.staging_file()?;
@@ -865,7 +873,9 @@ impl Core {
             inner.path = Some(path);
             inner.sealed = false;
         }
-        Ok(inner.file.clone())
+        let result = f(&inner.file)?;
+        s.dirty.store(true, Ordering::Relaxed);
+        Ok(result)
     }
 
     /// Writes into the staging copy (local disk only).
@@ -874,11 +884,12 @@ impl Core {
         let s = self
             .staging_of(id)
             .ok_or(CoreErr::Invalid("file not open for writing".into()))?;
-        let file = self.unseal(&s)?;
-        file.write_all_at(data, offset)?;
-        s.size
-            .fetch_max(offset + data.len() as u64, Ordering::Relaxed);
-        s.dirty.store(true, Ordering::Relaxed);
+        self.change_staging(&s, |file| {
+            file.write_all_at(data, offset)?;
+            s.size
+                .fetch_max(offset + data.len() as u64, Ordering::Relaxed);
+            Ok(())
+        })?;
         Ok(data.len())
     }
 
@@ -1362,10 +1373,11 @@ impl Core {
                 self.open_file(id, true, size == 0).await?;
             }
             let s = self.staging_of(id).ok_or(CoreErr::NotFound)?;
-            let file = self.unseal(&s)?;
-            file.set_len(size)?;
-            s.size.store(size, Ordering::Relaxed);
-            s.dirty.store(true, Ordering::Relaxed);
+            self.change_staging(&s, |file| {
+                file.set_len(size)?;
+                s.size.store(size, Ordering::Relaxed);
+                Ok(())
+            })?;
             if opened_here {
                 self.release(id, true)?;
             }
