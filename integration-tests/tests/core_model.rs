@@ -1067,7 +1067,10 @@ impl Run<'_> {
                     self.devs[i].api.set_offline(false);
                     self.wait_drained(i).await?;
                 }
-                let merged = self.settle(&format!("merge after {tag}")).await?;
+                let merged = match self.settle(&format!("merge after {tag}")).await {
+                    Ok(m) => m,
+                    Err(e) => return Err(e + &self.lost_anywhere(&start, &views)),
+                };
                 self.check_merge(&tag, &start, &views, &touched, &merged)?;
                 common = merged;
             }
@@ -1090,6 +1093,37 @@ impl Run<'_> {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// After a failed merge: new content of the split that the service has nowhere at all
+    /// (neither in the tree nor in the trash).
+    fn lost_anywhere(&self, start: &View, views: &[View; 2]) -> String {
+        let Some(stored) = server_contents(self.server, &self.user) else {
+            return String::new();
+        };
+        let old: BTreeSet<&Vec<u8>> = start
+            .values()
+            .filter_map(|e| match e {
+                Entry::File(d) => Some(d),
+                Entry::Dir => None,
+            })
+            .collect();
+        let mut s = String::new();
+        for (i, v) in views.iter().enumerate() {
+            for (path, e) in v {
+                if let Entry::File(d) = e {
+                    if !d.is_empty() && !old.contains(d) && !stored.contains(&hashes_of(d)) {
+                        let _ = writeln!(
+                            s,
+                            "  and LOST: {}'s new content of /{path} ({}) is nowhere on the service, not even in the trash",
+                            self.devs[i].name,
+                            show(d)
+                        );
+                    }
+                }
+            }
+        }
+        s
     }
 
     fn check_merge(
