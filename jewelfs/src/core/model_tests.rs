@@ -575,6 +575,7 @@ async fn concurrent_changes_with_outages_converge() {
         // Last content each device wrote per name in the last round (deleted or renamed-away
         // names are dropped: a delete or a rename over the name may remove it).
         let mut last: Vec<HashMap<&str, Vec<u8>>> = vec![HashMap::new(), HashMap::new()];
+        let mut log = Vec::new();
         for round in 0..4 {
             // The last round is always an outage: what both devices write then, unseen by
             // the other, must all survive.
@@ -587,7 +588,9 @@ async fn concurrent_changes_with_outages_converge() {
                 let which = rng.below(2) as usize;
                 let core = if which == 0 { &a.core } else { &b.core };
                 let name = NAMES[rng.below(4) as usize];
-                match rng.below(4) {
+                let op = rng.below(4);
+                log.push(format!("round {round} (outage {outage}) step {step}: dev {which} op {op} {name}"));
+                match op {
                     0 | 1 => {
                         let data = format!("dev {which} round {round} step {step}").into_bytes();
                         write(core, ROOT_ID, name, &data).await;
