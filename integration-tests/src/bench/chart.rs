@@ -90,10 +90,7 @@ pub fn loglog_panels(
                 .draw_series(LineSeries::new(pts.clone(), style))?
                 .label(&s.label)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-            chart.draw_series(
-                pts.iter()
-                    .map(|p| Circle::new(*p, 4, color.filled())),
-            )?;
+            chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled())))?;
             // min–max whiskers
             for (x, a) in &s.points {
                 if a.min > 0.0 && a.max > a.min {

@@ -37,6 +37,21 @@ pub fn rss(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) a process has used so far, in seconds.
+pub fn cpu_s(pid: u32) -> f64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which ends with the last ')').
+    let Some(rest) = s.rfind(')').map(|i| &s[i + 2..]) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -119,9 +134,9 @@ fn parse_line(line: &str) -> Option<Req> {
     }
     let line = strip_ansi(line);
     let rest = &line[line.find("jewel::request")? + "jewel::request".len()..];
-    let mut it = rest.split_whitespace().skip_while(|t| {
-        !matches!(*t, "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD")
-    });
+    let mut it = rest
+        .split_whitespace()
+        .skip_while(|t| !matches!(*t, "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD"));
     let method = it.next()?.to_string();
     let path = it.next()?;
     let status = it.next()?.parse().ok()?;
@@ -188,7 +203,11 @@ impl BenchServer {
         Some(Self::start_with(root, name, Some((child, env))))
     }
 
-    fn start_with(root: &Path, name: &str, aws: Option<(Child, Vec<(String, String)>)>) -> BenchServer {
+    fn start_with(
+        root: &Path,
+        name: &str,
+        aws: Option<(Child, Vec<(String, String)>)>,
+    ) -> BenchServer {
         let data = root.join(format!("server-{name}"));
         let _ = std::fs::remove_dir_all(&data);
         std::fs::create_dir_all(&data).unwrap();
@@ -320,7 +339,8 @@ impl Drop for BenchServer {
             let _ = m.kill();
             let _ = m.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.data);
+        // The data folder goes with the whole scratch folder at the end (deleting tens of
+        // thousands of block files here would only slow the next measurement).
     }
 }
 
@@ -344,7 +364,10 @@ impl FuseClient {
             .args(["--server", url, "--token", token, "--device", device])
             .arg("--cache-dir")
             .arg(root.join("cache"))
-            .env("JEWEL_LOG", std::env::var("BENCH_JEWEL_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "JEWEL_LOG",
+                std::env::var("BENCH_JEWEL_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .stdin(Stdio::null())
@@ -391,7 +414,6 @@ impl FuseClient {
         });
         t.elapsed()
     }
-
 }
 
 impl Drop for FuseClient {
@@ -548,8 +570,14 @@ mod tests {
         assert_eq!(r.route, "/api/v1/nodes/{id}/children/{name}");
         assert_eq!(r.status, 201);
         assert!((r.ms - 0.53).abs() < 1e-9);
-        let r = parse_line("x INFO jewel::request: GET /api/v1/devices/3/poll 200 25000.10ms").unwrap();
+        let r =
+            parse_line("x INFO jewel::request: GET /api/v1/devices/3/poll 200 25000.10ms").unwrap();
         assert!(r.is_poll());
-        assert_eq!(parse_line("x INFO jewel::request: PUT /blob/1/abc 200 1.0ms").unwrap().route, "/blob");
+        assert_eq!(
+            parse_line("x INFO jewel::request: PUT /blob/1/abc 200 1.0ms")
+                .unwrap()
+                .route,
+            "/blob"
+        );
     }
 }

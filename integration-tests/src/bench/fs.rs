@@ -42,7 +42,11 @@ pub struct FsSettings {
 pub const OPS: &[(&str, &str, bool)] = &[
     ("seq_write", "sequential write (MiB/s)", true),
     ("seq_read_cold", "sequential read, cold (MiB/s)", true),
-    ("seq_read_cold_server", "sequential read, cold from the server (MiB/s)", true),
+    (
+        "seq_read_cold_server",
+        "sequential read, cold from the server (MiB/s)",
+        true,
+    ),
     ("seq_read_cached", "sequential read, cached (MiB/s)", true),
     ("rand_read_4k", "random 4 KiB reads, cached (reads/s)", true),
     ("small_create", "create the small files (s)", false),
@@ -52,8 +56,16 @@ pub const OPS: &[(&str, &str, bool)] = &[
     ("create_1000", "write 1,000 × 1 KiB files (s)", false),
     ("ls_1000_warm", "`ls -l` of 1,000 files, warm (s)", false),
     ("untar", "untar a source tree (s)", false),
-    ("upload_big", "jewelfs: big file closed → complete in the other mount (s)", false),
-    ("upload_small", "jewelfs: small files created → all listed in the other mount (s)", false),
+    (
+        "upload_big",
+        "jewelfs: big file closed → complete in the other mount (s)",
+        false,
+    ),
+    (
+        "upload_small",
+        "jewelfs: small files created → all listed in the other mount (s)",
+        false,
+    ),
 ];
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -177,7 +189,12 @@ pub fn make_tarball(work: &Path) -> (PathBuf, String, usize, u64) {
         .into_iter()
         .flatten()
         .flatten()
-        .flat_map(|reg| std::fs::read_dir(reg.path()).into_iter().flatten().flatten())
+        .flat_map(|reg| {
+            std::fs::read_dir(reg.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
         .map(|e| e.path())
         .filter(|p| {
             p.file_name()
@@ -332,7 +349,11 @@ pub fn run_fs(server: &BenchServer, token: &str, work: &Path, s: FsSettings) -> 
             // Cached: read once to warm, then measure.
             read_all(&big);
             res.put(name, "seq_read_cached", read_all(&big));
-            res.put(name, "rand_read_4k", random_reads(&big, s.random_reads, seed));
+            res.put(
+                name,
+                "rand_read_4k",
+                random_reads(&big, s.random_reads, seed),
+            );
             drop_caches();
             res.put(name, "seq_read_cold", read_all(&big));
             if let Target::Jewel(_, b) = t {
@@ -343,7 +364,11 @@ pub fn run_fs(server: &BenchServer, token: &str, work: &Path, s: FsSettings) -> 
             std::fs::remove_file(&big).unwrap();
             t.settle();
             let small = dir.join("small");
-            res.put(name, "small_create", create_small(&small, s.small_files, name));
+            res.put(
+                name,
+                "small_create",
+                create_small(&small, s.small_files, name),
+            );
             let created = Instant::now();
             let (rel, count) = (format!("fs-r{r}/small"), s.small_files);
             t.other_sees(&mut res, "upload_small", created, |m| {

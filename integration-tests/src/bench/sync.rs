@@ -21,7 +21,7 @@
 //! saw it (a timing wrapper around their `Api`, so it includes the network and queueing).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,11 @@ pub struct SyncRun {
     pub requests: usize,
     /// Answers with status ≥ 500 (polls included).
     pub errors: usize,
+    /// CPU seconds used during both phases by the server and by all the clients.
+    pub server_cpu_s: f64,
+    pub clients_cpu_s: f64,
+    /// Wall seconds of both phases.
+    pub wall_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -112,11 +117,16 @@ fn plan(mode: Mode, n: usize) -> (usize, Vec<(usize, usize, String)>) {
     match mode {
         Mode::Independent => (
             2 * n,
-            (0..n).map(|i| (2 * i, 2 * i + 1, "f".to_string())).collect(),
+            (0..n)
+                .map(|i| (2 * i, 2 * i + 1, "f".to_string()))
+                .collect(),
         ),
         Mode::Dependent => {
             let m = n.max(2);
-            (m, (0..n).map(|k| (k, (k + 1) % m, format!("c{k}-"))).collect())
+            (
+                m,
+                (0..n).map(|k| (k, (k + 1) % m, format!("c{k}-"))).collect(),
+            )
         }
     }
 }
@@ -203,6 +213,14 @@ pub fn run_fuse(
         }
         let mark = server.mark();
         let mut run = SyncRun::default();
+        let cpu0 = (
+            super::env::cpu_s(server.pid()),
+            clients
+                .iter()
+                .map(|c| super::env::cpu_s(c.pid()))
+                .sum::<f64>(),
+            Instant::now(),
+        );
         for phase in ["create", "delete"] {
             let start = Instant::now();
             let phase_done = std::sync::atomic::AtomicBool::new(false);
@@ -303,6 +321,13 @@ pub fn run_fuse(
                 break;
             }
         }
+        run.server_cpu_s = super::env::cpu_s(server.pid()) - cpu0.0;
+        run.clients_cpu_s = clients
+            .iter()
+            .map(|c| super::env::cpu_s(c.pid()))
+            .sum::<f64>()
+            - cpu0.1;
+        run.wall_s = cpu0.2.elapsed().as_secs_f64();
         let end = server.mark();
         request_stats(server, mark, end, &mut run, n * FILES);
         run.client_p50_ms = f64::NAN;
@@ -402,7 +427,7 @@ impl Api for TimedApi {
 
 struct CoreClient {
     core: Arc<Core>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _tasks: Vec<tokio::task::JoinHandle<()>>,
     _dir: PathBuf,
 }
 
@@ -441,7 +466,7 @@ async fn open_core(
     ];
     CoreClient {
         core,
-        tasks,
+        _tasks: tasks,
         _dir: dir,
     }
 }
@@ -466,6 +491,220 @@ async fn core_dir(core: &Core, name: &str, deadline: Duration) -> Option<NodeId>
     }
 }
 
+/// Clients per worker process: each sync core keeps the content of every file it has not
+/// uploaded yet open, and this machine's open-file limit (20,000, not raisable here) must
+/// hold them all.
+const CLIENTS_PER_WORKER: usize = 150;
+
+/// What one worker process hosts.
+#[derive(Serialize, serde::Deserialize)]
+pub struct WorkerSpec {
+    pub url: String,
+    pub tokens: Vec<String>,
+    pub mode: String,
+    pub n: usize,
+    pub clients: Vec<usize>,
+    pub base: PathBuf,
+    pub deadline_s: u64,
+}
+
+fn mode_of(name: &str) -> Mode {
+    if name == "dependent" {
+        Mode::Dependent
+    } else {
+        Mode::Independent
+    }
+}
+
+/// `bench --worker SPEC.json`: hosts some sync-core clients and obeys line commands on
+/// stdin (`mkdir DIR`, `find DIR`, `phase create|delete DIR`, `samples FILE`, `quit`),
+/// answering on stdout (`ok`, `fail`, `t USER SECONDS|none`, `end`).
+pub fn worker_main(spec_path: &str) {
+    use std::io::BufRead;
+    let spec: WorkerSpec =
+        serde_json::from_slice(&std::fs::read(spec_path).expect("worker spec")).unwrap();
+    let mode = mode_of(&spec.mode);
+    let deadline = Duration::from_secs(spec.deadline_s);
+    let (_count, pairs) = plan(mode, spec.n);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .enable_all()
+        .build()
+        .unwrap();
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let hosted: std::collections::HashMap<usize, Arc<CoreClient>> = rt.block_on(async {
+        let handles: Vec<_> = spec
+            .clients
+            .iter()
+            .map(|&c| {
+                let (url, token) = (spec.url.clone(), spec.tokens[token_of(mode, c)].clone());
+                let dir = spec.base.join(c.to_string());
+                let s = samples.clone();
+                tokio::spawn(async move {
+                    (
+                        c,
+                        Arc::new(open_core(&url, &token, dir, format!("core-{c}"), s).await),
+                    )
+                })
+            })
+            .collect();
+        let mut m = std::collections::HashMap::new();
+        for h in handles {
+            let (c, cl) = h.await.unwrap();
+            m.insert(c, cl);
+        }
+        m
+    });
+    fn say(line: String) {
+        use std::io::Write;
+        let out = std::io::stdout();
+        let mut o = out.lock();
+        let _ = writeln!(o, "{line}");
+        let _ = o.flush();
+    }
+    say("ok".into());
+    let creators: Vec<usize> = match mode {
+        Mode::Independent => pairs.iter().map(|p| p.0).collect(),
+        Mode::Dependent => vec![0],
+    };
+    let mut dir_ids: std::collections::HashMap<usize, NodeId> = Default::default();
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["mkdir", dir] => {
+                dir_ids.clear();
+                rt.block_on(async {
+                    for &c in creators.iter().filter(|c| hosted.contains_key(c)) {
+                        let core = &hosted[&c].core;
+                        let node = core.mkdir(ROOT_ID, dir, 0o755).await.unwrap();
+                        dir_ids.insert(c, node.id);
+                    }
+                    for &c in creators.iter().filter(|c| hosted.contains_key(c)) {
+                        hosted[&c].core.drain(deadline).await;
+                    }
+                });
+                say("ok".into());
+            }
+            ["find", dir] => {
+                let found = rt.block_on(async {
+                    let handles: Vec<_> = hosted
+                        .iter()
+                        .filter(|(c, _)| !creators.contains(c))
+                        .map(|(&c, cl)| {
+                            let (cl, d) = (cl.clone(), dir.to_string());
+                            tokio::spawn(async move { (c, core_dir(&cl.core, &d, deadline).await) })
+                        })
+                        .collect();
+                    let mut ok = true;
+                    for h in handles {
+                        match h.await.unwrap() {
+                            (c, Some(id)) => {
+                                dir_ids.insert(c, id);
+                            }
+                            _ => ok = false,
+                        }
+                    }
+                    ok
+                });
+                say(if found { "ok" } else { "fail" }.into());
+            }
+            ["phase", phase, dir] => {
+                let phase: &'static str = if *phase == "create" {
+                    "create"
+                } else {
+                    "delete"
+                };
+                let start = Instant::now();
+                rt.block_on(async {
+                    let mut tasks = Vec::new();
+                    for (u, (w, v, prefix)) in pairs.iter().enumerate() {
+                        if let Some(wc) = hosted.get(w) {
+                            let (wc, wdir, prefix) = (wc.clone(), dir_ids[w], prefix.clone());
+                            let tag = format!("{dir}-{u}");
+                            tasks.push(tokio::spawn(async move {
+                                for j in 0..FILES {
+                                    let name = format!("{prefix}{j:03}");
+                                    let r = if phase == "create" {
+                                        match wc.core.create_file(wdir, &name, 0o644).await {
+                                            Ok(node) => {
+                                                let core = wc.core.clone();
+                                                let data = content(&tag, j);
+                                                tokio::task::spawn_blocking(move || {
+                                                    core.write(node.id, 0, &data)?;
+                                                    core.release(node.id, true)
+                                                })
+                                                .await
+                                                .unwrap()
+                                            }
+                                            Err(e) => Err(e),
+                                        }
+                                    } else {
+                                        wc.core.remove(wdir, &name, false).await
+                                    };
+                                    if let Err(e) = r {
+                                        eprintln!("  (bench worker) {phase} {name}: {e}");
+                                        return;
+                                    }
+                                }
+                            }));
+                        }
+                        if let Some(vc) = hosted.get(v) {
+                            let (vc, vdir, prefix) = (vc.clone(), dir_ids[v], prefix.clone());
+                            tasks.push(tokio::spawn(async move {
+                                let mut next = 0;
+                                loop {
+                                    while next < FILES {
+                                        let name = format!("{prefix}{next:03}");
+                                        let there = matches!(
+                                            vc.core.tree.child(vdir, &name),
+                                            Some(Some(_))
+                                        );
+                                        if there == (phase == "create") {
+                                            next += 1;
+                                        } else {
+                                            break;
+                                        }
+                                    }
+                                    if next == FILES {
+                                        say(format!("t {u} {}", start.elapsed().as_secs_f64()));
+                                        return;
+                                    }
+                                    if start.elapsed() > deadline {
+                                        say(format!("t {u} none"));
+                                        return;
+                                    }
+                                    tokio::time::sleep(Duration::from_millis(5)).await;
+                                }
+                            }));
+                        }
+                    }
+                    for t in tasks {
+                        let _ = t.await;
+                    }
+                });
+                say("end".into());
+            }
+            ["samples", file] => {
+                let v = std::mem::take(&mut *samples.lock().unwrap());
+                let text: String = v.iter().map(|x| format!("{x:.4}\n")).collect();
+                let _ = std::fs::write(file, text);
+                say("ok".into());
+            }
+            ["quit"] => break,
+            _ => say(format!("fail unknown command {line}")),
+        }
+    }
+    // Leave without tearing thousands of tasks down one by one.
+    std::process::exit(0);
+}
+
+struct Worker {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn run_core(
     server: &BenchServer,
@@ -476,157 +715,155 @@ pub fn run_core(
     deadline: Duration,
     root: &Path,
 ) -> SyncResult {
+    use std::io::{BufRead, Write};
     let (count, pairs) = plan(mode, n);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(256)
-        .enable_all()
-        .build()
-        .unwrap();
-    let samples = Arc::new(Mutex::new(Vec::new()));
-    let me = std::process::id();
-    let rss_before = super::env::rss(me);
+    let procs = count.div_ceil(CLIENTS_PER_WORKER);
     progress(&format!(
-        "{} N={n}: starting {count} sync-core clients (no FUSE) in this process",
+        "{} N={n}: starting {count} sync-core clients (no FUSE) in {procs} worker processes",
         mode.name()
     ));
     let base = root.join(format!("core-{}-{n}", mode.name()));
-    let clients: Vec<Arc<CoreClient>> = rt.block_on(async {
-        let mut out = Vec::new();
-        // A few hundred at a time, so connecting does not look like a storm.
-        for chunk in (0..count).collect::<Vec<_>>().chunks(200) {
-            let handles: Vec<_> = chunk
-                .iter()
-                .map(|&c| {
-                    let (url, token) = (server.url.clone(), tokens[token_of(mode, c)].clone());
-                    let dir = base.join(c.to_string());
-                    let s = samples.clone();
-                    tokio::spawn(async move {
-                        Arc::new(open_core(&url, &token, dir, format!("core-{c}"), s).await)
-                    })
-                })
-                .collect();
-            for h in handles {
-                out.push(h.await.unwrap());
-            }
-        }
-        out
-    });
-    let server_rss_idle = server.rss();
-    let client_rss_idle = super::env::rss(me).saturating_sub(rss_before) / count as u64;
-    let sampler = RssSampler::start(server.pid());
-    let self_sampler = RssSampler::start(me);
-    let mut out = Vec::new();
-    let mut note = String::new();
-    for r in 0..runs {
-        let dir = format!("{}-n{n}-r{r}", mode.name());
-        let creators: Vec<usize> = match mode {
-            Mode::Independent => pairs.iter().map(|p| p.0).collect(),
-            Mode::Dependent => vec![0],
+    std::fs::create_dir_all(&base).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, String)>();
+    let mut workers = Vec::new();
+    for k in 0..procs {
+        let clients: Vec<usize> =
+            (k * CLIENTS_PER_WORKER..((k + 1) * CLIENTS_PER_WORKER).min(count)).collect();
+        let spec = WorkerSpec {
+            url: server.url.clone(),
+            tokens: tokens.to_vec(),
+            mode: mode.name().into(),
+            n,
+            clients,
+            base: base.clone(),
+            deadline_s: deadline.as_secs(),
         };
-        // Set-up: the folder, known (with its listing) on every client.
-        let dir_ids: Option<Vec<NodeId>> = rt.block_on(async {
-            let mut ids = vec![0; count];
-            for &c in &creators {
-                let node = clients[c].core.mkdir(ROOT_ID, &dir, 0o755).await.unwrap();
-                ids[c] = node.id;
+        let spec_path = base.join(format!("worker-{k}.json"));
+        std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap()).unwrap();
+        let mut child = std::process::Command::new(&exe)
+            .arg("--worker")
+            .arg(&spec_path)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start a bench worker");
+        let stdout = child.stdout.take().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send((k, line)).is_err() {
+                    break;
+                }
             }
-            for &c in &creators {
-                clients[c].core.drain(deadline).await;
-            }
-            let handles: Vec<_> = (0..count)
-                .filter(|c| !creators.contains(c))
-                .map(|c| {
-                    let cl = clients[c].clone();
-                    let d = dir.clone();
-                    tokio::spawn(async move { (c, core_dir(&cl.core, &d, deadline).await) })
-                })
-                .collect();
-            for h in handles {
-                let (c, id) = h.await.unwrap();
-                ids[c] = id?;
-            }
-            Some(ids)
+            let _ = tx.send((k, "eof".into()));
         });
-        let Some(dir_ids) = dir_ids else {
-            note = format!("run {}: the run folder did not reach every client", r + 1);
-            break;
-        };
-        let mark = server.mark();
-        samples.lock().unwrap().clear();
-        let mut run = SyncRun::default();
-        for phase in ["create", "delete"] {
-            let start = Instant::now();
-            let done_count = Arc::new(AtomicUsize::new(0));
-            let times: Vec<Option<f64>> = rt.block_on(async {
-                let handles: Vec<_> = pairs
-                    .iter()
-                    .enumerate()
-                    .map(|(u, (w, v, prefix))| {
-                        let (wc, vc) = (clients[*w].clone(), clients[*v].clone());
-                        let (wdir, vdir) = (dir_ids[*w], dir_ids[*v]);
-                        let prefix = prefix.clone();
-                        let tag = format!("{dir}-{u}");
-                        let done_count = done_count.clone();
-                        tokio::spawn(async move {
-                            for j in 0..FILES {
-                                let name = format!("{prefix}{j:03}");
-                                if phase == "create" {
-                                    let node = wc.core.create_file(wdir, &name, 0o644).await.unwrap();
-                                    let core = wc.core.clone();
-                                    let data = content(&tag, j);
-                                    tokio::task::spawn_blocking(move || {
-                                        core.write(node.id, 0, &data).unwrap();
-                                        core.release(node.id, true).unwrap();
-                                    })
-                                    .await
-                                    .unwrap();
-                                } else {
-                                    wc.core.remove(wdir, &name, false).await.unwrap();
-                                }
-                            }
-                            let mut next = 0;
-                            loop {
-                                while next < FILES {
-                                    let name = format!("{prefix}{next:03}");
-                                    let there = matches!(vc.core.tree.child(vdir, &name), Some(Some(_)));
-                                    if there == (phase == "create") {
-                                        next += 1;
-                                    } else {
-                                        break;
-                                    }
-                                }
-                                if next == FILES {
-                                    done_count.fetch_add(1, Ordering::Relaxed);
-                                    return Some(start.elapsed().as_secs_f64());
-                                }
-                                if start.elapsed() > deadline {
-                                    return None;
-                                }
-                                tokio::time::sleep(Duration::from_millis(5)).await;
-                            }
-                        })
-                    })
-                    .collect();
-                // Progress every 10 s for long phases.
-                let dc = done_count.clone();
-                let ticker = tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(Duration::from_secs(10)).await;
+        workers.push(Worker { child, stdin });
+    }
+    // Every reply of every worker until each has said `ok`/`fail`/`end` (`t` lines collected).
+    let collect =
+        |want: &str, ticker: Option<(Instant, &str)>| -> (bool, Vec<(usize, Option<f64>)>) {
+            let mut left = procs;
+            let mut ok = true;
+            let mut times = Vec::new();
+            let mut last_tick = Instant::now();
+            let mut last_msg = Instant::now();
+            while left > 0 {
+                // A worker that died (or hangs) must not hang the bench.
+                if last_msg.elapsed() > deadline + Duration::from_secs(60) {
+                    progress("  a worker stopped answering; giving up on this step");
+                    return (false, times);
+                }
+                if let Ok((_, line)) = rx.recv_timeout(Duration::from_secs(1)) {
+                    last_msg = Instant::now();
+                    let w: Vec<&str> = line.split_whitespace().collect();
+                    match w.as_slice() {
+                        ["t", u, v] => times.push((u.parse().unwrap_or(0), v.parse().ok())),
+                        [x] if *x == want => left -= 1,
+                        ["fail", ..] => {
+                            ok = false;
+                            left -= 1
+                        }
+                        ["eof"] => {
+                            ok = false;
+                            left -= 1
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some((start, phase)) = ticker {
+                    if last_tick.elapsed() > Duration::from_secs(10) {
+                        last_tick = Instant::now();
                         progress(&format!(
                             "  … {phase}: {}/{n} users done after {:.0} s",
-                            dc.load(Ordering::Relaxed),
+                            times.iter().filter(|t| t.1.is_some()).count(),
                             start.elapsed().as_secs_f64()
                         ));
                     }
-                });
-                let mut t = Vec::new();
-                for h in handles {
-                    t.push(h.await.unwrap());
                 }
-                ticker.abort();
-                t
-            });
+            }
+            (ok, times)
+        };
+    let send_all = |workers: &mut Vec<Worker>, cmd: &str| {
+        for w in workers.iter_mut() {
+            let _ = writeln!(w.stdin, "{cmd}");
+            let _ = w.stdin.flush();
+        }
+    };
+    let (started, _) = collect("ok", None);
+    assert!(started, "a bench worker failed to start its clients");
+    let pids: Vec<u32> = workers.iter().map(|w| w.child.id()).collect();
+    let rss_all = |pids: &[u32]| pids.iter().map(|p| super::env::rss(*p)).sum::<u64>();
+    let cpu_all = |pids: &[u32]| pids.iter().map(|p| super::env::cpu_s(*p)).sum::<f64>();
+    let server_rss_idle = server.rss();
+    let client_rss_idle = rss_all(&pids) / count as u64;
+    let sampler = RssSampler::start(server.pid());
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let peak_thread = {
+        let (peak, stop, pids) = (peak.clone(), stop.clone(), pids.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let r: u64 = pids.iter().map(|p| super::env::rss(*p)).sum();
+                peak.fetch_max(r, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let mut out = Vec::new();
+    let mut note = String::new();
+    let _ = &pairs;
+    for r in 0..runs {
+        let dir = format!("{}-n{n}-r{r}", mode.name());
+        send_all(&mut workers, &format!("mkdir {dir}"));
+        collect("ok", None);
+        send_all(&mut workers, &format!("find {dir}"));
+        let (found, _) = collect("ok", None);
+        if !found {
+            note = format!("run {}: the run folder did not reach every client", r + 1);
+            break;
+        }
+        let mark = server.mark();
+        let mut run = SyncRun::default();
+        let cpu0 = (
+            super::env::cpu_s(server.pid()),
+            cpu_all(&pids),
+            Instant::now(),
+        );
+        for phase in ["create", "delete"] {
+            let start = Instant::now();
+            send_all(&mut workers, &format!("phase {phase} {dir}"));
+            let (_, t) = collect("end", Some((start, phase)));
+            let mut times = vec![None; n];
+            for (u, v) in t {
+                if u < n {
+                    times[u] = v;
+                }
+            }
             let (all, med, done) = finish_phase(&times, n);
             if phase == "create" {
                 (run.create_s, run.create_user_median_s, run.create_done) = (all, med, done);
@@ -648,9 +885,28 @@ pub fn run_core(
                 break;
             }
         }
+        run.server_cpu_s = super::env::cpu_s(server.pid()) - cpu0.0;
+        run.clients_cpu_s = cpu_all(&pids) - cpu0.1;
+        run.wall_s = cpu0.2.elapsed().as_secs_f64();
         let end = server.mark();
         request_stats(server, mark, end, &mut run, n * FILES);
-        let cs = sorted(std::mem::take(&mut *samples.lock().unwrap()));
+        let mut cs = Vec::new();
+        for (k, w) in workers.iter_mut().enumerate() {
+            let f = base.join(format!("samples-{k}.txt"));
+            let _ = writeln!(w.stdin, "samples {}", f.display());
+            let _ = w.stdin.flush();
+        }
+        collect("ok", None);
+        for k in 0..procs {
+            let f = base.join(format!("samples-{k}.txt"));
+            cs.extend(
+                std::fs::read_to_string(&f)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| l.parse::<f64>().ok()),
+            );
+        }
+        let cs = sorted(cs);
         run.client_p50_ms = pct(&cs, 0.5);
         run.client_p99_ms = pct(&cs, 0.99);
         let unfinished = run.delete_done < n;
@@ -660,16 +916,26 @@ pub fn run_core(
         }
     }
     let server_rss_peak = sampler.stop();
-    let self_peak = self_sampler.stop();
-    let client_rss = self_peak.saturating_sub(rss_before) / count as u64;
-    for c in &clients {
-        for t in &c.tasks {
-            t.abort();
+    stop.store(true, Ordering::Relaxed);
+    let _ = peak_thread.join();
+    let client_rss = peak.load(Ordering::Relaxed) / count as u64;
+    let t = Instant::now();
+    send_all(&mut workers, "quit");
+    for mut w in workers {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = w.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = w.child.kill();
+        let _ = w.child.wait();
     }
-    drop(clients);
-    rt.shutdown_timeout(Duration::from_secs(5));
-    let _ = std::fs::remove_dir_all(&base);
+    progress(&format!(
+        "  clients stopped in {:.1} s",
+        t.elapsed().as_secs_f64()
+    ));
     SyncResult {
         mode,
         n,
@@ -743,7 +1009,9 @@ pub fn wire_cost(server: &BenchServer, token: &str, root: &Path) -> WireCost {
         let reqs = server.requests(mark, server.mark());
         let mut routes: std::collections::BTreeMap<String, usize> = Default::default();
         for r in &reqs {
-            *routes.entry(format!("{} {}", r.method, r.route)).or_default() += 1;
+            *routes
+                .entry(format!("{} {}", r.method, r.route))
+                .or_default() += 1;
         }
         let polls = reqs.iter().filter(|r| r.is_poll()).count();
         let routes: Vec<(String, usize)> = routes.into_iter().collect();
