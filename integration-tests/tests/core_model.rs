@@ -789,12 +789,19 @@ struct Run<'a> {
     notes: Vec<String>,
     /// Whether phases of racing operations (both online, no waiting) are drawn too.
     race: bool,
+    /// Whether a device cut off may crash and restart before it comes back.
+    crash: bool,
+    token: String,
+    /// The devices' caches live in `dir/<device name>`.
+    dir: std::path::PathBuf,
 }
 
 impl Run<'_> {
     fn fail(&self, what: String) -> String {
         let test = if self.race {
             "core_converges_when_devices_race -- --include-ignored"
+        } else if self.crash {
+            "core_model_with_crashes -- --include-ignored"
         } else {
             "core_matches_model_on_two_devices_with_outages"
         };
@@ -958,6 +965,7 @@ impl Run<'_> {
     }
 
     async fn go(&mut self, ops: usize) -> Result<(), String> {
+        let mut crash_rng = Rng(self.seed ^ 0x5EED_C4A5);
         let mut gen = Gen {
             rng: Rng(self.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0xDEAD_BEEF),
             counter: 0,
@@ -1063,8 +1071,24 @@ impl Run<'_> {
                 let first = gen.rng.below(2);
                 self.log
                     .push(format!("-- reconnect {} first", self.devs[first].name));
+                // Sometimes a device that was cut off and changed things crashes before it is
+                // back: its core is dropped without a word and opened again on the same cache
+                // (its journal is replayed). Drawn from its own generator, so the operations
+                // of a seed stay the same.
+                let crash = Some(crash_rng.below(2)).filter(|c| {
+                    self.crash
+                        && crash_rng.chance(35)
+                        && Some(*c) != online
+                        && !touched[*c].is_empty()
+                });
                 for i in [first, 1 - first] {
-                    self.devs[i].api.set_offline(false);
+                    if crash == Some(i) {
+                        self.log
+                            .push(format!("-- {} crashes and restarts", self.devs[i].name));
+                        self.restart(i).await;
+                    } else {
+                        self.devs[i].api.set_offline(false);
+                    }
                     self.wait_drained(i).await?;
                 }
                 let merged = match self.settle(&format!("merge after {tag}")).await {
@@ -1076,6 +1100,17 @@ impl Run<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Kills device `dev`'s core (no drain, no goodbye) and opens a new one on its cache.
+    async fn restart(&mut self, dev: usize) {
+        for t in &self.devs[dev].tasks {
+            t.abort();
+        }
+        let name = self.devs[dev].name;
+        let fresh = open_device(&self.server.url, &self.token, &self.dir, name).await;
+        let old = std::mem::replace(&mut self.devs[dev], fresh);
+        drop(old);
     }
 
     async fn wait_drained(&self, dev: usize) -> Result<(), String> {
@@ -1231,6 +1266,7 @@ async fn run_seed(
     seed: u64,
     ops: usize,
     race: bool,
+    crash: bool,
 ) -> Result<Vec<String>, String> {
     let dir = tempfile::tempdir().unwrap();
     let a = open_device(&server.url, &token, dir.path(), "devA").await;
@@ -1245,6 +1281,9 @@ async fn run_seed(
         ops_done: 0,
         notes: vec![],
         race,
+        crash,
+        token: token.clone(),
+        dir: dir.path().to_path_buf(),
     };
     run.go(ops).await?;
     // The end: everyone online, settled, and the same everywhere.
@@ -1260,7 +1299,7 @@ fn env_num(name: &str) -> Option<u64> {
 }
 
 /// Runs `seeds` (or the seeds the environment names) and fails with every failing seed.
-fn run_seeds(default: &[u64], race: bool) {
+fn run_seeds(default: &[u64], race: bool, crash: bool) {
     let seeds: Vec<u64> = match (env_num("JEWEL_MODEL_SEED"), env_num("JEWEL_MODEL_CASES")) {
         (Some(s), _) => vec![s],
         (None, Some(n)) => (1..=n).collect(),
@@ -1279,7 +1318,7 @@ fn run_seeds(default: &[u64], race: bool) {
         let t = Instant::now();
         let user = format!("model{seed}x{}", std::process::id());
         let token = server.add_user(&user);
-        match rt.block_on(run_seed(&server, user, token, seed, ops, race)) {
+        match rt.block_on(run_seed(&server, user, token, seed, ops, race, crash)) {
             Ok(n) => {
                 eprintln!("core model: seed {seed}: ok ({ops} ops, {:?})", t.elapsed());
                 notes.extend(n);
@@ -1303,7 +1342,7 @@ fn run_seeds(default: &[u64], race: bool) {
 /// ones that find bugs). `JEWEL_MODEL_SEED=n` / `JEWEL_MODEL_CASES=n` choose other seeds.
 #[test]
 fn core_matches_model_on_two_devices_with_outages() {
-    run_seeds(&[1, 2, 4, 7, 9, 10, 12, 14], false);
+    run_seeds(&[1, 2, 4, 7, 9, 10, 12, 14], false, false);
 }
 
 /// Seeds that find convergence bugs in the core (jewelfs/src/core): in each, after both
@@ -1338,7 +1377,7 @@ fn core_matches_model_on_two_devices_with_outages() {
 #[test]
 #[ignore = "finds core convergence bugs (ghosts after own delete, invisible recreated files, refused moves kept): see the doc comment"]
 fn core_model_seeds_that_find_bugs() {
-    run_seeds(&[3, 5, 6, 8, 11, 13, 16, 20, 21, 23, 26, 29], false);
+    run_seeds(&[3, 5, 6, 8, 11, 13, 16, 20, 21, 23, 26, 29], false, false);
 }
 
 /// Racing phases too: both devices online and changing things without waiting for each other
@@ -1352,5 +1391,31 @@ fn core_model_seeds_that_find_bugs() {
 #[test]
 #[ignore = "finds core convergence bugs under racing devices (timing-dependent): see the doc comment"]
 fn core_converges_when_devices_race() {
-    run_seeds(&[1, 2, 3, 4], true);
+    run_seeds(&[1, 2, 3, 4], true, false);
+}
+
+/// Outages as in the default run, and sometimes a device that was cut off crashes (its core
+/// dropped without draining) and is opened again on the same cache before it comes back, so
+/// its journal is replayed by a fresh core. The operations of a seed are those of the default
+/// run; only the crashes are added.
+///
+/// Ignored while these core bugs stand:
+/// - seed 2: **a journaled edit of a file deleted elsewhere is lost after a restart**. B
+///   appends to `/e (conflicted copy …)` offline, A deletes that file offline and comes back
+///   first; B crashes, restarts and uploads: the commit finds the node gone, and `recreate`
+///   (sync.rs) returns `Ok(())` at once because the fresh core's tree does not know the node
+///   (`let Some(old) = self.tree.get(id) else { return Ok(()) }`). B's content is then
+///   nowhere: not in the tree, not in the trash. Without the restart the same seed passes
+///   (the edit comes back, as DESIGN.md says).
+/// - seed 7: **a journaled move does not show after a restart, and never lands**. A renames
+///   `/e` over `/d.txt` offline and restarts: `replay_local_state` re-applies only creates and
+///   content, so the fresh tree shows `/e` again; when the move is uploaded, `apply_own` keeps
+///   the tree's place because the journal still holds a move of that node (the very entry
+///   being uploaded), so A shows `/e` for good while B and the service have `/d.txt`.
+/// - seed 12: after A's restart, A keeps a file `/a` the service no longer has (a ghost of the
+///   kind listed above).
+#[test]
+#[ignore = "finds core bugs after a restart: a journaled edit of a file deleted elsewhere is lost (seed 2), a journaled move never shows (7), a ghost (12)"]
+fn core_model_with_crashes() {
+    run_seeds(&[2, 7, 12], false, true);
 }
