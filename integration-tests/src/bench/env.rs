@@ -52,6 +52,37 @@ pub fn cpu_s(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// CPU seconds the whole machine has been busy (all cores, every process).
+pub fn machine_busy_s() -> f64 {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = s.lines().next() else {
+        return 0.0;
+    };
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .map(|&i| v.get(i).copied().unwrap_or(0.0))
+        .sum::<f64>();
+    busy / 100.0
+}
+
+/// Seconds in which some task waited for I/O (`/proc/pressure/io`, "some" total).
+pub fn io_stall_s() -> f64 {
+    std::fs::read_to_string("/proc/pressure/io")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("some"))
+        .and_then(|l| l.split("total=").nth(1))
+        .and_then(|t| t.trim().parse::<f64>().ok())
+        .map(|us| us / 1e6)
+        .unwrap_or(0.0)
+}
+
 pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }

@@ -81,6 +81,10 @@ pub struct SyncRun {
     pub clients_cpu_s: f64,
     /// Wall seconds of both phases.
     pub wall_s: f64,
+    /// CPU seconds of the whole machine (every process, other work too) during both phases.
+    pub machine_cpu_s: f64,
+    /// Seconds in which some task waited for the disk (PSI), during both phases.
+    pub io_stall_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -220,6 +224,8 @@ pub fn run_fuse(
                 .map(|c| super::env::cpu_s(c.pid()))
                 .sum::<f64>(),
             Instant::now(),
+            super::env::machine_busy_s(),
+            super::env::io_stall_s(),
         );
         for phase in ["create", "delete"] {
             let start = Instant::now();
@@ -328,6 +334,8 @@ pub fn run_fuse(
             .sum::<f64>()
             - cpu0.1;
         run.wall_s = cpu0.2.elapsed().as_secs_f64();
+        run.machine_cpu_s = super::env::machine_busy_s() - cpu0.3;
+        run.io_stall_s = super::env::io_stall_s() - cpu0.4;
         let end = server.mark();
         request_stats(server, mark, end, &mut run, n * FILES);
         run.client_p50_ms = f64::NAN;
@@ -672,7 +680,7 @@ pub fn worker_main(spec_path: &str) {
                                         return;
                                     }
                                     if start.elapsed() > deadline {
-                                        say(format!("t {u} none"));
+                                        say(format!("t {u} none {next}"));
                                         return;
                                     }
                                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -766,7 +774,7 @@ pub fn run_core(
     }
     // Every reply of every worker until each has said `ok`/`fail`/`end` (`t` lines collected).
     let collect =
-        |want: &str, ticker: Option<(Instant, &str)>| -> (bool, Vec<(usize, Option<f64>)>) {
+        |want: &str, ticker: Option<(Instant, &str)>| -> (bool, Vec<(usize, Option<f64>, usize)>) {
             let mut left = procs;
             let mut ok = true;
             let mut times = Vec::new();
@@ -782,7 +790,10 @@ pub fn run_core(
                     last_msg = Instant::now();
                     let w: Vec<&str> = line.split_whitespace().collect();
                     match w.as_slice() {
-                        ["t", u, v] => times.push((u.parse().unwrap_or(0), v.parse().ok())),
+                        ["t", u, v] => times.push((u.parse().unwrap_or(0), v.parse().ok(), FILES)),
+                        ["t", u, _, k] => {
+                            times.push((u.parse().unwrap_or(0), None, k.parse().unwrap_or(0)))
+                        }
                         [x] if *x == want => left -= 1,
                         ["fail", ..] => {
                             ok = false;
@@ -853,15 +864,19 @@ pub fn run_core(
             super::env::cpu_s(server.pid()),
             cpu_all(&pids),
             Instant::now(),
+            super::env::machine_busy_s(),
+            super::env::io_stall_s(),
         );
         for phase in ["create", "delete"] {
             let start = Instant::now();
             send_all(&mut workers, &format!("phase {phase} {dir}"));
             let (_, t) = collect("end", Some((start, phase)));
             let mut times = vec![None; n];
-            for (u, v) in t {
+            let mut arrived = 0;
+            for (u, v, k) in t {
                 if u < n {
                     times[u] = v;
+                    arrived += k;
                 }
             }
             let (all, med, done) = finish_phase(&times, n);
@@ -878,9 +893,12 @@ pub fn run_core(
             ));
             if done < n {
                 note = format!(
-                    "run {}: {phase} not finished by all users within {} s ({done}/{n} done)",
+                    "run {}: {phase} not finished by all users within {} s: {done}/{n} users \
+                     done, {arrived} of {} files {}",
                     r + 1,
-                    deadline.as_secs()
+                    deadline.as_secs(),
+                    n * FILES,
+                    if phase == "create" { "arrived" } else { "gone" }
                 );
                 break;
             }
@@ -888,6 +906,8 @@ pub fn run_core(
         run.server_cpu_s = super::env::cpu_s(server.pid()) - cpu0.0;
         run.clients_cpu_s = cpu_all(&pids) - cpu0.1;
         run.wall_s = cpu0.2.elapsed().as_secs_f64();
+        run.machine_cpu_s = super::env::machine_busy_s() - cpu0.3;
+        run.io_stall_s = super::env::io_stall_s() - cpu0.4;
         let end = server.mark();
         request_stats(server, mark, end, &mut run, n * FILES);
         let mut cs = Vec::new();
