@@ -141,9 +141,8 @@ fn two_mounts_sync_through_jewel_server_on_aws_stores() {
 
 /// The same with blocks in s3s-fs, which checks the presigned URLs' signatures as S3 does:
 /// the upload URL signs `x-amz-checksum-sha256`, so a client must send that header with every
-/// block PUT. Ignored until `jewelfs` sends it (moto above does not check signatures).
+/// block PUT (moto above does not check signatures).
 #[test]
-#[ignore = "needs jewelfs to send x-amz-checksum-sha256 with block PUTs (docs/DEPLOY.md)"]
 fn two_mounts_sync_with_a_signature_checking_s3() {
     scenario(true);
 }
