@@ -589,7 +589,9 @@ async fn concurrent_changes_with_outages_converge() {
                 let core = if which == 0 { &a.core } else { &b.core };
                 let name = NAMES[rng.below(4) as usize];
                 let op = rng.below(4);
-                log.push(format!("round {round} (outage {outage}) step {step}: dev {which} op {op} {name}"));
+                log.push(format!(
+                    "round {round} (outage {outage}) step {step}: dev {which} op {op} {name}"
+                ));
                 match op {
                     0 | 1 => {
                         let data = format!("dev {which} round {round} step {step}").into_bytes();

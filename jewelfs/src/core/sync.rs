@@ -757,9 +757,22 @@ impl Core {
 
     /// Edit beats delete: the node was deleted elsewhere, our edit brings it back.
     async fn recreate(&self, id: NodeId, content: Content, mtime_ns: i64) -> Res<()> {
-        let Some(old) = self.tree.get(id) else {
-            return Ok(());
-        };
+        // After a restart the tree may have forgotten where the deleted file lived. Never
+        // drop the edit for that: bring it back in the top folder under a name that says so.
+        let old = self.tree.get(id).unwrap_or_else(|| {
+            std::sync::Arc::new(Node {
+                id,
+                parent: ROOT_ID,
+                name: format!("recovered file {id}"),
+                kind: NodeKind::File,
+                size: content.size,
+                mode: 0o644,
+                mtime_ns,
+                version: 0,
+                blocks: Vec::new(),
+                target: None,
+            })
+        });
         let mut parent = self.journal.resolve(old.parent);
         if is_local(parent) {
             parent = ROOT_ID;
