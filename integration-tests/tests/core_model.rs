@@ -1400,13 +1400,10 @@ fn core_converges_when_devices_race() {
 /// run; only the crashes are added.
 ///
 /// Ignored while these core bugs stand:
-/// - seed 2: **a journaled edit of a file deleted elsewhere is lost after a restart**. B
-///   appends to `/e (conflicted copy …)` offline, A deletes that file offline and comes back
-///   first; B crashes, restarts and uploads: the commit finds the node gone, and `recreate`
-///   (sync.rs) returns `Ok(())` at once because the fresh core's tree does not know the node
-///   (`let Some(old) = self.tree.get(id) else { return Ok(()) }`). B's content is then
-///   nowhere: not in the tree, not in the trash. Without the restart the same seed passes
-///   (the edit comes back, as DESIGN.md says).
+/// - seed 2: B appends to `/e (conflicted copy …)` offline, A deletes that file offline and
+///   comes back first; B crashes, restarts and uploads. The edit is no longer lost (`recreate`
+///   brings it back as `/recovered file <id>` when a fresh core has forgotten its place), but
+///   the other device does not list the recovered file: a divergence, not a loss.
 /// - seed 7: **a journaled move does not show after a restart, and never lands**. A renames
 ///   `/e` over `/d.txt` offline and restarts: `replay_local_state` re-applies only creates and
 ///   content, so the fresh tree shows `/e` again; when the move is uploaded, `apply_own` keeps
@@ -1415,7 +1412,7 @@ fn core_converges_when_devices_race() {
 /// - seed 12: after A's restart, A keeps a file `/a` the service no longer has (a ghost of the
 ///   kind listed above).
 #[test]
-#[ignore = "finds core bugs after a restart: a journaled edit of a file deleted elsewhere is lost (seed 2), a journaled move never shows (7), a ghost (12)"]
+#[ignore = "finds core bugs after a restart: a recovered edit not listed on the other device (seed 2), a journaled move never shows (7), a ghost (12)"]
 fn core_model_with_crashes() {
     run_seeds(&[2, 7, 12], false, true);
 }
