@@ -229,10 +229,12 @@ fn unmount_waits_for_uploads_and_status_reports() {
     for i in 0..30 {
         wait_content(&b.p(&format!("u{i}.txt")), &[b'x'; 10_000], SYNC);
     }
-    let s = b.status();
+    let s = wait_for("b's status to show the 30 changes", SYNC, || {
+        let s = b.status();
+        (s.last_seq >= 30).then_some(s)
+    });
     assert!(s.online);
     assert_eq!(s.device, "desktop");
-    assert!(s.last_seq >= 30, "{s:?}");
     let json = std::process::Command::new(bin("jewelfs"))
         .args(["status", "--json"])
         .arg(b.path())
