@@ -273,7 +273,7 @@ impl Mount {
             // The status of this process, not one left behind by a killed one.
             (is_mounted(&mnt)
                 && jewelfs::mount::read_status(&mnt).is_some_and(|s| s.ready && s.pid == pid))
-                .then_some(())
+            .then_some(())
         });
     }
 
@@ -348,7 +348,11 @@ impl Drop for Mount {
             let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(80).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            eprintln!("---- last lines of the {} client log ----\n{}", self.device, tail.join("\n"));
+            eprintln!(
+                "---- last lines of the {} client log ----\n{}",
+                self.device,
+                tail.join("\n")
+            );
         }
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
