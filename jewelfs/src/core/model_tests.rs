@@ -632,9 +632,10 @@ async fn concurrent_changes_with_outages_converge() {
                     .collect()
             };
             panic!(
-                "seed {seed}: the devices did not converge\na: {:#?}\nb: {:#?}",
+                "seed {seed}: the devices did not converge\na: {:#?}\nb: {:#?}\n{}",
                 show(&va),
-                show(&vb)
+                show(&vb),
+                log.join("\n")
             );
         }
         let server: Vec<String> = {
