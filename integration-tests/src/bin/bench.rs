@@ -866,8 +866,14 @@ fn report(m: &Machine, res: &Results, charts: &[(String, String)], args: &Args) 
              **Which clients**: N ≤ {} are real `jewelfs` FUSE mounts (one process each; files \
              written with `write(2)` and looked up through the kernel). Above that, every client \
              is the same sync core (`jewelfs::core::Core`: tree cache, journal, uploader, \
-             long-poll listener) without the FUSE adapter, all in the bench process, driven where \
-             the FUSE adapter would call it and checked in its tree cache. \
+             long-poll listener) without the FUSE adapter, 150 to a worker process of the bench \
+             (the open-file limit here is 20,000 and a core keeps each not-yet-uploaded file \
+             open), driven where the FUSE adapter would call it (create_file, write, release; \
+             remove) and checked in its tree cache where the kernel would look. Everything — \
+             server, every client, the bench — shares this one machine's cores and disk, so the \
+             CPU and I/O-stall rows say how busy it was. Sync-core clients send one \
+             `blocks/missing` per file (a FUSE mount batches them when several files wait), \
+             hence 4 requests per file instead of about 3. \
              **Request time**: every request the server handled during both phases, long-polls \
              excluded, timed by the server's request log (handler time); for the sync-core \
              clients also as the clients saw it (wrapping their `Api`: network and queueing \
@@ -926,7 +932,7 @@ fn report(m: &Machine, res: &Results, charts: &[(String, String)], args: &Args) 
         } else {
             let _ = writeln!(
                 s,
-                "| one sync-core client, {who} ({} in one process; RSS growth ÷ clients): idle / peak | {:.2} MiB / {:.2} MiB |",
+                "| one sync-core client, {who} (RSS of the worker processes ÷ {} clients, runtime included): idle / peak | {:.2} MiB / {:.2} MiB |",
                 r.clients,
                 mib(r.client_rss_idle),
                 mib(r.client_rss)
