@@ -171,6 +171,21 @@ impl Core {
         match ev.op {
             ChangeOp::Upsert => {
                 if old.as_ref().is_some_and(|o| o.version >= node.version) {
+                    // Already known (a listing read after the change): only make sure the
+                    // place it moved from no longer shows it.
+                    if let Some(from) = &ev.from {
+                        if self.tree.child(from.parent, &from.name).flatten() == Some(node.id)
+                            && old
+                                .as_ref()
+                                .is_some_and(|o| o.parent != from.parent || o.name != from.name)
+                        {
+                            self.tree.unlink(from.parent, &from.name, node.id);
+                            self.inval(Inval::Entry {
+                                parent: from.parent,
+                                name: from.name.clone(),
+                            });
+                        }
+                    }
                     return;
                 }
                 if self.has_local_changes(node.id) {

@@ -362,8 +362,9 @@ impl Core {
 
     fn set_local(&self, id: NodeId, data: &str, size: u64) {
         if let Ok(f) = File::open(self.journal.data_path(data)) {
-            self.local.lock().unwrap().insert(
-                id,
+            let mut map = self.local.lock().unwrap();
+            map.insert(
+                self.resolve(id),
                 LocalContent {
                     data: data.to_string(),
                     file: Arc::new(f),
@@ -837,7 +838,8 @@ impl Core {
             staging.dirty.store(true, Ordering::Relaxed);
         }
         let mut map = self.staging.lock().unwrap();
-        let s = map.entry(id).or_insert(staging);
+        // Resolved under the lock: the node may have got its service id while we copied.
+        let s = map.entry(self.resolve(id)).or_insert(staging);
         s.handles.fetch_add(1, Ordering::Relaxed);
         if trunc && node.size > 0 {
             s.dirty.store(true, Ordering::Relaxed);

@@ -196,12 +196,16 @@ impl Tree {
             }
             map.insert(node.name.clone(), node.id);
             // A listing read while changes arrived may be older than what events told us.
-            if self
-                .nodes
-                .get(&node.id)
-                .is_none_or(|cur| cur.version < node.version)
-            {
-                self.nodes.insert(node.id, Arc::new(node));
+            match self.nodes.get(&node.id) {
+                Some(cur) if cur.version >= node.version => {}
+                Some(cur) => {
+                    // It moved here since we last saw it: its old place no longer has it.
+                    if self.r(cur.parent) != dir || cur.name != node.name {
+                        self.unlink(cur.parent, &cur.name, node.id);
+                    }
+                    self.nodes.insert(node.id, Arc::new(node));
+                }
+                None => self.nodes.insert(node.id, Arc::new(node)),
             }
         }
         for p in pinned {
