@@ -132,6 +132,9 @@ struct Inner {
     entries: BTreeMap<u64, Entry>,
     next: u64,
     inflight: Option<u64>,
+    /// Entries sent at least once: the service may have applied them even if the answer
+    /// was lost, so they are never rewritten or cancelled any more.
+    attempted: std::collections::HashSet<u64>,
     data_counter: u64,
 }
 
@@ -294,7 +297,10 @@ impl Journal {
         // The lock is held across the write so the uploader cannot take the old version
         // of the entry in between (it would upload stale content and then remove ours).
         let mut inner = self.inner.lock().unwrap();
-        if inner.inflight == Some(seq) || !inner.entries.contains_key(&seq) {
+        if inner.inflight == Some(seq)
+            || inner.attempted.contains(&seq)
+            || !inner.entries.contains_key(&seq)
+        {
             return Ok(false);
         }
         let entry = Entry {
@@ -313,7 +319,7 @@ impl Journal {
     pub fn cancel(&self, seq: u64) -> bool {
         let entry = {
             let mut inner = self.inner.lock().unwrap();
-            if inner.inflight == Some(seq) {
+            if inner.inflight == Some(seq) || inner.attempted.contains(&seq) {
                 return false;
             }
             inner.entries.remove(&seq)
@@ -349,7 +355,7 @@ impl Journal {
             .entries
             .values()
             .rev()
-            .filter(|e| inner.inflight != Some(e.seq))
+            .filter(|e| inner.inflight != Some(e.seq) && !inner.attempted.contains(&e.seq))
             .find(|e| e.op.node() == node && pred(&e.op))
             .cloned()
     }
@@ -387,6 +393,7 @@ impl Journal {
             return Err(Some(settle_ms - age));
         }
         inner.inflight = Some(entry.seq);
+        inner.attempted.insert(entry.seq);
         Ok(entry)
     }
 
@@ -395,6 +402,7 @@ impl Journal {
         let entry = {
             let mut inner = self.inner.lock().unwrap();
             inner.inflight = None;
+            inner.attempted.remove(&seq);
             inner.entries.remove(&seq)
         };
         if let Some(entry) = entry {
