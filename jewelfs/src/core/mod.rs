@@ -223,6 +223,9 @@ pub struct Core {
     recent: Mutex<std::collections::VecDeque<ChangeEvent>>,
     /// Content whose blocks the pre-uploader already sent, by journal data name.
     pub(crate) pre: Mutex<HashMap<String, Content>>,
+    /// The newest version of each node that this device's own requests produced: a commit
+    /// that finds the service at such a version conflicts with no one but itself.
+    pub(crate) own: Mutex<HashMap<NodeId, Version>>,
     /// Content files the pre-uploader is working on right now.
     pub(crate) pre_busy: Mutex<HashSet<String>>,
 }
@@ -302,6 +305,7 @@ impl Core {
             recent: Mutex::new(std::collections::VecDeque::new()),
             pre: Mutex::new(HashMap::new()),
             pre_busy: Mutex::new(HashSet::new()),
+            own: Mutex::new(HashMap::new()),
         };
         let core = Arc::new(core);
         core.replay_local_state()?;
@@ -838,8 +842,18 @@ impl Core {
             staging.dirty.store(true, Ordering::Relaxed);
         }
         let mut map = self.staging.lock().unwrap();
-        // Resolved under the lock: the node may have got its service id while we copied.
-        let s = map.entry(self.resolve(id)).or_insert(staging);
+        // Resolved under the lock: the node may have got its service id while we copied;
+        // then this copy descends from the version the service just created.
+        let key = self.resolve(id);
+        if key != id {
+            if let Some(n) = self.tree.get(key) {
+                let mut base = staging.base.lock().unwrap();
+                if base.0 < n.version {
+                    *base = (n.version, n.blocks.clone());
+                }
+            }
+        }
+        let s = map.entry(key).or_insert(staging);
         s.handles.fetch_add(1, Ordering::Relaxed);
         if trunc && node.size > 0 {
             s.dirty.store(true, Ordering::Relaxed);

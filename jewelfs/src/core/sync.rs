@@ -386,6 +386,7 @@ impl Core {
 
     /// Applies a node the service returned for our own request.
     fn apply_own(&self, node: Node) {
+        self.own_version(&node);
         if let Some(old) = self.tree.get(node.id) {
             if old.version > node.version {
                 return;
@@ -437,8 +438,18 @@ impl Core {
         }
     }
 
+    /// Remembers the version our own request produced (see `own`).
+    fn own_version(&self, node: &Node) {
+        let mut own = self.own.lock().unwrap();
+        let v = own.entry(node.id).or_insert(0);
+        if *v < node.version {
+            *v = node.version;
+        }
+    }
+
     /// Our local node `local` is node `server` on the service from now on.
     fn adopt(&self, local: NodeId, server: Node) -> Res<()> {
+        self.own_version(&server);
         if local == server.id {
             self.apply_own(server);
             return Ok(());
@@ -665,7 +676,10 @@ impl Core {
                         self.apply_own(current);
                         return Ok(());
                     }
-                    if current.blocks == base_blocks {
+                    // Only metadata changed since our base, or the service holds exactly what
+                    // this device itself committed last: no one else touched the content.
+                    let ours = self.own.lock().unwrap().get(&id) == Some(&current.version);
+                    if current.blocks == base_blocks || ours {
                         base = current.version;
                         continue;
                     }
