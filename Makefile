@@ -5,6 +5,8 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 export AWS_EC2_METADATA_DISABLED := true
 CARGO ?= cargo
+# One feature set for every build and test, so cargo compiles each crate once.
+CARGO_FEATURES := --features backend-lambda/conformance
 SETUP_TARGETS :=
 TEST_TARGETS :=
 
@@ -24,7 +26,7 @@ setup-debian:
 setup: setup-debian $(SETUP_TARGETS)
 
 build: setup-debian
-	$(CARGO) build --workspace --bins
+	$(CARGO) build --workspace --bins $(CARGO_FEATURES)
 
 release: setup-debian
 	$(CARGO) build --release --workspace --bins
@@ -34,7 +36,7 @@ test: setup build test-rust $(TEST_TARGETS)
 	@echo "==> all tests passed"
 
 test-rust:
-	$(CARGO) test --workspace --features backend-lambda/conformance -- --test-threads=4
+	$(CARGO) test --workspace $(CARGO_FEATURES) -- --test-threads=4
 
 run: release
 	./scripts/run.sh

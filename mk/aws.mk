@@ -55,8 +55,8 @@ test-aws: setup-aws test-aws-rust test-aws-infra
 test-aws-rust: setup-aws
 	$(CARGO) test -p backend-lambda --features aws,conformance --lib aws
 	$(CARGO) test -p backend-lambda --features aws,conformance --test aws_server --test aws_lambda --test aws_terraform --test aws_cost
-	$(CARGO) build --workspace --bins
-	$(CARGO) test -p integration-tests --test aws_mounts
+	$(CARGO) build --workspace --bins $(CARGO_FEATURES)
+	$(CARGO) test --workspace $(CARGO_FEATURES) --test aws_mounts
 
 ## Terraform: formatting (when terraform is installed) and checkov's policies, offline.
 test-aws-infra: setup-checkov terraform-check

@@ -16,8 +16,7 @@ setup-portal:
 	  npm ci --prefix $(PORTAL_TESTS) --no-audit --no-fund; \
 	fi
 
-test-portal: setup-portal
-	@test -x $(CARGO_TARGET_DIR)/debug/jewel-server || $(CARGO) build -p backend-lambda --bin jewel-server
+test-portal: setup-portal build
 	cd $(PORTAL_TESTS) && node --test --test-concurrency=1 test/
 
 SETUP_TARGETS += setup-portal

@@ -25,8 +25,7 @@ setup-fuzz:
 	fi
 
 ## The API fuzzer against a real jewel-server: no 5xx, answers as documented (~2 min).
-test-fuzz: setup-fuzz
-	$(CARGO) build -p backend-lambda --bin jewel-server
+test-fuzz: setup-fuzz build
 	integration-tests/fuzz/run.sh
 
 ## 1000 devices long-polling and committing against a release jewel-server; numbers to stdout
