@@ -172,13 +172,13 @@ impl Core {
             ChangeOp::Upsert => {
                 if old.as_ref().is_some_and(|o| o.version >= node.version) {
                     // Already known (a listing read after the change): only make sure the
-                    // place it moved from no longer shows it.
+                    // place it moved from no longer shows it, here and in the kernel (a
+                    // listing may have moved it in the tree without telling the kernel).
                     if let Some(from) = &ev.from {
-                        if self.tree.child(from.parent, &from.name).flatten() == Some(node.id)
-                            && old
-                                .as_ref()
-                                .is_some_and(|o| o.parent != from.parent || o.name != from.name)
-                        {
+                        let moved = old
+                            .as_ref()
+                            .is_some_and(|o| o.parent != from.parent || o.name != from.name);
+                        if moved {
                             self.tree.unlink(from.parent, &from.name, node.id);
                             self.inval(Inval::Entry {
                                 parent: from.parent,
