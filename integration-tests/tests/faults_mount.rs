@@ -296,7 +296,18 @@ fn a_client_killed_while_uploading_a_large_file_finishes_it_after_restart() {
     let remote = Remote::new(&server, &token);
     let mut a = Mount::new(&server, &token, "laptop");
     let big = bytes(6 * BLOCK_SIZE as usize + 777, 42);
-    fs::write(a.p("big.bin"), &big).unwrap();
+    // Written by a child process: a descriptor of this (multi-threaded) test process would be
+    // inherited, and closed, by every process other tests start meanwhile — and each such
+    // close is a flush that commits the file as it is at that moment (docs/SEMANTICS.md),
+    // which would make a half-written version legitimately visible.
+    let source = tempfile::NamedTempFile::new().unwrap();
+    fs::write(source.path(), &big).unwrap();
+    let copied = std::process::Command::new("cp")
+        .arg(source.path())
+        .arg(a.p("big.bin"))
+        .status()
+        .unwrap();
+    assert!(copied.success());
     // Kill once the upload has visibly started (the first blocks are on the service) but
     // before it is committed, if the machine is slow enough to let us see that moment.
     let hashes: Vec<String> = big.chunks(BLOCK_SIZE as usize).map(sha256_hex).collect();
