@@ -216,7 +216,13 @@ pub fn run_fuse(
             clients[c].wait_uploaded(deadline);
         }
         let mark = server.mark();
-        let mut run = SyncRun::default();
+        let mut run = SyncRun {
+            create_s: f64::NAN,
+            delete_s: f64::NAN,
+            create_user_median_s: f64::NAN,
+            delete_user_median_s: f64::NAN,
+            ..Default::default()
+        };
         let cpu0 = (
             super::env::cpu_s(server.pid()),
             clients
@@ -859,7 +865,13 @@ pub fn run_core(
             break;
         }
         let mark = server.mark();
-        let mut run = SyncRun::default();
+        let mut run = SyncRun {
+            create_s: f64::NAN,
+            delete_s: f64::NAN,
+            create_user_median_s: f64::NAN,
+            delete_user_median_s: f64::NAN,
+            ..Default::default()
+        };
         let cpu0 = (
             super::env::cpu_s(server.pid()),
             cpu_all(&pids),
