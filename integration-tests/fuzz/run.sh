@@ -59,6 +59,9 @@ http "http://$addr/api/v1/health" "" "" || { echo "fuzz: jewel-server did not st
 # the fuzzer mostly meets 404s below the root, which is what a stranger would meet too.
 http "http://$addr/api/v1/nodes" "$token" '{"parent":1,"name":"docs","kind":"dir"}'
 
+# The "examples" phase is left out: the description has one example (the root id), and that
+# phase alone has hit an internal hypothesis error (FlakyFailure from its lambda-source cache)
+# unrelated to the server; coverage, fuzzing and stateful runs cover the same operations.
 echo "==> schemathesis: $examples examples per operation, at most ${max_time}s, seed $seed"
 status=0
 "$st" run "http://$addr/api/v1/openapi.json" \
@@ -70,6 +73,7 @@ status=0
   --request-timeout 30 \
   --workers 2 \
   --suppress-health-check all \
+  --phases coverage,fuzzing,stateful \
   --no-color \
   --report junit --report-dir "$work/report" \
   || status=$?
