@@ -937,18 +937,7 @@ impl MetaStore for DynamoStore {
         meta.insert("seq".into(), n(0));
         meta.insert("name".into(), s(name));
         tx.put(&self.table, meta, None);
-        let root = Node {
-            id: ROOT_ID,
-            parent: ROOT_ID,
-            name: String::new(),
-            kind: NodeKind::Dir,
-            size: 0,
-            mode: 0o755,
-            mtime_ns: now_ns,
-            version: 1,
-            blocks: Vec::new(),
-            target: None,
-        };
+        let root = crate::store::new_root(now_ns);
         tx.put(&self.table, self.ptr_item(&uid, &root), None);
         match self.commit(tx).await? {
             TxOutcome::Done => Ok(User {

@@ -199,6 +199,22 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn referenced_blocks(&self, user: &UserId) -> StoreResult<Vec<String>>;
 }
 
+/// A new user's root directory, as every engine creates it.
+pub fn new_root(now_ns: i64) -> Node {
+    Node {
+        id: jewel_wire::ROOT_ID,
+        parent: jewel_wire::ROOT_ID,
+        name: String::new(),
+        kind: jewel_wire::NodeKind::Dir,
+        size: 0,
+        mode: 0o755,
+        mtime_ns: now_ns,
+        version: 1,
+        blocks: Vec::new(),
+        target: None,
+    }
+}
+
 /// Nanoseconds since the epoch, now.
 pub fn now_ns() -> i64 {
     std::time::SystemTime::now()

@@ -607,18 +607,7 @@ impl MetaStore for SqliteStore {
             .db()?
             .execute(params![user.id, user.name, token_hash, now_ns])
             .db()?;
-            let root = Node {
-                id: ROOT_ID,
-                parent: ROOT_ID,
-                name: String::new(),
-                kind: NodeKind::Dir,
-                size: 0,
-                mode: 0o755,
-                mtime_ns: now_ns,
-                version: 1,
-                blocks: Vec::new(),
-                target: None,
-            };
+            let root = super::new_root(now_ns);
             insert_node(tx, &user.id, &root)?;
             Ok(user)
         })
