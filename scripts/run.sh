@@ -29,7 +29,7 @@ for _ in $(seq 1 100); do
 done
 
 if ! grep -q '^token' "$config" 2>/dev/null; then
-  user="$(id -un | tr -c 'A-Za-z0-9._-\n' '-')"
+  user="$(id -un | tr -c 'A-Za-z0-9._\n-' '-')"
   token="$("$bin/jewel-server" user add "$user" --data "$data" | tail -n 1)"
   umask 077
   printf 'server = "http://%s"\ntoken = "%s"\n' "$listen" "$token" > "$config"
