@@ -897,23 +897,6 @@ fn event(op: ChangeOp, node: &Node, from: Option<Place>, origin: Origin) -> Chan
     }
 }
 
-/// `name (restored)`, `name (restored 2)`, …, cut (at a character boundary) to the name
-/// length limit — as the SQLite engine names them.
-fn restored_name(name: &str, k: u32) -> String {
-    let suffix = if k == 1 {
-        " (restored)".to_string()
-    } else {
-        format!(" (restored {k})")
-    };
-    let mut stem = name
-        .len()
-        .min(jewel_wire::MAX_NAME_BYTES.saturating_sub(suffix.len()));
-    while !name.is_char_boundary(stem) {
-        stem -= 1;
-    }
-    format!("{}{suffix}", &name[..stem])
-}
-
 fn too_many() -> StoreError {
     StoreError::Backend("too much contention on this user's data; try again".into())
 }
@@ -1509,7 +1492,7 @@ impl MetaStore for DynamoStore {
             let mut name = p.node.name.clone();
             let mut k = 1u32;
             while self.entry(user, parent, &name).await?.is_some() {
-                name = restored_name(&p.node.name, k);
+                name = crate::store::restored_name(&p.node.name, k);
                 k += 1;
                 if k > 10_000 {
                     return Err(StoreError::Backend(format!(

@@ -215,6 +215,24 @@ pub fn new_root(now_ns: i64) -> Node {
     }
 }
 
+/// The `k`-th name tried for a restored node whose place is taken: `name (restored)`,
+/// `name (restored 2)`, …, the stem cut (at a character boundary) so the result stays within
+/// the name length limit. Every engine names restores this way.
+pub fn restored_name(name: &str, k: u32) -> String {
+    let suffix = if k == 1 {
+        " (restored)".to_string()
+    } else {
+        format!(" (restored {k})")
+    };
+    let mut stem = name
+        .len()
+        .min(jewel_wire::MAX_NAME_BYTES.saturating_sub(suffix.len()));
+    while !name.is_char_boundary(stem) {
+        stem -= 1;
+    }
+    format!("{}{suffix}", &name[..stem])
+}
+
 /// Nanoseconds since the epoch, now.
 pub fn now_ns() -> i64 {
     std::time::SystemTime::now()

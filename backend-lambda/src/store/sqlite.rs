@@ -414,18 +414,7 @@ fn fresh_node_id(c: &Connection, user: &str) -> StoreResult<NodeId> {
 /// (at a character boundary) so the result stays within the name length limit.
 fn restored_name(c: &Connection, user: &str, parent: NodeId, name: &str) -> StoreResult<String> {
     for n in 1u32..=100_000 {
-        let suffix = if n == 1 {
-            " (restored)".to_string()
-        } else {
-            format!(" (restored {n})")
-        };
-        let mut stem_len = name
-            .len()
-            .min(jewel_wire::MAX_NAME_BYTES.saturating_sub(suffix.len()));
-        while !name.is_char_boundary(stem_len) {
-            stem_len -= 1;
-        }
-        let candidate = format!("{}{suffix}", &name[..stem_len]);
+        let candidate = super::restored_name(name, n);
         if live_child(c, user, parent, &candidate)?.is_none() {
             return Ok(candidate);
         }
