@@ -1,10 +1,20 @@
-//! Housekeeping a long-running `jewel-server` does on its own: trimming each user's change log
-//! to the retention time.
-//!
-//! A device that was away longer than [`LOG_RETENTION`] gets `cursor_too_old` and re-lists its
-//! tree, so trimming never loses a change — it only bounds the log's size. (In AWS mode,
-//! DynamoDB's TTL does the same job without a process.)
+//! Housekeeping a long-running `jewel-server` does on its own, every [`INTERVAL`]:
+//! - **trimming each user's change log** to [`LOG_RETENTION`]. A device that was away longer
+//!   gets `cursor_too_old` and re-lists its tree, so trimming never loses a change — it only
+//!   bounds the log's size. (In AWS mode DynamoDB's TTL does this without a process.)
+//! - **emptying the trash** of deletions older than [`TRASH_RETENTION`] (deleted and
+//!   replaced files and folders stay restorable that long), in both modes;
+//! - **collecting blocks** no live or trashed file references any more, once they are older
+//!   than [`BLOCK_GRACE`]: a client uploads blocks *before* the commit that names them, so a
+//!   fresh unreferenced block is usually a commit on its way. The collector lists a user's
+//!   blocks first, then — holding [`Service::block_guard`] exclusively, so no commit checks
+//!   its blocks meanwhile — reads what is referenced and deletes the rest. A commit that
+//!   names a block deleted just before is refused (`missing_blocks`) and its client uploads
+//!   the block again. The guard is one process's, so blocks are collected only where one
+//!   process serves everything: the embedded server (local block folder). In AWS mode many
+//!   Lambda instances commit at once, so unreferenced S3 blocks are kept (a documented limit).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +25,61 @@ use crate::store::now_ns;
 /// up by the log instead of re-listing.
 pub const LOG_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// How long deleted (and replaced) files stay in the trash, restorable: a month, like the
+/// change log, so what a returning laptop missed can still be found.
+pub const TRASH_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How old an unreferenced block must be before it is collected: far longer than any client
+/// takes from uploading a block to committing the file that names it.
+pub const BLOCK_GRACE: Duration = Duration::from_secs(3600);
+
 /// How often the housekeeping runs.
 pub const INTERVAL: Duration = Duration::from_secs(3600);
+
+/// What one garbage collection removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Collected {
+    /// Trash entries (deleted files or folders, with their subtrees) purged for good.
+    pub trash_entries: usize,
+    /// Blocks deleted from the block store.
+    pub blocks: usize,
+}
+
+/// Empties old trash for every user and, when this process is the only one committing (the
+/// embedded server), deletes blocks nothing references that are older than `block_grace`.
+pub async fn collect_garbage(
+    service: &Service,
+    trash_retention: Duration,
+    block_grace: Duration,
+) -> anyhow::Result<Collected> {
+    let now = now_ns();
+    let mut collected = Collected::default();
+    for user in service.meta.list_users().await? {
+        collected.trash_entries += service
+            .meta
+            .purge_trash(&user.id, now - trash_retention.as_nanos() as i64)
+            .await?;
+        if service.local_blobs.is_none() {
+            continue;
+        }
+        let stored = service.blobs.list(&user.id).await?;
+        let cutoff = now - block_grace.as_nanos() as i64;
+        let _no_commits = service.block_guard.write().await;
+        let referenced: HashSet<String> = service
+            .meta
+            .referenced_blocks(&user.id)
+            .await?
+            .into_iter()
+            .collect();
+        for block in stored {
+            if block.stored_at_ns < cutoff && !referenced.contains(&block.hash) {
+                service.blobs.delete(&user.id, &block.hash).await?;
+                collected.blocks += 1;
+            }
+        }
+    }
+    Ok(collected)
+}
 
 /// Trims every user's log once.
 pub async fn trim_logs(service: &Service, retention: Duration) -> anyhow::Result<usize> {
@@ -28,7 +91,7 @@ pub async fn trim_logs(service: &Service, retention: Duration) -> anyhow::Result
     Ok(users.len())
 }
 
-/// Runs [`trim_logs`] now and every [`INTERVAL`], in the background, for the process's life.
+/// Runs [`trim_logs`] and [`collect_garbage`] now and every [`INTERVAL`], in the background, for the process's life.
 pub fn spawn(service: Arc<Service>) {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(INTERVAL);
@@ -37,6 +100,14 @@ pub fn spawn(service: Arc<Service>) {
             match trim_logs(&service, LOG_RETENTION).await {
                 Ok(n) => tracing::debug!("trimmed the change logs of {n} users"),
                 Err(e) => tracing::warn!(error = %e, "could not trim change logs; will retry"),
+            }
+            match collect_garbage(&service, TRASH_RETENTION, BLOCK_GRACE).await {
+                Ok(c) => tracing::info!(
+                    trash_entries = c.trash_entries,
+                    blocks = c.blocks,
+                    "garbage collected"
+                ),
+                Err(e) => tracing::warn!(error = %e, "could not collect garbage; will retry"),
             }
         }
     });
@@ -93,5 +164,112 @@ mod tests {
             .unwrap()
             .events
             .is_empty());
+    }
+
+    #[tokio::test]
+    async fn old_trash_and_unreferenced_blocks_are_collected() {
+        use bytes::Bytes;
+        use jewel_wire::{Content, NewKind, ROOT_ID};
+
+        let dir = tempfile::tempdir().unwrap();
+        let service = Service::embedded(dir.path()).unwrap();
+        let (user, _) = crate::admin::add_user(service.meta.as_ref(), "u")
+            .await
+            .unwrap();
+        let u = &user.id;
+        let mut hashes = Vec::new();
+        for data in [&b"live"[..], b"deleted", b"orphan"] {
+            let hash = crate::blobs::sha256_hex(data);
+            service
+                .blobs
+                .put(u, &hash, Bytes::copy_from_slice(data))
+                .await
+                .unwrap();
+            hashes.push(hash);
+        }
+        let origin = crate::store::Origin {
+            device: None,
+            now_ns: now_ns(),
+        };
+        let mut ids = Vec::new();
+        for (name, hash) in [("live", &hashes[0]), ("deleted", &hashes[1])] {
+            let node = crate::store::NewNode {
+                parent: ROOT_ID,
+                name: name.into(),
+                kind: NewKind::File {
+                    content: Content {
+                        size: 4,
+                        blocks: vec![hash.clone()],
+                    },
+                },
+                mode: 0o644,
+                mtime_ns: 0,
+            };
+            ids.push(service.meta.create(u, &node, origin).await.unwrap().0.id);
+        }
+        service
+            .meta
+            .remove(u, ids[1], None, false, origin)
+            .await
+            .unwrap();
+        let stored = || async {
+            let mut s: Vec<String> = service
+                .blobs
+                .list(u)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|b| b.hash)
+                .collect();
+            s.sort();
+            s
+        };
+
+        // Within the retention and the grace nothing goes.
+        let c = collect_garbage(&service, TRASH_RETENTION, BLOCK_GRACE)
+            .await
+            .unwrap();
+        assert_eq!(c, Collected::default());
+        assert_eq!(stored().await.len(), 3);
+        assert_eq!(service.meta.list_trash(u).await.unwrap().len(), 1);
+
+        // Trash kept, grace over: only the orphan block goes (trashed content stays restorable).
+        let c = collect_garbage(&service, TRASH_RETENTION, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(
+            c,
+            Collected {
+                trash_entries: 0,
+                blocks: 1
+            }
+        );
+        let mut want = vec![hashes[0].clone(), hashes[1].clone()];
+        want.sort();
+        assert_eq!(stored().await, want);
+
+        // Trash retention over too: the deleted file and its block go; the live file stays whole.
+        let c = collect_garbage(&service, Duration::ZERO, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(
+            c,
+            Collected {
+                trash_entries: 1,
+                blocks: 1
+            }
+        );
+        assert_eq!(stored().await, vec![hashes[0].clone()]);
+        assert!(service.meta.list_trash(u).await.unwrap().is_empty());
+        let live = service.meta.get_node(u, ids[0]).await.unwrap();
+        assert_eq!(
+            service
+                .blobs
+                .get(u, &live.blocks[0])
+                .await
+                .unwrap()
+                .as_ref(),
+            b"live"
+        );
     }
 }

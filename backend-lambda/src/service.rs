@@ -41,6 +41,13 @@ pub struct Service {
     /// Set when blocks live in a local folder: the router then serves its signed URLs.
     pub local_blobs: Option<Arc<LocalBlobStore>>,
     pub limits: Limits,
+    /// Keeps block garbage collection and commits apart: a commit that names blocks holds it
+    /// shared from checking that its blocks exist until it is stored; the collector holds it
+    /// exclusively while it decides and deletes. So a block the collector deletes is never
+    /// named by a commit that slipped in between (that commit is refused with
+    /// `missing_blocks` and its client uploads the block again). It guards one process only,
+    /// which is why blocks are collected only by the embedded server (see `maintenance.rs`).
+    pub block_guard: tokio::sync::RwLock<()>,
 }
 
 impl Service {
@@ -55,6 +62,7 @@ impl Service {
             bus,
             local_blobs: None,
             limits: Limits::default(),
+            block_guard: tokio::sync::RwLock::new(()),
         }
     }
 

@@ -112,6 +112,8 @@ pub async fn create(
     JsonBody(req): JsonBody<CreateNode>,
 ) -> AppResult<(StatusCode, Json<Node>)> {
     valid_name(&req.name)?;
+    // Held from the block check to the commit (see `Service::block_guard`).
+    let blocks_checked = svc.block_guard.read().await;
     let default_mode = match &req.kind {
         NewKind::File { content } => {
             valid_content(&svc, &caller.user.id, content).await?;
@@ -137,6 +139,7 @@ pub async fn create(
         mtime_ns: req.mtime_ns.unwrap_or(origin.now_ns),
     };
     let (node, event) = svc.meta.create(&caller.user.id, &new, origin).await?;
+    drop(blocks_checked);
     publish(&svc, &caller.user.id, &[event]).await;
     Ok((StatusCode::CREATED, Json(node)))
 }
@@ -147,6 +150,7 @@ pub async fn commit_content(
     ApiPath(id): ApiPath<NodeId>,
     JsonBody(req): JsonBody<CommitContent>,
 ) -> AppResult<Json<Node>> {
+    let blocks_checked = svc.block_guard.read().await;
     valid_content(&svc, &caller.user.id, &req.content).await?;
     let (node, event) = svc
         .meta
@@ -159,6 +163,7 @@ pub async fn commit_content(
             caller.origin(),
         )
         .await?;
+    drop(blocks_checked);
     publish(&svc, &caller.user.id, &[event]).await;
     Ok(Json(node))
 }

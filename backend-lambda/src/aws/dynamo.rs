@@ -1615,6 +1615,45 @@ impl MetaStore for DynamoStore {
         out.dedup();
         Ok(out)
     }
+
+    async fn purge_trash(&self, user: &UserId, before_ns: i64) -> StoreResult<usize> {
+        let _writing = self.write_lock(user).await;
+        let mut purged = 0;
+        for item in self.query(trash_pk(user), None, None, None).await? {
+            if get_n::<i64>(&item, "at")? >= before_ns {
+                continue;
+            }
+            let top = read_node(&item)?;
+            // The top's pointer (only while it is still in the trash: a restore racing this
+            // purge wins) and the trash entry go together; then the subtree below, which
+            // nothing reaches any more. A purge cut short there leaves unreachable items
+            // behind, never a half-deleted live tree.
+            let mut tx = Tx::default();
+            let mut c = Cond::version(top.version);
+            c.expr.push_str(" AND attribute_exists(#ta)");
+            c.names.insert("#ta".into(), "trash_at".into());
+            tx.delete(&self.table, key(user_pk(user), node_sk(top.id)), Some(c));
+            tx.delete(&self.table, key(trash_pk(user), node_sk(top.id)), None);
+            if let TxOutcome::Retry = self.commit(tx).await? {
+                continue;
+            }
+            let mut deletes = Vec::new();
+            let mut dirs = if top.is_dir() { vec![top.id] } else { vec![] };
+            while let Some(dir) = dirs.pop() {
+                for entry in self.query(dir_pk(user, dir), None, None, None).await? {
+                    let node = read_node(&entry)?;
+                    if node.is_dir() {
+                        dirs.push(node.id);
+                    }
+                    deletes.push(Self::delete_req(&entry));
+                    deletes.push(Self::delete_req(&key(user_pk(user), node_sk(node.id))));
+                }
+            }
+            self.batch_write(deletes).await?;
+            purged += 1;
+        }
+        Ok(purged)
+    }
 }
 
 impl DynamoStore {

@@ -33,7 +33,7 @@ use futures::{StreamExt, TryStreamExt};
 use jewel_wire::is_block_hash;
 
 use super::{count, sdk_err, AwsSettings};
-use crate::blobs::{sha256_hex, BlobError, BlobResult, BlobStore};
+use crate::blobs::{sha256_hex, BlobError, BlobResult, BlobStore, StoredBlock};
 use crate::store::UserId;
 
 /// The header a client sends with a presigned PUT.
@@ -244,5 +244,43 @@ impl BlobStore for S3BlobStore {
             .await
             .map_err(be)?;
         Ok(())
+    }
+
+    async fn list(&self, user: &UserId) -> BlobResult<Vec<StoredBlock>> {
+        let prefix = Self::key(user, "");
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            count("s3:ListObjectsV2");
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&prefix)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(be)?;
+            for object in page.contents() {
+                let Some(hash) = object.key().and_then(|k| k.strip_prefix(&prefix)) else {
+                    continue;
+                };
+                if !is_block_hash(hash) {
+                    continue;
+                }
+                let stored_at_ns = object.last_modified().map_or(0, |t| {
+                    t.secs() * 1_000_000_000 + i64::from(t.subsec_nanos())
+                });
+                out.push(StoredBlock {
+                    hash: hash.to_string(),
+                    stored_at_ns,
+                });
+            }
+            match page.next_continuation_token {
+                Some(next) if page.is_truncated == Some(true) => token = Some(next),
+                _ => break,
+            }
+        }
+        Ok(out)
     }
 }

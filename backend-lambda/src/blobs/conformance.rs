@@ -114,6 +114,37 @@ pub async fn empty_block_works(store: &dyn BlobStore) {
     assert_eq!(store.get(&u, &hash).await.unwrap().len(), 0);
 }
 
+pub async fn list_shows_a_users_blocks_only(store: &dyn BlobStore) {
+    let (a, b) = (user(9), user(10));
+    assert!(store.list(&a).await.unwrap().is_empty());
+    let before = crate::store::now_ns() - 60_000_000_000;
+    let mut hashes = Vec::new();
+    for data in [&b"one"[..], b"two", b""] {
+        let hash = sha256_hex(data);
+        store
+            .put(&a, &hash, Bytes::copy_from_slice(data))
+            .await
+            .unwrap();
+        hashes.push(hash);
+    }
+    let theirs = sha256_hex(b"theirs");
+    store
+        .put(&b, &theirs, Bytes::from_static(b"theirs"))
+        .await
+        .unwrap();
+    let listed = store.list(&a).await.unwrap();
+    let mut got: Vec<String> = listed.iter().map(|s| s.hash.clone()).collect();
+    got.sort();
+    hashes.sort();
+    assert_eq!(got, hashes);
+    assert!(
+        listed.iter().all(|s| s.stored_at_ns > before),
+        "stored times are real: {listed:?}"
+    );
+    store.delete(&a, &hashes[0]).await.unwrap();
+    assert_eq!(store.list(&a).await.unwrap().len(), 2);
+}
+
 /// Expands to one `#[tokio::test]` per conformance case. `$make` is an async expression
 /// giving `(store, guard)`.
 #[macro_export]
@@ -126,7 +157,8 @@ macro_rules! blob_store_conformance {
             users_do_not_share_blocks,
             delete_removes_and_is_idempotent,
             malformed_hashes_are_refused,
-            empty_block_works
+            empty_block_works,
+            list_shows_a_users_blocks_only
         );
     };
     (@cases $make:expr; $($case:ident),*) => {

@@ -17,7 +17,7 @@ use hmac::{Hmac, Mac};
 use jewel_wire::is_block_hash;
 use sha2::Sha256;
 
-use super::{sha256_hex, BlobError, BlobResult, BlobStore};
+use super::{sha256_hex, BlobError, BlobResult, BlobStore, StoredBlock};
 use crate::store::UserId;
 
 /// How long a block URL stays valid: long enough for a 4 MiB block on a slow link.
@@ -183,6 +183,51 @@ impl BlobStore for LocalBlobStore {
             Err(e) => Err(backend(e)),
         }
     }
+
+    async fn list(&self, user: &UserId) -> BlobResult<Vec<StoredBlock>> {
+        if self.path(user, &"0".repeat(64)).is_err() {
+            return Ok(Vec::new());
+        }
+        let dir = self.root.join(user.as_str());
+        tokio::task::spawn_blocking(move || list_blocks(&dir))
+            .await
+            .map_err(|e| BlobError::Backend(e.to_string()))?
+    }
+}
+
+/// The blocks under one user's folder (`<xx>/<hash>`); temporary upload files are skipped.
+fn list_blocks(dir: &Path) -> BlobResult<Vec<StoredBlock>> {
+    let mut out = Vec::new();
+    let shards = match std::fs::read_dir(dir) {
+        Ok(shards) => shards,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(backend(e)),
+    };
+    for shard in shards {
+        let shard = shard.map_err(backend)?;
+        if !shard.file_type().map_err(backend)?.is_dir() {
+            continue;
+        }
+        for file in std::fs::read_dir(shard.path()).map_err(backend)? {
+            let file = file.map_err(backend)?;
+            let name = file.file_name().to_string_lossy().to_string();
+            if !is_block_hash(&name) {
+                continue;
+            }
+            let modified = file
+                .metadata()
+                .and_then(|m| m.modified())
+                .map_err(backend)?;
+            let stored_at_ns = modified
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64);
+            out.push(StoredBlock {
+                hash: name,
+                stored_at_ns,
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn tempfile_in(dir: &Path) -> BlobResult<tempfile::NamedTempFile> {

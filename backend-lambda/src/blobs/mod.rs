@@ -47,6 +47,16 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn get(&self, user: &UserId, hash: &str) -> BlobResult<Bytes>;
     /// Deletes a block (garbage collection); deleting a missing block is not an error.
     async fn delete(&self, user: &UserId, hash: &str) -> BlobResult<()>;
+    /// Every block this user's store holds, with when it was stored (for garbage collection).
+    async fn list(&self, user: &UserId) -> BlobResult<Vec<StoredBlock>>;
+}
+
+/// A block as the store lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBlock {
+    pub hash: String,
+    /// When the block was written, ns since the epoch.
+    pub stored_at_ns: i64,
 }
 
 /// Lower-case hex SHA-256 of `bytes`.

@@ -59,6 +59,7 @@ macro_rules! meta_store_conformance {
             users_isolated,
             events_carry_device,
             referenced_blocks,
+            purge_trash_forgets_old_deletions,
             concurrent_reads_and_writes,
         );
     };
@@ -1480,6 +1481,57 @@ pub async fn referenced_blocks(s: &dyn MetaStore) {
         "another user's blocks are not listed"
     );
     assert_eq!(s.referenced_blocks(&b).await.unwrap(), [hash(9)]);
+}
+
+pub async fn purge_trash_forgets_old_deletions(s: &dyn MetaStore) {
+    let u = new_user(s, "ann").await.id;
+    let b = new_user(s, "bob").await.id;
+    let c = |h: u32| Content {
+        size: 1,
+        blocks: vec![hash(h)],
+    };
+    let old = file_with(s, &u, ROOT_ID, "old", c(1)).await;
+    let d = dir(s, &u, ROOT_ID, "d").await;
+    file_with(s, &u, d.id, "inside", c(2)).await;
+    let recent = file_with(s, &u, ROOT_ID, "recent", c(3)).await;
+    let kept = file_with(s, &u, ROOT_ID, "kept", c(4)).await;
+    let theirs = file_with(s, &b, ROOT_ID, "theirs", c(5)).await;
+    s.remove(&u, old.id, None, false, at(100)).await.unwrap();
+    s.remove(&u, d.id, None, true, at(110)).await.unwrap();
+    s.remove(&u, recent.id, None, false, at(300)).await.unwrap();
+    s.remove(&b, theirs.id, None, false, at(100)).await.unwrap();
+    let seq0 = s.latest_seq(&u).await.unwrap();
+
+    assert_eq!(s.purge_trash(&u, 200).await.unwrap(), 2);
+    assert_eq!(trash_ids(s, &u).await, [recent.id], "newer trash stays");
+    assert_err!(s.restore(&u, old.id, at(400)).await, StoreError::NotFound);
+    assert_err!(s.restore(&u, d.id, at(400)).await, StoreError::NotFound);
+    let refs: BTreeSet<String> = s.referenced_blocks(&u).await.unwrap().into_iter().collect();
+    assert_eq!(
+        refs,
+        [hash(3), hash(4)].into_iter().collect(),
+        "purged content is no longer referenced; live and newer trashed content is"
+    );
+    assert_eq!(s.get_node(&u, kept.id).await.unwrap(), kept);
+    assert_eq!(names(s, &u, ROOT_ID).await, ["kept"]);
+    assert_eq!(
+        s.latest_seq(&u).await.unwrap(),
+        seq0,
+        "purging logs nothing"
+    );
+    assert_eq!(
+        trash_ids(s, &b).await,
+        [theirs.id],
+        "another user's trash stays"
+    );
+
+    // Again: nothing left to do. Then a name once trashed is free to reuse and purge again.
+    assert_eq!(s.purge_trash(&u, 200).await.unwrap(), 0);
+    let again = file_with(s, &u, ROOT_ID, "old", c(6)).await;
+    s.remove(&u, again.id, None, false, at(500)).await.unwrap();
+    assert_eq!(s.purge_trash(&u, 1000).await.unwrap(), 2);
+    assert!(trash_ids(s, &u).await.is_empty());
+    assert_eq!(names(s, &u, ROOT_ID).await, ["kept"]);
 }
 
 pub async fn concurrent_reads_and_writes(s: &dyn MetaStore) {

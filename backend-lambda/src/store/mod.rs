@@ -197,6 +197,10 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn trim_log(&self, user: &UserId, before_ns: i64) -> StoreResult<()>;
     /// Every block hash referenced by a live or trashed file of this user (for GC).
     async fn referenced_blocks(&self, user: &UserId) -> StoreResult<Vec<String>>;
+    /// Deletes for good the trash entries deleted before `before_ns`, with their subtrees;
+    /// returns how many entries went. Live nodes and newer trash are untouched, so running it
+    /// again (after a crash half-way) only finishes the job.
+    async fn purge_trash(&self, user: &UserId, before_ns: i64) -> StoreResult<usize>;
 }
 
 /// A new user's root directory, as every engine creates it.

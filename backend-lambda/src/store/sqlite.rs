@@ -1196,6 +1196,30 @@ impl MetaStore for SqliteStore {
         })
         .await
     }
+
+    async fn purge_trash(&self, user: &UserId, before_ns: i64) -> StoreResult<usize> {
+        let user = user.clone();
+        self.write(move |tx| {
+            // Every node of one deletion shares its time, so a deletion goes whole.
+            let tops = tx
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM nodes
+                     WHERE user = ?1 AND trashed_by = id AND trashed_at_ns < ?2",
+                )
+                .db()?
+                .query_row(params![user, before_ns], |r| r.get::<_, i64>(0))
+                .db()?;
+            tx.prepare_cached(
+                "DELETE FROM nodes
+                 WHERE user = ?1 AND trashed_at_ns IS NOT NULL AND trashed_at_ns < ?2",
+            )
+            .db()?
+            .execute(params![user, before_ns])
+            .db()?;
+            Ok(tops as usize)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
