@@ -6,12 +6,13 @@
 //! 2. Bytes and requests per synced file (a pair of FUSE mounts through a counting proxy).
 //! 3. Filesystem speed: jewelfs, bindfs and the native disk in one run (`src/bench/fs.rs`).
 //! 4. API latency under 64 clients (the `api_latency` program, its table included).
+//! 6. Client memory with 100,000 files known (`src/bench/memory.rs`; 10,000 with `--quick`).
 //!
 //! 5. AWS mode on loopback (moto from `make setup-aws`), independent users N = 1, 10 with
 //!    FUSE mounts, when moto is installed.
 //!
 //! `--quick` (make bench QUICK=1): smaller N, one run, a smaller file set; under 5 minutes.
-//! Other flags: `--only sync,aws,wire,fs,api`, `--runs N`, `--big-runs N` (runs at N = 1000), `--ind 1,10` / `--dep 1,10` (the N), `--out DIR` (default `docs`),
+//! Other flags: `--only sync,aws,wire,fs,api,memory`, `--runs N`, `--big-runs N` (runs at N = 1000), `--ind 1,10` / `--dep 1,10` (the N), `--out DIR` (default `docs`),
 //! `--work DIR` (scratch, default `/var/tmp/jewel-bench`).
 //!
 //! Needs root (drop_caches, FUSE), `bindfs` and `fusermount3`; `make bench` installs them.
@@ -22,6 +23,8 @@ mod chart;
 mod env;
 #[path = "../bench/fs.rs"]
 mod fs;
+#[path = "../bench/memory.rs"]
+mod memory;
 #[path = "../bench/stats.rs"]
 mod stats;
 #[path = "../bench/sync.rs"]
@@ -116,10 +119,24 @@ struct Results {
     fs: Option<fs::FsResult>,
     fs_settings: Option<String>,
     api_latency: Option<String>,
+    big_tree: Option<BigTreeResult>,
     aws: String,
     aws_independent: Vec<SyncResult>,
     user_add_s: f64,
     elapsed_s: f64,
+}
+
+/// What `memory::client_with_big_tree` measured, as kept in results.json.
+#[derive(Serialize)]
+struct BigTreeResult {
+    files: usize,
+    dirs: usize,
+    create_s: f64,
+    walk_cold_s: f64,
+    walk_warm_s: f64,
+    rss_mounted: u64,
+    rss_walked: u64,
+    rss_idle: u64,
 }
 
 /// The published numbers of the original design (issue 6).
@@ -326,6 +343,20 @@ fn main() {
             )),
             Err(e) => Some(format!("api_latency could not run: {e}")),
         };
+    }
+    if want("memory") {
+        let (dirs, per_dir) = if args.quick { (10, 1000) } else { (100, 1000) };
+        let m = memory::client_with_big_tree(&args.work.join("memory"), dirs, per_dir);
+        res.big_tree = Some(BigTreeResult {
+            files: m.files,
+            dirs: m.dirs,
+            create_s: m.create_s,
+            walk_cold_s: m.walk_cold_s,
+            walk_warm_s: m.walk_warm_s,
+            rss_mounted: m.rss_mounted,
+            rss_walked: m.rss_walked,
+            rss_idle: m.rss_idle,
+        });
     }
     machine.load_end = sh("uptime");
     res.elapsed_s = t0.elapsed().as_secs_f64();
@@ -939,6 +970,26 @@ fn report(m: &Machine, res: &Results, charts: &[(String, String)], args: &Args) 
             );
         }
     }
+    if let Some(m) = &res.big_tree {
+        let _ = writeln!(
+            s,
+            "| one `jewelfs` FUSE client knowing {} files ({} folders of empty files, each listed \
+             and every file stat'ed through the mount): after mounting / after the walk / idle \
+             3 s later | {:.1} MiB / {:.1} MiB / {:.1} MiB |",
+            m.files,
+            m.dirs,
+            mib(m.rss_mounted),
+            mib(m.rss_walked),
+            mib(m.rss_idle)
+        );
+        let _ = writeln!(
+            s,
+            "\nThat tree: created through the API in {:.1} s; walked through a fresh mount \
+             (every folder listed, every file stat'ed) in {:.2} s cold (listings fetched from \
+             the server) and {:.2} s warm.",
+            m.create_s, m.walk_cold_s, m.walk_warm_s
+        );
+    }
     if let Some(w) = &res.wire {
         let f = w.files as f64;
         let _ = writeln!(
@@ -1110,6 +1161,17 @@ fn report(m: &Machine, res: &Results, charts: &[(String, String)], args: &Args) 
         "ms",
         cp99.map(|v| v <= 20.0),
     );
+    if let Some(m) = &res.big_tree {
+        t(
+            &format!(
+                "client memory idle with {} files known < 100 MiB (issue 3)",
+                m.files
+            ),
+            Some(mib(m.rss_idle)),
+            "MiB",
+            (m.files >= 100_000).then_some(mib(m.rss_idle) < 100.0),
+        );
+    }
     for n in [100usize, 1000] {
         let fin = finished(dep(n));
         let dc = median_of(dep(n), |x| x.create_s);
