@@ -14,6 +14,8 @@ locals {
     "GET /api/v1/nodes/{id}/children/{name}",
     "PUT /api/v1/nodes/{id}/content",
     "POST /api/v1/nodes/{id}/move",
+    "GET /api/v1/nodes/{id}/versions",
+    "POST /api/v1/nodes/{id}/versions/{version}/restore",
     "GET /api/v1/trash",
     "POST /api/v1/trash/{id}/restore",
     "POST /api/v1/devices",

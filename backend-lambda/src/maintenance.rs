@@ -3,7 +3,9 @@
 //!   gets `cursor_too_old` and re-lists its tree, so trimming never loses a change — it only
 //!   bounds the log's size. (In AWS mode DynamoDB's TTL does this without a process.)
 //! - **emptying the trash** of deletions older than [`TRASH_RETENTION`] (deleted and
-//!   replaced files and folders stay restorable that long), in both modes;
+//!   replaced files and folders stay restorable that long), and forgetting earlier versions of
+//!   files replaced longer ago, or beyond the newest [`crate::store::MAX_VERSIONS`] of a file,
+//!   in both modes (in AWS mode DynamoDB's TTL also ends versions without a process);
 //! - **collecting blocks** no live or trashed file references any more, once they are older
 //!   than [`BLOCK_GRACE`]: a client uploads blocks *before* the commit that names them, so a
 //!   fresh unreferenced block is usually a commit on its way. The collector lists a user's
@@ -41,11 +43,13 @@ pub const INTERVAL: Duration = Duration::from_secs(3600);
 pub struct Collected {
     /// Trash entries (deleted files or folders, with their subtrees) purged for good.
     pub trash_entries: usize,
+    /// Earlier versions of files forgotten.
+    pub versions: usize,
     /// Blocks deleted from the block store.
     pub blocks: usize,
 }
 
-/// Empties old trash for every user and, when this process is the only one committing (the
+/// Empties old trash and forgets old versions for every user and, when this process is the only one committing (the
 /// embedded server), deletes blocks nothing references that are older than `block_grace`.
 pub async fn collect_garbage(
     service: &Service,
@@ -55,10 +59,9 @@ pub async fn collect_garbage(
     let now = now_ns();
     let mut collected = Collected::default();
     for user in service.meta.list_users().await? {
-        collected.trash_entries += service
-            .meta
-            .purge_trash(&user.id, now - trash_retention.as_nanos() as i64)
-            .await?;
+        let before = now - trash_retention.as_nanos() as i64;
+        collected.trash_entries += service.meta.purge_trash(&user.id, before).await?;
+        collected.versions += service.meta.purge_versions(&user.id, before).await?;
         if service.local_blobs.is_none() {
             continue;
         }
@@ -104,6 +107,7 @@ pub fn spawn(service: Arc<Service>) {
             match collect_garbage(&service, TRASH_RETENTION, BLOCK_GRACE).await {
                 Ok(c) => tracing::info!(
                     trash_entries = c.trash_entries,
+                    versions = c.versions,
                     blocks = c.blocks,
                     "garbage collected"
                 ),
@@ -178,7 +182,7 @@ mod tests {
             .unwrap();
         let u = &user.id;
         let mut hashes = Vec::new();
-        for data in [&b"live"[..], b"deleted", b"orphan"] {
+        for data in [&b"live"[..], b"deleted", b"orphan", b"edit"] {
             let hash = crate::blobs::sha256_hex(data);
             service
                 .blobs
@@ -212,6 +216,16 @@ mod tests {
             .remove(u, ids[1], None, false, origin)
             .await
             .unwrap();
+        // "live" is edited: its first content becomes an earlier version.
+        let edit = Content {
+            size: 4,
+            blocks: vec![hashes[3].clone()],
+        };
+        service
+            .meta
+            .commit_content(u, ids[0], 1, &edit, None, origin)
+            .await
+            .unwrap();
         let stored = || async {
             let mut s: Vec<String> = service
                 .blobs
@@ -230,25 +244,27 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(c, Collected::default());
-        assert_eq!(stored().await.len(), 3);
+        assert_eq!(stored().await.len(), 4);
         assert_eq!(service.meta.list_trash(u).await.unwrap().len(), 1);
 
-        // Trash kept, grace over: only the orphan block goes (trashed content stays restorable).
+        // Trash kept, grace over: only the orphan block goes (trashed content and earlier
+        // versions stay restorable).
         let c = collect_garbage(&service, TRASH_RETENTION, Duration::ZERO)
             .await
             .unwrap();
         assert_eq!(
             c,
             Collected {
-                trash_entries: 0,
-                blocks: 1
+                blocks: 1,
+                ..Collected::default()
             }
         );
-        let mut want = vec![hashes[0].clone(), hashes[1].clone()];
+        let mut want = vec![hashes[0].clone(), hashes[1].clone(), hashes[3].clone()];
         want.sort();
         assert_eq!(stored().await, want);
 
-        // Trash retention over too: the deleted file and its block go; the live file stays whole.
+        // Retention over too: the deleted file, the earlier version and their blocks go; the
+        // live file stays whole.
         let c = collect_garbage(&service, Duration::ZERO, Duration::ZERO)
             .await
             .unwrap();
@@ -256,10 +272,11 @@ mod tests {
             c,
             Collected {
                 trash_entries: 1,
-                blocks: 1
+                versions: 1,
+                blocks: 2,
             }
         );
-        assert_eq!(stored().await, vec![hashes[0].clone()]);
+        assert_eq!(stored().await, vec![hashes[3].clone()]);
         assert!(service.meta.list_trash(u).await.unwrap().is_empty());
         let live = service.meta.get_node(u, ids[0]).await.unwrap();
         assert_eq!(
@@ -269,7 +286,7 @@ mod tests {
                 .await
                 .unwrap()
                 .as_ref(),
-            b"live"
+            b"edit"
         );
     }
 }

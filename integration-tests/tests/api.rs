@@ -1,6 +1,6 @@
 //! The service API over HTTP against a real `jewel-server` process on loopback: every route,
 //! version conflicts, rename over existing names, the change feed and its cursor, the
-//! long-poll, two users isolated, and every kind of bad input — which must get a 4xx with a
+//! long-poll, earlier versions of a file, two users isolated, and every kind of bad input — which must get a 4xx with a
 //! JSON error, change nothing, and leave the server serving.
 
 use std::time::{Duration, Instant};
@@ -248,6 +248,79 @@ fn content_commits_check_the_base_version() {
         400,
         "bad_request",
     );
+}
+
+#[test]
+fn earlier_versions_are_kept_and_restored() {
+    let server = Server::start();
+    let api = Api::new(&server, &server.add_user("vera"));
+    let eve = Api::new(&server, &server.add_user("eve"));
+    let file = api.create_file(ROOT_ID, "draft.txt", b"first draft");
+    let commit = |base: Version, data: &[u8]| -> Node {
+        let content = api.upload(data);
+        api.ok(api
+            .auth(
+                api.http
+                    .put(api.url(&format!("/nodes/{}/content", file.id))),
+            )
+            .json(&json!({"base_version": base, "content": content}))
+            .send()
+            .unwrap())
+    };
+    let second = commit(file.version, b"second draft");
+    let third = commit(second.version, b"final text");
+
+    let list: VersionList = api.ok(api.get(&format!("/nodes/{}/versions", file.id)));
+    let kept: Vec<Version> = list.versions.iter().map(|v| v.version).collect();
+    assert_eq!(kept, [second.version, file.version], "newest first");
+    assert_eq!(list.versions[1].content.size, b"first draft".len() as u64);
+
+    // Restoring the first draft makes it the newest content; what it replaced is kept too.
+    let seq = api.latest_seq();
+    let restored: Node = api.ok(api.post(
+        &format!("/nodes/{}/versions/{}/restore", file.id, file.version),
+        json!({}),
+    ));
+    assert!(restored.version > third.version);
+    assert_eq!(api.read(&restored), b"first draft");
+    assert_eq!(
+        api.latest_seq(),
+        seq + 1,
+        "a restore is one change other devices see"
+    );
+    let list: VersionList = api.ok(api.get(&format!("/nodes/{}/versions", file.id)));
+    assert_eq!(list.versions[0].version, third.version);
+
+    // A version that is not kept, a directory, another user: clear 404s, nothing changes.
+    expect_error(
+        api.post(
+            &format!("/nodes/{}/versions/999/restore", file.id),
+            json!({}),
+        ),
+        404,
+        "not_found",
+    );
+    expect_error(
+        api.get(&format!("/nodes/{ROOT_ID}/versions")),
+        404,
+        "not_found",
+    );
+    expect_error(
+        eve.get(&format!("/nodes/{}/versions", file.id)),
+        404,
+        "not_found",
+    );
+    expect_error(
+        eve.post(
+            &format!("/nodes/{}/versions/{}/restore", file.id, file.version),
+            json!({}),
+        ),
+        404,
+        "not_found",
+    );
+    let now: Node = api.ok(api.get(&format!("/nodes/{}", file.id)));
+    assert_eq!(now.version, restored.version);
+    assert_eq!(api.latest_seq(), seq + 1);
 }
 
 #[test]

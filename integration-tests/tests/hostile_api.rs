@@ -939,10 +939,17 @@ fn a_user_reaches_nothing_of_another_user_by_any_route() {
     let a = Api::new(&server, &server.add_user("alice"));
     let b = Api::new(&server, &server.add_user("bob"));
 
-    // Alice's things: a directory, a file in it, a symlink, a subdirectory, a trashed file,
-    // a device.
+    // Alice's things: a directory, a file in it (with an earlier version), a symlink, a
+    // subdirectory, a trashed file, a device.
     let dir = a.mkdir(ROOT_ID, "private");
-    let file = a.create_file(dir.id, "secret.txt", b"alice's secret");
+    let first = a.create_file(dir.id, "secret.txt", b"alice's first secret");
+    // Edited once, so it has an earlier version (number 1) to steal or restore.
+    let content = a.upload(b"alice's secret");
+    let file: Node = a.ok(a
+        .req(Method::PUT, &format!("/nodes/{}/content", first.id))
+        .json(&json!({"base_version": first.version, "content": content}))
+        .send()
+        .unwrap());
     let link: Node = a.ok(a.post(
         "/nodes",
         json!({"parent": dir.id, "name": "link", "kind": "symlink", "target": "secret.txt"}),
@@ -1047,6 +1054,20 @@ fn a_user_reaches_nothing_of_another_user_by_any_route() {
             NotFound,
         ));
         probes.push(probe(
+            Method::GET,
+            format!("/nodes/{id}/versions"),
+            None,
+            NotFound,
+        ));
+        for version in [1, 2] {
+            probes.push(probe(
+                Method::POST,
+                format!("/nodes/{id}/versions/{version}/restore"),
+                Some(json!({})),
+                NotFound,
+            ));
+        }
+        probes.push(probe(
             Method::POST,
             "/nodes".to_string(),
             Some(json!({"parent": id, "name": "planted", "kind": "dir"})),
@@ -1142,6 +1163,8 @@ fn a_user_reaches_nothing_of_another_user_by_any_route() {
         (Method::POST, "/nodes"),
         (Method::PUT, "/nodes/{id}/content"),
         (Method::POST, "/nodes/{id}/move"),
+        (Method::GET, "/nodes/{id}/versions"),
+        (Method::POST, "/nodes/{id}/versions/{id}/restore"),
         (Method::PATCH, "/nodes/{id}"),
         (Method::DELETE, "/nodes/{id}"),
         (Method::GET, "/trash"),

@@ -19,6 +19,8 @@
 //! | POST | `/nodes/{id}/move` | [`MoveNode`] → [`MoveResult`] |
 //! | PATCH | `/nodes/{id}` | [`SetAttr`] → [`Node`] |
 //! | DELETE | `/nodes/{id}?base_version=&recursive=` | → [`Node`] (the trashed node) |
+//! | GET | `/nodes/{id}/versions` | → [`VersionList`] (earlier contents of a file) |
+//! | POST | `/nodes/{id}/versions/{version}/restore` | → [`Node`] (that content, as a new version) |
 //! | GET | `/trash` | → [`TrashPage`] |
 //! | POST | `/trash/{id}/restore` | → [`Node`] |
 //! | POST | `/devices` | [`RegisterDevice`] → [`Device`] |
@@ -201,6 +203,23 @@ pub struct TrashEntry {
     /// The node as it was when deleted (its `parent`/`name` are where it lived).
     pub node: Node,
     pub deleted_at_ns: i64,
+}
+
+/// An earlier content of a file, kept after newer content replaced it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileVersion {
+    /// The file's version number while it held this content.
+    pub version: Version,
+    pub content: Content,
+    pub mtime_ns: i64,
+    /// When newer content replaced it.
+    pub replaced_at_ns: i64,
+}
+
+/// A file's earlier contents, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionList {
+    pub versions: Vec<FileVersion>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -48,6 +48,11 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/nodes/{id}/children/{name}", get(tree::child))
         .route("/nodes/{id}/content", put(tree::commit_content))
         .route("/nodes/{id}/move", post(tree::move_node))
+        .route("/nodes/{id}/versions", get(tree::list_versions))
+        .route(
+            "/nodes/{id}/versions/{version}/restore",
+            post(tree::restore_version),
+        )
         .route("/trash", get(tree::list_trash))
         .route("/trash/{id}/restore", post(tree::restore))
         .route("/devices", post(sync::register_device))

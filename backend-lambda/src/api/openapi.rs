@@ -31,6 +31,8 @@ mod tests {
             "/nodes",
             "/nodes/{id}/content",
             "/nodes/{id}/move",
+            "/nodes/{id}/versions",
+            "/nodes/{id}/versions/{version}/restore",
             "/trash",
             "/trash/{id}/restore",
             "/devices",

@@ -15,7 +15,7 @@ use axum::Json;
 use jewel_wire::{
     block_count, check_name, is_block_hash, ChangeEvent, CommitContent, Content, CreateNode,
     ErrorCode, ListPage, Me, MoveNode, MoveResult, NewKind, Node, NodeId, SetAttr, TrashPage,
-    MAX_SYMLINK_BYTES, ROOT_ID,
+    Version, VersionList, MAX_SYMLINK_BYTES, ROOT_ID,
 };
 use serde::Deserialize;
 
@@ -252,6 +252,55 @@ pub async fn restore(
         .restore(&caller.user.id, id, caller.origin())
         .await?;
     publish(&svc, &caller.user.id, &[event]).await;
+    Ok(Json(node))
+}
+
+pub async fn list_versions(
+    State(svc): S,
+    caller: Caller,
+    ApiPath(id): ApiPath<NodeId>,
+) -> AppResult<Json<VersionList>> {
+    let versions = svc.meta.list_versions(&caller.user.id, id).await?;
+    Ok(Json(VersionList { versions }))
+}
+
+/// Commits an earlier content again on top of the current one (whose content becomes a
+/// version in turn, so a restore can be undone the same way). Its blocks are kept while the
+/// version is, so they are there; the block check still runs, as for any commit.
+pub async fn restore_version(
+    State(svc): S,
+    caller: Caller,
+    ApiPath((id, version)): ApiPath<(NodeId, Version)>,
+) -> AppResult<Json<Node>> {
+    let user = &caller.user.id;
+    let old = svc
+        .meta
+        .list_versions(user, id)
+        .await?
+        .into_iter()
+        .find(|v| v.version == version)
+        .ok_or_else(|| {
+            AppError::new(
+                ErrorCode::NotFound,
+                format!("file {id} has no kept version {version}"),
+            )
+        })?;
+    let current = svc.meta.get_node(user, id).await?;
+    let blocks_checked = svc.block_guard.read().await;
+    valid_content(&svc, user, &old.content).await?;
+    let (node, event) = svc
+        .meta
+        .commit_content(
+            user,
+            id,
+            current.version,
+            &old.content,
+            Some(old.mtime_ns),
+            caller.origin(),
+        )
+        .await?;
+    drop(blocks_checked);
+    publish(&svc, user, &[event]).await;
     Ok(Json(node))
 }
 

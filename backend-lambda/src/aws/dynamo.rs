@@ -9,6 +9,7 @@
 //! | pointer | `U#<uid>` | `N#<id>` | the whole node; `trash_at` on the top of a deleted subtree, `in_trash` (the top's id) below it |
 //! | entry | `U#<uid>#D#<parent>` | `<name>` | the whole node (so one query lists a directory with its attributes) |
 //! | trash | `U#<uid>#TRASH` | `N#<id>` | the node as deleted, `at` |
+//! | version | `U#<uid>` | `V#<id>#<version, 20 digits>` | an earlier content (the node as it was), `at` (replaced), `ttl` |
 //! | event | `U#<uid>#LOG` | `<seq, 20 digits>` | `ev` (the JSON event), `at`, `ttl` |
 //!
 //! The pointer is the node's authority (its `ver` is what a base version is checked against);
@@ -54,13 +55,13 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 use jewel_wire::{
-    ChangeEvent, ChangeOp, ChangePage, Content, DeviceId, MoveMode, NewKind, Node, NodeId,
-    NodeKind, Place, Seq, SetAttr, TrashEntry, Version, ROOT_ID,
+    ChangeEvent, ChangeOp, ChangePage, Content, DeviceId, FileVersion, MoveMode, NewKind, Node,
+    NodeId, NodeKind, Place, Seq, SetAttr, TrashEntry, Version, ROOT_ID,
 };
 
 use super::{count, count_n, sdk_err, AwsSettings, PK, SK, TTL_ATTR};
 use crate::store::{
-    new_id, MetaStore, Moved, NewNode, Origin, StoreError, StoreResult, User, UserId,
+    new_id, MetaStore, Moved, NewNode, Origin, StoreError, StoreResult, User, UserId, MAX_VERSIONS,
 };
 
 type Item = HashMap<String, AttributeValue>;
@@ -125,6 +126,13 @@ fn trash_pk(uid: &str) -> String {
 }
 fn node_sk(id: NodeId) -> String {
     format!("N#{id}")
+}
+/// Sort-key prefix of every kept version of one file.
+fn versions_prefix(id: NodeId) -> String {
+    format!("V#{id}#")
+}
+fn version_sk(id: NodeId, version: Version) -> String {
+    format!("V#{id}#{version:020}")
 }
 fn dev_sk(id: DeviceId) -> String {
     format!("DEV#{id}")
@@ -1196,6 +1204,17 @@ impl MetaStore for DynamoStore {
                 self.entry_item(user, &node),
                 Some(Cond::version(cur.version)),
             );
+            if cur.size > 0 {
+                // The replaced content, kept as an earlier version (TTL ends it).
+                let mut v = key(user_pk(user), version_sk(id, cur.version));
+                put_node(&mut v, &cur);
+                v.insert("at".into(), n(origin.now_ns));
+                v.insert(
+                    TTL_ATTR.into(),
+                    n(unix_secs() + crate::maintenance::TRASH_RETENTION.as_secs()),
+                );
+                tx.put(&self.table, v, None);
+            }
             self.log_events(&mut tx, user, seq, &mut events);
             if let TxOutcome::Done = self.commit(tx).await? {
                 let [ev] = events;
@@ -1608,8 +1627,10 @@ impl MetaStore for DynamoStore {
 
     async fn referenced_blocks(&self, user: &UserId) -> StoreResult<Vec<String>> {
         let mut out = Vec::new();
-        for item in self.query(user_pk(user), None, Some("N#"), None).await? {
-            out.extend(read_node(&item)?.blocks);
+        for prefix in ["N#", "V#"] {
+            for item in self.query(user_pk(user), None, Some(prefix), None).await? {
+                out.extend(read_node(&item)?.blocks);
+            }
         }
         out.sort();
         out.dedup();
@@ -1638,20 +1659,81 @@ impl MetaStore for DynamoStore {
                 continue;
             }
             let mut deletes = Vec::new();
-            let mut dirs = if top.is_dir() { vec![top.id] } else { vec![] };
+            let mut files = Vec::new();
+            let mut dirs = vec![];
+            match top.kind {
+                NodeKind::Dir => dirs.push(top.id),
+                NodeKind::File => files.push(top.id),
+                NodeKind::Symlink => {}
+            }
             while let Some(dir) = dirs.pop() {
                 for entry in self.query(dir_pk(user, dir), None, None, None).await? {
                     let node = read_node(&entry)?;
-                    if node.is_dir() {
-                        dirs.push(node.id);
+                    match node.kind {
+                        NodeKind::Dir => dirs.push(node.id),
+                        NodeKind::File => files.push(node.id),
+                        NodeKind::Symlink => {}
                     }
                     deletes.push(Self::delete_req(&entry));
                     deletes.push(Self::delete_req(&key(user_pk(user), node_sk(node.id))));
                 }
             }
+            for id in files {
+                let prefix = versions_prefix(id);
+                for v in self.query(user_pk(user), None, Some(&prefix), None).await? {
+                    deletes.push(Self::delete_req(&v));
+                }
+            }
             self.batch_write(deletes).await?;
             purged += 1;
         }
+        Ok(purged)
+    }
+
+    async fn list_versions(&self, user: &UserId, id: NodeId) -> StoreResult<Vec<FileVersion>> {
+        if self.live(user, id).await?.kind != NodeKind::File {
+            return Err(StoreError::NotFound);
+        }
+        let prefix = versions_prefix(id);
+        let now = unix_secs();
+        let mut out = Vec::new();
+        for item in self.query(user_pk(user), None, Some(&prefix), None).await? {
+            if opt_n::<u64>(&item, TTL_ATTR)?.is_some_and(|t| t < now) {
+                continue; // expired, not yet deleted by DynamoDB
+            }
+            let node = read_node(&item)?;
+            out.push(FileVersion {
+                version: node.version,
+                content: Content {
+                    size: node.size,
+                    blocks: node.blocks,
+                },
+                mtime_ns: node.mtime_ns,
+                replaced_at_ns: get_n(&item, "at")?,
+            });
+        }
+        out.sort_by(|a, b| b.version.cmp(&a.version));
+        Ok(out)
+    }
+
+    async fn purge_versions(&self, user: &UserId, before_ns: i64) -> StoreResult<usize> {
+        // Sort keys order each file's versions oldest first (20-digit versions).
+        let items = self.query(user_pk(user), None, Some("V#"), None).await?;
+        let mut per_file: HashMap<NodeId, Vec<&Item>> = HashMap::new();
+        for item in &items {
+            per_file.entry(get_n(item, "id")?).or_default().push(item);
+        }
+        let mut deletes = Vec::new();
+        for versions in per_file.values() {
+            let beyond = versions.len().saturating_sub(MAX_VERSIONS);
+            for (i, item) in versions.iter().enumerate() {
+                if i < beyond || get_n::<i64>(item, "at")? < before_ns {
+                    deletes.push(Self::delete_req(item));
+                }
+            }
+        }
+        let purged = deletes.len();
+        self.batch_write(deletes).await?;
         Ok(purged)
     }
 }

@@ -21,11 +21,11 @@
 use std::collections::BTreeSet;
 
 use jewel_wire::{
-    ChangeEvent, ChangeOp, Content, MoveMode, NewKind, Node, NodeId, NodeKind, Place, SetAttr,
-    ROOT_ID,
+    ChangeEvent, ChangeOp, Content, FileVersion, MoveMode, NewKind, Node, NodeId, NodeKind, Place,
+    SetAttr, Version, ROOT_ID,
 };
 
-use super::{MetaStore, NewNode, Origin, StoreError, User, UserId};
+use super::{MetaStore, NewNode, Origin, StoreError, User, UserId, MAX_VERSIONS};
 
 /// Expands to one `#[tokio::test]` per conformance case for the store made by the given
 /// `async` expression (evaluated once per case). With `guarded`, the expression yields
@@ -60,6 +60,7 @@ macro_rules! meta_store_conformance {
             events_carry_device,
             referenced_blocks,
             purge_trash_forgets_old_deletions,
+            versions_keep_replaced_content,
             concurrent_reads_and_writes,
         );
     };
@@ -1532,6 +1533,96 @@ pub async fn purge_trash_forgets_old_deletions(s: &dyn MetaStore) {
     assert_eq!(s.purge_trash(&u, 1000).await.unwrap(), 2);
     assert!(trash_ids(s, &u).await.is_empty());
     assert_eq!(names(s, &u, ROOT_ID).await, ["kept"]);
+}
+
+pub async fn versions_keep_replaced_content(s: &dyn MetaStore) {
+    let u = new_user(s, "ann").await.id;
+    let b = new_user(s, "bob").await.id;
+    let c = |h: u32| Content {
+        size: 1,
+        blocks: vec![hash(h)],
+    };
+    let f = file_with(s, &u, ROOT_ID, "f", c(1)).await;
+    s.commit_content(&u, f.id, 1, &c(2), Some(5), at(10))
+        .await
+        .unwrap();
+    s.commit_content(&u, f.id, 2, &c(3), Some(6), at(20))
+        .await
+        .unwrap();
+    let versions = s.list_versions(&u, f.id).await.unwrap();
+    assert_eq!(
+        versions,
+        [
+            FileVersion {
+                version: 2,
+                content: c(2),
+                mtime_ns: 5,
+                replaced_at_ns: 20
+            },
+            FileVersion {
+                version: 1,
+                content: c(1),
+                mtime_ns: 1,
+                replaced_at_ns: 10
+            },
+        ],
+        "newest first, each with the time it was replaced"
+    );
+    let refs: BTreeSet<String> = s.referenced_blocks(&u).await.unwrap().into_iter().collect();
+    assert!(refs.contains(&hash(1)) && refs.contains(&hash(2)) && refs.contains(&hash(3)));
+
+    // Empty content is not kept; directories and other users' files have no versions.
+    let e = make(
+        s,
+        &u,
+        ROOT_ID,
+        "e",
+        NewKind::File {
+            content: Content::default(),
+        },
+    )
+    .await;
+    s.commit_content(&u, e.id, 1, &c(4), None, at(30))
+        .await
+        .unwrap();
+    assert!(s.list_versions(&u, e.id).await.unwrap().is_empty());
+    let d = dir(s, &u, ROOT_ID, "d").await;
+    assert_err!(s.list_versions(&u, d.id).await, StoreError::NotFound);
+    assert_err!(s.list_versions(&b, f.id).await, StoreError::NotFound);
+
+    // Retention: versions replaced before the cut go.
+    assert_eq!(s.purge_versions(&u, 15).await.unwrap(), 1);
+    let left: Vec<Version> = s
+        .list_versions(&u, f.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(left, [2]);
+    assert!(!s.referenced_blocks(&u).await.unwrap().contains(&hash(1)));
+
+    // At most MAX_VERSIONS per file: the oldest go first.
+    let g = file_with(s, &u, ROOT_ID, "g", c(100)).await;
+    let mut base = g.version;
+    for k in 0..(MAX_VERSIONS as u32 + 2) {
+        base = s
+            .commit_content(&u, g.id, base, &c(101 + k), None, at(100 + k as i64))
+            .await
+            .unwrap()
+            .0
+            .version;
+    }
+    assert_eq!(s.purge_versions(&u, 0).await.unwrap(), 2);
+    let kept = s.list_versions(&u, g.id).await.unwrap();
+    assert_eq!(kept.len(), MAX_VERSIONS);
+    assert_eq!(kept[0].version, base - 1, "the newest is kept");
+    assert_eq!(kept[MAX_VERSIONS - 1].version, base - MAX_VERSIONS as u64);
+
+    // Purging a file's trash entry takes its versions along.
+    s.remove(&u, f.id, None, false, at(500)).await.unwrap();
+    assert_eq!(s.purge_trash(&u, 1000).await.unwrap(), 1);
+    assert!(!s.referenced_blocks(&u).await.unwrap().contains(&hash(2)));
 }
 
 pub async fn concurrent_reads_and_writes(s: &dyn MetaStore) {

@@ -14,17 +14,27 @@
 //! Deleting moves a node (and its subtree, which stays attached to it) to the trash; only the
 //! top of a deleted subtree is listed in the trash and can be restored. A node in the trash is
 //! invisible to every tree method.
+//!
+//! Committing new content keeps the content it replaces as a [`FileVersion`] (empty content
+//! excepted), so an overwrite can be undone; versions go with [`purge_versions`] after the
+//! retention time, beyond [`MAX_VERSIONS`] per file, and with their file when its trash entry
+//! is purged.
+//!
+//! [`purge_versions`]: MetaStore::purge_versions
 
 use async_trait::async_trait;
 use jewel_wire::{
-    ChangeEvent, ChangePage, Content, DeviceId, MoveMode, NewKind, Node, NodeId, Seq, SetAttr,
-    TrashEntry, Version,
+    ChangeEvent, ChangePage, Content, DeviceId, FileVersion, MoveMode, NewKind, Node, NodeId, Seq,
+    SetAttr, TrashEntry, Version,
 };
 
 pub mod sqlite;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+
+/// The most earlier contents kept per file: enough to go back through a day of saves.
+pub const MAX_VERSIONS: usize = 100;
 
 /// The stable id of a user (not its name, which an admin may reuse after removal).
 pub type UserId = String;
@@ -195,9 +205,16 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn latest_seq(&self, user: &UserId) -> StoreResult<Seq>;
     /// Drops events older than `before_ns`, always keeping the newest one.
     async fn trim_log(&self, user: &UserId, before_ns: i64) -> StoreResult<()>;
-    /// Every block hash referenced by a live or trashed file of this user (for GC).
+    /// Every block hash referenced by a live or trashed file, or by a kept earlier version,
+    /// of this user (for GC).
     async fn referenced_blocks(&self, user: &UserId) -> StoreResult<Vec<String>>;
-    /// Deletes for good the trash entries deleted before `before_ns`, with their subtrees;
+    /// The earlier contents of a live file, newest first (`NotFound` for anything else).
+    async fn list_versions(&self, user: &UserId, id: NodeId) -> StoreResult<Vec<FileVersion>>;
+    /// Forgets earlier contents replaced before `before_ns`, and all but the newest
+    /// [`MAX_VERSIONS`] of each file; returns how many went.
+    async fn purge_versions(&self, user: &UserId, before_ns: i64) -> StoreResult<usize>;
+    /// Deletes for good the trash entries deleted before `before_ns`, with their subtrees
+    /// and the earlier versions of the files in them;
     /// returns how many entries went. Live nodes and newer trash are untouched, so running it
     /// again (after a crash half-way) only finishes the job.
     async fn purge_trash(&self, user: &UserId, before_ns: i64) -> StoreResult<usize>;

@@ -16,8 +16,10 @@
 //! `devices(user, id, name)`; `nodes(user, id, parent, name, kind, size, mode, mtime_ns,
 //! version, blocks (JSON array), target, trashed_at_ns, trashed_by)`, with a unique index on
 //! `(user, parent, name)` over live nodes only (`trashed_at_ns IS NULL`), so a trashed node keeps
-//! its old place without blocking the name; `changes(user, seq, event JSON, at_ns)`. Every query
-//! names the user, so another user's id is simply not found.
+//! its old place without blocking the name; `changes(user, seq, event JSON, at_ns)`;
+//! `versions(user, id, version, size, blocks, mtime_ns, replaced_at_ns)`, the earlier
+//! contents of files, written by the commit that replaces them. Every query names the user,
+//! so another user's id is simply not found.
 //!
 //! **Semantics** (the conformance suite checks each):
 //! - A node starts at version 1; content commits, moves, attribute changes and restores bump
@@ -51,14 +53,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use jewel_wire::{
-    ChangeEvent, ChangeOp, ChangePage, Content, DeviceId, MoveMode, NewKind, Node, NodeId,
-    NodeKind, Place, Seq, SetAttr, TrashEntry, Version, ROOT_ID,
+    ChangeEvent, ChangeOp, ChangePage, Content, DeviceId, FileVersion, MoveMode, NewKind, Node,
+    NodeId, NodeKind, Place, Seq, SetAttr, TrashEntry, Version, ROOT_ID,
 };
 use rusqlite::{
     params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior,
 };
 
-use super::{new_id, MetaStore, Moved, NewNode, Origin, StoreError, StoreResult, User, UserId};
+use super::{
+    new_id, MetaStore, Moved, NewNode, Origin, StoreError, StoreResult, User, UserId, MAX_VERSIONS,
+};
 
 /// Knobs of the SQLite engine.
 #[derive(Debug, Clone)]
@@ -136,6 +140,16 @@ CREATE TABLE IF NOT EXISTS changes (
     event TEXT NOT NULL,
     at_ns INTEGER NOT NULL,
     PRIMARY KEY (user, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS versions (
+    user           TEXT NOT NULL,
+    id             INTEGER NOT NULL,
+    version        INTEGER NOT NULL,
+    size           INTEGER NOT NULL,
+    blocks         TEXT NOT NULL,
+    mtime_ns       INTEGER NOT NULL,
+    replaced_at_ns INTEGER NOT NULL,
+    PRIMARY KEY (user, id, version)
 ) WITHOUT ROWID;
 PRAGMA user_version = 1;
 ";
@@ -302,6 +316,31 @@ fn insert_node(c: &Connection, user: &str, n: &Node) -> StoreResult<()> {
         n.version as i64,
         blocks,
         n.target
+    ])
+    .db()?;
+    Ok(())
+}
+
+/// Keeps a file's current content as an earlier version before a commit replaces it (empty
+/// content is not worth keeping).
+fn keep_version(c: &Connection, user: &str, n: &Node, now_ns: i64) -> StoreResult<()> {
+    if n.size == 0 {
+        return Ok(());
+    }
+    let blocks = serde_json::to_string(&n.blocks).map_err(json_err)?;
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO versions (user, id, version, size, blocks, mtime_ns, replaced_at_ns)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .db()?
+    .execute(params![
+        user,
+        sql_id(n.id),
+        n.version as i64,
+        n.size as i64,
+        blocks,
+        n.mtime_ns,
+        now_ns
     ])
     .db()?;
     Ok(())
@@ -842,6 +881,7 @@ impl MetaStore for SqliteStore {
             if node.version != base {
                 return Err(StoreError::Conflict(Box::new(node)));
             }
+            keep_version(tx, &user, &node, origin.now_ns)?;
             node.size = content.size;
             node.blocks = content.blocks;
             node.mtime_ns = mtime_ns.unwrap_or(origin.now_ns);
@@ -1184,8 +1224,12 @@ impl MetaStore for SqliteStore {
         self.read(move |tx| {
             let mut stmt = tx
                 .prepare_cached(
-                    "SELECT DISTINCT b.value FROM nodes n, json_each(n.blocks) b
-                     WHERE n.user = ?1 AND n.kind = 'file' ORDER BY b.value",
+                    "SELECT b.value FROM nodes n, json_each(n.blocks) b
+                     WHERE n.user = ?1 AND n.kind = 'file'
+                     UNION
+                     SELECT b.value FROM versions v, json_each(v.blocks) b
+                     WHERE v.user = ?1
+                     ORDER BY 1",
                 )
                 .db()?;
             let rows = stmt
@@ -1216,7 +1260,82 @@ impl MetaStore for SqliteStore {
             .db()?
             .execute(params![user, before_ns])
             .db()?;
+            tx.prepare_cached(
+                "DELETE FROM versions WHERE user = ?1
+                 AND id NOT IN (SELECT id FROM nodes WHERE user = ?1)",
+            )
+            .db()?
+            .execute(params![user])
+            .db()?;
             Ok(tops as usize)
+        })
+        .await
+    }
+
+    async fn list_versions(&self, user: &UserId, id: NodeId) -> StoreResult<Vec<FileVersion>> {
+        let user = user.clone();
+        self.read(move |tx| {
+            if live_node(tx, &user, id)?.kind != NodeKind::File {
+                return Err(StoreError::NotFound);
+            }
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT version, size, blocks, mtime_ns, replaced_at_ns FROM versions
+                     WHERE user = ?1 AND id = ?2 ORDER BY version DESC",
+                )
+                .db()?;
+            let rows = stmt
+                .query_map(params![user, sql_id(id)], |r| {
+                    let blocks: String = r.get(2)?;
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, i64>(1)? as u64,
+                        blocks,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
+                })
+                .db()?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .db()?;
+            rows.into_iter()
+                .map(|(version, size, blocks, mtime_ns, replaced_at_ns)| {
+                    Ok(FileVersion {
+                        version,
+                        content: Content {
+                            size,
+                            blocks: serde_json::from_str(&blocks).map_err(json_err)?,
+                        },
+                        mtime_ns,
+                        replaced_at_ns,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn purge_versions(&self, user: &UserId, before_ns: i64) -> StoreResult<usize> {
+        let user = user.clone();
+        self.write(move |tx| {
+            let old = tx
+                .prepare_cached("DELETE FROM versions WHERE user = ?1 AND replaced_at_ns < ?2")
+                .db()?
+                .execute(params![user, before_ns])
+                .db()?;
+            let beyond = tx
+                .prepare_cached(
+                    "DELETE FROM versions WHERE user = ?1 AND (id, version) IN (
+                       SELECT id, version FROM (
+                         SELECT id, version, ROW_NUMBER() OVER
+                           (PARTITION BY id ORDER BY version DESC) AS k
+                         FROM versions WHERE user = ?1)
+                       WHERE k > ?2)",
+                )
+                .db()?
+                .execute(params![user, MAX_VERSIONS as i64])
+                .db()?;
+            Ok(old + beyond)
         })
         .await
     }
