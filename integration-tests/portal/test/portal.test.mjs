@@ -280,6 +280,34 @@ describe('web portal in chromium', () => {
     assert.equal((await api.read(after.id)).toString(), 'replaced letter');
   });
 
+  it('lists earlier versions of a file, downloads one and restores it', async () => {
+    // letter.txt was replaced above: its first content is kept as an earlier version.
+    await row(page, 'letter.txt').getByRole('button', { name: 'Versions' }).click();
+    const versions = page.locator('#versions-list li.version');
+    await versions.first().waitFor();
+    assert.equal(await versions.count(), 1);
+    const [download] = await Promise.all([
+      page.waitForEvent('download'),
+      versions.first().getByRole('button', { name: 'Download' }).click(),
+    ]);
+    assert.match(download.suggestedFilename(), /^letter \(version \d{4}-\d\d-\d\d \d{6}\)\.txt$/);
+    assert.equal(readFileSync(await download.path()).toString(), 'first letter');
+
+    const before = await api.child(1, 'letter.txt');
+    await versions.first().getByRole('button', { name: 'Restore' }).click();
+    await page.locator('#versions').waitFor({ state: 'hidden' });
+    await waitFor('letter.txt to be restored', LIVE_MS, async () => (await api.child(1, 'letter.txt')).version !== before.version);
+    const after = await api.child(1, 'letter.txt');
+    assert.equal(after.id, before.id);
+    assert.equal((await api.read(after.id)).toString(), 'first letter');
+    // What the restore replaced is a version now too.
+    await row(page, 'letter.txt').getByRole('button', { name: 'Versions' }).click();
+    await page.locator('#versions-list li.version').nth(1).waitFor();
+    assert.equal(await page.locator('#versions-list li.version').count(), 2);
+    await page.click('#versions-close');
+    await page.locator('#versions').waitFor({ state: 'hidden' });
+  });
+
   it('marks conflict copies', async () => {
     const name = 'report (conflicted copy laptop 2026-11-25 101010).txt';
     await api.upload(1, name, Buffer.from('the other version'));

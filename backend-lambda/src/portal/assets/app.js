@@ -53,6 +53,7 @@
     move: [[null, 'M3 7a2 2 0 0 1 2-2h4l2 2h8a2 2 0 0 1 2 2v9a2 2 0 0 1-2 2H5a2 2 0 0 1-2-2zM10 13.5h6m-2.5-2.5 2.5 2.5-2.5 2.5']],
     trash: [[null, 'M4 7h16M9 7V4h6v3M6 7l1 13h10l1-13M10 11v6m4-6v6']],
     restore: [[null, 'M4 12a8 8 0 1 0 2.4-5.7M4 4v4.5h4.5']],
+    history: [[null, 'M12 7v5l3 2M3.5 12a8.5 8.5 0 1 0 2.5-6M3 4v4.5h4.5']],
   };
   // File icon colours by kind of content, guessed from the extension.
   const FILE_KINDS = [
@@ -429,7 +430,12 @@
       const meta = node.kind === 'dir' ? fmtDate(node.mtime_ns) : `${fmtSize(node.size)} · ${fmtDate(node.mtime_ns)}`;
       nameCell.append(el('span', { class: 'meta', text: meta }));
       const actions = el('td', { class: 'c-actions' });
-      if (node.kind === 'file') actions.append(actionButton('download', 'Download', () => download(node)));
+      if (node.kind === 'file') {
+        actions.append(
+          actionButton('download', 'Download', () => download(node)),
+          actionButton('history', 'Versions', () => showVersions(node)),
+        );
+      }
       actions.append(
         actionButton('rename', 'Rename', () => renameNode(node)),
         actionButton('move', 'Move', () => moveNode(node)),
@@ -663,6 +669,62 @@
     show(at);
   }
 
+  // ---------------------------------------------------------------- earlier versions
+  // The file's kept earlier contents, newest first: each can be downloaded (under a name that
+  // says when it was saved) or restored (committed again as the newest content; what it
+  // replaces is kept as a version in turn).
+  async function showVersions(node) {
+    const dialog = $('versions');
+    $('versions-title').textContent = `Earlier versions of “${node.name}”`;
+    $('versions-error').textContent = '';
+    $('versions-list').replaceChildren(el('li', { class: 'hint', text: 'Loading…' }));
+    $('versions-close').onclick = () => dialog.close();
+    $('versions-form').onsubmit = (e) => e.preventDefault();
+    dialog.showModal();
+    let list;
+    try {
+      list = await api('GET', `/nodes/${node.id}/versions`);
+    } catch (e) {
+      $('versions-list').replaceChildren();
+      $('versions-error').textContent = explain(e);
+      return;
+    }
+    const items = list.versions.map((v) => {
+      const saved = fmtDate(v.mtime_ns);
+      const stamp = new Date(Math.floor(v.mtime_ns / 1e6)).toISOString().slice(0, 19).replace('T', ' ').replace(/:/g, '');
+      const dot = node.name.lastIndexOf('.');
+      const versionName = dot > 0
+        ? `${node.name.slice(0, dot)} (version ${stamp})${node.name.slice(dot)}`
+        : `${node.name} (version ${stamp})`;
+      return el('li', { class: 'version', dataset: { version: String(v.version) } },
+        el('span', { class: 'when' },
+          el('span', { text: `Saved ${saved}` }),
+          el('small', { text: `${fmtSize(v.content.size)} · replaced ${fmtDate(v.replaced_at_ns)}` })),
+        el('button', {
+          type: 'button', class: 'ghost small download-version',
+          onclick: () => downloadContent(versionName, v.content.size, v.content.blocks || []),
+        }, svg('download', { cls: 'act-icon' }), el('span', { text: 'Download' })),
+        el('button', {
+          type: 'button', class: 'ghost small restore-version',
+          onclick: async () => {
+            try {
+              await api('POST', `/nodes/${node.id}/versions/${v.version}/restore`, {});
+            } catch (e) {
+              $('versions-error').textContent = `Cannot restore: ${explain(e)}`;
+              return;
+            }
+            dialog.close();
+            toast(`“${node.name}” is back to the version saved ${saved}.`);
+            refreshSoon();
+          },
+        }, svg('restore', { cls: 'act-icon' }), el('span', { text: 'Restore' })));
+    });
+    if (!items.length) {
+      items.push(el('li', { class: 'hint', text: 'No earlier versions: this file has not been changed since it was created (or not within 30 days).' }));
+    }
+    $('versions-list').replaceChildren(...items);
+  }
+
   // ---------------------------------------------------------------- transfers
   function transfer(kind, name, total) {
     const bar = el('progress', { max: String(Math.max(total, 1)), value: '0' });
@@ -882,7 +944,7 @@
       const r = await ask({
         title: 'The name is taken',
         text: canReplace
-          ? `“${file.name}” already exists here. Replace it (the old version goes to the trash), keep both, or skip this file?`
+          ? `“${file.name}” already exists here. Replace it (its current content is kept as an earlier version), keep both, or skip this file?`
           : `A folder named “${file.name}” is here. Keep both (the file gets a new name) or skip it?`,
         buttons: [
           { label: 'Skip', cancel: true },
@@ -926,9 +988,13 @@
       toast(`Cannot download “${node.name}”: ${explain(e)}`, { error: true });
       return;
     }
-    const item = transfer('down', fresh.name, fresh.size);
+    await downloadContent(fresh.name, fresh.size, fresh.blocks || []);
+  }
+
+  // Fetches blocks by hash (verifying each) and saves them as one file named `name`.
+  async function downloadContent(name, size, blocks) {
+    const item = transfer('down', name, size);
     try {
-      const blocks = fresh.blocks || [];
       const parts = [];
       let done = 0;
       for (let start = 0; start < blocks.length; start += URL_BATCH) {
@@ -950,10 +1016,10 @@
           if (item.gen !== state.gen) return;
         }
       }
-      if (done !== fresh.size) throw new Error(`expected ${fresh.size} bytes, got ${done}`);
+      if (done !== size) throw new Error(`expected ${size} bytes, got ${done}`);
       const blob = new Blob(parts, { type: 'application/octet-stream' });
       const href = URL.createObjectURL(blob);
-      const a = el('a', { href, download: fresh.name, rel: 'noopener', class: 'visually-hidden' });
+      const a = el('a', { href, download: name, rel: 'noopener', class: 'visually-hidden' });
       document.body.append(a);
       a.click();
       a.remove();
