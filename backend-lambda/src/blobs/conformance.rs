@@ -114,6 +114,26 @@ pub async fn empty_block_works(store: &dyn BlobStore) {
     assert_eq!(store.get(&u, &hash).await.unwrap().len(), 0);
 }
 
+pub async fn remove_user_deletes_only_that_users_blocks(store: &dyn BlobStore) {
+    let (a, b) = (user(9), user(10));
+    let mut hashes = Vec::new();
+    for i in 0..3 {
+        let bytes = Bytes::from(format!("block {i}"));
+        let hash = sha256_hex(&bytes);
+        store.put(&a, &hash, bytes.clone()).await.unwrap();
+        store.put(&b, &hash, bytes).await.unwrap();
+        hashes.push(hash);
+    }
+    assert_eq!(store.remove_user(&a).await.unwrap(), 3);
+    assert_eq!(store.missing(&a, &hashes).await.unwrap(), hashes);
+    assert!(store.missing(&b, &hashes).await.unwrap().is_empty());
+    assert_eq!(
+        store.remove_user(&a).await.unwrap(),
+        0,
+        "again: nothing left"
+    );
+}
+
 /// Expands to one `#[tokio::test]` per conformance case. `$make` is an async expression
 /// giving `(store, guard)`.
 #[macro_export]
@@ -126,7 +146,8 @@ macro_rules! blob_store_conformance {
             users_do_not_share_blocks,
             delete_removes_and_is_idempotent,
             malformed_hashes_are_refused,
-            empty_block_works
+            empty_block_works,
+            remove_user_deletes_only_that_users_blocks
         );
     };
     (@cases $make:expr; $($case:ident),*) => {

@@ -47,6 +47,9 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn get(&self, user: &UserId, hash: &str) -> BlobResult<Bytes>;
     /// Deletes a block (garbage collection); deleting a missing block is not an error.
     async fn delete(&self, user: &UserId, hash: &str) -> BlobResult<()>;
+    /// Deletes every block of the user (the user is being removed); returns how many. Safe to
+    /// run again after a failure.
+    async fn remove_user(&self, user: &UserId) -> BlobResult<u64>;
 }
 
 /// Lower-case hex SHA-256 of `bytes`.
