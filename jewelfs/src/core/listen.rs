@@ -17,7 +17,10 @@
 //! directory holds one id per (server, user). A mount first renews that device's listener;
 //! only when the service no longer knows it (`NotFound`: the device or the whole service was
 //! reset) does it register a new device. So one machine stays one device (one queue in AWS
-//! mode) however often it mounts; a second cache directory is a second device.
+//! mode) however often it mounts; a second cache directory is a second device. One subtlety:
+//! events naming this device are skipped as echoes only when newer than the log's head at
+//! attach time (`echo_floor`); older ones come from an earlier mount, which may have been
+//! killed after a commit but before its tree snapshot, so they are applied.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -146,6 +149,9 @@ impl Core {
             }
         };
         self.api.set_device(dev.id);
+        // Changes up to now that name this device were made by an earlier mount (a snapshot
+        // restored offline may not know them yet): apply them like anyone else's.
+        self.echo_floor.store(me.latest_seq, Ordering::Relaxed);
         *self.listen.lock().unwrap() = dev.listen;
         self.device.store(dev.id, Ordering::Relaxed);
         Ok(())
@@ -257,17 +263,43 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_batch_applies_out_of_order_pages_and_spots_gaps() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A core whose service is unreachable (these tests never call it).
+    fn offline_core(dir: &Path) -> std::sync::Arc<Core> {
         let api: std::sync::Arc<dyn super::super::api::Api> = std::sync::Arc::new(
             super::super::api::HttpApi::new("http://127.0.0.1:9", "t").unwrap(),
         );
-        let core = Core::open(
-            super::super::Config::new(dir.path().to_path_buf(), "dev".into()),
+        Core::open(
+            super::super::Config::new(dir.to_path_buf(), "dev".into()),
             api,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn changes_of_an_earlier_mount_of_this_device_are_applied_not_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = offline_core(dir.path());
+        core.device.store(7, Ordering::Relaxed);
+        core.echo_floor.store(10, Ordering::Relaxed);
+        let mut early = page(&[9], 9).events.remove(0);
+        early.op = ChangeOp::Upsert;
+        early.device = Some(7);
+        let mut late = page(&[11], 11).events.remove(0);
+        late.op = ChangeOp::Upsert;
+        late.device = Some(7);
+        core.apply_event(&early);
+        core.apply_event(&late);
+        assert!(
+            core.tree.get(early.node.id).is_some(),
+            "made before this mount"
+        );
+        assert!(core.tree.get(late.node.id).is_none(), "our own echo");
+    }
+
+    #[test]
+    fn a_batch_applies_out_of_order_pages_and_spots_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = offline_core(dir.path());
         core.cursor.store(10, Ordering::Relaxed);
         // Two messages received in reverse order, one repeated: all applied in order.
         let b = Batch {

@@ -230,7 +230,125 @@ fn aws_err(e: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use jewel_wire::*;
+
+    use super::super::api::Api;
     use super::*;
+
+    /// A service that only renews listeners (counting the calls); nothing else is reachable.
+    #[derive(Default)]
+    struct Renewer {
+        renewals: AtomicU32,
+    }
+
+    fn off<T>() -> ApiResult<T> {
+        Err(ApiErr::Offline("not in this test".into()))
+    }
+
+    #[async_trait]
+    impl Api for Renewer {
+        async fn me(&self) -> ApiResult<Me> {
+            off()
+        }
+        async fn get_node(&self, _: NodeId) -> ApiResult<Node> {
+            off()
+        }
+        async fn list_children(&self, _: NodeId, _: Option<String>) -> ApiResult<ListPage> {
+            off()
+        }
+        async fn create(&self, _: &CreateNode) -> ApiResult<Node> {
+            off()
+        }
+        async fn commit(&self, _: NodeId, _: &CommitContent) -> ApiResult<Node> {
+            off()
+        }
+        async fn move_node(&self, _: NodeId, _: &MoveNode) -> ApiResult<MoveResult> {
+            off()
+        }
+        async fn set_attr(&self, _: NodeId, _: &SetAttr) -> ApiResult<Node> {
+            off()
+        }
+        async fn delete(&self, _: NodeId, _: Version, _: bool) -> ApiResult<Node> {
+            off()
+        }
+        async fn register_device(&self, _: &str) -> ApiResult<Device> {
+            off()
+        }
+        async fn renew_listen(&self, device: DeviceId) -> ApiResult<Device> {
+            self.renewals.fetch_add(1, Ordering::Relaxed);
+            Ok(Device {
+                id: device,
+                name: "laptop".into(),
+                listen: Listen::Sqs {
+                    queue_url: "http://127.0.0.1:9/1/q".into(),
+                    region: "us-east-1".into(),
+                    endpoint: Some("http://127.0.0.1:9".into()),
+                    credentials: creds(now_ns() + 3_600_000_000_000),
+                },
+            })
+        }
+        async fn changes(&self, _: Seq, _: u32) -> ApiResult<ChangePage> {
+            off()
+        }
+        async fn poll(&self, _: DeviceId, _: Seq, _: u64) -> ApiResult<ChangePage> {
+            off()
+        }
+        async fn missing_blocks(&self, _: Vec<BlockHash>) -> ApiResult<MissingBlocks> {
+            off()
+        }
+        async fn block_urls(&self, _: Vec<BlockHash>) -> ApiResult<BlockUrls> {
+            off()
+        }
+        async fn put_block(&self, _: &str, _: Bytes) -> ApiResult<()> {
+            off()
+        }
+        async fn get_block(&self, _: &str) -> ApiResult<Bytes> {
+            off()
+        }
+        fn set_device(&self, _: DeviceId) {}
+    }
+
+    fn creds(expires_ns: i64) -> SqsCredentials {
+        SqsCredentials {
+            access_key_id: "ASIA".into(),
+            secret_access_key: "secret".into(),
+            session_token: Some("token".into()),
+            expires_ns,
+        }
+    }
+
+    #[tokio::test]
+    async fn credentials_about_to_expire_are_renewed_before_receiving() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = Arc::new(Renewer::default());
+        let core = Core::open(
+            super::super::Config::new(dir.path().to_path_buf(), "laptop".into()),
+            api.clone(),
+        )
+        .unwrap();
+        // Two minutes left: less than RENEW_BEFORE. (Port 9 answers nothing: a receive
+        // attempted instead of a renewal would fail the test.)
+        let mut src = SqsSource::new(
+            "http://127.0.0.1:9/1/q",
+            "us-east-1",
+            Some("http://127.0.0.1:9"),
+            &creds(now_ns() + 120_000_000_000),
+        );
+        let first = src.next_batch(&core, 5, 0).await.unwrap();
+        assert!(first.catch_up, "a new source reads the feed first");
+        let second = src.next_batch(&core, 5, 0).await.unwrap();
+        assert!(second.pages.is_empty() && !second.catch_up);
+        assert_eq!(api.renewals.load(Ordering::Relaxed), 1);
+        let listen = core.listen.lock().unwrap().clone();
+        let Listen::Sqs { credentials, .. } = listen else {
+            panic!("{listen:?}")
+        };
+        assert!(credentials.expires_ns > now_ns() + RENEW_BEFORE.as_nanos() as i64);
+    }
 
     #[test]
     fn expired_or_refused_credentials_are_renewed() {

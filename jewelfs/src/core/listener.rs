@@ -12,7 +12,8 @@
 //! - **`cursor_too_old`** (410): the log was trimmed past our cursor; the listener drops
 //!   every cached listing and node that has no local changes, tells the kernel to forget
 //!   them, and starts again from the service's newest sequence number (a re-list).
-//! - **our own echoes** (events naming our device) are skipped: the uploader already applied
+//! - **our own echoes** (events naming our device, made since this process attached it: the
+//!   device id is kept across mounts, see `listen.rs`) are skipped: the uploader already applied
 //!   the service's answer, and an echo may be older than the local view (a file created as
 //!   `x.lock` and renamed since must not reappear under its first name).
 //! - **local changes win locally**: a remote change to a node with a pending local change
@@ -159,7 +160,9 @@ impl Core {
 
     /// Applies one remote change to the tree and queues the kernel invalidations.
     pub fn apply_event(&self, ev: &ChangeEvent) {
-        let own = ev.device.is_some() && ev.device == Some(self.device.load(Ordering::Relaxed));
+        let own = ev.device.is_some()
+            && ev.device == Some(self.device.load(Ordering::Relaxed))
+            && ev.seq > self.echo_floor.load(Ordering::Relaxed);
         if own || self.journal.resolve(ev.node.id) != ev.node.id {
             // (A node we replaced by a new one, e.g. an edit brought back after a delete
             // elsewhere: news about the old node must not touch the new one.)

@@ -221,6 +221,9 @@ pub struct Core {
     pub device: AtomicU64,
     /// How this device hears of changes (from its registration; see `listen.rs`).
     pub(crate) listen: Mutex<Listen>,
+    /// The newest sequence number when this process attached its device: events up to it
+    /// were made by an earlier mount of the same device, never echoes of this one.
+    pub(crate) echo_floor: AtomicU64,
     pub conflicts: AtomicU64,
     pub uploaded: AtomicU64,
     next_local: AtomicU64,
@@ -305,6 +308,7 @@ impl Core {
             cursor: AtomicU64::new(0),
             device: AtomicU64::new(0),
             listen: Mutex::new(Listen::Poll),
+            echo_floor: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
             uploaded: AtomicU64::new(0),
             next_local: AtomicU64::new(LOCAL_ID_BASE + (journal::now_ms() << 8)),
