@@ -3,8 +3,10 @@
 //! A token is shown once, when it is issued (`add_user`, `reissue_token`); the store keeps only
 //! its hash. Issuing a new token revokes the old one in the same write.
 
-use crate::service::{new_token, token_hash};
-use crate::store::{now_ns, MetaStore, StoreResult, User};
+use crate::blobs::BlobError;
+use crate::bus::BusError;
+use crate::service::{new_token, token_hash, Service};
+use crate::store::{now_ns, MetaStore, StoreError, StoreResult, User};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -12,6 +14,12 @@ pub enum AdminError {
     InvalidName(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("removing the user's blocks: {0} (nothing else was removed; run the removal again)")]
+    Blobs(#[from] BlobError),
+    #[error(
+        "removing the user's device queues: {0} (nothing else was removed; run the removal again)"
+    )]
+    Bus(#[from] BusError),
 }
 
 fn valid_user_name(name: &str) -> Result<(), AdminError> {
@@ -49,4 +57,29 @@ pub async fn list_users(meta: &dyn MetaStore) -> StoreResult<Vec<User>> {
 
 pub async fn remove_user(meta: &dyn MetaStore, name: &str) -> StoreResult<()> {
     meta.remove_user(name).await
+}
+
+/// What [`remove_user_everywhere`] deleted besides the user's items in the store.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Removed {
+    pub blocks: u64,
+    pub queues: u64,
+}
+
+/// Removes a user and everything it owns: its blocks (S3 objects or local files), its device
+/// channels (SQS queues), then its tree, devices, log and token in the store. The store goes
+/// last, so a removal cut short (a network failure half way) leaves the user known and can
+/// simply be run again.
+pub async fn remove_user_everywhere(svc: &Service, name: &str) -> Result<Removed, AdminError> {
+    let user = svc
+        .meta
+        .list_users()
+        .await?
+        .into_iter()
+        .find(|u| u.name == name)
+        .ok_or_else(|| StoreError::UnknownUser(name.to_string()))?;
+    let blocks = svc.blobs.remove_user(&user.id).await?;
+    let queues = svc.bus.remove_user(&user.id).await?;
+    svc.meta.remove_user(name).await?;
+    Ok(Removed { blocks, queues })
 }

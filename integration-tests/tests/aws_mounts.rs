@@ -1,8 +1,12 @@
 //! Two real mounts of one user sync through `jewel-server --backend aws`: the tree in
-//! DynamoDB, the blocks in S3 (moved by the clients through presigned URLs), all served by
-//! moto on loopback. The server runs with `JEWEL_BUS=local` (one process serving long-poll,
-//! which is how clients listen today); the per-device SQS path is covered end to end at the
-//! protocol level by `backend-lambda/tests/aws_server.rs`.
+//! DynamoDB, the blocks in S3 (moved by the clients through presigned URLs), and every change
+//! notification through the device's own SQS queue (the default `JEWEL_BUS=sqs`): each mount
+//! receives with the short-lived credentials the API hands it (STS `AssumeRole` with a
+//! one-queue session policy, `JEWEL_LISTENER_ROLE_ARN`), all served by moto on loopback.
+//!
+//! The first test then unmounts one side and mounts it again with the same cache directory:
+//! it must come back as the same device (the same queue; its changes name the same device
+//! id), renewing its listener instead of registering again, and still sync both ways.
 //!
 //! Skipped with a loud message when moto (`make setup-aws`) or FUSE is missing.
 
@@ -44,6 +48,16 @@ struct Mount {
 impl Mount {
     fn new(url: &str, token: &str, device: &str) -> Mount {
         let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        Mount::with_cache(url, token, device, dir, &cache)
+    }
+    fn with_cache(
+        url: &str,
+        token: &str,
+        device: &str,
+        dir: tempfile::TempDir,
+        cache: &Path,
+    ) -> Mount {
         let mnt = dir.path().join("mnt");
         fs::create_dir_all(&mnt).unwrap();
         let log = fs::File::create(dir.path().join("client.log")).unwrap();
@@ -52,7 +66,7 @@ impl Mount {
             .arg(&mnt)
             .args(["--server", url, "--token", token, "--device", device])
             .arg("--cache-dir")
-            .arg(dir.path().join("cache"))
+            .arg(cache)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -136,7 +150,7 @@ fn wait_gone(path: &Path) {
 
 #[test]
 fn two_mounts_sync_through_jewel_server_on_aws_stores() {
-    scenario(false);
+    scenario(false, true);
 }
 
 /// The same with blocks in s3s-fs, which checks the presigned URLs' signatures as S3 does:
@@ -144,10 +158,10 @@ fn two_mounts_sync_through_jewel_server_on_aws_stores() {
 /// block PUT (moto above does not check signatures).
 #[test]
 fn two_mounts_sync_with_a_signature_checking_s3() {
-    scenario(true);
+    scenario(true, false);
 }
 
-fn scenario(strict_s3: bool) {
+fn scenario(strict_s3: bool, remount: bool) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let moto = root.join(".venv-emu/bin/moto_server");
     if !moto.exists() {
@@ -209,7 +223,11 @@ fn scenario(strict_s3: bool) {
         ("JEWEL_TABLE", "jewel-mounts".to_string()),
         ("JEWEL_BUCKET", "jewel-mounts-blocks".to_string()),
         ("AWS_ENDPOINT_URL_S3", s3_url),
-        ("JEWEL_BUS", "local".to_string()),
+        // STS on moto accepts any role; the service narrows it to one queue per device.
+        (
+            "JEWEL_LISTENER_ROLE_ARN",
+            "arn:aws:iam::123456789012:role/jewel-listener".to_string(),
+        ),
         ("RUST_LOG", "warn".to_string()),
     ];
     let server = |args: &[&str]| {
@@ -247,7 +265,14 @@ fn scenario(strict_s3: bool) {
             .filter(|r| r.status().is_success())
     });
 
-    let a = Mount::new(&url, &token, "laptop");
+    let a_cache = tempfile::tempdir().unwrap();
+    let a = Mount::with_cache(
+        &url,
+        &token,
+        "laptop",
+        tempfile::tempdir().unwrap(),
+        a_cache.path(),
+    );
     let b = Mount::new(&url, &token, "desktop");
 
     // A file, its edit, a rename, a folder with a file, deletes: each reaches the other side.
@@ -269,4 +294,46 @@ fn scenario(strict_s3: bool) {
     fs::remove_file(a.p("docs/big.bin")).unwrap();
     fs::remove_dir(a.p("docs")).unwrap();
     wait_gone(&b.p("docs"));
+    if !remount {
+        return;
+    }
+
+    // The laptop mounts again with the same cache: the same device, still hearing changes.
+    drop(a);
+    let a = Mount::with_cache(
+        &url,
+        &token,
+        "laptop",
+        tempfile::tempdir().unwrap(),
+        a_cache.path(),
+    );
+    fs::write(a.p("again.txt"), b"back again").unwrap();
+    wait_content(&b.p("again.txt"), b"back again", &b);
+    fs::write(b.p("reply.txt"), b"welcome back").unwrap();
+    wait_content(&a.p("reply.txt"), b"welcome back", &a);
+
+    let changes: jewel_wire::ChangePage = reqwest::blocking::Client::new()
+        .get(format!("{url}/api/v1/changes?since=0"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let device_of = |name: &str| {
+        changes
+            .events
+            .iter()
+            .find(|e| e.node.name == name)
+            .and_then(|e| e.device)
+            .unwrap_or_else(|| panic!("no change names {name}: {changes:?}"))
+    };
+    let laptop = device_of("note.txt");
+    assert_eq!(
+        device_of("again.txt"),
+        laptop,
+        "the remount registered a new device"
+    );
+    assert_ne!(device_of("reply.txt"), laptop);
+    let saved = fs::read_to_string(a_cache.path().join("device.json")).unwrap();
+    assert!(saved.contains(&laptop.to_string()), "{saved}");
 }

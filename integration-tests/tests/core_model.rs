@@ -122,6 +122,9 @@ impl Api for FaultApi {
     async fn register_device(&self, name: &str) -> ApiResult<Device> {
         self.guard(self.inner.register_device(name)).await
     }
+    async fn renew_listen(&self, device: DeviceId) -> ApiResult<Device> {
+        self.guard(self.inner.renew_listen(device)).await
+    }
     async fn changes(&self, since: Seq, limit: u32) -> ApiResult<ChangePage> {
         self.guard(self.inner.changes(since, limit)).await
     }

@@ -211,6 +211,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     let api: Arc<dyn Api> = Arc::new(HttpApi::new(&server, &token)?);
     let mut cfg = Config::new(cache_dir.clone(), device);
     cfg.cache_size = cache_size;
+    cfg.server = server.clone();
     let had_cache = cache_dir.join("state.json").exists();
     let core = Core::open(cfg, api.clone())
         .with_context(|| format!("opening cache {}", cache_dir.display()))?;

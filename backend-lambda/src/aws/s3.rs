@@ -26,6 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use aws_sdk_s3::Client;
 use base64::Engine;
 use bytes::Bytes;
@@ -231,6 +232,62 @@ impl BlobStore for S3BlobStore {
             )));
         }
         Ok(bytes)
+    }
+
+    async fn remove_user(&self, user: &UserId) -> BlobResult<u64> {
+        if user.is_empty() || user.contains('/') {
+            return Ok(0);
+        }
+        let prefix = format!("u/{user}/");
+        let mut removed = 0;
+        loop {
+            // List a page, delete it, list again from the start: each pass sees only what is
+            // left, so no continuation token goes stale while deleting.
+            count("s3:ListObjectsV2");
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&prefix)
+                .max_keys(1000)
+                .send()
+                .await
+                .map_err(be)?;
+            let ids: Vec<ObjectIdentifier> = page
+                .contents()
+                .iter()
+                .filter_map(|o| o.key())
+                .filter_map(|k| ObjectIdentifier::builder().key(k).build().ok())
+                .collect();
+            if ids.is_empty() {
+                return Ok(removed);
+            }
+            let n = ids.len() as u64;
+            count("s3:DeleteObjects");
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(
+                    Delete::builder()
+                        .set_objects(Some(ids))
+                        .quiet(true)
+                        .build()
+                        .map_err(be)?,
+                )
+                .send()
+                .await
+                .map_err(be)?;
+            if let Some(e) = out.errors().first() {
+                return Err(BlobError::Backend(format!(
+                    "S3 kept {} of the user's blocks: {} {}",
+                    out.errors().len(),
+                    e.key().unwrap_or_default(),
+                    e.message().unwrap_or_default()
+                )));
+            }
+            removed += n;
+        }
     }
 
     async fn delete(&self, user: &UserId, hash: &str) -> BlobResult<()> {

@@ -152,6 +152,13 @@ impl SqsBus {
 /// The queue name of one device, `<prefix>-<user>-<device>`: only the characters SQS allows,
 /// at most 80.
 pub fn queue_name(prefix: &str, user: &str, device: DeviceId) -> String {
+    let mut name = format!("{}{device}", user_queue_prefix(prefix, user));
+    name.truncate(80);
+    name
+}
+
+/// What the names of one user's queues begin with, `<prefix>-<user>-`.
+pub fn user_queue_prefix(prefix: &str, user: &str) -> String {
     let clean: String = user
         .chars()
         .map(|c| {
@@ -162,9 +169,7 @@ pub fn queue_name(prefix: &str, user: &str, device: DeviceId) -> String {
             }
         })
         .collect();
-    let mut name = format!("{prefix}-{clean}-{device}");
-    name.truncate(80);
-    name
+    format!("{prefix}-{clean}-")
 }
 
 /// The session policy that narrows the listener role to one queue.
@@ -260,6 +265,50 @@ impl ChangeBus for SqsBus {
 
     async fn wait_after(&self, _user: &UserId, _after: Seq, _timeout: Duration) -> BusResult<Seq> {
         Err(BusError::PollUnsupported)
+    }
+
+    /// Deletes every queue named `<prefix>-<user>-<device>`, found by listing the name prefix
+    /// (so also queues of devices whose items are already gone).
+    async fn remove_user(&self, user: &UserId) -> BusResult<u64> {
+        let prefix = user_queue_prefix(&self.prefix, user);
+        let mut urls = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            count("sqs:ListQueues");
+            let out = self
+                .sqs
+                .list_queues()
+                .queue_name_prefix(&prefix)
+                .max_results(1000)
+                .set_next_token(next.take())
+                .send()
+                .await
+                .map_err(be)?;
+            urls.extend(out.queue_urls().iter().cloned());
+            match out.next_token() {
+                Some(t) if !t.is_empty() => next = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        let mut removed = 0;
+        for url in urls {
+            // Only `<prefix><digits>`: a longer user id sharing our prefix is someone else.
+            let name = url.rsplit('/').next().unwrap_or_default();
+            let device = name.strip_prefix(&prefix).unwrap_or_default();
+            if device.is_empty() || !device.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            count("sqs:DeleteQueue");
+            match self.sqs.delete_queue().queue_url(&url).send().await {
+                Ok(_) => removed += 1,
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_queue_does_not_exist()) => {}
+                Err(e) => return Err(be(e)),
+            }
+            self.urls.lock().unwrap().remove(name);
+        }
+        Ok(removed)
     }
 }
 

@@ -564,3 +564,79 @@ async fn two_instances_writing_one_user_keep_the_log_dense() {
         12
     );
 }
+
+/// `jewel-server user remove` in AWS mode: the user's blocks in S3 and device queues go with
+/// the user's items; another user's stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_user_deletes_its_blocks_and_queues() {
+    let Some(m) = moto() else { return };
+    let sdk = sdk_for(&m.url).await;
+    let settings = fresh_settings();
+    let meta = DynamoStore::new(&sdk, &settings);
+    meta.create_table().await.unwrap();
+    let blobs = S3BlobStore::new(&sdk, &settings);
+    blobs.create_bucket().await.unwrap();
+    let bus = SqsBus::new(&sdk, &settings);
+    let svc = crate::service::Service::new(Arc::new(meta), Arc::new(blobs), Arc::new(bus));
+
+    let mut hashes = std::collections::HashMap::new();
+    for name in ["ann", "bob"] {
+        let (user, _) = crate::admin::add_user(svc.meta.as_ref(), name)
+            .await
+            .unwrap();
+        let mut hs = Vec::new();
+        for i in 0..3 {
+            let bytes = Bytes::from(format!("{name} block {i}"));
+            let h = sha256_hex(&bytes);
+            svc.blobs.put(&user.id, &h, bytes).await.unwrap();
+            hs.push(h);
+        }
+        for d in ["laptop", "desktop"] {
+            let id = svc.meta.register_device(&user.id, d).await.unwrap();
+            svc.bus.register_device(&user.id, id).await.unwrap();
+        }
+        hashes.insert(name, (user.id, hs));
+    }
+    let queues = || async {
+        aws_sdk_sqs::Client::new(&sdk)
+            .list_queues()
+            .queue_name_prefix(&settings.queue_prefix)
+            .send()
+            .await
+            .unwrap()
+            .queue_urls()
+            .to_vec()
+    };
+    assert_eq!(queues().await.len(), 4);
+
+    let removed = crate::admin::remove_user_everywhere(&svc, "ann")
+        .await
+        .unwrap();
+    assert_eq!(
+        removed,
+        crate::admin::Removed {
+            blocks: 3,
+            queues: 2
+        }
+    );
+
+    let (ann, ann_blocks) = &hashes["ann"];
+    let (bob, bob_blocks) = &hashes["bob"];
+    assert_eq!(
+        &svc.blobs.missing(ann, ann_blocks).await.unwrap(),
+        ann_blocks
+    );
+    assert!(svc.blobs.missing(bob, bob_blocks).await.unwrap().is_empty());
+    let left = queues().await;
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().all(|q| q.contains(bob.as_str())), "{left:?}");
+    let users = svc.meta.list_users().await.unwrap();
+    assert_eq!(
+        users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
+        ["bob"]
+    );
+    // Nothing left: running it again says the user is unknown.
+    assert!(crate::admin::remove_user_everywhere(&svc, "ann")
+        .await
+        .is_err());
+}

@@ -145,8 +145,12 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
                 UserCommand::Remove { name } => {
-                    backend_lambda::admin::remove_user(meta, &name).await?;
-                    println!("removed user {name}");
+                    let removed =
+                        backend_lambda::admin::remove_user_everywhere(&service, &name).await?;
+                    println!(
+                        "removed user {name} ({} blocks, {} device queues)",
+                        removed.blocks, removed.queues
+                    );
                 }
                 UserCommand::Token { name } => {
                     let token = backend_lambda::admin::reissue_token(meta, &name).await?;

@@ -115,7 +115,7 @@ pub async fn empty_block_works(store: &dyn BlobStore) {
 }
 
 pub async fn list_shows_a_users_blocks_only(store: &dyn BlobStore) {
-    let (a, b) = (user(9), user(10));
+    let (a, b) = (user(11), user(12));
     assert!(store.list(&a).await.unwrap().is_empty());
     let before = crate::store::now_ns() - 60_000_000_000;
     let mut hashes = Vec::new();
@@ -145,6 +145,26 @@ pub async fn list_shows_a_users_blocks_only(store: &dyn BlobStore) {
     assert_eq!(store.list(&a).await.unwrap().len(), 2);
 }
 
+pub async fn remove_user_deletes_only_that_users_blocks(store: &dyn BlobStore) {
+    let (a, b) = (user(9), user(10));
+    let mut hashes = Vec::new();
+    for i in 0..3 {
+        let bytes = Bytes::from(format!("block {i}"));
+        let hash = sha256_hex(&bytes);
+        store.put(&a, &hash, bytes.clone()).await.unwrap();
+        store.put(&b, &hash, bytes).await.unwrap();
+        hashes.push(hash);
+    }
+    assert_eq!(store.remove_user(&a).await.unwrap(), 3);
+    assert_eq!(store.missing(&a, &hashes).await.unwrap(), hashes);
+    assert!(store.missing(&b, &hashes).await.unwrap().is_empty());
+    assert_eq!(
+        store.remove_user(&a).await.unwrap(),
+        0,
+        "again: nothing left"
+    );
+}
+
 /// Expands to one `#[tokio::test]` per conformance case. `$make` is an async expression
 /// giving `(store, guard)`.
 #[macro_export]
@@ -158,7 +178,8 @@ macro_rules! blob_store_conformance {
             delete_removes_and_is_idempotent,
             malformed_hashes_are_refused,
             empty_block_works,
-            list_shows_a_users_blocks_only
+            list_shows_a_users_blocks_only,
+            remove_user_deletes_only_that_users_blocks
         );
     };
     (@cases $make:expr; $($case:ident),*) => {

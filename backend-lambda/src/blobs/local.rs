@@ -124,6 +124,28 @@ impl LocalBlobStore {
 
 #[async_trait]
 impl BlobStore for LocalBlobStore {
+    async fn remove_user(&self, user: &UserId) -> BlobResult<u64> {
+        if user.is_empty()
+            || !user
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Ok(0);
+        }
+        let dir = self.root.join(user);
+        let mut n = 0;
+        if let Ok(prefixes) = std::fs::read_dir(&dir) {
+            for p in prefixes.flatten() {
+                n += std::fs::read_dir(p.path()).map(|d| d.count()).unwrap_or(0) as u64;
+            }
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(BlobError::Backend(format!("{}: {e}", dir.display()))),
+        }
+    }
+
     async fn missing(&self, user: &UserId, hashes: &[String]) -> BlobResult<Vec<String>> {
         let mut missing = Vec::new();
         for hash in hashes {

@@ -49,6 +49,9 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn delete(&self, user: &UserId, hash: &str) -> BlobResult<()>;
     /// Every block this user's store holds, with when it was stored (for garbage collection).
     async fn list(&self, user: &UserId) -> BlobResult<Vec<StoredBlock>>;
+    /// Deletes every block of the user (the user is being removed); returns how many. Safe to
+    /// run again after a failure.
+    async fn remove_user(&self, user: &UserId) -> BlobResult<u64>;
 }
 
 /// A block as the store lists it.

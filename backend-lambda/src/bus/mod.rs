@@ -48,4 +48,9 @@ pub trait ChangeBus: Send + Sync + 'static {
     /// Waits until the user's newest sequence number exceeds `after` or `timeout` passes;
     /// returns the newest sequence number known to the bus. Only for buses read by long-poll.
     async fn wait_after(&self, user: &UserId, after: Seq, timeout: Duration) -> BusResult<Seq>;
+    /// Deletes whatever the bus keeps for the user's devices (the user is being removed; SQS:
+    /// their queues); returns how many channels went. Nothing to do for an in-process bus.
+    async fn remove_user(&self, _user: &UserId) -> BusResult<u64> {
+        Ok(0)
+    }
 }

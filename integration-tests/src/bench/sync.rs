@@ -416,6 +416,9 @@ impl Api for TimedApi {
     async fn register_device(&self, name: &str) -> ApiResult<Device> {
         self.t(self.inner.register_device(name)).await
     }
+    async fn renew_listen(&self, device: DeviceId) -> ApiResult<Device> {
+        self.t(self.inner.renew_listen(device)).await
+    }
     async fn changes(&self, since: Seq, limit: u32) -> ApiResult<ChangePage> {
         self.t(self.inner.changes(since, limit)).await
     }

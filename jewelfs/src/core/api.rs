@@ -67,6 +67,16 @@ pub trait Api: Send + Sync + 'static {
     async fn set_attr(&self, id: NodeId, req: &SetAttr) -> ApiResult<Node>;
     async fn delete(&self, id: NodeId, base_version: Version, recursive: bool) -> ApiResult<Node>;
     async fn register_device(&self, name: &str) -> ApiResult<Device>;
+    /// `POST /devices/{id}/listen`: how an already registered device listens now (in AWS
+    /// mode, fresh credentials for its queue). `NotFound` when the service no longer knows
+    /// the device. The default (for test services without the route) says exactly that, so
+    /// a client registers anew.
+    async fn renew_listen(&self, device: DeviceId) -> ApiResult<Device> {
+        Err(ApiErr::Api(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no device {device} here"),
+        )))
+    }
     async fn changes(&self, since: Seq, limit: u32) -> ApiResult<ChangePage>;
     async fn poll(&self, device: DeviceId, since: Seq, timeout_ms: u64) -> ApiResult<ChangePage>;
     async fn missing_blocks(&self, hashes: Vec<BlockHash>) -> ApiResult<MissingBlocks>;
@@ -210,6 +220,9 @@ impl Api for HttpApi {
             name: name.to_string(),
         };
         Self::send(self.req(reqwest::Method::POST, "/devices").json(&body)).await
+    }
+    async fn renew_listen(&self, device: DeviceId) -> ApiResult<Device> {
+        Self::send(self.req(reqwest::Method::POST, &format!("/devices/{device}/listen"))).await
     }
     async fn changes(&self, since: Seq, limit: u32) -> ApiResult<ChangePage> {
         let b = self

@@ -1,8 +1,10 @@
 //! The change listener: hears what other devices changed and applies it to the tree cache,
 //! then tells the kernel (through [`Inval`] messages to the notifier thread).
 //!
-//! The embedded service is long-polled (`GET /devices/{id}/poll?since=cursor`), which
-//! answers as soon as there are events after the cursor. Subtle cases:
+//! The changes come from a [`ChangeSource`](super::listen::ChangeSource) (`listen.rs`): the
+//! embedded service's long-poll (`GET /devices/{id}/poll?since=cursor`, which answers as
+//! soon as there are events after the cursor) or, in AWS mode, the device's SQS queue
+//! (`listen_sqs.rs`). Subtle cases:
 //! - **gaps**: the first event must be `cursor + 1`; otherwise (a dropped notification) the
 //!   listener reads `GET /changes?since=cursor` page by page until it reaches `latest_seq`.
 //! - **reconnects**: after any failure the listener catches up from its cursor the same way,
@@ -10,7 +12,8 @@
 //! - **`cursor_too_old`** (410): the log was trimmed past our cursor; the listener drops
 //!   every cached listing and node that has no local changes, tells the kernel to forget
 //!   them, and starts again from the service's newest sequence number (a re-list).
-//! - **our own echoes** (events naming our device) are skipped: the uploader already applied
+//! - **our own echoes** (events naming our device, made since this process attached it: the
+//!   device id is kept across mounts, see `listen.rs`) are skipped: the uploader already applied
 //!   the service's answer, and an echo may be older than the local view (a file created as
 //!   `x.lock` and renamed since must not reappear under its first name).
 //! - **local changes win locally**: a remote change to a node with a pending local change
@@ -23,6 +26,7 @@ use std::time::Duration;
 use jewel_wire::*;
 
 use super::api::ApiErr;
+use super::listen::{apply_batch, Sources};
 use super::{Core, Inval};
 
 impl Core {
@@ -30,9 +34,7 @@ impl Core {
     pub async fn connect(&self) -> Result<Me, ApiErr> {
         let me = self.api.me().await?;
         if self.device.load(Ordering::Relaxed) == 0 {
-            let dev = self.api.register_device(&self.cfg.device_name).await?;
-            self.api.set_device(dev.id);
-            self.device.store(dev.id, Ordering::Relaxed);
+            self.attach_device(&me).await?;
         }
         if self.cursor.load(Ordering::Relaxed) == 0 {
             self.cursor.store(me.latest_seq, Ordering::Relaxed);
@@ -41,10 +43,14 @@ impl Core {
         Ok(me)
     }
 
-    /// Runs forever: long-polls for changes and applies them.
+    /// Runs forever: waits for changes (from the device's [`ChangeSource`], long-poll or SQS)
+    /// and applies them.
+    ///
+    /// [`ChangeSource`]: super::listen::ChangeSource
     pub async fn run_listener(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(100);
         let mut need_catch_up = false;
+        let mut sources = Sources::default();
         loop {
             if self.device.load(Ordering::Relaxed) == 0 {
                 if let Err(e) = self.connect().await {
@@ -66,19 +72,17 @@ impl Core {
             }
             let device = self.device.load(Ordering::Relaxed);
             let cursor = self.cursor.load(Ordering::Relaxed);
-            match self
-                .api
-                .poll(device, cursor, self.cfg.poll_timeout_ms)
-                .await
-            {
-                Ok(page) => {
+            let source = sources.current(&self);
+            match source.next_batch(&self, device, cursor).await {
+                Ok(batch) => {
                     if !self.online.swap(true, Ordering::Relaxed) {
                         self.journal.changed.notify_one();
                     }
                     backoff = Duration::from_millis(100);
-                    if !self.apply_page(&page) {
+                    if !apply_batch(&self, batch) {
                         need_catch_up = true;
                     }
+                    source.applied().await;
                 }
                 Err(e) if e.code() == Some(ErrorCode::CursorTooOld) => self.relist().await,
                 Err(e) if e.code() == Some(ErrorCode::NotFound) => {
@@ -156,7 +160,9 @@ impl Core {
 
     /// Applies one remote change to the tree and queues the kernel invalidations.
     pub fn apply_event(&self, ev: &ChangeEvent) {
-        let own = ev.device.is_some() && ev.device == Some(self.device.load(Ordering::Relaxed));
+        let own = ev.device.is_some()
+            && ev.device == Some(self.device.load(Ordering::Relaxed))
+            && ev.seq > self.echo_floor.load(Ordering::Relaxed);
         if own || self.journal.resolve(ev.node.id) != ev.node.id {
             // (A node we replaced by a new one, e.g. an edit brought back after a delete
             // elsewhere: news about the old node must not touch the new one.)

@@ -20,6 +20,8 @@ pub mod api;
 pub mod blocks;
 pub mod conflict;
 pub mod journal;
+pub mod listen;
+pub mod listen_sqs;
 pub mod listener;
 pub mod sync;
 pub mod tree;
@@ -56,6 +58,8 @@ pub struct Config {
     pub poll_timeout_ms: u64,
     /// Blocks fetched ahead of a sequential reader: 4 × 4 MiB keeps a fast link busy.
     pub readahead_blocks: usize,
+    /// The service's address: the saved device id is kept per server and user.
+    pub server: String,
 }
 
 impl Config {
@@ -67,6 +71,7 @@ impl Config {
             settle_ms: 20,
             poll_timeout_ms: 25_000,
             readahead_blocks: 4,
+            server: String::new(),
         }
     }
 }
@@ -214,6 +219,11 @@ pub struct Core {
     pub online: AtomicBool,
     pub cursor: AtomicU64,
     pub device: AtomicU64,
+    /// How this device hears of changes (from its registration; see `listen.rs`).
+    pub(crate) listen: Mutex<Listen>,
+    /// The newest sequence number when this process attached its device: events up to it
+    /// were made by an earlier mount of the same device, never echoes of this one.
+    pub(crate) echo_floor: AtomicU64,
     pub conflicts: AtomicU64,
     pub uploaded: AtomicU64,
     next_local: AtomicU64,
@@ -297,6 +307,8 @@ impl Core {
             online: AtomicBool::new(false),
             cursor: AtomicU64::new(0),
             device: AtomicU64::new(0),
+            listen: Mutex::new(Listen::Poll),
+            echo_floor: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
             uploaded: AtomicU64::new(0),
             next_local: AtomicU64::new(LOCAL_ID_BASE + (journal::now_ms() << 8)),

@@ -1,0 +1,359 @@
+//! The AWS-mode [`ChangeSource`]: receive this device's change notifications from its own SQS
+//! queue (`Listen::Sqs`).
+//!
+//! - **Credentials** are the short-lived ones the API handed out (STS, narrowed by a session
+//!   policy to receive/delete on this one queue). The SQS client is built with exactly those,
+//!   as static credentials: never the SDK's default chain, never instance metadata. Before
+//!   they expire ([`RENEW_BEFORE`]), or when SQS refuses them, the source asks the API again
+//!   (`POST /devices/{id}/listen`); the new `Listen` makes the listener build a new source.
+//! - **Long polling**: `ReceiveMessage` with `WaitTimeSeconds` 20 (the SQS maximum), up to 10
+//!   messages. A message arrives within the receive round trip; an idle device costs three
+//!   receives a minute.
+//! - **Visibility**: a message taken by a receive whose client is gone (a mount stopped during
+//!   its long poll; SQS still answers that receive) returns after [`VISIBILITY_SECONDS`].
+//! - **Delete after applying**: the listener calls [`ChangeSource::applied`] once the batch is
+//!   in the tree; only then are the messages deleted (`DeleteMessageBatch`). A message whose
+//!   delete fails comes back after the visibility timeout and is skipped as already applied.
+//! - **Duplicates, order, gaps**: a standard queue may deliver twice and out of order; every
+//!   body is a JSON `ChangePage`, applied by sequence number, so repeats are skipped and a gap
+//!   (or a body we cannot read) sends the listener to the change feed (`catch_up`). A new
+//!   source starts with a catch-up: events committed between the device's `GET /me` and its
+//!   queue's creation reached no queue.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use aws_sdk_sqs::error::ProvideErrorMetadata;
+use jewel_wire::{ChangePage, DeviceId, Seq, SqsCredentials};
+
+use super::api::{ApiErr, ApiResult};
+use super::listen::{Batch, ChangeSource};
+use super::Core;
+
+/// Long-poll wait of one receive: the SQS maximum, so an idle device costs the fewest requests.
+pub const WAIT_SECONDS: i32 = 20;
+/// How long a received message stays hidden from other receives. We delete it right after
+/// applying it (milliseconds), so this only matters when a receive's answer goes nowhere: a
+/// client that died (or unmounted) during its long poll leaves that receive waiting at SQS,
+/// and the message it takes comes back to the next mount after this time, not the queue's
+/// default 30 s. Too short only means a repeat, which is skipped by sequence number.
+pub const VISIBILITY_SECONDS: i32 = 5;
+/// Renew the credentials this long before they expire: more than one long poll plus a slow
+/// API answer, far less than their one-hour life.
+pub const RENEW_BEFORE: Duration = Duration::from_secs(5 * 60);
+
+pub struct SqsSource {
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+    expires_ns: i64,
+    /// Receipt handles of the last batch, deleted once it is applied.
+    receipts: Vec<String>,
+    started: bool,
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Error codes meaning "these credentials no longer work": renew them.
+fn is_credentials_error(code: &str) -> bool {
+    matches!(
+        code,
+        "ExpiredToken"
+            | "ExpiredTokenException"
+            | "InvalidClientTokenId"
+            | "InvalidAccessKeyId"
+            | "InvalidSecurity"
+            | "AccessDenied"
+            | "AccessDeniedException"
+            | "SignatureDoesNotMatch"
+            | "RequestExpired"
+            | "UnrecognizedClientException"
+    )
+}
+
+impl SqsSource {
+    pub fn new(
+        queue_url: &str,
+        region: &str,
+        endpoint: Option<&str>,
+        creds: &SqsCredentials,
+    ) -> SqsSource {
+        let credentials = aws_sdk_sqs::config::Credentials::new(
+            &creds.access_key_id,
+            &creds.secret_access_key,
+            creds.session_token.clone(),
+            u64::try_from(creds.expires_ns)
+                .ok()
+                .map(|ns| UNIX_EPOCH + Duration::from_nanos(ns)),
+            "jewel-api",
+        );
+        let mut conf = aws_sdk_sqs::Config::builder()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new(region.to_string()))
+            .credentials_provider(credentials)
+            .http_client(http_client());
+        if let Some(ep) = endpoint {
+            conf = conf.endpoint_url(ep);
+        }
+        SqsSource {
+            client: aws_sdk_sqs::Client::from_conf(conf.build()),
+            queue_url: queue_url.to_string(),
+            expires_ns: creds.expires_ns,
+            receipts: Vec::new(),
+            started: false,
+        }
+    }
+}
+
+/// hyper on rustls with the ring provider: the workspace's one TLS stack.
+fn http_client() -> aws_sdk_sqs::config::SharedHttpClient {
+    use aws_smithy_http_client::tls;
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
+}
+
+#[async_trait]
+impl ChangeSource for SqsSource {
+    async fn next_batch(
+        &mut self,
+        core: &Core,
+        device: DeviceId,
+        _cursor: Seq,
+    ) -> ApiResult<Batch> {
+        if !self.started {
+            self.started = true;
+            return Ok(Batch {
+                pages: Vec::new(),
+                catch_up: true,
+            });
+        }
+        if now_ns() + RENEW_BEFORE.as_nanos() as i64 >= self.expires_ns {
+            tracing::debug!("queue credentials expire soon: renewing");
+            core.renew_listen(device).await?;
+            return Ok(Batch::default());
+        }
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(WAIT_SECONDS)
+            .visibility_timeout(VISIBILITY_SECONDS)
+            .send()
+            .await;
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                let code = e.code().unwrap_or_default().to_string();
+                let msg = format!("SQS receive: {}", aws_err(&e));
+                if is_credentials_error(&code) {
+                    tracing::info!("{msg}: renewing the queue credentials");
+                    core.renew_listen(device).await?;
+                    return Ok(Batch::default());
+                }
+                if code.contains("NonExistentQueue") || code.contains("QueueDoesNotExist") {
+                    // Ask the service again: it creates the queue when it is missing.
+                    tracing::warn!("{msg}: asking the service for the queue again");
+                    core.renew_listen(device).await?;
+                    return Ok(Batch {
+                        pages: Vec::new(),
+                        catch_up: true,
+                    });
+                }
+                return Err(ApiErr::Offline(msg));
+            }
+        };
+        let mut batch = Batch::default();
+        for m in out.messages() {
+            if let Some(r) = m.receipt_handle() {
+                self.receipts.push(r.to_string());
+            }
+            match serde_json::from_str::<ChangePage>(m.body().unwrap_or_default()) {
+                Ok(page) => batch.pages.push(page),
+                Err(e) => {
+                    tracing::warn!("unreadable change message ({e}): reading the change feed");
+                    batch.catch_up = true;
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    async fn applied(&mut self) {
+        while !self.receipts.is_empty() {
+            let n = self.receipts.len().min(10);
+            let entries: Vec<_> = self
+                .receipts
+                .drain(..n)
+                .enumerate()
+                .filter_map(|(i, r)| {
+                    aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(r)
+                        .build()
+                        .ok()
+                })
+                .collect();
+            let res = self
+                .client
+                .delete_message_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await;
+            if let Err(e) = res {
+                // They come back after the visibility timeout and are skipped as applied.
+                tracing::debug!("SQS delete: {}", aws_err(&e));
+            }
+        }
+    }
+}
+
+/// An SDK error with its whole chain of causes (the top one alone says "service error").
+fn aws_err(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use jewel_wire::*;
+
+    use super::super::api::Api;
+    use super::*;
+
+    /// A service that only renews listeners (counting the calls); nothing else is reachable.
+    #[derive(Default)]
+    struct Renewer {
+        renewals: AtomicU32,
+    }
+
+    fn off<T>() -> ApiResult<T> {
+        Err(ApiErr::Offline("not in this test".into()))
+    }
+
+    #[async_trait]
+    impl Api for Renewer {
+        async fn me(&self) -> ApiResult<Me> {
+            off()
+        }
+        async fn get_node(&self, _: NodeId) -> ApiResult<Node> {
+            off()
+        }
+        async fn list_children(&self, _: NodeId, _: Option<String>) -> ApiResult<ListPage> {
+            off()
+        }
+        async fn create(&self, _: &CreateNode) -> ApiResult<Node> {
+            off()
+        }
+        async fn commit(&self, _: NodeId, _: &CommitContent) -> ApiResult<Node> {
+            off()
+        }
+        async fn move_node(&self, _: NodeId, _: &MoveNode) -> ApiResult<MoveResult> {
+            off()
+        }
+        async fn set_attr(&self, _: NodeId, _: &SetAttr) -> ApiResult<Node> {
+            off()
+        }
+        async fn delete(&self, _: NodeId, _: Version, _: bool) -> ApiResult<Node> {
+            off()
+        }
+        async fn register_device(&self, _: &str) -> ApiResult<Device> {
+            off()
+        }
+        async fn renew_listen(&self, device: DeviceId) -> ApiResult<Device> {
+            self.renewals.fetch_add(1, Ordering::Relaxed);
+            Ok(Device {
+                id: device,
+                name: "laptop".into(),
+                listen: Listen::Sqs {
+                    queue_url: "http://127.0.0.1:9/1/q".into(),
+                    region: "us-east-1".into(),
+                    endpoint: Some("http://127.0.0.1:9".into()),
+                    credentials: creds(now_ns() + 3_600_000_000_000),
+                },
+            })
+        }
+        async fn changes(&self, _: Seq, _: u32) -> ApiResult<ChangePage> {
+            off()
+        }
+        async fn poll(&self, _: DeviceId, _: Seq, _: u64) -> ApiResult<ChangePage> {
+            off()
+        }
+        async fn missing_blocks(&self, _: Vec<BlockHash>) -> ApiResult<MissingBlocks> {
+            off()
+        }
+        async fn block_urls(&self, _: Vec<BlockHash>) -> ApiResult<BlockUrls> {
+            off()
+        }
+        async fn put_block(&self, _: &str, _: Bytes) -> ApiResult<()> {
+            off()
+        }
+        async fn get_block(&self, _: &str) -> ApiResult<Bytes> {
+            off()
+        }
+        fn set_device(&self, _: DeviceId) {}
+    }
+
+    fn creds(expires_ns: i64) -> SqsCredentials {
+        SqsCredentials {
+            access_key_id: "ASIA".into(),
+            secret_access_key: "secret".into(),
+            session_token: Some("token".into()),
+            expires_ns,
+        }
+    }
+
+    #[tokio::test]
+    async fn credentials_about_to_expire_are_renewed_before_receiving() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = Arc::new(Renewer::default());
+        let core = Core::open(
+            super::super::Config::new(dir.path().to_path_buf(), "laptop".into()),
+            api.clone(),
+        )
+        .unwrap();
+        // Two minutes left: less than RENEW_BEFORE. (Port 9 answers nothing: a receive
+        // attempted instead of a renewal would fail the test.)
+        let mut src = SqsSource::new(
+            "http://127.0.0.1:9/1/q",
+            "us-east-1",
+            Some("http://127.0.0.1:9"),
+            &creds(now_ns() + 120_000_000_000),
+        );
+        let first = src.next_batch(&core, 5, 0).await.unwrap();
+        assert!(first.catch_up, "a new source reads the feed first");
+        let second = src.next_batch(&core, 5, 0).await.unwrap();
+        assert!(second.pages.is_empty() && !second.catch_up);
+        assert_eq!(api.renewals.load(Ordering::Relaxed), 1);
+        let listen = core.listen.lock().unwrap().clone();
+        let Listen::Sqs { credentials, .. } = listen else {
+            panic!("{listen:?}")
+        };
+        assert!(credentials.expires_ns > now_ns() + RENEW_BEFORE.as_nanos() as i64);
+    }
+
+    #[test]
+    fn expired_or_refused_credentials_are_renewed() {
+        assert!(is_credentials_error("ExpiredToken"));
+        assert!(is_credentials_error("AccessDenied"));
+        assert!(!is_credentials_error("ServiceUnavailable"));
+    }
+}
