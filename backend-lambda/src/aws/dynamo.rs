@@ -1712,7 +1712,7 @@ impl MetaStore for DynamoStore {
                 replaced_at_ns: get_n(&item, "at")?,
             });
         }
-        out.sort_by(|a, b| b.version.cmp(&a.version));
+        out.sort_by_key(|v| std::cmp::Reverse(v.version));
         Ok(out)
     }
 
