@@ -35,6 +35,9 @@ use super::{now_ns, Core, Inval};
 /// Why an entry could not be uploaded.
 enum Fail {
     Offline(ApiErr),
+    /// Worth another try as it is: the service lacks a block the commit names (collected as
+    /// garbage between our upload and the commit); the next attempt uploads it again.
+    Retry(ApiErr),
     Refused(String),
 }
 
@@ -42,6 +45,8 @@ impl From<ApiErr> for Fail {
     fn from(e: ApiErr) -> Self {
         if e.is_offline() {
             Fail::Offline(e)
+        } else if e.code() == Some(ErrorCode::MissingBlocks) {
+            Fail::Retry(e)
         } else {
             Fail::Refused(e.to_string())
         }
@@ -76,6 +81,12 @@ impl Core {
                             self.journal.retry_later(seq);
                             self.online.store(false, Ordering::Relaxed);
                             tracing::debug!("upload waits, service unreachable: {e}");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(2));
+                        }
+                        Err(Fail::Retry(e)) => {
+                            tracing::info!("upload tried again: {e}");
+                            self.journal.retry_later(seq);
                             tokio::time::sleep(backoff).await;
                             backoff = (backoff * 2).min(Duration::from_secs(2));
                         }
