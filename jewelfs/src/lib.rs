@@ -3,8 +3,10 @@
 //! - [`core`]: the FUSE-free async core (tree cache, block cache, upload journal, uploader,
 //!   change listener, conflict naming), tested without mounting;
 //! - [`fuse`]: the thin `fuser` adapter;
-//! - [`mount`]: the commands (`mount`, `unmount`, `status`) that `main.rs` parses.
+//! - [`mount`]: the commands (`mount`, `unmount`, `status`) that `main.rs` parses;
+//! - [`versions`]: `versions` and `restore-version`, a file's earlier contents.
 
 pub mod core;
 pub mod fuse;
 pub mod mount;
+pub mod versions;

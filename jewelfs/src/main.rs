@@ -53,6 +53,24 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// List the earlier contents the server keeps of a file in a mounted drive.
+    Versions {
+        file: PathBuf,
+        /// Access token (default as for mount: JEWEL_TOKEN, then the config file).
+        #[arg(long, env = "JEWEL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an earlier content of a file its newest again (what it replaces is kept too).
+    RestoreVersion {
+        file: PathBuf,
+        /// A version number from `jewelfs versions FILE`.
+        version: u64,
+        /// Access token (default as for mount: JEWEL_TOKEN, then the config file).
+        #[arg(long, env = "JEWEL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
 }
 
 fn main() {
@@ -86,6 +104,12 @@ fn main() {
             jewelfs::mount::unmount(&mountpoint, Duration::from_secs(wait))
         }
         Cmd::Status { mountpoint, json } => jewelfs::mount::status(&mountpoint, json),
+        Cmd::Versions { file, token, json } => jewelfs::versions::list(&file, token, json),
+        Cmd::RestoreVersion {
+            file,
+            version,
+            token,
+        } => jewelfs::versions::restore(&file, version, token),
     };
     if let Err(e) = result {
         eprintln!("jewelfs: {e:#}");

@@ -34,9 +34,9 @@ pub struct MountArgs {
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
-struct FileConfig {
+pub(crate) struct FileConfig {
     server: Option<String>,
-    token: Option<String>,
+    pub(crate) token: Option<String>,
     device: Option<String>,
     cache_dir: Option<PathBuf>,
     cache_size: Option<String>,
@@ -55,7 +55,7 @@ pub fn config_path() -> PathBuf {
     base.join("jewel").join("config.toml")
 }
 
-fn read_config() -> anyhow::Result<FileConfig> {
+pub(crate) fn read_config() -> anyhow::Result<FileConfig> {
     let path = config_path();
     match std::fs::read_to_string(&path) {
         Ok(text) => toml::from_str(&text).with_context(|| format!("reading {}", path.display())),
