@@ -301,8 +301,8 @@ fn main() {
                     res.aws_independent.push(r);
                 }
                 res.aws = "ran: `jewel-server serve --backend aws` with DynamoDB and S3 served by \
-                           moto 5.2.5 on loopback (`JEWEL_BUS=local`: long-poll, as the clients \
-                           listen today), real FUSE mounts"
+                           moto 5.2.5 on loopback (`JEWEL_BUS=local`: the long-poll bus, so \
+                           SQS on moto adds no load), real FUSE mounts"
                     .into();
             }
             None => {
@@ -939,6 +939,17 @@ fn report(m: &Machine, res: &Results, charts: &[(String, String)], args: &Args) 
                  this same 2-core machine, so this measures the code path, not AWS's speed):\n"
             );
             let _ = writeln!(s, "{}", sync_table(&res.aws_independent, &[1, 10]));
+            let _ = writeln!(
+                s,
+                "Why moto slows down as the table grows: moto 5.2.5's `transact_write_items` \
+                 deep-copies the whole table once per item of the transaction (its rollback \
+                 snapshot, `copy.deepcopy(self.tables[table_name])`), and every JewelFS write is \
+                 one `TransactWriteItems` of 4 to 6 items. So on moto the cost of a commit grows \
+                 with everything stored (here: every user's files and change log), which is why \
+                 N = 10 (1,000 files, 20 mounts) may not finish in time while N = 1 does. Real \
+                 DynamoDB has no such cost; the request counts per operation (`docs/COST.md`, \
+                 from `backend-lambda/tests/aws_cost.rs`) are what carry over.\n"
+            );
         }
     }
 
