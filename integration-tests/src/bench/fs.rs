@@ -62,6 +62,11 @@ pub const OPS: &[(&str, &str, bool)] = &[
         false,
     ),
     (
+        "upload_100m",
+        "jewelfs: 100 MiB file closed → complete in the other mount (s)",
+        false,
+    ),
+    (
         "upload_small",
         "jewelfs: small files created → all listed in the other mount (s)",
         false,
@@ -346,6 +351,18 @@ pub fn run_fs(server: &BenchServer, token: &str, work: &Path, s: FsSettings) -> 
                 std::fs::metadata(m.join(&rel)).is_ok_and(|md| md.len() == want)
             });
             t.settle();
+            if let Target::Jewel(..) = t {
+                // Issue 3's measure: a 100 MiB file, closed → complete in the other mount.
+                let mid = dir.join("mid.bin");
+                write_big(&mid, 100, seed ^ 0x100);
+                let closed = Instant::now();
+                let rel = format!("fs-r{r}/mid.bin");
+                t.other_sees(&mut res, "upload_100m", closed, |m| {
+                    std::fs::metadata(m.join(&rel)).is_ok_and(|md| md.len() == 100 << 20)
+                });
+                std::fs::remove_file(&mid).unwrap();
+                t.settle();
+            }
             // Cached: read once to warm, then measure.
             read_all(&big);
             res.put(name, "seq_read_cached", read_all(&big));

@@ -1245,6 +1245,13 @@ fn report(m: &Machine, res: &Results, charts: &[(String, String)], args: &Args) 
             "s",
             l.map(|v| v <= 0.01),
         );
+        let m = get("jewelfs", "upload_100m");
+        t(
+            "100 MiB file closed → complete in the other mount ≤ 1 s (issue 3)",
+            m,
+            "s",
+            m.map(|v| v <= 1.0),
+        );
         let c = get("jewelfs", "create_1000");
         t(
             "1,000 × 1 KiB files written ≤ 0.2 s (issue 3)",
