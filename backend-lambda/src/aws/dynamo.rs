@@ -1204,7 +1204,7 @@ impl MetaStore for DynamoStore {
                 self.entry_item(user, &node),
                 Some(Cond::version(cur.version)),
             );
-            if cur.size > 0 {
+            if cur.size > 0 && cur.blocks != content.blocks {
                 // The replaced content, kept as an earlier version (TTL ends it).
                 let mut v = key(user_pk(user), version_sk(id, cur.version));
                 put_node(&mut v, &cur);

@@ -1571,6 +1571,13 @@ pub async fn versions_keep_replaced_content(s: &dyn MetaStore) {
     let refs: BTreeSet<String> = s.referenced_blocks(&u).await.unwrap().into_iter().collect();
     assert!(refs.contains(&hash(1)) && refs.contains(&hash(2)) && refs.contains(&hash(3)));
 
+    // Committing the same content again keeps no copy of it.
+    let same = s.get_node(&u, f.id).await.unwrap();
+    s.commit_content(&u, f.id, same.version, &c(3), None, at(25))
+        .await
+        .unwrap();
+    assert_eq!(s.list_versions(&u, f.id).await.unwrap().len(), 2);
+
     // Empty content is not kept; directories and other users' files have no versions.
     let e = make(
         s,
@@ -1599,7 +1606,11 @@ pub async fn versions_keep_replaced_content(s: &dyn MetaStore) {
         .iter()
         .map(|v| v.version)
         .collect();
-    assert_eq!(left, [2]);
+    assert_eq!(
+        left,
+        [2],
+        "version 1 (replaced at 10) goes, version 2 (at 20) stays"
+    );
     assert!(!s.referenced_blocks(&u).await.unwrap().contains(&hash(1)));
 
     // At most MAX_VERSIONS per file: the oldest go first.

@@ -321,8 +321,8 @@ fn insert_node(c: &Connection, user: &str, n: &Node) -> StoreResult<()> {
     Ok(())
 }
 
-/// Keeps a file's current content as an earlier version before a commit replaces it (empty
-/// content is not worth keeping).
+/// Keeps a file's current content as an earlier version before a commit replaces it with
+/// other content (empty content is not worth keeping).
 fn keep_version(c: &Connection, user: &str, n: &Node, now_ns: i64) -> StoreResult<()> {
     if n.size == 0 {
         return Ok(());
@@ -881,7 +881,9 @@ impl MetaStore for SqliteStore {
             if node.version != base {
                 return Err(StoreError::Conflict(Box::new(node)));
             }
-            keep_version(tx, &user, &node, origin.now_ns)?;
+            if node.blocks != content.blocks {
+                keep_version(tx, &user, &node, origin.now_ns)?;
+            }
             node.size = content.size;
             node.blocks = content.blocks;
             node.mtime_ns = mtime_ns.unwrap_or(origin.now_ns);
