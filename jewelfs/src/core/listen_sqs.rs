@@ -96,7 +96,15 @@ impl SqsSource {
             .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
             .region(aws_sdk_sqs::config::Region::new(region.to_string()))
             .credentials_provider(credentials)
-            .http_client(http_client());
+            .http_client(http_client())
+            // A connection that dies silently (a laptop going to sleep) must not hold the
+            // listener for ever: a receive answers within its wait, or it is given up.
+            .timeout_config(
+                aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(Duration::from_secs(WAIT_SECONDS as u64 + 10))
+                    .build(),
+            );
         if let Some(ep) = endpoint {
             conf = conf.endpoint_url(ep);
         }
