@@ -2,7 +2,9 @@
 //! DynamoDB, the blocks in S3 (moved by the clients through presigned URLs), and every change
 //! notification through the device's own SQS queue (the default `JEWEL_BUS=sqs`): each mount
 //! receives with the short-lived credentials the API hands it (STS `AssumeRole` with a
-//! one-queue session policy, `JEWEL_LISTENER_ROLE_ARN`), all served by moto on loopback.
+//! one-queue session policy, `JEWEL_LISTENER_ROLE_ARN`), all served by moto on loopback. The
+//! `jewelfs` processes run with no AWS variables at all (only `AWS_EC2_METADATA_DISABLED`):
+//! queue URL, endpoint, region and credentials come from the API.
 //!
 //! The first test then unmounts one side and mounts it again with the same cache directory:
 //! it must come back as the same device (the same queue; its changes name the same device
@@ -67,6 +69,15 @@ impl Mount {
             .args(["--server", url, "--token", token, "--device", device])
             .arg("--cache-dir")
             .arg(cache)
+            // The client gets its queue, endpoint and credentials from the API alone: no AWS
+            // settings of this process reach it (metadata stays disabled, to be safe).
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("AWS_ENDPOINT_URL_SQS")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
