@@ -2,13 +2,20 @@
 //! DynamoDB, the blocks in S3 (moved by the clients through presigned URLs), and every change
 //! notification through the device's own SQS queue (the default `JEWEL_BUS=sqs`): each mount
 //! receives with the short-lived credentials the API hands it (STS `AssumeRole` with a
-//! one-queue session policy, `JEWEL_LISTENER_ROLE_ARN`), all served by moto on loopback.
+//! one-queue session policy, `JEWEL_LISTENER_ROLE_ARN`), all served by moto on loopback. The
+//! `jewelfs` processes run with no AWS variables at all (only `AWS_EC2_METADATA_DISABLED`):
+//! queue URL, endpoint, region and credentials come from the API.
+//!
+//! A second test serves the API from the real `bootstrap` binary behind a function URL
+//! (`cargo lambda watch`, as in `backend-lambda/tests/aws_lambda.rs`): the Lambda topology,
+//! where long-poll is refused and SQS is the only way to hear of changes.
 //!
 //! The first test then unmounts one side and mounts it again with the same cache directory:
 //! it must come back as the same device (the same queue; its changes name the same device
 //! id), renewing its listener instead of registering again, and still sync both ways.
 //!
-//! Skipped with a loud message when moto (`make setup-aws`) or FUSE is missing.
+//! Skipped with a loud message when moto or cargo-lambda (`make setup-aws`) or FUSE is
+//! missing.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -67,6 +74,15 @@ impl Mount {
             .args(["--server", url, "--token", token, "--device", device])
             .arg("--cache-dir")
             .arg(cache)
+            // The client gets its queue, endpoint and credentials from the API alone: no AWS
+            // settings of this process reach it (metadata stays disabled, to be safe).
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("AWS_ENDPOINT_URL_SQS")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -150,7 +166,15 @@ fn wait_gone(path: &Path) {
 
 #[test]
 fn two_mounts_sync_through_jewel_server_on_aws_stores() {
-    scenario(false, true);
+    scenario(false, true, false);
+}
+
+/// The AWS topology itself: the API is the real `bootstrap` binary behind a function URL
+/// (`cargo lambda watch` emulating the Lambda runtime API), where long-poll is refused, so
+/// the mounts hear of each other's changes only through their SQS queues.
+#[test]
+fn two_mounts_sync_through_the_lambda_function() {
+    scenario(false, false, true);
 }
 
 /// The same with blocks in s3s-fs, which checks the presigned URLs' signatures as S3 does:
@@ -158,11 +182,20 @@ fn two_mounts_sync_through_jewel_server_on_aws_stores() {
 /// block PUT (moto above does not check signatures).
 #[test]
 fn two_mounts_sync_with_a_signature_checking_s3() {
-    scenario(true, false);
+    scenario(true, false, false);
 }
 
-fn scenario(strict_s3: bool, remount: bool) {
+fn scenario(strict_s3: bool, remount: bool, lambda: bool) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cargo_lambda = std::env::var_os("JEWEL_CARGO_LAMBDA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".venv-lambda/bin/cargo-lambda"));
+    if lambda && !cargo_lambda.exists() {
+        return skip(&format!(
+            "cargo-lambda is not installed at {} (make setup-aws)",
+            cargo_lambda.display()
+        ));
+    }
     let moto = root.join(".venv-emu/bin/moto_server");
     if !moto.exists() {
         return skip(&format!(
@@ -251,15 +284,47 @@ fn scenario(strict_s3: bool, remount: bool) {
         .unwrap()
         .trim()
         .to_string();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let _server = Proc(
-        server(&["serve", "--backend", "aws", "--listen", &addr])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let url = format!("http://{addr}");
-    wait_for("jewel-server to answer", SYNC, || {
+    let mut _procs = Vec::new();
+    let url = if lambda {
+        // The Lambda runtime API and function URLs; then the function, as Lambda starts it.
+        let port = free_port();
+        _procs.push(Proc(
+            Command::new(&cargo_lambda)
+                .args(["lambda", "watch", "--only-lambda-apis", "-A", "127.0.0.1"])
+                .args(["-P", &port.to_string(), "-p", "backend-lambda"])
+                .current_dir(&root)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ));
+        wait_for("cargo lambda watch to listen", SYNC * 3, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        let base = format!("http://127.0.0.1:{port}");
+        _procs.push(Proc(
+            Command::new(bin("bootstrap"))
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+                .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+                .env("AWS_LAMBDA_FUNCTION_NAME", "_")
+                .env("AWS_LAMBDA_RUNTIME_API", format!("{base}/.rt"))
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ));
+        format!("{base}/lambda-url/_")
+    } else {
+        let addr = format!("127.0.0.1:{}", free_port());
+        _procs.push(Proc(
+            server(&["serve", "--backend", "aws", "--listen", &addr])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ));
+        format!("http://{addr}")
+    };
+    wait_for("the service to answer", SYNC * 3, || {
         reqwest::blocking::get(format!("{url}/api/v1/health"))
             .ok()
             .filter(|r| r.status().is_success())

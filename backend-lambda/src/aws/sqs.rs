@@ -234,8 +234,20 @@ fn page_json(events: &[ChangeEvent]) -> String {
 #[async_trait]
 impl ChangeBus for SqsBus {
     async fn register_device(&self, user: &UserId, device: DeviceId) -> BusResult<Listen> {
-        let queue_url = self.queue_url(user, device).await?;
-        let arn = self.queue_arn(&queue_url).await?;
+        let mut queue_url = self.queue_url(user, device).await?;
+        let arn = match self.queue_arn(&queue_url).await {
+            Ok(arn) => arn,
+            Err(_) => {
+                // A cached URL of a queue deleted behind our back: create it again (a device
+                // asking for its listener after its queue vanished must get a working one).
+                self.urls
+                    .lock()
+                    .unwrap()
+                    .remove(&self.queue_name(user, device));
+                queue_url = self.queue_url(user, device).await?;
+                self.queue_arn(&queue_url).await?
+            }
+        };
         let credentials = self.device_credentials(&arn, device).await?;
         Ok(Listen::Sqs {
             queue_url,

@@ -479,7 +479,7 @@ async fn the_largest_file_fits_and_a_larger_one_is_refused() {
 /// A queue deleted behind the service's back (its URL cached) is created again on the next
 /// publish, and the other devices get their copies regardless.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_queue_is_recreated_on_publish() {
+async fn a_deleted_queue_is_recreated_on_publish_or_renewal() {
     let Some(m) = moto() else { return };
     let (bus, _m) = sqs_on(m).await;
     let user = "carol".to_string();
@@ -505,6 +505,21 @@ async fn a_deleted_queue_is_recreated_on_publish() {
         1,
         "the recreated queue got the event"
     );
+
+    // A device asking for its listener after its queue vanished (no publish in between to
+    // notice) gets a working queue too.
+    let Listen::Sqs { queue_url, .. } = &b else {
+        panic!()
+    };
+    aws_sdk_sqs::Client::new(&sdk)
+        .delete_queue()
+        .queue_url(queue_url)
+        .send()
+        .await
+        .unwrap();
+    let b2 = bus.register_device(&user, 202).await.unwrap();
+    bus.publish(&user, &[202], &[event(2, 5)]).await.unwrap();
+    assert_eq!(receive_all(&b2).await.len(), 1);
 }
 
 /// Two service instances (two Lambdas: no shared lock) writing one user at once: the

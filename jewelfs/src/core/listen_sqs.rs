@@ -6,6 +6,9 @@
 //!   as static credentials: never the SDK's default chain, never instance metadata. Before
 //!   they expire ([`RENEW_BEFORE`]), or when SQS refuses them, the source asks the API again
 //!   (`POST /devices/{id}/listen`); the new `Listen` makes the listener build a new source.
+//! - **SQS unreachable** (but perhaps not the service): the source asks for a catch-up from
+//!   the change feed and pauses before its next receive (1 s doubling to 30 s), so an SQS
+//!   outage neither spins nor marks the mount offline while the API answers.
 //! - **Long polling**: `ReceiveMessage` with `WaitTimeSeconds` 20 (the SQS maximum), up to 10
 //!   messages. A message arrives within the receive round trip; an idle device costs three
 //!   receives a minute.
@@ -17,8 +20,9 @@
 //! - **Duplicates, order, gaps**: a standard queue may deliver twice and out of order; every
 //!   body is a JSON `ChangePage`, applied by sequence number, so repeats are skipped and a gap
 //!   (or a body we cannot read) sends the listener to the change feed (`catch_up`). A new
-//!   source starts with a catch-up: events committed between the device's `GET /me` and its
-//!   queue's creation reached no queue.
+//!   source starts with a catch-up (events committed between the device's `GET /me` and its
+//!   queue's creation reached no queue), except one that only carries renewed credentials
+//!   for the queue already being read.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,7 +30,7 @@ use async_trait::async_trait;
 use aws_sdk_sqs::error::ProvideErrorMetadata;
 use jewel_wire::{ChangePage, DeviceId, Seq, SqsCredentials};
 
-use super::api::{ApiErr, ApiResult};
+use super::api::ApiResult;
 use super::listen::{Batch, ChangeSource};
 use super::Core;
 
@@ -38,6 +42,8 @@ pub const WAIT_SECONDS: i32 = 20;
 /// and the message it takes comes back to the next mount after this time, not the queue's
 /// default 30 s. Too short only means a repeat, which is skipped by sequence number.
 pub const VISIBILITY_SECONDS: i32 = 5;
+/// The longest pause between receives while SQS cannot be reached.
+const MAX_PAUSE: Duration = Duration::from_secs(30);
 /// Renew the credentials this long before they expire: more than one long poll plus a slow
 /// API answer, far less than their one-hour life.
 pub const RENEW_BEFORE: Duration = Duration::from_secs(5 * 60);
@@ -49,6 +55,8 @@ pub struct SqsSource {
     /// Receipt handles of the last batch, deleted once it is applied.
     receipts: Vec<String>,
     started: bool,
+    /// Receives failed in a row (SQS unreachable): the pause before the next one grows.
+    failures: u32,
 }
 
 fn now_ns() -> i64 {
@@ -95,7 +103,15 @@ impl SqsSource {
             .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
             .region(aws_sdk_sqs::config::Region::new(region.to_string()))
             .credentials_provider(credentials)
-            .http_client(http_client());
+            .http_client(http_client())
+            // A connection that dies silently (a laptop going to sleep) must not hold the
+            // listener for ever: a receive answers within its wait, or it is given up.
+            .timeout_config(
+                aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(Duration::from_secs(WAIT_SECONDS as u64 + 10))
+                    .build(),
+            );
         if let Some(ep) = endpoint {
             conf = conf.endpoint_url(ep);
         }
@@ -105,7 +121,14 @@ impl SqsSource {
             expires_ns: creds.expires_ns,
             receipts: Vec::new(),
             started: false,
+            failures: 0,
         }
+    }
+
+    /// This source only renews the credentials of one that read the same queue: it starts
+    /// without reading the change feed.
+    pub fn skip_catch_up(&mut self) {
+        self.started = true;
     }
 }
 
@@ -167,9 +190,20 @@ impl ChangeSource for SqsSource {
                         catch_up: true,
                     });
                 }
-                return Err(ApiErr::Offline(msg));
+                // SQS unreachable says nothing about the service: read the feed from it (which
+                // marks the mount offline only if the service is unreachable too) and try SQS
+                // again after a growing pause.
+                self.failures = (self.failures + 1).min(6);
+                let pause = Duration::from_millis(500 << self.failures).min(MAX_PAUSE);
+                tracing::warn!("{msg}: reading the change feed, retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                return Ok(Batch {
+                    pages: Vec::new(),
+                    catch_up: true,
+                });
             }
         };
+        self.failures = 0;
         let mut batch = Batch::default();
         for m in out.messages() {
             if let Some(r) = m.receipt_handle() {
@@ -236,7 +270,7 @@ mod tests {
     use bytes::Bytes;
     use jewel_wire::*;
 
-    use super::super::api::Api;
+    use super::super::api::{Api, ApiErr};
     use super::*;
 
     /// A service that only renews listeners (counting the calls); nothing else is reachable.
@@ -343,6 +377,31 @@ mod tests {
         let second = src.next_batch(&core, 5, 0).await.unwrap();
         assert!(second.pages.is_empty() && !second.catch_up);
         assert_eq!(api.renewals.load(Ordering::Relaxed), 1);
+        // The listener follows with a source for the same queue that does not start with a
+        // catch-up (and, with fresh credentials, renews nothing: it goes to receive).
+        let mut sources = super::super::listen::Sources::default();
+        *core.listen.lock().unwrap() = Listen::Sqs {
+            queue_url: "http://127.0.0.1:9/1/q".into(),
+            region: "us-east-1".into(),
+            endpoint: Some("http://127.0.0.1:9".into()),
+            credentials: creds(now_ns() + 120_000_000_000),
+        };
+        assert!(
+            sources
+                .current(&core)
+                .next_batch(&core, 5, 0)
+                .await
+                .unwrap()
+                .catch_up
+        );
+        core.renew_listen(5).await.unwrap();
+        // (Port 9 refuses: the receive fails, which sends the listener to the feed.)
+        let renewed = sources.current(&core).next_batch(&core, 5, 0).await;
+        assert!(
+            matches!(&renewed, Ok(b) if b.catch_up && b.pages.is_empty()),
+            "went to receive at once: {renewed:?}"
+        );
+        assert_eq!(api.renewals.load(Ordering::Relaxed), 2);
         let listen = core.listen.lock().unwrap().clone();
         let Listen::Sqs { credentials, .. } = listen else {
             panic!("{listen:?}")
