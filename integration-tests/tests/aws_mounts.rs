@@ -196,7 +196,8 @@ fn scenario(strict_s3: bool, remount: bool, lambda: bool) {
             cargo_lambda.display()
         ));
     }
-    let moto = root.join(".venv-emu/bin/moto_server");
+    // moto's server with atomic DynamoDB transactions (see backend-lambda/src/aws/moto_atomic.py).
+    let moto = root.join(".venv-emu/bin/python");
     if !moto.exists() {
         return skip(&format!(
             "moto is not installed at {} (make setup-aws)",
@@ -209,6 +210,7 @@ fn scenario(strict_s3: bool, remount: bool, lambda: bool) {
     let moto_port = free_port();
     let _moto = Proc(
         Command::new(&moto)
+            .arg(root.join("backend-lambda/src/aws/moto_atomic.py"))
             .args(["-H", "127.0.0.1", "-p", &moto_port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

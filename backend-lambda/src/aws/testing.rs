@@ -1,6 +1,9 @@
 //! AWS-compatible servers on loopback for tests: moto server (DynamoDB, S3, SQS, STS) and
 //! dynalite (strict DynamoDB). `make setup-aws` installs both into the workspace
-//! (`.venv-emu`, `.emu-node`); `JEWEL_MOTO` / `JEWEL_DYNALITE` point elsewhere.
+//! (`.venv-emu`, `.emu-node`); `JEWEL_DYNALITE` points elsewhere. moto runs through
+//! `moto_atomic.py` (its server with DynamoDB item operations under one lock), because moto's
+//! own transactions are not isolated from each other across its request threads, and the
+//! tests check guards that rely on DynamoDB's being so.
 //!
 //! One moto process is shared by the tests that run at the same time (each test uses its own
 //! table, bucket and queue names) and killed when the last of them ends. Every SDK client here
@@ -97,16 +100,20 @@ fn skip(what: &str, path: &std::path::Path) {
     );
 }
 
+/// `moto_atomic.py`: moto's server with DynamoDB item operations atomic, as in DynamoDB (see
+/// the script's docstring for why the tests need it).
+pub fn moto_atomic_script() -> PathBuf {
+    workspace().join("backend-lambda/src/aws/moto_atomic.py")
+}
+
 /// The shared moto server, started if none is running; `None` (after a loud message) when
 /// moto is not installed.
 pub fn moto() -> Option<Arc<Emulator>> {
     static SHARED: Mutex<Weak<Emulator>> = Mutex::new(Weak::new());
     aws_test_env();
-    let bin = std::env::var_os("JEWEL_MOTO")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".venv-emu/bin/moto_server"));
-    if !bin.exists() {
-        skip("moto server", &bin);
+    let python = workspace().join(".venv-emu/bin/python");
+    if !python.exists() {
+        skip("moto server", &python);
         return None;
     }
     let mut shared = SHARED.lock().unwrap();
@@ -114,8 +121,9 @@ pub fn moto() -> Option<Arc<Emulator>> {
         return Some(m);
     }
     let port = free_port();
-    let mut cmd = Command::new(bin);
-    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+    let mut cmd = Command::new(python);
+    cmd.arg(moto_atomic_script())
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()]);
     let m = Arc::new(start("moto", cmd, port));
     *shared = Arc::downgrade(&m);
     Some(m)

@@ -180,10 +180,17 @@ fn parse_line(line: &str) -> Option<Req> {
     })
 }
 
-/// moto's server from `make setup-aws` (`.venv-emu`), if installed.
-pub fn moto_path() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-emu/bin/moto_server");
-    p.exists().then_some(p)
+/// moto's server from `make setup-aws` (`.venv-emu`), if installed, as a command: its Python
+/// running `moto_atomic.py` (moto with atomic DynamoDB transactions, as the tests use it).
+pub fn moto_command() -> Option<Command> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = root.join(".venv-emu/bin/python");
+    if !python.exists() {
+        return None;
+    }
+    let mut cmd = Command::new(python);
+    cmd.arg(root.join("backend-lambda/src/aws/moto_atomic.py"));
+    Some(cmd)
 }
 
 impl BenchServer {
@@ -192,11 +199,11 @@ impl BenchServer {
     }
 
     /// `jewel-server serve --backend aws` on DynamoDB and S3 served by moto on loopback (the
-    /// change bus in-process: `JEWEL_BUS=local`, long-poll, as the clients listen today).
+    /// change bus in-process: `JEWEL_BUS=local`, the long-poll, so SQS on moto adds no load).
     pub fn start_aws(root: &Path, name: &str) -> Option<BenchServer> {
-        let moto = moto_path()?;
+        let mut moto = moto_command()?;
         let port = free_port();
-        let child = Command::new(moto)
+        let child = moto
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
