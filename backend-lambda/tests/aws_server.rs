@@ -372,3 +372,26 @@ async fn two_devices_sync_through_jewel_server_on_aws_stores() {
         .unwrap();
     assert_eq!(trash.entries[0].node.name, "renamed.txt");
 }
+
+/// Serving with the SQS bus but no listener role would fail every device's registration
+/// quietly (mounts would only look offline): the server refuses to start and says what to set.
+#[test]
+fn serving_sqs_without_the_listener_role_is_refused_clearly() {
+    let out = Command::new(env!("CARGO_BIN_EXE_jewel-server"))
+        .args(["serve", "--backend", "aws", "--listen", "127.0.0.1:0"])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env_remove("JEWEL_LISTENER_ROLE_ARN")
+        .env_remove("JEWEL_BUS")
+        .output()
+        .expect("run jewel-server");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("JEWEL_LISTENER_ROLE_ARN is not set") && err.contains("JEWEL_BUS=local"),
+        "{err}"
+    );
+}

@@ -139,6 +139,27 @@ pub async fn stores_from_env(
     Ok((Arc::new(meta), Arc::new(blobs), bus))
 }
 
+/// Refuses to serve with a setting that would fail every device quietly: with the SQS bus
+/// (the default) devices receive from their queues with credentials made from
+/// `JEWEL_LISTENER_ROLE_ARN`; without it every device registration fails and mounts only look
+/// offline. Admin commands need no role, so only serving checks this.
+pub fn check_serving_env() -> anyhow::Result<()> {
+    let settings = AwsSettings::from_env()?;
+    let sqs = matches!(
+        std::env::var(ENV_BUS).as_deref(),
+        Ok("sqs") | Ok("") | Err(_)
+    );
+    if sqs && settings.listener_role_arn.is_none() {
+        anyhow::bail!(
+            "{ENV_LISTENER_ROLE} is not set: with the SQS change bus ({ENV_BUS}=sqs, the default) \
+             devices need it to receive from their queues. Set it to the listener role (the \
+             Terraform output `listener_role_arn`), or set {ENV_BUS}=local when one jewel-server \
+             process serves every client"
+        );
+    }
+    Ok(())
+}
+
 /// The service on the AWS stores, configured from the environment.
 pub async fn service_from_env() -> anyhow::Result<crate::service::Service> {
     let (meta, blobs, bus) = stores_from_env().await?;

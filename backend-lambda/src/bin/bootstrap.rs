@@ -21,7 +21,10 @@ async fn main() -> Result<(), lambda_http::Error> {
             Service::embedded(std::path::Path::new(&data))?
         }
         #[cfg(feature = "aws")]
-        Ok("aws") | Err(_) => backend_lambda::aws::service_from_env().await?,
+        Ok("aws") | Err(_) => {
+            backend_lambda::aws::check_serving_env()?;
+            backend_lambda::aws::service_from_env().await?
+        }
         other => {
             return Err(format!("JEWEL_BACKEND={other:?}: expected `aws` or `embedded`").into())
         }

@@ -126,6 +126,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { data, listen } => {
+            #[cfg(feature = "aws")]
+            if data.backend == Backend::Aws {
+                backend_lambda::aws::check_serving_env()?;
+            }
             let service = Arc::new(open(&data).await?);
             backend_lambda::server::serve(service, listen).await
         }
