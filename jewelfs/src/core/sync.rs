@@ -65,7 +65,10 @@ impl Core {
             match self.journal.take(self.cfg.settle_ms) {
                 Ok(entry) => {
                     let seq = entry.seq;
-                    match self.upload(&entry).await {
+                    self.uploading.store(seq, Ordering::Relaxed);
+                    let result = self.upload(&entry).await;
+                    self.uploading.store(0, Ordering::Relaxed);
+                    match result {
                         Ok(()) => {
                             self.journal.done(seq);
                             self.uploaded.fetch_add(1, Ordering::Relaxed);
@@ -84,11 +87,19 @@ impl Core {
                             *self.last_error.lock().unwrap() = Some(why);
                             self.journal.done(seq);
                             self.after_upload(&entry);
+                            // What this device shows of the change will never happen.
+                            self.suspect_all();
                         }
                     }
                 }
                 Err(Some(wait)) => tokio::time::sleep(Duration::from_millis(wait)).await,
                 Err(None) => {
+                    if self.has_suspects() && self.online.load(Ordering::Relaxed) {
+                        self.reconcile().await;
+                        if !self.has_suspects() {
+                            continue;
+                        }
+                    }
                     let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
                 }
             }
@@ -128,7 +139,7 @@ impl Core {
         self.maybe_unpin(id);
     }
 
-    fn maybe_unpin(&self, id: NodeId) {
+    pub(crate) fn maybe_unpin(&self, id: NodeId) {
         if is_local(id) || self.journal.has_pending(id) {
             return;
         }
@@ -392,9 +403,13 @@ impl Core {
                 return;
             }
         }
-        // Keep a place we changed locally since (a later journal entry moves it).
+        // Keep a place we changed locally since (a later journal entry moves it; the entry
+        // being uploaded is not later: its answer is the place).
+        let now = self.uploading.load(Ordering::Relaxed);
         let keep_place = self.journal.entries().iter().any(|e| {
-            matches!(e.op, Op::Move { .. }) && self.journal.resolve(e.op.node()) == node.id
+            e.seq > now
+                && matches!(e.op, Op::Move { .. })
+                && self.journal.resolve(e.op.node()) == node.id
         });
         if keep_place {
             if let Some(old) = self.tree.get(node.id) {
@@ -540,6 +555,7 @@ impl Core {
                     let Some(current) = e.current() else {
                         return Err(Fail::Refused(format!("{name} exists")));
                     };
+                    self.suspect([parent, current.parent]);
                     let same = match (&new_kind, current.kind) {
                         (NewKind::Dir, NodeKind::Dir) => true,
                         (NewKind::File { content }, NodeKind::File) => {
@@ -567,6 +583,8 @@ impl Core {
                 }
                 Err(e) if e.code() == Some(ErrorCode::NotFound) && attempt < 2 => {
                     // The parent is gone on the service: the new node goes to the root.
+                    self.suspect([parent, ROOT_ID]);
+                    self.suspect(self.parent_here(local));
                     parent = ROOT_ID;
                 }
                 Err(e) => return Err(e.into()),
@@ -683,9 +701,12 @@ impl Core {
                         base = current.version;
                         continue;
                     }
+                    self.suspect([current.parent]);
+                    self.suspect(self.parent_here(id));
                     return self.content_conflict(id, current, content, mtime_ns).await;
                 }
                 Err(e) if e.code() == Some(ErrorCode::NotFound) => {
+                    self.suspect(self.parent_here(id));
                     return self.recreate(id, content, mtime_ns).await;
                 }
                 Err(e) => return Err(e.into()),
@@ -804,12 +825,12 @@ impl Core {
             };
             match self.api.create(&req).await {
                 Ok(n) => {
-                    self.adopt(id, n)?;
+                    self.show_recreated(id, n)?;
                     return Ok(());
                 }
                 Err(e) if e.code() == Some(ErrorCode::Exists) => {
                     if let Some(c) = e.current().filter(|c| c.blocks == content.blocks) {
-                        self.adopt(id, c)?;
+                        self.show_recreated(id, c)?;
                         return Ok(());
                     }
                     name = free_conflict_name(&old.name, &self.cfg.device_name, now_ns(), |n| {
@@ -822,6 +843,79 @@ impl Core {
             }
         }
         Err(Fail::Refused(format!("could not bring back {}", old.name)))
+    }
+
+    /// Node `id`, deleted elsewhere, lives on as `node` (possibly under another name): it
+    /// shows there, unless a later local move will place it.
+    fn show_recreated(&self, id: NodeId, node: Node) -> Res<()> {
+        let new_id = node.id;
+        self.suspect([node.parent]);
+        let old = self.tree.get(id);
+        self.adopt(id, node.clone())?;
+        let now = self.uploading.load(Ordering::Relaxed);
+        let moved_later = self.journal.entries().iter().any(|e| {
+            e.seq > now
+                && matches!(e.op, Op::Move { .. })
+                && self.journal.resolve(e.op.node()) == new_id
+        });
+        if moved_later {
+            return Ok(());
+        }
+        if let Some(old) = old {
+            self.tree.unlink(old.parent, &old.name, new_id);
+            self.tree.unlink(old.parent, &old.name, id);
+            self.inval(Inval::Entry {
+                parent: old.parent,
+                name: old.name.clone(),
+            });
+        }
+        let mut shown = node;
+        if let Some(cur) = self.tree.get(new_id) {
+            shown.mode = cur.mode;
+        }
+        self.tree.link_remote(shown.parent, &shown.name, new_id);
+        self.inval(Inval::Entry {
+            parent: shown.parent,
+            name: shown.name.clone(),
+        });
+        self.tree.pin(shown);
+        Ok(())
+    }
+
+    /// Node `id` is gone on the service: it goes here too, unless a later local change
+    /// still needs it (an edit brings it back).
+    fn drop_gone(&self, id: NodeId) {
+        if self
+            .journal
+            .has_later(self.uploading.load(Ordering::Relaxed), id)
+        {
+            return;
+        }
+        if let Some(n) = self.tree.get(id) {
+            self.tree.unlink(n.parent, &n.name, id);
+            self.inval(Inval::Delete {
+                parent: n.parent,
+                child: id,
+                name: n.name.clone(),
+            });
+        }
+        self.local.lock().unwrap().remove(&id);
+        self.tree.forget(id);
+    }
+
+    /// The service keeps `node` where it is, although this device deleted it: it shows
+    /// again here (a directory with what it holds now, listed afresh).
+    fn bring_back(&self, node: Node) {
+        let (id, parent, name) = (node.id, node.parent, node.name.clone());
+        self.suspect([parent]);
+        if let Some(old) = self.tree.get(id) {
+            self.tree.unlink(old.parent, &old.name, id);
+        }
+        self.tree.forget(id);
+        self.tree.put(node);
+        self.tree.link_remote(parent, &name, id);
+        self.inval(Inval::Entry { parent, name });
+        self.inval(Inval::Inode(parent));
     }
 
     async fn upload_move(
@@ -840,7 +934,10 @@ impl Core {
             Some(n) if n.version > 0 => n.version,
             _ => match self.api.get_node(id).await {
                 Ok(n) => n.version,
-                Err(e) if e.code() == Some(ErrorCode::NotFound) => return Ok(()),
+                Err(e) if e.code() == Some(ErrorCode::NotFound) => {
+                    self.drop_gone(id);
+                    return Ok(());
+                }
                 Err(e) => return Err(e.into()),
             },
         };
@@ -865,11 +962,23 @@ impl Core {
                     return Ok(());
                 }
                 Err(e) if e.code() == Some(ErrorCode::Conflict) => match e.current() {
-                    Some(c) => base = c.version,
+                    Some(c) => {
+                        self.suspect([np, c.parent]);
+                        base = c.version;
+                    }
                     None => return Err(e.into()),
                 },
-                Err(e) if e.code() == Some(ErrorCode::NotFound) => return Ok(()),
-                Err(e) => return Err(e.into()),
+                Err(e) if e.code() == Some(ErrorCode::NotFound) => {
+                    // The node or its new parent is gone: the listings will tell which.
+                    self.suspect([np]);
+                    self.suspect(self.parent_here(id));
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.suspect([np]);
+                    self.suspect(self.parent_here(id));
+                    return Err(e.into());
+                }
             }
         }
         Err(Fail::Refused("move kept conflicting".into()))
@@ -887,29 +996,37 @@ impl Core {
         }
         let mut base = base_version;
         for _ in 0..4 {
-            match self.api.delete(id, base, true).await {
+            // Never recursive: a directory this device saw empty may hold something another
+            // device put there since; the service then refuses, and the directory comes back.
+            match self.api.delete(id, base, false).await {
                 Ok(_) => {
-                    let still_listed = self
-                        .tree
-                        .get(id)
-                        .is_some_and(|n| self.tree.child(n.parent, &n.name).flatten() == Some(id));
-                    if !still_listed {
-                        self.tree.forget(id);
-                    }
+                    self.drop_gone(id);
                     return Ok(());
                 }
-                Err(e) if e.code() == Some(ErrorCode::NotFound) => return Ok(()),
+                Err(e) if e.code() == Some(ErrorCode::NotFound) => {
+                    self.drop_gone(id);
+                    return Ok(());
+                }
+                Err(e) if e.code() == Some(ErrorCode::NotEmpty) => {
+                    let current = match e.current() {
+                        Some(c) => c,
+                        None => self.api.get_node(id).await?,
+                    };
+                    tracing::info!(
+                        "rmdir of {} undone: another device put something in it",
+                        current.name
+                    );
+                    self.bring_back(current);
+                    return Ok(());
+                }
                 Err(e) if e.code() == Some(ErrorCode::Conflict) => {
                     let Some(current) = e.current() else {
                         return Err(e.into());
                     };
+                    self.suspect([current.parent]);
                     if current.kind == NodeKind::File && current.blocks != base_blocks {
                         // Edit beats delete: the edited file comes back here.
-                        let parent = current.parent;
-                        let name = current.name.clone();
-                        self.tree.unpin(id);
-                        self.tree.place(current);
-                        self.inval(Inval::Entry { parent, name });
+                        self.bring_back(current);
                         return Ok(());
                     }
                     base = current.version;
