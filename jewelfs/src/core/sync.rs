@@ -203,6 +203,7 @@ impl Core {
                 if is_local(id) {
                     return Ok(());
                 }
+                let known = self.tree.get(id).map(|n| n.blocks.clone());
                 match self
                     .api
                     .set_attr(
@@ -215,7 +216,8 @@ impl Core {
                     .await
                 {
                     Ok(n) => {
-                        self.apply_own(n);
+                        let ours = known.as_ref() == Some(&n.blocks);
+                        self.apply_answer(n, ours);
                         Ok(())
                     }
                     Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(()),
@@ -397,7 +399,17 @@ impl Core {
 
     /// Applies a node the service returned for our own request.
     fn apply_own(&self, node: Node) {
-        self.own_version(&node);
+        self.apply_answer(node, true);
+    }
+
+    /// Applies a node the service returned for our own request; `ours`: its content is
+    /// what this device knew (so a later commit that finds this version conflicts with no
+    /// one). A move retried on a newer version, or an unconditional attribute change, may
+    /// carry another device's content: then it is not ours.
+    fn apply_answer(&self, node: Node, ours: bool) {
+        if ours {
+            self.own_version(&node);
+        }
         if let Some(old) = self.tree.get(node.id) {
             if old.version > node.version {
                 return;
@@ -930,6 +942,7 @@ impl Core {
         if is_local(id) || is_local(np) {
             return Ok(());
         }
+        let known = self.tree.get(id).map(|n| n.blocks.clone());
         let mut base = match self.tree.get(id) {
             Some(n) if n.version > 0 => n.version,
             _ => match self.api.get_node(id).await {
@@ -952,13 +965,16 @@ impl Core {
                 Ok(result) => {
                     if let Some(other) = result.other {
                         if mode == MoveMode::Exchange {
-                            self.apply_own(other);
+                            let ours = self.tree.get(other.id).map(|n| n.blocks.clone())
+                                == Some(other.blocks.clone());
+                            self.apply_answer(other, ours);
                         } else if self.tree.get(other.id).is_some() {
                             self.tree.unlink(other.parent, &other.name, other.id);
                             self.tree.forget(other.id);
                         }
                     }
-                    self.apply_own(result.node);
+                    let ours = known.as_ref() == Some(&result.node.blocks);
+                    self.apply_answer(result.node, ours);
                     return Ok(());
                 }
                 Err(e) if e.code() == Some(ErrorCode::Conflict) => match e.current() {
