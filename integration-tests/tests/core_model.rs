@@ -29,7 +29,7 @@
 //!
 //! Seeds: `JEWEL_MODEL_SEED=n` replays one seed, `JEWEL_MODEL_CASES=n` runs seeds 1..=n
 //! (default 8), `JEWEL_MODEL_OPS=n` operations per seed (default 40). A failure prints its
-//! seed and the operation log. Replays are deterministic up to conflict copy names (they carry
+//! seed and the operation log (`JEWEL_MODEL_VERBOSE=1` prints it for passing seeds too). Replays are deterministic up to conflict copy names (they carry
 //! the time) and the ordering they bring.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -649,6 +649,21 @@ async fn walk_core(core: &Core) -> Result<View, String> {
     Ok(out)
 }
 
+/// [`walk_core`] while the other device's changes arrive: a listing or a file may change
+/// between reading it and reading into it (a file grows, a directory goes), so a walk that
+/// saw such a change is read again.
+async fn walk_racing(core: &Core) -> Result<View, String> {
+    let mut last = String::new();
+    for _ in 0..50 {
+        match walk_core(core).await {
+            Ok(v) => return Ok(v),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(format!("the walk never saw a steady tree: {last}"))
+}
+
 /// What the service holds: directories, and files as their block hashes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Held {
@@ -985,7 +1000,7 @@ impl Run<'_> {
                 self.log.push(format!("-- {tag}"));
                 for _ in 0..len {
                     let dev = gen.rng.below(2);
-                    let shown = walk_core(&self.devs[dev].core)
+                    let shown = walk_racing(&self.devs[dev].core)
                         .await
                         .map_err(|e| self.fail(format!("{tag}: {e}")))?;
                     let op = gen.op(&shown, dev);
@@ -1291,6 +1306,9 @@ async fn run_seed(
         d.api.set_offline(false);
     }
     run.settle("at the end").await?;
+    if std::env::var_os("JEWEL_MODEL_VERBOSE").is_some() {
+        eprintln!("core model: seed {seed}:\n  {}", run.log.join("\n  "));
+    }
     Ok(run.notes)
 }
 

@@ -567,7 +567,7 @@ impl Core {
                     let Some(current) = e.current() else {
                         return Err(Fail::Refused(format!("{name} exists")));
                     };
-                    self.suspect([parent, current.parent]);
+                    self.suspect([parent, current.parent, current.id]);
                     let same = match (&new_kind, current.kind) {
                         (NewKind::Dir, NodeKind::Dir) => true,
                         (NewKind::File { content }, NodeKind::File) => {
