@@ -1219,10 +1219,11 @@ impl Core {
         true
     }
 
-    /// A node that never reached the service is removed: nothing of it stays pinned (a
-    /// pinned node would come back in the next listing of its parent). A file still open
-    /// keeps its node, unpinned, until closed (POSIX: an unlinked open file stays usable).
-    fn forget_local(&self, id: NodeId) {
+    /// A node removed (here, or gone on the service) is forgotten: nothing of it stays
+    /// pinned (a pinned node would come back in the next listing of its parent). A file
+    /// still open keeps its node, unpinned, until closed (POSIX: an unlinked open file stays
+    /// usable).
+    pub(crate) fn forget_node(&self, id: NodeId) {
         if self.staging_of(id).is_some() {
             self.tree.unpin(id);
         } else {
@@ -1265,7 +1266,7 @@ impl Core {
         }
         self.tree.unlink(parent, name, id);
         if cancelled {
-            self.forget_local(id);
+            self.forget_node(id);
         }
         self.drop_local_content(id);
         self.touch_dir(parent);
@@ -1399,7 +1400,7 @@ impl Core {
             if self.cancel_local(t.id) {
                 // The replaced node never reached the service.
                 self.tree.unlink(new_parent, new_name, t.id);
-                self.forget_local(t.id);
+                self.forget_node(t.id);
             } else if unsent {
                 self.journal.append(Op::Delete {
                     node: t.id,

@@ -36,6 +36,8 @@ pub struct Suspect {
     dirs: HashSet<NodeId>,
     /// Every cached listing (after a refusal: the local change shown may never happen).
     all: bool,
+    /// A pass is running (its directories are taken out of `dirs`).
+    busy: bool,
 }
 
 impl Core {
@@ -57,7 +59,7 @@ impl Core {
 
     pub fn has_suspects(&self) -> bool {
         let s = self.suspect.lock().unwrap();
-        s.all || !s.dirs.is_empty()
+        s.all || s.busy || !s.dirs.is_empty()
     }
 
     /// Re-lists the suspect directories from the service (see the module doc). Returns the
@@ -66,6 +68,7 @@ impl Core {
         let (mut dirs, all) = {
             let mut s = self.suspect.lock().unwrap();
             let all = std::mem::take(&mut s.all);
+            s.busy = true;
             (std::mem::take(&mut s.dirs), all)
         };
         if all {
@@ -153,8 +156,10 @@ impl Core {
                 self.inval(Inval::Inode(dir));
             }
         }
-        if !todo.is_empty() {
-            self.suspect(todo);
+        {
+            let mut s = self.suspect.lock().unwrap();
+            s.dirs.extend(todo);
+            s.busy = false;
         }
         if corrected > 0 {
             tracing::info!(

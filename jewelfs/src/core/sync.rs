@@ -912,7 +912,7 @@ impl Core {
             });
         }
         self.local.lock().unwrap().remove(&id);
-        self.tree.forget(id);
+        self.forget_node(id);
     }
 
     /// The service keeps `node` where it is, although this device deleted it: it shows
@@ -970,7 +970,7 @@ impl Core {
                             self.apply_answer(other, ours);
                         } else if self.tree.get(other.id).is_some() {
                             self.tree.unlink(other.parent, &other.name, other.id);
-                            self.tree.forget(other.id);
+                            self.forget_node(other.id);
                         }
                     }
                     let ours = known.as_ref() == Some(&result.node.blocks);
