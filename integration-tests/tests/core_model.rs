@@ -814,9 +814,9 @@ struct Run<'a> {
 impl Run<'_> {
     fn fail(&self, what: String) -> String {
         let test = if self.race {
-            "core_converges_when_devices_race -- --include-ignored"
+            "core_converges_when_devices_race"
         } else if self.crash {
-            "core_model_with_crashes -- --include-ignored"
+            "core_model_with_crashes"
         } else {
             "core_matches_model_on_two_devices_with_outages"
         };
