@@ -3,7 +3,11 @@
 //!
 //! What it owns:
 //! - the tree cache ([`tree`]), the disk block cache ([`blocks`]), the upload journal
-//!   ([`journal`]), the uploader ([`sync`]) and the change listener ([`listener`]);
+//!   ([`journal`]), the uploader ([`sync`]), the change listener ([`listener`]) and the
+//!   reconciliation that re-lists what an unusual upload touched ([`reconcile`]);
+//! - **listings with local changes on top**: a listing read from the service shows the
+//!   journal's pending moves and deletes (after a restart the tree knows only what the
+//!   journal says); a node removed here is forgotten, not left pinned;
 //! - **staging files**: one per file open for writing, under `<cache>/staging/`. Writes,
 //!   truncates and reads of a file being written go there. On `flush` (every `close`) a dirty
 //!   staging file is *moved* (renamed, no copy) into the journal and fsync'd, and a journal

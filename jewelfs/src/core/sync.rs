@@ -14,9 +14,22 @@
 //! - **create on a taken name**: identical content → adopt the existing node; two
 //!   directories → merge; else our node becomes a conflict copy.
 //! - **edit vs delete**: content committed to a node deleted meanwhile is created again
-//!   (the edit wins); our delete of a node edited meanwhile is dropped (the edit wins).
+//!   (the edit wins) and shows where the service put it; our delete of a node edited
+//!   meanwhile is dropped (the edit wins) and the node shows again.
+//! - **deletes are never recursive**: a directory this device saw empty may have gained a
+//!   child on another device; the service then refuses (`NotEmpty`) and the directory shows
+//!   again here, to be listed afresh. A node deleted (or found gone) is forgotten wherever
+//!   the tree still lists it.
 //! - **other refusals** are logged, shown by `status`, and the entry dropped: retrying a
 //!   request the service refuses would block every later change.
+//! - **our own answers**: the node the service returns is applied at once, at the place the
+//!   service gives, unless a *later* journal entry moves it again. Its version is remembered
+//!   as ours (a later commit finding it conflicts with no one) only when its content is what
+//!   this device knew: a move retried on a newer version may carry another device's edit.
+//!
+//! Every unusual answer above (conflict, taken name, gone node, refusal) also marks the
+//! directories involved for reconciliation (`reconcile.rs`), which re-lists them from the
+//! service once the journal is drained: the repairs here are the fast path, that is the net.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
