@@ -64,10 +64,12 @@ impl Rng {
 const FILE_NAMES: &[&str] = &["a.txt", "b.txt", "c.md", "d", "notes.txt"];
 const DIR_NAMES: &[&str] = &["x", "y", "z"];
 const SETTLE: Duration = Duration::from_secs(90);
-/// The seeds `make test` runs (60 operations each). Random seeds run with `make soak`.
-// Seed 2 diverged once in CI (a mount missing a file the service has, nothing lost): a client
-// bug of the kind listed at the ignored test; `make soak` still runs it.
-const MAKE_TEST_SEEDS: &[u64] = &[1];
+/// The seeds `make test` runs (60 operations each). `make soak` runs random seeds instead.
+// Seed 2 was out for a while after it diverged once in CI (a mount missing `x/notes.txt`,
+// which the service had, nothing lost); back since the client core re-lists what an unusual
+// upload touched (reconciliation) and its listed ghost/stale-place bugs were fixed. It passed
+// 6 runs in a row.
+const MAKE_TEST_SEEDS: &[u64] = &[1, 2];
 
 /// A version of a file's content that was written and closed, and whether the machine that
 /// wrote it still stands by it.

@@ -15,7 +15,9 @@
 //! - **our own echoes** (events naming our device, made since this process attached it: the
 //!   device id is kept across mounts, see `listen.rs`) are skipped: the uploader already applied
 //!   the service's answer, and an echo may be older than the local view (a file created as
-//!   `x.lock` and renamed since must not reappear under its first name).
+//!   `x.lock` and renamed since must not reappear under its first name). Except a `Remove`:
+//!   our delete is final, and its echo clears a ghost that an older event of another device
+//!   (read after our delete) linked again.
 //! - **local changes win locally**: a remote change to a node with a pending local change
 //!   does not move it or hide it; the uploader settles the conflict when it sends ours.
 
@@ -150,7 +152,7 @@ impl Core {
         self.cursor.load(Ordering::Relaxed) >= page.latest_seq
     }
 
-    fn has_local_changes(&self, id: NodeId) -> bool {
+    pub(crate) fn has_local_changes(&self, id: NodeId) -> bool {
         if self.journal.has_pending(id) {
             return true;
         }
@@ -163,7 +165,10 @@ impl Core {
         let own = ev.device.is_some()
             && ev.device == Some(self.device.load(Ordering::Relaxed))
             && ev.seq > self.echo_floor.load(Ordering::Relaxed);
-        if own || self.journal.resolve(ev.node.id) != ev.node.id {
+        // Our own delete is final (ids are never reused): its echo may hide a ghost that an
+        // older event of another device brought back meanwhile.
+        let own_remove = own && ev.op == ChangeOp::Remove;
+        if (own && !own_remove) || self.journal.resolve(ev.node.id) != ev.node.id {
             // (A node we replaced by a new one, e.g. an edit brought back after a delete
             // elsewhere: news about the old node must not touch the new one.)
             // The uploader applied the service's answer already; an echo can only be older
@@ -249,6 +254,9 @@ impl Core {
                 }
             }
             ChangeOp::Remove => {
+                if own_remove && old.is_none() {
+                    return;
+                }
                 if self.has_local_changes(node.id) {
                     return; // an edit here beats the delete there
                 }
@@ -266,7 +274,7 @@ impl Core {
                 invals.push(Inval::Inode(parent));
             }
         }
-        if !own {
+        if !own || own_remove {
             for i in invals {
                 self.inval(i);
             }

@@ -3,7 +3,11 @@
 //!
 //! What it owns:
 //! - the tree cache ([`tree`]), the disk block cache ([`blocks`]), the upload journal
-//!   ([`journal`]), the uploader ([`sync`]) and the change listener ([`listener`]);
+//!   ([`journal`]), the uploader ([`sync`]), the change listener ([`listener`]) and the
+//!   reconciliation that re-lists what an unusual upload touched ([`reconcile`]);
+//! - **listings with local changes on top**: a listing read from the service shows the
+//!   journal's pending moves and deletes (after a restart the tree knows only what the
+//!   journal says); a node removed here is forgotten, not left pinned;
 //! - **staging files**: one per file open for writing, under `<cache>/staging/`. Writes,
 //!   truncates and reads of a file being written go there. On `flush` (every `close`) a dirty
 //!   staging file is *moved* (renamed, no copy) into the journal and fsync'd, and a journal
@@ -23,6 +27,7 @@ pub mod journal;
 pub mod listen;
 pub mod listen_sqs;
 pub mod listener;
+pub mod reconcile;
 pub mod sync;
 pub mod tree;
 
@@ -238,6 +243,11 @@ pub struct Core {
     pub(crate) own: Mutex<HashMap<NodeId, Version>>,
     /// Content files the pre-uploader is working on right now.
     pub(crate) pre_busy: Mutex<HashSet<String>>,
+    /// The journal entry the uploader is sending now (0: none).
+    pub(crate) uploading: AtomicU64,
+    /// Directories to re-list from the service once the journal is drained (see
+    /// `reconcile.rs`).
+    pub(crate) suspect: Mutex<reconcile::Suspect>,
 }
 
 fn copy_file(src: &File, dst: &File, len: u64) -> std::io::Result<()> {
@@ -318,6 +328,8 @@ impl Core {
             pre: Mutex::new(HashMap::new()),
             pre_busy: Mutex::new(HashSet::new()),
             own: Mutex::new(HashMap::new()),
+            uploading: AtomicU64::new(0),
+            suspect: Mutex::new(Default::default()),
         };
         let core = Arc::new(core);
         core.replay_local_state()?;
@@ -482,6 +494,13 @@ impl Core {
             self.tree.new_listing(dir);
             return Ok(());
         }
+        self.read_listing(dir, false).await
+    }
+
+    /// Reads a directory's listing from the service and caches it, with the local changes
+    /// still in the journal on top. `fresh` (reconciliation): replace a cached listing too,
+    /// and take the service's place of every listed node without local changes.
+    pub(crate) async fn read_listing(&self, dir: NodeId, fresh: bool) -> CoreResult<()> {
         let seen_before = self.cursor.load(Ordering::Relaxed);
         let mut all = Vec::new();
         let mut after = None;
@@ -493,22 +512,90 @@ impl Core {
                 None => break,
             }
         }
-        if !self.tree.has_listing(dir) {
-            self.tree.set_listing(dir, all);
-            // Events applied while the listing was read may be newer than it: replay them.
-            let recent: Vec<ChangeEvent> = self
-                .recent
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|e| e.seq > seen_before)
-                .cloned()
-                .collect();
-            for ev in recent {
-                self.relink(dir, &ev);
+        if fresh {
+            for node in &all {
+                if self.has_local_changes(node.id) {
+                    continue;
+                }
+                self.tree.unpin(node.id);
+                let stale = self.tree.get(node.id).filter(|cur| {
+                    cur.version <= node.version
+                        && (cur.parent != node.parent || cur.name != node.name)
+                });
+                if let Some(cur) = stale {
+                    self.tree.unlink(cur.parent, &cur.name, node.id);
+                    self.inval(Inval::Entry {
+                        parent: cur.parent,
+                        name: cur.name.clone(),
+                    });
+                    self.tree.put(node.clone());
+                }
+            }
+        } else if self.tree.has_listing(dir) {
+            return Ok(());
+        }
+        self.tree.set_listing(dir, all);
+        // Events applied while the listing was read may be newer than it: replay them.
+        let recent: Vec<ChangeEvent> = self
+            .recent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.seq > seen_before)
+            .cloned()
+            .collect();
+        for ev in recent {
+            self.relink(dir, &ev);
+        }
+        self.overlay_pending(dir);
+        Ok(())
+    }
+
+    /// Shows the journal's pending moves and deletes in a listing just read from the
+    /// service (after a restart the tree has forgotten them; a pinned node deleted here
+    /// must not come back with its old place).
+    fn overlay_pending(&self, dir: NodeId) {
+        let entries = self.journal.entries();
+        if entries.is_empty() {
+            return;
+        }
+        let mut fate: HashMap<NodeId, Option<(NodeId, String)>> = HashMap::new();
+        for e in entries {
+            match e.op {
+                Op::Move {
+                    node,
+                    new_parent,
+                    new_name,
+                    mode: MoveMode::Replace | MoveMode::NoReplace,
+                } => {
+                    let to = (self.resolve(new_parent), new_name);
+                    fate.insert(self.resolve(node), Some(to));
+                }
+                Op::Delete { node, .. } => {
+                    fate.insert(self.resolve(node), None);
+                }
+                _ => {}
             }
         }
-        Ok(())
+        for (name, id) in self.tree.listing(dir).unwrap_or_default() {
+            match fate.get(&id) {
+                Some(None) => self.tree.unlink(dir, &name, id),
+                Some(Some((p, n))) if (*p, n.as_str()) != (dir, name.as_str()) => {
+                    if self.tree.is_pinned(id) {
+                        continue; // its pinned place is the local one already
+                    }
+                    if let Some(node) = self.tree.get(id) {
+                        let mut moved = (*node).clone();
+                        moved.parent = *p;
+                        moved.name = n.clone();
+                        self.tree.unlink(dir, &name, id);
+                        self.tree.link(*p, n, id);
+                        self.tree.pin(moved);
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     /// A directory's entries (without `.` and `..`).
@@ -1148,6 +1235,18 @@ impl Core {
         true
     }
 
+    /// A node removed (here, or gone on the service) is forgotten: nothing of it stays
+    /// pinned (a pinned node would come back in the next listing of its parent). A file
+    /// still open keeps its node, unpinned, until closed (POSIX: an unlinked open file stays
+    /// usable).
+    pub(crate) fn forget_node(&self, id: NodeId) {
+        if self.staging_of(id).is_some() {
+            self.tree.unpin(id);
+        } else {
+            self.tree.forget(id);
+        }
+    }
+
     fn drop_local_content(&self, id: NodeId) {
         self.local.lock().unwrap().remove(&id);
     }
@@ -1173,7 +1272,8 @@ impl Core {
                 return Err(CoreErr::NotEmpty);
             }
         }
-        if !self.cancel_local(id) {
+        let cancelled = self.cancel_local(id);
+        if !cancelled {
             self.journal.append(Op::Delete {
                 node: id,
                 base_version: node.version,
@@ -1181,6 +1281,9 @@ impl Core {
             })?;
         }
         self.tree.unlink(parent, name, id);
+        if cancelled {
+            self.forget_node(id);
+        }
         self.drop_local_content(id);
         self.touch_dir(parent);
         Ok(())
@@ -1312,6 +1415,8 @@ impl Core {
         if let Some(t) = &target_node {
             if self.cancel_local(t.id) {
                 // The replaced node never reached the service.
+                self.tree.unlink(new_parent, new_name, t.id);
+                self.forget_node(t.id);
             } else if unsent {
                 self.journal.append(Op::Delete {
                     node: t.id,

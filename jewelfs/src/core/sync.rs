@@ -14,9 +14,22 @@
 //! - **create on a taken name**: identical content → adopt the existing node; two
 //!   directories → merge; else our node becomes a conflict copy.
 //! - **edit vs delete**: content committed to a node deleted meanwhile is created again
-//!   (the edit wins); our delete of a node edited meanwhile is dropped (the edit wins).
+//!   (the edit wins) and shows where the service put it; our delete of a node edited
+//!   meanwhile is dropped (the edit wins) and the node shows again.
+//! - **deletes are never recursive**: a directory this device saw empty may have gained a
+//!   child on another device; the service then refuses (`NotEmpty`) and the directory shows
+//!   again here, to be listed afresh. A node deleted (or found gone) is forgotten wherever
+//!   the tree still lists it.
 //! - **other refusals** are logged, shown by `status`, and the entry dropped: retrying a
 //!   request the service refuses would block every later change.
+//! - **our own answers**: the node the service returns is applied at once, at the place the
+//!   service gives, unless a *later* journal entry moves it again. Its version is remembered
+//!   as ours (a later commit finding it conflicts with no one) only when its content is what
+//!   this device knew: a move retried on a newer version may carry another device's edit.
+//!
+//! Every unusual answer above (conflict, taken name, gone node, refusal) also marks the
+//! directories involved for reconciliation (`reconcile.rs`), which re-lists them from the
+//! service once the journal is drained: the repairs here are the fast path, that is the net.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -70,7 +83,10 @@ impl Core {
             match self.journal.take(self.cfg.settle_ms) {
                 Ok(entry) => {
                     let seq = entry.seq;
-                    match self.upload(&entry).await {
+                    self.uploading.store(seq, Ordering::Relaxed);
+                    let result = self.upload(&entry).await;
+                    self.uploading.store(0, Ordering::Relaxed);
+                    match result {
                         Ok(()) => {
                             self.journal.done(seq);
                             self.uploaded.fetch_add(1, Ordering::Relaxed);
@@ -95,11 +111,19 @@ impl Core {
                             *self.last_error.lock().unwrap() = Some(why);
                             self.journal.done(seq);
                             self.after_upload(&entry);
+                            // What this device shows of the change will never happen.
+                            self.suspect_all();
                         }
                     }
                 }
                 Err(Some(wait)) => tokio::time::sleep(Duration::from_millis(wait)).await,
                 Err(None) => {
+                    if self.has_suspects() && self.online.load(Ordering::Relaxed) {
+                        self.reconcile().await;
+                        if !self.has_suspects() {
+                            continue;
+                        }
+                    }
                     let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
                 }
             }
@@ -139,7 +163,7 @@ impl Core {
         self.maybe_unpin(id);
     }
 
-    fn maybe_unpin(&self, id: NodeId) {
+    pub(crate) fn maybe_unpin(&self, id: NodeId) {
         if is_local(id) || self.journal.has_pending(id) {
             return;
         }
@@ -203,6 +227,7 @@ impl Core {
                 if is_local(id) {
                     return Ok(());
                 }
+                let known = self.tree.get(id).map(|n| n.blocks.clone());
                 match self
                     .api
                     .set_attr(
@@ -215,7 +240,8 @@ impl Core {
                     .await
                 {
                     Ok(n) => {
-                        self.apply_own(n);
+                        let ours = known.as_ref() == Some(&n.blocks);
+                        self.apply_answer(n, ours);
                         Ok(())
                     }
                     Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(()),
@@ -397,15 +423,29 @@ impl Core {
 
     /// Applies a node the service returned for our own request.
     fn apply_own(&self, node: Node) {
-        self.own_version(&node);
+        self.apply_answer(node, true);
+    }
+
+    /// Applies a node the service returned for our own request; `ours`: its content is
+    /// what this device knew (so a later commit that finds this version conflicts with no
+    /// one). A move retried on a newer version, or an unconditional attribute change, may
+    /// carry another device's content: then it is not ours.
+    fn apply_answer(&self, node: Node, ours: bool) {
+        if ours {
+            self.own_version(&node);
+        }
         if let Some(old) = self.tree.get(node.id) {
             if old.version > node.version {
                 return;
             }
         }
-        // Keep a place we changed locally since (a later journal entry moves it).
+        // Keep a place we changed locally since (a later journal entry moves it; the entry
+        // being uploaded is not later: its answer is the place).
+        let now = self.uploading.load(Ordering::Relaxed);
         let keep_place = self.journal.entries().iter().any(|e| {
-            matches!(e.op, Op::Move { .. }) && self.journal.resolve(e.op.node()) == node.id
+            e.seq > now
+                && matches!(e.op, Op::Move { .. })
+                && self.journal.resolve(e.op.node()) == node.id
         });
         if keep_place {
             if let Some(old) = self.tree.get(node.id) {
@@ -551,6 +591,7 @@ impl Core {
                     let Some(current) = e.current() else {
                         return Err(Fail::Refused(format!("{name} exists")));
                     };
+                    self.suspect([parent, current.parent, current.id]);
                     let same = match (&new_kind, current.kind) {
                         (NewKind::Dir, NodeKind::Dir) => true,
                         (NewKind::File { content }, NodeKind::File) => {
@@ -578,6 +619,8 @@ impl Core {
                 }
                 Err(e) if e.code() == Some(ErrorCode::NotFound) && attempt < 2 => {
                     // The parent is gone on the service: the new node goes to the root.
+                    self.suspect([parent, ROOT_ID]);
+                    self.suspect(self.parent_here(local));
                     parent = ROOT_ID;
                 }
                 Err(e) => return Err(e.into()),
@@ -694,9 +737,12 @@ impl Core {
                         base = current.version;
                         continue;
                     }
+                    self.suspect([current.parent]);
+                    self.suspect(self.parent_here(id));
                     return self.content_conflict(id, current, content, mtime_ns).await;
                 }
                 Err(e) if e.code() == Some(ErrorCode::NotFound) => {
+                    self.suspect(self.parent_here(id));
                     return self.recreate(id, content, mtime_ns).await;
                 }
                 Err(e) => return Err(e.into()),
@@ -815,12 +861,12 @@ impl Core {
             };
             match self.api.create(&req).await {
                 Ok(n) => {
-                    self.adopt(id, n)?;
+                    self.show_recreated(id, n)?;
                     return Ok(());
                 }
                 Err(e) if e.code() == Some(ErrorCode::Exists) => {
                     if let Some(c) = e.current().filter(|c| c.blocks == content.blocks) {
-                        self.adopt(id, c)?;
+                        self.show_recreated(id, c)?;
                         return Ok(());
                     }
                     name = free_conflict_name(&old.name, &self.cfg.device_name, now_ns(), |n| {
@@ -835,6 +881,79 @@ impl Core {
         Err(Fail::Refused(format!("could not bring back {}", old.name)))
     }
 
+    /// Node `id`, deleted elsewhere, lives on as `node` (possibly under another name): it
+    /// shows there, unless a later local move will place it.
+    fn show_recreated(&self, id: NodeId, node: Node) -> Res<()> {
+        let new_id = node.id;
+        self.suspect([node.parent]);
+        let old = self.tree.get(id);
+        self.adopt(id, node.clone())?;
+        let now = self.uploading.load(Ordering::Relaxed);
+        let moved_later = self.journal.entries().iter().any(|e| {
+            e.seq > now
+                && matches!(e.op, Op::Move { .. })
+                && self.journal.resolve(e.op.node()) == new_id
+        });
+        if moved_later {
+            return Ok(());
+        }
+        if let Some(old) = old {
+            self.tree.unlink(old.parent, &old.name, new_id);
+            self.tree.unlink(old.parent, &old.name, id);
+            self.inval(Inval::Entry {
+                parent: old.parent,
+                name: old.name.clone(),
+            });
+        }
+        let mut shown = node;
+        if let Some(cur) = self.tree.get(new_id) {
+            shown.mode = cur.mode;
+        }
+        self.tree.link_remote(shown.parent, &shown.name, new_id);
+        self.inval(Inval::Entry {
+            parent: shown.parent,
+            name: shown.name.clone(),
+        });
+        self.tree.pin(shown);
+        Ok(())
+    }
+
+    /// Node `id` is gone on the service: it goes here too, unless a later local change
+    /// still needs it (an edit brings it back).
+    fn drop_gone(&self, id: NodeId) {
+        if self
+            .journal
+            .has_later(self.uploading.load(Ordering::Relaxed), id)
+        {
+            return;
+        }
+        if let Some(n) = self.tree.get(id) {
+            self.tree.unlink(n.parent, &n.name, id);
+            self.inval(Inval::Delete {
+                parent: n.parent,
+                child: id,
+                name: n.name.clone(),
+            });
+        }
+        self.local.lock().unwrap().remove(&id);
+        self.forget_node(id);
+    }
+
+    /// The service keeps `node` where it is, although this device deleted it: it shows
+    /// again here (a directory with what it holds now, listed afresh).
+    fn bring_back(&self, node: Node) {
+        let (id, parent, name) = (node.id, node.parent, node.name.clone());
+        self.suspect([parent]);
+        if let Some(old) = self.tree.get(id) {
+            self.tree.unlink(old.parent, &old.name, id);
+        }
+        self.tree.forget(id);
+        self.tree.put(node);
+        self.tree.link_remote(parent, &name, id);
+        self.inval(Inval::Entry { parent, name });
+        self.inval(Inval::Inode(parent));
+    }
+
     async fn upload_move(
         &self,
         node: NodeId,
@@ -847,11 +966,15 @@ impl Core {
         if is_local(id) || is_local(np) {
             return Ok(());
         }
+        let known = self.tree.get(id).map(|n| n.blocks.clone());
         let mut base = match self.tree.get(id) {
             Some(n) if n.version > 0 => n.version,
             _ => match self.api.get_node(id).await {
                 Ok(n) => n.version,
-                Err(e) if e.code() == Some(ErrorCode::NotFound) => return Ok(()),
+                Err(e) if e.code() == Some(ErrorCode::NotFound) => {
+                    self.drop_gone(id);
+                    return Ok(());
+                }
                 Err(e) => return Err(e.into()),
             },
         };
@@ -866,21 +989,36 @@ impl Core {
                 Ok(result) => {
                     if let Some(other) = result.other {
                         if mode == MoveMode::Exchange {
-                            self.apply_own(other);
+                            let ours = self.tree.get(other.id).map(|n| n.blocks.clone())
+                                == Some(other.blocks.clone());
+                            self.apply_answer(other, ours);
                         } else if self.tree.get(other.id).is_some() {
                             self.tree.unlink(other.parent, &other.name, other.id);
-                            self.tree.forget(other.id);
+                            self.forget_node(other.id);
                         }
                     }
-                    self.apply_own(result.node);
+                    let ours = known.as_ref() == Some(&result.node.blocks);
+                    self.apply_answer(result.node, ours);
                     return Ok(());
                 }
                 Err(e) if e.code() == Some(ErrorCode::Conflict) => match e.current() {
-                    Some(c) => base = c.version,
+                    Some(c) => {
+                        self.suspect([np, c.parent]);
+                        base = c.version;
+                    }
                     None => return Err(e.into()),
                 },
-                Err(e) if e.code() == Some(ErrorCode::NotFound) => return Ok(()),
-                Err(e) => return Err(e.into()),
+                Err(e) if e.code() == Some(ErrorCode::NotFound) => {
+                    // The node or its new parent is gone: the listings will tell which.
+                    self.suspect([np]);
+                    self.suspect(self.parent_here(id));
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.suspect([np]);
+                    self.suspect(self.parent_here(id));
+                    return Err(e.into());
+                }
             }
         }
         Err(Fail::Refused("move kept conflicting".into()))
@@ -898,29 +1036,37 @@ impl Core {
         }
         let mut base = base_version;
         for _ in 0..4 {
-            match self.api.delete(id, base, true).await {
+            // Never recursive: a directory this device saw empty may hold something another
+            // device put there since; the service then refuses, and the directory comes back.
+            match self.api.delete(id, base, false).await {
                 Ok(_) => {
-                    let still_listed = self
-                        .tree
-                        .get(id)
-                        .is_some_and(|n| self.tree.child(n.parent, &n.name).flatten() == Some(id));
-                    if !still_listed {
-                        self.tree.forget(id);
-                    }
+                    self.drop_gone(id);
                     return Ok(());
                 }
-                Err(e) if e.code() == Some(ErrorCode::NotFound) => return Ok(()),
+                Err(e) if e.code() == Some(ErrorCode::NotFound) => {
+                    self.drop_gone(id);
+                    return Ok(());
+                }
+                Err(e) if e.code() == Some(ErrorCode::NotEmpty) => {
+                    let current = match e.current() {
+                        Some(c) => c,
+                        None => self.api.get_node(id).await?,
+                    };
+                    tracing::info!(
+                        "rmdir of {} undone: another device put something in it",
+                        current.name
+                    );
+                    self.bring_back(current);
+                    return Ok(());
+                }
                 Err(e) if e.code() == Some(ErrorCode::Conflict) => {
                     let Some(current) = e.current() else {
                         return Err(e.into());
                     };
+                    self.suspect([current.parent]);
                     if current.kind == NodeKind::File && current.blocks != base_blocks {
                         // Edit beats delete: the edited file comes back here.
-                        let parent = current.parent;
-                        let name = current.name.clone();
-                        self.tree.unpin(id);
-                        self.tree.place(current);
-                        self.inval(Inval::Entry { parent, name });
+                        self.bring_back(current);
                         return Ok(());
                     }
                     base = current.version;
