@@ -209,21 +209,8 @@ fn big_file_case(mib: usize) {
 }
 
 #[test]
-fn a_large_file_is_byte_identical_on_the_other_mount() {
-    big_file_case(64);
-}
-
-#[test]
-#[ignore = "1 GiB: run with JEWEL_BIG_TESTS=1 or --ignored"]
 fn a_one_gib_file_is_byte_identical_on_the_other_mount() {
     big_file_case(1024);
-}
-
-#[test]
-fn one_gib_when_asked() {
-    if std::env::var_os("JEWEL_BIG_TESTS").is_some() {
-        big_file_case(1024);
-    }
 }
 
 #[test]
