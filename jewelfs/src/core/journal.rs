@@ -5,11 +5,18 @@
 //! change (the closed staging file, moved here by rename), and `aliases`, an append-only list
 //! of `local-id server-id` lines.
 //!
-//! Durability: an entry is in the page cache when `append` returns, so it survives a crash
-//! of the client (SIGKILL) at once. Against a crash of the machine, [`Journal::sync`] makes
-//! all writes so far durable with one `syncfs` (group commit): the syncer runs it every
-//! 100 ms, and `fsync` on a file runs it before returning. One fsync per `close` would cap
-//! small-file writes at a few hundred files a second.
+//! Durability (group commit, like ext4's delayed allocation): an entry is in the page
+//! cache when `append` returns, so it survives a crash of the client (SIGKILL: the kernel
+//! keeps the page cache) at once, and `close` never waits for the disk. Against a crash of
+//! the machine, [`Journal::sync`] makes every write so far durable with one `syncfs` for
+//! all of them: the syncer runs it within [`SYNC_INTERVAL`] (50 ms) of a change, `fsync` on
+//! a file runs it (or waits for the one already running) before returning, and unmount runs
+//! it last. So only a power loss within 50 ms of a `close` can lose a closed file that was
+//! not fsync'd. One fsync per `close` would cap small-file writes at a few hundred a second.
+//!
+//! Removing an uploaded entry is deferred to the next [`Journal::sync`]: the alias of a
+//! create (written without its own fsync) is then durable before the entry's removal can
+//! be, so a crash never leaves later entries naming a local id nobody can resolve.
 //!
 //! Subtle points:
 //! - **Order.** Entries are uploaded strictly in sequence order (one in flight at a time), so
@@ -30,11 +37,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jewel_wire::{BlockHash, MoveMode, NodeId, Version};
 use serde::{Deserialize, Serialize};
+
+/// The longest a journal write waits in the page cache before the syncer makes it durable
+/// (the window a power loss can hit; a SIGKILL of the client loses nothing).
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Ids at or above this are local (not yet known to the service).
 pub const LOCAL_ID_BASE: NodeId = 1 << 62;
@@ -144,7 +156,13 @@ pub struct Journal {
     aliases: Mutex<HashMap<NodeId, NodeId>>,
     alias_file: Mutex<File>,
     pub changed: tokio::sync::Notify,
-    unsynced: std::sync::atomic::AtomicBool,
+    /// Journal writes so far (entries, aliases); compared with `synced` by [`Journal::sync`].
+    written: AtomicU64,
+    /// The value of `written` the last finished sync covered. Held while syncing, so a
+    /// second caller waits for the sync in progress and then sees whether it was covered.
+    synced: Mutex<u64>,
+    /// Files of uploaded entries, removed by the next sync (see the module docs).
+    removals: Mutex<Vec<PathBuf>>,
 }
 
 pub fn now_ms() -> u64 {
@@ -152,10 +170,6 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis() as u64
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 impl Journal {
@@ -223,7 +237,9 @@ impl Journal {
             aliases: Mutex::new(aliases),
             alias_file: Mutex::new(alias_file),
             changed: tokio::sync::Notify::new(),
-            unsynced: std::sync::atomic::AtomicBool::new(false),
+            written: AtomicU64::new(0),
+            synced: Mutex::new(0),
+            removals: Mutex::new(Vec::new()),
         })
     }
 
@@ -246,28 +262,45 @@ impl Journal {
             f.write_all(&serde_json::to_vec(entry).map_err(std::io::Error::other)?)?;
         }
         std::fs::rename(&tmp, &path)?;
-        self.unsynced
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.written.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
     /// Makes every journal write so far durable (one `syncfs` for all of them: group
-    /// commit). Run every 100 ms by the syncer task, and by `fsync`.
+    /// commit), then removes the files of entries uploaded before it started. Run within
+    /// [`SYNC_INTERVAL`] by the syncer task, by `fsync` and at unmount. A caller that finds a
+    /// sync in progress waits for it, and runs another only if that one did not cover all
+    /// the writes made before this call.
     pub fn sync(&self) -> std::io::Result<()> {
-        if !self
-            .unsynced
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
-        {
+        let target = self.written.load(Ordering::SeqCst);
+        let mut synced = self.synced.lock().unwrap();
+        let removals = std::mem::take(&mut *self.removals.lock().unwrap());
+        if *synced >= target && removals.is_empty() {
             return Ok(());
         }
-        let dir = File::open(&self.dir)?;
-        use std::os::fd::AsRawFd;
-        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-            self.unsynced
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-            return Err(std::io::Error::last_os_error());
+        let upto = self.written.load(Ordering::SeqCst);
+        if *synced < upto {
+            let dir = File::open(&self.dir)?;
+            use std::os::fd::AsRawFd;
+            // SAFETY: `dir` is an open descriptor for the whole call.
+            if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+                let e = std::io::Error::last_os_error();
+                self.removals.lock().unwrap().extend(removals);
+                return Err(e);
+            }
+            *synced = upto;
         }
-        sync_dir(&self.dir)
+        drop(synced);
+        for path in removals {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
+    }
+
+    /// Whether journal writes are waiting for [`Journal::sync`].
+    pub fn needs_sync(&self) -> bool {
+        *self.synced.lock().unwrap() < self.written.load(Ordering::SeqCst)
+            || !self.removals.lock().unwrap().is_empty()
     }
 
     /// Appends an entry durably and wakes the uploader.
@@ -330,13 +363,21 @@ impl Journal {
         true
     }
 
+    /// Removes an entry's files now (an entry that was never sent: nothing depends on it).
     fn delete_files(&self, entry: &Entry) {
-        let _ = std::fs::remove_file(self.dir.join(format!("{:020}.json", entry.seq)));
+        for path in self.files_of(entry) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    fn files_of(&self, entry: &Entry) -> Vec<PathBuf> {
+        let mut files = vec![self.dir.join(format!("{:020}.json", entry.seq))];
         if let Some(data) = entry.op.data() {
             if !self.data_in_use(data) {
-                let _ = std::fs::remove_file(self.data_path(data));
+                files.push(self.data_path(data));
             }
         }
+        files
     }
 
     fn data_in_use(&self, data: &str) -> bool {
@@ -406,7 +447,9 @@ impl Journal {
             inner.entries.remove(&seq)
         };
         if let Some(entry) = entry {
-            self.delete_files(&entry);
+            // Removed by the next sync, after any alias this upload recorded is durable.
+            let files = self.files_of(&entry);
+            self.removals.lock().unwrap().extend(files);
         }
         self.changed.notify_waiters();
     }
@@ -433,12 +476,13 @@ impl Journal {
             .collect()
     }
 
-    /// Records durably that local id `local` is `server` on the service.
+    /// Records that local id `local` is `server` on the service (durable with the next
+    /// sync, before the entry that produced it is removed: see the module docs).
     pub fn add_alias(&self, local: NodeId, server: NodeId) -> std::io::Result<()> {
         {
             let mut f = self.alias_file.lock().unwrap();
             writeln!(f, "{local} {server}")?;
-            f.sync_data()?;
+            self.written.fetch_add(1, Ordering::SeqCst);
         }
         self.aliases.lock().unwrap().insert(local, server);
         Ok(())

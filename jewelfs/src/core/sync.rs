@@ -95,10 +95,13 @@ impl Core {
         }
     }
 
-    /// Runs forever: makes journal writes durable every 100 ms (see `journal.rs`).
+    /// Runs forever: makes journal writes durable within `SYNC_INTERVAL` (see `journal.rs`).
     pub async fn run_syncer(self: Arc<Self>) {
         loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(super::journal::SYNC_INTERVAL).await;
+            if !self.journal.needs_sync() {
+                continue;
+            }
             let me = self.clone();
             let result = tokio::task::spawn_blocking(move || me.journal.sync()).await;
             if let Ok(Err(e)) = result {
