@@ -41,6 +41,8 @@ pub struct Service {
     /// Set when blocks live in a local folder: the router then serves its signed URLs.
     pub local_blobs: Option<Arc<LocalBlobStore>>,
     pub limits: Limits,
+    /// Recently checked tokens and devices (see `api/auth.rs`).
+    pub auth_cache: crate::api::auth::AuthCache,
 }
 
 impl Service {
@@ -55,6 +57,7 @@ impl Service {
             bus,
             local_blobs: None,
             limits: Limits::default(),
+            auth_cache: Default::default(),
         }
     }
 
