@@ -54,12 +54,13 @@ impl AuthCache {
         map.insert(hash, (user, Instant::now()));
     }
 
-    fn device_ok(&self, user: &User, device: DeviceId) -> bool {
+    /// Whether `device` was found to be `user`'s within [`AUTH_CACHE_TTL`].
+    pub fn device_ok(&self, user: &User, device: DeviceId) -> bool {
         let key = (user.id.clone(), device);
         self.devices.lock().unwrap().get(&key).is_some_and(fresh)
     }
 
-    fn put_device(&self, user: &User, device: DeviceId) {
+    pub fn put_device(&self, user: &User, device: DeviceId) {
         let mut map = self.devices.lock().unwrap();
         if map.len() >= AUTH_CACHE_MAX {
             map.clear();
