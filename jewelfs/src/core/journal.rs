@@ -45,7 +45,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jewel_wire::{BlockHash, MoveMode, NodeId, Version};
@@ -148,7 +148,9 @@ pub struct Entry {
 
 #[derive(Default)]
 struct Inner {
-    entries: BTreeMap<u64, Entry>,
+    /// Shared (`Arc`), so [`Journal::entries`] is a list of pointers, not a deep copy: it is
+    /// called per uploaded change, with hundreds of entries pending in a burst.
+    entries: BTreeMap<u64, Arc<Entry>>,
     next: u64,
     inflight: Option<u64>,
     /// Entries sent at least once: the service may have applied them even if the answer
@@ -186,12 +188,12 @@ pub fn now_ms() -> u64 {
 /// Writes a log holding `entries` (durably, then renamed into place) and opens it for appends.
 fn write_log<'a>(
     dir: &Path,
-    entries: impl Iterator<Item = &'a Entry>,
+    entries: impl Iterator<Item = &'a Arc<Entry>>,
 ) -> std::io::Result<(File, u64)> {
     let mut text = Vec::new();
     for entry in entries {
         text.push(b'+');
-        serde_json::to_writer(&mut text, entry).map_err(std::io::Error::other)?;
+        serde_json::to_writer(&mut text, &**entry).map_err(std::io::Error::other)?;
         text.push(b'\n');
     }
     let tmp = dir.join("log.tmp");
@@ -233,7 +235,7 @@ impl Journal {
             match std::fs::read(&path).map(|b| serde_json::from_slice::<Entry>(&b)) {
                 Ok(Ok(entry)) => {
                     inner.next = inner.next.max(entry.seq + 1);
-                    inner.entries.insert(entry.seq, entry);
+                    inner.entries.insert(entry.seq, Arc::new(entry));
                 }
                 _ => tracing::warn!(path = %path.display(), "unreadable journal entry skipped"),
             }
@@ -252,7 +254,7 @@ impl Journal {
                 Some((b'+', json)) => match serde_json::from_slice::<Entry>(json) {
                     Ok(entry) => {
                         inner.next = inner.next.max(entry.seq + 1);
-                        inner.entries.insert(entry.seq, entry);
+                        inner.entries.insert(entry.seq, Arc::new(entry));
                     }
                     Err(_) => tracing::warn!("unreadable journal record skipped"),
                 },
@@ -424,7 +426,7 @@ impl Journal {
             op,
         };
         self.write_entry(&entry)?;
-        inner.entries.insert(seq, entry);
+        inner.entries.insert(seq, Arc::new(entry));
         drop(inner);
         self.changed.notify_one();
         Ok(seq)
@@ -447,7 +449,7 @@ impl Journal {
             op,
         };
         self.write_entry(&entry)?;
-        inner.entries.insert(seq, entry);
+        inner.entries.insert(seq, Arc::new(entry));
         drop(inner);
         self.changed.notify_one();
         Ok(true)
@@ -509,7 +511,7 @@ impl Journal {
             .rev()
             .filter(|e| inner.inflight != Some(e.seq) && !inner.attempted.contains(&e.seq))
             .find(|e| e.op.node() == node && pred(&e.op))
-            .cloned()
+            .map(|e| Entry::clone(e))
     }
 
     /// Whether any pending entry refers to `node` (as subject).
@@ -537,7 +539,7 @@ impl Journal {
         if inner.inflight.is_some() {
             return Err(None);
         }
-        let Some(entry) = inner.entries.values().next().cloned() else {
+        let Some(entry) = inner.entries.values().next().map(|e| Entry::clone(e)) else {
             return Err(None);
         };
         let age = now_ms().saturating_sub(entry.at_ms);
@@ -579,7 +581,7 @@ impl Journal {
         self.inner.lock().unwrap().entries.len()
     }
 
-    pub fn entries(&self) -> Vec<Entry> {
+    pub fn entries(&self) -> Vec<Arc<Entry>> {
         self.inner
             .lock()
             .unwrap()
