@@ -168,6 +168,8 @@ pub struct Journal {
     /// order of records is the order of changes to `entries`.
     log: Mutex<(File, u64)>,
     pub changed: tokio::sync::Notify,
+    /// Signalled by every journal write, for the syncer (which sleeps while nothing waits).
+    pub unsynced: tokio::sync::Notify,
     /// Journal writes so far (entries, aliases); compared with `synced` by [`Journal::sync`].
     written: AtomicU64,
     /// The value of `written` the last finished sync covered. Held while syncing, so a
@@ -315,6 +317,7 @@ impl Journal {
             alias_file: Mutex::new(alias_file),
             log: Mutex::new(log),
             changed: tokio::sync::Notify::new(),
+            unsynced: tokio::sync::Notify::new(),
             written: AtomicU64::new(0),
             synced: Mutex::new(0),
             removals: Mutex::new((Vec::new(), Vec::new())),
@@ -339,6 +342,7 @@ impl Journal {
         log.0.write_all(record)?;
         log.1 += record.len() as u64;
         self.written.fetch_add(1, Ordering::SeqCst);
+        self.unsynced.notify_one();
         Ok(())
     }
 
@@ -565,6 +569,7 @@ impl Journal {
             let mut r = self.removals.lock().unwrap();
             r.0.push(seq);
             r.1.extend(files);
+            self.unsynced.notify_one();
         }
         self.changed.notify_waiters();
     }
@@ -598,6 +603,7 @@ impl Journal {
             let mut f = self.alias_file.lock().unwrap();
             writeln!(f, "{local} {server}")?;
             self.written.fetch_add(1, Ordering::SeqCst);
+            self.unsynced.notify_one();
         }
         self.aliases.lock().unwrap().insert(local, server);
         Ok(())
