@@ -48,6 +48,8 @@ pub struct Service {
     /// `missing_blocks` and its client uploads the block again). It guards one process only,
     /// which is why blocks are collected only by the embedded server (see `maintenance.rs`).
     pub block_guard: tokio::sync::RwLock<()>,
+    /// Recently checked tokens and devices (see `api/auth.rs`).
+    pub auth_cache: crate::api::auth::AuthCache,
 }
 
 impl Service {
@@ -63,6 +65,7 @@ impl Service {
             local_blobs: None,
             limits: Limits::default(),
             block_guard: tokio::sync::RwLock::new(()),
+            auth_cache: Default::default(),
         }
     }
 

@@ -542,6 +542,8 @@ fn users_are_isolated_and_tokens_are_checked() {
         .last()
         .unwrap()
         .to_string();
+    // The service believes a checked token for up to 1 s (AUTH_CACHE_TTL): refused within it.
+    std::thread::sleep(Duration::from_millis(1100));
     expect_error(alice.get("/me"), 401, "unauthorized");
     let alice2 = Api::new(&server, &new_token);
     assert_eq!(alice2.names(ROOT_ID), vec!["private", "secret.txt"]);
@@ -550,6 +552,7 @@ fn users_are_isolated_and_tokens_are_checked() {
     let users = server.admin(&["user", "list"]);
     assert!(users.contains("alice") && users.contains("eve"));
     server.admin(&["user", "remove", "eve"]);
+    std::thread::sleep(Duration::from_millis(1100));
     expect_error(eve.get("/me"), 401, "unauthorized");
 }
 

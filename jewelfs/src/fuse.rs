@@ -4,8 +4,10 @@
 //! - **Never block a dispatch thread on the network.** A request that the caches can answer
 //!   (lookup, getattr, readdir of a listed directory, read of cached blocks, write into a
 //!   staging file) is answered in the callback; anything else moves its reply object into a
-//!   tokio task. Local disk work that may be long (flush moving and fsync'ing a staging file)
-//!   goes to the blocking pool.
+//!   tokio task. `create` in a cached folder, `flush` and `release` touch only the local
+//!   disk (a file, a rename and a small journal entry, no fsync: the journal syncs in
+//!   groups) and run in the callback too: a thread hop per small file cost more than the
+//!   work itself on a busy machine.
 //! - **Inode numbers are node ids** (the root, id 1, is `FUSE_ROOT_ID`); a file created here
 //!   has a local id until its create reaches the service, and keeps answering under it after
 //!   (the core resolves aliases).
@@ -484,12 +486,12 @@ impl Filesystem for JewelFs {
         if !write {
             return reply.ok();
         }
-        let id = self.core.resolve(ino.0);
-        let core = self.core.clone();
-        self.rt.spawn_blocking(move || match core.flush(id) {
+        // Local disk only (a rename and a small write, no fsync: see `journal.rs`), so it
+        // runs here rather than paying a thread hop per `close`.
+        match self.core.flush(self.core.resolve(ino.0)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
-        });
+        }
     }
 
     fn release(
@@ -509,14 +511,12 @@ impl Filesystem for JewelFs {
         if !handle.write {
             return reply.ok();
         }
-        let id = self.core.resolve(ino.0);
         let _ = handle.id;
-        let core = self.core.clone();
-        self.rt
-            .spawn_blocking(move || match core.release(id, true) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            });
+        // Local disk only, like `flush`.
+        match self.core.release(self.core.resolve(ino.0), true) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn fsync(
@@ -701,7 +701,8 @@ impl Filesystem for JewelFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::ENOTSUP);
+        // ENOSYS, not ENOTSUP: the kernel then stops asking (applications get ENOTSUP).
+        reply.error(Errno::ENOSYS);
     }
 
     fn getxattr(
@@ -712,7 +713,10 @@ impl Filesystem for JewelFs {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        reply.error(Errno::ENOTSUP);
+        // ENOSYS: the kernel answers every later getxattr itself with ENOTSUP. Without it,
+        // each `write` costs one more round trip (the kernel asks for `security.capability`
+        // before every write, to clear set-uid bits and capabilities).
+        reply.error(Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
@@ -724,7 +728,7 @@ impl Filesystem for JewelFs {
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::ENOTSUP);
+        reply.error(Errno::ENOSYS);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
@@ -766,6 +770,23 @@ impl Filesystem for JewelFs {
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let handles = self.handle_store();
+        // Answered here when the cache knows the folder (the common case: no task, no
+        // thread hop); a task asks the service otherwise.
+        if let Some(result) = core.create_file_now(parent, &name, mode & !umask) {
+            return match result {
+                Ok(n) => {
+                    handles(fh, n.id, true);
+                    reply.created(
+                        &TTL,
+                        &maker.attr(&n, n.id),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::FOPEN_KEEP_CACHE,
+                    )
+                }
+                Err(e) => reply.error(errno(&e)),
+            };
+        }
         self.spawn(async move {
             match core.create_file(parent, &name, mode & !umask).await {
                 Ok(n) => {

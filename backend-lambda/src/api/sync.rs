@@ -6,6 +6,11 @@
 //! log has nothing newer; the bus is checked after the store, and `wait_after` returns at
 //! once when the bus already knows a newer sequence number, so an event committed between the
 //! two reads is never missed.
+//!
+//! A poll that had to wait lingers [`POLL_LINGER`] after the bus wakes it before reading the
+//! log, so a burst of changes goes out as one page rather than one answer (and one new poll)
+//! per change: with many devices of one user all waiting, every commit woke every device,
+//! and each answered with a single event (a thundering herd, once per change).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,13 +88,20 @@ pub struct PollQuery {
     timeout_ms: Option<u64>,
 }
 
+/// How long a woken long-poll waits for more changes before answering (see the module docs):
+/// short against the one-second promise, long enough to gather a burst.
+pub const POLL_LINGER: Duration = Duration::from_millis(10);
+
 pub async fn poll(
     State(svc): S,
     caller: Caller,
     ApiPath(device): ApiPath<DeviceId>,
     ApiQuery(q): ApiQuery<PollQuery>,
 ) -> AppResult<Json<ChangePage>> {
-    svc.meta.device(&caller.user.id, device).await?;
+    if !svc.auth_cache.device_ok(&caller.user, device) {
+        svc.meta.device(&caller.user.id, device).await?;
+        svc.auth_cache.put_device(&caller.user, device);
+    }
     let user = &caller.user.id;
     let limit = svc.limits.max_page;
     let page = svc.meta.changes_since(user, q.since, limit).await?;
@@ -101,5 +113,6 @@ pub async fn poll(
     if newest <= q.since {
         return Ok(Json(page));
     }
+    tokio::time::sleep(POLL_LINGER).await;
     Ok(Json(svc.meta.changes_since(user, q.since, limit).await?))
 }

@@ -5,7 +5,7 @@
 //!
 //! Per run, in a fresh folder on each target:
 //! - sequential write of the big file (1 MiB writes; open → last write → close, no fsync:
-//!   what an application waits for; jewelfs' close journals the file durably, so it fsyncs);
+//!   what an application waits for; jewelfs' close journals the file, durable within 50 ms);
 //! - sequential read, cached (second read right after a first one) and cold (after
 //!   `drop_caches`); jewelfs cold twice: in the writing mount (its local block cache) and in
 //!   the other mount, which never had it (every block from the server);

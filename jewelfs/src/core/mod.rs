@@ -561,18 +561,18 @@ impl Core {
         }
         let mut fate: HashMap<NodeId, Option<(NodeId, String)>> = HashMap::new();
         for e in entries {
-            match e.op {
+            match &e.op {
                 Op::Move {
                     node,
                     new_parent,
                     new_name,
                     mode: MoveMode::Replace | MoveMode::NoReplace,
                 } => {
-                    let to = (self.resolve(new_parent), new_name);
-                    fate.insert(self.resolve(node), Some(to));
+                    let to = (self.resolve(*new_parent), new_name.clone());
+                    fate.insert(self.resolve(*node), Some(to));
                 }
                 Op::Delete { node, .. } => {
-                    fate.insert(self.resolve(node), None);
+                    fate.insert(self.resolve(*node), None);
                 }
                 _ => {}
             }
@@ -849,6 +849,31 @@ impl Core {
     /// Creates an empty file, open for writing (one handle).
     pub async fn create_file(&self, parent: NodeId, name: &str, mode: u32) -> CoreResult<Node> {
         self.check_new_name(parent, name).await?;
+        self.create_file_in(parent, name, mode)
+    }
+
+    /// [`Core::create_file`] answered from the cache alone (the parent and its listing are
+    /// cached), without a task; `None` if the service must be asked first.
+    pub fn create_file_now(
+        &self,
+        parent: NodeId,
+        name: &str,
+        mode: u32,
+    ) -> Option<CoreResult<Node>> {
+        if let Err(e) = check_name(name) {
+            return Some(Err(e.into()));
+        }
+        let p = self.view(parent)?;
+        if !p.is_dir() {
+            return Some(Err(CoreErr::NotDir));
+        }
+        match self.tree.child(parent, name)? {
+            Some(_) => Some(Err(CoreErr::Exists)),
+            None => Some(self.create_file_in(parent, name, mode)),
+        }
+    }
+
+    fn create_file_in(&self, parent: NodeId, name: &str, mode: u32) -> CoreResult<Node> {
         let node = self.new_node(parent, name, NodeKind::File, mode);
         let staging = self.new_staging(0, vec![])?;
         staging.dirty.store(true, Ordering::Relaxed);

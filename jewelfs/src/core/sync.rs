@@ -130,14 +130,20 @@ impl Core {
         }
     }
 
-    /// Runs forever: makes journal writes durable every 100 ms (see `journal.rs`).
+    /// Runs forever: makes journal writes durable within `SYNC_INTERVAL` (see `journal.rs`);
+    /// sleeps while nothing is written.
     pub async fn run_syncer(self: Arc<Self>) {
         loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.journal.unsynced.notified().await;
+            tokio::time::sleep(super::journal::SYNC_INTERVAL).await;
+            if !self.journal.needs_sync() {
+                continue;
+            }
             let me = self.clone();
             let result = tokio::task::spawn_blocking(move || me.journal.sync()).await;
             if let Ok(Err(e)) = result {
                 tracing::error!("cannot make the journal durable: {e}");
+                self.journal.unsynced.notify_one(); // try again after the next interval
             }
         }
     }
