@@ -21,9 +21,12 @@
 //! it last. So only a power loss within 50 ms of a `close` can lose a closed file that was
 //! not fsync'd. One fsync per `close` would cap small-file writes at a few hundred a second.
 //!
-//! Removing an uploaded entry is deferred to the next [`Journal::sync`]: the alias of a
-//! create (written without its own fsync) is then durable before the entry's removal can
-//! be, so a crash never leaves later entries naming a local id nobody can resolve.
+//! An uploaded entry is dropped at once (a `-<seq>` record), so a client killed right after
+//! an upload never sends that change again — replaying an old change after newer ones
+//! would bring back what they deleted. The alias a create recorded goes into the log too
+//! (`=<local> <server>`), before the drop, so the log never drops a create without saying
+//! which id it got; the `aliases` file keeps them once the log is emptied. The content
+//! files of dropped entries are removed after the next [`Journal::sync`].
 //!
 //! Subtle points:
 //! - **Order.** Entries are uploaded strictly in sequence order (one in flight at a time), so
@@ -36,9 +39,9 @@
 //!   again before its create went out is folded into the create; an editor's
 //!   write-then-rename becomes one content change of the final file. This is why the
 //!   uploader lets entries settle for a few milliseconds before taking them.
-//! - **Replay.** On start the entries and aliases are read back; an entry that was uploaded
-//!   but not yet removed when the client died is uploaded again, which is harmless because
-//!   the uploader recognises its own identical content (see `sync.rs`).
+//! - **Replay.** On start the entries and aliases are read back; only the entry in flight
+//!   when the client died (uploaded, perhaps, but not yet dropped) is uploaded again, which
+//!   is harmless because the uploader recognises its own identical content (see `sync.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -210,6 +213,13 @@ fn write_log<'a>(
     Ok((file, text.len() as u64))
 }
 
+/// `<local> <server>`, as the aliases file and `=` records hold them.
+fn parse_alias(text: &[u8]) -> Option<(NodeId, NodeId)> {
+    let text = std::str::from_utf8(text).ok()?;
+    let mut parts = text.split_whitespace();
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
 impl Journal {
     /// Opens the journal folder and reads back every entry and alias (replay).
     pub fn open(dir: &Path) -> std::io::Result<Journal> {
@@ -251,6 +261,7 @@ impl Journal {
         };
         // Only whole lines: a record cut short by a crash has no newline yet.
         let whole = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let mut log_aliases = HashMap::new();
         for line in text[..whole].split(|b| *b == b'\n') {
             match line.split_first() {
                 Some((b'+', json)) => match serde_json::from_slice::<Entry>(json) {
@@ -271,6 +282,12 @@ impl Journal {
                         None => tracing::warn!("unreadable journal record skipped"),
                     }
                 }
+                Some((b'=', pair)) => match parse_alias(pair) {
+                    Some((l, srv)) => {
+                        log_aliases.insert(l, srv);
+                    }
+                    None => tracing::warn!("unreadable journal record skipped"),
+                },
                 None => {}
                 Some(_) => tracing::warn!("unreadable journal record skipped"),
             }
@@ -279,15 +296,28 @@ impl Journal {
         let alias_path = dir.join("aliases");
         if let Ok(text) = std::fs::read_to_string(&alias_path) {
             for line in text.lines() {
-                let mut parts = line.split_whitespace();
-                if let (Some(Some(l)), Some(Some(s))) = (
-                    parts.next().map(|p| p.parse().ok()),
-                    parts.next().map(|p| p.parse().ok()),
-                ) {
-                    aliases.insert(l, s);
+                if let Some((l, srv)) = parse_alias(line.as_bytes()) {
+                    aliases.insert(l, srv);
                 }
             }
         }
+        // Aliases only the log held go to the aliases file (durably) before the log is
+        // rewritten below without them.
+        let only_in_log: Vec<(NodeId, NodeId)> = log_aliases
+            .into_iter()
+            .filter(|(l, _)| !aliases.contains_key(l))
+            .collect();
+        if !only_in_log.is_empty() && !inner.entries.is_empty() {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&alias_path)?;
+            for (l, srv) in &only_in_log {
+                writeln!(f, "{l} {srv}")?;
+            }
+            f.sync_data()?;
+        }
+        aliases.extend(only_in_log);
         if inner.entries.is_empty() {
             // Nothing can refer to old local ids any more: start the alias list afresh, and
             // drop content files no entry owns (left by a crash between rename and entry).
@@ -564,11 +594,20 @@ impl Journal {
             inner.entries.remove(&seq)
         };
         if let Some(entry) = entry {
-            // Dropped by the next sync, after any alias this upload recorded is durable.
-            let files = self.files_of(&entry);
-            let mut r = self.removals.lock().unwrap();
-            r.0.push(seq);
-            r.1.extend(files);
+            // Dropped at once (the alias its create recorded is already in the log); its
+            // files go after the next sync.
+            {
+                let _order = self.inner.lock().unwrap();
+                if let Err(e) = self.write_drop(seq) {
+                    tracing::error!("cannot record an upload in the journal: {e}");
+                    self.removals.lock().unwrap().0.push(seq); // the next sync tries again
+                }
+            }
+            self.removals
+                .lock()
+                .unwrap()
+                .1
+                .extend(self.files_of(&entry));
             self.unsynced.notify_one();
         }
         self.changed.notify_waiters();
@@ -604,6 +643,11 @@ impl Journal {
             writeln!(f, "{local} {server}")?;
             self.written.fetch_add(1, Ordering::SeqCst);
             self.unsynced.notify_one();
+        }
+        {
+            // In the log too, ahead of the drop of the create that made it (see the docs).
+            let _order = self.inner.lock().unwrap();
+            self.write_record(format!("={local} {server}\n").as_bytes())?;
         }
         self.aliases.lock().unwrap().insert(local, server);
         Ok(())
@@ -718,23 +762,33 @@ mod tests {
     }
 
     #[test]
-    fn an_uploaded_entry_is_replayed_until_the_next_sync() {
-        // Its removal waits for the sync that makes its alias durable (see the module docs).
+    fn an_uploaded_entry_is_never_replayed_and_its_alias_survives() {
+        // Killed (dropped without a sync) right after two uploads: replaying them after the
+        // newer change would undo it, so neither comes back; the create's alias does.
         let dir = tempfile::tempdir().unwrap();
         {
             let j = Journal::open(dir.path()).unwrap();
-            j.append(content(1)).unwrap();
+            j.append(content(LOCAL_ID_BASE + 5)).unwrap();
+            j.append(content(2)).unwrap();
+            j.append(content(3)).unwrap();
             let first = j.take(0).unwrap();
+            j.add_alias(LOCAL_ID_BASE + 5, 55).unwrap();
             j.done(first.seq);
-            assert_eq!(j.pending(), 0);
+            let second = j.take(0).unwrap();
+            j.done(second.seq);
+            assert_eq!(j.pending(), 1);
         }
-        assert_eq!(Journal::open(dir.path()).unwrap().pending(), 1);
+        std::fs::remove_file(dir.path().join("aliases")).unwrap(); // only the log has it
         let j = Journal::open(dir.path()).unwrap();
-        let first = j.take(0).unwrap();
-        j.done(first.seq);
+        let nodes: Vec<NodeId> = j.entries().iter().map(|e| e.op.node()).collect();
+        assert_eq!(nodes, vec![3]);
+        assert_eq!(j.resolve(LOCAL_ID_BASE + 5), 55);
+        let last = j.take(0).unwrap();
+        j.done(last.seq);
         j.sync().unwrap();
         drop(j);
-        assert_eq!(Journal::open(dir.path()).unwrap().pending(), 0);
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.pending(), 0);
         assert_eq!(std::fs::metadata(dir.path().join("log")).unwrap().len(), 0);
     }
 
