@@ -423,6 +423,7 @@ impl Core {
         if ours {
             self.own_version(&node);
         }
+        self.own_changed(node.id);
         if let Some(old) = self.tree.get(node.id) {
             if old.version > node.version {
                 return;
@@ -525,6 +526,7 @@ impl Core {
             }
         }
         self.tree.pin(node);
+        self.own_changed(id);
         Ok(())
     }
 
@@ -770,6 +772,8 @@ impl Core {
             parent: created.parent,
             name: created.name.clone(),
         });
+        self.own_changed(created.id);
+        self.own_changed(id);
         self.tree.place(created);
         Ok(())
     }
@@ -875,6 +879,7 @@ impl Core {
     fn show_recreated(&self, id: NodeId, node: Node) -> Res<()> {
         let new_id = node.id;
         self.suspect([node.parent]);
+        self.own_changed(new_id);
         let old = self.tree.get(id);
         self.adopt(id, node.clone())?;
         let now = self.uploading.load(Ordering::Relaxed);
@@ -916,6 +921,7 @@ impl Core {
         {
             return;
         }
+        self.own_changed(id);
         if let Some(n) = self.tree.get(id) {
             self.tree.unlink(n.parent, &n.name, id);
             self.inval(Inval::Delete {
@@ -933,6 +939,7 @@ impl Core {
     fn bring_back(&self, node: Node) {
         let (id, parent, name) = (node.id, node.parent, node.name.clone());
         self.suspect([parent]);
+        self.own_changed(id);
         if let Some(old) = self.tree.get(id) {
             self.tree.unlink(old.parent, &old.name, id);
         }
