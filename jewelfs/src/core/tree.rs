@@ -8,6 +8,9 @@
 //! - A directory's listing is cached only when complete (all pages read); so "name not in
 //!   the listing" means ENOENT without asking the service. Evicted listings are listed again,
 //!   and pinned nodes are merged back in ([`Tree::set_listing`]).
+//! - A pinned node wins its name over a node of the service with the same name; such a name
+//!   is marked **shadowed**, so that when the local node leaves it before reaching the
+//!   service the core re-lists the directory ([`Tree::unshadow`]) instead of showing nothing.
 //! - Long TTLs are safe because the change listener applies every remote change here (and
 //!   tells the kernel) as it happens; a cursor gap or `cursor_too_old` clears everything.
 
