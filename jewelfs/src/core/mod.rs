@@ -1450,7 +1450,9 @@ impl Core {
                 // The replaced node never reached the service.
                 self.tree.unlink(new_parent, new_name, t.id);
                 self.forget_node(t.id);
-            } else if unsent {
+            } else if unsent || is_local(id) {
+                // The replacing node has not reached the service (its create may still be
+                // cancelled by a remove): the replaced one is deleted on its own.
                 self.journal.append(Op::Delete {
                     node: t.id,
                     base_version: t.version,
