@@ -606,11 +606,12 @@ async fn sequential_operations_match_the_model() {
 /// Concurrent changes of the same names on both devices, online (no waiting between them)
 /// and during outages. Most runs pass now; about one run in four still ends with one device
 /// missing the listing entry of a file it knows, at that very place and version, with
-/// nothing pending and nothing marked for reconciliation (seen on seed 4: `/d.md`; a
-/// reconciliation of the folder repairs it, so some path drops the entry without marking
-/// it). The failure prints each differing path's state on both devices. Ignored until found.
-/// (Seed 8 found the same with a remote file hidden behind a local one of the same name that
-/// was then removed before upload: fixed, such a name is now marked shadowed.)
+/// nothing pending and nothing marked for reconciliation (seen on seeds 4, 8 and 11, often a
+/// file just created on the other device, version 1). A reconciliation of the folder
+/// repairs it, so some path drops or never makes the entry without marking the folder. One
+/// such path was found and fixed (a remote file hidden behind a local one of the same name
+/// that was then removed or renamed before upload: such a name is now marked shadowed);
+/// another remains. The failure prints each differing path's state on both devices.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "about 1 run in 4: a device misses the listing entry of a file it knows (see the doc comment)"]
 async fn concurrent_changes_with_outages_converge() {
