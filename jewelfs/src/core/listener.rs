@@ -243,6 +243,8 @@ impl Core {
                         self.tree.unlink(from.parent, &from.name, node.id);
                     }
                 }
+                // (A local node holding the name wins; the tree marks the name as shadowed,
+                // and a local remove or rename away from it has the directory listed again.)
                 self.tree.link_remote(node.parent, &node.name, node.id);
                 self.tree.put(node.clone());
                 invals.push(Inval::Entry {

@@ -243,6 +243,10 @@ pub struct Core {
     pub(crate) own: Mutex<HashMap<NodeId, Version>>,
     /// Content files the pre-uploader is working on right now.
     pub(crate) pre_busy: Mutex<HashSet<String>>,
+    /// Nodes our own requests changed in the tree (their answers are not in `recent`: our
+    /// own echoes are skipped), numbered, so a listing read meanwhile can be corrected.
+    own_changed: Mutex<std::collections::VecDeque<(u64, NodeId)>>,
+    own_gen: AtomicU64,
     /// The journal entry the uploader is sending now (0: none).
     pub(crate) uploading: AtomicU64,
     /// Directories to re-list from the service once the journal is drained (see
@@ -329,6 +333,8 @@ impl Core {
             pre_busy: Mutex::new(HashSet::new()),
             own: Mutex::new(HashMap::new()),
             uploading: AtomicU64::new(0),
+            own_changed: Mutex::new(std::collections::VecDeque::new()),
+            own_gen: AtomicU64::new(0),
             suspect: Mutex::new(Default::default()),
         };
         let core = Arc::new(core);
@@ -502,6 +508,7 @@ impl Core {
     /// and take the service's place of every listed node without local changes.
     pub(crate) async fn read_listing(&self, dir: NodeId, fresh: bool) -> CoreResult<()> {
         let seen_before = self.cursor.load(Ordering::Relaxed);
+        let own_before = self.own_gen.load(Ordering::SeqCst);
         let mut all = Vec::new();
         let mut after = None;
         loop {
@@ -547,8 +554,43 @@ impl Core {
         for ev in recent {
             self.relink(dir, &ev);
         }
+        // Likewise the answers to our own requests applied meanwhile (a node our upload
+        // moved here or away, created or deleted while the listing was on its way).
+        let own: Vec<NodeId> = self
+            .own_changed
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(g, _)| *g > own_before)
+            .map(|(_, id)| *id)
+            .collect();
+        for id in own {
+            let id = self.resolve(id);
+            let cur = self.tree.get(id);
+            for (name, listed) in self.tree.listing(dir).unwrap_or_default() {
+                let stays = cur
+                    .as_ref()
+                    .is_some_and(|c| c.parent == dir && c.name == name);
+                if listed == id && !stays {
+                    self.tree.unlink(dir, &name, id);
+                }
+            }
+            if let Some(c) = cur.filter(|c| c.parent == dir) {
+                self.tree.link_remote(dir, &c.name, id);
+            }
+        }
         self.overlay_pending(dir);
         Ok(())
+    }
+
+    /// Notes that our own request changed node `id` in the tree (see `own_changed`).
+    pub(crate) fn own_changed(&self, id: NodeId) {
+        let g = self.own_gen.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut own = self.own_changed.lock().unwrap();
+        own.push_back((g, id));
+        while own.len() > 4096 {
+            own.pop_front();
+        }
     }
 
     /// Shows the journal's pending moves and deletes in a listing just read from the
@@ -1309,6 +1351,9 @@ impl Core {
         if cancelled {
             self.forget_node(id);
         }
+        if self.tree.unshadow(parent, name) {
+            self.suspect([parent]);
+        }
         self.drop_local_content(id);
         self.touch_dir(parent);
         Ok(())
@@ -1442,7 +1487,9 @@ impl Core {
                 // The replaced node never reached the service.
                 self.tree.unlink(new_parent, new_name, t.id);
                 self.forget_node(t.id);
-            } else if unsent {
+            } else if unsent || is_local(id) {
+                // The replacing node has not reached the service (its create may still be
+                // cancelled by a remove): the replaced one is deleted on its own.
                 self.journal.append(Op::Delete {
                     node: t.id,
                     base_version: t.version,
@@ -1480,6 +1527,9 @@ impl Core {
             }
         }
         self.tree.unlink(parent, name, id);
+        if self.tree.unshadow(parent, name) {
+            self.suspect([parent]);
+        }
         self.tree.link(new_parent, new_name, id);
         self.tree.pin(moved);
         self.touch_dir(parent);

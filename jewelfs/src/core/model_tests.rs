@@ -7,8 +7,9 @@
 //! - **concurrent with outages**: both devices change things while the service is away,
 //!   then it comes back; both devices must converge to the same tree as the service, and
 //!   every file's last content on each device must survive (under its name, as a conflict
-//!   copy, or where the other device moved the file) unless that file was deleted or renamed
-//!   away on the device that wrote it.
+//!   copy, or where the other device moved the file; or in the trash, where a rename over it
+//!   on the other device puts it) unless that file was deleted or renamed away on the device
+//!   that wrote it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,11 +22,13 @@ use jewel_wire::*;
 
 use super::api::{Api, ApiErr, ApiResult};
 use super::blocks::sha256_hex;
-use super::{Config, Core};
+use super::{Config, Core, CoreErr};
 
 #[derive(Default)]
 struct State {
     nodes: HashMap<NodeId, Node>,
+    /// The block lists of removed files (the real service keeps them in its trash).
+    trash: Vec<Vec<BlockHash>>,
     blocks: HashMap<String, Vec<u8>>,
     log: Vec<ChangeEvent>,
     next_id: NodeId,
@@ -112,6 +115,7 @@ impl State {
             self.remove_tree(k, device);
         }
         if let Some(n) = self.nodes.remove(&id) {
+            self.trash.push(n.blocks.clone());
             self.event(ChangeOp::Remove, n, None, device);
         }
     }
@@ -479,17 +483,46 @@ impl Rng {
 const NAMES: [&str; 4] = ["a.txt", "b.txt", "c", "d.md"];
 
 async fn write(core: &Core, parent: NodeId, name: &str, data: &[u8]) {
+    assert!(
+        try_write(core, parent, name, data).await,
+        "{name} vanished while written"
+    );
+}
+
+/// Writes a file as an editor would (open or create, truncate, write, close); false when
+/// the other device's change raced it (the file vanished, or the name was just taken): the
+/// errors a program sees then, and nothing was written.
+async fn try_write(core: &Core, parent: NodeId, name: &str, data: &[u8]) -> bool {
     let id = match core.lookup(parent, name).await {
         Ok(n) => {
-            core.open_file(n.id, true, true).await.unwrap();
+            if matches!(
+                core.open_file(n.id, true, true).await,
+                Err(CoreErr::NotFound)
+            ) {
+                return false;
+            }
             n.id
         }
-        Err(_) => core.create_file(parent, name, 0o644).await.unwrap().id,
+        Err(_) => match core.create_file(parent, name, 0o644).await {
+            Ok(n) => n.id,
+            // The other device's create of this name arrived since the lookup.
+            Err(CoreErr::Exists) => return false,
+            Err(e) => panic!("create {name}: {e}"),
+        },
     };
     let id = core.resolve(id);
-    core.setattr(id, None, None, Some(0)).await.unwrap();
+    match core.setattr(id, None, None, Some(0)).await {
+        Err(CoreErr::NotFound) => {
+            let _ = core.release(id, true);
+            return false;
+        }
+        r => {
+            r.unwrap();
+        }
+    }
     core.write(id, 0, data).unwrap();
     core.release(id, true).unwrap();
+    true
 }
 
 async fn dir_id(core: &Core, create: bool) -> NodeId {
@@ -570,8 +603,17 @@ async fn sequential_operations_match_the_model() {
     }
 }
 
+/// Concurrent changes of the same names on both devices, online (no waiting between them)
+/// and during outages. Most runs pass now; about one run in four still ends with one device
+/// missing the listing entry of a file it knows, at that very place and version, with
+/// nothing pending and nothing marked for reconciliation (seen on seeds 4, 8 and 11, often a
+/// file just created on the other device, version 1). A reconciliation of the folder
+/// repairs it, so some path drops or never makes the entry without marking the folder. One
+/// such path was found and fixed (a remote file hidden behind a local one of the same name
+/// that was then removed or renamed before upload: such a name is now marked shadowed);
+/// another remains. The failure prints each differing path's state on both devices.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finds open bugs in concurrent offline edits (a lost write, a divergence); see the report"]
+#[ignore = "about 1 run in 4: a device misses the listing entry of a file it knows (see the doc comment)"]
 async fn concurrent_changes_with_outages_converge() {
     for seed in 1..=12u64 {
         let svc = Service::new();
@@ -601,8 +643,9 @@ async fn concurrent_changes_with_outages_converge() {
                 match op {
                     0 | 1 => {
                         let data = format!("dev {which} round {round} step {step}").into_bytes();
-                        write(core, ROOT_ID, name, &data).await;
-                        last[which].insert(name, data);
+                        if try_write(core, ROOT_ID, name, &data).await {
+                            last[which].insert(name, data);
+                        }
                     }
                     2 => {
                         if core.remove(ROOT_ID, name, false).await.is_ok() {
@@ -629,16 +672,52 @@ async fn concurrent_changes_with_outages_converge() {
             svc.online.store(true, Ordering::SeqCst);
             settle(&svc, &[&a, &b]).await;
         }
-        let va = view(&a.core).await;
-        let vb = view(&b.core).await;
+        // Settled means nothing pending; give a last listing a moment to land too.
+        let (mut va, mut vb) = (view(&a.core).await, view(&b.core).await);
+        for _ in 0..100 {
+            if va == vb {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            settle(&svc, &[&a, &b]).await;
+            (va, vb) = (view(&a.core).await, view(&b.core).await);
+        }
         if va != vb {
             let show = |v: &BTreeMap<String, Option<Vec<u8>>>| -> Vec<String> {
                 v.iter()
                     .map(|(k, c)| format!("{k} = {:?}", c.as_deref().map(String::from_utf8_lossy)))
                     .collect()
             };
+            let mut why = String::new();
+            for k in va.keys().chain(vb.keys()) {
+                if va.get(k) == vb.get(k) {
+                    continue;
+                }
+                let name = k.trim_start_matches('/');
+                let on_service: Vec<Node> = svc
+                    .state
+                    .lock()
+                    .unwrap()
+                    .nodes
+                    .values()
+                    .filter(|n| n.parent == ROOT_ID && n.name == name)
+                    .cloned()
+                    .collect();
+                for (d, core) in [("a", &a.core), ("b", &b.core)] {
+                    let here = core.tree.child(ROOT_ID, name);
+                    let sid = on_service.first().map(|n| n.id);
+                    let node = sid.and_then(|i| core.tree.get(i));
+                    why += &format!(
+                        "  {k} on {d}: listed {here:?}, service {:?}, tree {:?}, pinned {:?}, local changes {:?}\n",
+                        on_service.first().map(|n| (n.id, n.version)),
+                        node.map(|n| (n.parent, n.name.clone(), n.version)),
+                        sid.map(|i| core.tree.is_pinned(i)),
+                        sid.map(|i| core.has_local_changes(i)),
+                    );
+                }
+            }
             panic!(
-                "seed {seed}: the devices did not converge\na: {:#?}\nb: {:#?}\n{}",
+                "seed {seed}: the devices did not converge\na: {:#?}\nb: {:#?}\n{why}{}",
                 show(&va),
                 show(&vb),
                 log.join("\n")
@@ -665,7 +744,13 @@ async fn concurrent_changes_with_outages_converge() {
                 // Under its name, as a conflict copy, or wherever the other device moved the
                 // file meanwhile (the edit follows the file, possibly into a conflict copy of
                 // its new name).
-                let kept = va.values().any(|c| c.as_deref() == Some(data.as_slice()));
+                let kept = va.values().any(|c| c.as_deref() == Some(data.as_slice()))
+                    || svc
+                        .state
+                        .lock()
+                        .unwrap()
+                        .trash
+                        .contains(&vec![sha256_hex(data)]);
                 assert!(
                     kept,
                     "seed {seed}: the last write of {name} ({}) was lost: {va:?}\n{}",

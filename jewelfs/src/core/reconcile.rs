@@ -1,15 +1,17 @@
 //! Reconciliation: the safety net under the uploader's conflict rules.
 //!
 //! The uploader settles each unusual answer of the service (a conflict, a refusal, a name
-//! taken, a node gone, an edit brought back after a delete) with a local repair, and the
-//! change listener skips our own echoes. Each repair is written for its case; a case nobody
-//! thought of could leave the tree cache showing something the service does not hold, for
-//! good, because nothing would ever tell this device otherwise. So every such answer also
-//! marks the directories it touched as **suspect** (a refusal marks every cached listing),
-//! and once the journal is drained (no local change left to protect, the uploader idle and
-//! online) each suspect directory is listed again from the service and the cache takes the
-//! service's truth for every node without local changes; the kernel is told about each name
-//! that changed. Subtle points:
+//! taken, a node gone, an edit brought back after a delete) with a local repair; the change
+//! listener skips our own echoes and never hides a local node behind a remote one of the
+//! same name (a local remove or rename that uncovers such a name marks the directory: the
+//! local node may go without ever reaching the service). Each repair is written for its
+//! case; a case nobody thought of could leave the tree cache showing something the service
+//! does not hold, for good, because nothing would ever tell this device otherwise. So every
+//! such answer also marks the directories it touched as **suspect** (a refusal marks every
+//! cached listing), and once the journal is drained (no local change left to protect, the
+//! uploader idle and online) each suspect directory is listed again from the service and the
+//! cache takes the service's truth for every node without local changes; the kernel is told
+//! about each name that changed. Subtle points:
 //! - it runs only with an empty journal, and stops as soon as a new change is journaled (the
 //!   rest stays marked): local changes always win locally until uploaded;
 //! - listings read while events arrive are corrected as in `ensure_listing` (recent events
@@ -43,8 +45,8 @@ pub struct Suspect {
 impl Core {
     /// Marks directories for reconciliation once the journal is drained.
     pub(crate) fn suspect(&self, dirs: impl IntoIterator<Item = NodeId>) {
-        let mut s = self.suspect.lock().unwrap();
-        s.dirs.extend(dirs);
+        self.suspect.lock().unwrap().dirs.extend(dirs);
+        self.journal.changed.notify_one(); // wakes an idle uploader
     }
 
     /// Marks every cached listing for reconciliation.

@@ -440,6 +440,7 @@ impl Core {
         if ours {
             self.own_version(&node);
         }
+        self.own_changed(node.id);
         if let Some(old) = self.tree.get(node.id) {
             if old.version > node.version {
                 return;
@@ -542,6 +543,7 @@ impl Core {
             }
         }
         self.tree.pin(node);
+        self.own_changed(id);
         Ok(())
     }
 
@@ -787,6 +789,8 @@ impl Core {
             parent: created.parent,
             name: created.name.clone(),
         });
+        self.own_changed(created.id);
+        self.own_changed(id);
         self.tree.place(created);
         Ok(())
     }
@@ -892,6 +896,7 @@ impl Core {
     fn show_recreated(&self, id: NodeId, node: Node) -> Res<()> {
         let new_id = node.id;
         self.suspect([node.parent]);
+        self.own_changed(new_id);
         let old = self.tree.get(id);
         self.adopt(id, node.clone())?;
         let now = self.uploading.load(Ordering::Relaxed);
@@ -933,6 +938,7 @@ impl Core {
         {
             return;
         }
+        self.own_changed(id);
         if let Some(n) = self.tree.get(id) {
             self.tree.unlink(n.parent, &n.name, id);
             self.inval(Inval::Delete {
@@ -950,6 +956,7 @@ impl Core {
     fn bring_back(&self, node: Node) {
         let (id, parent, name) = (node.id, node.parent, node.name.clone());
         self.suspect([parent]);
+        self.own_changed(id);
         if let Some(old) = self.tree.get(id) {
             self.tree.unlink(old.parent, &old.name, id);
         }

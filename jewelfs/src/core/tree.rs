@@ -8,6 +8,9 @@
 //! - A directory's listing is cached only when complete (all pages read); so "name not in
 //!   the listing" means ENOENT without asking the service. Evicted listings are listed again,
 //!   and pinned nodes are merged back in ([`Tree::set_listing`]).
+//! - A pinned node wins its name over a node of the service with the same name; such a name
+//!   is marked **shadowed**, so that when the local node leaves it before reaching the
+//!   service the core re-lists the directory ([`Tree::unshadow`]) instead of showing nothing.
 //! - Long TTLs are safe because the change listener applies every remote change here (and
 //!   tells the kernel) as it happens; a cursor gap or `cursor_too_old` clears everything.
 
@@ -27,6 +30,9 @@ pub struct Tree {
     /// the right node; a directory's listing is shared by both ids (one map, two keys), so
     /// no entry added during the switch is lost.
     aliases: RwLock<HashMap<NodeId, NodeId>>,
+    /// Names where a pinned local node hides a node the service has under that name: when
+    /// the local node leaves the name without reaching the service, the listing is stale.
+    shadowed: Mutex<std::collections::HashSet<(NodeId, String)>>,
 }
 
 /// Default bounds: about 200 bytes a node; a million nodes stay well under the memory goal.
@@ -46,6 +52,7 @@ impl Tree {
             dirs: moka::sync::Cache::new(max_dirs),
             pinned: Mutex::new(HashMap::new()),
             aliases: RwLock::new(HashMap::new()),
+            shadowed: Mutex::new(Default::default()),
         }
     }
 
@@ -210,7 +217,11 @@ impl Tree {
         }
         for p in pinned {
             if self.r(p.parent) == dir && p.id != dir {
-                map.insert(p.name.clone(), p.id);
+                if let Some(hidden) = map.insert(p.name.clone(), p.id) {
+                    if self.r(hidden) != p.id {
+                        self.shadow(dir, &p.name);
+                    }
+                }
             }
         }
         self.dirs.insert(dir, Arc::new(Mutex::new(map)));
@@ -223,18 +234,41 @@ impl Tree {
         }
     }
 
-    /// Like [`Tree::link`], but never hides a pinned node that holds the name.
-    pub fn link_remote(&self, dir: NodeId, name: &str, id: NodeId) {
+    /// Like [`Tree::link`], but never hides a pinned node that holds the name. False when
+    /// it did not link for that reason; the name is then marked shadowed (see
+    /// [`Tree::unshadow`]).
+    pub fn link_remote(&self, dir: NodeId, name: &str, id: NodeId) -> bool {
         if let Some(listing) = self.dirs.get(&self.r(dir)) {
             let mut map = listing.lock().unwrap();
             if let Some(existing) = map.get(name) {
                 let existing = self.r(*existing);
                 if existing != id && self.is_pinned(existing) {
-                    return;
+                    drop(map);
+                    self.shadow(dir, name);
+                    return false;
                 }
             }
             map.insert(name.to_string(), id);
         }
+        true
+    }
+
+    fn shadow(&self, dir: NodeId, name: &str) {
+        let dir = self.r(dir);
+        self.shadowed
+            .lock()
+            .unwrap()
+            .insert((dir, name.to_string()));
+    }
+
+    /// Whether a local node that leaves `dir/name` uncovers a node of the service (which the
+    /// listing does not show: it must be listed again). Forgets the mark.
+    pub fn unshadow(&self, dir: NodeId, name: &str) -> bool {
+        let dir = self.r(dir);
+        self.shadowed
+            .lock()
+            .unwrap()
+            .remove(&(dir, name.to_string()))
     }
 
     /// Removes `name` from a cached listing if it points at `id`.
