@@ -384,3 +384,33 @@ fn two_users_never_see_each_others_files() {
     assert_eq!(names(&a2), vec!["private", "secret.txt"]);
     assert!(!b.p("secret.txt").exists());
 }
+
+/// A folder made on this machine keeps, in the kernel, the inode number it was created with
+/// (a local id) after it reaches the service under another id. Files another machine adds
+/// and then deletes in it must vanish here too: the kernel's cached entries are invalidated
+/// under the number the kernel knows (found by the bench: one mount kept `stat`-ing files
+/// deleted elsewhere, for minutes).
+#[test]
+fn files_deleted_elsewhere_vanish_from_a_folder_made_here() {
+    let (_server, a, b) = pair();
+    fs::create_dir(a.p("made-here")).unwrap();
+    a.wait_uploaded(SYNC);
+    wait_for("the folder on b", SYNC, || {
+        b.p("made-here").is_dir().then_some(())
+    });
+    let names: Vec<String> = (0..20).map(|i| format!("f{i:02}")).collect();
+    for n in &names {
+        fs::write(b.p(&format!("made-here/{n}")), n.as_bytes()).unwrap();
+    }
+    // a looks each file up by name, so the kernel caches the entries under a's folder inode.
+    for n in &names {
+        wait_content(&a.p(&format!("made-here/{n}")), n.as_bytes(), SYNC);
+    }
+    for n in &names {
+        fs::remove_file(b.p(&format!("made-here/{n}"))).unwrap();
+    }
+    for n in &names {
+        wait_gone(&a.p(&format!("made-here/{n}")), SYNC);
+    }
+    assert_eq!(fs::read_dir(a.p("made-here")).unwrap().count(), 0);
+}

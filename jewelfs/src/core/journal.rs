@@ -166,6 +166,8 @@ pub struct Journal {
     dir: PathBuf,
     inner: Mutex<Inner>,
     aliases: Mutex<HashMap<NodeId, NodeId>>,
+    /// The reverse of `aliases`: the local ids each id had (see [`Journal::earlier_ids`]).
+    earlier: Mutex<HashMap<NodeId, Vec<NodeId>>>,
     alias_file: Mutex<File>,
     /// The open `log` (append mode) and its length. Written under the `inner` lock, so the
     /// order of records is the order of changes to `entries`.
@@ -211,6 +213,15 @@ fn write_log<'a>(
     File::open(dir)?.sync_all()?;
     let file = OpenOptions::new().append(true).open(dir.join("log"))?;
     Ok((file, text.len() as u64))
+}
+
+/// Each id's earlier local ids, from the local → service id aliases.
+fn reverse(aliases: &HashMap<NodeId, NodeId>) -> HashMap<NodeId, Vec<NodeId>> {
+    let mut out: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
+    for (local, server) in aliases {
+        out.entry(*server).or_default().push(*local);
+    }
+    out
 }
 
 /// `<local> <server>`, as the aliases file and `=` records hold them.
@@ -343,6 +354,7 @@ impl Journal {
         Ok(Journal {
             dir: dir.to_path_buf(),
             inner: Mutex::new(inner),
+            earlier: Mutex::new(reverse(&aliases)),
             aliases: Mutex::new(aliases),
             alias_file: Mutex::new(alias_file),
             log: Mutex::new(log),
@@ -650,7 +662,31 @@ impl Journal {
             self.write_record(format!("={local} {server}\n").as_bytes())?;
         }
         self.aliases.lock().unwrap().insert(local, server);
+        self.earlier
+            .lock()
+            .unwrap()
+            .entry(server)
+            .or_default()
+            .push(local);
         Ok(())
+    }
+
+    /// The local ids that stand for `id` (directly or through other local ids): the kernel
+    /// keeps knowing a file or folder made here by the inode number it was created with, so
+    /// a change to it must be told to the kernel under those numbers too.
+    pub fn earlier_ids(&self, id: NodeId) -> Vec<NodeId> {
+        let earlier = self.earlier.lock().unwrap();
+        let mut out = Vec::new();
+        let mut todo = vec![id];
+        while let Some(next) = todo.pop() {
+            for local in earlier.get(&next).into_iter().flatten() {
+                if *local != id && !out.contains(local) && out.len() < 16 {
+                    out.push(*local);
+                    todo.push(*local);
+                }
+            }
+        }
+        out
     }
 
     /// The service's id for `id` (itself unless it is an uploaded local id).
@@ -790,6 +826,26 @@ mod tests {
         let j = Journal::open(dir.path()).unwrap();
         assert_eq!(j.pending(), 0);
         assert_eq!(std::fs::metadata(dir.path().join("log")).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn earlier_local_ids_are_found_from_the_service_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (LOCAL_ID_BASE + 1, LOCAL_ID_BASE + 2);
+        {
+            let j = Journal::open(dir.path()).unwrap();
+            j.append(content(9)).unwrap(); // something pending, so aliases are kept
+            j.add_alias(a, 77).unwrap();
+            j.add_alias(b, a).unwrap();
+            let mut ids = j.earlier_ids(77);
+            ids.sort();
+            assert_eq!(ids, vec![a, b]);
+            assert!(j.earlier_ids(5).is_empty());
+        }
+        let j = Journal::open(dir.path()).unwrap();
+        let mut ids = j.earlier_ids(77);
+        ids.sort();
+        assert_eq!(ids, vec![a, b], "after a restart too");
     }
 
     #[test]

@@ -412,9 +412,46 @@ impl Core {
         *self.inval_tx.lock().unwrap() = Some(tx);
     }
 
+    /// Queues a kernel invalidation, under every inode number the kernel may know the nodes
+    /// by: a folder or file made here keeps the local id it was created with in the kernel
+    /// (its dentry stays), so news about it, named by the service's id, is told under both.
     pub fn inval(&self, what: Inval) {
-        if let Some(tx) = self.inval_tx.lock().unwrap().as_ref() {
-            let _ = tx.send(what);
+        let guard = self.inval_tx.lock().unwrap();
+        let Some(tx) = guard.as_ref() else { return };
+        let with = |id: NodeId| {
+            let mut ids = vec![id];
+            ids.extend(self.journal.earlier_ids(id));
+            ids
+        };
+        match what {
+            Inval::Entry { parent, name } => {
+                for p in with(parent) {
+                    let _ = tx.send(Inval::Entry {
+                        parent: p,
+                        name: name.clone(),
+                    });
+                }
+            }
+            Inval::Inode(id) => {
+                for i in with(id) {
+                    let _ = tx.send(Inval::Inode(i));
+                }
+            }
+            Inval::Delete {
+                parent,
+                child,
+                name,
+            } => {
+                for p in with(parent) {
+                    for c in with(child) {
+                        let _ = tx.send(Inval::Delete {
+                            parent: p,
+                            child: c,
+                            name: name.clone(),
+                        });
+                    }
+                }
+            }
         }
     }
 
