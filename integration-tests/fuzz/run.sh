@@ -59,9 +59,11 @@ http "http://$addr/api/v1/health" "" "" || { echo "fuzz: jewel-server did not st
 # the fuzzer mostly meets 404s below the root, which is what a stranger would meet too.
 http "http://$addr/api/v1/nodes" "$token" '{"parent":1,"name":"docs","kind":"dir"}'
 
-# The "examples" phase is left out: the description has one example (the root id), and that
-# phase alone has hit an internal hypothesis error (FlakyFailure from its lambda-source cache)
-# unrelated to the server; coverage, fuzzing and stateful runs cover the same operations.
+# The "examples" phase is left out: the description has one example (the root id), and
+# coverage, fuzzing and stateful runs cover the same operations. One worker: with two,
+# hypothesis' lambda-source cache is used from two threads at once and fails inside
+# hypothesis now and then ("AST constructor recursion depth mismatch", a KeyError in
+# lambda_sources.py) — an error of the tool, not a finding about the server.
 echo "==> schemathesis: $examples examples per operation, at most ${max_time}s, seed $seed"
 status=0
 "$st" run "http://$addr/api/v1/openapi.json" \
@@ -71,7 +73,7 @@ status=0
   --max-time "$max_time" \
   --seed "$seed" \
   --request-timeout 30 \
-  --workers 2 \
+  --workers 1 \
   --suppress-health-check all \
   --phases coverage,fuzzing,stateful \
   --no-color \
