@@ -772,36 +772,23 @@ impl Filesystem for JewelFs {
         let handles = self.handle_store();
         // Answered here when the cache knows the folder (the common case: no task, no
         // thread hop); a task asks the service otherwise.
-        if let Some(result) = core.create_file_now(parent, &name, mode & !umask) {
-            return match result {
-                Ok(n) => {
-                    handles(fh, n.id, true);
-                    reply.created(
-                        &TTL,
-                        &maker.attr(&n, n.id),
-                        Generation(0),
-                        FileHandle(fh),
-                        FopenFlags::FOPEN_KEEP_CACHE,
-                    )
-                }
-                Err(e) => reply.error(errno(&e)),
-            };
-        }
-        self.spawn(async move {
-            match core.create_file(parent, &name, mode & !umask).await {
-                Ok(n) => {
-                    handles(fh, n.id, true);
-                    reply.created(
-                        &TTL,
-                        &maker.attr(&n, n.id),
-                        Generation(0),
-                        FileHandle(fh),
-                        FopenFlags::FOPEN_KEEP_CACHE,
-                    )
-                }
-                Err(e) => reply.error(errno(&e)),
+        let answer = move |result: crate::core::CoreResult<Node>| match result {
+            Ok(n) => {
+                handles(fh, n.id, true);
+                reply.created(
+                    &TTL,
+                    &maker.attr(&n, n.id),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                )
             }
-        });
+            Err(e) => reply.error(errno(&e)),
+        };
+        if let Some(result) = core.create_file_now(parent, &name, mode & !umask) {
+            return answer(result);
+        }
+        self.spawn(async move { answer(core.create_file(parent, &name, mode & !umask).await) });
     }
 
     fn ioctl(
