@@ -291,6 +291,53 @@ fn a_git_repository_works_on_both_sides() {
     });
 }
 
+/// git's lock files in quick succession, while the uploader is still sending the previous
+/// ones: each `index.lock` is created, renamed over `index` or removed within milliseconds,
+/// and object folders are made while their parent gets its id from the service. Found: a
+/// removed lock file came back (git: "index.lock: File exists"), and a new object folder
+/// vanished for a moment ("unable to create temporary file").
+#[test]
+fn git_repositories_made_one_after_another_all_arrive() {
+    let (_server, a, b) = pair();
+    let mut heads = Vec::new();
+    for r in 0..8 {
+        let repo = a.p(&format!("repo{r}"));
+        fs::create_dir(&repo).unwrap();
+        git(&repo, &["init", "-q", "-b", "main"]);
+        for i in 0..5 {
+            fs::write(
+                repo.join(format!("f{i}.txt")),
+                format!("repo {r} file {i}\n"),
+            )
+            .unwrap();
+            git(&repo, &["add", "."]);
+            git(&repo, &["commit", "-q", "-m", &format!("commit {i}")]);
+        }
+        heads.push(git(&repo, &["rev-parse", "HEAD"]));
+    }
+    a.wait_uploaded(SYNC);
+    for (r, head) in heads.iter().enumerate() {
+        let other = b.p(&format!("repo{r}"));
+        wait_for("HEAD on b", SYNC, || {
+            Command::new("git")
+                .args(["rev-parse", "HEAD"])
+                .current_dir(&other)
+                .output()
+                .ok()
+                .filter(|o| o.status.success() && &String::from_utf8_lossy(&o.stdout) == head)
+                .map(|_| ())
+        });
+        let log = git(&other, &["log", "--oneline"]);
+        assert_eq!(log.lines().count(), 5, "repo{r}: {log}");
+    }
+    let stray: Vec<_> = fs::read_dir(a.p("repo7/.git"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.contains("lock") || n.contains("conflicted"))
+        .collect();
+    assert!(stray.is_empty(), "left in .git: {stray:?}");
+}
+
 #[test]
 fn symlinks_and_the_exec_bit_are_kept() {
     let (_server, a, b) = pair();

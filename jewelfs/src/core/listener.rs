@@ -175,6 +175,7 @@ impl Core {
             // than our local view (it may name a place we have since moved the node from).
             return;
         }
+        let _edit = self.edit.lock().unwrap();
         self.remember(ev);
         let node = &ev.node;
         let old = self.tree.get(node.id);

@@ -102,6 +102,8 @@ pub enum CoreErr {
     Unsupported(&'static str),
     #[error("offline and not cached")]
     Offline,
+    #[error("the folder kept changing during the operation; try again")]
+    Busy,
     #[error("{0}")]
     Api(ApiErr),
     #[error("local I/O: {0}")]
@@ -155,6 +157,7 @@ impl CoreErr {
             CoreErr::NameTooLong => libc::ENAMETOOLONG,
             CoreErr::Unsupported(_) => libc::ENOTSUP,
             CoreErr::Offline => libc::EIO,
+            CoreErr::Busy => libc::EBUSY,
             CoreErr::Api(_) => libc::EIO,
             CoreErr::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }
@@ -252,6 +255,11 @@ pub struct Core {
     /// Directories to re-list from the service once the journal is drained (see
     /// `reconcile.rs`).
     pub(crate) suspect: Mutex<reconcile::Suspect>,
+    /// Serializes changes of places in the tree: a local operation's check-then-change
+    /// (rename, create), an answer of the service applied by the uploader, a remote event
+    /// applied by the listener. Without it an answer could put back a name a rename had
+    /// just left (git then found its `index.lock` still there after renaming it).
+    pub(crate) edit: Mutex<()>,
 }
 
 fn copy_file(src: &File, dst: &File, len: u64) -> std::io::Result<()> {
@@ -336,6 +344,7 @@ impl Core {
             own_changed: Mutex::new(std::collections::VecDeque::new()),
             own_gen: AtomicU64::new(0),
             suspect: Mutex::new(Default::default()),
+            edit: Mutex::new(()),
         };
         let core = Arc::new(core);
         core.replay_local_state()?;
@@ -889,6 +898,8 @@ impl Core {
 
     pub async fn mkdir(&self, parent: NodeId, name: &str, mode: u32) -> CoreResult<Node> {
         self.check_new_name(parent, name).await?;
+        let _edit = self.edit.lock().unwrap();
+        self.check_name_free(parent, name)?;
         let node = self.new_node(parent, name, NodeKind::Dir, mode);
         self.tree.new_listing(node.id);
         self.add_local_node(&node);
@@ -908,6 +919,8 @@ impl Core {
             return Err(CoreErr::NameTooLong);
         }
         self.check_new_name(parent, name).await?;
+        let _edit = self.edit.lock().unwrap();
+        self.check_name_free(parent, name)?;
         let mut node = self.new_node(parent, name, NodeKind::Symlink, 0o777);
         node.size = target.len() as u64;
         node.target = Some(target.to_string());
@@ -928,6 +941,8 @@ impl Core {
     /// Creates an empty file, open for writing (one handle).
     pub async fn create_file(&self, parent: NodeId, name: &str, mode: u32) -> CoreResult<Node> {
         self.check_new_name(parent, name).await?;
+        let _edit = self.edit.lock().unwrap();
+        self.check_name_free(parent, name)?;
         self.create_file_in(parent, name, mode)
     }
 
@@ -946,9 +961,19 @@ impl Core {
         if !p.is_dir() {
             return Some(Err(CoreErr::NotDir));
         }
+        let _edit = self.edit.lock().unwrap();
         match self.tree.child(parent, name)? {
             Some(_) => Some(Err(CoreErr::Exists)),
             None => Some(self.create_file_in(parent, name, mode)),
+        }
+    }
+
+    /// `Exists` if `name` is taken in `parent` (checked again under the edit lock: the
+    /// listing was read before it was taken).
+    fn check_name_free(&self, parent: NodeId, name: &str) -> CoreResult<()> {
+        match self.tree.child(parent, name) {
+            Some(Some(_)) => Err(CoreErr::Exists),
+            _ => Ok(()),
         }
     }
 
@@ -1357,32 +1382,51 @@ impl Core {
 
     /// unlink / rmdir.
     pub async fn remove(&self, parent: NodeId, name: &str, dir: bool) -> CoreResult<()> {
-        self.ensure_listing(parent).await?;
-        let id = self
-            .tree
-            .child(parent, name)
-            .flatten()
-            .ok_or(CoreErr::NotFound)?;
-        let node = self.node(id).await?;
+        // Read what the check needs into the caches, then check and change under the edit
+        // lock; if a cache dropped it meanwhile (eviction, a cursor gap), read it again.
+        for _ in 0..4 {
+            self.ensure_listing(parent).await?;
+            let id = self
+                .tree
+                .child(parent, name)
+                .flatten()
+                .ok_or(CoreErr::NotFound)?;
+            if self.node(id).await?.is_dir() && dir {
+                self.ensure_listing(id).await?;
+            }
+            let _edit = self.edit.lock().unwrap();
+            if let Some(done) = self.remove_now(parent, name, dir) {
+                return done;
+            }
+        }
+        Err(CoreErr::Busy)
+    }
+
+    /// The remove, from the caches alone; `None` if something it needs is not cached.
+    fn remove_now(&self, parent: NodeId, name: &str, dir: bool) -> Option<CoreResult<()>> {
+        let Some(id) = self.tree.child(parent, name)? else {
+            return Some(Err(CoreErr::NotFound));
+        };
+        let node = self.view(id)?;
         if dir && !node.is_dir() {
-            return Err(CoreErr::NotDir);
+            return Some(Err(CoreErr::NotDir));
         }
         if !dir && node.is_dir() {
-            return Err(CoreErr::IsDir);
+            return Some(Err(CoreErr::IsDir));
         }
-        if dir {
-            self.ensure_listing(id).await?;
-            if !self.tree.listing(id).unwrap_or_default().is_empty() {
-                return Err(CoreErr::NotEmpty);
-            }
+        if dir && !self.tree.listing(id)?.is_empty() {
+            return Some(Err(CoreErr::NotEmpty));
         }
         let cancelled = self.cancel_local(id);
         if !cancelled {
-            self.journal.append(Op::Delete {
+            let delete = Op::Delete {
                 node: id,
                 base_version: node.version,
                 base_blocks: node.blocks.clone(),
-            })?;
+            };
+            if let Err(e) = self.journal.append(delete) {
+                return Some(Err(e.into()));
+            }
         }
         self.tree.unlink(parent, name, id);
         if cancelled {
@@ -1393,7 +1437,7 @@ impl Core {
         }
         self.drop_local_content(id);
         self.touch_dir(parent);
-        Ok(())
+        Some(Ok(()))
     }
 
     fn is_ancestor(&self, ancestor: NodeId, mut id: NodeId) -> bool {
@@ -1419,41 +1463,82 @@ impl Core {
         mode: MoveMode,
     ) -> CoreResult<()> {
         check_name(new_name)?;
-        self.ensure_listing(parent).await?;
-        self.ensure_listing(new_parent).await?;
-        let id = self
-            .tree
-            .child(parent, name)
-            .flatten()
-            .ok_or(CoreErr::NotFound)?;
-        let node = self.node(id).await?;
-        if node.is_dir() && self.is_ancestor(id, new_parent) {
-            return Err(CoreErr::Invalid(
-                "cannot move a directory into itself".into(),
-            ));
+        // Read what the checks need into the caches, then check and change under the edit
+        // lock; if a cache dropped it meanwhile (eviction, a cursor gap), read it again.
+        for _ in 0..4 {
+            self.ensure_listing(parent).await?;
+            self.ensure_listing(new_parent).await?;
+            let id = self
+                .tree
+                .child(parent, name)
+                .flatten()
+                .ok_or(CoreErr::NotFound)?;
+            self.node(id).await?;
+            if let Some(t) = self.tree.child(new_parent, new_name).flatten() {
+                if self.node(t).await?.is_dir() {
+                    self.ensure_listing(t).await?;
+                }
+            }
+            let _edit = self.edit.lock().unwrap();
+            if let Some(done) = self.rename_now(parent, name, new_parent, new_name, mode) {
+                return done;
+            }
         }
-        let target = self.tree.child(new_parent, new_name).flatten();
+        Err(CoreErr::Busy)
+    }
+
+    /// The rename, from the caches alone; `None` if something it needs is not cached.
+    fn rename_now(
+        &self,
+        parent: NodeId,
+        name: &str,
+        new_parent: NodeId,
+        new_name: &str,
+        mode: MoveMode,
+    ) -> Option<CoreResult<()>> {
+        let Some(id) = self.tree.child(parent, name)? else {
+            return Some(Err(CoreErr::NotFound));
+        };
+        let node = self.view(id)?;
+        if node.is_dir() && self.is_ancestor(id, new_parent) {
+            return Some(Err(CoreErr::Invalid(
+                "cannot move a directory into itself".into(),
+            )));
+        }
+        let target = self.tree.child(new_parent, new_name)?;
         if target == Some(id) {
-            return Ok(());
+            return Some(Ok(()));
         }
         let target_node = match target {
-            Some(t) => Some(self.node(t).await?),
+            Some(t) => Some(self.view(t)?),
             None => None,
         };
         match (mode, &target_node) {
-            (MoveMode::NoReplace, Some(_)) => return Err(CoreErr::Exists),
-            (MoveMode::Exchange, None) => return Err(CoreErr::NotFound),
-            (MoveMode::Exchange, Some(t)) => return self.exchange(node, t.clone()),
-            (_, Some(t)) if t.is_dir() && !node.is_dir() => return Err(CoreErr::IsDir),
-            (_, Some(t)) if !t.is_dir() && node.is_dir() => return Err(CoreErr::NotDir),
-            (_, Some(t)) if t.is_dir() => {
-                self.ensure_listing(t.id).await?;
-                if !self.tree.listing(t.id).unwrap_or_default().is_empty() {
-                    return Err(CoreErr::NotEmpty);
-                }
+            (MoveMode::NoReplace, Some(_)) => return Some(Err(CoreErr::Exists)),
+            (MoveMode::Exchange, None) => return Some(Err(CoreErr::NotFound)),
+            (MoveMode::Exchange, Some(t)) => return Some(self.exchange(node, t.clone())),
+            (_, Some(t)) if t.is_dir() && !node.is_dir() => return Some(Err(CoreErr::IsDir)),
+            (_, Some(t)) if !t.is_dir() && node.is_dir() => return Some(Err(CoreErr::NotDir)),
+            (_, Some(t)) if t.is_dir() && !self.tree.listing(t.id)?.is_empty() => {
+                return Some(Err(CoreErr::NotEmpty));
             }
             _ => {}
         }
+        Some(self.move_node(node, parent, name, new_parent, new_name, target_node))
+    }
+
+    /// Moves `node` from `parent`/`name` to `new_parent`/`new_name`, replacing `target_node`
+    /// (checked by the caller): journal first, then the tree.
+    fn move_node(
+        &self,
+        node: Node,
+        parent: NodeId,
+        name: &str,
+        new_parent: NodeId,
+        new_name: &str,
+        target_node: Option<Node>,
+    ) -> CoreResult<()> {
+        let id = node.id;
         let mut moved = node.clone();
         moved.parent = new_parent;
         moved.name = new_name.to_string();

@@ -39,6 +39,11 @@ struct State {
 struct Service {
     state: Mutex<State>,
     online: AtomicBool,
+    /// While set, a create waits at the door (a request on its way) until it is cleared.
+    hold_creates: AtomicBool,
+    /// Told when a create is held, and when the hold is lifted.
+    create_held: tokio::sync::Notify,
+    creates_go: tokio::sync::Notify,
 }
 
 fn err(code: ErrorCode, msg: &str) -> ApiErr {
@@ -70,6 +75,9 @@ impl Service {
         Arc::new(Service {
             state: Mutex::new(st),
             online: AtomicBool::new(true),
+            hold_creates: AtomicBool::new(false),
+            create_held: tokio::sync::Notify::new(),
+            creates_go: tokio::sync::Notify::new(),
         })
     }
 
@@ -83,6 +91,12 @@ impl Service {
 
     fn latest(&self) -> Seq {
         self.state.lock().unwrap().log.len() as Seq
+    }
+
+    /// Lets held creates (and later ones) through.
+    fn release_creates(&self) {
+        self.hold_creates.store(false, Ordering::SeqCst);
+        self.creates_go.notify_waiters();
     }
 }
 
@@ -170,6 +184,14 @@ impl Api for Client {
         })
     }
     async fn create(&self, req: &CreateNode) -> ApiResult<Node> {
+        while self.svc.hold_creates.load(Ordering::SeqCst) {
+            let go = self.svc.creates_go.notified();
+            self.svc.create_held.notify_one();
+            if !self.svc.hold_creates.load(Ordering::SeqCst) {
+                break;
+            }
+            go.await;
+        }
         self.svc.up()?;
         let mut st = self.svc.state.lock().unwrap();
         match st.nodes.get(&req.parent) {
@@ -785,4 +807,29 @@ async fn create_then_delete_on_one_device() {
             a.core.tree.listing(ROOT_ID)
         );
     }
+}
+
+/// A file removed while its create is on its way to the service stays removed (git does
+/// this with its `index.lock`): the delete, journaled against the version this device knew
+/// then, used to be taken for the delete of a file another device had edited meanwhile, so
+/// the file came back and git found its lock still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_removed_while_its_create_is_on_its_way_stays_removed() {
+    let svc = Service::new();
+    let a = device(&svc, "a").await;
+    svc.hold_creates.store(true, Ordering::SeqCst);
+    let held = svc.create_held.notified();
+    write(&a.core, ROOT_ID, "index.lock", b"the new index").await;
+    tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the uploader sends the create");
+    a.core.remove(ROOT_ID, "index.lock", false).await.unwrap();
+    svc.release_creates();
+    settle(&svc, &[&a]).await;
+    assert!(view(&a.core).await.is_empty(), "the removed file came back");
+    let st = svc.state.lock().unwrap();
+    assert!(
+        st.nodes.values().all(|n| n.id == ROOT_ID),
+        "the service keeps the removed file"
+    );
 }

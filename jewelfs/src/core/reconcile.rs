@@ -45,6 +45,8 @@ pub struct Suspect {
 impl Core {
     /// Marks directories for reconciliation once the journal is drained.
     pub(crate) fn suspect(&self, dirs: impl IntoIterator<Item = NodeId>) {
+        let dirs: Vec<NodeId> = dirs.into_iter().collect();
+        tracing::debug!(?dirs, "marked for reconciliation");
         self.suspect.lock().unwrap().dirs.extend(dirs);
         self.journal.changed.notify_one(); // wakes an idle uploader
     }

@@ -86,6 +86,7 @@ impl Core {
                     self.uploading.store(seq, Ordering::Relaxed);
                     let result = self.upload(&entry).await;
                     self.uploading.store(0, Ordering::Relaxed);
+                    tracing::debug!(seq, op = ?entry.op, ok = result.is_ok(), "uploaded");
                     match result {
                         Ok(()) => {
                             self.journal.done(seq);
@@ -437,6 +438,11 @@ impl Core {
     /// one). A move retried on a newer version, or an unconditional attribute change, may
     /// carry another device's content: then it is not ours.
     fn apply_answer(&self, node: Node, ours: bool) {
+        let _edit = self.edit.lock().unwrap();
+        self.apply_answer_locked(node, ours);
+    }
+
+    fn apply_answer_locked(&self, node: Node, ours: bool) {
         if ours {
             self.own_version(&node);
         }
@@ -507,9 +513,10 @@ impl Core {
 
     /// Our local node `local` is node `server` on the service from now on.
     fn adopt(&self, local: NodeId, server: Node) -> Res<()> {
+        let _edit = self.edit.lock().unwrap();
         self.own_version(&server);
         if local == server.id {
-            self.apply_own(server);
+            self.apply_answer_locked(server, true);
             return Ok(());
         }
         let id = server.id;
@@ -525,8 +532,9 @@ impl Core {
             if let Some(l) = contents.remove(&local) {
                 contents.insert(id, l);
             }
-            self.journal.add_alias(local, id)?;
+            // The tree first: the journal's alias sends readers to the new id at once.
             self.tree.alias(local, id);
+            self.journal.add_alias(local, id)?;
         }
         if self.unsent.lock().unwrap().remove(&local) {
             self.unsent.lock().unwrap().insert(id);
@@ -1076,6 +1084,14 @@ impl Core {
                     let Some(current) = e.current() else {
                         return Err(e.into());
                     };
+                    // The service holds what this device itself committed last (a delete
+                    // journaled while the file's create or edit was on its way): no one
+                    // else's edit to keep.
+                    let ours = self.own.lock().unwrap().get(&id) == Some(&current.version);
+                    if ours {
+                        base = current.version;
+                        continue;
+                    }
                     self.suspect([current.parent]);
                     if current.kind == NodeKind::File && current.blocks != base_blocks {
                         // Edit beats delete: the edited file comes back here.

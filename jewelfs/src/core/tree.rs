@@ -85,9 +85,11 @@ impl Tree {
         if local == server {
             return;
         }
-        let listing = self.dirs.get(&local);
-        self.aliases.write().unwrap().insert(local, server);
-        if let Some(listing) = listing {
+        // Everything is put under the service's id first, then the alias switches readers
+        // over, then the local entries go: a reader never finds the node (or its listing)
+        // under neither id, which would send it to the service for a listing that lacks
+        // the children not uploaded yet.
+        if let Some(listing) = self.dirs.get(&local) {
             match self.dirs.get(&server) {
                 Some(existing) if !Arc::ptr_eq(&existing, &listing) => {
                     let entries = listing.lock().unwrap().clone();
@@ -98,11 +100,17 @@ impl Tree {
                 None => self.dirs.insert(server, listing),
             }
         }
-        let moved = self.pinned.lock().unwrap().remove(&local);
-        if let Some(n) = moved {
-            let n = self.fix((*n).clone());
-            self.pinned.lock().unwrap().insert(server, Arc::new(n));
+        let pinned = self.pinned.lock().unwrap().get(&local).cloned();
+        if let Some(n) = pinned {
+            let moved = Node {
+                id: server,
+                parent: self.r(n.parent),
+                ..(*n).clone()
+            };
+            self.pinned.lock().unwrap().insert(server, Arc::new(moved));
         }
+        self.aliases.write().unwrap().insert(local, server);
+        self.pinned.lock().unwrap().remove(&local);
         self.nodes.invalidate(&local);
     }
 
