@@ -717,6 +717,9 @@ fn run_seed(seed: u64, ops: usize, client_kills: bool) -> Result<(), String> {
             .iter()
             .map(|m| {
                 let log = m.mount.log();
+                if let Ok(dir) = std::env::var("JEWEL_KEEP_LOGS") {
+                    let _ = fs::write(format!("{dir}/{seed}-{}.log", m.name), &log);
+                }
                 let tail: Vec<&str> = log.lines().rev().take(30).collect();
                 format!(
                     "--- {} client log (last lines) ---\n{}",

@@ -349,3 +349,45 @@ fn a_mount_with_a_cache_starts_offline_and_catches_up() {
     fs::write(b.p("docs/from-b.txt"), b"hello").unwrap();
     wait_content(&a.p("docs/from-b.txt"), b"hello", SYNC);
 }
+
+/// A machine that crashed (SIGKILL, no clean unmount) and starts again while the server is
+/// down: it mounts offline from what it had, files written meanwhile are journaled, and once
+/// the server is back it shows what the other machine did and the other machine shows its
+/// files.
+#[test]
+fn a_machine_restarted_after_a_crash_while_the_server_is_down_catches_up() {
+    let server = Server::start();
+    let token = server.add_user("alice");
+    let mut desktop = Mount::new(&server, &token, "desktop");
+    let laptop = Mount::new(&server, &token, "laptop");
+    fs::write(desktop.p("d"), b"first").unwrap();
+    wait_content(&laptop.p("d"), b"first", SYNC);
+    desktop.wait_uploaded(SYNC);
+    let saved = desktop.cache_dir().join("tree.json");
+    wait_for("the desktop to save its tree for offline use", SYNC, || {
+        fs::read_to_string(&saved)
+            .ok()
+            .filter(|t| t.contains("\"d\""))
+            .map(|_| ())
+    });
+
+    desktop.kill();
+    let data = server.kill();
+    desktop.start();
+    assert_eq!(names(desktop.path()), vec!["d"], "the tree it had");
+    fs::write(desktop.p("d"), b"edited while both were down").unwrap();
+    fs::write(desktop.p("new.txt"), b"made while both were down").unwrap();
+
+    let _server = Server::start_at(data, &server_addr(&laptop));
+    wait_content(&laptop.p("new.txt"), b"made while both were down", SYNC);
+    wait_content(&laptop.p("d"), b"edited while both were down", SYNC);
+    fs::rename(laptop.p("d"), laptop.p("b.txt")).unwrap();
+    fs::write(laptop.p("from-laptop.txt"), b"hello").unwrap();
+    wait_content(&desktop.p("from-laptop.txt"), b"hello", SYNC);
+    wait_content(&desktop.p("b.txt"), b"edited while both were down", SYNC);
+    wait_gone(&desktop.p("d"), SYNC);
+    assert_eq!(
+        names(desktop.path()),
+        vec!["b.txt", "from-laptop.txt", "new.txt"]
+    );
+}

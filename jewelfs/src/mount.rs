@@ -349,11 +349,23 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         let spath = spath.clone();
         rt.spawn(async move {
             let mut tick = 0u64;
+            let mut saved = u64::MAX;
+            let mut next_save = std::time::Instant::now();
             loop {
                 tick += 1;
-                if tick.is_multiple_of(50) {
+                // The tree is saved for offline starts (after a crash too) about a second
+                // after it changed, but at most a tenth of the time: a huge tree less often.
+                let generation = core.tree.generation();
+                if tick.is_multiple_of(5)
+                    && generation != saved
+                    && std::time::Instant::now() >= next_save
+                {
+                    let started = std::time::Instant::now();
                     let c = core.clone();
                     let _ = tokio::task::spawn_blocking(move || c.save_snapshot()).await;
+                    saved = generation;
+                    next_save = std::time::Instant::now()
+                        + (started.elapsed() * 10).max(Duration::from_secs(1));
                 }
                 let mut s = core.status();
                 s.server = base.server.clone();

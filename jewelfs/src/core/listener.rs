@@ -38,7 +38,7 @@ impl Core {
         if self.device.load(Ordering::Relaxed) == 0 {
             self.attach_device(&me).await?;
         }
-        if self.cursor.load(Ordering::Relaxed) == 0 {
+        if !self.cursor_known.swap(true, Ordering::Relaxed) {
             self.cursor.store(me.latest_seq, Ordering::Relaxed);
         }
         self.online.store(true, Ordering::Relaxed);

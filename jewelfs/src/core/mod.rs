@@ -226,6 +226,9 @@ pub struct Core {
     unsent: Mutex<HashSet<NodeId>>,
     pub online: AtomicBool,
     pub cursor: AtomicU64,
+    /// Whether `cursor` says where this device's view stands (from a snapshot, or set at
+    /// the first connect); 0 is a real position for a user with no changes yet.
+    pub(crate) cursor_known: AtomicBool,
     pub device: AtomicU64,
     /// How this device hears of changes (from its registration; see `listen.rs`).
     pub(crate) listen: Mutex<Listen>,
@@ -328,6 +331,7 @@ impl Core {
             unsent: Mutex::new(HashSet::new()),
             online: AtomicBool::new(false),
             cursor: AtomicU64::new(0),
+            cursor_known: AtomicBool::new(false),
             device: AtomicU64::new(0),
             listen: Mutex::new(Listen::Poll),
             echo_floor: AtomicU64::new(0),
@@ -1821,7 +1825,7 @@ impl Core {
                 self.tree.link(n.parent, &n.name, n.id);
             }
         }
-        if self.cursor.load(Ordering::Relaxed) == 0 {
+        if !self.cursor_known.swap(true, Ordering::Relaxed) {
             self.cursor.store(snap.cursor, Ordering::Relaxed);
         }
         Ok(true)

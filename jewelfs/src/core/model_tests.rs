@@ -833,3 +833,39 @@ async fn a_file_removed_while_its_create_is_on_its_way_stays_removed() {
         "the service keeps the removed file"
     );
 }
+
+/// A device whose saved tree says "seq 0" (saved before the user's first change) and that
+/// starts again from it catches up from there: 0 is a position, not "unknown" (it used to
+/// jump to the newest change, and the folders it had saved never showed what came since).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_from_a_tree_saved_at_seq_0_catches_up() {
+    let svc = Service::new();
+    let a = device(&svc, "a").await;
+    assert_eq!(a.core.cursor.load(Ordering::SeqCst), 0);
+    a.core.save_snapshot().unwrap();
+    let b = device(&svc, "b").await;
+    write(&b.core, ROOT_ID, "x", b"made while a was away").await;
+    settle(&svc, &[&b]).await;
+
+    let api = Arc::new(Client {
+        svc: svc.clone(),
+        device: AtomicU64::new(0),
+    });
+    let mut cfg = Config::new(a._dir.path().to_path_buf(), "a".to_string());
+    cfg.settle_ms = 1;
+    let again = Core::open(cfg, api).unwrap();
+    assert!(again.load_snapshot().unwrap());
+    again.connect().await.unwrap();
+    tokio::spawn(again.clone().run_listener());
+    let restarted = Device_ {
+        core: again,
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    settle(&svc, &[&restarted]).await;
+    let v = view(&restarted.core).await;
+    assert_eq!(
+        v.get("/x"),
+        Some(&Some(b"made while a was away".to_vec())),
+        "{v:?}"
+    );
+}

@@ -33,6 +33,8 @@ pub struct Tree {
     /// Names where a pinned local node hides a node the service has under that name: when
     /// the local node leaves the name without reaching the service, the listing is stale.
     shadowed: Mutex<std::collections::HashSet<(NodeId, String)>>,
+    /// Counts changes, so the mount saves its snapshot only when there is something new.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// Default bounds: about 200 bytes a node; a million nodes stay well under the memory goal.
@@ -53,7 +55,18 @@ impl Tree {
             pinned: Mutex::new(HashMap::new()),
             aliases: RwLock::new(HashMap::new()),
             shadowed: Mutex::new(Default::default()),
+            generation: Default::default(),
         }
+    }
+
+    fn changed(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many changes the tree has seen (grows with every change).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The current id of `id` (itself unless it is an uploaded local id).
@@ -82,6 +95,7 @@ impl Tree {
 
     /// Local node `local` is `server` from now on (its listing too).
     pub fn alias(&self, local: NodeId, server: NodeId) {
+        self.changed();
         if local == server {
             return;
         }
@@ -126,6 +140,7 @@ impl Tree {
 
     /// Stores a node (pinned stays pinned).
     pub fn put(&self, node: Node) {
+        self.changed();
         let node = self.fix(node);
         let id = node.id;
         let node = Arc::new(node);
@@ -140,6 +155,7 @@ impl Tree {
 
     /// Keeps the node in memory whatever happens (it has local state).
     pub fn pin(&self, node: Node) {
+        self.changed();
         let node = self.fix(node);
         self.nodes.invalidate(&node.id);
         self.pinned.lock().unwrap().insert(node.id, Arc::new(node));
@@ -159,6 +175,7 @@ impl Tree {
 
     /// Forgets a node entirely (not its listing entry: see [`Tree::unlink`]).
     pub fn forget(&self, id: NodeId) {
+        self.changed();
         let id = self.r(id);
         self.pinned.lock().unwrap().remove(&id);
         self.nodes.invalidate(&id);
@@ -189,6 +206,7 @@ impl Tree {
 
     /// An empty, complete listing (a directory created here).
     pub fn new_listing(&self, dir: NodeId) {
+        self.changed();
         self.dirs
             .insert(self.r(dir), Arc::new(Mutex::new(BTreeMap::new())));
     }
@@ -196,6 +214,7 @@ impl Tree {
     /// Stores a complete listing read from the service. Pinned nodes win: one that lives
     /// here locally is added, one that moved away locally is left out.
     pub fn set_listing(&self, dir: NodeId, entries: Vec<Node>) {
+        self.changed();
         let dir = self.r(dir);
         let pinned: Vec<Arc<Node>> = self.pinned.lock().unwrap().values().cloned().collect();
         let pinned_by_id: HashMap<NodeId, Arc<Node>> =
@@ -237,6 +256,7 @@ impl Tree {
 
     /// Adds `name → id` to a cached listing.
     pub fn link(&self, dir: NodeId, name: &str, id: NodeId) {
+        self.changed();
         if let Some(listing) = self.dirs.get(&self.r(dir)) {
             listing.lock().unwrap().insert(name.to_string(), self.r(id));
         }
@@ -246,6 +266,7 @@ impl Tree {
     /// it did not link for that reason; the name is then marked shadowed (see
     /// [`Tree::unshadow`]).
     pub fn link_remote(&self, dir: NodeId, name: &str, id: NodeId) -> bool {
+        self.changed();
         if let Some(listing) = self.dirs.get(&self.r(dir)) {
             let mut map = listing.lock().unwrap();
             if let Some(existing) = map.get(name) {
@@ -281,6 +302,7 @@ impl Tree {
 
     /// Removes `name` from a cached listing if it points at `id`.
     pub fn unlink(&self, dir: NodeId, name: &str, id: NodeId) {
+        self.changed();
         if let Some(listing) = self.dirs.get(&self.r(dir)) {
             let id = self.r(id);
             let mut map = listing.lock().unwrap();
@@ -316,6 +338,7 @@ impl Tree {
 
     /// Drops every listing and unpinned node (after `cursor_too_old`).
     pub fn clear_unpinned(&self) {
+        self.changed();
         self.nodes.invalidate_all();
         self.dirs.invalidate_all();
     }
