@@ -160,6 +160,31 @@ impl Core {
         has_local || self.staging.lock().unwrap().contains_key(&id)
     }
 
+    /// Makes sure a node this device knows at a place is listed there. Events come in the
+    /// service's order, but this device may know a node's newer state already (its own
+    /// answer, a listing): an older event of *another* node that held the name meanwhile
+    /// then takes the entry and, with its next event, leaves it empty. The later event (or
+    /// our own echo) about this node, skipped as already known, puts the entry back.
+    fn keep_listed(&self, id: NodeId) {
+        let Some(n) = self.tree.get(id) else { return };
+        if n.id == n.parent || self.tree.child(n.parent, &n.name) != Some(None) {
+            return; // the root, a listing not loaded, or the name is listed
+        }
+        let deleted_here = self.journal.entries().iter().any(|e| {
+            matches!(e.op, super::journal::Op::Delete { .. })
+                && self.journal.resolve(e.op.node()) == id
+        });
+        if deleted_here {
+            return;
+        }
+        tracing::debug!(id, name = %n.name, "listed again where this device knows it");
+        self.tree.link_remote(n.parent, &n.name, id);
+        self.inval(Inval::Entry {
+            parent: n.parent,
+            name: n.name.clone(),
+        });
+    }
+
     /// Applies one remote change to the tree and queues the kernel invalidations.
     pub fn apply_event(&self, ev: &ChangeEvent) {
         let own = ev.device.is_some()
@@ -173,6 +198,10 @@ impl Core {
             // elsewhere: news about the old node must not touch the new one.)
             // The uploader applied the service's answer already; an echo can only be older
             // than our local view (it may name a place we have since moved the node from).
+            if own && self.journal.resolve(ev.node.id) == ev.node.id {
+                let _edit = self.edit.lock().unwrap();
+                self.keep_listed(ev.node.id);
+            }
             return;
         }
         let _edit = self.edit.lock().unwrap();
@@ -198,6 +227,7 @@ impl Core {
                             });
                         }
                     }
+                    self.keep_listed(node.id);
                     return;
                 }
                 if self.has_local_changes(node.id) {

@@ -569,6 +569,9 @@ impl Core {
                 None => break,
             }
         }
+        // From here on the listing is merged with what happened while it was on its way;
+        // nothing else may change places meanwhile.
+        let _edit = self.edit.lock().unwrap();
         if fresh {
             for node in &all {
                 if self.has_local_changes(node.id) {

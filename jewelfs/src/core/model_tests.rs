@@ -626,18 +626,27 @@ async fn sequential_operations_match_the_model() {
 }
 
 /// Concurrent changes of the same names on both devices, online (no waiting between them)
-/// and during outages. Most runs pass now; about one run in four still ends with one device
-/// missing the listing entry of a file it knows, at that very place and version, with
-/// nothing pending and nothing marked for reconciliation (seen on seeds 4, 8 and 11, often a
-/// file just created on the other device, version 1). A reconciliation of the folder
-/// repairs it, so some path drops or never makes the entry without marking the folder. One
-/// such path was found and fixed (a remote file hidden behind a local one of the same name
-/// that was then removed or renamed before upload: such a name is now marked shadowed);
-/// another remains. The failure prints each differing path's state on both devices.
+/// and during outages. `JEWEL_ONLY_SEED=n` runs one seed.
+///
+/// It used to fail about one run in two with a device missing the listing entry of a file
+/// it knew, at that very place and version. Two causes, both fixed (2026-11-25): the answer
+/// to a move linked the node at its new name although a later journal entry deleted it here
+/// (overwriting the entry of a new file of that name); and an older event of another node
+/// that held a name meanwhile took the entry of a node this device already knew newer,
+/// then left the name empty (`keep_listed`). Since then 10 runs in a row passed; in the 8
+/// runs before those, seed 11 twice reported the last write of `a.txt` by device 1 in the
+/// final outage as nowhere (the other device had renamed the file away in that outage and
+/// written a new `a.txt`); not traced yet, so the test stays out of `make test`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "about 1 run in 4: a device misses the listing entry of a file it knows (see the doc comment)"]
+#[ignore = "seed 11 lost a write 2 runs in 18 (see the doc comment)"]
 async fn concurrent_changes_with_outages_converge() {
+    let only: Option<u64> = std::env::var("JEWEL_ONLY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok());
     for seed in 1..=12u64 {
+        if only.is_some_and(|o| o != seed) {
+            continue;
+        }
         let svc = Service::new();
         let a = device(&svc, "a").await;
         let b = device(&svc, "b").await;

@@ -452,12 +452,13 @@ impl Core {
                 return;
             }
         }
-        // Keep a place we changed locally since (a later journal entry moves it; the entry
-        // being uploaded is not later: its answer is the place).
+        // Keep a place we changed locally since (a later journal entry moves or deletes it;
+        // the entry being uploaded is not later: its answer is the place). A node deleted
+        // here since is not linked again: its old name may hold a new file already.
         let now = self.uploading.load(Ordering::Relaxed);
         let keep_place = self.journal.entries().iter().any(|e| {
             e.seq > now
-                && matches!(e.op, Op::Move { .. })
+                && matches!(e.op, Op::Move { .. } | Op::Delete { .. })
                 && self.journal.resolve(e.op.node()) == node.id
         });
         if keep_place {
@@ -466,8 +467,8 @@ impl Core {
                 n.parent = old.parent;
                 n.name = old.name.clone();
                 self.tree.put(n);
-                return;
             }
+            return;
         }
         self.tree.place(node);
     }
