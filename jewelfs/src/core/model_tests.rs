@@ -489,6 +489,40 @@ async fn settle(svc: &Service, devices: &[&Device_]) {
     panic!("devices did not settle");
 }
 
+/// The service's change log, one line per change, with each file's content as text.
+fn service_history(svc: &Service) -> String {
+    let st = svc.state.lock().unwrap();
+    st.log
+        .iter()
+        .map(|e| {
+            let content: Vec<String> = e
+                .node
+                .blocks
+                .iter()
+                .map(|b| {
+                    st.blocks
+                        .get(b)
+                        .map(|c| String::from_utf8_lossy(c).to_string())
+                        .unwrap_or_default()
+                })
+                .collect();
+            format!(
+                "seq {} dev {:?} {:?} node {} v{} {}/{} {:?} from {:?}",
+                e.seq,
+                e.device,
+                e.op,
+                e.node.id,
+                e.node.version,
+                e.node.parent,
+                e.node.name,
+                content,
+                e.from.as_ref().map(|f| f.name.clone())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 struct Rng(u64);
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -643,6 +677,12 @@ async fn concurrent_changes_with_outages_converge() {
     let only: Option<u64> = std::env::var("JEWEL_ONLY_SEED")
         .ok()
         .and_then(|s| s.parse().ok());
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("JEWEL_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
     for seed in 1..=12u64 {
         if only.is_some_and(|o| o != seed) {
             continue;
@@ -686,6 +726,7 @@ async fn concurrent_changes_with_outages_converge() {
                     }
                     _ => {
                         let to = NAMES[rng.below(4) as usize];
+                        log.push(format!("  (rename to {to})"));
                         if to != name
                             && core
                                 .rename(ROOT_ID, name, ROOT_ID, to, MoveMode::Replace)
@@ -784,9 +825,10 @@ async fn concurrent_changes_with_outages_converge() {
                         .contains(&vec![sha256_hex(data)]);
                 assert!(
                     kept,
-                    "seed {seed}: the last write of {name} ({}) was lost: {va:?}\n{}",
+                    "seed {seed}: the last write of {name} ({}) was lost: {va:?}\n{}\n{}",
                     String::from_utf8_lossy(data),
-                    log.join("\n")
+                    log.join("\n"),
+                    service_history(&svc)
                 );
             }
         }

@@ -988,7 +988,6 @@ impl Core {
         if is_local(id) || is_local(np) {
             return Ok(());
         }
-        let known = self.tree.get(id).map(|n| n.blocks.clone());
         let mut base = match self.tree.get(id) {
             Some(n) if n.version > 0 => n.version,
             _ => match self.api.get_node(id).await {
@@ -1000,6 +999,11 @@ impl Core {
                 Err(e) => return Err(e.into()),
             },
         };
+        // The moved version's content is ours only if the version we move is: the tree may
+        // know another device's edit (taken from an event while our own edit is pending),
+        // and a move retried on a newer version carries that edit.
+        let first_base = base;
+        let base_was_ours = self.own.lock().unwrap().get(&id) == Some(&first_base);
         for _ in 0..4 {
             let req = MoveNode {
                 base_version: base,
@@ -1019,7 +1023,7 @@ impl Core {
                             self.forget_node(other.id);
                         }
                     }
-                    let ours = known.as_ref() == Some(&result.node.blocks);
+                    let ours = base_was_ours && base == first_base;
                     self.apply_answer(result.node, ours);
                     return Ok(());
                 }
