@@ -662,17 +662,14 @@ async fn sequential_operations_match_the_model() {
 /// Concurrent changes of the same names on both devices, online (no waiting between them)
 /// and during outages. `JEWEL_ONLY_SEED=n` runs one seed.
 ///
-/// It used to fail about one run in two with a device missing the listing entry of a file
-/// it knew, at that very place and version. Two causes, both fixed (2026-11-25): the answer
-/// to a move linked the node at its new name although a later journal entry deleted it here
-/// (overwriting the entry of a new file of that name); and an older event of another node
-/// that held a name meanwhile took the entry of a node this device already knew newer,
-/// then left the name empty (`keep_listed`). Since then 10 runs in a row passed; in the 8
-/// runs before those, seed 11 twice reported the last write of `a.txt` by device 1 in the
-/// final outage as nowhere (the other device had renamed the file away in that outage and
-/// written a new `a.txt`); not traced yet, so the test stays out of `make test`.
+/// It used to fail about one run in two (2026-11-25), from three causes, all fixed: the
+/// answer to a move linked the node at its new name although a later journal entry deleted
+/// it here (overwriting the entry of a new file of that name); an older event of another
+/// node that held a name meanwhile took the entry of a node this device already knew newer,
+/// then left the name empty (`keep_listed`); and a move's answer counted another device's
+/// edit as ours, so our pending edit overwrote it without a conflict copy (seed 11, a lost
+/// write). 26 runs in a row passed after the last fix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "seed 11 lost a write 2 runs in 18 (see the doc comment)"]
 async fn concurrent_changes_with_outages_converge() {
     let only: Option<u64> = std::env::var("JEWEL_ONLY_SEED")
         .ok()
