@@ -50,6 +50,9 @@ pub struct JewelFs {
     gid: u32,
     handles: Arc<Mutex<HashMap<u64, Handle>>>,
     dirs: Arc<Mutex<HashMap<u64, Arc<Vec<Node>>>>>,
+    /// Directories (by inode number) the kernel may cache the listing of, with the tree's
+    /// generation when that cache was started (see `opendir`).
+    dir_caches: Mutex<HashMap<u64, u64>>,
     next_fh: AtomicU64,
 }
 
@@ -91,6 +94,7 @@ impl JewelFs {
             gid: unsafe { libc::getgid() },
             handles: Arc::new(Mutex::new(HashMap::new())),
             dirs: Arc::new(Mutex::new(HashMap::new())),
+            dir_caches: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
         }
     }
@@ -543,9 +547,23 @@ impl Filesystem for JewelFs {
         });
     }
 
+    /// The kernel may keep a directory's listing in its page cache (`FOPEN_CACHE_DIR`), so
+    /// a warm `ls` needs no request at all. The cache is kept (`FOPEN_KEEP_CACHE`) only if
+    /// nothing in the tree changed since it was started; otherwise the kernel drops it at
+    /// this open and reads the listing again. Whatever path changed a listing (an event, an
+    /// answer, a reconciliation), the kernel never shows an old one.
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let fh = self.new_fh(self.core.resolve(ino.0), false);
-        reply.opened(FileHandle(fh), FopenFlags::empty());
+        let id = self.core.resolve(ino.0);
+        let fh = self.new_fh(id, false);
+        let generation = self.core.tree.generation();
+        let unchanged =
+            self.dir_caches.lock().unwrap().insert(ino.0, generation) == Some(generation);
+        let flags = if unchanged {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::FOPEN_CACHE_DIR
+        };
+        reply.opened(FileHandle(fh), flags);
     }
 
     fn readdir(
