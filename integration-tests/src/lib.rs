@@ -241,7 +241,12 @@ impl Mount {
     /// Starts the client (again) on the same mountpoint and cache, and waits until ready.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let log = std::fs::File::create(self.root.path().join("client.log")).unwrap();
+        // Appended to, so a log shows every life of a client that was killed and restarted.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.path().join("client.log"))
+            .unwrap();
         let child = Command::new(bin("jewelfs"))
             .arg("mount")
             .arg(&self.mnt)

@@ -817,6 +817,12 @@ fn two_machines_with_outages_converge_and_lose_nothing() {
 /// listing and move fixes of the core's model test. Seed 3 without kills passed 28 runs in
 /// a row (its loss was seen once in 3 runs before those fixes, not traced). They stay here,
 /// with `make soak`, until they have passed there for a while.
+/// - 6780351 (300 ops), found by that soak: failed 2 of its first 6 replays. Once the
+///   desktop's truncated `b.txt` (written and closed while the server was down, then renamed
+///   over `a.txt`, then the desktop SIGKILLed and restarted) was nowhere afterwards (data
+///   loss); once the laptop kept a file at `x/y/d` that the service has at the top as `d`
+///   (made and moved there while the server was down, the laptop killed after), never
+///   converging. Not traced yet; debug logging hides both.
 /// - 3 (60 ops) without client kills, only server outages: after the server's restarts the
 ///   laptop misses `y/c.md` and `y/d`, which the service and the desktop have; nothing
 ///   pending, never converges (a change lost by the listener across a server restart).
@@ -836,5 +842,6 @@ fn known_failures_with_client_kills() {
         (3, 60, true),
         (215556163, 80, true),
         (562112594, 120, true),
+        (6780351, 300, true),
     ]);
 }
