@@ -578,7 +578,11 @@ impl Core {
         if is_local(parent) {
             // Its folder never reached the service (removed before it was uploaded): the
             // file is kept at the top rather than lost.
-            tracing::warn!(local, name, "the folder of a new file is gone: kept at the top");
+            tracing::warn!(
+                local,
+                name,
+                "the folder of a new file is gone: kept at the top"
+            );
             parent = ROOT_ID;
         }
         let new_kind = match kind {
