@@ -822,7 +822,14 @@ fn two_machines_with_outages_converge_and_lose_nothing() {
 ///   over `a.txt`, then the desktop SIGKILLed and restarted) was nowhere afterwards (data
 ///   loss); once the laptop kept a file at `x/y/d` that the service has at the top as `d`
 ///   (made and moved there while the server was down, the laptop killed after), never
-///   converging. Not traced yet; debug logging hides both.
+///   converging. Not traced yet; debug logging hides both. A third replay (with the
+///   uploader's debug log) showed the truncated version *was* uploaded (`a.txt`'s version
+///   3, folded into `a.txt` by the rename, as editors' atomic saves are) and then
+///   overwritten by the restarted desktop's own next write on that base — while the test's
+///   read of `a.txt` on the desktop just before did not show it. So the content is in the
+///   file's earlier versions on the service; what is wrong is what the restarted desktop
+///   showed, offline, between its restart and that write. A fourth lost `d`'s appended
+///   version the same way, early in the run.
 /// - 3 (60 ops) without client kills, only server outages: after the server's restarts the
 ///   laptop misses `y/c.md` and `y/d`, which the service and the desktop have; nothing
 ///   pending, never converges (a change lost by the listener across a server restart).
