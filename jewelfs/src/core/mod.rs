@@ -1558,11 +1558,16 @@ impl Core {
                     .journal
                     .find_pending(id, |op| matches!(op, Op::Create { .. }))
                 {
-                    if self
-                        .journal
-                        .entries()
+                    // Not when the replaced file has changes journaled after the new file's
+                    // create: the folded content would go up first and those older changes
+                    // over it (the rename undone on the service, the new content only in
+                    // the file's earlier versions).
+                    let entries = self.journal.entries();
+                    let later_change_of_target = entries
                         .iter()
-                        .all(|x| x.seq == e.seq || x.op.node() != id)
+                        .any(|x| x.seq > e.seq && self.journal.resolve(x.op.node()) == t.id);
+                    if entries.iter().all(|x| x.seq == e.seq || x.op.node() != id)
+                        && !later_change_of_target
                         && self.staging_of(id).is_none()
                     {
                         if let Op::Create {

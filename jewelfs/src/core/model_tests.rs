@@ -917,3 +917,44 @@ async fn a_restart_from_a_tree_saved_at_seq_0_catches_up() {
         "{v:?}"
     );
 }
+
+/// A new file renamed over one whose own change is still journaled (both made while the
+/// service was away): the rename wins on the service and here, and the replaced file's last
+/// content goes to the trash. The rename used to be folded into a content change queued
+/// *before* the replaced file's change, which then went up over it: the new content was
+/// gone from the tree (convergence seed 6780351).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_file_renamed_over_a_file_changed_offline_wins() {
+    let svc = Service::new();
+    let a = device(&svc, "a").await;
+    write(&a.core, ROOT_ID, "a.txt", b"first").await;
+    settle(&svc, &[&a]).await;
+    svc.online.store(false, Ordering::SeqCst);
+    write(&a.core, ROOT_ID, "b.txt", b"the new content").await;
+    write(&a.core, ROOT_ID, "a.txt", b"first, edited offline").await;
+    a.core
+        .rename(ROOT_ID, "b.txt", ROOT_ID, "a.txt", MoveMode::Replace)
+        .await
+        .unwrap();
+    svc.online.store(true, Ordering::SeqCst);
+    settle(&svc, &[&a]).await;
+    let v = view(&a.core).await;
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(
+        v.get("/a.txt"),
+        Some(&Some(b"the new content".to_vec())),
+        "{v:?}"
+    );
+    let st = svc.state.lock().unwrap();
+    let on_service = st
+        .nodes
+        .values()
+        .find(|n| n.name == "a.txt")
+        .map(|n| n.blocks.clone());
+    assert_eq!(on_service, Some(vec![sha256_hex(b"the new content")]));
+    assert!(
+        st.trash
+            .contains(&vec![sha256_hex(b"first, edited offline")]),
+        "the replaced content is in the trash"
+    );
+}
