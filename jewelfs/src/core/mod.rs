@@ -1638,7 +1638,7 @@ impl Core {
                 .journal
                 .find_pending(id, |op| matches!(op, Op::Create { .. }));
             let rewritten = match (pending_create, &target_node) {
-                (Some(e), None) => {
+                (Some(e), None) if self.exists_before(new_parent, e.seq) => {
                     let mut op = e.op.clone();
                     if let Op::Create {
                         parent: p, name: n, ..
@@ -1669,6 +1669,21 @@ impl Core {
         self.touch_dir(parent);
         self.touch_dir(new_parent);
         Ok(())
+    }
+
+    /// Whether folder `dir` will exist on the service by the time the journal entry `seq`
+    /// is uploaded: it is there already, or its own create comes earlier in the journal. A
+    /// pending create moved into a folder made *after* it must not be rewritten to that
+    /// folder (it would go up first and find no folder); a move queued after both does it.
+    fn exists_before(&self, dir: NodeId, seq: u64) -> bool {
+        let dir = self.journal.resolve(dir);
+        if !is_local(dir) {
+            return true;
+        }
+        self.journal
+            .entries()
+            .iter()
+            .any(|e| e.seq < seq && matches!(e.op, Op::Create { .. }) && e.op.node() == dir)
     }
 
     fn exchange(&self, a: Node, b: Node) -> CoreResult<()> {

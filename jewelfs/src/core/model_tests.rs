@@ -958,3 +958,32 @@ async fn a_new_file_renamed_over_a_file_changed_offline_wins() {
         "the replaced content is in the trash"
     );
 }
+
+/// A file made while the service was away, then moved into a folder made after it: both
+/// arrive, the file in its folder. Its pending create used to be rewritten to name that
+/// folder, went up before the folder existed and was kept at the top instead (convergence
+/// seed 6780351: a machine that showed the file in its folder, a service that had it at
+/// the top, never converging).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_file_moved_into_a_newer_folder_arrives_there() {
+    let svc = Service::new();
+    let a = device(&svc, "a").await;
+    let b = device(&svc, "b").await;
+    svc.online.store(false, Ordering::SeqCst);
+    write(&a.core, ROOT_ID, "notes.txt", b"made first").await;
+    let dir = a.core.mkdir(ROOT_ID, "later", 0o755).await.unwrap();
+    a.core
+        .rename(ROOT_ID, "notes.txt", dir.id, "notes.txt", MoveMode::Replace)
+        .await
+        .unwrap();
+    svc.online.store(true, Ordering::SeqCst);
+    settle(&svc, &[&a, &b]).await;
+    let want: BTreeMap<String, Option<Vec<u8>>> = [
+        ("/later".to_string(), None),
+        ("/later/notes.txt".to_string(), Some(b"made first".to_vec())),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(view(&a.core).await, want);
+    assert_eq!(view(&b.core).await, want);
+}
