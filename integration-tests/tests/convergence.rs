@@ -17,8 +17,9 @@
 //!
 //! A failure prints its seed; `JEWEL_SEED=n` replays it (the operations replay exactly; the
 //! timing of the sync between them cannot). `make test` runs the fixed seeds 1 and 2 of 60
-//! operations each with server outages only (client SIGKILLs still find client bugs: see
-//! `known_failures_with_client_kills`); `JEWEL_SOAK_SEEDS=n` runs n random seeds of 300
+//! operations each with server outages only (the seeds where client SIGKILLs found bugs are
+//! in `seeds_that_found_client_bugs`, with `make soak`); `JEWEL_SOAK_SEEDS=n` runs n random
+//! seeds of 300
 //! operations with client kills too (`make soak`); `JEWEL_CONVERGENCE_OPS` sets the length,
 //! `JEWEL_CLIENT_KILLS=0|1` the kind of outages.
 
@@ -793,8 +794,8 @@ fn two_machines_with_outages_converge_and_lose_nothing() {
             .map(|_| (fresh(), ops.unwrap_or(300), kills.unwrap_or(true)))
             .collect()
     } else {
-        // The client still diverges on some seeds (see `known_failures_with_client_kills`), so
-        // the everyday suite runs seeds that pass, with server outages only, until it is fixed.
+        // Short fixed seeds with server outages; the longer seeds with client kills that
+        // found bugs are in `seeds_that_found_client_bugs` (`make soak`).
         MAKE_TEST_SEEDS
             .iter()
             .map(|s| (*s, ops.unwrap_or(60), kills.unwrap_or(false)))
@@ -804,8 +805,9 @@ fn two_machines_with_outages_converge_and_lose_nothing() {
 }
 
 /// Seeds that found client bugs with client SIGKILLs (2026-11-25); timing-dependent, so each
-/// fails often but not always. Run with `cargo test -p integration-tests --test convergence
-/// -- --ignored` (`make soak` does); un-ignore once they pass reliably.
+/// failed often but not always. All pass now (see below); they stay out of `make test` for
+/// their length (~85 s), and `make soak` runs them (`cargo test -p integration-tests --test
+/// convergence -- --ignored`).
 ///
 /// After the core's convergence fixes (branch `core`, same day), one run: 3 with client
 /// kills and 562112594 passed; 3 without kills lost the desktop's 19-byte `c.md` written
@@ -835,7 +837,11 @@ fn two_machines_with_outages_converge_and_lose_nothing() {
 ///   `a_new_file_renamed_over_a_file_changed_offline_wins`); after the fix the loss did not
 ///   recur in 8 replays. The divergence did once in those 8: the laptop's log says "the
 ///   folder of a new file is gone: kept at the top" — at upload, the new file's folder
-///   (`x/y`, made just before the server went down) still had only its local id.
+///   (`x/y`, made just before the server went down) still had only its local id. Cause
+///   found and fixed: the file's create (made before that folder) was rewritten to name the
+///   folder, so it went up before the folder existed (unit test
+///   `a_new_file_moved_into_a_newer_folder_arrives_there`); then 8 replays in a row passed,
+///   and 8 new random soak seeds (300 operations with kills).
 /// - 3 (60 ops) without client kills, only server outages: after the server's restarts the
 ///   laptop misses `y/c.md` and `y/d`, which the service and the desktop have; nothing
 ///   pending, never converges (a change lost by the listener across a server restart).
@@ -848,8 +854,8 @@ fn two_machines_with_outages_converge_and_lose_nothing() {
 ///   deleted before the kill (and `notes.txt`), which the service does not have; nothing
 ///   pending, never converges.
 #[test]
-#[ignore = "client bugs found by these seeds; see the doc comment"]
-fn known_failures_with_client_kills() {
+#[ignore = "long (~85 s): make soak runs it; see the doc comment"]
+fn seeds_that_found_client_bugs() {
     run_all(&[
         (3, 60, false),
         (3, 60, true),
