@@ -19,9 +19,8 @@
 //! timing of the sync between them cannot). `make test` runs the fixed seeds 1 and 2 of 60
 //! operations each with server outages only (the seeds where client SIGKILLs found bugs are
 //! in `seeds_that_found_client_bugs`, with `make soak`); `JEWEL_SOAK_SEEDS=n` runs n random
-//! seeds of 300
-//! operations with client kills too (`make soak`); `JEWEL_CONVERGENCE_OPS` sets the length,
-//! `JEWEL_CLIENT_KILLS=0|1` the kind of outages.
+//! seeds of 300 operations with client kills too (`make soak`); `JEWEL_CONVERGENCE_OPS` sets
+//! the length, `JEWEL_CLIENT_KILLS=0|1` the kind of outages.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
