@@ -255,6 +255,19 @@ fn git(dir: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// Waits until the repository at `dir` (on the other mount) has `head` checked out.
+fn wait_head(dir: &std::path::Path, head: &str) {
+    wait_for("HEAD on the other mount", SYNC, || {
+        Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(dir)
+            .output()
+            .ok()
+            .filter(|o| o.status.success() && String::from_utf8_lossy(&o.stdout) == head)
+            .map(|_| ())
+    });
+}
+
 #[test]
 fn a_git_repository_works_on_both_sides() {
     let (_server, a, b) = pair();
@@ -269,15 +282,7 @@ fn a_git_repository_works_on_both_sides() {
     let head = git(&repo, &["rev-parse", "HEAD"]);
     a.wait_uploaded(SYNC);
     let other = b.p("repo");
-    wait_for("HEAD on b", SYNC, || {
-        Command::new("git")
-            .args(["rev-parse", "HEAD"])
-            .current_dir(&other)
-            .output()
-            .ok()
-            .filter(|o| o.status.success() && String::from_utf8_lossy(&o.stdout) == head)
-            .map(|_| ())
-    });
+    wait_head(&other, &head);
     git(&other, &["fsck", "--strict"]);
     let log = git(&other, &["log", "--oneline"]);
     assert_eq!(log.lines().count(), 5, "{log}");
@@ -318,15 +323,7 @@ fn git_repositories_made_one_after_another_all_arrive() {
     a.wait_uploaded(SYNC);
     for (r, head) in heads.iter().enumerate() {
         let other = b.p(&format!("repo{r}"));
-        wait_for("HEAD on b", SYNC, || {
-            Command::new("git")
-                .args(["rev-parse", "HEAD"])
-                .current_dir(&other)
-                .output()
-                .ok()
-                .filter(|o| o.status.success() && &String::from_utf8_lossy(&o.stdout) == head)
-                .map(|_| ())
-        });
+        wait_head(&other, head);
         let log = git(&other, &["log", "--oneline"]);
         assert_eq!(log.lines().count(), 5, "repo{r}: {log}");
     }

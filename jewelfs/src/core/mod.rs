@@ -1387,17 +1387,21 @@ impl Core {
         self.local.lock().unwrap().remove(&id);
     }
 
+    /// The id of `name` in `parent`, from the folder's listing (read first if not cached).
+    async fn listed_child(&self, parent: NodeId, name: &str) -> CoreResult<NodeId> {
+        self.ensure_listing(parent).await?;
+        self.tree
+            .child(parent, name)
+            .flatten()
+            .ok_or(CoreErr::NotFound)
+    }
+
     /// unlink / rmdir.
     pub async fn remove(&self, parent: NodeId, name: &str, dir: bool) -> CoreResult<()> {
         // Read what the check needs into the caches, then check and change under the edit
         // lock; if a cache dropped it meanwhile (eviction, a cursor gap), read it again.
         for _ in 0..4 {
-            self.ensure_listing(parent).await?;
-            let id = self
-                .tree
-                .child(parent, name)
-                .flatten()
-                .ok_or(CoreErr::NotFound)?;
+            let id = self.listed_child(parent, name).await?;
             if self.node(id).await?.is_dir() && dir {
                 self.ensure_listing(id).await?;
             }
@@ -1473,13 +1477,8 @@ impl Core {
         // Read what the checks need into the caches, then check and change under the edit
         // lock; if a cache dropped it meanwhile (eviction, a cursor gap), read it again.
         for _ in 0..4 {
-            self.ensure_listing(parent).await?;
             self.ensure_listing(new_parent).await?;
-            let id = self
-                .tree
-                .child(parent, name)
-                .flatten()
-                .ok_or(CoreErr::NotFound)?;
+            let id = self.listed_child(parent, name).await?;
             self.node(id).await?;
             if let Some(t) = self.tree.child(new_parent, new_name).flatten() {
                 if self.node(t).await?.is_dir() {
