@@ -39,7 +39,6 @@ use crate::core::{Core, CoreErr};
 const TTL: Duration = Duration::from_secs(3600);
 
 struct Handle {
-    id: u64,
     write: bool,
 }
 
@@ -116,8 +115,8 @@ impl JewelFs {
 
     fn handle_store(&self) -> impl Fn(u64, u64, bool) + Send + 'static {
         let handles = self.handles.clone();
-        move |fh, id, write| {
-            handles.lock().unwrap().insert(fh, Handle { id, write });
+        move |fh, _id, write| {
+            handles.lock().unwrap().insert(fh, Handle { write });
         }
     }
 
@@ -137,15 +136,15 @@ impl JewelFs {
     }
 
     fn entry(&self, reply: ReplyEntry, n: &Node) {
-        reply.entry(&TTL, &self.attr(n, n.id), Generation(0));
+        reply.entry(&TTL, &self.attr(n, self.core.ino(n.id)), Generation(0));
     }
 
-    fn new_fh(&self, id: u64, write: bool) -> u64 {
+    fn new_fh(&self, write: bool) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles
             .lock()
             .unwrap()
-            .insert(fh, Handle { id, write });
+            .insert(fh, Handle { write });
         fh
     }
 
@@ -185,7 +184,7 @@ impl Filesystem for JewelFs {
                 };
                 self.spawn(async move {
                     match core.lookup(parent, &name).await {
-                        Ok(n) => reply.entry(&TTL, &attr_of.attr(&n, n.id), Generation(0)),
+                        Ok(n) => reply.entry(&TTL, &attr_of.attr(&n, core.ino(n.id)), Generation(0)),
                         Err(e) => reply.error(errno(&e)),
                     }
                 });
@@ -406,12 +405,13 @@ impl Filesystem for JewelFs {
                 if n.is_dir() {
                     return reply.error(Errno::EISDIR);
                 }
-                let fh = self.new_fh(id, false);
+                let fh = self.new_fh(false);
+                self.core.opened(id);
                 return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
             }
         }
         let core = self.core.clone();
-        let fh = self.new_fh(id, write);
+        let fh = self.new_fh(write);
         let handles = self.handles.clone();
         self.spawn(async move {
             match core.open_file(id, write, trunc).await {
@@ -512,12 +512,8 @@ impl Filesystem for JewelFs {
         let Some(handle) = handle else {
             return reply.ok();
         };
-        if !handle.write {
-            return reply.ok();
-        }
-        let _ = handle.id;
         // Local disk only, like `flush`.
-        match self.core.release(self.core.resolve(ino.0), true) {
+        match self.core.release(self.core.resolve(ino.0), handle.write) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
@@ -553,8 +549,7 @@ impl Filesystem for JewelFs {
     /// this open and reads the listing again. Whatever path changed a listing (an event, an
     /// answer, a reconciliation), the kernel never shows an old one.
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let id = self.core.resolve(ino.0);
-        let fh = self.new_fh(id, false);
+        let fh = self.new_fh(false);
         let generation = self.core.tree.generation();
         let unchanged =
             self.dir_caches.lock().unwrap().insert(ino.0, generation) == Some(generation);
@@ -580,6 +575,7 @@ impl Filesystem for JewelFs {
         } else {
             self.dirs.lock().unwrap().get(&fh.0).cloned()
         };
+        let inos = self.core.clone();
         let fill = move |entries: &Vec<Node>, parent: u64, reply: &mut ReplyDirectory| {
             let mut i = offset;
             loop {
@@ -587,7 +583,7 @@ impl Filesystem for JewelFs {
                     0 => (id, FileType::Directory, "."),
                     1 => (parent, FileType::Directory, ".."),
                     n => match entries.get((n - 2) as usize) {
-                        Some(e) => (e.id, kind_of(e.kind), e.name.as_str()),
+                        Some(e) => (inos.ino(e.id), kind_of(e.kind), e.name.as_str()),
                         None => break,
                     },
                 };
@@ -636,6 +632,7 @@ impl Filesystem for JewelFs {
             gid: self.gid,
         };
         let me = self.core.view(id);
+        let inos = self.core.clone();
         let fill = move |entries: &Vec<Node>, me: &Option<Node>, reply: &mut ReplyDirectoryPlus| {
             let mut i = offset;
             loop {
@@ -649,8 +646,9 @@ impl Filesystem for JewelFs {
                         None => break,
                     },
                 };
-                let attr = maker.attr(&node, node.id);
-                if reply.add(INodeNo(node.id), i + 1, name, &TTL, &attr, Generation(0)) {
+                let ino = inos.ino(node.id);
+                let attr = maker.attr(&node, ino);
+                if reply.add(INodeNo(ino), i + 1, name, &TTL, &attr, Generation(0)) {
                     break;
                 }
                 i += 1;

@@ -216,7 +216,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     let core = Core::open(cfg, api.clone())
         .with_context(|| format!("opening cache {}", cache_dir.display()))?;
 
-    match rt.block_on(core.connect()) {
+    match rt.block_on(connect_patiently(&core)) {
         Ok(_) => {
             if let Ok(root) = rt.block_on(api.get_node(jewel_wire::ROOT_ID)) {
                 core.tree.put(root);
@@ -235,7 +235,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
                 e.message
             )
         }
-        Err(e) if e.is_offline() => {
+        Err(e) if e.is_transient() => {
             if !had_cache {
                 bail!("cannot reach the server at {server} ({e}) and there is no cache in {} to work offline from", cache_dir.display());
             }
@@ -581,4 +581,21 @@ pub fn unmount(mountpoint: &Path, wait: Duration) -> anyhow::Result<()> {
 /// Keeps `core` reachable for tests of the command layer.
 pub fn is_online(core: &Core) -> bool {
     core.online.load(Ordering::Relaxed)
+}
+
+/// Connects, waiting out a busy service (throttled, 503, an answer that is not the
+/// service's JSON) for as long as it takes; an unreachable one or a refusal returns at once
+/// (the caller mounts offline from the cache, or says why it cannot).
+async fn connect_patiently(core: &Core) -> Result<jewel_wire::Me, ApiErr> {
+    let mut wait = std::time::Duration::from_millis(200);
+    loop {
+        match core.connect().await {
+            Err(e) if e.is_transient() && !e.is_offline() => {
+                eprintln!("jewelfs: the server is busy ({e}); trying again");
+                tokio::time::sleep(wait.max(e.retry_after().unwrap_or_default())).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(10));
+            }
+            other => return other,
+        }
+    }
 }

@@ -3,9 +3,13 @@
 //!
 //! Why a trait: the core is tested against a fake service (and a test can wrap the real one
 //! to inject latency or failures) without a network. Every method returns [`ApiErr`], which
-//! separates "the service said no" (an [`ApiError`] body with a code) from "the service could
-//! not be reached" ([`ApiErr::Offline`]): the first is final for that request, the second means
-//! keep the change in the journal and retry when the service answers again.
+//! separates "the service said no" (an [`ApiError`] body with a code the client knows) from
+//! everything else, which is **transient** ([`ApiErr::is_transient`]): keep the change and
+//! try again later. Transient covers more than an unreachable service: a 5xx, 408 or 429
+//! with any body (API Gateway's throttling answers `429 {"message":"Too Many Requests"}`),
+//! and any answer that is not the service's own JSON (a proxy's HTML page, a 413 from a
+//! proxy's body limit, a torn body). An answer the client does not understand is never a
+//! reason to give up on a user's change.
 //!
 //! Block URLs may be relative (`/blob/...`, the embedded server) or absolute (presigned S3);
 //! relative ones are joined to the server's base URL here, so callers never care.
@@ -20,9 +24,16 @@ use jewel_wire::*;
 /// Why a request failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiErr {
-    /// The service could not be reached (connection refused, timeout, 5xx from a proxy).
+    /// The service could not be reached (connection refused, reset, timeout).
     #[error("server unreachable: {0}")]
     Offline(String),
+    /// The service (or something in front of it) asked us to come back later: 408, 429,
+    /// 502, 503, 504, with the wait it named (`Retry-After`), if any.
+    #[error("server busy (HTTP {status}){}", retry_after.map(|d| format!(", retry after {} s", d.as_secs_f32())).unwrap_or_default())]
+    Busy {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
     /// The service answered with an error body.
     #[error("{0}")]
     Api(ApiError),
@@ -38,12 +49,25 @@ impl ApiErr {
             _ => None,
         }
     }
+    /// The service was not reached at all (no answer).
     pub fn is_offline(&self) -> bool {
         matches!(self, ApiErr::Offline(_))
-            || matches!(
-                self.code(),
-                Some(ErrorCode::Unavailable | ErrorCode::Internal)
-            )
+    }
+    /// Worth trying again later, as it is: the service was not reached, was busy, failed
+    /// inside, or answered something that is not its own JSON. Only an answer of the
+    /// service's own with a code the client knows is final for a request.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApiErr::Offline(_) | ApiErr::Busy { .. } | ApiErr::Protocol(_) => true,
+            ApiErr::Api(e) => matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal),
+        }
+    }
+    /// How long the service asked us to wait before trying again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiErr::Busy { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
     pub fn current(&self) -> Option<Node> {
         match self {
@@ -138,12 +162,13 @@ impl HttpApi {
     async fn send<T: serde::de::DeserializeOwned>(b: reqwest::RequestBuilder) -> ApiResult<T> {
         let resp = b.send().await.map_err(net_err)?;
         let status = resp.status();
+        let retry_after = retry_after(resp.headers());
         let body = resp.bytes().await.map_err(net_err)?;
         if status.is_success() {
             return serde_json::from_slice(&body)
-                .map_err(|e| ApiErr::Protocol(format!("{e}: {}", String::from_utf8_lossy(&body))));
+                .map_err(|e| ApiErr::Protocol(format!("{e}: {}", excerpt(&body))));
         }
-        Err(status_err(status, &body))
+        Err(status_err(status, retry_after, &body))
     }
 }
 
@@ -151,13 +176,45 @@ fn net_err(e: reqwest::Error) -> ApiErr {
     ApiErr::Offline(e.to_string())
 }
 
-fn status_err(status: reqwest::StatusCode, body: &[u8]) -> ApiErr {
+/// The first bytes of a body, for a message (an HTML error page can be long).
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+    if body.len() > 200 {
+        format!("{text}…")
+    } else {
+        text
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare from APIs; it is ignored), capped
+/// at ten minutes so a wrong header cannot park the client for a day.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let secs: f64 = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(600.0)))
+}
+
+/// Classifies an answer that is not a success (see the module doc: only the service's own
+/// JSON error is final; busy statuses are transient whatever their body says).
+pub fn status_err(
+    status: reqwest::StatusCode,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> ApiErr {
+    if matches!(status.as_u16(), 408 | 429 | 502 | 503 | 504) {
+        return ApiErr::Busy {
+            status: status.as_u16(),
+            retry_after,
+        };
+    }
     match serde_json::from_slice::<ApiError>(body) {
         Ok(e) => ApiErr::Api(e),
-        Err(_) if status.is_server_error() => {
-            ApiErr::Offline(format!("HTTP {status}: {}", String::from_utf8_lossy(body)))
-        }
-        Err(_) => ApiErr::Protocol(format!("HTTP {status}: {}", String::from_utf8_lossy(body))),
+        Err(_) => ApiErr::Protocol(format!("HTTP {status}: {}", excerpt(body))),
     }
 }
 
@@ -269,8 +326,9 @@ impl Api for HttpApi {
         if status.is_success() {
             return Ok(());
         }
+        let wait = retry_after(resp.headers());
         let body = resp.bytes().await.map_err(net_err)?;
-        Err(status_err(status, &body))
+        Err(status_err(status, wait, &body))
     }
     async fn get_block(&self, url: &str) -> ApiResult<Bytes> {
         let resp = self
@@ -281,11 +339,12 @@ impl Api for HttpApi {
             .await
             .map_err(net_err)?;
         let status = resp.status();
+        let wait = retry_after(resp.headers());
         let body = resp.bytes().await.map_err(net_err)?;
         if status.is_success() {
             Ok(body)
         } else {
-            Err(status_err(status, &body))
+            Err(status_err(status, wait, &body))
         }
     }
     fn set_device(&self, id: DeviceId) {

@@ -27,7 +27,9 @@ pub mod journal;
 pub mod listen;
 pub mod listen_sqs;
 pub mod listener;
+pub mod open_files;
 pub mod reconcile;
+pub mod refused;
 pub mod sync;
 pub mod tree;
 
@@ -44,6 +46,7 @@ use jewel_wire::*;
 use self::api::{Api, ApiErr};
 use self::blocks::{BlockCache, BlockErr};
 use self::journal::{is_local, Journal, LocalKind, Op, LOCAL_ID_BASE};
+use self::open_files::{OpenFiles, Orphan};
 use self::tree::Tree;
 
 /// The knobs of the core, each default with its reason.
@@ -112,7 +115,7 @@ pub enum CoreErr {
 
 impl From<ApiErr> for CoreErr {
     fn from(e: ApiErr) -> Self {
-        if e.is_offline() {
+        if e.is_transient() {
             return CoreErr::Offline;
         }
         match e.code() {
@@ -222,6 +225,8 @@ pub struct Core {
     pub journal: Journal,
     staging: Mutex<HashMap<NodeId, Arc<Staging>>>,
     local: Mutex<HashMap<NodeId, LocalContent>>,
+    /// Handles the kernel holds, and what removed files still read through them.
+    pub(crate) open_files: OpenFiles,
     /// Files created here whose create is not journaled yet (no close so far).
     unsent: Mutex<HashSet<NodeId>>,
     pub online: AtomicBool,
@@ -328,6 +333,7 @@ impl Core {
             journal,
             staging: Mutex::new(HashMap::new()),
             local: Mutex::new(HashMap::new()),
+            open_files: OpenFiles::default(),
             unsent: Mutex::new(HashSet::new()),
             online: AtomicBool::new(false),
             cursor: AtomicU64::new(0),
@@ -473,6 +479,14 @@ impl Core {
         self.journal.resolve(ino)
     }
 
+    /// The inode number the kernel knows node `id` by: a file or folder made here keeps
+    /// the local id it was created with for as long as the journal remembers the alias
+    /// (lookups after the kernel forgot it answer the same number, as SEMANTICS promises);
+    /// every other node is known by its service id.
+    pub fn ino(&self, id: NodeId) -> u64 {
+        self.journal.earlier_ids(id).into_iter().min().unwrap_or(id)
+    }
+
     fn new_local_id(&self) -> NodeId {
         self.next_local.fetch_add(1, Ordering::Relaxed)
     }
@@ -486,7 +500,11 @@ impl Core {
     /// A node as the user sees it: local content sizes win over the service's.
     pub fn view(&self, id: NodeId) -> Option<Node> {
         let id = self.resolve(id);
-        let mut node = (*self.tree.get(id)?).clone();
+        let orphan = || self.open_files.orphan(id);
+        let mut node = match self.tree.get(id) {
+            Some(n) => (*n).clone(),
+            None => orphan()?.node,
+        };
         // One lock at a time (never nested): staging, then local content.
         let staging = self
             .staging
@@ -496,11 +514,11 @@ impl Core {
             .map(|s| s.size.load(Ordering::Relaxed));
         if let Some(size) = staging {
             node.size = size;
-        } else {
-            let local = self.local_of(id).map(|l| l.size);
-            if let Some(size) = local {
-                node.size = size;
-            }
+        } else if let Some(size) = self.local_of(id).map(|l| l.size) {
+            node.size = size;
+        } else if let Some(o) = orphan() {
+            // Removed while open: the handles read what it was when it went.
+            node.size = o.content.map_or(o.node.size, |c| c.size);
         }
         Some(node)
     }
@@ -776,7 +794,14 @@ impl Core {
         if let Some(l) = local {
             return Some(read_range(&l.file, offset, size, l.size));
         }
-        let node = self.tree.get(id)?;
+        let orphan = self.open_files.orphan(id);
+        if let Some(content) = orphan.as_ref().and_then(|o| o.content.as_ref()) {
+            return Some(read_range(&content.file, offset, size, content.size));
+        }
+        let node = match orphan {
+            Some(o) => Arc::new(o.node),
+            None => self.tree.get(id)?,
+        };
         if node.size <= offset || size == 0 {
             return Some(Ok(Vec::new()));
         }
@@ -990,6 +1015,7 @@ impl Core {
         staging.dirty.store(true, Ordering::Relaxed);
         staging.handles.store(1, Ordering::Relaxed);
         self.staging.lock().unwrap().insert(node.id, staging);
+        self.open_files.opened(node.id);
         self.unsent.lock().unwrap().insert(node.id);
         self.add_local_node(&node);
         Ok(node)
@@ -1033,7 +1059,14 @@ impl Core {
 
     // ---------------------------------------------------------------- writing
 
-    /// Opens a file; for writing, makes (or shares) its staging copy.
+    /// Notes a handle opened on a node the caller already found (see `open_files.rs`);
+    /// [`Core::release`] closes it.
+    pub fn opened(&self, id: NodeId) {
+        self.open_files.opened(self.resolve(id));
+    }
+
+    /// Opens a file; for writing, makes (or shares) its staging copy. Every successful open
+    /// is matched by one [`Core::release`].
     pub async fn open_file(&self, id: NodeId, write: bool, trunc: bool) -> CoreResult<()> {
         let id = self.resolve(id);
         let node = self.node(id).await?;
@@ -1041,10 +1074,17 @@ impl Core {
             return if write { Err(CoreErr::IsDir) } else { Ok(()) };
         }
         if !write {
+            self.opened(id);
             return Ok(());
         }
-        if let Some(s) = self.staging.lock().unwrap().get(&id) {
-            s.handles.fetch_add(1, Ordering::Relaxed);
+        let shared = {
+            let map = self.staging.lock().unwrap();
+            map.get(&id)
+                .map(|s| s.handles.fetch_add(1, Ordering::Relaxed))
+                .is_some()
+        };
+        if shared {
+            self.opened(id);
             return Ok(());
         }
         let staging = self.new_staging(node.version, node.blocks.clone())?;
@@ -1093,6 +1133,8 @@ impl Core {
         if trunc && node.size > 0 {
             s.dirty.store(true, Ordering::Relaxed);
         }
+        drop(map);
+        self.opened(key);
         Ok(())
     }
 
@@ -1292,9 +1334,13 @@ impl Core {
         Ok(())
     }
 
-    /// The last handle of a file is closed.
+    /// A handle of a file is closed (the staging copy goes with the last writer).
     pub fn release(&self, id: NodeId, write: bool) -> CoreResult<()> {
+        let kernel_id = id;
         let id = self.resolve(id);
+        if !self.open_files.closed(id) {
+            self.open_files.closed(kernel_id);
+        }
         if !write {
             return Ok(());
         }
@@ -1376,6 +1422,7 @@ impl Core {
     /// still open keeps its node, unpinned, until closed (POSIX: an unlinked open file stays
     /// usable).
     pub(crate) fn forget_node(&self, id: NodeId) {
+        self.keep_for_open_handles(id);
         if self.staging_of(id).is_some() {
             self.tree.unpin(id);
         } else {
@@ -1383,8 +1430,22 @@ impl Core {
         }
     }
 
-    fn drop_local_content(&self, id: NodeId) {
+    pub(crate) fn drop_local_content(&self, id: NodeId) {
+        self.keep_for_open_handles(id);
         self.local.lock().unwrap().remove(&id);
+    }
+
+    /// A node is being removed or forgotten: if handles are open on it, they keep reading
+    /// what it is now (see `open_files.rs`).
+    pub(crate) fn keep_for_open_handles(&self, id: NodeId) {
+        let id = self.resolve(id);
+        if !self.open_files.is_open(id) {
+            return;
+        }
+        if let Some(node) = self.view(id) {
+            let content = self.local_of(id);
+            self.open_files.keep(id, Orphan { node, content });
+        }
     }
 
     /// The id of `name` in `parent`, from the folder's listing (read first if not cached).

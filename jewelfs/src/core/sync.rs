@@ -6,7 +6,10 @@
 //! the metadata commit names the blocks. An unchanged block is never sent twice.
 //!
 //! How each answer is handled (the conflict rules of DESIGN.md):
-//! - **unreachable**: the entry stays, the uploader backs off and tries again; `online` drops.
+//! - **transient** (unreachable, busy, throttled, a 5xx, an answer that is not the
+//!   service's JSON, a refused token): the entry stays, the uploader backs off (doubling,
+//!   with jitter, at least what `Retry-After` asks) and tries again; `status` says why;
+//!   `online` drops only when the service was not reached at all.
 //! - **content conflict** (stale base): if the service already has exactly our content, done
 //!   (identical content never conflicts; this also makes a replay after a crash harmless);
 //!   if only metadata changed since our base (same blocks), retry on the current version;
@@ -20,8 +23,10 @@
 //!   child on another device; the service then refuses (`NotEmpty`) and the directory shows
 //!   again here, to be listed afresh. A node deleted (or found gone) is forgotten wherever
 //!   the tree still lists it.
-//! - **other refusals** are logged, shown by `status`, and the entry dropped: retrying a
-//!   request the service refuses would block every later change.
+//! - **refusals for good** (the service's own error, e.g. a name or size it does not
+//!   accept) are logged at WARN with the path, shown by `status`, and the entry dropped:
+//!   retrying a request the service refuses would block every later change. Content never
+//!   goes with it: the bytes are kept in the refused folder (`refused.rs`) first.
 //! - **our own answers**: the node the service returns is applied at once, at the place the
 //!   service gives, unless a *later* journal entry moves it again. Its version is remembered
 //!   as ours (a later commit finding it conflicts with no one) only when its content is what
@@ -47,7 +52,9 @@ use super::{now_ns, Core, Inval};
 
 /// Why an entry could not be uploaded.
 enum Fail {
-    Offline(ApiErr),
+    /// Not this time: the service was unreachable or busy, or answered something we cannot
+    /// read, or refused our token. The entry stays and is tried again after a pause.
+    Transient(ApiErr),
     /// Worth another try as it is: the service lacks a block the commit names (collected as
     /// garbage between our upload and the commit); the next attempt uploads it again.
     Retry(ApiErr),
@@ -56,14 +63,22 @@ enum Fail {
 
 impl From<ApiErr> for Fail {
     fn from(e: ApiErr) -> Self {
-        if e.is_offline() {
-            Fail::Offline(e)
+        if e.is_transient() || e.code() == Some(ErrorCode::Unauthorized) {
+            Fail::Transient(e)
         } else if e.code() == Some(ErrorCode::MissingBlocks) {
             Fail::Retry(e)
         } else {
             Fail::Refused(e.to_string())
         }
     }
+}
+
+/// The pause before trying an entry again: the backoff with ±25 % jitter (so many devices
+/// that failed together do not come back together), and never less than the service asked.
+fn pause(backoff: Duration, asked: Option<Duration>) -> Duration {
+    use rand::Rng;
+    let jittered = backoff.mul_f64(rand::thread_rng().gen_range(0.75..1.25));
+    jittered.max(asked.unwrap_or_default())
 }
 
 impl From<std::io::Error> for Fail {
@@ -73,6 +88,9 @@ impl From<std::io::Error> for Fail {
 }
 
 type Res<T> = Result<T, Fail>;
+
+/// The longest pause between two tries of one entry (when the service names no longer wait).
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Core {
     /// Runs forever: uploads journal entries as they come.
@@ -92,24 +110,45 @@ impl Core {
                             self.journal.done(seq);
                             self.uploaded.fetch_add(1, Ordering::Relaxed);
                             self.after_upload(&entry);
+                            if backoff > Duration::from_millis(100) {
+                                self.last_error.lock().unwrap().take();
+                            }
                             backoff = Duration::from_millis(100);
                         }
-                        Err(Fail::Offline(e)) => {
+                        Err(Fail::Transient(e)) => {
                             self.journal.retry_later(seq);
-                            self.online.store(false, Ordering::Relaxed);
-                            tracing::debug!("upload waits, service unreachable: {e}");
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(2));
+                            if e.is_offline() {
+                                self.online.store(false, Ordering::Relaxed);
+                                tracing::debug!("upload waits, service unreachable: {e}");
+                            } else {
+                                tracing::info!("upload waits and tries again: {e}");
+                                *self.last_error.lock().unwrap() =
+                                    Some(format!("uploads retrying: {e}"));
+                            }
+                            tokio::time::sleep(pause(backoff, e.retry_after())).await;
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
                         }
                         Err(Fail::Retry(e)) => {
                             tracing::info!("upload tried again: {e}");
                             self.journal.retry_later(seq);
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(2));
+                            tokio::time::sleep(pause(backoff, None)).await;
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
                         }
                         Err(Fail::Refused(why)) => {
-                            tracing::error!(entry = ?entry.op, "the service refused a change: {why}");
-                            *self.last_error.lock().unwrap() = Some(why);
+                            let kept = self.keep_refused(&entry);
+                            tracing::warn!(
+                                path = %self.path_of(entry.op.node()),
+                                kept = ?kept,
+                                entry = ?entry.op,
+                                "the service refused a change for good: {why}"
+                            );
+                            *self.last_error.lock().unwrap() = Some(match &kept {
+                                Some(p) => format!(
+                                    "the service refused a change ({why}); its content is kept in {}",
+                                    p.display()
+                                ),
+                                None => format!("the service refused a change: {why}"),
+                            });
                             self.journal.done(seq);
                             self.after_upload(&entry);
                             // What this device shows of the change will never happen.
@@ -535,6 +574,7 @@ impl Core {
             }
             // The tree first: the journal's alias sends readers to the new id at once.
             self.tree.alias(local, id);
+            self.open_files.rekey(local, id);
             self.journal.add_alias(local, id)?;
         }
         if self.unsent.lock().unwrap().remove(&local) {
@@ -790,7 +830,7 @@ impl Core {
             .create_copy(parent, &current.name, content, mode, mtime_ns)
             .await?;
         // The original name shows the remote version again.
-        self.local.lock().unwrap().remove(&id);
+        self.drop_local_content(id);
         self.tree.unpin(id);
         self.tree.place(current.clone());
         if self.journal.has_pending(id) {
@@ -963,7 +1003,7 @@ impl Core {
                 name: n.name.clone(),
             });
         }
-        self.local.lock().unwrap().remove(&id);
+        self.drop_local_content(id);
         self.forget_node(id);
     }
 
