@@ -221,8 +221,11 @@ fn close_reopen_loop_reads_back_every_round() {
     let path = a.p("loop.bin");
     let mut rng = Rng(0x5EED);
     let mut model: Vec<u8> = Vec::new();
+    // The last few rounds' expected contents and operations, to say what a bad read holds.
+    let mut history: Vec<(Vec<u8>, String)> = Vec::new();
     File::create(&path).unwrap();
     for round in 0..rounds {
+        let mut ops = String::new();
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         for _ in 0..1 + rng.below(3) {
             let off = rng.below(200_000);
@@ -234,23 +237,39 @@ fn close_reopen_loop_reads_back_every_round() {
                 model.resize(end, 0);
             }
             model[off as usize..end].copy_from_slice(&data);
+            ops.push_str(&format!("pwrite {off}+{len}; "));
         }
         if rng.chance(30) {
             let len = rng.below(250_000);
             file.set_len(len).unwrap();
             model.resize(len as usize, 0);
+            ops.push_str(&format!("ftruncate {len}; "));
         }
         if rng.chance(20) {
             file.sync_all().unwrap();
+            ops.push_str("fsync; ");
         }
         drop(file);
-        std::thread::sleep(Duration::from_millis(rng.below(60)));
+        let pause = rng.below(60);
+        std::thread::sleep(Duration::from_millis(pause));
+        ops.push_str(&format!("close, pause {pause} ms"));
         let got = read_all(&path);
-        assert!(
-            got == model,
-            "round {round}: read after reopen: {}",
-            describe_diff(&got, &model)
-        );
+        if got != model {
+            let mut why = format!("round {round} ({ops}): read after reopen: {}", describe_diff(&got, &model));
+            for (back, (earlier, what)) in history.iter().rev().enumerate() {
+                let same = got.len() == earlier.len() && got == *earlier;
+                why.push_str(&format!(
+                    "\n  {} round(s) earlier ({what}): {}",
+                    back + 1,
+                    if same { "the read equals this version".into() } else { describe_diff(&got, earlier) }
+                ));
+            }
+            panic!("{why}");
+        }
+        history.push((model.clone(), ops));
+        if history.len() > 4 {
+            history.remove(0);
+        }
     }
     a.wait_uploaded(SYNC);
     wait_content(&b.p("loop.bin"), &model, SYNC);

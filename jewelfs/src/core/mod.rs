@@ -1088,29 +1088,39 @@ impl Core {
             return Ok(());
         }
         let staging = self.new_staging(node.version, node.blocks.clone())?;
-        let len = if trunc { 0 } else { node.size };
-        if len > 0 {
+        // What the copy starts from: this device's newest content not yet on the service,
+        // else the tree's node. Looked up in that order and only now: the uploader puts the
+        // committed node in the tree *before* it lets go of the local content, so a reader
+        // that finds no local content finds the tree already up to date. (Taking the
+        // tree's blocks first and the local content after could pair an old version's
+        // blocks with a newer size: a reopen then lost the last close's writes.)
+        if !trunc {
             let file = staging.inner.lock().unwrap().file.clone();
-            let local = self.local.lock().unwrap().get(&id).cloned();
-            if let Some(l) = local {
-                let src = l.file.clone();
-                tokio::task::spawn_blocking(move || copy_file(&src, &file, l.size))
-                    .await
-                    .map_err(std::io::Error::other)??;
-            } else {
-                for (i, hash) in node.blocks.iter().enumerate() {
-                    self.blocks.get(hash).await?;
-                    let path = self.blocks.path(hash);
-                    let file = file.clone();
-                    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                        let bytes = std::fs::read(path)?;
-                        file.write_all_at(&bytes, i as u64 * BLOCK_SIZE)
-                    })
-                    .await
-                    .map_err(std::io::Error::other)??;
+            let len = match self.local_of(id) {
+                Some(l) => {
+                    let src = l.file.clone();
+                    tokio::task::spawn_blocking(move || copy_file(&src, &file, l.size))
+                        .await
+                        .map_err(std::io::Error::other)??;
+                    l.size
                 }
-                file.set_len(len)?;
-            }
+                None => {
+                    let node = self.view(id).ok_or(CoreErr::NotFound)?;
+                    for (i, hash) in node.blocks.iter().enumerate() {
+                        self.blocks.get(hash).await?;
+                        let path = self.blocks.path(hash);
+                        let file = file.clone();
+                        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                            let bytes = std::fs::read(path)?;
+                            file.write_all_at(&bytes, i as u64 * BLOCK_SIZE)
+                        })
+                        .await
+                        .map_err(std::io::Error::other)??;
+                    }
+                    file.set_len(node.size)?;
+                    node.size
+                }
+            };
             staging.size.store(len, Ordering::Relaxed);
         }
         if trunc && node.size > 0 {
