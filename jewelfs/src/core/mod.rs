@@ -1239,10 +1239,10 @@ impl Core {
         // The tree and local content first: the uploader may take the entry at once, and its
         // answer must not be overwritten by this older local view afterwards.
         self.set_local(id, data, size);
-        let mut n = node.clone();
-        n.size = size;
-        n.mtime_ns = mtime_ns;
-        self.tree.pin(n);
+        self.tree.pin_changed(id, |n| {
+            n.size = size;
+            n.mtime_ns = mtime_ns;
+        });
         if was_unsent {
             self.journal.append(Op::Create {
                 node: id,
@@ -1805,6 +1805,10 @@ impl Core {
                 s.size.store(size, Ordering::Relaxed);
                 Ok(())
             })?;
+            // A truncate is a change of content: the file's mtime moves now (make, rsync
+            // and editors read it), not only at the close that journals it.
+            let now = now_ns();
+            self.tree.pin_changed(id, |n| n.mtime_ns = now);
             if opened_here {
                 self.release(id, true)?;
             }
@@ -1817,6 +1821,7 @@ impl Core {
             if let Some(t) = mtime_ns {
                 n.mtime_ns = t;
             }
+            let (new_mode, new_mtime) = (n.mode, n.mtime_ns);
             let is_unsent = self.unsent.lock().unwrap().contains(&id);
             let folded = is_unsent || {
                 match self
@@ -1846,7 +1851,10 @@ impl Core {
                     mtime_ns,
                 })?;
             }
-            self.tree.pin(n);
+            self.tree.pin_changed(id, |n| {
+                n.mode = new_mode;
+                n.mtime_ns = new_mtime;
+            });
         }
         self.view(id).ok_or(CoreErr::NotFound)
     }

@@ -161,6 +161,24 @@ impl Tree {
         self.pinned.lock().unwrap().insert(node.id, Arc::new(node));
     }
 
+    /// Pins node `id` as it is *now*, changed by `change` — one step, so an answer applied
+    /// meanwhile (a newer version, its blocks) is never overwritten by an older copy.
+    /// False if the node is not known.
+    pub fn pin_changed(&self, id: NodeId, change: impl FnOnce(&mut Node)) -> bool {
+        self.changed();
+        let id = self.r(id);
+        let mut pinned = self.pinned.lock().unwrap();
+        let current = pinned.get(&id).cloned().or_else(|| self.nodes.get(&id));
+        let Some(current) = current else {
+            return false;
+        };
+        let mut node = self.fix((*current).clone());
+        change(&mut node);
+        self.nodes.invalidate(&id);
+        pinned.insert(id, Arc::new(node));
+        true
+    }
+
     pub fn is_pinned(&self, id: NodeId) -> bool {
         let id = self.r(id);
         self.pinned.lock().unwrap().contains_key(&id)
