@@ -1435,3 +1435,85 @@ fn core_converges_when_devices_race() {
 fn core_model_with_crashes() {
     run_seeds(&[2, 7, 12], false, true);
 }
+
+/// A rename over a file that another device edited meanwhile keeps that edit as a conflict
+/// copy beside the renamed file (before, the service sent the edit to the trash): B renames
+/// `new.txt` over `doc.txt` while cut off, after A edited `doc.txt`.
+#[test]
+fn a_rename_over_a_file_edited_elsewhere_keeps_the_edit() {
+    let server = Server::start();
+    let token = server.add_user("renamer");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let result: Result<(), String> = rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let a = open_device(&server.url, &token, dir.path(), "devA").await;
+        let b = open_device(&server.url, &token, dir.path(), "devB").await;
+        let run = Run {
+            seed: 0,
+            server: &server,
+            user: "renamer".into(),
+            observer: HttpApi::new(&server.url, &token).unwrap(),
+            devs: [a, b],
+            log: vec![],
+            ops_done: 0,
+            notes: vec![],
+            race: false,
+            crash: false,
+            token: token.clone(),
+            dir: dir.path().to_path_buf(),
+        };
+        let (a, b) = (&run.devs[0], &run.devs[1]);
+        let create = |path: &str, data: &[u8]| Op::Create {
+            path: path.into(),
+            data: data.to_vec(),
+        };
+        run_op(&a.core, &create("doc.txt", b"first draft"))
+            .await
+            .map_err(|e| e.to_string())?;
+        run_op(&a.core, &create("new.txt", b"the replacement"))
+            .await
+            .map_err(|e| e.to_string())?;
+        run.settle("both files on both devices").await?;
+
+        b.api.set_offline(true);
+        run.wait_offline(1).await?;
+        let edit = Op::Overwrite {
+            path: "doc.txt".into(),
+            data: b"edited on A".to_vec(),
+        };
+        run_op(&a.core, &edit).await.map_err(|e| e.to_string())?;
+        a.core.drain(Duration::from_secs(10)).await;
+        let rename = Op::Rename {
+            from: "new.txt".into(),
+            to: "doc.txt".into(),
+        };
+        run_op(&b.core, &rename).await.map_err(|e| e.to_string())?;
+        b.api.set_offline(false);
+        let end = run.settle("after B's rename").await?;
+
+        let file = |p: &str| match end.get(p) {
+            Some(Entry::File(d)) => Some(d.clone()),
+            _ => None,
+        };
+        if file("doc.txt").as_deref() != Some(&b"the replacement"[..]) {
+            return Err(format!("doc.txt is not B's renamed file: {}", dump(&end)));
+        }
+        if end.contains_key("new.txt") {
+            return Err(format!("new.txt still there: {}", dump(&end)));
+        }
+        let kept = end.iter().any(|(p, e)| {
+            is_conflict_copy(p) && matches!(e, Entry::File(d) if d == b"edited on A")
+        });
+        if !kept {
+            return Err(format!("A's edit is not kept as a conflict copy: {}", dump(&end)));
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}

@@ -168,6 +168,23 @@ pub struct MoveNode {
     /// What to do when the target name is taken.
     #[serde(default)]
     pub mode: MoveMode,
+    /// For `replace`: what the mover saw at the target name. When the name holds anything
+    /// else now (another device's edit of the file, or a file made there meanwhile), the
+    /// service refuses with 409 `exists` (its `current`: what is there), so the client can
+    /// keep that as a conflict copy rather than send it to the trash. Absent: replace
+    /// whatever is there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_target: Option<TargetExpect>,
+}
+
+/// What a `replace` move expects at its target name (see [`MoveNode::expect_target`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum TargetExpect {
+    /// The name is free.
+    Free,
+    /// The name holds this node at this version.
+    Node { id: NodeId, version: Version },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

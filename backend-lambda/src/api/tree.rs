@@ -14,15 +14,15 @@ use axum::http::StatusCode;
 use axum::Json;
 use jewel_wire::{
     block_count, check_name, is_block_hash, ChangeEvent, CommitContent, Content, CreateNode,
-    ErrorCode, ListPage, Me, MoveNode, MoveResult, NewKind, Node, NodeId, SetAttr, TrashPage,
-    Version, VersionList, MAX_SYMLINK_BYTES, ROOT_ID,
+    ApiError, ErrorCode, ListPage, Me, MoveMode, MoveNode, MoveResult, NewKind, Node, NodeId,
+    SetAttr, TargetExpect, TrashPage, Version, VersionList, MAX_SYMLINK_BYTES, ROOT_ID,
 };
 use serde::Deserialize;
 
 use super::auth::Caller;
 use super::error::{ApiPath, ApiQuery, AppError, AppResult, JsonBody};
 use crate::service::Service;
-use crate::store::{NewNode, UserId};
+use crate::store::{NewNode, StoreError, UserId};
 
 type S = State<Arc<Service>>;
 
@@ -175,6 +175,11 @@ pub async fn move_node(
     JsonBody(req): JsonBody<MoveNode>,
 ) -> AppResult<Json<MoveResult>> {
     valid_name(&req.new_name)?;
+    if req.mode == MoveMode::Replace {
+        if let Some(expect) = req.expect_target {
+            expect_target(&svc, &caller.user.id, id, &req, expect).await?;
+        }
+    }
     let moved = svc
         .meta
         .move_node(
@@ -192,6 +197,40 @@ pub async fn move_node(
         node: moved.node,
         other: moved.other,
     }))
+}
+
+/// Refuses a replacing move (409 `exists`, with what holds the name) when the target name
+/// holds something other than what the mover saw: another device's edit or new file is then
+/// kept (by the client, as a conflict copy) instead of going to the trash. Checked just
+/// before the move; a change landing between the two is replaced as before (a window of one
+/// store round trip, against the client's whole upload delay before).
+async fn expect_target(
+    svc: &Service,
+    user: &UserId,
+    moving: NodeId,
+    req: &MoveNode,
+    expect: TargetExpect,
+) -> AppResult<()> {
+    let found = match svc.meta.child(user, req.new_parent, &req.new_name).await {
+        Ok(found) => found,
+        Err(StoreError::NotFound) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let as_seen = found.id == moving
+        || matches!(expect, TargetExpect::Node { id, version } if id == found.id && version == found.version);
+    if as_seen {
+        return Ok(());
+    }
+    Err(AppError(
+        ApiError::new(
+            ErrorCode::Exists,
+            format!(
+                "{:?} changed since this move was made: it now holds node {} at version {}",
+                req.new_name, found.id, found.version
+            ),
+        )
+        .with_current(found),
+    ))
 }
 
 pub async fn set_attr(

@@ -51,7 +51,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jewel_wire::{BlockHash, MoveMode, NodeId, Version};
+use jewel_wire::{BlockHash, MoveMode, NodeId, TargetExpect, Version};
 use serde::{Deserialize, Serialize};
 
 /// The longest a journal write waits in the page cache before the syncer makes it durable
@@ -104,6 +104,10 @@ pub enum Op {
         new_parent: NodeId,
         new_name: String,
         mode: MoveMode,
+        /// What this device saw at the target name when the app renamed (see
+        /// [`TargetExpect`]): another device's change found there instead is kept.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<TargetExpect>,
     },
     Delete {
         node: NodeId,

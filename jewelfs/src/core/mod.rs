@@ -680,6 +680,7 @@ impl Core {
                     new_parent,
                     new_name,
                     mode: MoveMode::Replace | MoveMode::NoReplace,
+                    ..
                 } => {
                     let to = (self.resolve(*new_parent), new_name.clone());
                     fate.insert(self.resolve(*node), Some(to));
@@ -1722,11 +1723,22 @@ impl Core {
                 _ => false,
             };
             if !rewritten {
+                // What the app replaces: the service's node as seen here (not one made here:
+                // its create goes up first, then this move replaces whatever it became).
+                let expect = match &target_node {
+                    None => Some(TargetExpect::Free),
+                    Some(t) if !is_local(t.id) && t.version > 0 => Some(TargetExpect::Node {
+                        id: t.id,
+                        version: t.version,
+                    }),
+                    Some(_) => None,
+                };
                 self.journal.append(Op::Move {
                     node: id,
                     new_parent,
                     new_name: new_name.to_string(),
                     mode: MoveMode::Replace,
+                    expect,
                 })?;
             }
         }
@@ -1767,6 +1779,7 @@ impl Core {
             new_parent: b.parent,
             new_name: b.name.clone(),
             mode: MoveMode::Exchange,
+            expect: None,
         })?;
         let mut a2 = a.clone();
         a2.parent = b.parent;

@@ -258,7 +258,11 @@ impl Core {
                 new_parent,
                 new_name,
                 mode,
-            } => self.upload_move(*node, *new_parent, new_name, *mode).await,
+                expect,
+            } => {
+                self.upload_move(*node, *new_parent, new_name, *mode, *expect)
+                    .await
+            }
             Op::Delete {
                 node,
                 base_version,
@@ -1029,9 +1033,17 @@ impl Core {
         new_parent: NodeId,
         new_name: &str,
         mode: MoveMode,
+        expect: Option<TargetExpect>,
     ) -> Res<()> {
         let id = self.journal.resolve(node);
         let np = self.journal.resolve(new_parent);
+        let mut expect = expect.map(|e| match e {
+            TargetExpect::Node { id, version } => TargetExpect::Node {
+                id: self.journal.resolve(id),
+                version,
+            },
+            free => free,
+        });
         if is_local(id) || is_local(np) {
             return Ok(());
         }
@@ -1057,6 +1069,7 @@ impl Core {
                 new_parent: np,
                 new_name: new_name.to_string(),
                 mode,
+                expect_target: expect,
             };
             match self.api.move_node(id, &req).await {
                 Ok(result) => {
@@ -1081,6 +1094,26 @@ impl Core {
                     }
                     None => return Err(e.into()),
                 },
+                Err(e) if e.code() == Some(ErrorCode::Exists) && mode == MoveMode::Replace => {
+                    // The target name holds something this device did not see when the app
+                    // renamed: another device's edit of the replaced file, or a file made
+                    // there meanwhile. Unless it is our own newer version, it is kept under
+                    // a conflict name, and the rename then goes ahead.
+                    let Some(c) = e.current() else {
+                        return Err(e.into());
+                    };
+                    let own = self.own.lock().unwrap().get(&c.id) == Some(&c.version);
+                    let seen = matches!(expect, Some(TargetExpect::Node { id, .. }) if id == c.id);
+                    if seen && own {
+                        expect = Some(TargetExpect::Node {
+                            id: c.id,
+                            version: c.version,
+                        });
+                        continue;
+                    }
+                    self.keep_displaced(c).await?;
+                    expect = Some(TargetExpect::Free);
+                }
                 Err(e) if e.code() == Some(ErrorCode::NotFound) => {
                     // The node or its new parent is gone: the listings will tell which.
                     self.suspect([np]);
@@ -1095,6 +1128,57 @@ impl Core {
             }
         }
         Err(Fail::Refused("move kept conflicting".into()))
+    }
+
+    /// Another device's node that a rename of ours would have replaced keeps living under
+    /// a conflict name beside it (edit beats replace, as edit beats delete).
+    async fn keep_displaced(&self, theirs: Node) -> Res<()> {
+        self.conflicts.fetch_add(1, Ordering::Relaxed);
+        for attempt in 1..8u32 {
+            let name = super::conflict::conflict_name(
+                &theirs.name,
+                &self.cfg.device_name,
+                now_ns(),
+                attempt,
+            );
+            let req = MoveNode {
+                base_version: theirs.version,
+                new_parent: theirs.parent,
+                new_name: name,
+                mode: MoveMode::NoReplace,
+                expect_target: None,
+            };
+            match self.api.move_node(theirs.id, &req).await {
+                Ok(result) => {
+                    tracing::info!(
+                        "kept another device's {:?} as {:?}: a rename of ours replaced it",
+                        theirs.name,
+                        result.node.name
+                    );
+                    self.suspect([theirs.parent]);
+                    self.apply_answer(result.node.clone(), false);
+                    self.inval(Inval::Entry {
+                        parent: theirs.parent,
+                        name: theirs.name.clone(),
+                    });
+                    self.inval(Inval::Entry {
+                        parent: result.node.parent,
+                        name: result.node.name.clone(),
+                    });
+                    return Ok(());
+                }
+                Err(e) if e.code() == Some(ErrorCode::Exists) => continue,
+                // Changed or gone again meanwhile: the rename's next try looks afresh.
+                Err(e) if matches!(e.code(), Some(ErrorCode::Conflict | ErrorCode::NotFound)) => {
+                    return Ok(())
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Fail::Refused(format!(
+            "no free conflict name for {}",
+            theirs.name
+        )))
     }
 
     async fn upload_delete(
