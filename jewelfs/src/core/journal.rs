@@ -51,7 +51,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jewel_wire::{BlockHash, MoveMode, NodeId, TargetExpect, Version};
+use jewel_wire::{BlockHash, MoveMode, NodeId, Version};
 use serde::{Deserialize, Serialize};
 
 /// The longest a journal write waits in the page cache before the syncer makes it durable
@@ -63,6 +63,20 @@ pub const LOCAL_ID_BASE: NodeId = 1 << 62;
 
 pub fn is_local(id: NodeId) -> bool {
     id >= LOCAL_ID_BASE
+}
+
+/// What a rename saw at its target name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Seen {
+    /// The name was free.
+    Free,
+    /// The name held this node, at this version, with this content.
+    Node {
+        id: NodeId,
+        version: Version,
+        blocks: Vec<BlockHash>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,10 +118,10 @@ pub enum Op {
         new_parent: NodeId,
         new_name: String,
         mode: MoveMode,
-        /// What this device saw at the target name when the app renamed (see
-        /// [`TargetExpect`]): another device's change found there instead is kept.
+        /// What this device saw at the target name when the app renamed: another device's
+        /// change found there instead is kept (see `sync.rs`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        expect: Option<TargetExpect>,
+        expect: Option<Seen>,
     },
     Delete {
         node: NodeId,

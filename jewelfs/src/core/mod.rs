@@ -45,7 +45,7 @@ use jewel_wire::*;
 
 use self::api::{Api, ApiErr};
 use self::blocks::{BlockCache, BlockErr};
-use self::journal::{is_local, Journal, LocalKind, Op, LOCAL_ID_BASE};
+use self::journal::{is_local, Journal, LocalKind, Op, Seen, LOCAL_ID_BASE};
 use self::open_files::{OpenFiles, Orphan};
 use self::tree::Tree;
 
@@ -1708,8 +1708,14 @@ impl Core {
             let pending_create = self
                 .journal
                 .find_pending(id, |op| matches!(op, Op::Create { .. }));
+            // Only while nothing later in the journal moves the node again: that move would
+            // land after the rewritten create and put it back (an editor's save onto `f1`
+            // journaled as a move, then `f1` renamed to `f4`: the service ended at `f1`).
             let rewritten = match (pending_create, &target_node) {
-                (Some(e), None) if self.exists_before(new_parent, e.seq) => {
+                (Some(e), None)
+                    if self.exists_before(new_parent, e.seq)
+                        && !self.journal.has_later(e.seq, id) =>
+                {
                     let mut op = e.op.clone();
                     if let Op::Create {
                         parent: p, name: n, ..
@@ -1726,10 +1732,11 @@ impl Core {
                 // What the app replaces: the service's node as seen here (not one made here:
                 // its create goes up first, then this move replaces whatever it became).
                 let expect = match &target_node {
-                    None => Some(TargetExpect::Free),
-                    Some(t) if !is_local(t.id) && t.version > 0 => Some(TargetExpect::Node {
+                    None => Some(Seen::Free),
+                    Some(t) if !is_local(t.id) && t.version > 0 => Some(Seen::Node {
                         id: t.id,
                         version: t.version,
+                        blocks: t.blocks.clone(),
                     }),
                     Some(_) => None,
                 };

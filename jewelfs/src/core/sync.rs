@@ -47,7 +47,7 @@ use jewel_wire::*;
 use super::api::ApiErr;
 use super::blocks::sha256_hex;
 use super::conflict::free_conflict_name;
-use super::journal::{is_local, Entry, LocalKind, Op};
+use super::journal::{is_local, Entry, LocalKind, Op, Seen};
 use super::{now_ns, Core, Inval};
 
 /// Why an entry could not be uploaded.
@@ -260,7 +260,7 @@ impl Core {
                 mode,
                 expect,
             } => {
-                self.upload_move(*node, *new_parent, new_name, *mode, *expect)
+                self.upload_move(*node, *new_parent, new_name, *mode, expect.clone())
                     .await
             }
             Op::Delete {
@@ -1033,17 +1033,29 @@ impl Core {
         new_parent: NodeId,
         new_name: &str,
         mode: MoveMode,
-        expect: Option<TargetExpect>,
+        seen: Option<Seen>,
     ) -> Res<()> {
         let id = self.journal.resolve(node);
         let np = self.journal.resolve(new_parent);
-        let mut expect = expect.map(|e| match e {
-            TargetExpect::Node { id, version } => TargetExpect::Node {
-                id: self.journal.resolve(id),
+        // The content this device saw at the target, and what the service is told to expect.
+        let (seen_node, mut expect) = match seen {
+            None => (None, None),
+            Some(Seen::Free) => (None, Some(TargetExpect::Free)),
+            Some(Seen::Node {
+                id: target,
                 version,
-            },
-            free => free,
-        });
+                blocks,
+            }) => {
+                let target = self.journal.resolve(target);
+                (
+                    Some((target, blocks)),
+                    Some(TargetExpect::Node {
+                        id: target,
+                        version,
+                    }),
+                )
+            }
+        };
         if is_local(id) || is_local(np) {
             return Ok(());
         }
@@ -1102,9 +1114,14 @@ impl Core {
                     let Some(c) = e.current() else {
                         return Err(e.into());
                     };
+                    // The node this device saw, moved or renamed since (by us, or by
+                    // anyone: a place is not content) but with the content seen, or at a
+                    // version our own requests made, is what the app meant to replace.
                     let own = self.own.lock().unwrap().get(&c.id) == Some(&c.version);
-                    let seen = matches!(expect, Some(TargetExpect::Node { id, .. }) if id == c.id);
-                    if seen && own {
+                    let same = seen_node
+                        .as_ref()
+                        .is_some_and(|(t, blocks)| *t == c.id && (own || *blocks == c.blocks));
+                    if same {
                         expect = Some(TargetExpect::Node {
                             id: c.id,
                             version: c.version,
