@@ -174,7 +174,7 @@ impl Core {
             matches!(e.op, super::journal::Op::Delete { .. })
                 && self.journal.resolve(e.op.node()) == id
         });
-        if deleted_here {
+        if deleted_here || self.replaced_later(0, id) {
             return;
         }
         tracing::debug!(id, name = %n.name, "listed again where this device knows it");

@@ -1708,13 +1708,23 @@ impl Core {
             let pending_create = self
                 .journal
                 .find_pending(id, |op| matches!(op, Op::Create { .. }));
-            // Only while nothing later in the journal moves the node again: that move would
-            // land after the rewritten create and put it back (an editor's save onto `f1`
-            // journaled as a move, then `f1` renamed to `f4`: the service ended at `f1`).
+            // Only while nothing later in the journal moves the node again (that move would
+            // land after the rewritten create and put it back: an editor's save onto `f1`
+            // journaled as a move, then `f1` renamed to `f4`: the service ended at `f1`), and
+            // while nothing later moves or deletes anything (the new name may be freed only
+            // by such a later entry: the create would find it taken and become a conflict
+            // copy of this device's own file).
+            let names_change_later = |seq: u64| {
+                self.journal
+                    .entries()
+                    .iter()
+                    .any(|x| x.seq > seq && matches!(x.op, Op::Move { .. } | Op::Delete { .. }))
+            };
             let rewritten = match (pending_create, &target_node) {
                 (Some(e), None)
                     if self.exists_before(new_parent, e.seq)
-                        && !self.journal.has_later(e.seq, id) =>
+                        && !self.journal.has_later(e.seq, id)
+                        && !names_change_later(e.seq) =>
                 {
                     let mut op = e.op.clone();
                     if let Op::Create {

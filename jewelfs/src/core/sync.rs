@@ -499,6 +499,11 @@ impl Core {
         // the entry being uploaded is not later: its answer is the place). A node deleted
         // here since is not linked again: its old name may hold a new file already.
         let now = self.uploading.load(Ordering::Relaxed);
+        if self.replaced_later(now, node.id) {
+            // A rename here replaces this node (the move is still to go): it stays unlisted.
+            self.tree.put(node);
+            return;
+        }
         let keep_place = self.journal.entries().iter().any(|e| {
             e.seq > now
                 && matches!(e.op, Op::Move { .. } | Op::Delete { .. })
@@ -514,6 +519,16 @@ impl Core {
             return;
         }
         self.tree.place(node);
+    }
+
+    /// Whether a journal entry after `after_seq` is a rename that replaces node `id` (it saw
+    /// `id` at its target name): until it is sent, `id` shows nowhere on this device.
+    pub(crate) fn replaced_later(&self, after_seq: u64, id: NodeId) -> bool {
+        self.journal.entries().iter().any(|e| {
+            e.seq > after_seq
+                && matches!(&e.op, Op::Move { expect: Some(Seen::Node { id: t, .. }), .. }
+                    if self.journal.resolve(*t) == id)
+        })
     }
 
     /// Rebases later content changes of `id` from `old` onto the version just committed.
