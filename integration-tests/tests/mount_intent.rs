@@ -204,6 +204,10 @@ fn work(mnt: PathBuf, own: &str, seed: u64, ops: usize, tag: u8) -> Result<Model
                 _ => fs::remove_file(shared.join(&n)),
             };
         }
+        // Apps pause between operations now and then (the journal's settle time is 20 ms).
+        if rng.chance(30) {
+            std::thread::sleep(Duration::from_millis(rng.below(25) as u64));
+        }
         let now = read_tree(&root)?;
         if now != model {
             return Err(format!(
@@ -237,13 +241,13 @@ fn run(seed: u64, ops: usize) {
     let mut server = server;
     let mut outages = Rng::new(seed ^ 0x0D0D);
     for _ in 0..2 {
-        std::thread::sleep(Duration::from_millis(500 + outages.below(1500) as u64));
+        std::thread::sleep(Duration::from_millis(100 + outages.below(600) as u64));
         if workers.iter().all(|w| w.is_finished()) {
             break;
         }
         let addr = server.addr.clone();
         let data = server.kill();
-        std::thread::sleep(Duration::from_millis(200 + outages.below(1800) as u64));
+        std::thread::sleep(Duration::from_millis(200 + outages.below(1300) as u64));
         server = Server::start_at(data, &addr);
     }
     let [wa, wb] = workers;
@@ -302,7 +306,7 @@ fn each_machines_own_changes_survive_concurrency_outages_and_a_crash() {
     let ops = std::env::var("JEWEL_INTENT_OPS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(120);
+        .unwrap_or(150);
     let seeds: Vec<u64> = match std::env::var("JEWEL_INTENT_SEED") {
         Ok(s) => vec![s.parse().expect("JEWEL_INTENT_SEED is a number")],
         Err(_) => vec![1, 2],
