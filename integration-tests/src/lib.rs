@@ -109,8 +109,10 @@ impl Server {
             .expect("run jewel-server admin command");
         assert!(
             out.status.success(),
-            "jewel-server {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "jewel-server {args:?} failed ({}):\n--- stderr ---\n{}\n--- stdout ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
         );
         String::from_utf8(out.stdout).unwrap()
     }
@@ -287,22 +289,27 @@ impl Mount {
         std::fs::read_to_string(self.root.path().join("client.log")).unwrap_or_default()
     }
 
-    /// What `jewelfs status` would say.
+    /// What `jewelfs status` says: the status as of now, asked of the running client.
     pub fn status(&self) -> jewelfs::core::Status {
-        jewelfs::mount::read_status(&self.mnt).expect("status of a running mount")
+        jewelfs::status::query(&self.mnt).unwrap_or_else(|| {
+            panic!(
+                "the client at {} does not answer status requests:\n{}",
+                self.mnt.display(),
+                self.log()
+            )
+        })
     }
 
-    /// Waits until the client has uploaded everything it has journaled.
+    /// Where the client publishes its status file.
+    pub fn status_file(&self) -> PathBuf {
+        jewelfs::status::status_path(&self.mnt)
+    }
+
+    /// Waits until the client has uploaded everything it has journaled (asked of the client
+    /// itself, so changes made just before this call count).
     pub fn wait_uploaded(&self, deadline: Duration) {
-        // The status is rewritten every 200 ms: only one written after this call began counts
-        // the changes made just before it.
-        let since = std::time::SystemTime::now();
-        let path = jewelfs::mount::status_path(&self.mnt);
         wait_for("pending uploads to drain", deadline, || {
-            let fresh = std::fs::metadata(&path)
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t > since);
-            (fresh && self.status().pending_uploads == 0).then_some(())
+            (self.status().pending_uploads == 0).then_some(())
         });
     }
 

@@ -62,6 +62,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Mount the drive at every login (a systemd user unit), or stop doing so.
+    Service {
+        #[command(subcommand)]
+        cmd: ServiceCmd,
+    },
     /// Make an earlier content of a file its newest again (what it replaces is kept too).
     RestoreVersion {
         file: PathBuf,
@@ -71,6 +76,23 @@ enum Cmd {
         #[arg(long, env = "JEWEL_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum ServiceCmd {
+    /// Write ~/.config/systemd/user/jewelfs.service (mounts at login, unmounts cleanly at
+    /// logout after pending uploads; server and token from ~/.config/jewel/config.toml),
+    /// then enable and start it.
+    Install {
+        /// Where to mount; default ~/Jewel.
+        #[arg(long)]
+        mountpoint: Option<PathBuf>,
+        /// Only write the unit; do not enable or start it.
+        #[arg(long)]
+        no_start: bool,
+    },
+    /// Stop the unit (after pending uploads), disable it and remove it.
+    Uninstall,
 }
 
 fn main() {
@@ -104,6 +126,20 @@ fn main() {
             jewelfs::mount::unmount(&mountpoint, Duration::from_secs(wait))
         }
         Cmd::Status { mountpoint, json } => jewelfs::mount::status(&mountpoint, json),
+        Cmd::Service {
+            cmd:
+                ServiceCmd::Install {
+                    mountpoint,
+                    no_start,
+                },
+        } => jewelfs::service::install(
+            &mountpoint.unwrap_or_else(jewelfs::service::default_mountpoint),
+            !no_start,
+        )
+        .map_err(Into::into),
+        Cmd::Service {
+            cmd: ServiceCmd::Uninstall,
+        } => jewelfs::service::uninstall().map_err(Into::into),
         Cmd::Versions { file, token, json } => jewelfs::versions::list(&file, token, json),
         Cmd::RestoreVersion {
             file,

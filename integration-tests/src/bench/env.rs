@@ -424,7 +424,7 @@ impl FuseClient {
                     std::fs::read_to_string(&log_path).unwrap_or_default()
                 );
             }
-            (is_mounted(&mnt) && jewelfs::mount::read_status(&mnt).is_some_and(|s| s.ready))
+            (is_mounted(&mnt) && jewelfs::status::query(&mnt).is_some_and(|s| s.ready))
                 .then_some(())
         });
         c
@@ -439,7 +439,7 @@ impl FuseClient {
     }
 
     pub fn pending(&self) -> usize {
-        jewelfs::mount::read_status(&self.mnt)
+        jewelfs::status::query(&self.mnt)
             .map(|s| s.pending_uploads)
             .unwrap_or(usize::MAX)
     }
