@@ -313,6 +313,44 @@ impl Mount {
         });
     }
 
+    /// The client's process id.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(|c| c.id())
+            .expect("a running client")
+    }
+
+    /// Sends the client `signal` (as Ctrl-C, logout or `systemctl stop` would) and waits up
+    /// to `deadline` for it to exit; returns its exit status.
+    pub fn stop_with(&mut self, signal: &str, deadline: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("a running client");
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} failed");
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for the client") {
+                break status;
+            }
+            if start.elapsed() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.detach();
+                panic!(
+                    "the client did not exit within {deadline:?} of SIG{signal}:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        self.detach();
+        status
+    }
+
     /// SIGKILLs the client (no clean-up at all) and detaches the dead mount.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
