@@ -46,8 +46,9 @@ test: setup build test-rust $(TEST_TARGETS)
 test-rust:
 	$(CARGO) test --workspace $(CARGO_FEATURES) -- --test-threads=4
 
+## VERBOSE=1: the server's log (a line per request) on the terminal, not in its log file.
 run: release
-	./scripts/run.sh
+	JEWEL_VERBOSE=$(VERBOSE) ./scripts/run.sh
 
 fmt:
 	$(CARGO) fmt --all

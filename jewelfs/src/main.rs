@@ -52,6 +52,10 @@ enum Cmd {
         mountpoint: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Print a one-line summary each time it changes, until the mount ends (waits for
+        /// the mount to start first).
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
     },
     /// List the earlier contents the server keeps of a file in a mounted drive.
     Versions {
@@ -102,6 +106,8 @@ fn main() {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, not into a log file or the journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.cmd {
@@ -125,7 +131,14 @@ fn main() {
         Cmd::Unmount { mountpoint, wait } => {
             jewelfs::mount::unmount(&mountpoint, Duration::from_secs(wait))
         }
-        Cmd::Status { mountpoint, json } => jewelfs::mount::status(&mountpoint, json),
+        Cmd::Status {
+            mountpoint,
+            json: _,
+            watch: true,
+        } => jewelfs::mount::watch_status(&mountpoint),
+        Cmd::Status {
+            mountpoint, json, ..
+        } => jewelfs::mount::status(&mountpoint, json),
         Cmd::Service {
             cmd:
                 ServiceCmd::Install {

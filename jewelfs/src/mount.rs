@@ -576,6 +576,49 @@ pub fn status(mountpoint: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One line a person can glance at: online or not, what is left to upload, what went up.
+pub fn summary(s: &Status) -> String {
+    let mut line = format!(
+        "{} · {} to upload · {} uploaded",
+        if s.online {
+            "online"
+        } else {
+            "OFFLINE (server unreachable)"
+        },
+        s.pending_uploads,
+        s.uploaded
+    );
+    if s.conflicts > 0 {
+        line.push_str(&format!(" · {} conflict copies", s.conflicts));
+    }
+    if let Some(e) = &s.last_error {
+        line.push_str(&format!(" · last error: {e}"));
+    }
+    line
+}
+
+/// `jewelfs status --watch`: waits up to 30 s for a mount at `mountpoint`, then prints
+/// [`summary`] each time it changes (checked once a second) until the mount ends.
+pub fn watch_status(mountpoint: &Path) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while crate::status::query(mountpoint).is_none() {
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("{} is not a running jewelfs mount", mountpoint.display());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut last = String::new();
+    while let Some(s) = crate::status::query(mountpoint) {
+        let line = summary(&s);
+        if line != last {
+            println!("{}: {line}", mountpoint.display());
+            last = line;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    Ok(())
+}
+
 /// The status of the mount running at `mountpoint`, as of now when it answers (else as its
 /// file last said, if that mount is still alive and mounted); `None` when none runs there.
 pub fn running_status(mountpoint: &Path) -> Option<Status> {

@@ -49,6 +49,9 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7070", env = "JEWEL_LISTEN")]
         listen: SocketAddr,
+        /// Log every request (method, path, status, time); RUST_LOG overrides.
+        #[arg(long)]
+        verbose: bool,
     },
     /// Create the DynamoDB table, S3 bucket and whatever else AWS mode needs and is missing.
     AwsInit {
@@ -118,15 +121,26 @@ async fn aws_init() -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The request log (`jewel::request`, a line per request, long-polls included) only when
+    // asked for: a person running the server reads start, stop and problems.
+    let verbose = matches!(cli.command, Command::Serve { verbose: true, .. });
+    let default_filter = if verbose {
+        "info"
+    } else {
+        "info,jewel::request=warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, not into a log file or the journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     match cli.command {
-        Command::Serve { data, listen } => {
+        Command::Serve { data, listen, .. } => {
             #[cfg(feature = "aws")]
             if data.backend == Backend::Aws {
                 backend_lambda::aws::check_serving_env()?;
