@@ -85,7 +85,7 @@ fn an_idle_mount_does_not_rewrite_its_status_file() {
         let m = fs::metadata(&file).expect("the status file");
         (m.ino(), m.mtime(), m.mtime_nsec(), m.len())
     };
-    // Let what just happened reach the file (it lags by at most 2 s), then watch.
+    // Let what just happened reach the file (it lags by at most 10 s), then watch.
     wait_for("the status file to say the upload is done", SYNC, || {
         jewelfs::mount::read_status(a.path())
             .filter(|s| s.pending_uploads == 0 && s.uploaded >= 1)

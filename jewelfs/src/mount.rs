@@ -33,9 +33,11 @@ use crate::status::StatusFile;
 pub const STOP_WAIT: Duration = Duration::from_secs(60);
 
 /// How often the status file is refreshed while things happen, and at most how long it
-/// lags when nothing has for a while (the interval doubles from the one to the other).
+/// lags when nothing has for a while (the interval doubles from the one to the other). Idle,
+/// that is 6 wake-ups a minute; a reader that needs the status of the moment asks the
+/// socket instead.
 const STATUS_FAST: Duration = Duration::from_millis(200);
-const STATUS_IDLE: Duration = Duration::from_secs(2);
+const STATUS_IDLE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Default)]
 pub struct MountArgs {
@@ -405,8 +407,9 @@ fn full_status(core: &Core, base: &Status) -> Status {
 }
 
 /// Runs until aborted: keeps the status file current (written only when it changes) and
-/// saves the tree for offline starts about a second after it changed, but at most a tenth
-/// of the time (a huge tree less often). Polls every [`STATUS_FAST`] while things change,
+/// saves the tree for offline starts once it changed (noticed within [`STATUS_IDLE`] when
+/// all was quiet; at most a tenth of the time: a huge tree less often; the journal keeps
+/// local changes durable on its own). Polls every [`STATUS_FAST`] while things change,
 /// backing off to [`STATUS_IDLE`] when nothing has.
 async fn publish_status(core: Arc<Core>, mut file: StatusFile, base: Status) {
     let mut interval = STATUS_FAST;
