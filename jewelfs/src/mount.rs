@@ -343,12 +343,13 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         ready: true,
         ..Default::default()
     };
-    let mut status_file = StatusFile::new(&mountpoint)?;
-    status_file.publish(&full_status(&core, &base))?;
+    // The socket first: whoever sees the file (ready, this pid) may ask it at once.
     {
         let (core, base) = (core.clone(), base.clone());
         crate::status::serve(rt.handle(), &mountpoint, move || full_status(&core, &base))?;
     }
+    let mut status_file = StatusFile::new(&mountpoint)?;
+    status_file.publish(&full_status(&core, &base))?;
     let publisher = rt.spawn(publish_status(core.clone(), status_file, base.clone()));
     eprintln!("jewelfs: {} mounted ({})", mountpoint.display(), server);
 
