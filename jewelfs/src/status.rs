@@ -53,6 +53,17 @@ pub fn socket_path(mountpoint: &Path) -> PathBuf {
     base_path(mountpoint).with_extension("sock")
 }
 
+/// Creates the folder the file and socket live in, readable by this user only (they name
+/// the server, the cache and the files waiting to upload).
+fn private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(dir) = path.parent() else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// The status file as last written (possibly by a mount that has ended; check `pid`/`ready`).
 pub fn read_status(mountpoint: &Path) -> Option<Status> {
     let text = std::fs::read(status_path(mountpoint)).ok()?;
@@ -76,12 +87,10 @@ pub struct StatusFile {
 }
 
 impl StatusFile {
-    /// Creates the folder the file lives in.
+    /// Creates the folder the file lives in (see `private_dir`).
     pub fn new(mountpoint: &Path) -> std::io::Result<StatusFile> {
         let path = status_path(mountpoint);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
+        private_dir(&path)?;
         Ok(StatusFile {
             path,
             last: Vec::new(),
@@ -113,9 +122,7 @@ pub fn serve(
     current: impl Fn() -> Status + Send + Sync + 'static,
 ) -> std::io::Result<()> {
     let path = socket_path(mountpoint);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    private_dir(&path)?;
     // Only this mount serves this mountpoint (the caller checked it is not mounted).
     let _ = std::fs::remove_file(&path);
     let listener = {
