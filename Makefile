@@ -9,21 +9,29 @@ CARGO ?= cargo
 CARGO_FEATURES := --features backend-lambda/conformance
 SETUP_TARGETS :=
 TEST_TARGETS :=
+# Debian packages installed when their part is missing, as PACKAGE=PROBE (see
+# scripts/debian-packages.sh). DEBIAN_NEEDS: to build and run (a C compiler for the bundled
+# SQLite, fusermount3 for the mount, curl for `make run`). DEBIAN_TEST_NEEDS: for the tests,
+# added by each area; `make setup` installs both with one `apt-get update`.
+DEBIAN_NEEDS := gcc=cc fuse3=fusermount3 curl=curl
+# The unit-file test runs `systemd-analyze verify`.
+DEBIAN_TEST_NEEDS := systemd=systemd-analyze
 
 -include mk/*.mk
 
-.PHONY: all build release setup setup-debian test test-rust run fmt lint
+.PHONY: all build release setup setup-debian setup-debian-tests test test-rust run fmt lint
 
 all: build
 
-## Debian packages everything needs (FUSE, a C toolchain for bundled SQLite).
+## The Debian packages to build and run, each only when its part is missing.
 setup-debian:
-	@if ! command -v fusermount3 >/dev/null || ! command -v pkg-config >/dev/null; then \
-	  echo "==> installing Debian packages (fuse3, pkg-config)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 pkg-config >/dev/null; \
-	fi
+	@scripts/debian-packages.sh $(DEBIAN_NEEDS)
 
-setup: setup-debian $(SETUP_TARGETS)
+## ... and those the tests need too, at once (one apt-get update).
+setup-debian-tests:
+	@scripts/debian-packages.sh $(sort $(DEBIAN_NEEDS) $(DEBIAN_TEST_NEEDS))
+
+setup: setup-debian-tests $(SETUP_TARGETS)
 
 build: setup-debian
 	$(CARGO) build --workspace --bins $(CARGO_FEATURES)
@@ -38,8 +46,9 @@ test: setup build test-rust $(TEST_TARGETS)
 test-rust:
 	$(CARGO) test --workspace $(CARGO_FEATURES) -- --test-threads=4
 
+## VERBOSE=1: the server's log (a line per request) on the terminal, not in its log file.
 run: release
-	./scripts/run.sh
+	JEWEL_VERBOSE=$(VERBOSE) ./scripts/run.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -16,6 +16,10 @@ MOTO_VERSION  := 5.2.5
 DYNALITE_VERSION := 4.0.0
 CHECKOV_VERSION  := 3.3.30
 
+# python3 -m venv needs Debian's python3-venv (ensurepip); dynalite needs npm (portal.mk).
+AWS_DEBIAN_NEEDS := python3=python3 python3-venv=py:ensurepip nodejs=node npm=npm
+DEBIAN_TEST_NEEDS += $(AWS_DEBIAN_NEEDS)
+
 SETUP_TARGETS += setup-aws
 TEST_TARGETS  += test-aws-infra
 
@@ -23,6 +27,7 @@ TEST_TARGETS  += test-aws-infra
 
 ## moto, dynalite, s3s-fs and cargo-lambda, for the AWS-mode tests (idempotent; fast when already there).
 setup-aws:
+	@scripts/debian-packages.sh $(AWS_DEBIAN_NEEDS)
 	@if ! $(EMU_VENV)/bin/python -c 'import moto, sys; sys.exit(moto.__version__ != "$(MOTO_VERSION)")' 2>/dev/null; then \
 	  echo "==> installing moto server $(MOTO_VERSION) into .venv-emu"; \
 	  python3 -m venv $(EMU_VENV) && $(EMU_VENV)/bin/pip install -q 'moto[server]==$(MOTO_VERSION)'; \
@@ -43,6 +48,7 @@ setup-aws:
 	fi
 
 setup-checkov:
+	@scripts/debian-packages.sh $(AWS_DEBIAN_NEEDS)
 	@if [ ! -x $(CHECKOV_VENV)/bin/checkov ]; then \
 	  echo "==> installing checkov into .venv-checkov"; \
 	  python3 -m venv $(CHECKOV_VENV) && $(CHECKOV_VENV)/bin/pip install -q 'checkov==$(CHECKOV_VERSION)'; \

@@ -11,10 +11,7 @@ BENCH_QUICK := $(if $(filter-out 0 no false,$(QUICK)),--quick)
 ## Debian packages the bench needs: bindfs (the passthrough FUSE baseline, libfuse 2 so
 ## `-o big_writes` exists) and DejaVu fonts for chart text (drawn by ab_glyph, no fontconfig).
 setup-bench:
-	@if ! command -v bindfs >/dev/null || [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then \
-	  echo "==> installing Debian packages for make bench (bindfs, fonts-dejavu-core)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bindfs fonts-dejavu-core >/dev/null; \
-	fi
+	@scripts/debian-packages.sh bindfs=bindfs fonts-dejavu-core=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 
 bench: setup-debian setup-bench
 	@echo "==> release build of the workspace binaries"

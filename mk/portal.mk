@@ -6,11 +6,13 @@ PORTAL_TESTS := integration-tests/portal
 
 .PHONY: setup-portal test-portal
 
+# Chromium from Debian; Node.js and npm only when absent (a Node.js from elsewhere, such as
+# NodeSource's with its own npm, is used as it is: Debian's npm package conflicts with it).
+PORTAL_DEBIAN_NEEDS := chromium=/usr/bin/chromium nodejs=node npm=npm
+DEBIAN_TEST_NEEDS += $(PORTAL_DEBIAN_NEEDS)
+
 setup-portal:
-	@if [ ! -x /usr/bin/chromium ] || ! command -v npm >/dev/null; then \
-	  echo "==> installing Debian packages (chromium, nodejs, npm)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nodejs npm >/dev/null; \
-	fi
+	@scripts/debian-packages.sh $(PORTAL_DEBIAN_NEEDS)
 	@if [ ! -d $(PORTAL_TESTS)/node_modules/playwright-core ]; then \
 	  echo "==> npm ci (playwright-core)"; \
 	  npm ci --prefix $(PORTAL_TESTS) --no-audit --no-fund; \

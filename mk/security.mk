@@ -12,6 +12,8 @@ LOAD_SECONDS ?= 300
 # The long convergence run: rounds of random operations per seed, and how many seeds.
 SOAK_SEEDS   ?= 20
 
+DEBIAN_TEST_NEEDS += python3=python3 python3-venv=py:ensurepip
+
 SETUP_TARGETS += setup-fuzz
 TEST_TARGETS  += test-fuzz
 
@@ -19,6 +21,7 @@ TEST_TARGETS  += test-fuzz
 
 ## schemathesis in .venv-fuzz (idempotent; fast when already there).
 setup-fuzz:
+	@scripts/debian-packages.sh python3=python3 python3-venv=py:ensurepip
 	@if ! $(FUZZ_VENV)/bin/schemathesis --version 2>/dev/null | grep -q '$(SCHEMATHESIS_VERSION)'; then \
 	  echo "==> installing schemathesis $(SCHEMATHESIS_VERSION) into .venv-fuzz"; \
 	  python3 -m venv $(FUZZ_VENV) && $(FUZZ_VENV)/bin/pip install -q 'schemathesis==$(SCHEMATHESIS_VERSION)'; \

@@ -83,3 +83,45 @@ pub async fn remove_user_everywhere(svc: &Service, name: &str) -> Result<Removed
     svc.meta.remove_user(name).await?;
     Ok(Removed { blocks, queues })
 }
+
+/// How long an admin command keeps trying while the database is busy: a running server's
+/// commits on a loaded machine can hold it for seconds at a time; a person would rather wait
+/// than retry by hand.
+pub const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Whether `err` (from opening the store or from an admin operation) failed only because
+/// another process held the database: nothing was changed, and trying again is safe.
+pub fn is_busy(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<StoreError>(),
+            Some(StoreError::Busy(_))
+        ) || matches!(
+            cause.downcast_ref::<AdminError>(),
+            Some(AdminError::Store(StoreError::Busy(_)))
+        )
+    })
+}
+
+/// Runs `op` until it succeeds, fails for another reason than a busy database, or `wait`
+/// has passed; says once on stderr that it is waiting for the database.
+pub async fn retry_while_busy<T, F, Fut>(wait: std::time::Duration, mut op: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut said = false;
+    loop {
+        match op().await {
+            Err(e) if is_busy(&e) && tokio::time::Instant::now() < deadline => {
+                if !said {
+                    eprintln!("the database is busy (the server is writing); waiting for it...");
+                    said = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            other => return other,
+        }
+    }
+}

@@ -71,9 +71,18 @@ impl Service {
 
     /// The embedded service: SQLite and a block folder under `data`, the in-process bus.
     pub fn embedded(data: &std::path::Path) -> anyhow::Result<Service> {
+        Self::embedded_with(data, &crate::store::sqlite::SqliteOptions::default())
+    }
+
+    /// [`Service::embedded`] with chosen SQLite options (an admin command's longer wait).
+    pub fn embedded_with(
+        data: &std::path::Path,
+        options: &crate::store::sqlite::SqliteOptions,
+    ) -> anyhow::Result<Service> {
         std::fs::create_dir_all(data)?;
-        let meta = Arc::new(crate::store::sqlite::SqliteStore::open(
+        let meta = Arc::new(crate::store::sqlite::SqliteStore::open_with(
             &data.join("meta.db"),
+            options,
         )?);
         let blobs = Arc::new(LocalBlobStore::open(&data.join("blocks"))?);
         let bus = Arc::new(crate::bus::local::LocalBus::default());

@@ -109,8 +109,10 @@ impl Server {
             .expect("run jewel-server admin command");
         assert!(
             out.status.success(),
-            "jewel-server {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "jewel-server {args:?} failed ({}):\n--- stderr ---\n{}\n--- stdout ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
         );
         String::from_utf8(out.stdout).unwrap()
     }
@@ -287,23 +289,66 @@ impl Mount {
         std::fs::read_to_string(self.root.path().join("client.log")).unwrap_or_default()
     }
 
-    /// What `jewelfs status` would say.
+    /// What `jewelfs status` says: the status as of now, asked of the running client.
     pub fn status(&self) -> jewelfs::core::Status {
-        jewelfs::mount::read_status(&self.mnt).expect("status of a running mount")
+        jewelfs::status::query(&self.mnt).unwrap_or_else(|| {
+            panic!(
+                "the client at {} does not answer status requests:\n{}",
+                self.mnt.display(),
+                self.log()
+            )
+        })
     }
 
-    /// Waits until the client has uploaded everything it has journaled.
+    /// Where the client publishes its status file.
+    pub fn status_file(&self) -> PathBuf {
+        jewelfs::status::status_path(&self.mnt)
+    }
+
+    /// Waits until the client has uploaded everything it has journaled (asked of the client
+    /// itself, so changes made just before this call count).
     pub fn wait_uploaded(&self, deadline: Duration) {
-        // The status is rewritten every 200 ms: only one written after this call began counts
-        // the changes made just before it.
-        let since = std::time::SystemTime::now();
-        let path = jewelfs::mount::status_path(&self.mnt);
         wait_for("pending uploads to drain", deadline, || {
-            let fresh = std::fs::metadata(&path)
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t > since);
-            (fresh && self.status().pending_uploads == 0).then_some(())
+            (self.status().pending_uploads == 0).then_some(())
         });
+    }
+
+    /// The client's process id.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(|c| c.id())
+            .expect("a running client")
+    }
+
+    /// Sends the client `signal` (as Ctrl-C, logout or `systemctl stop` would) and waits up
+    /// to `deadline` for it to exit; returns its exit status.
+    pub fn stop_with(&mut self, signal: &str, deadline: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("a running client");
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} failed");
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for the client") {
+                break status;
+            }
+            if start.elapsed() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.detach();
+                panic!(
+                    "the client did not exit within {deadline:?} of SIG{signal}:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        self.detach();
+        status
     }
 
     /// SIGKILLs the client (no clean-up at all) and detaches the dead mount.

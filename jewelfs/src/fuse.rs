@@ -53,6 +53,8 @@ pub struct JewelFs {
     /// generation when that cache was started (see `opendir`).
     dir_caches: Mutex<HashMap<u64, u64>>,
     next_fh: AtomicU64,
+    /// Run once when the session ends (see [`JewelFs::on_destroy`]).
+    on_destroy: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 fn errno(e: &CoreErr) -> Errno {
@@ -95,7 +97,16 @@ impl JewelFs {
             dirs: Arc::new(Mutex::new(HashMap::new())),
             dir_caches: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            on_destroy: Mutex::new(None),
         }
+    }
+
+    /// `f` runs once when the session ends, before `fuser` lets go of the mount: the mount
+    /// uses it to release the mount handle itself when the system unmounted the drive first
+    /// (`umount`, logout), so that nothing tries to unmount it a second time.
+    pub fn on_destroy(self, f: impl FnOnce() + Send + 'static) -> JewelFs {
+        *self.on_destroy.lock().unwrap() = Some(Box::new(f));
+        self
     }
 
     fn attr(&self, n: &Node, ino: u64) -> FileAttr {
@@ -165,6 +176,12 @@ impl Filesystem for JewelFs {
         let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
         let _ = config.set_max_background(64);
         Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Some(f) = self.on_destroy.lock().unwrap().take() {
+            f();
+        }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {

@@ -4,9 +4,13 @@
 //!   change listener, conflict naming), tested without mounting;
 //! - [`fuse`]: the thin `fuser` adapter;
 //! - [`mount`]: the commands (`mount`, `unmount`, `status`) that `main.rs` parses;
+//! - [`status`]: how a running mount publishes its status (a file, a socket);
+//! - [`service`]: `service install` / `uninstall`, the systemd user unit that mounts at login;
 //! - [`versions`]: `versions` and `restore-version`, a file's earlier contents.
 
 pub mod core;
 pub mod fuse;
 pub mod mount;
+pub mod service;
+pub mod status;
 pub mod versions;

@@ -52,6 +52,10 @@ enum Cmd {
         mountpoint: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Print a one-line summary each time it changes, until the mount ends (waits for
+        /// the mount to start first).
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
     },
     /// List the earlier contents the server keeps of a file in a mounted drive.
     Versions {
@@ -61,6 +65,11 @@ enum Cmd {
         token: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// Mount the drive at every login (a systemd user unit), or stop doing so.
+    Service {
+        #[command(subcommand)]
+        cmd: ServiceCmd,
     },
     /// Make an earlier content of a file its newest again (what it replaces is kept too).
     RestoreVersion {
@@ -73,6 +82,23 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum ServiceCmd {
+    /// Write ~/.config/systemd/user/jewelfs.service (mounts at login, unmounts cleanly at
+    /// logout after pending uploads; server and token from ~/.config/jewel/config.toml),
+    /// then enable and start it.
+    Install {
+        /// Where to mount; default ~/Jewel.
+        #[arg(long)]
+        mountpoint: Option<PathBuf>,
+        /// Only write the unit; do not enable or start it.
+        #[arg(long)]
+        no_start: bool,
+    },
+    /// Stop the unit (after pending uploads), disable it and remove it.
+    Uninstall,
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -80,6 +106,8 @@ fn main() {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, not into a log file or the journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.cmd {
@@ -103,7 +131,28 @@ fn main() {
         Cmd::Unmount { mountpoint, wait } => {
             jewelfs::mount::unmount(&mountpoint, Duration::from_secs(wait))
         }
-        Cmd::Status { mountpoint, json } => jewelfs::mount::status(&mountpoint, json),
+        Cmd::Status {
+            mountpoint,
+            json: _,
+            watch: true,
+        } => jewelfs::mount::watch_status(&mountpoint),
+        Cmd::Status {
+            mountpoint, json, ..
+        } => jewelfs::mount::status(&mountpoint, json),
+        Cmd::Service {
+            cmd:
+                ServiceCmd::Install {
+                    mountpoint,
+                    no_start,
+                },
+        } => jewelfs::service::install(
+            &mountpoint.unwrap_or_else(jewelfs::service::default_mountpoint),
+            !no_start,
+        )
+        .map_err(Into::into),
+        Cmd::Service {
+            cmd: ServiceCmd::Uninstall,
+        } => jewelfs::service::uninstall().map_err(Into::into),
         Cmd::Versions { file, token, json } => jewelfs::versions::list(&file, token, json),
         Cmd::RestoreVersion {
             file,

@@ -1,16 +1,20 @@
 //! The commands: `mount`, `unmount`, `status`.
 //!
-//! A running mount publishes its [`Status`] as JSON in a small file, refreshed a few times a
-//! second, at a path derived from the mountpoint (`$XDG_RUNTIME_DIR/jewelfs/` or
-//! `/tmp/jewelfs-<uid>/`, named by a hash of the absolute mountpoint). `status` reads it;
-//! `unmount` watches its pending count drain, then sends the mount SIGTERM, on which the
-//! mount unmounts itself cleanly (as on SIGINT). A mount killed hard leaves the file behind;
-//! its `pid` tells whether it is still alive.
+//! A running mount publishes its [`Status`] (see [`crate::status`]: a file rewritten only
+//! when it changes, and a socket that answers with the status of the moment). `status` asks
+//! the socket (the file when no mount answers).
+//!
+//! **Stopping.** On SIGINT or SIGTERM (Ctrl-C, `jewelfs unmount`, `systemctl --user stop`,
+//! logout) the mount first waits for its pending uploads — every journal entry, including
+//! one still in its settle window, which a save a moment before counts as — for up to
+//! [`STOP_WAIT`] and only while the server is reachable, then unmounts itself. A second
+//! signal cuts the wait short. What is left stays in the journal for the next mount; the
+//! last status file says how much. `unmount` sends the signal, shows the count draining,
+//! and reports the outcome.
 //!
 //! Settings come from, in order: the command line, `JEWEL_SERVER` / `JEWEL_TOKEN`, then
 //! `~/.config/jewel/config.toml` (`server`, `token`, `device`, `cache_dir`, `cache_size`).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,9 +22,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use sha2::Digest;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::core::api::{Api, ApiErr, HttpApi};
 use crate::core::{Config, Core, Inval, Status};
+use crate::status::StatusFile;
+
+/// The longest a stopping mount waits for its pending uploads (while the server answers).
+/// 60 s: a few large files on a slow uplink; well inside systemd's 90 s stop timeout.
+pub const STOP_WAIT: Duration = Duration::from_secs(60);
+
+/// How often the status file is refreshed while things happen, and at most how long it
+/// lags when nothing has for a while (the interval doubles from the one to the other). Idle,
+/// that is 6 wake-ups a minute; a reader that needs the status of the moment asks the
+/// socket instead.
+const STATUS_FAST: Duration = Duration::from_millis(200);
+const STATUS_IDLE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Default)]
 pub struct MountArgs {
@@ -35,7 +52,7 @@ pub struct MountArgs {
 
 #[derive(Debug, Default, serde::Deserialize)]
 pub(crate) struct FileConfig {
-    server: Option<String>,
+    pub(crate) server: Option<String>,
     pub(crate) token: Option<String>,
     device: Option<String>,
     cache_dir: Option<PathBuf>,
@@ -94,16 +111,7 @@ fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// Where a mount at `mountpoint` publishes its status.
-pub fn status_path(mountpoint: &Path) -> PathBuf {
-    let abs = absolute(mountpoint);
-    let hash = hex::encode(&sha2::Sha256::digest(abs.as_os_str().as_encoded_bytes())[..8]);
-    let base = match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) => PathBuf::from(d).join("jewelfs"),
-        None => std::env::temp_dir().join(format!("jewelfs-{}", unsafe { libc::getuid() })),
-    };
-    base.join(format!("{hash}.json"))
-}
+pub use crate::status::{read_status, status_path};
 
 fn is_mounted(mountpoint: &Path) -> bool {
     let abs = absolute(mountpoint);
@@ -131,19 +139,6 @@ fn pid_alive(pid: u32) -> bool {
         .next()
         .and_then(|r| r.split_whitespace().next());
     state != Some("Z")
-}
-
-pub fn read_status(mountpoint: &Path) -> Option<Status> {
-    let text = std::fs::read(status_path(mountpoint)).ok()?;
-    serde_json::from_slice(&text).ok()
-}
-
-fn write_status(path: &Path, status: &Status) {
-    let tmp = path.with_extension("tmp");
-    if let Ok(mut f) = std::fs::File::create(&tmp) {
-        let _ = f.write_all(&serde_json::to_vec_pretty(status).unwrap_or_default());
-        let _ = std::fs::rename(&tmp, path);
-    }
 }
 
 /// `jewelfs mount`.
@@ -255,7 +250,12 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     rt.spawn(core.clone().run_syncer());
     rt.spawn(core.clone().run_preuploader());
 
-    let fs = crate::fuse::JewelFs::new(core.clone(), rt.handle().clone());
+    // The session's own unmount handle, released when the session ends (see `release_mount`).
+    let handle: Arc<std::sync::Mutex<Option<fuser::SessionUnmounter>>> = Arc::default();
+    let fs = crate::fuse::JewelFs::new(core.clone(), rt.handle().clone()).on_destroy({
+        let (handle, mp) = (handle.clone(), mountpoint.clone());
+        move || release_mount(&handle, &mp)
+    });
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName("jewelfs".into()),
@@ -271,6 +271,8 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             mountpoint.display()
         )
     })?;
+
+    *handle.lock().unwrap() = Some(session.unmount_callable());
 
     // Kernel invalidations: their own thread, never inside a callback.
     let notifier = session.notifier();
@@ -305,18 +307,19 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             }
         })?;
 
-    // SIGINT / SIGTERM: unmount cleanly; the session loop then returns.
+    // SIGINT / SIGTERM: wait for pending uploads, then unmount; the session loop returns.
+    let signals = {
+        let _in_rt = rt.enter();
+        StopSignals::new()?
+    };
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.clone();
+    let stopping = core.clone();
     rt.spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
-        }
-        tracing::info!("signal received: unmounting {}", mp.display());
+        let mut signals = signals;
+        signals.next().await;
+        wait_for_uploads(&stopping, &mut signals, STOP_WAIT).await;
+        tracing::info!("unmounting {}", mp.display());
         if let Err(e) = unmounter.unmount() {
             tracing::warn!("unmount failed ({e}); detaching lazily");
             let _ = std::process::Command::new("fusermount3")
@@ -331,11 +334,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         }
     });
 
-    // Status publisher.
-    let spath = status_path(&mountpoint);
-    if let Some(dir) = spath.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    // The status: a file rewritten when it changes, a socket answering on request.
     let base = Status {
         server: server.clone(),
         mountpoint: mountpoint.display().to_string(),
@@ -344,50 +343,33 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         ready: true,
         ..Default::default()
     };
+    // The socket first: whoever sees the file (ready, this pid) may ask it at once.
     {
-        let core = core.clone();
-        let spath = spath.clone();
-        rt.spawn(async move {
-            let mut tick = 0u64;
-            let mut saved = u64::MAX;
-            let mut next_save = std::time::Instant::now();
-            loop {
-                tick += 1;
-                // The tree is saved for offline starts (after a crash too) about a second
-                // after it changed, but at most a tenth of the time: a huge tree less often.
-                let generation = core.tree.generation();
-                if tick.is_multiple_of(5)
-                    && generation != saved
-                    && std::time::Instant::now() >= next_save
-                {
-                    let started = std::time::Instant::now();
-                    let c = core.clone();
-                    let _ = tokio::task::spawn_blocking(move || c.save_snapshot()).await;
-                    saved = generation;
-                    next_save = std::time::Instant::now()
-                        + (started.elapsed() * 10).max(Duration::from_secs(1));
-                }
-                let mut s = core.status();
-                s.server = base.server.clone();
-                s.mountpoint = base.mountpoint.clone();
-                s.cache_dir = base.cache_dir.clone();
-                s.pid = base.pid;
-                s.ready = true;
-                let path = spath.clone();
-                let _ = tokio::task::spawn_blocking(move || write_status(&path, &s)).await;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        });
+        let (core, base) = (core.clone(), base.clone());
+        crate::status::serve(rt.handle(), &mountpoint, move || full_status(&core, &base))?;
     }
+    let mut status_file = StatusFile::new(&mountpoint)?;
+    status_file.publish(&full_status(&core, &base))?;
+    let publisher = rt.spawn(publish_status(core.clone(), status_file, base.clone()));
     eprintln!("jewelfs: {} mounted ({})", mountpoint.display(), server);
 
     let result = session.run();
+    crate::status::remove_socket(&mountpoint);
+    rt.block_on(async {
+        publisher.abort();
+        let _ = publisher.await; // stopped: it writes the file no more
+    });
     let _ = core.journal.sync();
     if let Err(e) = core.save_snapshot() {
         eprintln!("jewelfs: could not save the tree for offline use: {e}");
     }
     let left = core.journal.pending();
-    let _ = std::fs::remove_file(&spath);
+    // The last word, for `jewelfs unmount` (which reads it once this process is gone).
+    let mut last = full_status(&core, &base);
+    last.ready = false;
+    if let Err(e) = StatusFile::new(&mountpoint).and_then(|mut f| f.publish(&last)) {
+        tracing::debug!("could not write the last status: {e}");
+    }
     if left > 0 {
         eprintln!("jewelfs: unmounted with {left} change(s) still to upload; they upload at the next mount");
     } else {
@@ -396,6 +378,117 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     drop(core);
     rt.shutdown_timeout(Duration::from_millis(500));
     result.context("the FUSE session ended with an error")
+}
+
+/// At the end of the session: takes the mount handle out of `fuser` (which would otherwise
+/// unmount on drop, and warn "Invalid argument" when the system already had: `umount`,
+/// `fusermount3 -u`, logout). When the mount is gone already, that is the clean end it
+/// looks like; only a mount still there that cannot be unmounted is worth a warning.
+fn release_mount(handle: &std::sync::Mutex<Option<fuser::SessionUnmounter>>, mountpoint: &Path) {
+    let Some(mut unmounter) = handle.lock().unwrap().take() else {
+        return;
+    };
+    if let Err(e) = unmounter.unmount() {
+        if is_mounted(mountpoint) {
+            tracing::warn!("could not unmount {}: {e}", mountpoint.display());
+        }
+    }
+}
+
+/// The core's status with what only the mount knows (server, paths, pid).
+fn full_status(core: &Core, base: &Status) -> Status {
+    Status {
+        server: base.server.clone(),
+        mountpoint: base.mountpoint.clone(),
+        cache_dir: base.cache_dir.clone(),
+        pid: base.pid,
+        ready: base.ready,
+        ..core.status()
+    }
+}
+
+/// Runs until aborted: keeps the status file current (written only when it changes) and
+/// saves the tree for offline starts once it changed (noticed within [`STATUS_IDLE`] when
+/// all was quiet; at most a tenth of the time: a huge tree less often; the journal keeps
+/// local changes durable on its own). Polls every [`STATUS_FAST`] while things change,
+/// backing off to [`STATUS_IDLE`] when nothing has.
+async fn publish_status(core: Arc<Core>, mut file: StatusFile, base: Status) {
+    let mut interval = STATUS_FAST;
+    let mut saved = u64::MAX; // saved once soon after start, for an offline start later
+    let mut next_save = Instant::now();
+    loop {
+        tokio::time::sleep(interval).await;
+        let generation = core.tree.generation();
+        if generation != saved && Instant::now() >= next_save {
+            let started = Instant::now();
+            let c = core.clone();
+            let _ = tokio::task::spawn_blocking(move || c.save_snapshot()).await;
+            saved = generation;
+            next_save = Instant::now() + (started.elapsed() * 10).max(Duration::from_secs(1));
+        }
+        let wrote = match file.publish(&full_status(&core, &base)) {
+            Ok(wrote) => wrote,
+            Err(e) => {
+                tracing::debug!("could not write the status file: {e}");
+                false
+            }
+        };
+        interval = if wrote || generation != saved {
+            STATUS_FAST
+        } else {
+            (interval * 2).min(STATUS_IDLE)
+        };
+    }
+}
+
+/// SIGINT and SIGTERM, either of which asks the mount to stop.
+struct StopSignals {
+    term: Signal,
+    int: Signal,
+}
+
+impl StopSignals {
+    /// Must run inside the runtime.
+    fn new() -> std::io::Result<StopSignals> {
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
+    }
+}
+
+/// Waits until the journal is empty — counting entries still in their settle window, which
+/// the uploader has not taken yet — or the server is unreachable, or `limit` has passed, or
+/// a second stop signal comes. Says what it waits for.
+async fn wait_for_uploads(core: &Core, signals: &mut StopSignals, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut said = 0;
+    loop {
+        let pending = core.journal.pending();
+        if pending == 0
+            || !core.online.load(Ordering::Relaxed)
+            || tokio::time::Instant::now() >= deadline
+        {
+            return;
+        }
+        if pending != said {
+            eprintln!(
+                "jewelfs: waiting for {pending} upload(s) before unmounting (interrupt again to stop waiting)"
+            );
+            said = pending;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {},
+            _ = signals.next() => return,
+        }
+    }
 }
 
 fn daemonize(args: &MountArgs, cache_dir: &Path, mountpoint: &Path) -> anyhow::Result<()> {
@@ -409,7 +502,8 @@ fn daemonize(args: &MountArgs, cache_dir: &Path, mountpoint: &Path) -> anyhow::R
         cmd.arg("--server").arg(s);
     }
     if let Some(t) = &args.token {
-        cmd.arg("--token").arg(t);
+        // Through the environment: a command line is visible to every user (`ps`).
+        cmd.env("JEWEL_TOKEN", t);
     }
     cmd.arg("--cache-dir").arg(cache_dir);
     if let Some(d) = &args.device {
@@ -453,7 +547,7 @@ fn daemonize(args: &MountArgs, cache_dir: &Path, mountpoint: &Path) -> anyhow::R
 
 /// `jewelfs status`.
 pub fn status(mountpoint: &Path, json: bool) -> anyhow::Result<()> {
-    let Some(s) = read_status(mountpoint).filter(|s| pid_alive(s.pid)) else {
+    let Some(s) = running_status(mountpoint) else {
         bail!("{} is not a running jewelfs mount", mountpoint.display());
     };
     if json {
@@ -486,11 +580,64 @@ pub fn status(mountpoint: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `jewelfs unmount`: waits for uploads (showing progress), then unmounts.
+/// One line a person can glance at: online or not, what is left to upload, what went up.
+pub fn summary(s: &Status) -> String {
+    let mut line = format!(
+        "{} · {} to upload · {} uploaded",
+        if s.online {
+            "online"
+        } else {
+            "OFFLINE (server unreachable)"
+        },
+        s.pending_uploads,
+        s.uploaded
+    );
+    if s.conflicts > 0 {
+        line.push_str(&format!(" · {} conflict copies", s.conflicts));
+    }
+    if let Some(e) = &s.last_error {
+        line.push_str(&format!(" · last error: {e}"));
+    }
+    line
+}
+
+/// `jewelfs status --watch`: waits up to 30 s for a mount at `mountpoint`, then prints
+/// [`summary`] each time it changes (checked once a second) until the mount ends.
+pub fn watch_status(mountpoint: &Path) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while crate::status::query(mountpoint).is_none() {
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("{} is not a running jewelfs mount", mountpoint.display());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut last = String::new();
+    while let Some(s) = crate::status::query(mountpoint) {
+        let line = summary(&s);
+        if line != last {
+            println!("{}: {line}", mountpoint.display());
+            last = line;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    Ok(())
+}
+
+/// The status of the mount running at `mountpoint`, as of now when it answers (else as its
+/// file last said, if that mount is still alive and mounted); `None` when none runs there.
+pub fn running_status(mountpoint: &Path) -> Option<Status> {
+    crate::status::query(mountpoint).or_else(|| {
+        read_status(mountpoint)
+            .filter(|s| s.ready && pid_alive(s.pid) && is_mounted(&absolute(mountpoint)))
+    })
+}
+
+/// `jewelfs unmount`: asks the mount to stop (it waits for its uploads, see the module
+/// docs), shows the count draining, and reports what is left. After `wait` it asks again,
+/// which makes the mount stop waiting.
 pub fn unmount(mountpoint: &Path, wait: Duration) -> anyhow::Result<()> {
     let mountpoint = absolute(mountpoint);
-    let status = read_status(&mountpoint).filter(|s| pid_alive(s.pid));
-    let Some(first) = status else {
+    let Some(first) = running_status(&mountpoint) else {
         if is_mounted(&mountpoint) {
             let ok = std::process::Command::new("fusermount3")
                 .arg("-u")
@@ -512,49 +659,33 @@ pub fn unmount(mountpoint: &Path, wait: Duration) -> anyhow::Result<()> {
         }
         bail!("{} is not mounted", mountpoint.display());
     };
-    // The mount rewrites its status every 200 ms: wait for one written after this command
-    // began, so that changes saved a moment ago are counted (a stale "0 pending" would stop
-    // the mount before they are uploaded, and say everything was).
-    let begun = std::time::SystemTime::now();
-    let mut s = first;
-    let fresh_by = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < fresh_by {
-        let written = std::fs::metadata(status_path(&mountpoint)).and_then(|m| m.modified());
-        if written.is_ok_and(|t| t > begun) {
-            if let Some(now) = read_status(&mountpoint) {
-                s = now;
-            }
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let pid = first.pid;
+    let stop = |pid: u32| unsafe {
+        libc::kill(pid as i32, libc::SIGTERM);
+    };
+    stop(pid);
     let start = Instant::now();
+    let mut asked_again = false;
     let mut last = usize::MAX;
-    while s.pending_uploads > 0 && start.elapsed() < wait {
-        if s.pending_uploads != last {
-            eprintln!(
-                "waiting for {} upload(s){}...",
-                s.pending_uploads,
-                if s.online {
-                    ""
-                } else {
-                    " (server unreachable)"
-                }
-            );
+    while pid_alive(pid) && start.elapsed() < wait + Duration::from_secs(15) {
+        if let Some(s) = crate::status::query(&mountpoint) {
+            if s.pending_uploads > 0 && s.pending_uploads != last {
+                eprintln!(
+                    "waiting for {} upload(s){}...",
+                    s.pending_uploads,
+                    if s.online {
+                        ""
+                    } else {
+                        " (server unreachable)"
+                    }
+                );
+            }
             last = s.pending_uploads;
         }
-        std::thread::sleep(Duration::from_millis(100));
-        match read_status(&mountpoint) {
-            Some(n) => s = n,
-            None => break,
+        if !asked_again && start.elapsed() >= wait {
+            stop(pid);
+            asked_again = true;
         }
-    }
-    let pending = s.pending_uploads;
-    unsafe {
-        libc::kill(s.pid as i32, libc::SIGTERM);
-    }
-    let t = Instant::now();
-    while (is_mounted(&mountpoint) || pid_alive(s.pid)) && t.elapsed() < Duration::from_secs(15) {
         std::thread::sleep(Duration::from_millis(20));
     }
     if is_mounted(&mountpoint) {
@@ -563,17 +694,22 @@ pub fn unmount(mountpoint: &Path, wait: Duration) -> anyhow::Result<()> {
             mountpoint.display()
         );
     }
-    if pending > 0 {
-        eprintln!(
-            "{} unmounted; {pending} change(s) could not be uploaded yet and stay in the journal:",
-            mountpoint.display()
-        );
-        for p in &s.pending {
-            eprintln!("  - {p}");
+    // The mount's last status says what it could not upload.
+    let end = read_status(&mountpoint).filter(|s| s.pid == pid && !s.ready);
+    match end {
+        Some(s) if s.pending_uploads > 0 => {
+            eprintln!(
+                "{} unmounted; {} change(s) could not be uploaded yet and stay in the journal:",
+                mountpoint.display(),
+                s.pending_uploads
+            );
+            for p in &s.pending {
+                eprintln!("  - {p}");
+            }
+            eprintln!("they upload at the next mount");
         }
-        eprintln!("they upload at the next mount");
-    } else {
-        println!("{} unmounted; everything uploaded", mountpoint.display());
+        Some(_) => println!("{} unmounted; everything uploaded", mountpoint.display()),
+        None => println!("{} unmounted", mountpoint.display()),
     }
     Ok(())
 }

@@ -65,7 +65,9 @@ impl From<StoreError> for AppError {
                 AppError::new(ErrorCode::BadRequest, message)
             }
             StoreError::TooLarge(_) => AppError::new(ErrorCode::PayloadTooLarge, message),
-            StoreError::Backend(_) => AppError::new(ErrorCode::Unavailable, message),
+            StoreError::Busy(_) | StoreError::Backend(_) => {
+                AppError::new(ErrorCode::Unavailable, message)
+            }
         }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use backend_lambda::service::Service;
+use backend_lambda::store::sqlite::SqliteOptions;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -48,6 +49,9 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7070", env = "JEWEL_LISTEN")]
         listen: SocketAddr,
+        /// Log every request (method, path, status, time); RUST_LOG overrides.
+        #[arg(long)]
+        verbose: bool,
     },
     /// Create the DynamoDB table, S3 bucket and whatever else AWS mode needs and is missing.
     AwsInit {
@@ -84,12 +88,12 @@ fn data_dir(arg: &DataArg) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(home).join(".local/share/jewel"))
 }
 
-async fn open(arg: &DataArg) -> anyhow::Result<Service> {
+async fn open(arg: &DataArg, options: &SqliteOptions) -> anyhow::Result<Service> {
     if arg.backend == Backend::Aws {
         return aws_service().await;
     }
     let dir = data_dir(arg)?;
-    Service::embedded(&dir)
+    Service::embedded_with(&dir, options)
         .with_context(|| format!("could not open the data folder {}", dir.display()))
 }
 
@@ -117,52 +121,70 @@ async fn aws_init() -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The request log (`jewel::request`, a line per request, long-polls included) only when
+    // asked for: a person running the server reads start, stop and problems.
+    let verbose = matches!(cli.command, Command::Serve { verbose: true, .. });
+    let default_filter = if verbose {
+        "info"
+    } else {
+        "info,jewel::request=warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, not into a log file or the journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     match cli.command {
-        Command::Serve { data, listen } => {
+        Command::Serve { data, listen, .. } => {
             #[cfg(feature = "aws")]
             if data.backend == Backend::Aws {
                 backend_lambda::aws::check_serving_env()?;
             }
-            let service = Arc::new(open(&data).await?);
+            let service = Arc::new(open(&data, &SqliteOptions::default()).await?);
             backend_lambda::server::serve(service, listen).await
         }
         Command::AwsInit { .. } => aws_init().await,
         Command::User { command, data } => {
-            let service = open(&data).await?;
-            let meta = service.meta.as_ref();
-            match command {
-                UserCommand::Add { name } => {
-                    let (user, token) = backend_lambda::admin::add_user(meta, &name).await?;
-                    println!("created user {} (id {})", user.name, user.id);
-                    println!("{token}");
-                }
-                UserCommand::List => {
-                    for user in backend_lambda::admin::list_users(meta).await? {
-                        println!("{}\t{}", user.name, user.id);
-                    }
-                }
-                UserCommand::Remove { name } => {
-                    let removed =
-                        backend_lambda::admin::remove_user_everywhere(&service, &name).await?;
-                    println!(
-                        "removed user {name} ({} blocks, {} device queues)",
-                        removed.blocks, removed.queues
-                    );
-                }
-                UserCommand::Token { name } => {
-                    let token = backend_lambda::admin::reissue_token(meta, &name).await?;
-                    println!("issued a new token for {name}; the old one no longer works");
-                    println!("{token}");
-                }
-            }
-            Ok(())
+            // Beside a running server: wait for the database rather than fail.
+            backend_lambda::admin::retry_while_busy(backend_lambda::admin::BUSY_WAIT, || {
+                user_command(&command, &data)
+            })
+            .await
         }
     }
+}
+
+async fn user_command(command: &UserCommand, data: &DataArg) -> anyhow::Result<()> {
+    let service = open(data, &SqliteOptions::admin()).await?;
+    let meta = service.meta.as_ref();
+    match command {
+        UserCommand::Add { name } => {
+            let (user, token) = backend_lambda::admin::add_user(meta, name).await?;
+            println!("created user {} (id {})", user.name, user.id);
+            println!("{token}");
+        }
+        UserCommand::List => {
+            for user in backend_lambda::admin::list_users(meta).await? {
+                println!("{}\t{}", user.name, user.id);
+            }
+        }
+        UserCommand::Remove { name } => {
+            let removed = backend_lambda::admin::remove_user_everywhere(&service, name).await?;
+            println!(
+                "removed user {name} ({} blocks, {} device queues)",
+                removed.blocks, removed.queues
+            );
+        }
+        UserCommand::Token { name } => {
+            let token = backend_lambda::admin::reissue_token(meta, name).await?;
+            println!("issued a new token for {name}; the old one no longer works");
+            println!("{token}");
+        }
+    }
+    Ok(())
 }

@@ -100,6 +100,10 @@ pub enum StoreError {
     UnknownDevice,
     #[error("too large for this store: {0}")]
     TooLarge(String),
+    /// Another process (the running server, beside an admin command) held the database
+    /// longer than the connection's busy timeout. Nothing was changed; trying again is safe.
+    #[error("the database is busy (held by another process): {0}")]
+    Busy(String),
     #[error("storage failure: {0}")]
     Backend(String),
 }

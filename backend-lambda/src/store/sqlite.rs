@@ -77,6 +77,19 @@ pub struct SqliteOptions {
     pub cache_kib: u32,
 }
 
+impl SqliteOptions {
+    /// For an admin command run beside the server (`jewel-server user add`): one reader, and
+    /// a minute's wait for the server's locks — on a loaded machine the server's commits can
+    /// keep the lock for seconds together, and an admin command should wait, not fail.
+    pub fn admin() -> SqliteOptions {
+        SqliteOptions {
+            readers: 1,
+            busy_timeout: Duration::from_secs(60),
+            ..SqliteOptions::default()
+        }
+    }
+}
+
 impl Default for SqliteOptions {
     fn default() -> Self {
         SqliteOptions {
@@ -164,7 +177,12 @@ trait Db<T> {
 
 impl<T> Db<T> for rusqlite::Result<T> {
     fn db(self) -> StoreResult<T> {
-        self.map_err(|e| StoreError::Backend(format!("sqlite: {e}")))
+        self.map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                StoreError::Busy(format!("sqlite: {e}"))
+            }
+            _ => StoreError::Backend(format!("sqlite: {e}")),
+        })
     }
 }
 

@@ -198,6 +198,12 @@ impl BenchServer {
         Self::start_with(root, name, None)
     }
 
+    /// Started as a person would: the server's default log (no request log), so that an
+    /// idle measurement sees no log writes the bench itself asked for.
+    pub fn start_quiet(root: &Path, name: &str) -> BenchServer {
+        Self::start_logging(root, name, None, None)
+    }
+
     /// `jewel-server serve --backend aws` on DynamoDB and S3 served by moto on loopback (the
     /// change bus in-process: `JEWEL_BUS=local`, the long-poll, so SQS on moto adds no load).
     pub fn start_aws(root: &Path, name: &str) -> Option<BenchServer> {
@@ -246,6 +252,16 @@ impl BenchServer {
         name: &str,
         aws: Option<(Child, Vec<(String, String)>)>,
     ) -> BenchServer {
+        Self::start_logging(root, name, aws, Some("warn,jewel::request=info"))
+    }
+
+    /// `rust_log`: the server's `RUST_LOG`; `None` for its default.
+    fn start_logging(
+        root: &Path,
+        name: &str,
+        aws: Option<(Child, Vec<(String, String)>)>,
+        rust_log: Option<&str>,
+    ) -> BenchServer {
         let data = root.join(format!("server-{name}"));
         let _ = std::fs::remove_dir_all(&data);
         std::fs::create_dir_all(&data).unwrap();
@@ -262,10 +278,13 @@ impl BenchServer {
         } else {
             cmd.args(["serve", "--data"]).arg(&data);
         }
-        let child = cmd
-            .args(["--listen", &addr])
+        cmd.args(["--listen", &addr])
             .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "warn,jewel::request=info")
+            .env_remove("RUST_LOG");
+        if let Some(filter) = rust_log {
+            cmd.env("RUST_LOG", filter);
+        }
+        let child = cmd
             .env("NO_COLOR", "1")
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -424,7 +443,7 @@ impl FuseClient {
                     std::fs::read_to_string(&log_path).unwrap_or_default()
                 );
             }
-            (is_mounted(&mnt) && jewelfs::mount::read_status(&mnt).is_some_and(|s| s.ready))
+            (is_mounted(&mnt) && jewelfs::status::query(&mnt).is_some_and(|s| s.ready))
                 .then_some(())
         });
         c
@@ -439,7 +458,7 @@ impl FuseClient {
     }
 
     pub fn pending(&self) -> usize {
-        jewelfs::mount::read_status(&self.mnt)
+        jewelfs::status::query(&self.mnt)
             .map(|s| s.pending_uploads)
             .unwrap_or(usize::MAX)
     }

@@ -7,12 +7,14 @@
 //! 3. Filesystem speed: jewelfs, bindfs and the native disk in one run (`src/bench/fs.rs`).
 //! 4. API latency under 64 clients (the `api_latency` program, its table included).
 //! 6. Client memory with 100,000 files known (`src/bench/memory.rs`; 10,000 with `--quick`).
+//! 7. Idle cost: CPU-seconds and writes per idle minute of a mount and its server
+//!    (`src/bench/idle.rs`; 20 s of idling scaled to a minute, 10 s with `--quick`).
 //!
 //! 5. AWS mode on loopback (moto from `make setup-aws`), independent users N = 1, 10 with
 //!    FUSE mounts, when moto is installed.
 //!
 //! `--quick` (make bench QUICK=1): smaller N, one run, a smaller file set; under 5 minutes.
-//! Other flags: `--only sync,aws,wire,fs,api,memory`, `--runs N`, `--big-runs N` (runs at N = 1000), `--ind 1,10` / `--dep 1,10` (the N), `--out DIR` (default `docs`),
+//! Other flags: `--only sync,aws,wire,fs,api,memory,idle`, `--runs N`, `--big-runs N` (runs at N = 1000), `--ind 1,10` / `--dep 1,10` (the N), `--out DIR` (default `docs`),
 //! `--work DIR` (scratch, default `/var/tmp/jewel-bench`).
 //!
 //! Needs root (drop_caches, FUSE), `bindfs` and `fusermount3`; `make bench` installs them.
@@ -23,6 +25,8 @@ mod chart;
 mod env;
 #[path = "../bench/fs.rs"]
 mod fs;
+#[path = "../bench/idle.rs"]
+mod idle;
 #[path = "../bench/memory.rs"]
 mod memory;
 #[path = "../bench/stats.rs"]
@@ -120,6 +124,7 @@ struct Results {
     fs_settings: Option<String>,
     api_latency: Option<String>,
     big_tree: Option<BigTreeResult>,
+    idle: Option<idle::IdleResult>,
     aws: String,
     aws_independent: Vec<SyncResult>,
     user_add_s: f64,
@@ -343,6 +348,10 @@ fn main() {
             )),
             Err(e) => Some(format!("api_latency could not run: {e}")),
         };
+    }
+    if want("idle") {
+        let secs = if args.quick { 10 } else { 20 };
+        res.idle = Some(idle::idle_cost(&args.work.join("idle"), secs));
     }
     if want("memory") {
         let (dirs, per_dir) = if args.quick { (10, 1000) } else { (100, 1000) };
@@ -1002,6 +1011,36 @@ fn report(m: &Machine, res: &Results, charts: &[(String, String)], args: &Args) 
              the server) and {:.2} s warm.",
             m.create_s, m.walk_cold_s, m.walk_warm_s
         );
+    }
+    if let Some(idle) = &res.idle {
+        let _ = writeln!(
+            s,
+            "\n**Idle cost** — a mount and its server with nothing happening (one file saved and \
+             uploaded, then {:.0} s left alone, scaled to a minute; the server at its default \
+             log level). Goal: no file writes, under 0.01 CPU-s a minute beyond the long-poll \
+             (one request every 25 s). Write calls count every `write`-family system call: \
+             sockets (the long-poll's request and answer) and the async runtime's wake-ups \
+             (8-byte eventfd writes) too; bytes to storage are the file writes.\n",
+            idle.seconds
+        );
+        let _ = writeln!(
+            s,
+            "| per idle minute | CPU-s | write calls | bytes written (all) | bytes to storage |\n|---|---|---|---|---|"
+        );
+        for (who, c) in [
+            ("`jewelfs` mount", &idle.client),
+            ("`jewel-server`", &idle.server),
+        ] {
+            let _ = writeln!(
+                s,
+                "| {who} | {:.3} | {:.0} | {:.0} | {:.0} |",
+                c.cpu_s_per_min,
+                c.write_calls_per_min,
+                c.bytes_written_per_min,
+                c.storage_bytes_per_min
+            );
+        }
+        let _ = writeln!(s);
     }
     if let Some(w) = &res.wire {
         let f = w.files as f64;
