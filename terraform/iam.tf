@@ -1,6 +1,6 @@
 locals {
-  account    = data.aws_caller_identity.current.account_id
-  partition  = data.aws_partition.current.partition
+  account   = data.aws_caller_identity.current.account_id
+  partition = data.aws_partition.current.partition
   # Queues are named `<name>_<user>-<device>`. `var.name` cannot contain `_` (see its
   # validation), so `<name>_*` matches this deployment's queues only: a deployment whose
   # name merely begins with ours (`jewel` and `jewel-staging`) has its `_` elsewhere.
