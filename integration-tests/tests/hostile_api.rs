@@ -480,7 +480,7 @@ fn huge_bodies_and_headers_are_refused_and_the_server_stays_up() {
         .send()
         .unwrap();
     expect_error(resp, 400, "bad_request");
-    // A commit naming a million (bogus) blocks within the size limit.
+    // A commit naming a million (bogus) blocks within the body limit: past the blocks cap.
     let file = api.create_file(ROOT_ID, "f", b"f");
     let many: Vec<&str> = vec!["0"; 1_000_000];
     let resp = api
@@ -488,7 +488,7 @@ fn huge_bodies_and_headers_are_refused_and_the_server_stays_up() {
         .json(&json!({"base_version": file.version, "content": {"size": 1, "blocks": many}}))
         .send()
         .unwrap();
-    expect_error(resp, 400, "bad_request");
+    expect_error(resp, 413, "payload_too_large");
     // A 1 MiB header, and 10,000 headers.
     let resp = fresh()
         .get(api.url("/me"))
