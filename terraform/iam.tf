@@ -1,7 +1,10 @@
 locals {
-  account    = data.aws_caller_identity.current.account_id
-  partition  = data.aws_partition.current.partition
-  queue_arns = "arn:${local.partition}:sqs:${var.region}:${local.account}:${var.name}-*"
+  account   = data.aws_caller_identity.current.account_id
+  partition = data.aws_partition.current.partition
+  # Queues are named `<name>_<user>-<device>`. `var.name` cannot contain `_` (see its
+  # validation), so `<name>_*` matches this deployment's queues only: a deployment whose
+  # name merely begins with ours (`jewel` and `jewel-staging`) has its `_` elsewhere.
+  queue_arns = "arn:${local.partition}:sqs:${var.region}:${local.account}:${var.name}_*"
 }
 
 # ---- the Lambda's role: exactly what the service calls ----
@@ -36,8 +39,10 @@ data "aws_iam_policy_document" "lambda" {
     resources = [aws_dynamodb_table.meta.arn]
   }
   statement {
+    # No s3:DeleteObject: the service never deletes a block (block garbage collection and
+    # `jewel-server user remove` run with the operator's credentials, not this role).
     sid       = "Blocks"
-    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+    actions   = ["s3:GetObject", "s3:PutObject"]
     resources = ["${aws_s3_bucket.blocks.arn}/u/*"]
   }
   statement {

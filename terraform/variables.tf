@@ -1,5 +1,5 @@
 variable "name" {
-  description = "Prefix of every resource name (table, bucket, queues, function, API). Lower case letters, digits and dashes."
+  description = "Prefix of every resource name (table, bucket, queues, function, API). Lower case letters, digits and dashes; never `_`, which ends the name in queue names (so no other deployment's queues match this one's IAM patterns)."
   type        = string
   default     = "jewel"
   validation {
@@ -66,14 +66,20 @@ variable "cloudwatch_log_days" {
   default     = 30
 }
 
+# Throttling is per stage, for all clients together: an HTTP API has no per-client rule
+# (usage plans and API keys are REST-API only, and AWS WAF does not attach to an HTTP API).
+# One client can therefore use up the whole rate and slow everyone down, but never run up
+# more than `lambda_concurrency` invocations at once. A per-client limit needs a CloudFront
+# distribution with a WAF rate-based rule in front (not part of this deployment); see
+# docs/SECURITY.md.
 variable "throttle_rate" {
-  description = "API requests per second allowed (steady state), all users together."
+  description = "API requests per second allowed (steady state), all clients together (HTTP APIs have no per-client throttling)."
   type        = number
   default     = 50
 }
 
 variable "throttle_burst" {
-  description = "API burst allowance."
+  description = "API burst allowance, all clients together."
   type        = number
   default     = 100
 }

@@ -67,21 +67,42 @@ pub struct Removed {
 }
 
 /// Removes a user and everything it owns: its blocks (S3 objects or local files), its device
-/// channels (SQS queues), then its tree, devices, log and token in the store. The store goes
-/// last, so a removal cut short (a network failure half way) leaves the user known and can
-/// simply be run again.
+/// channels (SQS queues), then its tree, versions, devices, log and token in the store. The
+/// store goes last, so a removal cut short (a network failure half way) leaves the user known
+/// and can simply be run again. Once the store has forgotten the user, the local block URLs
+/// signed for it are refused (`api/blocks.rs` asks the store), and the blocks are swept once
+/// more: an upload that was under way during the first sweep is gone too.
 pub async fn remove_user_everywhere(svc: &Service, name: &str) -> Result<Removed, AdminError> {
-    let user = svc
+    let user = find_user(svc, name).await?;
+    let blocks = svc.blobs.remove_user(&user.id).await?;
+    let queues = svc.bus.remove_user(&user.id).await?;
+    svc.meta.remove_user(name).await?;
+    let late = svc.blobs.remove_user(&user.id).await?;
+    Ok(Removed {
+        blocks: blocks + late,
+        queues,
+    })
+}
+
+/// Forgets every device of a user, freeing its device slots (see `Limits::max_devices`), and
+/// deletes their channels (SQS queues). Each machine registers anew at its next mount (the
+/// client does when the service no longer knows its saved device); a mount running meanwhile
+/// is told its device is gone when it next renews or polls. Returns how many devices went.
+pub async fn forget_devices(svc: &Service, name: &str) -> Result<usize, AdminError> {
+    let user = find_user(svc, name).await?;
+    let devices = svc.meta.remove_devices(&user.id).await?;
+    svc.bus.remove_user(&user.id).await?;
+    Ok(devices)
+}
+
+async fn find_user(svc: &Service, name: &str) -> Result<User, AdminError> {
+    Ok(svc
         .meta
         .list_users()
         .await?
         .into_iter()
         .find(|u| u.name == name)
-        .ok_or_else(|| StoreError::UnknownUser(name.to_string()))?;
-    let blocks = svc.blobs.remove_user(&user.id).await?;
-    let queues = svc.bus.remove_user(&user.id).await?;
-    svc.meta.remove_user(name).await?;
-    Ok(Removed { blocks, queues })
+        .ok_or_else(|| StoreError::UnknownUser(name.to_string()))?)
 }
 
 /// How long an admin command keeps trying while the database is busy: a running server's

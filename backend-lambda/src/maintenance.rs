@@ -245,7 +245,16 @@ mod tests {
             .unwrap();
         assert_eq!(c, Collected::default());
         assert_eq!(stored().await.len(), 4);
-        assert_eq!(service.meta.list_trash(u).await.unwrap().len(), 1);
+        assert_eq!(
+            service
+                .meta
+                .list_trash(u, None, 1000)
+                .await
+                .unwrap()
+                .entries
+                .len(),
+            1
+        );
 
         // Trash kept, grace over: only the orphan block goes (trashed content and earlier
         // versions stay restorable).
@@ -277,7 +286,13 @@ mod tests {
             }
         );
         assert_eq!(stored().await, vec![hashes[3].clone()]);
-        assert!(service.meta.list_trash(u).await.unwrap().is_empty());
+        assert!(service
+            .meta
+            .list_trash(u, None, 1000)
+            .await
+            .unwrap()
+            .entries
+            .is_empty());
         let live = service.meta.get_node(u, ids[0]).await.unwrap();
         assert_eq!(
             service

@@ -20,8 +20,12 @@ pub struct Limits {
     pub max_json_body: usize,
     /// Longest a long-poll waits before answering empty: below API Gateway's 30 s limit.
     pub max_poll: Duration,
-    /// Largest page for listings and change feeds.
+    /// Largest page for listings and change feeds (pages are also cut at
+    /// `jewel_wire::MAX_PAGE_BYTES` of JSON by the stores).
     pub max_page: u32,
+    /// Most devices per user: each costs a queue and a send per change in AWS mode, so a user
+    /// must not create them without end. 100 is far beyond a household's machines.
+    pub max_devices: usize,
 }
 
 impl Default for Limits {
@@ -30,6 +34,7 @@ impl Default for Limits {
             max_json_body: 4 * 1024 * 1024,
             max_poll: Duration::from_secs(25),
             max_page: jewel_wire::MAX_PAGE,
+            max_devices: 100,
         }
     }
 }
@@ -70,6 +75,8 @@ impl Service {
     }
 
     /// The embedded service: SQLite and a block folder under `data`, the in-process bus.
+    /// The folder is made private (0700; the database 0600, see `store::sqlite`), also when
+    /// an older version created it open to other local users.
     pub fn embedded(data: &std::path::Path) -> anyhow::Result<Service> {
         Self::embedded_with(data, &crate::store::sqlite::SqliteOptions::default())
     }
@@ -79,7 +86,7 @@ impl Service {
         data: &std::path::Path,
         options: &crate::store::sqlite::SqliteOptions,
     ) -> anyhow::Result<Service> {
-        std::fs::create_dir_all(data)?;
+        private_dir(data)?;
         let meta = Arc::new(crate::store::sqlite::SqliteStore::open_with(
             &data.join("meta.db"),
             options,
@@ -90,6 +97,21 @@ impl Service {
         service.local_blobs = Some(blobs);
         Ok(service)
     }
+}
+
+/// Creates `dir` (and missing parents) readable by its owner only, or takes group and other
+/// access away from it when it exists.
+pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))?;
+    }
+    Ok(())
 }
 
 /// A new random token, `jwl_` and 64 hex digits.

@@ -106,15 +106,34 @@ fn queue_names_are_covered_by_the_iam_policies() {
         Some("var.name")
     );
     let arns = string_attr(&iam, "queue_arns").unwrap();
-    assert!(arns.ends_with(":${var.name}-*"), "{arns}");
-    // The code names queues `<prefix>-...`, which that pattern covers.
+    assert!(arns.ends_with(":${var.name}_*"), "{arns}");
+    // The code names queues `<prefix>_...`, which that pattern covers.
     let settings = aws::AwsSettings {
         queue_prefix: "jewel".into(),
         ..Default::default()
     };
     let name = aws::sqs::queue_name(&settings.queue_prefix, "0123abcd", 42);
-    assert!(name.starts_with("jewel-"), "{name}");
+    assert!(name.starts_with("jewel_"), "{name}");
     assert!(name.len() <= 80);
+    // ... and no queue of another deployment whose name shares the prefix: names cannot
+    // hold the `_` that ends the prefix.
+    let vars = read("terraform/variables.tf");
+    let name_var = block(&vars, "variable \"name\"", "validation");
+    assert!(
+        name_var.contains("^[a-z][a-z0-9-]{1,30}$"),
+        "deployment names must not allow `_`: {name_var}"
+    );
+    let covered = |pattern_prefix: &str, queue: &str| queue.starts_with(pattern_prefix);
+    for other in ["jewel-staging", "jewelx", "jewel-0123abcd"] {
+        let theirs = aws::sqs::queue_name(other, "0123abcd", 42);
+        assert!(!covered("jewel_", &theirs), "{theirs} matches jewel_*");
+    }
+    assert!(covered("jewel_", &name));
+    // The service never deletes a block: the role cannot.
+    assert!(
+        !iam.contains("\"s3:DeleteObject\""),
+        "the Lambda role needs no s3:DeleteObject"
+    );
     // Devices can receive and delete; they cannot send.
     let listener = block(
         &iam,

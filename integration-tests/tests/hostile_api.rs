@@ -480,7 +480,7 @@ fn huge_bodies_and_headers_are_refused_and_the_server_stays_up() {
         .send()
         .unwrap();
     expect_error(resp, 400, "bad_request");
-    // A commit naming a million (bogus) blocks within the size limit.
+    // A commit naming a million (bogus) blocks within the body limit: past the blocks cap.
     let file = api.create_file(ROOT_ID, "f", b"f");
     let many: Vec<&str> = vec!["0"; 1_000_000];
     let resp = api
@@ -488,7 +488,7 @@ fn huge_bodies_and_headers_are_refused_and_the_server_stays_up() {
         .json(&json!({"base_version": file.version, "content": {"size": 1, "blocks": many}}))
         .send()
         .unwrap();
-    expect_error(resp, 400, "bad_request");
+    expect_error(resp, 413, "payload_too_large");
     // A 1 MiB header, and 10,000 headers.
     let resp = fresh()
         .get(api.url("/me"))
@@ -1278,4 +1278,420 @@ fn a_user_reaches_nothing_of_another_user_by_any_route() {
     wait_for("both users served", Duration::from_secs(5), || {
         (a.get("/me").status().is_success() && b.get("/me").status().is_success()).then_some(())
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hardening (issue 14): bounded answers, bounded devices, block uploads checked before their
+// body, private files, nothing left of a removed user, answers no cache keeps.
+
+/// The body of an answer, with its status.
+fn body_of(resp: Response) -> (u16, Vec<u8>) {
+    let status = resp.status().as_u16();
+    (status, resp.bytes().unwrap().to_vec())
+}
+
+/// The most one page may hold: `MAX_PAGE_BYTES`, one entry beyond it, and the page's frame.
+const PAGE_BOUND: usize = MAX_PAGE_BYTES + MAX_NODE_JSON_BYTES + 4096;
+
+#[test]
+fn huge_nodes_are_refused_and_every_answer_is_bounded_in_bytes() {
+    let server = Server::start();
+    let api = Api::new(&server, &server.add_user("hoarder"));
+    let one = api.upload(b"x");
+    let h = one.blocks[0].clone();
+
+    // The reported attack: one 1-byte block named 61,500 times, with a size to match the
+    // count. Refused, and nothing is created.
+    let before = api.snapshot();
+    let n = 61_500u64;
+    let attack = json!({"parent": ROOT_ID, "name": "huge", "kind": "file",
+        "content": {"size": (n - 1) * BLOCK_SIZE + 1, "blocks": vec![h.clone(); n as usize]}});
+    expect_error(api.post("/nodes", attack), 413, "payload_too_large");
+    // One block past the cap, and a size past the cap, likewise.
+    let over = MAX_FILE_BLOCKS as u64 + 1;
+    let attack = json!({"parent": ROOT_ID, "name": "huge", "kind": "file",
+        "content": {"size": over * BLOCK_SIZE, "blocks": vec![h.clone(); over as usize]}});
+    expect_error(api.post("/nodes", attack), 413, "payload_too_large");
+    assert_eq!(api.snapshot(), before, "a refused commit changed something");
+
+    // At the cap a file is accepted: its node is about 1.1 MB of JSON.
+    let full = json!({"size": MAX_FILE_SIZE, "blocks": vec![h.clone(); MAX_FILE_BLOCKS]});
+    let d = api.mkdir(ROOT_ID, "big");
+    let mut files = Vec::new();
+    for i in 0..4 {
+        let node: Node = api.ok(api.post(
+            "/nodes",
+            json!({"parent": d.id, "name": format!("f{i}"), "kind": "file", "content": full}),
+        ));
+        files.push(node);
+    }
+    let entry = serde_json::to_vec(&files[0]).unwrap().len();
+    assert!(entry > 1_000_000 && entry <= MAX_NODE_JSON_BYTES, "{entry}");
+
+    // A listing: every page bounded, `next` followed to every entry (as the client does).
+    let (mut after, mut names, mut pages) = (None::<String>, Vec::new(), 0);
+    loop {
+        let path = match &after {
+            None => format!("/nodes/{}/children", d.id),
+            Some(a) => format!("/nodes/{}/children?after={}", d.id, pct(a)),
+        };
+        let (status, body) = body_of(api.get(&path));
+        assert_eq!(status, 200);
+        assert!(
+            body.len() <= PAGE_BOUND,
+            "a listing page of {} bytes",
+            body.len()
+        );
+        let page: ListPage = serde_json::from_slice(&body).unwrap();
+        pages += 1;
+        names.extend(page.entries.iter().map(|n| n.name.clone()));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(names, ["f0", "f1", "f2", "f3"]);
+    assert!(pages >= 2, "four 1.1 MB nodes in {pages} page(s)");
+
+    // Earlier versions: four big ones, paged by `before`.
+    let f = files[0].clone();
+    let mut version = f.version;
+    for i in 0..4 {
+        let other = api.upload(format!("v{i}").as_bytes()).blocks[0].clone();
+        let mut blocks = vec![h.clone(); MAX_FILE_BLOCKS];
+        blocks[0] = other;
+        let node: Node = api.ok(api
+            .req(Method::PUT, &format!("/nodes/{}/content", f.id))
+            .json(&json!({"base_version": version,
+                    "content": {"size": MAX_FILE_SIZE, "blocks": blocks}}))
+            .send()
+            .unwrap());
+        version = node.version;
+    }
+    let (mut before, mut versions) = (None::<Version>, Vec::new());
+    loop {
+        let path = match before {
+            None => format!("/nodes/{}/versions", f.id),
+            Some(b) => format!("/nodes/{}/versions?before={b}", f.id),
+        };
+        let (status, body) = body_of(api.get(&path));
+        assert_eq!(status, 200);
+        assert!(
+            body.len() <= PAGE_BOUND,
+            "a versions page of {} bytes",
+            body.len()
+        );
+        let list: VersionList = serde_json::from_slice(&body).unwrap();
+        versions.extend(list.versions.iter().map(|v| v.version));
+        match list.next {
+            Some(n) => before = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(versions.len(), 4, "{versions:?}");
+
+    // The trash, paged by count and by bytes.
+    for f in &files[1..] {
+        api.ok::<Node>(
+            api.req(Method::DELETE, &format!("/nodes/{}", f.id))
+                .send()
+                .unwrap(),
+        );
+    }
+    let trash_pages = |limit: Option<u32>| {
+        let (mut after, mut names, mut pages) = (None::<String>, Vec::new(), 0);
+        loop {
+            let mut q = Vec::new();
+            if let Some(a) = &after {
+                q.push(format!("after={}", pct(a)));
+            }
+            if let Some(l) = limit {
+                q.push(format!("limit={l}"));
+            }
+            let (status, body) = body_of(api.get(&format!("/trash?{}", q.join("&"))));
+            assert_eq!(status, 200);
+            assert!(
+                body.len() <= PAGE_BOUND,
+                "a trash page of {} bytes",
+                body.len()
+            );
+            let page: TrashPage = serde_json::from_slice(&body).unwrap();
+            if let Some(l) = limit {
+                assert!(page.entries.len() <= l as usize);
+            }
+            pages += 1;
+            names.extend(page.entries.iter().map(|e| e.node.name.clone()));
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        (names, pages)
+    };
+    let (trashed, pages) = trash_pages(None);
+    assert_eq!(trashed, ["f3", "f2", "f1"]);
+    assert!(pages >= 2);
+    let small = api.create_file(ROOT_ID, "small", b"s");
+    api.ok::<Node>(
+        api.req(Method::DELETE, &format!("/nodes/{}", small.id))
+            .send()
+            .unwrap(),
+    );
+    let (trashed, pages) = trash_pages(Some(1));
+    assert_eq!((trashed.len(), pages), (4, 4));
+    expect_error(api.get("/trash?after=nonsense"), 400, "bad_request");
+
+    // The change feed and a long-poll: bounded pages; following `latest_seq` reads all.
+    let latest = api.latest_seq();
+    let mut cursor = 0;
+    while cursor < latest {
+        let (status, body) = body_of(api.get(&format!("/changes?since={cursor}")));
+        assert_eq!(status, 200);
+        assert!(
+            body.len() <= PAGE_BOUND,
+            "a /changes page of {} bytes",
+            body.len()
+        );
+        let page: ChangePage = serde_json::from_slice(&body).unwrap();
+        assert!(!page.events.is_empty());
+        cursor = page.events.last().unwrap().seq;
+    }
+    let dev: Device = api.ok(api.post("/devices", json!({"name": "poller"})));
+    let (status, body) =
+        body_of(api.get(&format!("/devices/{}/poll?since=0&timeout_ms=0", dev.id)));
+    assert_eq!(status, 200);
+    assert!(
+        body.len() <= PAGE_BOUND,
+        "a poll answer of {} bytes",
+        body.len()
+    );
+}
+
+#[test]
+fn devices_per_user_are_capped_and_an_admin_frees_them() {
+    let server = Server::start();
+    let api = Api::new(&server, &server.add_user("collector"));
+    let other = Api::new(&server, &server.add_user("neighbour"));
+    for i in 0..100 {
+        api.ok::<Device>(api.post("/devices", json!({"name": format!("d{i}")})));
+    }
+    let before = api.snapshot();
+    let err = expect_error(
+        api.post("/devices", json!({"name": "d100"})),
+        403,
+        "forbidden",
+    );
+    assert!(err.message.contains("100 devices"), "{}", err.message);
+    assert!(err.message.contains("forget-devices"), "{}", err.message);
+    assert_eq!(api.snapshot(), before);
+    // Another user is not affected.
+    other.ok::<Device>(other.post("/devices", json!({"name": "laptop"})));
+    // The admin frees the slots; registering works again.
+    let out = server.admin(&["user", "forget-devices", "collector"]);
+    assert!(out.contains("forgot 100 device"), "{out}");
+    api.ok::<Device>(api.post("/devices", json!({"name": "again"})));
+}
+
+/// Sends a request head by hand and reads the answer's status line, waiting at most `wait`.
+fn status_without_body(server: &Server, head: &str, wait: Duration) -> Option<u16> {
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    stream.set_read_timeout(Some(wait)).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut buf = [0u8; 64];
+    let n = stream.read(&mut buf).ok()?;
+    let line = String::from_utf8_lossy(&buf[..n]).to_string();
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn block_uploads_are_checked_before_their_body_is_read() {
+    let server = Server::start();
+    let api = Api::new(&server, &server.add_user("uploader"));
+    let data = b"a block to upload".to_vec();
+    let hash = sha256_hex(&data);
+    let missing: MissingBlocks = api.ok(api.post("/blocks/missing", json!({"hashes": [hash]})));
+    let url = missing.missing[0].url.clone();
+    let (path, query) = url.split_once('?').unwrap();
+    let exp = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("exp="))
+        .unwrap();
+    let forged = format!("{path}?exp={exp}&sig={}", "0".repeat(64));
+    let head = |target: &str, length: u64| {
+        format!(
+            "PUT {target} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n\
+             Content-Length: {length}\r\n\r\n"
+        )
+    };
+    // A forged signature announcing a whole block, whose bytes never come: refused at once
+    // (the server used to wait for, and buffer, 4 MiB first).
+    let wait = Duration::from_secs(3);
+    assert_eq!(
+        status_without_body(&server, &head(&forged, BLOCK_SIZE), wait),
+        Some(403)
+    );
+    // A genuine URL announcing more than a block: refused at once too.
+    assert_eq!(
+        status_without_body(&server, &head(&url, BLOCK_SIZE + 1), wait),
+        Some(413)
+    );
+    // Sixty strangers announcing 4 MiB each cost the server no memory to speak of.
+    let rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap()
+    };
+    let start = rss();
+    let chunk = vec![b'x'; BLOCK_SIZE as usize - 1];
+    let mut streams = Vec::new();
+    for _ in 0..60 {
+        let mut s = TcpStream::connect(&server.addr).unwrap();
+        s.set_write_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        s.write_all(head(&forged, BLOCK_SIZE).as_bytes()).unwrap();
+        let _ = s.write_all(&chunk); // the server may close before taking it all
+        streams.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let grown = rss().saturating_sub(start);
+    eprintln!("server RSS grew by {grown} KiB under 60 forged 4 MiB uploads");
+    assert!(grown < 64 * 1024, "the server grew by {grown} KiB");
+    drop(streams);
+    // The genuine upload still works, and nothing forged was stored.
+    let resp = Client::new()
+        .put(format!("{}{url}", server.url))
+        .body(data)
+        .send()
+        .unwrap();
+    assert!(resp.status().is_success());
+    assert!(api
+        .ok::<MissingBlocks>(api.post("/blocks/missing", json!({"hashes": [hash]})))
+        .missing
+        .is_empty());
+}
+
+#[test]
+fn api_answers_are_neither_cached_nor_sniffed() {
+    let server = Server::start();
+    let api = Api::new(&server, &server.add_user("browser"));
+    let check = |resp: &Response, what: &str| {
+        let h = resp.headers();
+        assert_eq!(h["cache-control"], "no-store", "{what}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{what}");
+    };
+    check(&api.get("/me"), "GET /me");
+    check(&api.get("/nodes/1/children"), "a listing");
+    check(&api.get("/nodes/424242"), "a 404");
+    let anonymous = Client::new().get(api.url("/me")).send().unwrap();
+    check(&anonymous, "a 401");
+    // A block, as the portal downloads it: never kept by the browser.
+    let node = api.create_file(ROOT_ID, "secret.txt", b"for my eyes only");
+    let urls: BlockUrls = api.ok(api.post("/blocks/urls", json!({"hashes": node.blocks})));
+    let resp = Client::new()
+        .get(format!("{}{}", server.url, urls.urls[0].url))
+        .send()
+        .unwrap();
+    let cache = resp.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        cache.contains("no-store") && !cache.contains("max-age"),
+        "{cache}"
+    );
+    assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+}
+
+#[test]
+fn the_server_keeps_its_data_folder_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let data = tempfile::tempdir().unwrap();
+    // As an older version left it: open to every local user.
+    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let server = Server::start_in(data);
+    let api = Api::new(&server, &server.add_user("private"));
+    api.create_file(ROOT_ID, "names-are-secret.txt", b"content too");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let root = server.data.path();
+    assert_eq!(mode(root), 0o700, "the data folder");
+    let mut checked = 0;
+    for path in walk(root) {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        assert_eq!(mode(&path) & 0o077, 0, "{name} is {:o}", mode(&path));
+        checked += 1;
+        let mut dir = path.parent().unwrap();
+        while dir != root {
+            assert_eq!(mode(dir), 0o700, "{}", dir.display());
+            dir = dir.parent().unwrap();
+        }
+    }
+    assert!(checked >= 3, "meta.db, the key, a block");
+    assert_eq!(mode(&root.join("meta.db")), 0o600);
+}
+
+#[test]
+fn a_removed_user_leaves_nothing_and_its_urls_stop_at_once() {
+    let server = Server::start();
+    let api = Api::new(&server, &server.add_user("leaver"));
+    let stays = Api::new(&server, &server.add_user("stayer"));
+    let kept = stays.create_file(ROOT_ID, "kept", b"kept");
+    let f = api.create_file(ROOT_ID, "f", b"one");
+    let c2 = api.upload(b"two");
+    api.ok::<Node>(
+        api.req(Method::PUT, &format!("/nodes/{}/content", f.id))
+            .json(&json!({"base_version": f.version, "content": c2}))
+            .send()
+            .unwrap(),
+    );
+    api.ok::<Device>(api.post("/devices", json!({"name": "laptop"})));
+    // An upload URL issued before the removal.
+    let late = b"uploaded after the removal".to_vec();
+    let missing: MissingBlocks =
+        api.ok(api.post("/blocks/missing", json!({"hashes": [sha256_hex(&late)]})));
+    let url = missing.missing[0].url.clone();
+    let uid = server
+        .admin(&["user", "list"])
+        .lines()
+        .find_map(|l| l.strip_prefix("leaver\t").map(str::to_string))
+        .unwrap();
+
+    server.admin(&["user", "remove", "leaver"]);
+    let resp = Client::new()
+        .put(format!("{}{url}", server.url))
+        .body(late)
+        .send()
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        403,
+        "a removed user's URL still writes"
+    );
+    let blocks = server.data.path().join("blocks").join(&uid);
+    assert!(!blocks.exists(), "{} is still there", blocks.display());
+    let db = rusqlite::Connection::open_with_flags(
+        server.data.path().join("meta.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    for table in ["nodes", "versions", "devices", "changes"] {
+        let n: i64 = db
+            .query_row(
+                &format!("SELECT COUNT(*) FROM {table} WHERE user = ?1"),
+                [&uid],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 0, "{table} keeps {n} row(s) of the removed user");
+    }
+    let n: i64 = db
+        .query_row("SELECT COUNT(*) FROM users WHERE id = ?1", [&uid], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(n, 0);
+    // The other user keeps everything.
+    assert_eq!(stays.read(&kept), b"kept");
 }

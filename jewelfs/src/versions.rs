@@ -102,8 +102,22 @@ pub fn list(file: &Path, token: Option<String>, json: bool) -> anyhow::Result<()
         let http = reqwest::Client::new();
         let node = lookup(&http, &t).await?;
         let url = format!("{}{API_PREFIX}/nodes/{}/versions", t.server, node.id);
-        let list: VersionList = call(&t, http.get(url)).await?;
-        anyhow::Ok(list.versions)
+        // The service answers a bounded page at a time; `next` goes on to older versions.
+        let mut versions = Vec::new();
+        let mut before = None;
+        loop {
+            let mut req = http.get(&url);
+            if let Some(b) = before {
+                req = req.query(&[("before", b)]);
+            }
+            let list: VersionList = call(&t, req).await?;
+            versions.extend(list.versions);
+            match list.next {
+                Some(next) => before = Some(next),
+                None => break,
+            }
+        }
+        anyhow::Ok(versions)
     })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&versions)?);

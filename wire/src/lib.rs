@@ -19,9 +19,9 @@
 //! | POST | `/nodes/{id}/move` | [`MoveNode`] → [`MoveResult`] |
 //! | PATCH | `/nodes/{id}` | [`SetAttr`] → [`Node`] |
 //! | DELETE | `/nodes/{id}?base_version=&recursive=` | → [`Node`] (the trashed node) |
-//! | GET | `/nodes/{id}/versions` | → [`VersionList`] (earlier contents of a file) |
+//! | GET | `/nodes/{id}/versions?before=&limit=` | → [`VersionList`] (earlier contents of a file) |
 //! | POST | `/nodes/{id}/versions/{version}/restore` | → [`Node`] (that content, as a new version) |
-//! | GET | `/trash` | → [`TrashPage`] |
+//! | GET | `/trash?after=&limit=` | → [`TrashPage`] |
 //! | POST | `/trash/{id}/restore` | → [`Node`] |
 //! | POST | `/devices` | [`RegisterDevice`] → [`Device`] |
 //! | GET | `/changes?since=&limit=` | → [`ChangePage`], or 410 `cursor_too_old` |
@@ -29,6 +29,13 @@
 //! | POST | `/devices/{id}/listen` | → [`Device`] (renewed `listen`, e.g. fresh credentials) |
 //! | POST | `/blocks/missing` | [`BlockHashes`] → [`MissingBlocks`] |
 //! | POST | `/blocks/urls` | [`BlockHashes`] → [`BlockUrls`] |
+//!
+//! Every answer is bounded in bytes: a page (listing, trash, versions, change feed, long-poll)
+//! stops at [`MAX_PAGE`] entries or once it holds about [`MAX_PAGE_BYTES`] of JSON, whichever
+//! comes first, and always holds at least one entry when there is one. A page that was cut
+//! says so (`next`, or a `latest_seq` beyond its last event): follow it. One entry is bounded
+//! too: a file has at most [`MAX_FILE_BLOCKS`] blocks, so a node is at most about
+//! [`MAX_NODE_JSON_BYTES`] of JSON.
 //!
 //! Mutating requests may carry [`DEVICE_HEADER`] naming the caller's device, so the change
 //! events they cause say which device caused them (a client skips its own echoes).
@@ -51,6 +58,23 @@ pub const MAX_SYMLINK_BYTES: usize = 4096;
 pub const MAX_HASHES_PER_REQUEST: usize = 1024;
 /// Largest page size for listings and change feeds.
 pub const MAX_PAGE: u32 = 1000;
+/// About the most JSON one page holds: a page takes entries while it holds less than this, so
+/// it ends at most one entry beyond it (and a single larger entry still comes alone). 1 MiB
+/// keeps every answer far below AWS Lambda's 6 MB response limit and a server's memory per
+/// request small, while a page of ordinary nodes (~300 bytes each) still reaches [`MAX_PAGE`].
+pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
+/// Most blocks one file may have: 16,384 blocks of [`BLOCK_SIZE`] is a 64 GiB file, and its
+/// block list (67 bytes of JSON per hash) about 1.1 MB. A larger file cannot be stored.
+pub const MAX_FILE_BLOCKS: usize = 16 * 1024;
+// A page (at most MAX_PAGE_BYTES and one entry beyond) stays far below Lambda's 6 MB.
+const _: () = assert!(MAX_PAGE_BYTES + MAX_NODE_JSON_BYTES < 6_000_000 / 2);
+
+/// Largest file size: [`MAX_FILE_BLOCKS`] full blocks.
+pub const MAX_FILE_SIZE: u64 = MAX_FILE_BLOCKS as u64 * BLOCK_SIZE;
+/// Upper bound of one node's JSON: its block list, a name and a symlink target of the longest
+/// kinds with every byte escaped (`\u0001` is 6 bytes), and the fixed fields. Checked by a test.
+pub const MAX_NODE_JSON_BYTES: usize =
+    MAX_FILE_BLOCKS * 67 + 6 * (MAX_NAME_BYTES + MAX_SYMLINK_BYTES) + 512;
 
 pub type NodeId = u64;
 pub type DeviceId = u64;
@@ -237,11 +261,18 @@ pub struct FileVersion {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VersionList {
     pub versions: Vec<FileVersion>,
+    /// Pass as `before` for the next (older) page; `None` when this page is the last.
+    #[serde(default)]
+    pub next: Option<Version>,
 }
 
+/// Tops of deleted subtrees, newest first.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrashPage {
     pub entries: Vec<TrashEntry>,
+    /// Pass as `after` for the next page; `None` when this page is the last.
+    #[serde(default)]
+    pub next: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -510,6 +541,27 @@ mod tests {
         let dir: CreateNode =
             serde_json::from_str(r#"{"parent":1,"name":"d","kind":"dir"}"#).unwrap();
         assert_eq!(dir.kind, NewKind::Dir);
+    }
+
+    #[test]
+    fn the_largest_node_fits_its_bound() {
+        // Every byte of the name and the target escaped, the largest numbers, every block.
+        let node = Node {
+            id: u64::MAX,
+            parent: u64::MAX,
+            name: "\u{1}".repeat(MAX_NAME_BYTES),
+            kind: NodeKind::Symlink,
+            size: u64::MAX,
+            mode: u32::MAX,
+            mtime_ns: i64::MIN,
+            version: u64::MAX,
+            blocks: vec!["f".repeat(64); MAX_FILE_BLOCKS],
+            target: Some("\u{1}".repeat(MAX_SYMLINK_BYTES)),
+        };
+        let len = serde_json::to_vec(&node).unwrap().len();
+        assert!(len <= MAX_NODE_JSON_BYTES, "{len} > {MAX_NODE_JSON_BYTES}");
+        assert_eq!(MAX_FILE_SIZE, 64 << 30);
+        assert_eq!(block_count(MAX_FILE_SIZE), MAX_FILE_BLOCKS as u64);
     }
 
     #[test]

@@ -8,9 +8,9 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use jewel_wire::{
@@ -97,20 +97,48 @@ fn checked(
     Ok(local)
 }
 
+/// Stores one block at a signed URL. Everything that costs nothing is checked before a byte
+/// of the body is read: the signature and expiry, the announced `Content-Length` (at most
+/// [`BLOCK_SIZE`]), and that the URL's user still exists — so a stranger's connection, or a
+/// URL issued to a user removed since, costs no memory. A body without a length (chunked) is
+/// read only up to [`BLOCK_SIZE`]. The user is checked once more after the write: a removal
+/// that ran meanwhile (and swept the user's folder before this block landed) wins, and the
+/// block goes.
 pub async fn blob_put(
     State(svc): S,
     ApiPath((user, hash)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<SignatureQuery>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> AppResult<StatusCode> {
     let local = checked(&svc, BlobOp::Put, &user, &hash, &q)?;
-    let body = body.map_err(|_| {
+    let too_large = || {
         AppError::new(
             ErrorCode::PayloadTooLarge,
             format!("a block is at most {BLOCK_SIZE} bytes"),
         )
-    })?;
+    };
+    if let Some(length) = headers.get(header::CONTENT_LENGTH) {
+        let length: u64 = length
+            .to_str()
+            .ok()
+            .and_then(|l| l.parse().ok())
+            .ok_or_else(|| AppError::bad_request("Content-Length is not a number"))?;
+        if length > BLOCK_SIZE {
+            return Err(too_large());
+        }
+    }
+    if !svc.meta.user_exists(&user).await? {
+        return Err(crate::blobs::BlobError::BadSignature.into());
+    }
+    let body = axum::body::to_bytes(body, BLOCK_SIZE as usize)
+        .await
+        .map_err(|_| too_large())?;
     crate::blobs::BlobStore::put(local.as_ref(), &user, &hash, body).await?;
+    if !svc.meta.user_exists(&user).await? {
+        crate::blobs::BlobStore::delete(local.as_ref(), &user, &hash).await?;
+        return Err(crate::blobs::BlobError::BadSignature.into());
+    }
     Ok(StatusCode::OK)
 }
 
@@ -124,10 +152,9 @@ pub async fn blob_get(
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream"),
-            (
-                header::CACHE_CONTROL,
-                "private, max-age=31536000, immutable",
-            ),
+            // A block is a user's file content: never kept by a browser past the moment
+            // (a shared computer's next user, after "Sign out", must find nothing).
+            (header::CACHE_CONTROL, "private, no-store"),
             // Blocks share the portal's origin: never let a block render as a page.
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
             (header::CONTENT_DISPOSITION, "attachment"),

@@ -61,6 +61,7 @@ impl From<StoreError> for AppError {
             StoreError::InvalidMove(_) => AppError::new(ErrorCode::BadRequest, message),
             StoreError::CursorTooOld => AppError::new(ErrorCode::CursorTooOld, message),
             StoreError::UnknownDevice => AppError::new(ErrorCode::NotFound, "no such device"),
+            StoreError::TooManyDevices(_) => AppError::new(ErrorCode::Forbidden, message),
             StoreError::UserExists(_) | StoreError::UnknownUser(_) => {
                 AppError::new(ErrorCode::BadRequest, message)
             }

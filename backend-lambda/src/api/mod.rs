@@ -4,13 +4,15 @@
 //! The router is host-agnostic: `jewel-server` serves it with `axum::serve`, the Lambda
 //! `bootstrap` with `lambda_http::run`. Request bodies are bounded (JSON by
 //! `Limits::max_json_body`, blocks by `BLOCK_SIZE`), every refusal is a JSON error (see
-//! `error.rs`), and each request is logged in one line — without its query string, which may
+//! `error.rs`), every API answer says `Cache-Control: no-store` and
+//! `X-Content-Type-Options: nosniff`, and each request is logged in one line — without its query string, which may
 //! hold a URL signature.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post, put};
@@ -61,7 +63,8 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/changes", get(sync::changes))
         .route("/blocks/missing", post(blocks::missing))
         .route("/blocks/urls", post(blocks::urls))
-        .layer(DefaultBodyLimit::max(service.limits.max_json_body));
+        .layer(DefaultBodyLimit::max(service.limits.max_json_body))
+        .layer(axum::middleware::from_fn(api_headers));
     let blobs = Router::new()
         .route(
             "/blob/{user}/{hash}",
@@ -75,6 +78,19 @@ pub fn router(service: Arc<Service>) -> Router {
         .fallback(|| async { AppError::new(jewel_wire::ErrorCode::NotFound, "no such route") })
         .layer(axum::middleware::from_fn(log_request))
         .with_state(service)
+}
+
+/// Every API answer holds a user's data (or an error about it): no cache may keep it (a
+/// shared computer, a proxy), and no browser may guess it is something other than JSON.
+async fn api_headers(req: Request, next: Next) -> Response {
+    let mut response = next.run(req).await;
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 async fn log_request(req: Request, next: Next) -> Response {

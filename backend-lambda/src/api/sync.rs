@@ -34,7 +34,10 @@ pub async fn register_device(
 ) -> AppResult<(StatusCode, Json<Device>)> {
     check_name(&req.name)
         .map_err(|e| AppError::new(ErrorCode::InvalidName, format!("device name: {e}")))?;
-    let id = svc.meta.register_device(&caller.user.id, &req.name).await?;
+    let id = svc
+        .meta
+        .register_device(&caller.user.id, &req.name, svc.limits.max_devices)
+        .await?;
     let listen = svc.bus.register_device(&caller.user.id, id).await?;
     Ok((
         StatusCode::CREATED,

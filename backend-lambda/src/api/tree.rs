@@ -2,8 +2,9 @@
 //! delete to the trash and restore.
 //!
 //! Input is checked here, before any store is touched: names (`check_name`), modes, symlink
-//! targets, content shapes (block count matches size, hashes well-formed) and that every named
-//! block is stored. The store then applies the change atomically and returns the events, which
+//! targets, content shapes (at most `MAX_FILE_SIZE` bytes in `MAX_FILE_BLOCKS` blocks, block
+//! count matches size, hashes well-formed) and that every named block is stored. Listings,
+//! the trash and a file's versions are answered a bounded page at a time (see `store`). The store then applies the change atomically and returns the events, which
 //! are published on the bus after the commit (the log is the truth; a lost notification is
 //! caught up from the log by the client).
 
@@ -15,14 +16,15 @@ use axum::Json;
 use jewel_wire::{
     block_count, check_name, is_block_hash, ChangeEvent, CommitContent, Content, CreateNode,
     ApiError, ErrorCode, ListPage, Me, MoveMode, MoveNode, MoveResult, NewKind, Node, NodeId,
-    SetAttr, TargetExpect, TrashPage, Version, VersionList, MAX_SYMLINK_BYTES, ROOT_ID,
+    SetAttr, TargetExpect, TrashPage, Version, VersionList, MAX_FILE_BLOCKS, MAX_FILE_SIZE,
+    MAX_SYMLINK_BYTES, ROOT_ID,
 };
 use serde::Deserialize;
 
 use super::auth::Caller;
 use super::error::{ApiPath, ApiQuery, AppError, AppResult, JsonBody};
 use crate::service::Service;
-use crate::store::{NewNode, StoreError, UserId};
+use crate::store::{NewNode, StoreError, TrashCursor, UserId};
 
 type S = State<Arc<Service>>;
 
@@ -59,18 +61,19 @@ pub async fn list_children(
     if !dir.is_dir() {
         return Err(AppError::new(ErrorCode::NotADirectory, "not a directory"));
     }
-    let limit = q
-        .limit
-        .unwrap_or(svc.limits.max_page)
-        .clamp(1, svc.limits.max_page);
-    let entries = svc
+    let limit = page_limit(&svc, q.limit);
+    let page = svc
         .meta
         .list_children(&caller.user.id, id, q.after.as_deref(), limit)
         .await?;
-    let next = (entries.len() as u32 == limit)
-        .then(|| entries.last().map(|n| n.name.clone()))
+    let next = page
+        .more
+        .then(|| page.entries.last().map(|n| n.name.clone()))
         .flatten();
-    Ok(Json(ListPage { entries, next }))
+    Ok(Json(ListPage {
+        entries: page.entries,
+        next,
+    }))
 }
 
 pub async fn child(
@@ -275,10 +278,43 @@ pub async fn remove(
     Ok(Json(node))
 }
 
-pub async fn list_trash(State(svc): S, caller: Caller) -> AppResult<Json<TrashPage>> {
+#[derive(Deserialize)]
+pub struct TrashQuery {
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+/// The trash, newest first, one bounded page at a time (`next` goes on).
+pub async fn list_trash(
+    State(svc): S,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<TrashQuery>,
+) -> AppResult<Json<TrashPage>> {
+    let after = match q.after.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(TrashCursor::parse(text).ok_or_else(|| {
+            AppError::bad_request("`after` must be the `next` of an earlier trash page")
+        })?),
+    };
+    let page = svc
+        .meta
+        .list_trash(&caller.user.id, after, page_limit(&svc, q.limit))
+        .await?;
+    let next = page
+        .more
+        .then(|| page.entries.last().map(|e| TrashCursor::of(e).to_string()))
+        .flatten();
     Ok(Json(TrashPage {
-        entries: svc.meta.list_trash(&caller.user.id).await?,
+        entries: page.entries,
+        next,
     }))
+}
+
+/// The page size asked for, within 1 and the service's largest.
+fn page_limit(svc: &Service, asked: Option<u32>) -> u32 {
+    asked
+        .unwrap_or(svc.limits.max_page)
+        .clamp(1, svc.limits.max_page)
 }
 
 pub async fn restore(
@@ -294,13 +330,31 @@ pub async fn restore(
     Ok(Json(node))
 }
 
+#[derive(Deserialize)]
+pub struct VersionsQuery {
+    before: Option<Version>,
+    limit: Option<u32>,
+}
+
+/// A file's earlier contents, newest first, one bounded page at a time (`next` goes on).
 pub async fn list_versions(
     State(svc): S,
     caller: Caller,
     ApiPath(id): ApiPath<NodeId>,
+    ApiQuery(q): ApiQuery<VersionsQuery>,
 ) -> AppResult<Json<VersionList>> {
-    let versions = svc.meta.list_versions(&caller.user.id, id).await?;
-    Ok(Json(VersionList { versions }))
+    let page = svc
+        .meta
+        .list_versions(&caller.user.id, id, q.before, page_limit(&svc, q.limit))
+        .await?;
+    let next = page
+        .more
+        .then(|| page.entries.last().map(|v| v.version))
+        .flatten();
+    Ok(Json(VersionList {
+        versions: page.entries,
+        next,
+    }))
 }
 
 /// Commits an earlier content again on top of the current one (whose content becomes a
@@ -314,8 +368,9 @@ pub async fn restore_version(
     let user = &caller.user.id;
     let old = svc
         .meta
-        .list_versions(user, id)
+        .list_versions(user, id, version.checked_add(1), 1)
         .await?
+        .entries
         .into_iter()
         .find(|v| v.version == version)
         .ok_or_else(|| {
@@ -381,6 +436,17 @@ fn valid_mode(mode: Option<u32>) -> AppResult<Option<u32>> {
 /// Content must be well-formed and every block must already be stored (blocks first, then
 /// the commit).
 async fn valid_content(svc: &Service, user: &UserId, content: &Content) -> AppResult<()> {
+    if content.size > MAX_FILE_SIZE || content.blocks.len() > MAX_FILE_BLOCKS {
+        return Err(AppError::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "a file is at most {MAX_FILE_SIZE} bytes ({MAX_FILE_BLOCKS} blocks); \
+                 this one has {} bytes in {} blocks",
+                content.size,
+                content.blocks.len()
+            ),
+        ));
+    }
     if block_count(content.size) != content.blocks.len() as u64 {
         return Err(AppError::bad_request(format!(
             "{} bytes need {} blocks, the request names {}",

@@ -61,7 +61,8 @@ use jewel_wire::{
 
 use super::{count, count_n, sdk_err, AwsSettings, PK, SK, TTL_ATTR};
 use crate::store::{
-    new_id, MetaStore, Moved, NewNode, Origin, StoreError, StoreResult, User, UserId, MAX_VERSIONS,
+    fill_page, json_len, new_id, MetaStore, Moved, NewNode, Origin, Page, StoreError, StoreResult,
+    TrashCursor, User, UserId, MAX_PAGE_BYTES, MAX_VERSIONS,
 };
 
 type Item = HashMap<String, AttributeValue>;
@@ -233,6 +234,19 @@ fn read_node(item: &Item) -> StoreResult<Node> {
             _ => None,
         },
     })
+}
+
+/// About the bytes of JSON an item turns into: its strings and lists of strings (names,
+/// block lists, events), plus a little per attribute.
+fn item_len(item: &Item) -> usize {
+    fn len(v: &AttributeValue) -> usize {
+        match v {
+            AttributeValue::S(t) => t.len() + 3,
+            AttributeValue::L(list) => list.iter().map(len).sum::<usize>() + 2,
+            _ => 24,
+        }
+    }
+    item.iter().map(|(k, v)| k.len() + len(v)).sum()
 }
 
 /// A node's pointer item as read: the node and its trash state.
@@ -630,7 +644,23 @@ impl DynamoStore {
         prefix: Option<&str>,
         limit: Option<usize>,
     ) -> StoreResult<Vec<Item>> {
+        self.query_within(pk, after, prefix, limit, usize::MAX)
+            .await
+    }
+
+    /// As [`Self::query`], but asks DynamoDB for no further page once the items read hold
+    /// `max_bytes` (as [`item_len`] counts): a page to fill with `fill_page` needs no more,
+    /// and a directory of huge nodes is never read whole.
+    async fn query_within(
+        &self,
+        pk: String,
+        after: Option<String>,
+        prefix: Option<&str>,
+        limit: Option<usize>,
+        max_bytes: usize,
+    ) -> StoreResult<Vec<Item>> {
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         let mut start: Option<Item> = None;
         loop {
             let mut names = HashMap::from([("#pk".to_string(), PK.to_string())]);
@@ -659,9 +689,58 @@ impl DynamoStore {
             }
             count("dynamodb:Query");
             let page = q.send().await.map_err(be)?;
-            out.extend(page.items.unwrap_or_default());
+            let items = page.items.unwrap_or_default();
+            bytes = items
+                .iter()
+                .map(item_len)
+                .fold(bytes, usize::saturating_add);
+            out.extend(items);
             match page.last_evaluated_key {
-                Some(k) if !k.is_empty() && limit.is_none_or(|l| out.len() < l) => start = Some(k),
+                Some(k)
+                    if !k.is_empty()
+                        && limit.is_none_or(|l| out.len() < l)
+                        && bytes < max_bytes =>
+                {
+                    start = Some(k)
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// `(deleted at, id)` of every trash entry of the user, read as a projection (the keys
+    /// and times only, never the nodes' block lists).
+    async fn trash_keys(&self, uid: &str) -> StoreResult<Vec<(i64, NodeId)>> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            count("dynamodb:Query");
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk")
+                .projection_expression("#sk, #at")
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_names("#sk", SK)
+                .expression_attribute_names("#at", "at")
+                .expression_attribute_values(":pk", s(trash_pk(uid)))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(be)?;
+            for item in page.items.unwrap_or_default() {
+                let sk = get_s(&item, SK)?;
+                let id = sk
+                    .strip_prefix("N#")
+                    .and_then(|id| id.parse().ok())
+                    .ok_or_else(|| StoreError::Backend(format!("bad trash key {sk}")))?;
+                out.push((get_n(&item, "at")?, id));
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
                 _ => break,
             }
         }
@@ -1022,9 +1101,26 @@ impl MetaStore for DynamoStore {
         }))
     }
 
-    async fn register_device(&self, user: &UserId, name: &str) -> StoreResult<DeviceId> {
+    async fn user_exists(&self, user: &UserId) -> StoreResult<bool> {
+        Ok(self.get(user_pk(user), META.into()).await?.is_some())
+    }
+
+    /// The device count is read, not guarded: two registrations at the same instant may both
+    /// pass at `max - 1` (the cap bounds a user's devices, it is not an exact quota).
+    async fn register_device(
+        &self,
+        user: &UserId,
+        name: &str,
+        max: usize,
+    ) -> StoreResult<DeviceId> {
         if self.get(user_pk(user), META.into()).await?.is_none() {
             return Err(StoreError::UnknownUser(user.clone()));
+        }
+        let devices = self
+            .query(user_pk(user), None, Some("DEV#"), Some(max))
+            .await?;
+        if devices.len() >= max {
+            return Err(StoreError::TooManyDevices(max));
         }
         let id = new_id();
         let mut item = key(user_pk(user), dev_sk(id));
@@ -1041,6 +1137,14 @@ impl MetaStore for DynamoStore {
             .await
             .map_err(be)?;
         Ok(id)
+    }
+
+    async fn remove_devices(&self, user: &UserId) -> StoreResult<usize> {
+        let devices = self.query(user_pk(user), None, Some("DEV#"), None).await?;
+        let n = devices.len();
+        self.batch_write(devices.iter().map(Self::delete_req).collect())
+            .await?;
+        Ok(n)
     }
 
     async fn device(&self, user: &UserId, device: DeviceId) -> StoreResult<String> {
@@ -1081,17 +1185,24 @@ impl MetaStore for DynamoStore {
         parent: NodeId,
         after: Option<&str>,
         limit: u32,
-    ) -> StoreResult<Vec<Node>> {
+    ) -> StoreResult<Page<Node>> {
         self.live_dir(user, parent).await?;
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
         let after = after.filter(|a| !a.is_empty()).map(str::to_string);
-        self.query(dir_pk(user, parent), after, None, Some(limit as usize))
-            .await?
-            .iter()
-            .map(read_node)
-            .collect()
+        let items = self
+            .query_within(
+                dir_pk(user, parent),
+                after,
+                None,
+                Some(limit as usize + 1),
+                MAX_PAGE_BYTES,
+            )
+            .await?;
+        let rows = items.iter().map(|item| {
+            let node = read_node(item)?;
+            let len = json_len(&node);
+            Ok((node, len))
+        });
+        fill_page(rows, limit, MAX_PAGE_BYTES)
     }
 
     async fn create(
@@ -1471,24 +1582,40 @@ impl MetaStore for DynamoStore {
         Err(too_many())
     }
 
-    async fn list_trash(&self, user: &UserId) -> StoreResult<Vec<TrashEntry>> {
-        let mut out = self
-            .query(trash_pk(user), None, None, None)
-            .await?
-            .iter()
-            .map(|i| {
-                Ok(TrashEntry {
-                    node: read_node(i)?,
-                    deleted_at_ns: get_n(i, "at")?,
-                })
-            })
-            .collect::<StoreResult<Vec<_>>>()?;
-        out.sort_by(|a, b| {
-            b.deleted_at_ns
-                .cmp(&a.deleted_at_ns)
-                .then(a.node.id.cmp(&b.node.id))
-        });
-        Ok(out)
+    /// The trash partition is keyed by node id, not by time: its keys and times are read
+    /// first (a projection: a few dozen bytes per entry, whatever the nodes hold), ordered,
+    /// and only the page's entries are read whole.
+    async fn list_trash(
+        &self,
+        user: &UserId,
+        after: Option<TrashCursor>,
+        limit: u32,
+    ) -> StoreResult<Page<TrashEntry>> {
+        let mut keys = self.trash_keys(user).await?;
+        keys.sort_by_key(|&(at, id)| (std::cmp::Reverse(at), id));
+        let first = match after {
+            Some(c) => keys.partition_point(|&(at, id)| {
+                (std::cmp::Reverse(at), id) <= (std::cmp::Reverse(c.deleted_at_ns), c.id)
+            }),
+            None => 0,
+        };
+        let (mut entries, mut bytes, mut more) = (Vec::new(), 0usize, false);
+        for &(_, id) in &keys[first..] {
+            if entries.len() >= limit as usize || (bytes >= MAX_PAGE_BYTES && !entries.is_empty()) {
+                more = true;
+                break;
+            }
+            let Some(item) = self.get(trash_pk(user), node_sk(id)).await? else {
+                continue; // restored or purged meanwhile
+            };
+            let entry = TrashEntry {
+                node: read_node(&item)?,
+                deleted_at_ns: get_n(&item, "at")?,
+            };
+            bytes += json_len(&entry);
+            entries.push(entry);
+        }
+        Ok(Page { entries, more })
     }
 
     async fn restore(
@@ -1575,19 +1702,26 @@ impl MetaStore for DynamoStore {
         }
         let now = unix_secs();
         let items = self
-            .query(
+            .query_within(
                 log_pk(user),
                 Some(seq_sk(since)),
                 None,
                 Some(limit as usize),
+                MAX_PAGE_BYTES,
             )
             .await?;
-        let mut events = Vec::with_capacity(items.len());
+        let mut rows = Vec::with_capacity(items.len());
         for item in &items {
             if opt_n::<u64>(item, TTL_ATTR)?.is_some_and(|t| t <= now) {
                 continue;
             }
-            let ev: ChangeEvent = serde_json::from_str(&get_s(item, "ev")?)
+            let json = get_s(item, "ev")?;
+            let len = json.len();
+            rows.push(Ok((json, len)));
+        }
+        let mut events = Vec::with_capacity(rows.len());
+        for json in fill_page(rows, limit, MAX_PAGE_BYTES)?.entries {
+            let ev: ChangeEvent = serde_json::from_str(&json)
                 .map_err(|e| StoreError::Backend(format!("bad event in the log: {e}")))?;
             events.push(ev);
         }
@@ -1690,7 +1824,15 @@ impl MetaStore for DynamoStore {
         Ok(purged)
     }
 
-    async fn list_versions(&self, user: &UserId, id: NodeId) -> StoreResult<Vec<FileVersion>> {
+    /// A file has at most [`MAX_VERSIONS`] versions, so they are read together (each item is
+    /// at most 400 KB) and paged here.
+    async fn list_versions(
+        &self,
+        user: &UserId,
+        id: NodeId,
+        before: Option<Version>,
+        limit: u32,
+    ) -> StoreResult<Page<FileVersion>> {
         if self.live(user, id).await?.kind != NodeKind::File {
             return Err(StoreError::NotFound);
         }
@@ -1713,7 +1855,14 @@ impl MetaStore for DynamoStore {
             });
         }
         out.sort_by_key(|v| std::cmp::Reverse(v.version));
-        Ok(out)
+        let rows = out
+            .into_iter()
+            .filter(|v| before.is_none_or(|b| v.version < b))
+            .map(|v| {
+                let len = json_len(&v);
+                Ok((v, len))
+            });
+        fill_page(rows, limit, MAX_PAGE_BYTES)
     }
 
     async fn purge_versions(&self, user: &UserId, before_ns: i64) -> StoreResult<usize> {

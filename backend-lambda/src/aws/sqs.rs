@@ -1,4 +1,4 @@
-//! `ChangeBus` on SQS: one standard queue per device, `<prefix>-<user>-<device>`.
+//! `ChangeBus` on SQS: one standard queue per device, `<prefix>_<user>-<device>`.
 //!
 //! - **register_device** creates the device's queue (idempotent: registering again returns the
 //!   same queue) with 20 s long polling as its default and a 4-day retention (a device away
@@ -13,7 +13,7 @@
 //! - **publish** sends the events to each given device's queue with `SendMessageBatch`. Each
 //!   message body is a JSON `ChangePage` of consecutive events, at most [`MAX_BODY`] bytes, so a
 //!   whole batch usually bills as one request (SQS bills per 64 KiB of payload). The sends to
-//!   different devices run concurrently.
+//!   different devices run concurrently, at most [`MAX_CONCURRENT_SENDS`] at a time.
 //! - **wait_after** is [`BusError::PollUnsupported`]: devices read their queues themselves.
 //!
 //! Queue URLs are cached per process (a warm Lambda sends without looking them up).
@@ -34,6 +34,9 @@ use crate::store::UserId;
 pub const MAX_BODY: usize = 60 * 1024;
 /// Largest batch payload (SQS allows 256 KiB per batch).
 const MAX_BATCH_BYTES: usize = 240 * 1024;
+/// Most sends to device queues in flight for one commit: a user with many devices (at most
+/// `Limits::max_devices`) does not open a connection per device at once.
+pub const MAX_CONCURRENT_SENDS: usize = 8;
 /// Lifetime of device credentials (the most STS grants to a chained role session).
 const CREDENTIALS_LIFETIME: Duration = Duration::from_secs(3600);
 
@@ -149,15 +152,16 @@ impl SqsBus {
     }
 }
 
-/// The queue name of one device, `<prefix>-<user>-<device>`: only the characters SQS allows,
-/// at most 80.
+/// The queue name of one device, `<prefix>_<user>-<device>`: only the characters SQS allows,
+/// at most 80. The prefix (the deployment's name) has no `_`, so the first `_` ends it and
+/// the IAM pattern `<prefix>_*` covers exactly this deployment's queues (`terraform/iam.tf`).
 pub fn queue_name(prefix: &str, user: &str, device: DeviceId) -> String {
     let mut name = format!("{}{device}", user_queue_prefix(prefix, user));
     name.truncate(80);
     name
 }
 
-/// What the names of one user's queues begin with, `<prefix>-<user>-`.
+/// What the names of one user's queues begin with, `<prefix>_<user>-`.
 pub fn user_queue_prefix(prefix: &str, user: &str) -> String {
     let clean: String = user
         .chars()
@@ -169,7 +173,7 @@ pub fn user_queue_prefix(prefix: &str, user: &str) -> String {
             }
         })
         .collect();
-    format!("{prefix}-{clean}-")
+    format!("{prefix}_{clean}-")
 }
 
 /// The session policy that narrows the listener role to one queue.
@@ -269,8 +273,11 @@ impl ChangeBus for SqsBus {
         let bodies = bodies(events);
         // Every device gets its copy even when another device's send fails; the first failure
         // is reported after all were tried.
-        let sends = devices.iter().map(|&d| self.publish_to(user, d, &bodies));
-        let results = futures::future::join_all(sends).await;
+        let sends: Vec<_> = devices
+            .iter()
+            .map(|&d| self.publish_to(user, d, &bodies))
+            .collect();
+        let results = crate::bus::bounded(sends, MAX_CONCURRENT_SENDS).await;
         results.into_iter().collect::<BusResult<Vec<()>>>()?;
         Ok(())
     }
@@ -279,7 +286,7 @@ impl ChangeBus for SqsBus {
         Err(BusError::PollUnsupported)
     }
 
-    /// Deletes every queue named `<prefix>-<user>-<device>`, found by listing the name prefix
+    /// Deletes every queue named `<prefix>_<user>-<device>`, found by listing the name prefix
     /// (so also queues of devices whose items are already gone).
     async fn remove_user(&self, user: &UserId) -> BusResult<u64> {
         let prefix = user_queue_prefix(&self.prefix, user);

@@ -575,6 +575,7 @@ async fn two_instances_writing_one_user_keep_the_log_dense() {
         two.list_children(&u, ROOT_ID, None, 100)
             .await
             .unwrap()
+            .entries
             .len(),
         12
     );
@@ -607,7 +608,7 @@ async fn removing_a_user_deletes_its_blocks_and_queues() {
             hs.push(h);
         }
         for d in ["laptop", "desktop"] {
-            let id = svc.meta.register_device(&user.id, d).await.unwrap();
+            let id = svc.meta.register_device(&user.id, d, 100).await.unwrap();
             svc.bus.register_device(&user.id, id).await.unwrap();
         }
         hashes.insert(name, (user.id, hs));

@@ -78,6 +78,9 @@ enum UserCommand {
     Remove { name: String },
     /// Issue a new token for a user (the old one stops working); prints it as the last line.
     Token { name: String },
+    /// Forget every device of a user, freeing its device slots; each machine registers
+    /// again when it next mounts.
+    ForgetDevices { name: String },
 }
 
 fn data_dir(arg: &DataArg) -> anyhow::Result<PathBuf> {
@@ -179,6 +182,10 @@ async fn user_command(command: &UserCommand, data: &DataArg) -> anyhow::Result<(
                 "removed user {name} ({} blocks, {} device queues)",
                 removed.blocks, removed.queues
             );
+        }
+        UserCommand::ForgetDevices { name } => {
+            let n = backend_lambda::admin::forget_devices(&service, name).await?;
+            println!("forgot {n} device(s) of {name}; each registers again at its next mount");
         }
         UserCommand::Token { name } => {
             let token = backend_lambda::admin::reissue_token(meta, name).await?;

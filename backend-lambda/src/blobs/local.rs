@@ -5,9 +5,12 @@
 //! `ROOT/.key` (created on first open, readable by the owner only). Changing any part, or
 //! using a GET URL to PUT, breaks the signature; an expired URL is refused even with a valid
 //! signature. Writes are verified against the hash and land atomically (temporary file, fsync,
-//! rename), so a block on disk is always whole and always matches its name.
+//! rename), so a block on disk is always whole and always matches its name. Folders are
+//! 0700 and block files 0600 (the temporary file's mode, kept by the rename): other local
+//! users read nothing.
 
 use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -54,7 +57,7 @@ pub struct LocalBlobStore {
 
 impl LocalBlobStore {
     pub fn open(root: &Path) -> BlobResult<LocalBlobStore> {
-        std::fs::create_dir_all(root).map_err(backend)?;
+        crate::service::private_dir(root).map_err(backend)?;
         let key_path = root.join(".key");
         let key = match std::fs::read(&key_path) {
             Ok(key) if key.len() >= 32 => key,
@@ -177,7 +180,11 @@ impl BlobStore for LocalBlobStore {
                 return Ok(());
             }
             let dir = path.parent().expect("block paths have a parent");
-            std::fs::create_dir_all(dir).map_err(backend)?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(backend)?;
             let mut tmp = tempfile_in(dir)?;
             tmp.write_all(&bytes).map_err(backend)?;
             tmp.as_file().sync_data().map_err(backend)?;

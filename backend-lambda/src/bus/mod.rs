@@ -54,3 +54,40 @@ pub trait ChangeBus: Send + Sync + 'static {
         Ok(0)
     }
 }
+
+/// Runs `futures` with at most `limit` of them in flight at once; the results come in the
+/// given order. A fan-out to every device of a user goes through this, so its cost in
+/// connections and memory is bounded whatever the number of devices.
+pub async fn bounded<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+    limit: usize,
+) -> Vec<F::Output> {
+    use futures::StreamExt;
+    futures::stream::iter(futures)
+        .buffered(limit.max(1))
+        .collect()
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn bounded_keeps_at_most_limit_in_flight_and_the_order() {
+        let (now, peak) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let tasks = (0..50).map(|i| {
+            let (now, peak) = (&now, &peak);
+            async move {
+                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(n, Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                i
+            }
+        });
+        let out = super::bounded(tasks, 8).await;
+        assert_eq!(out, (0..50).collect::<Vec<_>>());
+        assert_eq!(peak.load(Ordering::SeqCst), 8);
+    }
+}

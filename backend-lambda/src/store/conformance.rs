@@ -62,6 +62,9 @@ macro_rules! meta_store_conformance {
             purge_trash_forgets_old_deletions,
             versions_keep_replaced_content,
             concurrent_reads_and_writes,
+            pages_are_bounded_in_bytes,
+            devices_are_capped_and_forgotten,
+            removed_user_leaves_no_versions,
         );
     };
     (@each $how:tt $($case:ident),* $(,)?) => {
@@ -162,7 +165,8 @@ async fn names(s: &dyn MetaStore, user: &UserId, parent: NodeId) -> Vec<String> 
     let list = s
         .list_children(user, parent, None, 1000)
         .await
-        .expect("list_children");
+        .expect("list_children")
+        .entries;
     list.into_iter().map(|n| n.name).collect()
 }
 
@@ -174,9 +178,10 @@ async fn all_events(s: &dyn MetaStore, user: &UserId) -> Vec<ChangeEvent> {
 }
 
 async fn trash_ids(s: &dyn MetaStore, user: &UserId) -> Vec<NodeId> {
-    s.list_trash(user)
+    s.list_trash(user, None, 1000)
         .await
         .expect("list_trash")
+        .entries
         .into_iter()
         .map(|e| e.node.id)
         .collect()
@@ -220,7 +225,7 @@ pub async fn users_lifecycle(s: &dyn MetaStore) {
 
     // Removing a user removes its token, devices, tree and log.
     let f = file(s, &ann.id, ROOT_ID, "f").await;
-    let laptop = s.register_device(&ann.id, "laptop").await.unwrap();
+    let laptop = s.register_device(&ann.id, "laptop", 100).await.unwrap();
     s.remove_user("ann").await.unwrap();
     assert!(s.user_by_token("hash-ann").await.unwrap().is_none());
     let listed: Vec<String> = s
@@ -278,8 +283,8 @@ pub async fn tokens_and_revocation(s: &dyn MetaStore) {
 pub async fn devices(s: &dyn MetaStore) {
     let ann = new_user(s, "ann").await;
     let bob = new_user(s, "bob").await;
-    let laptop = s.register_device(&ann.id, "laptop").await.unwrap();
-    let phone = s.register_device(&ann.id, "phone").await.unwrap();
+    let laptop = s.register_device(&ann.id, "laptop", 100).await.unwrap();
+    let phone = s.register_device(&ann.id, "phone", 100).await.unwrap();
     assert_ne!(laptop, phone);
     assert!(
         laptop < (1 << 53) && phone < (1 << 53),
@@ -296,7 +301,7 @@ pub async fn devices(s: &dyn MetaStore) {
     assert_err!(s.device(&bob.id, laptop).await, StoreError::UnknownDevice);
     assert_err!(s.device(&ann.id, 4242).await, StoreError::UnknownDevice);
     assert!(s.devices(&bob.id).await.unwrap().is_empty());
-    let bobs = s.register_device(&bob.id, "laptop").await.unwrap();
+    let bobs = s.register_device(&bob.id, "laptop", 100).await.unwrap();
     assert_ne!(bobs, laptop);
     assert_eq!(
         s.devices(&bob.id).await.unwrap(),
@@ -459,10 +464,22 @@ pub async fn list_children_pages(s: &dyn MetaStore) {
         file(s, &u, d.id, &format!("f{:02}", (i * 7) % 25)).await;
     }
     let expected: Vec<String> = (0..25).map(|i| format!("f{i:02}")).collect();
-    let page1 = s.list_children(&u, d.id, None, 10).await.unwrap();
-    let page2 = s.list_children(&u, d.id, Some("f09"), 10).await.unwrap();
-    let page3 = s.list_children(&u, d.id, Some("f19"), 10).await.unwrap();
-    let page4 = s.list_children(&u, d.id, Some("f24"), 10).await.unwrap();
+    let page1 = s.list_children(&u, d.id, None, 10).await.unwrap().entries;
+    let page2 = s
+        .list_children(&u, d.id, Some("f09"), 10)
+        .await
+        .unwrap()
+        .entries;
+    let page3 = s
+        .list_children(&u, d.id, Some("f19"), 10)
+        .await
+        .unwrap()
+        .entries;
+    let page4 = s
+        .list_children(&u, d.id, Some("f24"), 10)
+        .await
+        .unwrap()
+        .entries;
     assert_eq!(
         (page1.len(), page2.len(), page3.len(), page4.len()),
         (10, 10, 5, 0)
@@ -474,13 +491,17 @@ pub async fn list_children_pages(s: &dyn MetaStore) {
         .collect();
     assert_eq!(all, expected);
     // `after` need not be an existing name.
-    let from = s.list_children(&u, d.id, Some("f10x"), 2).await.unwrap();
+    let from = s
+        .list_children(&u, d.id, Some("f10x"), 2)
+        .await
+        .unwrap()
+        .entries;
     assert_eq!(
         from.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
         ["f11", "f12"]
     );
     // Entries carry the full node (what readdirplus needs).
-    for n in s.list_children(&u, d.id, None, 1000).await.unwrap() {
+    for n in s.list_children(&u, d.id, None, 1000).await.unwrap().entries {
         assert_eq!(s.get_node(&u, n.id).await.unwrap(), n);
         assert_eq!(n.parent, d.id);
     }
@@ -512,7 +533,11 @@ pub async fn list_children_bytewise_order(s: &dyn MetaStore) {
         names(s, &u, ROOT_ID).await,
         ["10", "9", "B", "Z", "_", "a", "a b", "ab", "é"]
     );
-    let after = s.list_children(&u, ROOT_ID, Some("a"), 2).await.unwrap();
+    let after = s
+        .list_children(&u, ROOT_ID, Some("a"), 2)
+        .await
+        .unwrap()
+        .entries;
     assert_eq!(
         after.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
         ["a b", "ab"]
@@ -803,7 +828,7 @@ pub async fn move_replace_file(s: &dyn MetaStore) {
     assert_eq!(s.child(&u, ROOT_ID, "y").await.unwrap(), moved.node);
     assert_err!(s.get_node(&u, y.id).await, StoreError::NotFound);
     assert_eq!(names(s, &u, ROOT_ID).await, ["y"]);
-    let trash = s.list_trash(&u).await.unwrap();
+    let trash = s.list_trash(&u, None, 1000).await.unwrap().entries;
     assert_eq!(trash.len(), 1);
     assert_eq!((trash[0].node.id, trash[0].node.name.as_str()), (y.id, "y"));
     assert_eq!(trash[0].deleted_at_ns, 40);
@@ -930,7 +955,11 @@ pub async fn move_exchange(s: &dyn MetaStore) {
     assert_eq!(s.child(&u, ROOT_ID, "q").await.unwrap().id, p.id);
     assert_eq!(s.child(&u, a.id, "p").await.unwrap().id, q.id);
     assert!(
-        s.list_trash(&u).await.unwrap().is_empty(),
+        s.list_trash(&u, None, 1000)
+            .await
+            .unwrap()
+            .entries
+            .is_empty(),
         "nothing is trashed"
     );
 
@@ -991,7 +1020,7 @@ pub async fn remove_and_trash(s: &dyn MetaStore) {
         s.remove(&u, f.id, None, false, at(51)).await,
         StoreError::NotFound
     );
-    let trash = s.list_trash(&u).await.unwrap();
+    let trash = s.list_trash(&u, None, 1000).await.unwrap().entries;
     assert_eq!(trash.len(), 1);
     assert_eq!(trash[0].node, f);
     assert_eq!(trash[0].deleted_at_ns, 50);
@@ -1058,7 +1087,12 @@ pub async fn restore_brings_subtree_back(s: &dyn MetaStore) {
     assert_eq!(s.get_node(&u, g.id).await.unwrap(), g);
     assert_eq!(s.child(&u, sub.id, "t").await.unwrap(), t);
     assert_eq!(names(s, &u, d.id).await, ["g", "sub"]);
-    assert!(s.list_trash(&u).await.unwrap().is_empty());
+    assert!(s
+        .list_trash(&u, None, 1000)
+        .await
+        .unwrap()
+        .entries
+        .is_empty());
 
     // Only tops of the trash can be restored.
     assert_err!(s.restore(&u, d.id, at(21)).await, StoreError::NotFound);
@@ -1354,7 +1388,12 @@ pub async fn users_isolated(s: &dyn MetaStore) {
 
     assert_eq!(names(s, &b, ROOT_ID).await, ["mine"]);
     assert_eq!(names(s, &a, ROOT_ID).await, ["docs"]);
-    assert!(s.list_trash(&b).await.unwrap().is_empty());
+    assert!(s
+        .list_trash(&b, None, 1000)
+        .await
+        .unwrap()
+        .entries
+        .is_empty());
     assert_eq!(trash_ids(s, &a).await, [gone.id]);
     assert_eq!(s.referenced_blocks(&b).await.unwrap(), [hash(3)]);
     let b_log = all_events(s, &b).await;
@@ -1370,7 +1409,7 @@ pub async fn users_isolated(s: &dyn MetaStore) {
 
 pub async fn events_carry_device(s: &dyn MetaStore) {
     let u = new_user(s, "ann").await.id;
-    let dev = s.register_device(&u, "laptop").await.unwrap();
+    let dev = s.register_device(&u, "laptop", 100).await.unwrap();
     let o = Origin {
         device: Some(dev),
         now_ns: 100,
@@ -1549,7 +1588,7 @@ pub async fn versions_keep_replaced_content(s: &dyn MetaStore) {
     s.commit_content(&u, f.id, 2, &c(3), Some(6), at(20))
         .await
         .unwrap();
-    let versions = s.list_versions(&u, f.id).await.unwrap();
+    let versions = s.list_versions(&u, f.id, None, 1000).await.unwrap().entries;
     assert_eq!(
         versions,
         [
@@ -1576,7 +1615,14 @@ pub async fn versions_keep_replaced_content(s: &dyn MetaStore) {
     s.commit_content(&u, f.id, same.version, &c(3), None, at(25))
         .await
         .unwrap();
-    assert_eq!(s.list_versions(&u, f.id).await.unwrap().len(), 2);
+    assert_eq!(
+        s.list_versions(&u, f.id, None, 1000)
+            .await
+            .unwrap()
+            .entries
+            .len(),
+        2
+    );
 
     // Empty content is not kept; directories and other users' files have no versions.
     let e = make(
@@ -1592,17 +1638,29 @@ pub async fn versions_keep_replaced_content(s: &dyn MetaStore) {
     s.commit_content(&u, e.id, 1, &c(4), None, at(30))
         .await
         .unwrap();
-    assert!(s.list_versions(&u, e.id).await.unwrap().is_empty());
+    assert!(s
+        .list_versions(&u, e.id, None, 1000)
+        .await
+        .unwrap()
+        .entries
+        .is_empty());
     let d = dir(s, &u, ROOT_ID, "d").await;
-    assert_err!(s.list_versions(&u, d.id).await, StoreError::NotFound);
-    assert_err!(s.list_versions(&b, f.id).await, StoreError::NotFound);
+    assert_err!(
+        s.list_versions(&u, d.id, None, 1000).await,
+        StoreError::NotFound
+    );
+    assert_err!(
+        s.list_versions(&b, f.id, None, 1000).await,
+        StoreError::NotFound
+    );
 
     // Retention: versions replaced before the cut go.
     assert_eq!(s.purge_versions(&u, 15).await.unwrap(), 1);
     let left: Vec<Version> = s
-        .list_versions(&u, f.id)
+        .list_versions(&u, f.id, None, 1000)
         .await
         .unwrap()
+        .entries
         .iter()
         .map(|v| v.version)
         .collect();
@@ -1625,7 +1683,7 @@ pub async fn versions_keep_replaced_content(s: &dyn MetaStore) {
             .version;
     }
     assert_eq!(s.purge_versions(&u, 0).await.unwrap(), 2);
-    let kept = s.list_versions(&u, g.id).await.unwrap();
+    let kept = s.list_versions(&u, g.id, None, 1000).await.unwrap().entries;
     assert_eq!(kept.len(), MAX_VERSIONS);
     assert_eq!(kept[0].version, base - 1, "the newest is kept");
     assert_eq!(kept[MAX_VERSIONS - 1].version, base - MAX_VERSIONS as u64);
@@ -1684,4 +1742,179 @@ pub async fn concurrent_reads_and_writes(s: &dyn MetaStore) {
     assert_eq!(page.events.len(), 16);
     assert!(page.events.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
     assert_eq!(names(s, u, ROOT_ID).await.len(), 17);
+}
+
+/// A file whose block list makes its node about `blocks * 67` bytes of JSON (every engine
+/// stores 4000 blocks: DynamoDB's items hold up to ~5000).
+fn big_content(blocks: usize) -> Content {
+    Content {
+        size: blocks as u64 * jewel_wire::BLOCK_SIZE,
+        blocks: vec![hash(7); blocks],
+    }
+}
+
+/// Every listing, the trash, a file's versions and the change log are cut in bytes, not
+/// only in count: five nodes of ~270 KB each never come in one page, every page stays within
+/// `MAX_PAGE_BYTES` plus one entry, and following the pages gives every entry exactly once.
+pub async fn pages_are_bounded_in_bytes(s: &dyn MetaStore) {
+    use super::{json_len, Page, TrashCursor, MAX_PAGE_BYTES};
+    let u = new_user(s, "ann").await.id;
+    let d = dir(s, &u, ROOT_ID, "d").await;
+    let big = big_content(4000);
+    let mut files = Vec::new();
+    for i in 0..5 {
+        let kind = NewKind::File {
+            content: big.clone(),
+        };
+        files.push(make(s, &u, d.id, &format!("f{i}"), kind).await);
+    }
+    let entry = json_len(&files[0]);
+    assert!(entry > 250_000, "{entry}");
+    let bounded = |bytes: usize, what: &str| {
+        assert!(
+            bytes < MAX_PAGE_BYTES + entry + 1000,
+            "{what}: a page of {bytes} bytes"
+        );
+    };
+    fn bytes<T: serde::Serialize>(page: &Page<T>) -> usize {
+        page.entries.iter().map(json_len).sum()
+    }
+
+    // Children.
+    let (mut after, mut seen, mut pages) = (None::<String>, Vec::new(), 0);
+    loop {
+        let page = s
+            .list_children(&u, d.id, after.as_deref(), 1000)
+            .await
+            .unwrap();
+        bounded(bytes(&page), "children");
+        assert!(!page.is_empty(), "a page always moves on");
+        pages += 1;
+        seen.extend(page.entries.iter().map(|n| n.name.clone()));
+        if !page.more {
+            break;
+        }
+        after = page.entries.last().map(|n| n.name.clone());
+    }
+    assert_eq!(seen, ["f0", "f1", "f2", "f3", "f4"]);
+    assert!(pages >= 2, "five big nodes came in {pages} page(s)");
+    // The count still cuts too, and says so.
+    let two = s.list_children(&u, d.id, None, 2).await.unwrap();
+    assert!(two.len() <= 2 && two.more);
+
+    // Versions: four earlier contents of one file.
+    let f = &files[0];
+    let mut version = f.version;
+    for i in 0..4 {
+        let mut c = big.clone();
+        c.blocks[0] = hash(100 + i);
+        version = s
+            .commit_content(&u, f.id, version, &c, None, at(10 + i as i64))
+            .await
+            .unwrap()
+            .0
+            .version;
+    }
+    let (mut before, mut got) = (None, Vec::new());
+    loop {
+        let page = s.list_versions(&u, f.id, before, 1000).await.unwrap();
+        bounded(bytes(&page), "versions");
+        assert!(!page.is_empty());
+        got.extend(page.entries.iter().map(|v| v.version));
+        if !page.more {
+            break;
+        }
+        before = page.entries.last().map(|v| v.version);
+    }
+    assert_eq!(got.len(), 4);
+    assert!(got.windows(2).all(|w| w[0] > w[1]), "newest first: {got:?}");
+
+    // Trash.
+    for (i, f) in files.iter().enumerate() {
+        s.remove(&u, f.id, None, false, at(100 + i as i64))
+            .await
+            .unwrap();
+    }
+    let (mut after, mut trashed, mut pages) = (None, Vec::new(), 0);
+    loop {
+        let page = s.list_trash(&u, after, 1000).await.unwrap();
+        bounded(bytes(&page), "trash");
+        assert!(!page.is_empty());
+        pages += 1;
+        trashed.extend(page.entries.iter().map(|e| e.node.name.clone()));
+        if !page.more {
+            break;
+        }
+        after = page.entries.last().map(TrashCursor::of);
+    }
+    assert_eq!(trashed, ["f4", "f3", "f2", "f1", "f0"], "newest first");
+    assert!(pages >= 2);
+    let one = s.list_trash(&u, None, 1).await.unwrap();
+    assert!(one.len() == 1 && one.more);
+    let rest = s
+        .list_trash(&u, Some(TrashCursor::of(&one.entries[0])), 1000)
+        .await
+        .unwrap();
+    assert_eq!(rest.entries[0].node.name, "f3");
+
+    // The change log: every event once, in order, each page bounded.
+    let latest = s.latest_seq(&u).await.unwrap();
+    let (mut cursor, mut pages) = (0, 0);
+    while cursor < latest {
+        let page = s.changes_since(&u, cursor, 1000).await.unwrap();
+        let b: usize = page.events.iter().map(json_len).sum();
+        bounded(b, "changes");
+        assert!(!page.events.is_empty());
+        for e in &page.events {
+            assert_eq!(e.seq, cursor + 1);
+            cursor = e.seq;
+        }
+        pages += 1;
+    }
+    assert!(
+        pages >= 2,
+        "{latest} events of big nodes came in {pages} page(s)"
+    );
+}
+
+/// A user has at most the given number of devices; forgetting them frees the slots.
+pub async fn devices_are_capped_and_forgotten(s: &dyn MetaStore) {
+    let ann = new_user(s, "ann").await.id;
+    let bob = new_user(s, "bob").await.id;
+    for i in 0..3 {
+        s.register_device(&ann, &format!("d{i}"), 3).await.unwrap();
+    }
+    assert_err!(
+        s.register_device(&ann, "one more", 3).await,
+        StoreError::TooManyDevices(3)
+    );
+    assert_eq!(s.devices(&ann).await.unwrap().len(), 3, "nothing changed");
+    // Another user's slots are their own.
+    s.register_device(&bob, "laptop", 3).await.unwrap();
+    assert_eq!(s.remove_devices(&ann).await.unwrap(), 3);
+    assert!(s.devices(&ann).await.unwrap().is_empty());
+    assert_eq!(s.devices(&bob).await.unwrap().len(), 1, "bob keeps his");
+    s.register_device(&ann, "again", 3).await.unwrap();
+}
+
+/// Removing a user takes its earlier versions too (they name blocks: the collector must not
+/// keep them alive, and nothing of the user may stay behind).
+pub async fn removed_user_leaves_no_versions(s: &dyn MetaStore) {
+    let ann = new_user(s, "ann").await.id;
+    let f = file(s, &ann, ROOT_ID, "f").await;
+    let c = Content {
+        size: 3,
+        blocks: vec![hash(99)],
+    };
+    s.commit_content(&ann, f.id, f.version, &c, None, at(5))
+        .await
+        .unwrap();
+    assert!(s.user_exists(&ann).await.unwrap());
+    assert!(s.referenced_blocks(&ann).await.unwrap().contains(&hash(3)));
+    s.remove_user("ann").await.unwrap();
+    assert!(!s.user_exists(&ann).await.unwrap());
+    assert!(
+        s.referenced_blocks(&ann).await.unwrap().is_empty(),
+        "the removed user's versions still name blocks"
+    );
 }

@@ -20,6 +20,13 @@
 //! retention time, beyond [`MAX_VERSIONS`] per file, and with their file when its trash entry
 //! is purged.
 //!
+//! Every method that returns many items returns a bounded [`Page`]: at most the asked number
+//! of entries, and entries only while the page holds less than
+//! [`jewel_wire::MAX_PAGE_BYTES`] of JSON (so one page ends at most one entry past it; a
+//! single larger entry still comes alone, so paging always moves on). Engines fill pages
+//! with [`fill_page`] while reading rows, so a directory of huge nodes never sits in memory
+//! whole.
+//!
 //! [`purge_versions`]: MetaStore::purge_versions
 
 use async_trait::async_trait;
@@ -27,6 +34,8 @@ use jewel_wire::{
     ChangeEvent, ChangePage, Content, DeviceId, FileVersion, MoveMode, NewKind, Node, NodeId, Seq,
     SetAttr, TrashEntry, Version,
 };
+
+pub use jewel_wire::MAX_PAGE_BYTES;
 
 pub mod sqlite;
 
@@ -98,6 +107,12 @@ pub enum StoreError {
     UnknownUser(String),
     #[error("no such device")]
     UnknownDevice,
+    #[error(
+        "this user already has {0} devices, the most allowed; an administrator frees the \
+         slots with `jewel-server user forget-devices NAME` (each machine registers again \
+         when it next mounts)"
+    )]
+    TooManyDevices(usize),
     #[error("too large for this store: {0}")]
     TooLarge(String),
     /// Another process (the running server, beside an admin command) held the database
@@ -122,9 +137,15 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn set_token(&self, name: &str, token_hash: &str) -> StoreResult<User>;
     /// The user a token hash belongs to, if any.
     async fn user_by_token(&self, token_hash: &str) -> StoreResult<Option<User>>;
+    /// Whether a user with this id exists (block URLs name the user by id).
+    async fn user_exists(&self, user: &UserId) -> StoreResult<bool>;
 
     // ---- devices ----
-    async fn register_device(&self, user: &UserId, name: &str) -> StoreResult<DeviceId>;
+    /// Registers a new device; `TooManyDevices` when the user has `max` already.
+    async fn register_device(&self, user: &UserId, name: &str, max: usize)
+        -> StoreResult<DeviceId>;
+    /// Forgets every device of the user (frees the slots); returns how many went.
+    async fn remove_devices(&self, user: &UserId) -> StoreResult<usize>;
     /// The device's name, or `UnknownDevice` when it is not one of this user's devices.
     async fn device(&self, user: &UserId, device: DeviceId) -> StoreResult<String>;
     async fn devices(&self, user: &UserId) -> StoreResult<Vec<(DeviceId, String)>>;
@@ -132,15 +153,15 @@ pub trait MetaStore: Send + Sync + 'static {
     // ---- the tree ----
     async fn get_node(&self, user: &UserId, id: NodeId) -> StoreResult<Node>;
     async fn child(&self, user: &UserId, parent: NodeId, name: &str) -> StoreResult<Node>;
-    /// Children of a directory ordered by name (bytewise), those after `after`, at most
-    /// `limit`.
+    /// Children of a directory ordered by name (bytewise), those after `after`, one bounded
+    /// page of at most `limit`.
     async fn list_children(
         &self,
         user: &UserId,
         parent: NodeId,
         after: Option<&str>,
         limit: u32,
-    ) -> StoreResult<Vec<Node>>;
+    ) -> StoreResult<Page<Node>>;
     /// Creates a node; `Exists` (with the occupant) when the name is taken.
     async fn create(
         &self,
@@ -190,8 +211,14 @@ pub trait MetaStore: Send + Sync + 'static {
         recursive: bool,
         origin: Origin,
     ) -> StoreResult<(Node, ChangeEvent)>;
-    /// Tops of deleted subtrees, newest first.
-    async fn list_trash(&self, user: &UserId) -> StoreResult<Vec<TrashEntry>>;
+    /// Tops of deleted subtrees, newest first (then by id), those after `after`, one bounded
+    /// page of at most `limit`. Entries are ordered by [`TrashCursor`].
+    async fn list_trash(
+        &self,
+        user: &UserId,
+        after: Option<TrashCursor>,
+        limit: u32,
+    ) -> StoreResult<Page<TrashEntry>>;
     /// Puts a trashed node back where it was (its parent must still exist, else in the root);
     /// when its name is taken there it comes back as `name (restored N)`.
     async fn restore(
@@ -202,8 +229,9 @@ pub trait MetaStore: Send + Sync + 'static {
     ) -> StoreResult<(Node, ChangeEvent)>;
 
     // ---- the change log ----
-    /// Events with `seq > since`, oldest first, at most `limit`; `CursorTooOld` when events
-    /// after `since` were trimmed.
+    /// Events with `seq > since`, oldest first, at most `limit` and bounded in bytes like a
+    /// [`Page`] (at least one event when there is one); `CursorTooOld` when events after
+    /// `since` were trimmed.
     async fn changes_since(&self, user: &UserId, since: Seq, limit: u32)
         -> StoreResult<ChangePage>;
     async fn latest_seq(&self, user: &UserId) -> StoreResult<Seq>;
@@ -212,8 +240,15 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Every block hash referenced by a live or trashed file, or by a kept earlier version,
     /// of this user (for GC).
     async fn referenced_blocks(&self, user: &UserId) -> StoreResult<Vec<String>>;
-    /// The earlier contents of a live file, newest first (`NotFound` for anything else).
-    async fn list_versions(&self, user: &UserId, id: NodeId) -> StoreResult<Vec<FileVersion>>;
+    /// The earlier contents of a live file, newest first, those older than `before`, one
+    /// bounded page of at most `limit` (`NotFound` for anything but a live file).
+    async fn list_versions(
+        &self,
+        user: &UserId,
+        id: NodeId,
+        before: Option<Version>,
+        limit: u32,
+    ) -> StoreResult<Page<FileVersion>>;
     /// Forgets earlier contents replaced before `before_ns`, and all but the newest
     /// [`MAX_VERSIONS`] of each file; returns how many went.
     async fn purge_versions(&self, user: &UserId, before_ns: i64) -> StoreResult<usize>;
@@ -222,6 +257,106 @@ pub trait MetaStore: Send + Sync + 'static {
     /// returns how many entries went. Live nodes and newer trash are untouched, so running it
     /// again (after a crash half-way) only finishes the job.
     async fn purge_trash(&self, user: &UserId, before_ns: i64) -> StoreResult<usize>;
+}
+
+/// One page of a listing: its entries, and whether more follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub entries: Vec<T>,
+    /// More entries follow the last one (the page was cut by its entry count or its bytes).
+    pub more: bool,
+}
+
+impl<T> Page<T> {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Where a trash listing goes on: the last entry's deletion time and id. The trash is
+/// ordered newest first, then by id; as text it is `<deleted_at_ns>.<id>` (opaque to clients).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrashCursor {
+    pub deleted_at_ns: i64,
+    pub id: NodeId,
+}
+
+impl TrashCursor {
+    pub fn of(entry: &TrashEntry) -> TrashCursor {
+        TrashCursor {
+            deleted_at_ns: entry.deleted_at_ns,
+            id: entry.node.id,
+        }
+    }
+
+    /// Whether `entry` comes after this cursor in trash order.
+    pub fn precedes(&self, entry: &TrashEntry) -> bool {
+        (std::cmp::Reverse(self.deleted_at_ns), self.id)
+            < (std::cmp::Reverse(entry.deleted_at_ns), entry.node.id)
+    }
+
+    pub fn parse(text: &str) -> Option<TrashCursor> {
+        let (at, id) = text.split_once('.')?;
+        Some(TrashCursor {
+            deleted_at_ns: at.parse().ok()?,
+            id: id.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for TrashCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.deleted_at_ns, self.id)
+    }
+}
+
+/// The length of a value's JSON, without building it.
+pub fn json_len<T: serde::Serialize>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail, and our types always serialize.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// Fills one page from `rows` (each an entry and the length of its JSON), read lazily: at most
+/// `limit` entries, taken while the page holds less than `max_bytes`. `more` is whether a row
+/// was left over. Give it one row beyond `limit` when there is one (e.g. `LIMIT limit + 1`),
+/// so `more` is exact.
+pub fn fill_page<T>(
+    rows: impl IntoIterator<Item = StoreResult<(T, usize)>>,
+    limit: u32,
+    max_bytes: usize,
+) -> StoreResult<Page<T>> {
+    let mut entries = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows {
+        let (entry, len) = row?;
+        if entries.len() >= limit as usize || (bytes >= max_bytes && !entries.is_empty()) {
+            return Ok(Page {
+                entries,
+                more: true,
+            });
+        }
+        bytes += len;
+        entries.push(entry);
+    }
+    Ok(Page {
+        entries,
+        more: false,
+    })
 }
 
 /// A new user's root directory, as every engine creates it.
@@ -270,4 +405,58 @@ pub fn now_ns() -> i64 {
 pub fn new_id() -> u64 {
     use rand::Rng;
     rand::thread_rng().gen_range(1024..(1u64 << 53))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(lens: &[usize]) -> Vec<StoreResult<(usize, usize)>> {
+        lens.iter().copied().enumerate().map(Ok).collect()
+    }
+
+    #[test]
+    fn pages_stop_at_their_count_or_their_bytes() {
+        let page = fill_page(rows(&[10, 10, 10]), 2, 100).unwrap();
+        assert_eq!((page.entries, page.more), (vec![0, 1], true));
+        let page = fill_page(rows(&[10, 10]), 2, 100).unwrap();
+        assert_eq!((page.entries, page.more), (vec![0, 1], false));
+        // Entries are taken while the page holds less than the bytes: 60 + 60 >= 100.
+        let page = fill_page(rows(&[60, 60, 60]), 10, 100).unwrap();
+        assert_eq!((page.entries, page.more), (vec![0, 1], true));
+        // One entry larger than the whole budget still comes, alone.
+        let page = fill_page(rows(&[500, 1]), 10, 100).unwrap();
+        assert_eq!((page.entries, page.more), (vec![0], true));
+        let page = fill_page(rows(&[]), 10, 100).unwrap();
+        assert!(page.entries.is_empty() && !page.more);
+    }
+
+    #[test]
+    fn json_len_is_the_length_of_the_json() {
+        let node = new_root(123);
+        assert_eq!(json_len(&node), serde_json::to_vec(&node).unwrap().len());
+    }
+
+    #[test]
+    fn trash_cursors_round_trip_and_order() {
+        let c = TrashCursor {
+            deleted_at_ns: -5,
+            id: 42,
+        };
+        assert_eq!(TrashCursor::parse(&c.to_string()), Some(c));
+        for bad in ["", "1", "x.1", "1.x", "1.-2"] {
+            assert_eq!(TrashCursor::parse(bad), None, "{bad}");
+        }
+        let entry = |at, id| TrashEntry {
+            node: Node { id, ..new_root(0) },
+            deleted_at_ns: at,
+        };
+        let c = TrashCursor {
+            deleted_at_ns: 10,
+            id: 5,
+        };
+        assert!(c.precedes(&entry(9, 1)), "older comes later");
+        assert!(c.precedes(&entry(10, 6)), "same time, larger id");
+        assert!(!c.precedes(&entry(10, 5)) && !c.precedes(&entry(11, 9)));
+    }
 }

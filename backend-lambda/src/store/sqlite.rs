@@ -61,7 +61,8 @@ use rusqlite::{
 };
 
 use super::{
-    new_id, MetaStore, Moved, NewNode, Origin, StoreError, StoreResult, User, UserId, MAX_VERSIONS,
+    fill_page, json_len, new_id, MetaStore, Moved, NewNode, Origin, Page, StoreError, StoreResult,
+    TrashCursor, User, UserId, MAX_PAGE_BYTES, MAX_VERSIONS,
 };
 
 /// Knobs of the SQLite engine.
@@ -515,6 +516,9 @@ impl SqliteStore {
     }
 
     pub fn open_with(path: &Path, options: &SqliteOptions) -> StoreResult<SqliteStore> {
+        private_file(path).map_err(|e| {
+            StoreError::Backend(format!("{}: cannot make it private: {e}", path.display()))
+        })?;
         let writer = Connection::open_with_flags(path, open_flags()).db()?;
         configure(&writer, options)?;
         let mode: String = writer
@@ -593,6 +597,35 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
     }
+}
+
+/// Creates the database file readable by its owner only (0600), or takes group and other
+/// access away from an existing one: it holds every user's file names. SQLite gives its
+/// `-wal` and `-shm` files the database file's mode.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    for file in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(file);
+        let Ok(meta) = std::fs::metadata(&name) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&name, std::fs::Permissions::from_mode(mode & 0o700))?;
+        }
+    }
+    Ok(())
 }
 
 /// Locks a connection; a panic in another holder left no open transaction behind (dropping a
@@ -680,6 +713,7 @@ impl MetaStore for SqliteStore {
             let user = user_by_name(tx, &name)?;
             for sql in [
                 "DELETE FROM nodes WHERE user = ?1",
+                "DELETE FROM versions WHERE user = ?1",
                 "DELETE FROM devices WHERE user = ?1",
                 "DELETE FROM changes WHERE user = ?1",
                 "DELETE FROM users WHERE id = ?1",
@@ -730,7 +764,23 @@ impl MetaStore for SqliteStore {
         .await
     }
 
-    async fn register_device(&self, user: &UserId, name: &str) -> StoreResult<DeviceId> {
+    async fn user_exists(&self, user: &UserId) -> StoreResult<bool> {
+        let user = user.clone();
+        self.read(move |tx| {
+            tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE id = ?1)")
+                .db()?
+                .query_row(params![user], |r| r.get(0))
+                .db()
+        })
+        .await
+    }
+
+    async fn register_device(
+        &self,
+        user: &UserId,
+        name: &str,
+        max: usize,
+    ) -> StoreResult<DeviceId> {
         let (user, name) = (user.clone(), name.to_string());
         self.write(move |tx| {
             let known: bool = tx
@@ -740,6 +790,14 @@ impl MetaStore for SqliteStore {
                 .db()?;
             if !known {
                 return Err(StoreError::UnknownUser(user));
+            }
+            let devices: i64 = tx
+                .prepare_cached("SELECT COUNT(*) FROM devices WHERE user = ?1")
+                .db()?
+                .query_row(params![user], |r| r.get(0))
+                .db()?;
+            if devices as usize >= max {
+                return Err(StoreError::TooManyDevices(max));
             }
             for _ in 0..16 {
                 let id = new_id();
@@ -758,6 +816,17 @@ impl MetaStore for SqliteStore {
             Err(StoreError::Backend(
                 "could not draw a free device id".into(),
             ))
+        })
+        .await
+    }
+
+    async fn remove_devices(&self, user: &UserId) -> StoreResult<usize> {
+        let user = user.clone();
+        self.write(move |tx| {
+            tx.prepare_cached("DELETE FROM devices WHERE user = ?1")
+                .db()?
+                .execute(params![user])
+                .db()
         })
         .await
     }
@@ -809,29 +878,31 @@ impl MetaStore for SqliteStore {
         parent: NodeId,
         after: Option<&str>,
         limit: u32,
-    ) -> StoreResult<Vec<Node>> {
+    ) -> StoreResult<Page<Node>> {
         let (user, after) = (user.clone(), after.map(str::to_string));
         self.read(move |tx| {
             live_dir(tx, &user, parent)?;
-            let base = format!(
-                "SELECT {NODE_COLS} FROM nodes
-                 WHERE user = ?1 AND parent = ?2 AND trashed_at_ns IS NULL AND id != 1"
-            );
-            let rows = match &after {
-                Some(after) => tx
-                    .prepare_cached(&format!("{base} AND name > ?4 ORDER BY name LIMIT ?3"))
-                    .db()?
-                    .query_map(params![user, sql_id(parent), limit, after], node_row)
-                    .db()?
-                    .collect::<rusqlite::Result<Vec<_>>>(),
-                None => tx
-                    .prepare_cached(&format!("{base} ORDER BY name LIMIT ?3"))
-                    .db()?
-                    .query_map(params![user, sql_id(parent), limit], node_row)
-                    .db()?
-                    .collect::<rusqlite::Result<Vec<_>>>(),
-            };
-            Ok(rows.db()?.into_iter().map(|(node, _)| node).collect())
+            // `after` is "" for the first page: every name is longer than that.
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {NODE_COLS} FROM nodes
+                     WHERE user = ?1 AND parent = ?2 AND trashed_at_ns IS NULL AND id != 1
+                       AND name > ?4 ORDER BY name LIMIT ?3"
+                ))
+                .db()?;
+            let after = after.unwrap_or_default();
+            let rows = stmt
+                .query_map(
+                    params![user, sql_id(parent), limit.saturating_add(1), after],
+                    node_row,
+                )
+                .db()?
+                .map(|row| {
+                    let (node, _) = row.db()?;
+                    let len = json_len(&node);
+                    Ok((node, len))
+                });
+            fill_page(rows, limit, MAX_PAGE_BYTES)
         })
         .await
     }
@@ -1083,28 +1154,48 @@ impl MetaStore for SqliteStore {
         .await
     }
 
-    async fn list_trash(&self, user: &UserId) -> StoreResult<Vec<TrashEntry>> {
+    async fn list_trash(
+        &self,
+        user: &UserId,
+        after: Option<TrashCursor>,
+        limit: u32,
+    ) -> StoreResult<Page<TrashEntry>> {
         let user = user.clone();
+        // The first page starts after a cursor that precedes every entry.
+        let after = after.unwrap_or(TrashCursor {
+            deleted_at_ns: i64::MAX,
+            id: 0,
+        });
         self.read(move |tx| {
             let mut stmt = tx
                 .prepare_cached(&format!(
                     "SELECT {NODE_COLS} FROM nodes
                      WHERE user = ?1 AND trashed_by IS NOT NULL AND trashed_by = id
-                     ORDER BY trashed_at_ns DESC, id"
+                       AND (trashed_at_ns < ?2 OR (trashed_at_ns = ?2 AND id > ?3))
+                     ORDER BY trashed_at_ns DESC, id LIMIT ?4"
                 ))
                 .db()?;
             let rows = stmt
-                .query_map(params![user], node_row)
+                .query_map(
+                    params![
+                        user,
+                        after.deleted_at_ns,
+                        sql_id(after.id),
+                        limit.saturating_add(1)
+                    ],
+                    node_row,
+                )
                 .db()?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .db()?;
-            Ok(rows
-                .into_iter()
-                .map(|(node, at)| TrashEntry {
-                    node,
-                    deleted_at_ns: at.unwrap_or(0),
-                })
-                .collect())
+                .map(|row| {
+                    let (node, at) = row.db()?;
+                    let entry = TrashEntry {
+                        node,
+                        deleted_at_ns: at.unwrap_or(0),
+                    };
+                    let len = json_len(&entry);
+                    Ok((entry, len))
+                });
+            fill_page(rows, limit, MAX_PAGE_BYTES)
         })
         .await
     }
@@ -1178,14 +1269,20 @@ impl MetaStore for SqliteStore {
                     "SELECT event FROM changes WHERE user = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
                 )
                 .db()?;
+            // Each event is stored as its JSON: its length is what it adds to the answer.
             let rows = stmt
                 .query_map(params![user, sql_id(since), limit], |r| {
                     r.get::<_, String>(0)
                 })
                 .db()?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .db()?;
-            let events = rows
+                .map(|row| {
+                    let json = row.db()?;
+                    let len = json.len();
+                    Ok((json, len))
+                });
+            let page = fill_page(rows, limit, MAX_PAGE_BYTES)?;
+            let events = page
+                .entries
                 .iter()
                 .map(|json| serde_json::from_str(json).map_err(json_err))
                 .collect::<StoreResult<Vec<ChangeEvent>>>()?;
@@ -1292,8 +1389,15 @@ impl MetaStore for SqliteStore {
         .await
     }
 
-    async fn list_versions(&self, user: &UserId, id: NodeId) -> StoreResult<Vec<FileVersion>> {
+    async fn list_versions(
+        &self,
+        user: &UserId,
+        id: NodeId,
+        before: Option<Version>,
+        limit: u32,
+    ) -> StoreResult<Page<FileVersion>> {
         let user = user.clone();
+        let before = before.map_or(i64::MAX, sql_id);
         self.read(move |tx| {
             if live_node(tx, &user, id)?.kind != NodeKind::File {
                 return Err(StoreError::NotFound);
@@ -1301,26 +1405,28 @@ impl MetaStore for SqliteStore {
             let mut stmt = tx
                 .prepare_cached(
                     "SELECT version, size, blocks, mtime_ns, replaced_at_ns FROM versions
-                     WHERE user = ?1 AND id = ?2 ORDER BY version DESC",
+                     WHERE user = ?1 AND id = ?2 AND version < ?3 ORDER BY version DESC
+                     LIMIT ?4",
                 )
                 .db()?;
             let rows = stmt
-                .query_map(params![user, sql_id(id)], |r| {
-                    let blocks: String = r.get(2)?;
-                    Ok((
-                        r.get::<_, i64>(0)? as u64,
-                        r.get::<_, i64>(1)? as u64,
-                        blocks,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, i64>(4)?,
-                    ))
-                })
+                .query_map(
+                    params![user, sql_id(id), before, limit.saturating_add(1)],
+                    |r| {
+                        let blocks: String = r.get(2)?;
+                        Ok((
+                            r.get::<_, i64>(0)? as u64,
+                            r.get::<_, i64>(1)? as u64,
+                            blocks,
+                            r.get::<_, i64>(3)?,
+                            r.get::<_, i64>(4)?,
+                        ))
+                    },
+                )
                 .db()?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .db()?;
-            rows.into_iter()
-                .map(|(version, size, blocks, mtime_ns, replaced_at_ns)| {
-                    Ok(FileVersion {
+                .map(|row| {
+                    let (version, size, blocks, mtime_ns, replaced_at_ns) = row.db()?;
+                    let entry = FileVersion {
                         version,
                         content: Content {
                             size,
@@ -1328,9 +1434,11 @@ impl MetaStore for SqliteStore {
                         },
                         mtime_ns,
                         replaced_at_ns,
-                    })
-                })
-                .collect()
+                    };
+                    let len = json_len(&entry);
+                    Ok((entry, len))
+                });
+            fill_page(rows, limit, MAX_PAGE_BYTES)
         })
         .await
     }
@@ -1485,7 +1593,8 @@ mod tests {
         let listed = server
             .list_children(&user.id, ROOT_ID, None, 100)
             .await
-            .unwrap();
+            .unwrap()
+            .entries;
         assert_eq!(listed.len(), 20);
     }
 }

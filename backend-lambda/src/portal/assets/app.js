@@ -302,16 +302,22 @@
 
   // ---------------------------------------------------------------- listing
   async function listAll(id) {
-    const entries = [];
-    let after = null;
+    return allPages(`/nodes/${id}/children`, 'after', 'entries');
+  }
+
+  // Every page of a paged route (the service cuts pages by count and by bytes): follows
+  // `next`, passed back as the query parameter `param`, and gathers each page's `field`.
+  async function allPages(path, param, field) {
+    const items = [];
+    let cursor = null;
     for (let i = 0; i < 10000; i++) {
-      const q = after === null ? '' : `?after=${encodeURIComponent(after)}`;
-      const page = await api('GET', `/nodes/${id}/children${q}`);
-      entries.push(...page.entries);
+      const q = cursor === null ? '' : `?${param}=${encodeURIComponent(cursor)}`;
+      const page = await api('GET', `${path}${q}`);
+      items.push(...page[field]);
       if (page.next === null || page.next === undefined) break;
-      after = page.next;
+      cursor = page.next;
     }
-    return entries;
+    return items;
   }
 
   async function pathTo(id) {
@@ -683,7 +689,7 @@
     dialog.showModal();
     let list;
     try {
-      list = await api('GET', `/nodes/${node.id}/versions`);
+      list = { versions: await allPages(`/nodes/${node.id}/versions`, 'before', 'versions') };
     } catch (e) {
       $('versions-list').replaceChildren();
       $('versions-error').textContent = explain(e);
@@ -1036,7 +1042,7 @@
     const gen = state.gen;
     let page;
     try {
-      page = await api('GET', '/trash');
+      page = { entries: await allPages('/trash', 'after', 'entries') };
     } catch (e) {
       if (e.status !== 401) toast(`Cannot read the trash: ${e.message}`, { error: true });
       return;
