@@ -277,6 +277,7 @@ async fn requests_per_sync_operation() {
             new_parent: ROOT_ID,
             new_name: format!("g{round}"),
             mode: MoveMode::Replace,
+            expect_target: None,
         };
         let r = call(
             reqwest::Method::POST,

@@ -287,6 +287,7 @@ async fn two_devices_sync_through_jewel_server_on_aws_stores() {
         new_parent: ROOT_ID,
         new_name: "renamed.txt".into(),
         mode: MoveMode::Replace,
+        expect_target: None,
     };
     let r = api(
         reqwest::Method::POST,
