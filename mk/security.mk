@@ -11,6 +11,9 @@ LOAD_DEVICES ?= 1000
 LOAD_SECONDS ?= 300
 # The long convergence run: rounds of random operations per seed, and how many seeds.
 SOAK_SEEDS   ?= 20
+# Seeds of the intent test (two mounts, outages, a crash) and of the core's model test.
+INTENT_SEEDS ?= 200
+MODEL_SEEDS  ?= 1000
 
 DEBIAN_TEST_NEEDS += python3=python3 python3-venv=py:ensurepip
 
@@ -41,4 +44,6 @@ load:
 ## client and server outages (and the seeds known to fail), a long fuzz.
 soak: build load
 	JEWEL_SOAK_SEEDS=$(SOAK_SEEDS) $(CARGO) test -p integration-tests --test convergence -- --include-ignored --nocapture
+	JEWEL_INTENT_CASES=$(INTENT_SEEDS) $(CARGO) test -p integration-tests --test mount_intent -- --nocapture
+	JEWEL_MODEL_CASES=$(MODEL_SEEDS) JEWEL_MODEL_OPS=80 $(CARGO) test -p integration-tests --test core_model core_matches_model -- --nocapture
 	JEWEL_FUZZ_EXAMPLES=200 JEWEL_FUZZ_TIME=900 $(MAKE) test-fuzz

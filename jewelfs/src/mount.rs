@@ -574,6 +574,13 @@ pub fn status(mountpoint: &Path, json: bool) -> anyhow::Result<()> {
     );
     println!("last change seen: #{}", s.last_seq);
     println!("conflicts:  {} conflict copies made", s.conflicts);
+    let refused = Path::new(&s.cache_dir).join("refused");
+    if std::fs::read_dir(&refused).is_ok_and(|mut d| d.next().is_some()) {
+        println!(
+            "refused:    content the server refused is kept in {}",
+            refused.display()
+        );
+    }
     if let Some(e) = &s.last_error {
         println!("last error: {e}");
     }

@@ -644,8 +644,10 @@ impl DynamoStore {
         prefix: Option<&str>,
         limit: Option<usize>,
     ) -> StoreResult<Vec<Item>> {
-        self.query_within(pk, after, prefix, limit, usize::MAX)
-            .await
+        Ok(self
+            .query_within(pk, after, prefix, limit, usize::MAX)
+            .await?
+            .0)
     }
 
     /// As [`Self::query`], but asks DynamoDB for no further page once the items read hold
@@ -658,9 +660,10 @@ impl DynamoStore {
         prefix: Option<&str>,
         limit: Option<usize>,
         max_bytes: usize,
-    ) -> StoreResult<Vec<Item>> {
+    ) -> StoreResult<(Vec<Item>, bool)> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
+        let mut cut = false;
         let mut start: Option<Item> = None;
         loop {
             let mut names = HashMap::from([("#pk".to_string(), PK.to_string())]);
@@ -703,10 +706,16 @@ impl DynamoStore {
                 {
                     start = Some(k)
                 }
+                // Stopped by the byte bound with DynamoDB still holding more: the caller's
+                // page must say so (its own count of bytes may not reach the bound).
+                Some(k) if !k.is_empty() && bytes >= max_bytes => {
+                    cut = true;
+                    break;
+                }
                 _ => break,
             }
         }
-        Ok(out)
+        Ok((out, cut))
     }
 
     /// `(deleted at, id)` of every trash entry of the user, read as a projection (the keys
@@ -1188,7 +1197,7 @@ impl MetaStore for DynamoStore {
     ) -> StoreResult<Page<Node>> {
         self.live_dir(user, parent).await?;
         let after = after.filter(|a| !a.is_empty()).map(str::to_string);
-        let items = self
+        let (items, cut) = self
             .query_within(
                 dir_pk(user, parent),
                 after,
@@ -1202,7 +1211,18 @@ impl MetaStore for DynamoStore {
             let len = json_len(&node);
             Ok((node, len))
         });
-        fill_page(rows, limit, MAX_PAGE_BYTES)
+        let mut page = fill_page(rows, limit, MAX_PAGE_BYTES)?;
+        if cut && !page.more {
+            // The read stopped at the byte bound (as DynamoDB counts it) but the page did
+            // not fill (as JSON counts it): whether anything follows needs one more look.
+            if let Some(last) = page.entries.last() {
+                let next = self
+                    .query(dir_pk(user, parent), Some(last.name.clone()), None, Some(1))
+                    .await?;
+                page.more = !next.is_empty();
+            }
+        }
+        Ok(page)
     }
 
     async fn create(
@@ -1701,7 +1721,8 @@ impl MetaStore for DynamoStore {
             });
         }
         let now = unix_secs();
-        let items = self
+        // A page cut short is fine here: the client reads on to `latest_seq`.
+        let (items, _) = self
             .query_within(
                 log_pk(user),
                 Some(seq_sk(since)),

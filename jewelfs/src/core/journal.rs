@@ -190,6 +190,9 @@ pub struct Journal {
     /// The open `log` (append mode) and its length. Written under the `inner` lock, so the
     /// order of records is the order of changes to `entries`.
     log: Mutex<(File, u64)>,
+    /// Woken (all waiters: the uploader, the pre-uploader, drains and fsyncs) whenever an
+    /// entry is added, rewritten or done; a `notified()` made before the check that decided
+    /// to wait still hears it (tokio keeps `notify_waiters` for futures created earlier).
     pub changed: tokio::sync::Notify,
     /// Signalled by every journal write, for the syncer (which sleeps while nothing waits).
     pub unsynced: tokio::sync::Notify,
@@ -492,7 +495,7 @@ impl Journal {
         self.write_entry(&entry)?;
         inner.entries.insert(seq, Arc::new(entry));
         drop(inner);
-        self.changed.notify_one();
+        self.changed.notify_waiters();
         Ok(seq)
     }
 
@@ -515,7 +518,7 @@ impl Journal {
         self.write_entry(&entry)?;
         inner.entries.insert(seq, Arc::new(entry));
         drop(inner);
-        self.changed.notify_one();
+        self.changed.notify_waiters();
         Ok(true)
     }
 

@@ -78,7 +78,7 @@ impl Core {
             match source.next_batch(&self, device, cursor).await {
                 Ok(batch) => {
                     if !self.online.swap(true, Ordering::Relaxed) {
-                        self.journal.changed.notify_one();
+                        self.journal.changed.notify_waiters();
                     }
                     backoff = Duration::from_millis(100);
                     if !apply_batch(&self, batch) {

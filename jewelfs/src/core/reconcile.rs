@@ -48,7 +48,7 @@ impl Core {
         let dirs: Vec<NodeId> = dirs.into_iter().collect();
         tracing::debug!(?dirs, "marked for reconciliation");
         self.suspect.lock().unwrap().dirs.extend(dirs);
-        self.journal.changed.notify_one(); // wakes an idle uploader
+        self.journal.changed.notify_waiters(); // wakes an idle uploader
     }
 
     /// Marks every cached listing for reconciliation.

@@ -164,7 +164,7 @@ impl Core {
                             continue;
                         }
                     }
-                    let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(10), notified).await;
                 }
             }
         }
@@ -412,7 +412,13 @@ impl Core {
     pub async fn run_preuploader(self: Arc<Self>) {
         loop {
             let notified = self.journal.changed.notified();
-            let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+            // Idle (nothing journaled): sleep until something is; an idle mount costs nothing.
+            let wait = if self.journal.pending() == 0 {
+                Duration::from_secs(60)
+            } else {
+                Duration::from_millis(50)
+            };
+            let _ = tokio::time::timeout(wait, notified).await;
             if !self.online.load(Ordering::Relaxed) {
                 continue;
             }
