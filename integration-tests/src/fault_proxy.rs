@@ -189,8 +189,10 @@ pub struct Stats {
     pub forwarded: u64,
     /// Faulted requests by [`Fault::name`].
     pub faulted: BTreeMap<&'static str, u64>,
-    /// The last faulted requests, `"<fault> <method> <path>"`, oldest first (at most 200).
-    pub recent: Vec<String>,
+    /// Faulted requests by fault and route, `"<fault> <METHOD> <path>"` with the numbers
+    /// in the path written `{id}` (`"drop_after POST /api/v1/nodes/{id}/move"`), so a test
+    /// can check that the requests it means to hit were hit.
+    pub routes: BTreeMap<String, u64>,
 }
 
 impl Stats {
@@ -201,6 +203,14 @@ impl Stats {
     /// Faulted requests in all.
     pub fn faulted_total(&self) -> u64 {
         self.faulted.values().sum()
+    }
+    /// Faulted requests, any fault, of one route (`"POST /api/v1/nodes/{id}/move"`).
+    pub fn faulted_route(&self, route: &str) -> u64 {
+        self.routes
+            .iter()
+            .filter(|(k, _)| k.split_once(' ').is_some_and(|(_, r)| r == route))
+            .map(|(_, n)| n)
+            .sum()
     }
 }
 
@@ -243,14 +253,30 @@ impl State {
         }
         let fault = picked?;
         *self.stats.faulted.entry(fault.name()).or_default() += 1;
-        if self.stats.recent.len() == 200 {
-            self.stats.recent.remove(0);
-        }
-        self.stats
-            .recent
-            .push(format!("{} {method} {path}", fault.name()));
+        *self
+            .stats
+            .routes
+            .entry(format!("{} {method} {}", fault.name(), route_of(path)))
+            .or_default() += 1;
         Some(fault)
     }
+}
+
+/// A path with its numeric segments (ids) written `{id}`, and block paths folded to one.
+fn route_of(path: &str) -> String {
+    if path.starts_with("/blob/") {
+        return "/blob/{user}/{hash}".into();
+    }
+    path.split('/')
+        .map(|seg| {
+            if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+                "{id}"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// The splitmix64 step: a tiny, well-mixed generator, enough for picking requests.
@@ -522,6 +548,8 @@ mod tests {
         assert_eq!(kind_of(&Method::PUT, "/blob/1/abc"), Kind::BlockPut);
         assert_eq!(kind_of(&Method::GET, "/blob/1/abc"), Kind::Other);
         assert_eq!(kind_of(&Method::POST, "/api/v10/nodes"), Kind::Other);
+        assert_eq!(route_of("/api/v1/nodes/42/move"), "/api/v1/nodes/{id}/move");
+        assert_eq!(route_of("/api/v1/nodes"), "/api/v1/nodes");
     }
 
     #[test]
