@@ -336,6 +336,11 @@ fn run(plan: Plan) -> Stats {
     converge(&s, &model);
     let stats = s.proxy.stats();
     check_end_state(&s, &model);
+    // The other way, through the proxy's long-polls (passed through, not faulted): a file
+    // made on B shows on A.
+    fs::write(s.b.p("from-b.txt"), b"made on B").unwrap();
+    wait_content(&s.a.p("from-b.txt"), b"made on B", SYNC);
+    assert!(s.proxy.stats().polls >= 1, "A's long-polls bypassed the proxy");
     eprintln!(
         "converged in {:?}; proxy saw {} requests ({} changes), faulted {:?}",
         t.elapsed(),
