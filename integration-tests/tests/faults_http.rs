@@ -250,7 +250,14 @@ fn drain(s: &Setup, model: &Tree, what: &str) {
         let fresh = fs::metadata(&status)
             .and_then(|m| m.modified())
             .is_ok_and(|t| t > since);
-        if fresh && s.a.status().pending_uploads == 0 {
+        let st = s.a.status();
+        if fresh && st.pending_uploads == 0 {
+            // Only changing requests are faulted: the service is reachable, and A, which
+            // has just had its answers, must not say it is offline.
+            assert!(
+                st.online,
+                "A says it is offline after uploading {what}: {st:?}"
+            );
             return;
         }
         if start.elapsed() > SYNC {
@@ -340,7 +347,10 @@ fn run(plan: Plan) -> Stats {
     // made on B shows on A.
     fs::write(s.b.p("from-b.txt"), b"made on B").unwrap();
     wait_content(&s.a.p("from-b.txt"), b"made on B", SYNC);
-    assert!(s.proxy.stats().polls >= 1, "A's long-polls bypassed the proxy");
+    assert!(
+        s.proxy.stats().polls >= 1,
+        "A's long-polls bypassed the proxy"
+    );
     eprintln!(
         "converged in {:?}; proxy saw {} requests ({} changes), faulted {:?}",
         t.elapsed(),
