@@ -5,6 +5,8 @@
 //! The binaries are built by `make test` (`cargo build --workspace --bins`) before the tests
 //! run; a test that cannot find one says so and how to build it.
 
+pub mod fault_proxy;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -211,13 +213,18 @@ pub struct Mount {
 impl Mount {
     /// Mounts `token`'s drive from `server`, as device `device`, and waits until it is ready.
     pub fn new(server: &Server, token: &str, device: &str) -> Mount {
+        Self::with_url(&server.url, token, device)
+    }
+
+    /// Mounts from a service at `url` (a server behind a proxy, say), as [`Mount::new`].
+    pub fn with_url(url: &str, token: &str, device: &str) -> Mount {
         let root = tempfile::tempdir().unwrap();
         let mnt = root.path().join("mnt");
         std::fs::create_dir_all(&mnt).unwrap();
         let mut m = Mount {
             child: None,
             root,
-            url: server.url.clone(),
+            url: url.to_string(),
             token: token.to_string(),
             device: device.to_string(),
             mnt,

@@ -96,6 +96,8 @@ impl Core {
     /// Runs forever: uploads journal entries as they come.
     pub async fn run_uploader(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(100);
+        // Whether this loop marked the service unreachable (see the `Ok` arm).
+        let mut marked_offline = false;
         loop {
             let notified = self.journal.changed.notified();
             match self.journal.take(self.cfg.settle_ms) {
@@ -107,6 +109,15 @@ impl Core {
                     tracing::debug!(seq, op = ?entry.op, ok = result.is_ok(), "uploaded");
                     match result {
                         Ok(()) => {
+                            // The service answered after a request of ours was lost: it is
+                            // reachable again. The listener would say so only when its
+                            // long-poll returns (up to `poll_timeout_ms` later); until then
+                            // `status` said offline, the pre-uploader and reconciliation
+                            // stood still and `fsync` did not wait. Before `done`, so a
+                            // status with nothing pending never says offline.
+                            if std::mem::take(&mut marked_offline) {
+                                self.online.store(true, Ordering::Relaxed);
+                            }
                             self.journal.done(seq);
                             self.uploaded.fetch_add(1, Ordering::Relaxed);
                             self.after_upload(&entry);
@@ -119,6 +130,7 @@ impl Core {
                             self.journal.retry_later(seq);
                             if e.is_offline() {
                                 self.online.store(false, Ordering::Relaxed);
+                                marked_offline = true;
                                 tracing::debug!("upload waits, service unreachable: {e}");
                             } else {
                                 tracing::info!("upload waits and tries again: {e}");
