@@ -406,10 +406,7 @@ impl Drop for Mount {
             // The whole log, for a failure the last lines do not explain.
             if let Ok(dir) = std::env::var("JEWEL_TEST_LOG_DIR") {
                 let _ = std::fs::create_dir_all(&dir);
-                let _ = std::fs::write(
-                    Path::new(&dir).join(format!("{}.log", self.device)),
-                    &log,
-                );
+                let _ = std::fs::write(Path::new(&dir).join(format!("{}.log", self.device)), &log);
             }
             let tail: Vec<&str> = log.lines().rev().take(80).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();

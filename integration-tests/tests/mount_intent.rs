@@ -252,8 +252,14 @@ fn run(seed: u64, ops: usize) {
         server = Server::start_at(data, &addr);
     }
     let [wa, wb] = workers;
-    let model_a = wa.join().unwrap().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-    let model_b = wb.join().unwrap().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    let model_a = wa
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    let model_b = wb
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
 
     // A crash at the end: A is killed and mounted again on its cache.
     a.kill();
@@ -299,7 +305,10 @@ fn run(seed: u64, ops: usize) {
             _ => false,
         }
     });
-    assert!(same, "seed {seed}: shared/ differs between the machines:{last}");
+    assert!(
+        same,
+        "seed {seed}: shared/ differs between the machines:{last}"
+    );
 }
 
 #[test]

@@ -152,10 +152,7 @@ impl JewelFs {
 
     fn new_fh(&self, write: bool) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles
-            .lock()
-            .unwrap()
-            .insert(fh, Handle { write });
+        self.handles.lock().unwrap().insert(fh, Handle { write });
         fh
     }
 
@@ -201,7 +198,9 @@ impl Filesystem for JewelFs {
                 };
                 self.spawn(async move {
                     match core.lookup(parent, &name).await {
-                        Ok(n) => reply.entry(&TTL, &attr_of.attr(&n, core.ino(n.id)), Generation(0)),
+                        Ok(n) => {
+                            reply.entry(&TTL, &attr_of.attr(&n, core.ino(n.id)), Generation(0))
+                        }
                         Err(e) => reply.error(errno(&e)),
                     }
                 });

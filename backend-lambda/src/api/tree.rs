@@ -14,8 +14,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use jewel_wire::{
-    block_count, check_name, is_block_hash, ChangeEvent, CommitContent, Content, CreateNode,
-    ApiError, ErrorCode, ListPage, Me, MoveMode, MoveNode, MoveResult, NewKind, Node, NodeId,
+    block_count, check_name, is_block_hash, ApiError, ChangeEvent, CommitContent, Content,
+    CreateNode, ErrorCode, ListPage, Me, MoveMode, MoveNode, MoveResult, NewKind, Node, NodeId,
     SetAttr, TargetExpect, TrashPage, Version, VersionList, MAX_FILE_BLOCKS, MAX_FILE_SIZE,
     MAX_SYMLINK_BYTES, ROOT_ID,
 };

@@ -105,7 +105,10 @@ impl Core {
             self.relist().await;
             return;
         }
-        if self.online.swap(false, Ordering::Relaxed) {
+        if !e.is_offline() {
+            // Reached but busy or unreadable: not offline; try again after the pause.
+            tracing::debug!("listening waits: {e}");
+        } else if self.online.swap(false, Ordering::Relaxed) {
             tracing::info!("offline: {e}");
         }
         tokio::time::sleep(*backoff).await;

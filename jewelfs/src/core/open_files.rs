@@ -113,11 +113,23 @@ mod tests {
     #[test]
     fn an_orphan_lives_until_its_last_handle_closes() {
         let open = OpenFiles::default();
-        open.keep(5, Orphan { node: node(5), content: None });
+        open.keep(
+            5,
+            Orphan {
+                node: node(5),
+                content: None,
+            },
+        );
         assert!(open.orphan(5).is_none(), "nothing open: nothing kept");
         open.opened(5);
         open.opened(5);
-        open.keep(5, Orphan { node: node(5), content: None });
+        open.keep(
+            5,
+            Orphan {
+                node: node(5),
+                content: None,
+            },
+        );
         open.rekey(5, 9);
         assert!(open.closed(9));
         assert_eq!(open.orphan(9).map(|o| o.node.id), Some(9));

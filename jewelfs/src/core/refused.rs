@@ -60,7 +60,9 @@ impl Core {
             _ => None,
         }?;
         let path = self.path_of(entry.op.node());
-        let dest = self.refused_dir().join(refused_name(&path, &format_utc(super::now_ns())));
+        let dest = self
+            .refused_dir()
+            .join(refused_name(&path, &format_utc(super::now_ns())));
         let kept = (|| -> std::io::Result<()> {
             std::fs::create_dir_all(dest.parent().unwrap_or(&self.refused_dir()))?;
             std::fs::copy(self.journal.data_path(data), &dest)?;
