@@ -176,7 +176,14 @@ impl Core {
                             continue;
                         }
                     }
-                    let _ = tokio::time::timeout(Duration::from_secs(10), notified).await;
+                    // Folders still to reconcile (the service was away, or the journal not
+                    // drained): look again soon. Otherwise sleep until something is journaled.
+                    let idle = if self.has_suspects() {
+                        Duration::from_secs(1)
+                    } else {
+                        Duration::from_secs(10)
+                    };
+                    let _ = tokio::time::timeout(idle, notified).await;
                 }
             }
         }
