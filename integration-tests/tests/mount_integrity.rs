@@ -345,3 +345,15 @@ fn a_new_files_inode_number_survives_the_kernel_forgetting_it() {
         "inode numbers of a folder and file made here"
     );
 }
+
+#[test]
+fn the_cache_folder_is_closed_to_other_users() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start();
+    let token = server.add_user("private");
+    let a = Mount::new(&server, &token, "laptop");
+    fs::write(a.p("secret.txt"), b"cached here").unwrap();
+    a.wait_uploaded(SYNC);
+    let mode = fs::metadata(a.cache_dir()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "cache folder mode {mode:o}");
+}

@@ -75,8 +75,27 @@ pub fn config_path() -> PathBuf {
 pub(crate) fn read_config() -> anyhow::Result<FileConfig> {
     let path = config_path();
     match std::fs::read_to_string(&path) {
-        Ok(text) => toml::from_str(&text).with_context(|| format!("reading {}", path.display())),
+        Ok(text) => {
+            warn_if_readable_by_others(&path);
+            toml::from_str(&text).with_context(|| format!("reading {}", path.display()))
+        }
         Err(_) => Ok(FileConfig::default()),
+    }
+}
+
+/// The config file holds the token: like ssh with a private key, say so when other local
+/// users can read it (and how to fix it), rather than use it silently.
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            eprintln!(
+                "jewelfs: WARNING: {} holds your token and is readable by others (mode {mode:o}); run: chmod 600 {}",
+                path.display(),
+                path.display()
+            );
+        }
     }
 }
 
@@ -126,6 +145,25 @@ fn unescape_mount(s: &str) -> String {
     s.replace("\\040", " ")
         .replace("\\011", "\t")
         .replace("\\134", "\\")
+}
+
+/// Whether `pid` is a `jewelfs` process of this user (its executable's name, and the owner
+/// of its `/proc` entry): `unmount` signals nothing else, whatever a status claims.
+fn is_jewelfs_of_ours(pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let ours = std::fs::metadata(&proc).is_ok_and(|m| m.uid() == unsafe { libc::getuid() });
+    let exe = std::fs::read_link(proc.join("exe")).ok();
+    let named = exe
+        .as_ref()
+        .and_then(|e| e.file_name())
+        .map(|n| {
+            n.to_string_lossy()
+                .trim_end_matches(" (deleted)")
+                .to_string()
+        })
+        .is_some_and(|n| n == "jewelfs");
+    ours && named
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -667,6 +705,9 @@ pub fn unmount(mountpoint: &Path, wait: Duration) -> anyhow::Result<()> {
         bail!("{} is not mounted", mountpoint.display());
     };
     let pid = first.pid;
+    if !is_jewelfs_of_ours(pid) {
+        bail!("the status of {} names process {pid}, which is not a jewelfs client of this user's: not signalling it", mountpoint.display());
+    }
     let stop = |pid: u32| unsafe {
         libc::kill(pid as i32, libc::SIGTERM);
     };

@@ -54,25 +54,76 @@ pub fn socket_path(mountpoint: &Path) -> PathBuf {
 }
 
 /// Creates the folder the file and socket live in, readable by this user only (they name
-/// the server, the cache and the files waiting to upload).
+/// the server, the cache and the files waiting to upload), and proves it is ours.
+///
+/// Without `XDG_RUNTIME_DIR` the folder is in `/tmp`, where another local user can create
+/// it first (or put a symlink there) to feed us a server URL or a PID, or to catch our
+/// writes. So the folder is checked with `lstat` after creating it: a real directory (not
+/// a symlink), owned by this user; then it is made 0700. Anything else is refused with an
+/// error naming the folder, and nothing is read from or written into it.
 fn private_dir(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let Some(dir) = path.parent() else {
         return Ok(());
     };
-    std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    if let Err(e) = std::fs::create_dir(dir) {
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            std::fs::create_dir_all(dir)?;
+        }
+    }
+    verify_ours(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if meta.mode() & 0o777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// `dir` is a directory (not a symlink) owned by this user.
+fn verify_ours(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir)?;
+    let me = unsafe { libc::getuid() };
+    if !meta.file_type().is_dir() || meta.uid() != me {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not a folder of this user's (owner uid {}, this user {me}); remove it and try again",
+                dir.display(),
+                meta.uid()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the status folder of `path` may be trusted: ours, not a symlink, and nobody
+/// else can write in it.
+fn trusted(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(dir) = path.parent() else {
+        return false;
+    };
+    verify_ours(dir).is_ok() && std::fs::symlink_metadata(dir).is_ok_and(|m| m.mode() & 0o022 == 0)
 }
 
 /// The status file as last written (possibly by a mount that has ended; check `pid`/`ready`).
+/// `None` when its folder is not this user's own (see [`private_dir`]).
 pub fn read_status(mountpoint: &Path) -> Option<Status> {
-    let text = std::fs::read(status_path(mountpoint)).ok()?;
+    let path = status_path(mountpoint);
+    if !trusted(&path) {
+        return None;
+    }
+    let text = std::fs::read(path).ok()?;
     serde_json::from_slice(&text).ok()
 }
 
 /// The status of the mount at `mountpoint` as of now, asked of the mount itself; `None` when
-/// no mount answers there.
+/// no mount answers there (or the folder is not this user's own).
 pub fn query(mountpoint: &Path) -> Option<Status> {
+    if !trusted(&socket_path(mountpoint)) {
+        return None;
+    }
     let mut conn = UnixStream::connect(socket_path(mountpoint)).ok()?;
     conn.set_read_timeout(Some(QUERY_TIMEOUT)).ok()?;
     let mut text = Vec::new();
@@ -104,8 +155,19 @@ impl StatusFile {
         if text == self.last {
             return Ok(false);
         }
-        let tmp = self.path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
+        // A fresh name, created exclusively and never through a symlink, then renamed over.
+        let tmp = self
+            .path
+            .with_extension(format!("tmp-{:x}", rand::random::<u64>()));
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?
+        };
         f.write_all(&text)?;
         drop(f);
         std::fs::rename(&tmp, &self.path)?;
@@ -154,4 +216,34 @@ pub fn serve(
 /// Removes the socket (at exit; the file stays, see the module docs).
 pub fn remove_socket(mountpoint: &Path) {
     let _ = std::fs::remove_file(socket_path(mountpoint));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_folder_planted_by_someone_else_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        // Ours: made private and used.
+        let mine = root.path().join("mine");
+        private_dir(&mine.join("x.json")).unwrap();
+        assert!(trusted(&mine.join("x.json")));
+        // A symlink to a folder elsewhere (another user's trap): refused, nothing read.
+        let elsewhere = root.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        assert!(private_dir(&link.join("x.json")).is_err());
+        assert!(!trusted(&link.join("x.json")));
+        // A folder of another user's (made here as root and given away): refused.
+        if unsafe { libc::getuid() } == 0 {
+            let theirs = root.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            let err = private_dir(&theirs.join("x.json")).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+            assert!(!trusted(&theirs.join("x.json")));
+        }
+    }
 }

@@ -302,6 +302,12 @@ impl Core {
     pub fn open(cfg: Config, api: Arc<dyn Api>) -> anyhow::Result<Arc<Core>> {
         let dir = &cfg.cache_dir;
         std::fs::create_dir_all(dir)?;
+        // Cached blocks, the journal and staging files are the user's files: the folder is
+        // closed to other local users (so is everything in it, whatever its own mode).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
         let staging_dir = dir.join("staging");
         let _ = std::fs::remove_dir_all(&staging_dir);
         std::fs::create_dir_all(&staging_dir)?;
