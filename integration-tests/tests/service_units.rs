@@ -26,6 +26,13 @@ impl Home {
             format!("server = \"{}\"\ntoken = \"{token}\"\n", server.url),
         )
         .unwrap();
+        // As the README says to keep it: readable by its user only.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            config.join("config.toml"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
         Home { dir }
     }
 
