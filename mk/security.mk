@@ -44,6 +44,6 @@ load:
 ## client and server outages (and the seeds known to fail), a long fuzz.
 soak: build load
 	JEWEL_SOAK_SEEDS=$(SOAK_SEEDS) $(CARGO) test -p integration-tests --test convergence -- --include-ignored --nocapture
-	JEWEL_INTENT_CASES=$(INTENT_SEEDS) $(CARGO) test -p integration-tests --test mount_intent -- --nocapture
+	JEWEL_INTENT_CASES=$(INTENT_SEEDS) $(CARGO) test -p integration-tests --test mount_intent -- --include-ignored --nocapture
 	JEWEL_MODEL_CASES=$(MODEL_SEEDS) JEWEL_MODEL_OPS=80 $(CARGO) test -p integration-tests --test core_model core_matches_model -- --nocapture
 	JEWEL_FUZZ_EXAMPLES=200 JEWEL_FUZZ_TIME=900 $(MAKE) test-fuzz
