@@ -6,6 +6,7 @@
 //! run; a test that cannot find one says so and how to build it.
 
 pub mod fault_proxy;
+pub mod seeded;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -186,6 +187,15 @@ impl Server {
         let data = self.kill();
         Server::start_at(data, &addr)
     }
+}
+
+/// A server with one user, `alice`, mounted on two machines: `laptop` and `desktop`.
+pub fn two_mounts() -> (Server, Mount, Mount) {
+    let server = Server::start();
+    let token = server.add_user("alice");
+    let a = Mount::new(&server, &token, "laptop");
+    let b = Mount::new(&server, &token, "desktop");
+    (server, a, b)
 }
 
 /// Whether `path` is a mountpoint right now.

@@ -28,38 +28,11 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use integration_tests::seeded::Rng;
 use integration_tests::*;
 use jewel_wire::*;
 use reqwest::blocking::Client;
 use serde_json::json;
-
-/// A small seeded generator (xorshift64*), so a seed replays the same operations.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
-        if items.is_empty() {
-            None
-        } else {
-            Some(&items[self.below(items.len())])
-        }
-    }
-}
 
 const FILE_NAMES: &[&str] = &["a.txt", "b.txt", "c.md", "d", "notes.txt"];
 const DIR_NAMES: &[&str] = &["x", "y", "z"];
@@ -278,7 +251,7 @@ impl Run {
             8 => 20_000 + self.rng.below(50_000),
             _ => BLOCK_SIZE as usize + self.rng.below(100_000), // two blocks
         };
-        let x = self.rng.next();
+        let x = self.rng.next_u64();
         out.extend((0..len).map(|i| (x.wrapping_add(i as u64 * 31) % 251) as u8));
         out
     }

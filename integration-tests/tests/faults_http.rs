@@ -27,6 +27,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use integration_tests::fault_proxy::{Fault, FaultProxy, Plan, Scope, Stats};
+use integration_tests::seeded::bytes;
 use integration_tests::*;
 use jewel_wire::*;
 
@@ -87,19 +88,6 @@ impl Setup {
             events.extend(page.events);
         }
     }
-}
-
-/// Deterministic bytes of any length.
-fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 /// The content of file `i` in its `version`: a readable first line, then bytes of assorted

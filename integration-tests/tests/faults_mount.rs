@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use integration_tests::seeded::bytes;
 use integration_tests::*;
 use jewel_wire::*;
 use reqwest::blocking::Client;
@@ -156,19 +157,6 @@ fn url_escape(s: &str) -> String {
             } else {
                 format!("%{b:02X}")
             }
-        })
-        .collect()
-}
-
-/// Deterministic bytes of any length.
-fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
         })
         .collect()
 }

@@ -192,17 +192,9 @@ fn exercise(path: &Path, seed: u64, ops: u64) -> Vec<u8> {
     model
 }
 
-fn pair() -> (Server, Mount, Mount) {
-    let server = Server::start();
-    let token = server.add_user("alice");
-    let a = Mount::new(&server, &token, "laptop");
-    let b = Mount::new(&server, &token, "desktop");
-    (server, a, b)
-}
-
 #[test]
 fn exerciser_keeps_every_byte_through_close_and_reopen() {
-    let (_server, a, b) = pair();
+    let (_server, a, b) = two_mounts();
     let ops = env_num("JEWEL_FSX_OPS", 3000);
     let seeds: Vec<u64> = match std::env::var("JEWEL_FSX_SEED") {
         Ok(s) => vec![s.parse().expect("JEWEL_FSX_SEED is a number")],
@@ -223,7 +215,7 @@ fn exerciser_keeps_every_byte_through_close_and_reopen() {
 
 #[test]
 fn close_reopen_loop_reads_back_every_round() {
-    let (_server, a, b) = pair();
+    let (_server, a, b) = two_mounts();
     let rounds = env_num("JEWEL_LOOP_ROUNDS", 600);
     let path = a.p("loop.bin");
     let mut rng = Rng(0x5EED);
@@ -292,7 +284,7 @@ fn close_reopen_loop_reads_back_every_round() {
 
 #[test]
 fn an_unlinked_file_stays_readable_through_an_open_descriptor() {
-    let (_server, a, _b) = pair();
+    let (_server, a, _b) = two_mounts();
     for round in 0..20 {
         // Written, closed and unlinked at once: the upload is still on its way.
         let path = a.p(&format!("short-lived-{round}.txt"));
@@ -325,7 +317,7 @@ fn an_unlinked_file_stays_readable_through_an_open_descriptor() {
 
 #[test]
 fn a_new_files_inode_number_survives_the_kernel_forgetting_it() {
-    let (_server, a, _b) = pair();
+    let (_server, a, _b) = two_mounts();
     fs::create_dir(a.p("dir")).unwrap();
     fs::write(a.p("dir/new.txt"), b"made here").unwrap();
     let before = (

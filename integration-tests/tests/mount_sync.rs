@@ -14,17 +14,9 @@ use integration_tests::*;
 
 const SYNC: Duration = Duration::from_secs(15);
 
-fn pair() -> (Server, Mount, Mount) {
-    let server = Server::start();
-    let token = server.add_user("alice");
-    let a = Mount::new(&server, &token, "laptop");
-    let b = Mount::new(&server, &token, "desktop");
-    (server, a, b)
-}
-
 #[test]
 fn files_and_directories_reach_the_other_mount() {
-    let (_server, a, b) = pair();
+    let (_server, a, b) = two_mounts();
 
     // create
     fs::write(a.p("note.txt"), b"first").unwrap();
@@ -106,7 +98,7 @@ fn files_and_directories_reach_the_other_mount() {
 
 #[test]
 fn a_hundred_new_files_reach_the_other_mount() {
-    let (_server, a, b) = pair();
+    let (_server, a, b) = two_mounts();
     fs::create_dir(a.p("many")).unwrap();
     wait_for("the folder on b", SYNC, || {
         b.p("many").is_dir().then_some(())
@@ -160,7 +152,7 @@ fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn big_file_case(mib: usize) {
-    let (_server, a, b) = pair();
+    let (_server, a, b) = two_mounts();
     let data = pseudo_random(mib << 20, 42);
     let want = sha256_hex(&data);
     let start = Instant::now();
@@ -215,7 +207,7 @@ fn a_one_gib_file_is_byte_identical_on_the_other_mount() {
 
 #[test]
 fn editors_atomic_save_uploads_once_under_the_final_name() {
-    let (_server, a, b) = pair();
+    let (_server, a, b) = two_mounts();
     fs::write(a.p("doc.txt"), b"draft 1").unwrap();
     wait_content(&b.p("doc.txt"), b"draft 1", SYNC);
     let ino_before = fs::metadata(b.p("doc.txt")).unwrap().ino();
@@ -270,7 +262,7 @@ fn wait_head(dir: &std::path::Path, head: &str) {
 
 #[test]
 fn a_git_repository_works_on_both_sides() {
-    let (_server, a, b) = pair();
+    let (_server, a, b) = two_mounts();
     let repo = a.p("repo");
     fs::create_dir(&repo).unwrap();
     git(&repo, &["init", "-q", "-b", "main"]);
@@ -303,7 +295,7 @@ fn a_git_repository_works_on_both_sides() {
 /// vanished for a moment ("unable to create temporary file").
 #[test]
 fn git_repositories_made_one_after_another_all_arrive() {
-    let (_server, a, b) = pair();
+    let (_server, a, b) = two_mounts();
     let mut heads = Vec::new();
     for r in 0..8 {
         let repo = a.p(&format!("repo{r}"));
@@ -337,7 +329,7 @@ fn git_repositories_made_one_after_another_all_arrive() {
 
 #[test]
 fn symlinks_and_the_exec_bit_are_kept() {
-    let (_server, a, b) = pair();
+    let (_server, a, b) = two_mounts();
     fs::write(a.p("run.sh"), b"#!/bin/sh\necho ran\n").unwrap();
     fs::set_permissions(a.p("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
     std::os::unix::fs::symlink("run.sh", a.p("link")).unwrap();
@@ -375,7 +367,7 @@ fn symlinks_and_the_exec_bit_are_kept() {
 
 #[test]
 fn an_sqlite_database_is_intact_on_the_other_side() {
-    let (_server, a, b) = pair();
+    let (_server, a, b) = two_mounts();
     let db = a.p("app.db");
     let sql = "create table t(x integer, y text); \
                with recursive c(i) as (select 1 union all select i+1 from c where i < 2000) \
@@ -436,7 +428,7 @@ fn two_users_never_see_each_others_files() {
 /// deleted elsewhere, for minutes).
 #[test]
 fn files_deleted_elsewhere_vanish_from_a_folder_made_here() {
-    let (_server, a, b) = pair();
+    let (_server, a, b) = two_mounts();
     fs::create_dir(a.p("made-here")).unwrap();
     a.wait_uploaded(SYNC);
     wait_for("the folder on b", SYNC, || {

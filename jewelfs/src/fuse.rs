@@ -124,9 +124,9 @@ impl JewelFs {
         }
     }
 
-    fn handle_store(&self) -> impl Fn(u64, u64, bool) + Send + 'static {
+    fn handle_store(&self) -> impl Fn(u64, bool) + Send + 'static {
         let handles = self.handles.clone();
-        move |fh, _id, write| {
+        move |fh, write| {
             handles.lock().unwrap().insert(fh, Handle { write });
         }
     }
@@ -806,7 +806,7 @@ impl Filesystem for JewelFs {
         // thread hop); a task asks the service otherwise.
         let answer = move |result: crate::core::CoreResult<Node>| match result {
             Ok(n) => {
-                handles(fh, n.id, true);
+                handles(fh, true);
                 reply.created(
                     &TTL,
                     &maker.attr(&n, n.id),

@@ -66,21 +66,16 @@ fn private_dir(path: &Path) -> std::io::Result<()> {
     let Some(dir) = path.parent() else {
         return Ok(());
     };
-    if let Err(e) = std::fs::create_dir(dir) {
-        if e.kind() != std::io::ErrorKind::AlreadyExists {
-            std::fs::create_dir_all(dir)?;
-        }
-    }
-    verify_ours(dir)?;
-    let meta = std::fs::symlink_metadata(dir)?;
+    std::fs::create_dir_all(dir)?;
+    let meta = verify_ours(dir)?;
     if meta.mode() & 0o777 != 0o700 {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
 }
 
-/// `dir` is a directory (not a symlink) owned by this user.
-fn verify_ours(dir: &Path) -> std::io::Result<()> {
+/// `dir` is a directory (not a symlink) owned by this user; returns its `lstat`.
+fn verify_ours(dir: &Path) -> std::io::Result<std::fs::Metadata> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::symlink_metadata(dir)?;
     let me = unsafe { libc::getuid() };
@@ -94,7 +89,7 @@ fn verify_ours(dir: &Path) -> std::io::Result<()> {
             ),
         ));
     }
-    Ok(())
+    Ok(meta)
 }
 
 /// Whether the status folder of `path` may be trusted: ours, not a symlink, and nobody
@@ -104,7 +99,7 @@ fn trusted(path: &Path) -> bool {
     let Some(dir) = path.parent() else {
         return false;
     };
-    verify_ours(dir).is_ok() && std::fs::symlink_metadata(dir).is_ok_and(|m| m.mode() & 0o022 == 0)
+    verify_ours(dir).is_ok_and(|m| m.mode() & 0o022 == 0)
 }
 
 /// The status file as last written (possibly by a mount that has ended; check `pid`/`ready`).

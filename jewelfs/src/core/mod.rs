@@ -1353,11 +1353,8 @@ impl Core {
 
     /// A handle of a file is closed (the staging copy goes with the last writer).
     pub fn release(&self, id: NodeId, write: bool) -> CoreResult<()> {
-        let kernel_id = id;
         let id = self.resolve(id);
-        if !self.open_files.closed(id) {
-            self.open_files.closed(kernel_id);
-        }
+        self.open_files.closed(id);
         if !write {
             return Ok(());
         }
