@@ -9,8 +9,9 @@
 //!   again. After that the block is trusted (the file is ours, written by rename).
 //! - **One fetch per block**: concurrent readers of a missing block wait on one download
 //!   (a per-hash async lock), then all read the stored file.
-//! - **Read-ahead**: [`BlockCache::prefetch`] asks for the URLs of several blocks in one
-//!   request and downloads them concurrently in the background.
+//! - **Read-ahead**: [`BlockCache::prefetch`] claims several blocks at once, asks for their
+//!   URLs in one request and downloads them concurrently in the background; a reader of a
+//!   claimed block waits for that download rather than asking again.
 //!
 //! Reads go through a small table of open files, so a sequential read of a cached file costs
 //! one `pread` per kernel request.
@@ -272,37 +273,53 @@ impl BlockCache {
         .map_err(|e| BlockErr::Io(std::io::Error::other(e)))?
     }
 
-    /// Fetches the given blocks in the background (read-ahead), skipping ready ones.
+    /// Fetches the given blocks in the background (read-ahead), skipping ready ones and
+    /// ones on their way. The blocks are claimed before this returns (each one's fetch lock
+    /// taken), so a reader that wants one of them right after waits for this download
+    /// instead of asking the service for the block's URL again: a cold read asks once per
+    /// read-ahead window, not once per block per layer.
     pub fn prefetch(self: &Arc<Self>, hashes: Vec<BlockHash>) {
-        let wanted: Vec<BlockHash> = {
-            let inflight = self.inflight.lock().unwrap();
-            hashes
-                .into_iter()
-                .filter(|h| !inflight.contains_key(h))
-                .filter(|h| !self.lru.lock().unwrap().map.contains_key(h))
-                .collect()
+        let claimed: Vec<(BlockHash, tokio::sync::OwnedMutexGuard<()>)> = {
+            let mut inflight = self.inflight.lock().unwrap();
+            let mut claimed = Vec::new();
+            for h in hashes {
+                if inflight.contains_key(&h)
+                    || self.lru.lock().unwrap().map.contains_key(&h)
+                    || claimed.iter().any(|(c, _)| *c == h)
+                {
+                    continue;
+                }
+                let lock = Arc::new(tokio::sync::Mutex::new(()));
+                let guard = lock.clone().try_lock_owned().expect("a new lock is free");
+                inflight.insert(h.clone(), lock);
+                claimed.push((h, guard));
+            }
+            claimed
         };
-        if wanted.is_empty() {
+        if claimed.is_empty() {
             return;
         }
         let me = self.clone();
         tokio::spawn(async move {
-            let Ok(urls) = me.api.block_urls(wanted).await else {
-                return;
+            let wanted = claimed.iter().map(|(h, _)| h.clone()).collect();
+            let mut urls: HashMap<BlockHash, String> = match me.api.block_urls(wanted).await {
+                Ok(u) => u.urls.into_iter().map(|u| (u.hash, u.url)).collect(),
+                Err(_) => HashMap::new(), // the readers that need them ask on their own
             };
-            let mut tasks = Vec::new();
-            for u in urls.urls {
-                let me = me.clone();
-                tasks.push(tokio::spawn(async move {
-                    let lock = {
-                        let mut inflight = me.inflight.lock().unwrap();
-                        inflight.entry(u.hash.clone()).or_default().clone()
-                    };
-                    let _guard = lock.lock().await;
-                    let _ = me.get_locked(&u.hash, Some(u.url)).await;
-                    me.inflight.lock().unwrap().remove(&u.hash);
-                }));
-            }
+            let tasks: Vec<_> = claimed
+                .into_iter()
+                .map(|(hash, guard)| {
+                    let me = me.clone();
+                    let url = urls.remove(&hash);
+                    tokio::spawn(async move {
+                        if let Some(url) = url {
+                            let _ = me.get_locked(&hash, Some(url)).await;
+                        }
+                        me.inflight.lock().unwrap().remove(&hash);
+                        drop(guard);
+                    })
+                })
+                .collect();
             for t in tasks {
                 let _ = t.await;
             }
@@ -324,6 +341,7 @@ mod tests {
     struct BlockServer {
         blocks: Mutex<HashMap<String, Vec<u8>>>,
         downloads: AtomicUsize,
+        url_requests: AtomicUsize,
     }
 
     fn offline<T>() -> ApiResult<T> {
@@ -369,6 +387,7 @@ mod tests {
             offline()
         }
         async fn block_urls(&self, hashes: Vec<BlockHash>) -> ApiResult<BlockUrls> {
+            self.url_requests.fetch_add(1, Ordering::SeqCst);
             let blocks = self.blocks.lock().unwrap();
             let urls = hashes
                 .into_iter()
@@ -425,6 +444,23 @@ mod tests {
         let mut buf = [0u8; 6];
         assert_eq!(cache.read(&hash, 7, &mut buf).unwrap(), 5);
         assert_eq!(&buf[..5], b"block");
+    }
+
+    #[tokio::test]
+    async fn a_reader_right_after_read_ahead_waits_for_it_instead_of_asking_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Arc::new(BlockServer::default());
+        let hashes: Vec<String> = (0..3u8).map(|i| serve(&server, &[i; 100])).collect();
+        let cache = Arc::new(BlockCache::open(dir.path(), 1 << 20, server.clone()).unwrap());
+        // What a cold read does: the read-ahead of the window, then the read of its first
+        // block, then the next read-ahead (the same window, all claimed already).
+        cache.prefetch(hashes.clone());
+        for h in &hashes {
+            cache.get(h).await.unwrap();
+        }
+        cache.prefetch(hashes.clone());
+        assert_eq!(server.url_requests.load(Ordering::SeqCst), 1);
+        assert_eq!(server.downloads.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]

@@ -522,23 +522,37 @@ impl Journal {
         Ok(true)
     }
 
-    /// Drops a pending entry that is not in flight (and its content file); false if in flight.
-    pub fn cancel(&self, seq: u64) -> bool {
-        let entry = {
+    /// Drops every pending entry about `node` (as subject), all or none: none when any of
+    /// them is in flight or was tried (the service may have it, and the later ones still
+    /// say what the node became). Dropping only the later ones would leave the service with
+    /// the node as the early ones made it: a name this device already freed, which a later
+    /// create of this device then finds taken. Returns whether entries were dropped.
+    pub fn cancel_node(&self, node: NodeId) -> bool {
+        let dropped: Vec<Arc<Entry>> = {
             let mut inner = self.inner.lock().unwrap();
-            if inner.inflight == Some(seq) || inner.attempted.contains(&seq) {
+            let seqs: Vec<u64> = inner
+                .entries
+                .values()
+                .filter(|e| e.op.node() == node)
+                .map(|e| e.seq)
+                .collect();
+            let busy = |seq: &u64| inner.inflight == Some(*seq) || inner.attempted.contains(seq);
+            if seqs.is_empty() || seqs.iter().any(busy) {
                 return false;
             }
-            let entry = inner.entries.remove(&seq);
-            if entry.is_some() {
-                if let Err(e) = self.write_drop(seq) {
+            let dropped: Vec<_> = seqs
+                .iter()
+                .filter_map(|seq| inner.entries.remove(seq))
+                .collect();
+            for seq in &seqs {
+                if let Err(e) = self.write_drop(*seq) {
                     tracing::warn!("cannot record a cancelled journal entry: {e}");
                 }
             }
-            entry
+            dropped
         };
-        if let Some(entry) = entry {
-            self.delete_files(&entry);
+        for entry in &dropped {
+            self.delete_files(entry);
         }
         true
     }
@@ -773,11 +787,31 @@ mod tests {
         let taken = j.take(0).unwrap();
         assert_eq!(taken.seq, a);
         assert!(!j.rewrite(a, content(3)).unwrap());
-        assert!(!j.cancel(a));
+        assert!(!j.cancel_node(1));
         assert!(j.rewrite(b, content(4)).unwrap());
         assert!(j.take(0).is_err(), "one entry in flight at a time");
         j.retry_later(a);
         assert_eq!(j.take(0).unwrap().seq, a);
+    }
+
+    #[test]
+    fn a_node_s_entries_are_cancelled_all_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        j.append(content(1)).unwrap();
+        j.append(content(1)).unwrap();
+        j.append(content(2)).unwrap();
+        let taken = j.take(0).unwrap();
+        assert!(!j.cancel_node(1), "its first entry is in flight");
+        assert_eq!(
+            j.pending(),
+            3,
+            "nothing dropped: the later entry still says what it became"
+        );
+        j.done(taken.seq);
+        assert!(j.cancel_node(1));
+        assert_eq!(j.pending(), 1);
+        assert!(!j.cancel_node(1), "nothing left to cancel");
     }
 
     #[test]

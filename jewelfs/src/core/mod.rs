@@ -1414,21 +1414,7 @@ impl Core {
         if !is_local(id) || self.journal.resolve(id) != id {
             return false;
         }
-        let entries: Vec<_> = self
-            .journal
-            .entries()
-            .into_iter()
-            .filter(|e| e.op.node() == id)
-            .collect();
-        if entries.is_empty() {
-            return false;
-        }
-        for e in entries.iter().rev() {
-            if !self.journal.cancel(e.seq) {
-                return false;
-            }
-        }
-        true
+        self.journal.cancel_node(id)
     }
 
     /// A node removed (here, or gone on the service) is forgotten: nothing of it stays
@@ -1695,9 +1681,12 @@ impl Core {
                 // The replaced node never reached the service.
                 self.tree.unlink(new_parent, new_name, t.id);
                 self.forget_node(t.id);
-            } else if unsent || is_local(id) {
+            } else if unsent || is_local(id) || is_local(t.id) {
                 // The replacing node has not reached the service (its create may still be
-                // cancelled by a remove): the replaced one is deleted on its own.
+                // cancelled by a remove), or the replaced one's create is on its way (the
+                // move would replace it on the service, but nothing here would say so: the
+                // create's answer and its echo would list it again under the name): the
+                // replaced one is deleted on its own.
                 self.journal.append(Op::Delete {
                     node: t.id,
                     base_version: t.version,
@@ -1742,11 +1731,14 @@ impl Core {
                 _ => false,
             };
             if !rewritten {
-                // What the app replaces: the service's node as seen here (not one made here:
-                // its create goes up first, then this move replaces whatever it became).
+                // What the app replaces: the service's node as seen here. One made here
+                // never reached the service or is deleted by the entry just journaled: the
+                // name is free by the time this move goes (if another device took it
+                // meanwhile, both are kept).
                 let expect = match &target_node {
                     None => Some(Seen::Free),
-                    Some(t) if !is_local(t.id) && t.version > 0 => Some(Seen::Node {
+                    Some(t) if is_local(t.id) => Some(Seen::Free),
+                    Some(t) if t.version > 0 => Some(Seen::Node {
                         id: t.id,
                         version: t.version,
                         blocks: t.blocks.clone(),
