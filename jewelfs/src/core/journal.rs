@@ -2,7 +2,7 @@
 //!
 //! Layout under `<cache>/journal/`: `log`, an append-only list of records, one a line
 //! (`+<entry as JSON>` puts or rewrites the entry with that sequence number, `-<seq>` drops
-//! it; replay keeps the last record of each sequence number, and skips a line without its
+//! it, `!<seq>` says it was sent at least once; replay keeps the last record of each sequence number, and skips a line without its
 //! newline or that does not parse, so a torn tail is ignored); `data/<name>` holding the
 //! content of a file change (the closed staging file, moved here by rename); and `aliases`,
 //! an append-only list of `local-id server-id` lines. The log is emptied when no entry is
@@ -42,6 +42,9 @@
 //! - **Replay.** On start the entries and aliases are read back; only the entry in flight
 //!   when the client died (uploaded, perhaps, but not yet dropped) is uploaded again, which
 //!   is harmless because the uploader recognises its own identical content (see `sync.rs`).
+//!   It stays marked as sent (`!`): the service may hold it, so it is never rewritten or
+//!   cancelled after the restart either (a create renamed in place, or cancelled, would
+//!   leave the service's node under a name this device freed).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -213,16 +216,17 @@ pub fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// Writes a log holding `entries` (durably, then renamed into place) and opens it for appends.
-fn write_log<'a>(
-    dir: &Path,
-    entries: impl Iterator<Item = &'a Arc<Entry>>,
-) -> std::io::Result<(File, u64)> {
+/// Writes a log holding the live entries and which of them were tried (durably, then
+/// renamed into place) and opens it for appends.
+fn write_log(dir: &Path, inner: &Inner) -> std::io::Result<(File, u64)> {
     let mut text = Vec::new();
-    for entry in entries {
+    for entry in inner.entries.values() {
         text.push(b'+');
         serde_json::to_writer(&mut text, &**entry).map_err(std::io::Error::other)?;
         text.push(b'\n');
+        if inner.attempted.contains(&entry.seq) {
+            text.extend_from_slice(format!("!{}\n", entry.seq).as_bytes());
+        }
     }
     let tmp = dir.join("log.tmp");
     {
@@ -314,6 +318,15 @@ impl Journal {
                         None => tracing::warn!("unreadable journal record skipped"),
                     }
                 }
+                Some((b'!', seq)) => match std::str::from_utf8(seq)
+                    .ok()
+                    .and_then(|t| t.parse::<u64>().ok())
+                {
+                    Some(seq) => {
+                        inner.attempted.insert(seq);
+                    }
+                    None => tracing::warn!("unreadable journal record skipped"),
+                },
                 Some((b'=', pair)) => match parse_alias(pair) {
                     Some((l, srv)) => {
                         log_aliases.insert(l, srv);
@@ -361,10 +374,18 @@ impl Journal {
                 }
             }
         }
+        let live = &inner.entries;
+        let attempted = inner
+            .attempted
+            .iter()
+            .copied()
+            .filter(|seq| live.contains_key(seq))
+            .collect();
+        inner.attempted = attempted;
         inner.data_counter = now_ms() * 1000;
         // Start from a log with only the live entries (made durable before the older files
         // that held them are removed).
-        let log = write_log(dir, inner.entries.values())?;
+        let log = write_log(dir, &inner)?;
         for path in legacy {
             let _ = std::fs::remove_file(path);
         }
@@ -471,7 +492,7 @@ impl Journal {
             log.0.set_len(0)?;
             log.1 = 0;
         } else if log.1 > LARGE {
-            *log = write_log(&self.dir, inner.entries.values())?;
+            *log = write_log(&self.dir, inner)?;
         }
         Ok(())
     }
@@ -628,7 +649,12 @@ impl Journal {
             return Err(Some(settle_ms - age));
         }
         inner.inflight = Some(entry.seq);
-        inner.attempted.insert(entry.seq);
+        if inner.attempted.insert(entry.seq) {
+            // Recorded, so a restarted client does not rewrite or cancel it either.
+            if let Err(e) = self.write_record(format!("!{}\n", entry.seq).as_bytes()) {
+                tracing::warn!("cannot record an upload attempt in the journal: {e}");
+            }
+        }
         Ok(entry)
     }
 
@@ -812,6 +838,27 @@ mod tests {
         assert!(j.cancel_node(1));
         assert_eq!(j.pending(), 1);
         assert!(!j.cancel_node(1), "nothing left to cancel");
+    }
+
+    #[test]
+    fn an_entry_sent_once_is_never_rewritten_even_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let seq = {
+            let j = Journal::open(dir.path()).unwrap();
+            let seq = j.append(content(1)).unwrap();
+            assert_eq!(j.take(0).unwrap().seq, seq);
+            j.retry_later(seq); // the answer was lost: the service may have it
+            seq
+        };
+        let j = Journal::open(dir.path()).unwrap();
+        assert!(!j.rewrite(seq, content(1)).unwrap());
+        assert!(!j.cancel_node(1));
+        assert!(j.find_pending(1, |_| true).is_none());
+        // And after the log is rewritten at the next start.
+        drop(j);
+        let j = Journal::open(dir.path()).unwrap();
+        assert!(!j.cancel_node(1));
+        assert_eq!(j.take(0).unwrap().seq, seq, "still sent again");
     }
 
     #[test]

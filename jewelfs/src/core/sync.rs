@@ -92,6 +92,36 @@ type Res<T> = Result<T, Fail>;
 /// The longest pause between two tries of one entry (when the service names no longer wait).
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// `op` based on version `new` instead of `old`, when it is a content change or a delete
+/// based on `old` (what our own commit just replaced); `None` for anything else.
+fn rebased(op: &Op, old: Version, new: &Node) -> Option<Op> {
+    match op {
+        Op::Content {
+            node,
+            base_version,
+            data,
+            size,
+            mtime_ns,
+            ..
+        } if *base_version == old => Some(Op::Content {
+            node: *node,
+            base_version: new.version,
+            base_blocks: new.blocks.clone(),
+            data: data.clone(),
+            size: *size,
+            mtime_ns: *mtime_ns,
+        }),
+        Op::Delete {
+            node, base_version, ..
+        } if *base_version == old => Some(Op::Delete {
+            node: *node,
+            base_version: new.version,
+            base_blocks: new.blocks.clone(),
+        }),
+        _ => None,
+    }
+}
+
 impl Core {
     /// Runs forever: uploads journal entries as they come.
     pub async fn run_uploader(self: Arc<Self>) {
@@ -556,30 +586,14 @@ impl Core {
         })
     }
 
-    /// Rebases later content changes of `id` from `old` onto the version just committed.
+    /// Rebases later content changes and deletes of `id` from `old` onto the version just
+    /// committed. In the journal, not only in memory: after a crash a delete based on the
+    /// version before our own commit would find "someone else's edit" and bring the file
+    /// back.
     fn rebase(&self, after_seq: u64, id: NodeId, old: Version, new: &Node) {
         for e in self.journal.entries() {
-            if e.seq <= after_seq {
-                continue;
-            }
-            if let Op::Content {
-                node,
-                base_version,
-                data,
-                size,
-                mtime_ns,
-                ..
-            } = &e.op
-            {
-                if self.journal.resolve(*node) == id && *base_version == old {
-                    let op = Op::Content {
-                        node: *node,
-                        base_version: new.version,
-                        base_blocks: new.blocks.clone(),
-                        data: data.clone(),
-                        size: *size,
-                        mtime_ns: *mtime_ns,
-                    };
+            if e.seq > after_seq && self.journal.resolve(e.op.node()) == id {
+                if let Some(op) = rebased(&e.op, old, new) {
                     let _ = self.journal.rewrite(e.seq, op);
                 }
             }
@@ -739,27 +753,12 @@ impl Core {
         )))
     }
 
-    /// Later content entries of a node created locally were based on version 0.
+    /// Later content entries and deletes of a node created locally were based on version 0.
     fn rebase_local(&self, seq: u64, local: NodeId, node: &Option<Node>) {
         if let Some(node) = node {
             for e in self.journal.entries() {
                 if e.seq > seq && e.op.node() == local {
-                    if let Op::Content {
-                        base_version: 0,
-                        data,
-                        size,
-                        mtime_ns,
-                        ..
-                    } = &e.op
-                    {
-                        let op = Op::Content {
-                            node: local,
-                            base_version: node.version,
-                            base_blocks: node.blocks.clone(),
-                            data: data.clone(),
-                            size: *size,
-                            mtime_ns: *mtime_ns,
-                        };
+                    if let Some(op) = rebased(&e.op, 0, node) {
                         let _ = self.journal.rewrite(e.seq, op);
                     }
                 }
