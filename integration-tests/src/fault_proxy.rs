@@ -193,12 +193,19 @@ pub struct Stats {
     /// in the path written `{id}` (`"drop_after POST /api/v1/nodes/{id}/move"`), so a test
     /// can check that the requests it means to hit were hit.
     pub routes: BTreeMap<String, u64>,
+    /// Every request by route, `"<METHOD> <path>"` with ids written `{id}` as in `routes`
+    /// (what a test of request counts checks).
+    pub by_route: BTreeMap<String, u64>,
 }
 
 impl Stats {
     /// Faulted requests of one kind.
     pub fn faulted(&self, name: &str) -> u64 {
         self.faulted.get(name).copied().unwrap_or(0)
+    }
+    /// Requests of one route, faulted or not (`"POST /api/v1/blocks/urls"`).
+    pub fn requests(&self, route: &str) -> u64 {
+        self.by_route.get(route).copied().unwrap_or(0)
     }
     /// Faulted requests in all.
     pub fn faulted_total(&self) -> u64 {
@@ -225,6 +232,11 @@ impl State {
     /// Counts a request and picks the fault for it, if any.
     fn decide(&mut self, kind: Kind, method: &hyper::Method, path: &str) -> Option<Fault> {
         self.stats.seen += 1;
+        *self
+            .stats
+            .by_route
+            .entry(format!("{method} {}", route_of(path)))
+            .or_default() += 1;
         match kind {
             Kind::Change => self.stats.changes += 1,
             Kind::Poll => self.stats.polls += 1,
