@@ -590,14 +590,56 @@ impl Core {
     /// committed. In the journal, not only in memory: after a crash a delete based on the
     /// version before our own commit would find "someone else's edit" and bring the file
     /// back.
+    /// A later rename that replaces `id` as it was at `old` now expects it as it is: our
+    /// own commit is what the app saw there (after a crash, the memory of our own versions
+    /// is gone, and the file would be kept as "another device's" conflict copy).
     fn rebase(&self, after_seq: u64, id: NodeId, old: Version, new: &Node) {
         for e in self.journal.entries() {
-            if e.seq > after_seq && self.journal.resolve(e.op.node()) == id {
-                if let Some(op) = rebased(&e.op, old, new) {
-                    let _ = self.journal.rewrite(e.seq, op);
-                }
+            if e.seq <= after_seq {
+                continue;
+            }
+            let op = if self.journal.resolve(e.op.node()) == id {
+                rebased(&e.op, old, new)
+            } else {
+                self.rebased_expect(&e.op, id, old, new)
+            };
+            if let Some(op) = op {
+                let _ = self.journal.rewrite(e.seq, op);
             }
         }
+    }
+
+    /// `op`, when it is a rename expecting `id` at version `old`, expecting `new` instead.
+    fn rebased_expect(&self, op: &Op, id: NodeId, old: Version, new: &Node) -> Option<Op> {
+        let Op::Move {
+            node,
+            new_parent,
+            new_name,
+            mode,
+            expect:
+                Some(Seen::Node {
+                    id: target,
+                    version,
+                    ..
+                }),
+        } = op
+        else {
+            return None;
+        };
+        if *version != old || self.journal.resolve(*target) != id {
+            return None;
+        }
+        Some(Op::Move {
+            node: *node,
+            new_parent: *new_parent,
+            new_name: new_name.clone(),
+            mode: *mode,
+            expect: Some(Seen::Node {
+                id: *target,
+                version: new.version,
+                blocks: new.blocks.clone(),
+            }),
+        })
     }
 
     /// Remembers the version our own request produced (see `own`).
