@@ -755,3 +755,69 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
     let still: Node = api.ok(api.get(&format!("/nodes/{}", file.id)));
     assert_eq!(still, file);
 }
+
+#[test]
+fn a_batch_applies_its_changes_in_order_and_stops_at_the_first_that_fails() {
+    let server = Server::start();
+    let api = Api::new(&server, &server.add_user("batcher"));
+    let d = api.mkdir(ROOT_ID, "d");
+    let old = api.create_file(d.id, "old", b"old bytes");
+    let kept = api.create_file(d.id, "kept", b"kept");
+    let content = api.upload(b"new bytes");
+    let start_seq = api.latest_seq();
+
+    let answer: BatchAnswer = api.ok(api.post(
+        "/batch",
+        json!({"changes": [
+            {"create": {"parent": d.id, "name": "a", "kind": "file", "content": content}},
+            {"create": {"parent": d.id, "name": "sub", "kind": "dir"}},
+            {"commit": {"id": old.id, "commit": {"base_version": old.version, "content": content}}},
+            {"remove": {"id": kept.id, "base_version": kept.version}},
+        ]}),
+    ));
+    assert!(answer.failed.is_none(), "{:?}", answer.failed);
+    assert_eq!(answer.done.len(), 4);
+    assert_eq!(answer.done[0].name, "a");
+    assert_eq!(answer.done[2].version, old.version + 1);
+    assert_eq!(api.names(d.id), ["a", "old", "sub"]);
+    let new_old: Node = api.ok(api.get(&format!("/nodes/{}", old.id)));
+    assert_eq!(api.read(&new_old), b"new bytes");
+    // One change event per change, as if each had been sent on its own.
+    let page: ChangePage = api.ok(api.get(&format!("/changes?since={start_seq}")));
+    assert_eq!(page.events.len(), 4);
+
+    // The second change fails (the name is taken): the first stays done, the third never runs.
+    let answer: BatchAnswer = api.ok(api.post(
+        "/batch",
+        json!({"changes": [
+            {"create": {"parent": d.id, "name": "b", "kind": "dir"}},
+            {"create": {"parent": d.id, "name": "a", "kind": "dir"}},
+            {"create": {"parent": d.id, "name": "c", "kind": "dir"}},
+        ]}),
+    ));
+    assert_eq!(answer.done.len(), 1);
+    let failed = answer.failed.expect("the second change failed");
+    assert_eq!(failed.code, ErrorCode::Exists);
+    let a: Node = api.ok(api.get(&format!("/nodes/{}/children/a", d.id)));
+    assert_eq!(failed.current.map(|n| n.id), Some(a.id));
+    assert_eq!(api.names(d.id), ["a", "b", "old", "sub"]);
+
+    // Too many changes: refused whole, nothing applied.
+    let many: Vec<Value> = (0..=MAX_BATCH_CHANGES)
+        .map(|i| json!({"create": {"parent": d.id, "name": format!("n{i}"), "kind": "dir"}}))
+        .collect();
+    expect_error(
+        api.post("/batch", json!({ "changes": many })),
+        400,
+        "bad_request",
+    );
+    assert_eq!(api.names(d.id), ["a", "b", "old", "sub"]);
+    // Another user's node is out of reach in a batch as on its own route.
+    let other = Api::new(&server, &server.add_user("mallory"));
+    let answer: BatchAnswer = other.ok(other.post(
+        "/batch",
+        json!({"changes": [{"remove": {"id": d.id, "base_version": d.version}}]}),
+    ));
+    assert_eq!(answer.failed.map(|e| e.code), Some(ErrorCode::NotFound));
+    assert_eq!(api.names(d.id), ["a", "b", "old", "sub"]);
+}

@@ -27,6 +27,7 @@
 //! | GET | `/changes?since=&limit=` | → [`ChangePage`], or 410 `cursor_too_old` |
 //! | GET | `/devices/{id}/poll?since=&timeout_ms=` | → [`ChangePage`] (long-poll) |
 //! | POST | `/devices/{id}/listen` | → [`Device`] (renewed `listen`, e.g. fresh credentials) |
+//! | POST | `/batch` | [`Batch`] → [`BatchAnswer`] (many changes in one round trip) |
 //! | POST | `/blocks/missing` | [`BlockHashes`] → [`MissingBlocks`] |
 //! | POST | `/blocks/urls` | [`BlockHashes`] → [`BlockUrls`] |
 //!
@@ -181,6 +182,40 @@ pub struct CommitContent {
     pub content: Content,
     #[serde(default)]
     pub mtime_ns: Option<i64>,
+}
+
+/// The most changes one [`Batch`] may carry.
+pub const MAX_BATCH_CHANGES: usize = 256;
+
+/// `POST /batch`: changes applied in order, each exactly as its own route would apply it
+/// (its own checks, its own change event, its own version), in one round trip. The first
+/// change that fails ends the batch: the ones after it are not applied, so a batch means
+/// what the same requests sent one after another and stopped at the first error would
+/// mean. At most [`MAX_BATCH_CHANGES`] changes, and the body is bounded as every JSON body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Batch {
+    pub changes: Vec<Change>,
+}
+
+/// One change of a [`Batch`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// As `POST /nodes`.
+    Create(CreateNode),
+    /// As `PUT /nodes/{id}/content`.
+    Commit { id: NodeId, commit: CommitContent },
+    /// As `DELETE /nodes/{id}?base_version=` (never recursive).
+    Remove { id: NodeId, base_version: Version },
+}
+
+/// The answer to a [`Batch`]: the node each applied change left (in order), and, when a
+/// change failed, its error (that change is `changes[done.len()]`; none after it ran).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BatchAnswer {
+    pub done: Vec<Node>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<ApiError>,
 }
 
 /// Rename and/or move, based on the version the mover saw.

@@ -70,6 +70,7 @@ impl AuthCache {
 }
 
 /// The authenticated caller of a request.
+#[derive(Clone)]
 pub struct Caller {
     pub user: User,
     pub device: Option<DeviceId>,

@@ -20,6 +20,7 @@ use axum::{Json, Router};
 use jewel_wire::BLOCK_SIZE;
 
 pub mod auth;
+pub mod batch;
 pub mod blocks;
 pub mod error;
 pub mod openapi;
@@ -61,6 +62,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/devices/{id}/poll", get(sync::poll))
         .route("/devices/{id}/listen", post(sync::renew_listen))
         .route("/changes", get(sync::changes))
+        .route("/batch", post(batch::apply))
         .route("/blocks/missing", post(blocks::missing))
         .route("/blocks/urls", post(blocks::urls))
         .layer(DefaultBodyLimit::max(service.limits.max_json_body))

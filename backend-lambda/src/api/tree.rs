@@ -253,9 +253,9 @@ pub async fn set_attr(
 
 #[derive(Deserialize)]
 pub struct RemoveQuery {
-    base_version: Option<u64>,
+    pub base_version: Option<u64>,
     #[serde(default)]
-    recursive: bool,
+    pub recursive: bool,
 }
 
 pub async fn remove(
