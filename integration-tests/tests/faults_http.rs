@@ -165,14 +165,18 @@ fn workload(s: &Setup, plan: &Plan) -> Tree {
     let a = &s.a;
     let mut model = Tree::new();
     s.proxy.set(plan.clone());
-    for i in 0..40 {
-        let name = format!("f-{i:02}.bin");
-        let data = content(i, 1);
-        fs::write(a.p(&name), &data).unwrap();
-        model.insert(name, data);
+    // In waves of five, as an app saves now and then: each wave is a batch or a few of its
+    // own (one burst would go up in one or two requests, too few for the faults to hit).
+    for wave in 0..8 {
+        for i in wave * 5..wave * 5 + 5 {
+            let name = format!("f-{i:02}.bin");
+            let data = content(i, 1);
+            fs::write(a.p(&name), &data).unwrap();
+            model.insert(name, data);
+        }
+        drain(s, &model, "the creates");
     }
     assert_eq!(diff(&tree(a.path()), &model), "", "A after its creates");
-    drain(s, &model, "the creates");
 
     s.proxy.set(plan.clone());
     for i in 0..10 {
@@ -196,7 +200,7 @@ fn workload(s: &Setup, plan: &Plan) -> Tree {
     let edited = (5..10)
         .map(|i| (i, format!("r-{i:02}.bin")))
         .chain((10..15).map(|i| (i, format!("f-{i:02}.bin"))));
-    for (i, name) in edited {
+    for (n, (i, name)) in edited.enumerate() {
         let data = content(i, 2);
         fs::write(a.p(&name), &data).unwrap();
         assert_eq!(
@@ -205,6 +209,9 @@ fn workload(s: &Setup, plan: &Plan) -> Tree {
             "A's {name} right after editing it"
         );
         model.insert(name, data);
+        if n % 2 == 1 {
+            drain(s, &model, "the edits");
+        }
     }
     assert_eq!(
         diff(&tree(a.path()), &model),
@@ -346,12 +353,9 @@ fn run(plan: Plan) -> Stats {
         stats.changes,
         stats.routes
     );
-    // Each kind of change was hit, not only the creates.
-    for route in [
-        "POST /api/v1/nodes",
-        "POST /api/v1/nodes/{id}/move",
-        "PUT /api/v1/nodes/{id}/content",
-    ] {
+    // Each kind of request that carries changes was hit: batches (creates, content
+    // commits and removes ready together go up as one) and renames.
+    for route in ["POST /api/v1/batch", "POST /api/v1/nodes/{id}/move"] {
         assert!(
             stats.faulted_route(route) >= 1,
             "no {route} was hit: {:?}",
@@ -389,8 +393,8 @@ fn throttled_changes_all_arrive_and_none_is_undone() {
 fn html_error_pages_and_torn_answers_lose_nothing() {
     // A quarter of A's changing requests hit, a quarter of those each way; a few more slowed.
     // (A torn answer or a 413 after the service did the work costs a retry that finds the
-    // work done: more requests per change than a throttled one, so a smaller share keeps the
-    // run short while each kind still fires a dozen times.)
+    // work done: more requests per change than a throttled one, so a smaller share keeps
+    // the run short while each kind still fires several times.)
     let share = 1.0 / 16.0;
     let plan = Plan::new(23)
         .with(Fault::Throttle { retry_after: None }, Scope::Changes, share)
@@ -415,13 +419,12 @@ fn html_error_pages_and_torn_answers_lose_nothing() {
             "too few {kind} faults to prove anything: {stats:?}"
         );
     }
-    // A create the service made whose answer came back torn: retried, it must not make a
-    // second file.
+    // Creates the service made whose answer came back torn (a batch of them, or one on
+    // its own): retried, they must not make second files.
     assert!(
-        stats
-            .routes
-            .get("torn_answer POST /api/v1/nodes")
-            .is_some_and(|n| *n >= 1),
+        ["POST /api/v1/nodes", "POST /api/v1/batch"]
+            .iter()
+            .any(|r| stats.routes.contains_key(&format!("torn_answer {r}"))),
         "no create's answer was torn: {:?}",
         stats.routes
     );
@@ -440,8 +443,9 @@ fn answers_lost_after_the_service_committed_do_not_repeat_changes() {
         "too few lost answers to prove anything: {stats:?}"
     );
     assert!(stats.faulted("drop_before") >= 1, "{stats:?}");
-    // Creates and renames whose answers were lost: the cases where repeating is harmful.
-    for route in ["POST /api/v1/nodes", "POST /api/v1/nodes/{id}/move"] {
+    // Batches (of creates, commits, removes) and renames whose answers were lost: the
+    // cases where repeating is harmful.
+    for route in ["POST /api/v1/batch", "POST /api/v1/nodes/{id}/move"] {
         let lost = stats.routes.get(&format!("drop_after {route}"));
         assert!(
             lost.is_some_and(|n| *n >= 1),

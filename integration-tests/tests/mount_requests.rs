@@ -47,3 +47,57 @@ fn a_cold_read_asks_for_block_urls_once_per_read_ahead_window() {
          FUSE layer, again in the core, and once more by the fetch)"
     );
 }
+
+#[test]
+fn many_small_files_go_up_in_batches_not_a_round_trip_each() {
+    let server = Server::start();
+    let token = server.add_user("batcher");
+    let proxy = FaultProxy::start(&server.url);
+    let a = Mount::with_url(&proxy.url, &token, "writer");
+    let b = Mount::new(&server, &token, "reader");
+    const FILES: usize = 400;
+    std::fs::create_dir(a.p("many")).unwrap();
+    a.wait_uploaded(SYNC);
+
+    let before = proxy.stats();
+    for i in 0..FILES {
+        std::fs::write(a.p(&format!("many/f{i}")), format!("small file {i}")).unwrap();
+    }
+    a.wait_uploaded(SYNC);
+    let created = proxy.stats();
+    let sent = |from: &integration_tests::fault_proxy::Stats,
+                to: &integration_tests::fault_proxy::Stats,
+                route: &str| to.requests(route) - from.requests(route);
+    let one_by_one = sent(&before, &created, "POST /api/v1/nodes");
+    let batches = sent(&before, &created, "POST /api/v1/batch");
+    let block_questions = sent(&before, &created, "POST /api/v1/blocks/missing");
+    eprintln!("{FILES} creates: {batches} batches, {one_by_one} single creates, {block_questions} block questions");
+    assert!(
+        one_by_one + batches + block_questions <= (FILES / 10) as u64,
+        "{FILES} new files took {batches} batches + {one_by_one} single creates + \
+         {block_questions} block questions: more than one request per 10 files"
+    );
+    for i in (0..FILES).step_by(37) {
+        wait_content(
+            &b.p(&format!("many/f{i}")),
+            format!("small file {i}").as_bytes(),
+            SYNC,
+        );
+    }
+
+    for i in 0..FILES {
+        std::fs::remove_file(a.p(&format!("many/f{i}"))).unwrap();
+    }
+    a.wait_uploaded(SYNC);
+    let deleted = proxy.stats();
+    let one_by_one = sent(&created, &deleted, "DELETE /api/v1/nodes/{id}");
+    let batches = sent(&created, &deleted, "POST /api/v1/batch");
+    eprintln!("{FILES} deletes: {batches} batches, {one_by_one} single deletes");
+    assert!(
+        one_by_one + batches <= (FILES / 10) as u64,
+        "{FILES} deletes took {batches} batches + {one_by_one} single deletes"
+    );
+    wait_for("B sees the folder empty", SYNC, || {
+        (std::fs::read_dir(b.p("many")).unwrap().count() == 0).then_some(())
+    });
+}

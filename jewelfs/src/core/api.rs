@@ -104,6 +104,14 @@ pub trait Api: Send + Sync + 'static {
     async fn changes(&self, since: Seq, limit: u32) -> ApiResult<ChangePage>;
     async fn poll(&self, device: DeviceId, since: Seq, timeout_ms: u64) -> ApiResult<ChangePage>;
     async fn missing_blocks(&self, hashes: Vec<BlockHash>) -> ApiResult<MissingBlocks>;
+    /// `POST /batch`. The default (for test services without the route) answers as a
+    /// service without it does, `NotFound`: the uploader then sends changes one by one.
+    async fn batch(&self, _batch: &Batch) -> ApiResult<BatchAnswer> {
+        Err(ApiErr::Api(ApiError::new(
+            ErrorCode::NotFound,
+            "no such route",
+        )))
+    }
     async fn block_urls(&self, hashes: Vec<BlockHash>) -> ApiResult<BlockUrls>;
     async fn put_block(&self, url: &str, bytes: Bytes) -> ApiResult<()>;
     async fn get_block(&self, url: &str) -> ApiResult<Bytes>;
@@ -308,6 +316,9 @@ impl Api for HttpApi {
     async fn block_urls(&self, hashes: Vec<BlockHash>) -> ApiResult<BlockUrls> {
         let body = BlockHashes { hashes };
         Self::send(self.req(reqwest::Method::POST, "/blocks/urls").json(&body)).await
+    }
+    async fn batch(&self, batch: &Batch) -> ApiResult<BatchAnswer> {
+        Self::send(self.req(reqwest::Method::POST, "/batch").json(batch)).await
     }
     async fn put_block(&self, url: &str, bytes: Bytes) -> ApiResult<()> {
         let resp = self

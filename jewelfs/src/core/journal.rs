@@ -176,7 +176,9 @@ struct Inner {
     /// called per uploaded change, with hundreds of entries pending in a burst.
     entries: BTreeMap<u64, Arc<Entry>>,
     next: u64,
-    inflight: Option<u64>,
+    /// Entries being uploaded now: the oldest one, and the ones after it sent in the same
+    /// batch ([`Journal::take_more`]).
+    inflight: std::collections::BTreeSet<u64>,
     /// Entries sent at least once: the service may have applied them even if the answer
     /// was lost, so they are never rewritten or cancelled any more.
     attempted: std::collections::HashSet<u64>,
@@ -525,7 +527,7 @@ impl Journal {
         // The lock is held across the write so the uploader cannot take the old version
         // of the entry in between (it would upload stale content and then remove ours).
         let mut inner = self.inner.lock().unwrap();
-        if inner.inflight == Some(seq)
+        if inner.inflight.contains(&seq)
             || inner.attempted.contains(&seq)
             || !inner.entries.contains_key(&seq)
         {
@@ -557,7 +559,7 @@ impl Journal {
                 .filter(|e| e.op.node() == node)
                 .map(|e| e.seq)
                 .collect();
-            let busy = |seq: &u64| inner.inflight == Some(*seq) || inner.attempted.contains(seq);
+            let busy = |seq: &u64| inner.inflight.contains(seq) || inner.attempted.contains(seq);
             if seqs.is_empty() || seqs.iter().any(busy) {
                 return false;
             }
@@ -611,7 +613,7 @@ impl Journal {
             .entries
             .values()
             .rev()
-            .filter(|e| inner.inflight != Some(e.seq) && !inner.attempted.contains(&e.seq))
+            .filter(|e| !inner.inflight.contains(&e.seq) && !inner.attempted.contains(&e.seq))
             .find(|e| e.op.node() == node && pred(&e.op))
             .map(|e| Entry::clone(e))
     }
@@ -638,7 +640,7 @@ impl Journal {
     /// Takes the oldest entry for upload if it has settled for `settle_ms`.
     pub fn take(&self, settle_ms: u64) -> Result<Entry, Option<u64>> {
         let mut inner = self.inner.lock().unwrap();
-        if inner.inflight.is_some() {
+        if !inner.inflight.is_empty() {
             return Err(None);
         }
         let Some(entry) = inner.entries.values().next().map(|e| Entry::clone(e)) else {
@@ -648,7 +650,7 @@ impl Journal {
         if age < settle_ms {
             return Err(Some(settle_ms - age));
         }
-        inner.inflight = Some(entry.seq);
+        inner.inflight.insert(entry.seq);
         if inner.attempted.insert(entry.seq) {
             // Recorded, so a restarted client does not rewrite or cancel it either.
             if let Err(e) = self.write_record(format!("!{}\n", entry.seq).as_bytes()) {
@@ -658,11 +660,45 @@ impl Journal {
         Ok(entry)
     }
 
+    /// Takes the entries right after `after` (the entry just taken) for the same upload, in
+    /// order, while each has settled for `settle_ms` and `accept` takes it, at most `max`:
+    /// the uploader sends them in one batch. Each is in flight and marked as sent, as
+    /// [`Journal::take`] marks its entry; each ends with [`Journal::done`] or
+    /// [`Journal::retry_later`].
+    pub fn take_more(
+        &self,
+        after: u64,
+        settle_ms: u64,
+        max: usize,
+        mut accept: impl FnMut(&Entry) -> bool,
+    ) -> Vec<Entry> {
+        let mut inner = self.inner.lock().unwrap();
+        let now = now_ms();
+        let taken: Vec<Entry> = inner
+            .entries
+            .range(after + 1..)
+            .map(|(_, e)| e)
+            .take_while(|e| now.saturating_sub(e.at_ms) >= settle_ms)
+            .take(max)
+            .take_while(|e| accept(e))
+            .map(|e| Entry::clone(e))
+            .collect();
+        for entry in &taken {
+            inner.inflight.insert(entry.seq);
+            if inner.attempted.insert(entry.seq) {
+                if let Err(e) = self.write_record(format!("!{}\n", entry.seq).as_bytes()) {
+                    tracing::warn!("cannot record an upload attempt in the journal: {e}");
+                }
+            }
+        }
+        taken
+    }
+
     /// The entry in flight is done: remove it and its files.
     pub fn done(&self, seq: u64) {
         let entry = {
             let mut inner = self.inner.lock().unwrap();
-            inner.inflight = None;
+            inner.inflight.remove(&seq);
             inner.attempted.remove(&seq);
             inner.entries.remove(&seq)
         };
@@ -689,9 +725,7 @@ impl Journal {
     /// The entry in flight could not be uploaded now: keep it for a later try.
     pub fn retry_later(&self, seq: u64) {
         let mut inner = self.inner.lock().unwrap();
-        if inner.inflight == Some(seq) {
-            inner.inflight = None;
-        }
+        inner.inflight.remove(&seq);
     }
 
     pub fn pending(&self) -> usize {

@@ -21,6 +21,7 @@
 //! `docs/SEMANTICS.md` for what a user sees.
 
 pub mod api;
+mod batch;
 pub mod blocks;
 pub mod conflict;
 pub mod journal;
@@ -260,6 +261,9 @@ pub struct Core {
     own_gen: AtomicU64,
     /// The journal entry the uploader is sending now (0: none).
     pub(crate) uploading: AtomicU64,
+    /// Whether the service takes batches (`batch.rs`); false once it said it has no such
+    /// route (an older server), and changes go one by one.
+    pub(crate) batching: std::sync::atomic::AtomicBool,
     /// Directories to re-list from the service once the journal is drained (see
     /// `reconcile.rs`).
     pub(crate) suspect: Mutex<reconcile::Suspect>,
@@ -357,6 +361,7 @@ impl Core {
             pre_busy: Mutex::new(HashSet::new()),
             own: Mutex::new(HashMap::new()),
             uploading: AtomicU64::new(0),
+            batching: std::sync::atomic::AtomicBool::new(true),
             own_changed: Mutex::new(std::collections::VecDeque::new()),
             own_gen: AtomicU64::new(0),
             suspect: Mutex::new(Default::default()),

@@ -51,7 +51,7 @@ use super::journal::{is_local, Entry, LocalKind, Op, Seen};
 use super::{now_ns, Core, Inval};
 
 /// Why an entry could not be uploaded.
-enum Fail {
+pub(crate) enum Fail {
     /// Not this time: the service was unreachable or busy, or answered something we cannot
     /// read, or refused our token. The entry stays and is tried again after a pause.
     Transient(ApiErr),
@@ -87,7 +87,32 @@ impl From<std::io::Error> for Fail {
     }
 }
 
-type Res<T> = Result<T, Fail>;
+pub(crate) type Res<T> = Result<T, Fail>;
+
+/// The uploader's pace after failures: the next pause, and whether it marked the service
+/// unreachable (so the first success marks it reachable again).
+pub(crate) struct Pacing {
+    backoff: Duration,
+    marked_offline: bool,
+}
+
+impl Default for Pacing {
+    fn default() -> Pacing {
+        Pacing {
+            backoff: Duration::from_millis(100),
+            marked_offline: false,
+        }
+    }
+}
+
+impl Pacing {
+    /// The pause before the next try (see [`pause`]); doubles the backoff for the one after.
+    fn next(&mut self, asked: Option<Duration>) -> Duration {
+        let wait = pause(self.backoff, asked);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        wait
+    }
+}
 
 /// The longest pause between two tries of one entry (when the service names no longer wait).
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -123,79 +148,27 @@ fn rebased(op: &Op, old: Version, new: &Node) -> Option<Op> {
 }
 
 impl Core {
-    /// Runs forever: uploads journal entries as they come.
+    /// Runs forever: uploads journal entries as they come, in order; a run of small
+    /// independent changes ready together goes up in one batch (`batch.rs`).
     pub async fn run_uploader(self: Arc<Self>) {
-        let mut backoff = Duration::from_millis(100);
-        // Whether this loop marked the service unreachable (see the `Ok` arm).
-        let mut marked_offline = false;
+        let mut pacing = Pacing::default();
         loop {
             let notified = self.journal.changed.notified();
             match self.journal.take(self.cfg.settle_ms) {
                 Ok(entry) => {
-                    let seq = entry.seq;
-                    self.uploading.store(seq, Ordering::Relaxed);
-                    let result = self.upload(&entry).await;
-                    self.uploading.store(0, Ordering::Relaxed);
-                    tracing::debug!(seq, op = ?entry.op, ok = result.is_ok(), "uploaded");
-                    match result {
-                        Ok(()) => {
-                            // The service answered after a request of ours was lost: it is
-                            // reachable again. The listener would say so only when its
-                            // long-poll returns (up to `poll_timeout_ms` later); until then
-                            // `status` said offline, the pre-uploader and reconciliation
-                            // stood still and `fsync` did not wait. Before `done`, so a
-                            // status with nothing pending never says offline.
-                            if std::mem::take(&mut marked_offline) {
-                                self.online.store(true, Ordering::Relaxed);
-                            }
-                            self.journal.done(seq);
-                            self.uploaded.fetch_add(1, Ordering::Relaxed);
-                            self.after_upload(&entry);
-                            if backoff > Duration::from_millis(100) {
-                                self.last_error.lock().unwrap().take();
-                            }
-                            backoff = Duration::from_millis(100);
-                        }
-                        Err(Fail::Transient(e)) => {
-                            self.journal.retry_later(seq);
-                            if e.is_offline() {
-                                self.online.store(false, Ordering::Relaxed);
-                                marked_offline = true;
-                                tracing::debug!("upload waits, service unreachable: {e}");
-                            } else {
-                                tracing::info!("upload waits and tries again: {e}");
-                                *self.last_error.lock().unwrap() =
-                                    Some(format!("uploads retrying: {e}"));
-                            }
-                            tokio::time::sleep(pause(backoff, e.retry_after())).await;
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
-                        }
-                        Err(Fail::Retry(e)) => {
-                            tracing::info!("upload tried again: {e}");
-                            self.journal.retry_later(seq);
-                            tokio::time::sleep(pause(backoff, None)).await;
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
-                        }
-                        Err(Fail::Refused(why)) => {
-                            let kept = self.keep_refused(&entry);
-                            tracing::warn!(
-                                path = %self.path_of(entry.op.node()),
-                                kept = ?kept,
-                                entry = ?entry.op,
-                                "the service refused a change for good: {why}"
-                            );
-                            *self.last_error.lock().unwrap() = Some(match &kept {
-                                Some(p) => format!(
-                                    "the service refused a change ({why}); its content is kept in {}",
-                                    p.display()
-                                ),
-                                None => format!("the service refused a change: {why}"),
-                            });
-                            self.journal.done(seq);
-                            self.after_upload(&entry);
-                            // What this device shows of the change will never happen.
-                            self.suspect_all();
-                        }
+                    let more = self.take_batch(&entry);
+                    let pause = if more.is_empty() {
+                        self.uploading.store(entry.seq, Ordering::Relaxed);
+                        let result = self.upload(&entry).await;
+                        self.uploading.store(0, Ordering::Relaxed);
+                        self.finish(&entry, result, &mut pacing)
+                    } else {
+                        let mut entries = vec![entry];
+                        entries.extend(more);
+                        self.upload_batch(&entries, &mut pacing).await
+                    };
+                    if let Some(pause) = pause {
+                        tokio::time::sleep(pause).await;
                     }
                 }
                 Err(Some(wait)) => tokio::time::sleep(Duration::from_millis(wait)).await,
@@ -215,6 +188,76 @@ impl Core {
                     };
                     let _ = tokio::time::timeout(idle, notified).await;
                 }
+            }
+        }
+    }
+
+    /// Ends one entry's upload attempt: done, kept for another try, or refused for good.
+    /// Returns the pause the uploader takes before its next try, if any.
+    pub(crate) fn finish(
+        &self,
+        entry: &Entry,
+        result: Res<()>,
+        pacing: &mut Pacing,
+    ) -> Option<Duration> {
+        let seq = entry.seq;
+        tracing::debug!(seq, op = ?entry.op, ok = result.is_ok(), "uploaded");
+        match result {
+            Ok(()) => {
+                // The service answered after a request of ours was lost: it is reachable
+                // again. The listener would say so only when its long-poll returns (up to
+                // `poll_timeout_ms` later); until then `status` said offline, the
+                // pre-uploader and reconciliation stood still and `fsync` did not wait.
+                // Before `done`, so a status with nothing pending never says offline.
+                if std::mem::take(&mut pacing.marked_offline) {
+                    self.online.store(true, Ordering::Relaxed);
+                }
+                self.journal.done(seq);
+                self.uploaded.fetch_add(1, Ordering::Relaxed);
+                self.after_upload(entry);
+                if pacing.backoff > Duration::from_millis(100) {
+                    self.last_error.lock().unwrap().take();
+                }
+                pacing.backoff = Duration::from_millis(100);
+                None
+            }
+            Err(Fail::Transient(e)) => {
+                self.journal.retry_later(seq);
+                if e.is_offline() {
+                    self.online.store(false, Ordering::Relaxed);
+                    pacing.marked_offline = true;
+                    tracing::debug!("upload waits, service unreachable: {e}");
+                } else {
+                    tracing::info!("upload waits and tries again: {e}");
+                    *self.last_error.lock().unwrap() = Some(format!("uploads retrying: {e}"));
+                }
+                Some(pacing.next(e.retry_after()))
+            }
+            Err(Fail::Retry(e)) => {
+                tracing::info!("upload tried again: {e}");
+                self.journal.retry_later(seq);
+                Some(pacing.next(None))
+            }
+            Err(Fail::Refused(why)) => {
+                let kept = self.keep_refused(entry);
+                tracing::warn!(
+                    path = %self.path_of(entry.op.node()),
+                    kept = ?kept,
+                    entry = ?entry.op,
+                    "the service refused a change for good: {why}"
+                );
+                *self.last_error.lock().unwrap() = Some(match &kept {
+                    Some(p) => format!(
+                        "the service refused a change ({why}); its content is kept in {}",
+                        p.display()
+                    ),
+                    None => format!("the service refused a change: {why}"),
+                });
+                self.journal.done(seq);
+                self.after_upload(entry);
+                // What this device shows of the change will never happen.
+                self.suspect_all();
+                None
             }
         }
     }
@@ -270,7 +313,7 @@ impl Core {
         self.tree.unpin(id);
     }
 
-    async fn upload(&self, entry: &Entry) -> Res<()> {
+    pub(crate) async fn upload(&self, entry: &Entry) -> Res<()> {
         match &entry.op {
             Op::Create {
                 node,
@@ -376,7 +419,7 @@ impl Core {
     }
 
     /// Cuts a content file into blocks, hashes them and puts them in the block cache.
-    async fn hash_data(&self, data: &str, size: u64) -> Res<Content> {
+    pub(crate) async fn hash_data(&self, data: &str, size: u64) -> Res<Content> {
         let path = self.journal.data_path(data);
         let cache = self.blocks.clone();
         let (blocks, size) =
@@ -404,7 +447,10 @@ impl Core {
 
     /// Sends the blocks the service lacks: one `missing` question for all, then a few PUTs
     /// at a time. Blocks are content-addressed, so sending one early is always safe.
-    async fn send_blocks(&self, files: Vec<(std::path::PathBuf, Vec<String>)>) -> Res<()> {
+    pub(crate) async fn send_blocks(
+        &self,
+        files: Vec<(std::path::PathBuf, Vec<String>)>,
+    ) -> Res<()> {
         let mut whereis: std::collections::HashMap<String, (std::path::PathBuf, usize)> =
             Default::default();
         for (path, hashes) in &files {
@@ -744,13 +790,7 @@ impl Core {
                 mtime_ns: Some(mtime_ns),
             };
             match self.api.create(&req).await {
-                Ok(node) => {
-                    self.rebase(seq, node.id, 0, &node);
-                    let id = node.id;
-                    self.adopt(local, node)?;
-                    self.rebase_local(seq, local, &self.tree.get(id).map(|n| (*n).clone()));
-                    return Ok(());
-                }
+                Ok(node) => return self.created(seq, local, node),
                 Err(e) if e.code() == Some(ErrorCode::Exists) => {
                     let Some(current) = e.current() else {
                         return Err(Fail::Refused(format!("{name} exists")));
@@ -793,6 +833,22 @@ impl Core {
         Err(Fail::Refused(format!(
             "could not find a free name for {name}"
         )))
+    }
+
+    /// Our create of `local` (journal entry `seq`) made `node` on the service.
+    pub(crate) fn created(&self, seq: u64, local: NodeId, node: Node) -> Res<()> {
+        self.rebase(seq, node.id, 0, &node);
+        let id = node.id;
+        self.adopt(local, node)?;
+        self.rebase_local(seq, local, &self.tree.get(id).map(|n| (*n).clone()));
+        Ok(())
+    }
+
+    /// Our content commit of `id` (journal entry `seq`, based on `base_version`) made `node`.
+    pub(crate) fn committed(&self, seq: u64, id: NodeId, base_version: Version, node: Node) {
+        self.rebase(seq, id, base_version, &node);
+        self.rebase_staging(&node);
+        self.apply_own(node);
     }
 
     /// Later content entries and deletes of a node created locally were based on version 0.
@@ -865,9 +921,7 @@ impl Core {
             };
             match self.api.commit(id, &req).await {
                 Ok(n) => {
-                    self.rebase(seq, id, base_version, &n);
-                    self.rebase_staging(&n);
-                    self.apply_own(n);
+                    self.committed(seq, id, base_version, n);
                     return Ok(());
                 }
                 Err(e) if e.code() == Some(ErrorCode::Conflict) => {
@@ -1072,7 +1126,7 @@ impl Core {
 
     /// Node `id` is gone on the service: it goes here too, unless a later local change
     /// still needs it (an edit brings it back).
-    fn drop_gone(&self, id: NodeId) {
+    pub(crate) fn drop_gone(&self, id: NodeId) {
         if self
             .journal
             .has_later(self.uploading.load(Ordering::Relaxed), id)
