@@ -6,7 +6,7 @@
 
 BENCH_QUICK := $(if $(filter-out 0 no false,$(QUICK)),--quick)
 
-.PHONY: bench setup-bench
+.PHONY: bench bench-link setup-bench
 
 ## Debian packages the bench needs: bindfs (the passthrough FUSE baseline, libfuse 2 so
 ## `-o big_writes` exists) and DejaVu fonts for chart text (drawn by ab_glyph, no fontconfig).
@@ -18,3 +18,9 @@ bench: setup-debian setup-bench
 	$(CARGO) build --release --workspace --bins
 	@echo "==> running the benchmarks$(if $(BENCH_QUICK), (QUICK))"
 	$(CARGO_TARGET_DIR)/release/bench $(BENCH_QUICK) --out $(CURDIR)/docs $(BENCH_ARGS)
+	$(CARGO_TARGET_DIR)/release/link_bench $(if $(BENCH_QUICK),--n 100 --runs 1) --out $(CURDIR)/docs
+
+## Over a slow link only (a proxy holding every answer back 50 ms): docs/BENCHMARKS-LINK.md.
+bench-link: setup-debian
+	$(CARGO) build --release --workspace --bins
+	$(CARGO_TARGET_DIR)/release/link_bench --out $(CURDIR)/docs $(LINK_ARGS)

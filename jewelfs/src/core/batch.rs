@@ -11,7 +11,8 @@
 //!   rule (`sync.rs`), and the ones after it are taken again next time.
 //! - **Independent.** A change joins only if everything it names already exists on the
 //!   service: a file in a folder created in the same batch waits for the next one (its
-//!   folder's id is known only from the answer).
+//!   folder's id is known only from the answer), and so does a second change of one file
+//!   (it is based on the version the first one's answer makes).
 //! - **Bounded.** At most [`MAX_BATCH_CHANGES`] changes and [`MAX_BATCH_BYTES`] of content
 //!   behind the first change, so a big file does not hold up the small ones behind it for
 //!   longer than its own upload, and no answer grows without bound.
@@ -46,11 +47,19 @@ impl Core {
             return Vec::new();
         }
         let mut made_here: HashSet<NodeId> = created_node(first).into_iter().collect();
+        let mut touched: HashSet<NodeId> = self.changed_node(first).into_iter().collect();
         let mut bytes = 0u64;
         self.journal
             .take_more(first.seq, self.cfg.settle_ms, MAX_BATCH_CHANGES - 1, |e| {
                 if !self.batchable(e, &made_here) {
                     return false;
+                }
+                // A second change of one node waits for the first one's answer: it is based
+                // on the version that answer makes (the journal rebases it then).
+                if let Some(id) = self.changed_node(e) {
+                    if !touched.insert(id) {
+                        return false;
+                    }
                 }
                 bytes += content_bytes(&e.op);
                 if bytes > MAX_BATCH_BYTES {
@@ -273,6 +282,16 @@ impl Core {
                 Ok(())
             }
             Op::Move { .. } | Op::SetAttr { .. } => Ok(()),
+        }
+    }
+}
+
+impl Core {
+    /// The service's node a content change or remove changes.
+    fn changed_node(&self, entry: &Entry) -> Option<NodeId> {
+        match &entry.op {
+            Op::Content { node, .. } | Op::Delete { node, .. } => Some(self.journal.resolve(*node)),
+            _ => None,
         }
     }
 }

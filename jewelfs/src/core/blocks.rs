@@ -12,6 +12,9 @@
 //! - **Read-ahead**: [`BlockCache::prefetch`] claims several blocks at once, asks for their
 //!   URLs in one request and downloads them concurrently in the background; a reader of a
 //!   claimed block waits for that download rather than asking again.
+//! - **Fetch-ahead**: [`BlockCache::fetch_ahead`] gathers the blocks of files other machines
+//!   just wrote and fetches them together (one URL request per thousand blocks, sixteen
+//!   downloads at a time), before anyone reads them.
 //!
 //! Reads go through a small table of open files, so a sequential read of a cached file costs
 //! one `pread` per kernel request.
@@ -90,7 +93,13 @@ pub struct BlockCache {
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     files: Mutex<HashMap<String, Arc<File>>>,
     api: Arc<dyn Api>,
+    /// Blocks other machines' changes named, waiting to be fetched ahead (see
+    /// [`BlockCache::fetch_ahead`]), and whether a task is fetching them.
+    ahead: Mutex<(Vec<BlockHash>, bool)>,
 }
+
+/// Downloads at once, per read-ahead or fetch-ahead request.
+const DOWNLOADS_AT_ONCE: usize = 16;
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -124,6 +133,7 @@ impl BlockCache {
             inflight: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
             api,
+            ahead: Mutex::new((Vec::new(), false)),
         };
         cache.evict();
         Ok(cache)
@@ -273,55 +283,96 @@ impl BlockCache {
         .map_err(|e| BlockErr::Io(std::io::Error::other(e)))?
     }
 
+    /// Claims the blocks not cached and not on their way: each one's fetch lock is taken,
+    /// so readers of it wait for the download that follows.
+    fn claim(&self, hashes: Vec<BlockHash>) -> Vec<(BlockHash, tokio::sync::OwnedMutexGuard<()>)> {
+        let mut inflight = self.inflight.lock().unwrap();
+        let mut claimed: Vec<(BlockHash, tokio::sync::OwnedMutexGuard<()>)> = Vec::new();
+        for h in hashes {
+            if inflight.contains_key(&h)
+                || self.lru.lock().unwrap().map.contains_key(&h)
+                || claimed.iter().any(|(c, _)| *c == h)
+            {
+                continue;
+            }
+            let lock = Arc::new(tokio::sync::Mutex::new(()));
+            let guard = lock.clone().try_lock_owned().expect("a new lock is free");
+            inflight.insert(h.clone(), lock);
+            claimed.push((h, guard));
+        }
+        claimed
+    }
+
     /// Fetches the given blocks in the background (read-ahead), skipping ready ones and
     /// ones on their way. The blocks are claimed before this returns (each one's fetch lock
     /// taken), so a reader that wants one of them right after waits for this download
     /// instead of asking the service for the block's URL again: a cold read asks once per
     /// read-ahead window, not once per block per layer.
     pub fn prefetch(self: &Arc<Self>, hashes: Vec<BlockHash>) {
-        let claimed: Vec<(BlockHash, tokio::sync::OwnedMutexGuard<()>)> = {
-            let mut inflight = self.inflight.lock().unwrap();
-            let mut claimed = Vec::new();
-            for h in hashes {
-                if inflight.contains_key(&h)
-                    || self.lru.lock().unwrap().map.contains_key(&h)
-                    || claimed.iter().any(|(c, _)| *c == h)
-                {
-                    continue;
-                }
-                let lock = Arc::new(tokio::sync::Mutex::new(()));
-                let guard = lock.clone().try_lock_owned().expect("a new lock is free");
-                inflight.insert(h.clone(), lock);
-                claimed.push((h, guard));
-            }
-            claimed
-        };
+        let claimed = self.claim(hashes);
         if claimed.is_empty() {
             return;
         }
         let me = self.clone();
+        tokio::spawn(async move { me.fetch_claimed(claimed).await });
+    }
+
+    /// Downloads blocks claimed by [`BlockCache::prefetch`]: one URL request for all, a few
+    /// downloads at a time; each claim ends when its block is stored or given up.
+    async fn fetch_claimed(
+        self: &Arc<Self>,
+        claimed: Vec<(BlockHash, tokio::sync::OwnedMutexGuard<()>)>,
+    ) {
+        use futures::StreamExt;
+        let wanted = claimed.iter().map(|(h, _)| h.clone()).collect();
+        let mut urls: HashMap<BlockHash, String> = match self.api.block_urls(wanted).await {
+            Ok(u) => u.urls.into_iter().map(|u| (u.hash, u.url)).collect(),
+            Err(_) => HashMap::new(), // the readers that need them ask on their own
+        };
+        let downloads = claimed.into_iter().map(|(hash, guard)| {
+            let url = urls.remove(&hash);
+            async move {
+                if let Some(url) = url {
+                    let _ = self.get_locked(&hash, Some(url)).await;
+                }
+                self.inflight.lock().unwrap().remove(&hash);
+                drop(guard);
+            }
+        });
+        futures::stream::iter(downloads)
+            .buffer_unordered(DOWNLOADS_AT_ONCE)
+            .collect::<Vec<()>>()
+            .await;
+    }
+
+    /// Fetches blocks ahead of any reader: those of small files other machines just wrote,
+    /// so that opening them here costs no round trip (a sync folder has them on disk
+    /// already). Gathered for a few milliseconds and fetched together, one URL request per
+    /// [`MAX_HASHES_PER_REQUEST`] blocks; bounded by the cache's capacity like every block.
+    pub fn fetch_ahead(self: &Arc<Self>, hashes: Vec<BlockHash>) {
+        let mut ahead = self.ahead.lock().unwrap();
+        ahead.0.extend(hashes);
+        if ahead.1 || ahead.0.is_empty() {
+            return;
+        }
+        ahead.1 = true;
+        let me = self.clone();
         tokio::spawn(async move {
-            let wanted = claimed.iter().map(|(h, _)| h.clone()).collect();
-            let mut urls: HashMap<BlockHash, String> = match me.api.block_urls(wanted).await {
-                Ok(u) => u.urls.into_iter().map(|u| (u.hash, u.url)).collect(),
-                Err(_) => HashMap::new(), // the readers that need them ask on their own
-            };
-            let tasks: Vec<_> = claimed
-                .into_iter()
-                .map(|(hash, guard)| {
-                    let me = me.clone();
-                    let url = urls.remove(&hash);
-                    tokio::spawn(async move {
-                        if let Some(url) = url {
-                            let _ = me.get_locked(&hash, Some(url)).await;
-                        }
-                        me.inflight.lock().unwrap().remove(&hash);
-                        drop(guard);
-                    })
-                })
-                .collect();
-            for t in tasks {
-                let _ = t.await;
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                let next: Vec<BlockHash> = {
+                    let mut ahead = me.ahead.lock().unwrap();
+                    let n = ahead.0.len().min(jewel_wire::MAX_HASHES_PER_REQUEST);
+                    if n == 0 {
+                        ahead.1 = false;
+                        return;
+                    }
+                    ahead.0.drain(..n).collect()
+                };
+                let claimed = me.claim(next);
+                if !claimed.is_empty() {
+                    me.fetch_claimed(claimed).await;
+                }
             }
         });
     }

@@ -20,6 +20,10 @@
 //!   (read after our delete) linked again.
 //! - **local changes win locally**: a remote change to a node with a pending local change
 //!   does not move it or hide it; the uploader settles the conflict when it sends ours.
+//! - **small files arrive whole**: the content of a file another machine wrote, up to
+//!   [`FETCH_AHEAD_MAX_BYTES`], is fetched ahead into the block cache as its change is
+//!   applied (many files per request, `BlockCache::fetch_ahead`), so opening it here costs
+//!   no round trip; bigger files are fetched when read.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,6 +34,9 @@ use jewel_wire::*;
 use super::api::ApiErr;
 use super::listen::{apply_batch, Sources};
 use super::{Core, Inval};
+
+/// Files up to this size that other machines write are fetched ahead (one block).
+pub const FETCH_AHEAD_MAX_BYTES: u64 = BLOCK_SIZE;
 
 impl Core {
     /// Registers this device (once per mount) and starts from the service's newest change.
@@ -281,6 +288,9 @@ impl Core {
                 // and a local remove or rename away from it has the directory listed again.)
                 self.tree.link_remote(node.parent, &node.name, node.id);
                 self.tree.put(node.clone());
+                if node.kind == NodeKind::File && node.size <= FETCH_AHEAD_MAX_BYTES {
+                    self.blocks.fetch_ahead(node.blocks.clone());
+                }
                 invals.push(Inval::Entry {
                     parent: node.parent,
                     name: node.name.clone(),

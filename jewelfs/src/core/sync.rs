@@ -445,8 +445,8 @@ impl Core {
         Ok(Content { size, blocks })
     }
 
-    /// Sends the blocks the service lacks: one `missing` question for all, then a few PUTs
-    /// at a time. Blocks are content-addressed, so sending one early is always safe.
+    /// Sends the blocks the service lacks: one `missing` question for all, then sixteen PUTs
+    /// at a time (at most 64 MiB in memory; on a slow link each round costs a round trip). Blocks are content-addressed, so sending one early is always safe.
     pub(crate) async fn send_blocks(
         &self,
         files: Vec<(std::path::PathBuf, Vec<String>)>,
@@ -492,7 +492,7 @@ impl Core {
             }
         });
         let results: Vec<Res<()>> = futures::stream::iter(uploads)
-            .buffer_unordered(8)
+            .buffer_unordered(16)
             .collect()
             .await;
         for r in results {
@@ -921,6 +921,11 @@ impl Core {
             };
             match self.api.commit(id, &req).await {
                 Ok(n) => {
+                    if base != base_version {
+                        // Retried on our own newer version: what was journaled after it
+                        // may be based on that one.
+                        self.rebase(seq, id, base, &n);
+                    }
                     self.committed(seq, id, base_version, n);
                     return Ok(());
                 }
