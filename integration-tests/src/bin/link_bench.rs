@@ -5,8 +5,9 @@
 //! (`integration_tests::fault_proxy`) that holds every answer back by the link's round trip
 //! (`--rtt-ms`, default 50): every request costs what it costs a laptop tens of milliseconds
 //! from its server, the long-polls that carry the news included. Machine A writes N small
-//! files (1 KiB) into a folder; the time runs until machine B has read every one of them
-//! back with the right content (B's cold reads cross the link too). Then A deletes them, and
+//! files (1 KiB) into a folder that B has open (listed, as a file manager would); the time
+//! runs until machine B has read every one of them back with the right content (what B has
+//! not fetched ahead crosses the link when read). Then A deletes them, and
 //! the time runs until B's folder is empty. The proxy counts requests by route.
 //!
 //! Flags: `--n 100,1000` (the sizes), `--runs 3` (the median is reported), `--rtt-ms 50`,
@@ -99,8 +100,9 @@ fn run_once(server: &Server, token: &str, rtt: Duration, n: usize, run: usize) -
     let dir = format!("n{n}-r{run}");
     std::fs::create_dir(a.p(&dir)).unwrap();
     a.wait_uploaded(DEADLINE);
+    // B has the folder open, as a file manager would (it is listed there).
     wait_for("the run folder on B", DEADLINE, || {
-        b.p(&dir).is_dir().then_some(())
+        std::fs::read_dir(b.p(&dir)).ok().map(|_| ())
     });
     let (a0, b0) = (link_a.stats(), link_b.stats());
 

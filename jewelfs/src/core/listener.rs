@@ -21,9 +21,10 @@
 //! - **local changes win locally**: a remote change to a node with a pending local change
 //!   does not move it or hide it; the uploader settles the conflict when it sends ours.
 //! - **small files arrive whole**: the content of a file another machine wrote, up to
-//!   [`FETCH_AHEAD_MAX_BYTES`], is fetched ahead into the block cache as its change is
-//!   applied (many files per request, `BlockCache::fetch_ahead`), so opening it here costs
-//!   no round trip; bigger files are fetched when read.
+//!   [`FETCH_AHEAD_MAX_BYTES`], in a folder this device has listed (one its user looked
+//!   at), is fetched ahead into the block cache as its change is applied (many files per
+//!   request, `BlockCache::fetch_ahead`), so opening it here costs no round trip; bigger
+//!   files, and files in folders never listed here, are fetched when read.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -288,7 +289,10 @@ impl Core {
                 // and a local remove or rename away from it has the directory listed again.)
                 self.tree.link_remote(node.parent, &node.name, node.id);
                 self.tree.put(node.clone());
-                if node.kind == NodeKind::File && node.size <= FETCH_AHEAD_MAX_BYTES {
+                if node.kind == NodeKind::File
+                    && node.size <= FETCH_AHEAD_MAX_BYTES
+                    && self.tree.has_listing(node.parent)
+                {
                     self.blocks.fetch_ahead(node.blocks.clone());
                 }
                 invals.push(Inval::Entry {
