@@ -3,6 +3,7 @@
 //! - [`core`]: the FUSE-free async core (tree cache, block cache, upload journal, uploader,
 //!   change listener, conflict naming), tested without mounting;
 //! - [`fuse`]: the thin `fuser` adapter;
+//! - [`login`]: `login` (link this machine with a code) and `devices` (list, unlink);
 //! - [`mount`]: the commands (`mount`, `unmount`, `status`) that `main.rs` parses;
 //! - [`status`]: how a running mount publishes its status (a file, a socket);
 //! - [`service`]: `service install` / `uninstall`, the systemd user unit that mounts at login;
@@ -10,6 +11,7 @@
 
 pub mod core;
 pub mod fuse;
+pub mod login;
 pub mod mount;
 pub mod service;
 pub mod status;

@@ -117,6 +117,7 @@ impl Core {
                             // status with nothing pending never says offline.
                             if std::mem::take(&mut marked_offline) {
                                 self.online.store(true, Ordering::Relaxed);
+                                self.token_accepted();
                             }
                             self.journal.done(seq);
                             self.uploaded.fetch_add(1, Ordering::Relaxed);
@@ -128,7 +129,10 @@ impl Core {
                         }
                         Err(Fail::Transient(e)) => {
                             self.journal.retry_later(seq);
-                            if e.is_offline() {
+                            if e.code() == Some(ErrorCode::Unauthorized) {
+                                self.token_refused(&e);
+                                marked_offline = true;
+                            } else if e.is_offline() {
                                 self.online.store(false, Ordering::Relaxed);
                                 marked_offline = true;
                                 tracing::debug!("upload waits, service unreachable: {e}");

@@ -1,0 +1,357 @@
+//! `jewelfs login [SERVER]` (link this machine with a code) and `jewelfs devices` (list the
+//! account's machines, unlink one).
+//!
+//! **Login** draws this machine's own token (256 random bits, as the service's), sends only
+//! its SHA-256 with the machine's name (`POST /links`), and shows the code it gets and the
+//! portal page that approves it. It then asks `GET /me` with the token every
+//! [`POLL_EVERY`] (refused until the code is approved) until the code expires. Once in, the
+//! token is written to the config file (`~/.config/jewel/config.toml`, mode 0600, written to
+//! a fresh file and renamed over, other settings kept) — never printed, never on a command
+//! line. A mount that was running with a refused token picks it up from there (see
+//! `core/api.rs`).
+//!
+//! The config also gets a `cache_dir` when it has none, so the cache (and its journal of
+//! pending changes) stays the same folder whatever token the machine holds: the default
+//! folder is named after the server and token, and a machine linked again gets a new token.
+//! When the folder of the token being replaced exists, that one is kept.
+//!
+//! **Devices** uses the config's server and token (or `JEWEL_SERVER` / `JEWEL_TOKEN`).
+//! `unlink` takes a device id or a name (a name must be one device's only).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use jewel_wire::{ApiError, DeviceInfo, DeviceList, LinkStarted, Me, NewLink, API_PREFIX};
+use sha2::Digest;
+
+use crate::core::conflict::format_utc as utc;
+use crate::mount::{config_path, read_config};
+
+/// How often a waiting login asks whether its code was approved.
+pub const POLL_EVERY: Duration = Duration::from_secs(1);
+
+fn rt() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+fn api_url(server: &str, path: &str) -> String {
+    format!("{}{API_PREFIX}{path}", server.trim_end_matches('/'))
+}
+
+/// The service's error answer as a sentence, or the status when it sent none.
+async fn refusal(resp: reqwest::Response) -> String {
+    let status = resp.status();
+    let body = resp.bytes().await.unwrap_or_default();
+    match serde_json::from_slice::<ApiError>(&body) {
+        Ok(e) => e.message,
+        Err(_) => format!("HTTP {status}"),
+    }
+}
+
+/// A new device token, `jwl_` and 64 hex digits (the form the service issues).
+fn new_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    format!("jwl_{}", hex::encode(bytes))
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "this-machine".into())
+}
+
+/// `jewelfs login`: links this machine to the account of whoever approves its code.
+pub fn login(server: Option<String>, name: Option<String>) -> anyhow::Result<()> {
+    let config = read_config()?;
+    let server = server
+        .or_else(|| std::env::var("JEWEL_SERVER").ok())
+        .or(config.server.clone())
+        .context("no server: run `jewelfs login http://HOST:7070` (or set JEWEL_SERVER)")?;
+    let server = server.trim_end_matches('/').to_string();
+    let name = name.or(config.device.clone()).unwrap_or_else(hostname);
+    let token = new_token();
+    let http = client()?;
+    let rt = rt()?;
+    let started: LinkStarted = rt.block_on(async {
+        let resp = http
+            .post(api_url(&server, "/links"))
+            .json(&NewLink {
+                name: name.clone(),
+                token_sha256: sha256_hex(&token),
+            })
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {server}"))?;
+        if !resp.status().is_success() {
+            bail!("the server at {server} refused: {}", refusal(resp).await);
+        }
+        resp.json().await.context("reading the server's answer")
+    })?;
+    println!("To link this machine ({name}) to your JewelFS account, open");
+    println!();
+    println!("    {server}{}", started.approve_path);
+    println!();
+    println!(
+        "signed in on any machine, and approve the code  {}  (it expires in {} minutes).",
+        started.code,
+        started.expires_in_ms.div_ceil(60_000)
+    );
+    println!("Waiting for approval...");
+    let _ = std::io::stdout().flush();
+    let deadline = Instant::now() + Duration::from_millis(started.expires_in_ms);
+    let me: Me = rt.block_on(async {
+        loop {
+            let resp = http
+                .get(api_url(&server, "/me"))
+                .bearer_auth(&token)
+                .send()
+                .await;
+            match resp {
+                Ok(r) if r.status().is_success() => {
+                    return r.json().await.context("reading the server's answer");
+                }
+                Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {}
+                Ok(r) => eprintln!("jewelfs: the server answered: {}", refusal(r).await),
+                Err(e) => eprintln!("jewelfs: cannot reach the server ({e}); still waiting"),
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the code {} was not approved in time; run `jewelfs login` again",
+                    started.code
+                );
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    })?;
+    let path = config_path();
+    let cache_dir = config
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| cache_dir_for(&server, config.token.as_deref(), &me.user));
+    save_login(&path, &server, &token, &cache_dir)?;
+    println!(
+        "Linked: this machine is now a device of {}; its token is in {} (only you can read it).",
+        me.user,
+        path.display()
+    );
+    println!("Mount your drive with `jewelfs mount ~/Jewel` (or `jewelfs service install`).");
+    Ok(())
+}
+
+/// The cache folder a newly linked machine keeps: the one of the token it held before, when
+/// that exists (its journal may hold pending changes), else one named after server and user.
+fn cache_dir_for(server: &str, old_token: Option<&str>, user: &str) -> PathBuf {
+    let base = crate::mount::default_cache_base();
+    if let Some(old) = old_token {
+        let dir = base.join(crate::mount::cache_key(server, old));
+        if dir.is_dir() {
+            return dir;
+        }
+    }
+    base.join(crate::mount::cache_key(server, &format!("user:{user}")))
+}
+
+/// Writes `server`, `token` and `cache_dir` into the config file at `path`, keeping its other
+/// settings: to a new file only its owner can read, then renamed over the old one.
+pub fn save_login(path: &Path, server: &str, token: &str, cache_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let mut table: toml::Table = match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).with_context(|| format!("reading {}", path.display()))?,
+        Err(_) => toml::Table::new(),
+    };
+    table.insert("server".into(), server.into());
+    table.insert("token".into(), token.into());
+    table.insert(
+        "cache_dir".into(),
+        cache_dir.to_string_lossy().into_owned().into(),
+    );
+    let dir = path.parent().context("the config file has no folder")?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let tmp = dir.join(format!(".config.toml.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    file.write_all(toml::to_string(&table)?.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
+}
+
+/// The server and token `devices` uses: the environment's, then the config file's.
+fn account() -> anyhow::Result<(String, String)> {
+    let config = read_config()?;
+    let server = std::env::var("JEWEL_SERVER")
+        .ok()
+        .or(config.server)
+        .context("no server: run `jewelfs login SERVER` first")?;
+    let token = std::env::var("JEWEL_TOKEN")
+        .ok()
+        .or(config.token)
+        .context("no token: run `jewelfs login SERVER` first")?;
+    Ok((server.trim_end_matches('/').to_string(), token))
+}
+
+async fn list_devices(
+    http: &reqwest::Client,
+    server: &str,
+    token: &str,
+) -> anyhow::Result<Vec<DeviceInfo>> {
+    let resp = http
+        .get(api_url(server, "/devices"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the server at {server}"))?;
+    if !resp.status().is_success() {
+        bail!("the server at {server} refused: {}", refusal(resp).await);
+    }
+    let list: DeviceList = resp.json().await.context("reading the server's answer")?;
+    Ok(list.devices)
+}
+
+fn seen(ns: i64) -> String {
+    if ns == 0 {
+        "-".into()
+    } else {
+        utc(ns)
+    }
+}
+
+/// `jewelfs devices`: the account's machines.
+pub fn devices(json: bool) -> anyhow::Result<()> {
+    let (server, token) = account()?;
+    let devices = rt()?.block_on(list_devices(&client()?, &server, &token))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&devices)?);
+        return Ok(());
+    }
+    println!(
+        "{:<18} {:<24} {:<8} {:<19} LINKED",
+        "ID", "NAME", "TOKEN", "LAST SEEN (UTC)"
+    );
+    for d in &devices {
+        println!(
+            "{:<18} {:<24} {:<8} {:<19} {}{}",
+            d.id,
+            d.name,
+            if d.linked { "own" } else { "account" },
+            seen(d.last_seen_ns),
+            seen(d.created_at_ns),
+            if d.this_device {
+                "  (this machine)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `jewelfs devices unlink ID|NAME`.
+pub fn unlink(which: &str) -> anyhow::Result<()> {
+    let (server, token) = account()?;
+    let http = client()?;
+    rt()?.block_on(async {
+        let devices = list_devices(&http, &server, &token).await?;
+        let matching: Vec<&DeviceInfo> = devices
+            .iter()
+            .filter(|d| d.id.to_string() == which || d.name == which)
+            .collect();
+        let device = match matching.as_slice() {
+            [one] => *one,
+            [] => bail!("no device {which:?} (see `jewelfs devices`)"),
+            _ => bail!(
+                "several devices are named {which:?}: unlink one by its id (see `jewelfs devices`)"
+            ),
+        };
+        let resp = http
+            .delete(api_url(&server, &format!("/devices/{}", device.id)))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {server}"))?;
+        if !resp.status().is_success() {
+            bail!("the server at {server} refused: {}", refusal(resp).await);
+        }
+        if device.linked {
+            println!(
+                "Unlinked {} ({}): its token no longer works.",
+                device.name, device.id
+            );
+        } else {
+            println!(
+                "Forgot {} ({}). It used the account token, which still works there: \
+                 `jewel-server user token NAME` revokes that everywhere.",
+                device.name, device.id
+            );
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_login_is_saved_private_and_keeps_other_settings() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jewel").join("config.toml");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(
+            &path,
+            "server = \"http://old\"\ntoken = \"jwl_old\"\ncache_size = \"5G\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        save_login(&path, "http://new", "jwl_new", Path::new("/c")).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(table["server"].as_str(), Some("http://new"));
+        assert_eq!(table["token"].as_str(), Some("jwl_new"));
+        assert_eq!(table["cache_size"].as_str(), Some("5G"));
+        assert_eq!(table["cache_dir"].as_str(), Some("/c"));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
+    }
+
+    #[test]
+    fn tokens_are_drawn_fresh_in_the_services_form() {
+        let (a, b) = (new_token(), new_token());
+        assert_ne!(a, b);
+        assert!(a.starts_with("jwl_") && a.len() == 68);
+        assert_eq!(sha256_hex("abc").len(), 64);
+    }
+}
