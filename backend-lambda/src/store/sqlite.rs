@@ -1727,6 +1727,50 @@ mod tests {
         });
     }
 
+    /// A database of the version before device tokens opens, keeps its devices, and links.
+    #[tokio::test]
+    async fn a_database_from_before_device_tokens_is_brought_up_to_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let user = {
+            let store = SqliteStore::open(&path).unwrap();
+            store.create_user("ann", "h", 1).await.unwrap()
+        };
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "DROP INDEX devices_token; DROP TABLE devices; DROP TABLE links;
+                 CREATE TABLE devices (user TEXT NOT NULL, id INTEGER NOT NULL,
+                     name TEXT NOT NULL, PRIMARY KEY (user, id)) WITHOUT ROWID;",
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO devices (user, id, name) VALUES (?1, 5000, 'old-pc')",
+                params![user.id],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let listed = store.devices(&user.id).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].id, listed[0].linked), (5000, false));
+        let link = PendingLink {
+            code: "AAAA-BBBB".into(),
+            token_hash: "t".into(),
+            name: "new-pc".into(),
+            expires_at_ns: i64::MAX,
+        };
+        store.create_link(&link, 1, 10).await.unwrap();
+        let dev = store
+            .approve_link(&user.id, "AAAA-BBBB", 10, 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.token_owner("t").await.unwrap().unwrap().device,
+            Some(dev)
+        );
+    }
+
     #[tokio::test]
     async fn file_store_uses_wal_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
