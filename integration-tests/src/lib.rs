@@ -508,9 +508,11 @@ impl Login {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("jewelfs login showed no code; it printed:\n{shown}"));
+            let Ok(line) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("jewelfs login showed no code; it printed:\n{shown}");
+            };
             shown.push_str(&line);
             shown.push('\n');
             if let Some(code) = line

@@ -42,10 +42,14 @@ pub const LAST_SEEN_EVERY: Duration = Duration::from_secs(60);
 /// Entries kept at most; the cache is emptied when full (a cheap bound, refilled at once).
 const AUTH_CACHE_MAX: usize = 100_000;
 
+/// Whom a checked token belongs to (user, device for a device's own token), and when it was
+/// checked.
+type CheckedToken = (User, Option<DeviceId>, Instant);
+
 /// Tokens (by hash) and devices checked within [`AUTH_CACHE_TTL`].
 #[derive(Default)]
 pub struct AuthCache {
-    tokens: Mutex<HashMap<String, (User, Option<DeviceId>, Instant)>>,
+    tokens: Mutex<HashMap<String, CheckedToken>>,
     devices: Mutex<HashMap<(String, DeviceId), Instant>>,
     /// Woken when a device is unlinked in this process: its long-polls end at once.
     pub unlinked: tokio::sync::Notify,
