@@ -143,10 +143,17 @@ pub fn login(server: Option<String>, name: Option<String>) -> anyhow::Result<()>
         }
     })?;
     let path = config_path();
-    let cache_dir = config
-        .cache_dir
-        .clone()
-        .unwrap_or_else(|| cache_dir_for(&server, config.token.as_deref(), &me.user));
+    // The folder this machine used for this server stays (its journal may hold changes);
+    // one kept for another server is never shared with this one.
+    let same_server = config.server.as_deref().map(|s| s.trim_end_matches('/')) == Some(&server);
+    let cache_dir = match (&config.cache_dir, same_server) {
+        (Some(dir), true) => dir.clone(),
+        _ => cache_dir_for(
+            &server,
+            config.token.as_deref().filter(|_| same_server),
+            &me.user,
+        ),
+    };
     save_login(&path, &server, &token, &cache_dir)?;
     println!(
         "Linked: this machine is now a device of {}; its token is in {} (only you can read it).",

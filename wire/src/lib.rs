@@ -499,6 +499,9 @@ pub enum ErrorCode {
     /// The change-log cursor is older than the retained log: re-list.
     CursorTooOld,
     PayloadTooLarge,
+    /// Too many requests of this kind wait already (machines waiting to be linked): try again
+    /// in a few minutes.
+    TooManyRequests,
     Internal,
     Unavailable,
 }
@@ -517,6 +520,7 @@ impl ErrorCode {
             ErrorCode::Conflict | ErrorCode::Exists | ErrorCode::NotEmpty => 409,
             ErrorCode::CursorTooOld => 410,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::TooManyRequests => 429,
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,
         }

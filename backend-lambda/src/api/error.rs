@@ -70,7 +70,7 @@ impl From<StoreError> for AppError {
             // Many machines waiting at once (a flood): try again later; a code drawn twice
             // is drawn anew by the route, so this is only seen if that keeps failing.
             StoreError::TooManyLinks(_) | StoreError::LinkCodeTaken => {
-                AppError::new(ErrorCode::Unavailable, message)
+                AppError::new(ErrorCode::TooManyRequests, message)
             }
             StoreError::TooLarge(_) => AppError::new(ErrorCode::PayloadTooLarge, message),
             StoreError::Busy(_) | StoreError::Backend(_) => {
