@@ -184,9 +184,28 @@ fn an_unlinked_machine_is_refused_at_once_keeps_its_changes_and_uploads_them_whe
         (s.online && s.last_error.is_none()).then_some(())
     });
     assert!(devices(&server, &account).iter().any(|d| d.id == again.id));
-    // And it hears the other machine's changes again, on its new device.
+    // And it hears the other machine's changes again.
     fs::write(desk.p("back.txt"), b"welcome back").unwrap();
     wait_content(&machine.p("back.txt"), b"welcome back", SYNC);
+    // `jewelfs devices` on that machine knows its mount's pending uploads (none now), once
+    // the mount has taken up its new device (its listener's next turn).
+    wait_for(
+        "jewelfs devices to show this machine's pending uploads",
+        SYNC,
+        || {
+            let out = Command::new(bin("jewelfs"))
+                .arg("devices")
+                .env("XDG_CONFIG_HOME", home.path())
+                .env_remove("JEWEL_TOKEN")
+                .env_remove("JEWEL_SERVER")
+                .output()
+                .unwrap();
+            let list = String::from_utf8_lossy(&out.stdout).to_string();
+            list.lines()
+                .any(|l| l.contains(&again.id.to_string()) && l.ends_with(" 0  (this machine)"))
+                .then_some(())
+        },
+    );
     machine.unmount();
 }
 

@@ -258,23 +258,34 @@ pub fn devices(json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&devices)?);
         return Ok(());
     }
+    // Pending uploads are known only here, for this machine's running mounts of this server
+    // (the service cannot know what a machine has not sent).
+    let local = crate::status::running_statuses();
+    let pending = |id| {
+        local
+            .iter()
+            .filter(|s| s.device_id == id && s.server.trim_end_matches('/') == server)
+            .map(|s| s.pending_uploads)
+            .reduce(|a, b| a + b)
+    };
     println!(
-        "{:<18} {:<24} {:<8} {:<19} LINKED",
-        "ID", "NAME", "TOKEN", "LAST SEEN (UTC)"
+        "{:<18} {:<24} {:<8} {:<19} {:<19} PENDING",
+        "ID", "NAME", "TOKEN", "LAST SEEN (UTC)", "LINKED (UTC)"
     );
     for d in &devices {
+        let this = if d.this_device {
+            "  (this machine)"
+        } else {
+            ""
+        };
         println!(
-            "{:<18} {:<24} {:<8} {:<19} {}{}",
+            "{:<18} {:<24} {:<8} {:<19} {:<19} {}{this}",
             d.id,
             d.name,
             if d.linked { "own" } else { "account" },
             seen(d.last_seen_ns),
             seen(d.created_at_ns),
-            if d.this_device {
-                "  (this machine)"
-            } else {
-                ""
-            }
+            pending(d.id).map_or("-".to_string(), |n| n.to_string()),
         );
     }
     Ok(())
