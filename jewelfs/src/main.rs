@@ -41,7 +41,8 @@ enum Cmd {
         /// Server base URL, e.g. http://127.0.0.1:8080.
         #[arg(long, env = "JEWEL_SERVER")]
         server: Option<String>,
-        /// Access token.
+        /// Access token; better `jewelfs login` (kept in the config file): a command line is
+        /// visible to every local user.
         #[arg(long, env = "JEWEL_TOKEN", hide_env_values = true)]
         token: Option<String>,
         /// Cache folder (blocks, journal); default ~/.cache/jewel/<server+user>.
