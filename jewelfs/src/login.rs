@@ -1,7 +1,7 @@
-//! `jewelfs login [SERVER]` (link this machine with a code) and `jewelfs devices` (list the
-//! account's machines, unlink one).
+//! `jewelfs login [SERVER]`: link this machine with a code (`jewelfs devices` lists and
+//! unlinks machines: `devices.rs`).
 //!
-//! **Login** draws this machine's own token (256 random bits, as the service's), sends only
+//! It draws this machine's own token (256 random bits, as the service's), sends only
 //! its SHA-256 with the machine's name (`POST /links`), and shows the code it gets and the
 //! portal page that approves it. It then asks `GET /me` with the token every
 //! [`POLL_EVERY`] (refused until the code is approved) until the code expires. Once in, the
@@ -14,43 +14,39 @@
 //! pending changes) stays the same folder whatever token the machine holds: the default
 //! folder is named after the server and token, and a machine linked again gets a new token.
 //! When the folder of the token being replaced exists, that one is kept.
-//!
-//! **Devices** uses the config's server and token (or `JEWEL_SERVER` / `JEWEL_TOKEN`).
-//! `unlink` takes a device id or a name (a name must be one device's only).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use jewel_wire::{ApiError, DeviceInfo, DeviceList, LinkStarted, Me, NewLink, API_PREFIX};
+use jewel_wire::{ApiError, LinkStarted, Me, NewLink, API_PREFIX};
 use sha2::Digest;
 
-use crate::core::conflict::format_utc as utc;
 use crate::mount::{config_path, read_config};
 
 /// How often a waiting login asks whether its code was approved.
 pub const POLL_EVERY: Duration = Duration::from_secs(1);
 
-fn rt() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn rt() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
 }
 
-fn client() -> anyhow::Result<reqwest::Client> {
+pub(crate) fn client() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
         .build()?)
 }
 
-fn api_url(server: &str, path: &str) -> String {
+pub(crate) fn api_url(server: &str, path: &str) -> String {
     format!("{}{API_PREFIX}{path}", server.trim_end_matches('/'))
 }
 
 /// The service's error answer as a sentence, or the status when it sent none.
-async fn refusal(resp: reqwest::Response) -> String {
+pub(crate) async fn refusal(resp: reqwest::Response) -> String {
     let status = resp.status();
     let body = resp.bytes().await.unwrap_or_default();
     match serde_json::from_slice::<ApiError>(&body) {
@@ -208,129 +204,6 @@ pub fn save_login(path: &Path, server: &str, token: &str, cache_dir: &Path) -> a
     file.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
     Ok(())
-}
-
-/// The server and token `devices` uses: the environment's, then the config file's.
-fn account() -> anyhow::Result<(String, String)> {
-    let config = read_config()?;
-    let server = std::env::var("JEWEL_SERVER")
-        .ok()
-        .or(config.server)
-        .context("no server: run `jewelfs login SERVER` first")?;
-    let token = std::env::var("JEWEL_TOKEN")
-        .ok()
-        .or(config.token)
-        .context("no token: run `jewelfs login SERVER` first")?;
-    Ok((server.trim_end_matches('/').to_string(), token))
-}
-
-async fn list_devices(
-    http: &reqwest::Client,
-    server: &str,
-    token: &str,
-) -> anyhow::Result<Vec<DeviceInfo>> {
-    let resp = http
-        .get(api_url(server, "/devices"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the server at {server}"))?;
-    if !resp.status().is_success() {
-        bail!("the server at {server} refused: {}", refusal(resp).await);
-    }
-    let list: DeviceList = resp.json().await.context("reading the server's answer")?;
-    Ok(list.devices)
-}
-
-fn seen(ns: i64) -> String {
-    if ns == 0 {
-        "-".into()
-    } else {
-        utc(ns)
-    }
-}
-
-/// `jewelfs devices`: the account's machines.
-pub fn devices(json: bool) -> anyhow::Result<()> {
-    let (server, token) = account()?;
-    let devices = rt()?.block_on(list_devices(&client()?, &server, &token))?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&devices)?);
-        return Ok(());
-    }
-    // Pending uploads are known only here, for this machine's running mounts of this server
-    // (the service cannot know what a machine has not sent).
-    let local = crate::status::running_statuses();
-    let pending = |id| {
-        local
-            .iter()
-            .filter(|s| s.device_id == id && s.server.trim_end_matches('/') == server)
-            .map(|s| s.pending_uploads)
-            .reduce(|a, b| a + b)
-    };
-    println!(
-        "{:<18} {:<24} {:<8} {:<19} {:<19} PENDING",
-        "ID", "NAME", "TOKEN", "LAST SEEN (UTC)", "LINKED (UTC)"
-    );
-    for d in &devices {
-        let this = if d.this_device {
-            "  (this machine)"
-        } else {
-            ""
-        };
-        println!(
-            "{:<18} {:<24} {:<8} {:<19} {:<19} {}{this}",
-            d.id,
-            d.name,
-            if d.linked { "own" } else { "account" },
-            seen(d.last_seen_ns),
-            seen(d.created_at_ns),
-            pending(d.id).map_or("-".to_string(), |n| n.to_string()),
-        );
-    }
-    Ok(())
-}
-
-/// `jewelfs devices unlink ID|NAME`.
-pub fn unlink(which: &str) -> anyhow::Result<()> {
-    let (server, token) = account()?;
-    let http = client()?;
-    rt()?.block_on(async {
-        let devices = list_devices(&http, &server, &token).await?;
-        let matching: Vec<&DeviceInfo> = devices
-            .iter()
-            .filter(|d| d.id.to_string() == which || d.name == which)
-            .collect();
-        let device = match matching.as_slice() {
-            [one] => *one,
-            [] => bail!("no device {which:?} (see `jewelfs devices`)"),
-            _ => bail!(
-                "several devices are named {which:?}: unlink one by its id (see `jewelfs devices`)"
-            ),
-        };
-        let resp = http
-            .delete(api_url(&server, &format!("/devices/{}", device.id)))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the server at {server}"))?;
-        if !resp.status().is_success() {
-            bail!("the server at {server} refused: {}", refusal(resp).await);
-        }
-        if device.linked {
-            println!(
-                "Unlinked {} ({}): its token no longer works.",
-                device.name, device.id
-            );
-        } else {
-            println!(
-                "Forgot {} ({}). It used the account token, which still works there: \
-                 `jewel-server user token NAME` revokes that everywhere.",
-                device.name, device.id
-            );
-        }
-        Ok(())
-    })
 }
 
 #[cfg(test)]

@@ -136,11 +136,11 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Login { server, name } => jewelfs::login::login(server, name),
-        Cmd::Devices { cmd: None, json } => jewelfs::login::devices(json),
+        Cmd::Devices { cmd: None, json } => jewelfs::devices::list(json),
         Cmd::Devices {
             cmd: Some(DevicesCmd::Unlink { device }),
             ..
-        } => jewelfs::login::unlink(&device),
+        } => jewelfs::devices::unlink(&device),
         Cmd::Mount {
             mountpoint,
             server,
