@@ -214,7 +214,14 @@ fn jewelfs_devices_lists_the_machines_and_unlinks_one() {
     let server = Server::start();
     let account = server.add_user("ann");
     let (home1, home2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (t0, _) = link(&server, &account, home1.path(), "laptop");
+    // Linked again while still linked: the device it was goes with its token.
     let (t1, one) = link(&server, &account, home1.path(), "laptop");
+    assert_eq!(
+        me_status(&server, &t0),
+        401,
+        "the replaced token works no more"
+    );
     let (t2, two) = link(&server, &account, home2.path(), "old-phone");
     let jewelfs = |home: &Path, args: &[&str]| {
         let out = Command::new(bin("jewelfs"))

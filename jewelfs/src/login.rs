@@ -14,6 +14,10 @@
 //! pending changes) stays the same folder whatever token the machine holds: the default
 //! folder is named after the server and token, and a machine linked again gets a new token.
 //! When the folder of the token being replaced exists, that one is kept.
+//!
+//! A machine linked again (`jewelfs login` where a device token is kept already, still
+//! working) unlinks its previous device with that token once the new one is saved: no device
+//! is left with a working token that nobody keeps.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -156,8 +160,39 @@ pub fn login(server: Option<String>, name: Option<String>) -> anyhow::Result<()>
         me.user,
         path.display()
     );
+    if let Some(old) = config.token.as_deref().filter(|_| same_server) {
+        if let Some(gone) = rt.block_on(unlink_own_device(&http, &server, old)) {
+            println!(
+                "The device this machine was before ({gone}) is unlinked: its token works no more."
+            );
+        }
+    }
     println!("Mount your drive with `jewelfs mount ~/Jewel` (or `jewelfs service install`).");
     Ok(())
+}
+
+/// Unlinks the device whose own token `old` is (this machine's previous link), so no device
+/// is left behind with a working token nobody keeps. Nothing for the account token (it names
+/// no device) or a token refused already. Returns the device's id when one went.
+async fn unlink_own_device(http: &reqwest::Client, server: &str, old: &str) -> Option<u64> {
+    let list: jewel_wire::DeviceList = http
+        .get(api_url(server, "/devices"))
+        .bearer_auth(old)
+        .send()
+        .await
+        .ok()
+        .filter(|r| r.status().is_success())?
+        .json()
+        .await
+        .ok()?;
+    let own = list.devices.iter().find(|d| d.this_device && d.linked)?;
+    let resp = http
+        .delete(api_url(server, &format!("/devices/{}", own.id)))
+        .bearer_auth(old)
+        .send()
+        .await
+        .ok()?;
+    resp.status().is_success().then_some(own.id)
 }
 
 /// The cache folder a newly linked machine keeps: the one of the token it held before, when
