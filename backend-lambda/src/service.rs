@@ -26,6 +26,13 @@ pub struct Limits {
     /// Most devices per user: each costs a queue and a send per change in AWS mode, so a user
     /// must not create them without end. 100 is far beyond a household's machines.
     pub max_devices: usize,
+    /// Most machines waiting to be linked at once, server-wide: `POST /links` needs no token,
+    /// so this bounds what strangers can make the store keep. Far more than people link
+    /// within [`Limits::link_lifetime`]; a flood makes linking wait, nothing else.
+    pub max_pending_links: usize,
+    /// How long a link code can be approved: time to walk to another machine, sign in and
+    /// type it, short enough that a code seen over a shoulder is soon worthless.
+    pub link_lifetime: Duration,
 }
 
 impl Default for Limits {
@@ -35,6 +42,8 @@ impl Default for Limits {
             max_poll: Duration::from_secs(25),
             max_page: jewel_wire::MAX_PAGE,
             max_devices: 100,
+            max_pending_links: 1000,
+            link_lifetime: Duration::from_secs(600),
         }
     }
 }

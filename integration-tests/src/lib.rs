@@ -218,6 +218,9 @@ pub struct Mount {
     pub token: String,
     pub device: String,
     mnt: PathBuf,
+    /// Set for a machine linked with `jewelfs login`: its `XDG_CONFIG_HOME`, where the
+    /// mount reads its token (then `token` is empty).
+    config_home: Option<PathBuf>,
 }
 
 impl Mount {
@@ -238,6 +241,26 @@ impl Mount {
             token: token.to_string(),
             device: device.to_string(),
             mnt,
+            config_home: None,
+        };
+        m.start();
+        m
+    }
+
+    /// Mounts as a machine linked with `jewelfs login`: the server and token come from the
+    /// config file under `config_home` (`XDG_CONFIG_HOME`), as on a person's machine.
+    pub fn with_config(config_home: &Path, device: &str) -> Mount {
+        let root = tempfile::tempdir().unwrap();
+        let mnt = root.path().join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let mut m = Mount {
+            child: None,
+            root,
+            url: String::new(),
+            token: String::new(),
+            device: device.to_string(),
+            mnt,
+            config_home: Some(config_home.to_path_buf()),
         };
         m.start();
         m
@@ -266,17 +289,20 @@ impl Mount {
             .append(true)
             .open(self.root.path().join("client.log"))
             .unwrap();
-        let child = Command::new(bin("jewelfs"))
-            .arg("mount")
-            .arg(&self.mnt)
-            .args([
-                "--server",
-                &self.url,
-                "--token",
-                &self.token,
-                "--device",
-                &self.device,
-            ])
+        let mut cmd = Command::new(bin("jewelfs"));
+        cmd.arg("mount").arg(&self.mnt);
+        match &self.config_home {
+            // The token never on a command line (`ps` shows those to everyone).
+            None => {
+                cmd.args(["--server", &self.url])
+                    .env("JEWEL_TOKEN", &self.token);
+            }
+            Some(home) => {
+                cmd.env("XDG_CONFIG_HOME", home).env_remove("JEWEL_TOKEN");
+            }
+        }
+        let child = cmd
+            .args(["--device", &self.device])
             .arg("--cache-dir")
             .arg(self.cache_dir())
             .env(
@@ -442,6 +468,82 @@ impl Drop for Mount {
             let _ = child.wait();
         }
         self.detach();
+    }
+}
+
+/// `jewelfs login SERVER` running as a child process with its own `XDG_CONFIG_HOME`, as a
+/// person would start it on a new machine: it prints a code and waits for its approval.
+pub struct Login {
+    child: Child,
+    /// The code it showed (`XXXX-XXXX`).
+    pub code: String,
+    /// What it printed up to the code.
+    pub shown: String,
+}
+
+impl Login {
+    /// Starts `jewelfs login` and waits (up to 20 s) for the code it shows.
+    pub fn start(server_url: &str, config_home: &Path, name: &str) -> Login {
+        use std::io::BufRead;
+        let mut child = Command::new(bin("jewelfs"))
+            .args(["login", server_url, "--name", name])
+            .env("XDG_CONFIG_HOME", config_home)
+            .env_remove("JEWEL_TOKEN")
+            .env_remove("JEWEL_SERVER")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start jewelfs login");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut shown = String::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("jewelfs login showed no code; it printed:\n{shown}");
+            };
+            shown.push_str(&line);
+            shown.push('\n');
+            if let Some(code) = line
+                .split_whitespace()
+                .find(|w| w.len() == 9 && w.as_bytes()[4] == b'-')
+            {
+                let code = code.to_string();
+                // Keep reading its output so it never blocks on a full pipe.
+                std::thread::spawn(move || while rx.recv().is_ok() {});
+                return Login { child, code, shown };
+            }
+        }
+    }
+
+    /// Waits (up to `deadline`) for `jewelfs login` to finish; panics unless it succeeded.
+    pub fn wait_linked(mut self, deadline: Duration) {
+        let status = wait_for("jewelfs login to finish", deadline, || {
+            self.child.try_wait().unwrap()
+        });
+        assert!(
+            status.success(),
+            "jewelfs login failed ({status}):\n{}",
+            self.shown
+        );
+    }
+}
+
+impl Drop for Login {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -71,7 +71,9 @@ impl Mount {
         let child = Command::new(bin("jewelfs"))
             .arg("mount")
             .arg(&mnt)
-            .args(["--server", url, "--token", token, "--device", device])
+            .args(["--server", url, "--device", device])
+            // The token through the environment, never on a command line (`ps` shows it).
+            .env("JEWEL_TOKEN", token)
             .arg("--cache-dir")
             .arg(cache)
             // The client gets its queue, endpoint and credentials from the API alone: no AWS

@@ -1097,6 +1097,12 @@ fn a_user_reaches_nothing_of_another_user_by_any_route() {
         Some(json!({})),
         NotFound,
     ));
+    probes.push(probe(
+        Method::DELETE,
+        format!("/devices/{}", a_dev.id),
+        None,
+        NotFound,
+    ));
     let mut tagged = probe(
         Method::POST,
         "/nodes".to_string(),
@@ -1142,6 +1148,7 @@ fn a_user_reaches_nothing_of_another_user_by_any_route() {
         None,
         Blind,
     ));
+    probes.push(probe(Method::GET, "/devices".to_string(), None, Blind));
     probes.push(probe(
         Method::POST,
         "/blocks/missing".to_string(),
@@ -1175,6 +1182,8 @@ fn a_user_reaches_nothing_of_another_user_by_any_route() {
         (Method::GET, "/changes"),
         (Method::GET, "/devices/{id}/poll"),
         (Method::POST, "/devices/{id}/listen"),
+        (Method::GET, "/devices"),
+        (Method::DELETE, "/devices/{id}"),
         (Method::POST, "/blocks/missing"),
         (Method::POST, "/blocks/urls"),
     ];
@@ -1264,6 +1273,9 @@ fn a_user_reaches_nothing_of_another_user_by_any_route() {
     // Bob's device registration answers only Bob's device.
     let dev: Device = b.ok(b.post("/devices", json!({"name": "alice-laptop"})));
     assert_ne!(dev.id, a_dev.id);
+    // Bob's unlink of Alice's device left it hers.
+    let a_devices: jewel_wire::DeviceList = a.ok(a.get("/devices"));
+    assert!(a_devices.devices.iter().any(|d| d.id == a_dev.id));
 
     // Alice's world is exactly as it was; Bob's changed only by what he did to his own.
     assert_eq!(a.snapshot(), before, "Alice's tree, trash or log changed");

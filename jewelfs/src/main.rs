@@ -18,13 +18,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Link this machine to your account: shows a code to approve in the web portal, then
+    /// keeps this machine's own token in ~/.config/jewel/config.toml (readable by you only).
+    Login {
+        /// Server base URL, e.g. http://myserver:7070 (default: JEWEL_SERVER, then the
+        /// config file's).
+        server: Option<String>,
+        /// This machine's name in your devices list; default the host name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List your machines (name, own token or the account's, last seen, when linked).
+    Devices {
+        #[command(subcommand)]
+        cmd: Option<DevicesCmd>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Mount the drive at MOUNTPOINT (runs in the foreground unless --daemon).
     Mount {
         mountpoint: PathBuf,
         /// Server base URL, e.g. http://127.0.0.1:8080.
         #[arg(long, env = "JEWEL_SERVER")]
         server: Option<String>,
-        /// Access token.
+        /// Access token; better `jewelfs login` (kept in the config file): a command line is
+        /// visible to every local user.
         #[arg(long, env = "JEWEL_TOKEN", hide_env_values = true)]
         token: Option<String>,
         /// Cache folder (blocks, journal); default ~/.cache/jewel/<server+user>.
@@ -83,6 +101,12 @@ enum Cmd {
 }
 
 #[derive(Subcommand)]
+enum DevicesCmd {
+    /// Unlink a machine (by id or name): its token stops working at once.
+    Unlink { device: String },
+}
+
+#[derive(Subcommand)]
 enum ServiceCmd {
     /// Write ~/.config/systemd/user/jewelfs.service (mounts at login, unmounts cleanly at
     /// logout after pending uploads; server and token from ~/.config/jewel/config.toml),
@@ -111,6 +135,12 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.cmd {
+        Cmd::Login { server, name } => jewelfs::login::login(server, name),
+        Cmd::Devices { cmd: None, json } => jewelfs::devices::list(json),
+        Cmd::Devices {
+            cmd: Some(DevicesCmd::Unlink { device }),
+            ..
+        } => jewelfs::devices::unlink(&device),
         Cmd::Mount {
             mountpoint,
             server,

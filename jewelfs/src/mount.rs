@@ -54,8 +54,8 @@ pub struct MountArgs {
 pub(crate) struct FileConfig {
     pub(crate) server: Option<String>,
     pub(crate) token: Option<String>,
-    device: Option<String>,
-    cache_dir: Option<PathBuf>,
+    pub(crate) device: Option<String>,
+    pub(crate) cache_dir: Option<PathBuf>,
     cache_size: Option<String>,
 }
 
@@ -97,6 +97,26 @@ fn warn_if_readable_by_others(path: &Path) {
             );
         }
     }
+}
+
+/// Where default cache folders live: `~/.cache/jewel/`.
+pub(crate) fn default_cache_base() -> PathBuf {
+    home().join(".cache").join("jewel")
+}
+
+/// The default cache folder's name for a server and token (12 hex digits of a hash).
+pub(crate) fn cache_key(server: &str, token: &str) -> String {
+    hex::encode(&sha2::Sha256::digest(format!("{server}\n{token}"))[..6])
+}
+
+/// The token in the config file now, if the file names `server` (a new one after `jewelfs
+/// login`: a running mount takes it when the service refuses the one it has).
+fn config_token_for(server: &str) -> Option<String> {
+    let text = std::fs::read_to_string(config_path()).ok()?;
+    let file: FileConfig = toml::from_str(&text).ok()?;
+    (file.server.as_deref()? == server)
+        .then_some(file.token)
+        .flatten()
 }
 
 /// Parses sizes like `10G`, `512MiB`, `1000000`.
@@ -187,11 +207,10 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         .clone()
         .or(file.server)
         .context("no server: pass --server URL, set JEWEL_SERVER, or put server = \"...\" in ~/.config/jewel/config.toml")?;
-    let token = args
-        .token
-        .clone()
-        .or(file.token)
-        .context("no token: pass --token, set JEWEL_TOKEN, or put token = \"...\" in ~/.config/jewel/config.toml")?;
+    let token_from_file = args.token.is_none();
+    let token = args.token.clone().or(file.token).context(
+        "no token: run `jewelfs login SERVER` to link this machine (or set JEWEL_TOKEN)",
+    )?;
     let device = args.device.clone().or(file.device).unwrap_or_else(hostname);
     let cache_size = match args.cache_size.clone().or(file.cache_size) {
         Some(s) => parse_size(&s)?,
@@ -201,10 +220,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         .cache_dir
         .clone()
         .or(file.cache_dir)
-        .unwrap_or_else(|| {
-            let key = hex::encode(&sha2::Sha256::digest(format!("{server}\n{token}"))[..6]);
-            home().join(".cache").join("jewel").join(key)
-        });
+        .unwrap_or_else(|| default_cache_base().join(cache_key(&server, &token)));
     let mountpoint = absolute(&args.mountpoint);
 
     // Checks a person can act on, before anything starts.
@@ -241,7 +257,12 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         .thread_name("jewelfs-io")
         .enable_all()
         .build()?;
-    let api: Arc<dyn Api> = Arc::new(HttpApi::new(&server, &token)?);
+    let mut http = HttpApi::new(&server, &token)?;
+    if token_from_file {
+        let server = server.clone();
+        http = http.with_token_source(Box::new(move || config_token_for(&server)));
+    }
+    let api: Arc<dyn Api> = Arc::new(http);
     let mut cfg = Config::new(cache_dir.clone(), device);
     cfg.cache_size = cache_size;
     cfg.server = server.clone();
@@ -262,9 +283,20 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
                 format!("{{\"server\":{:?}}}\n", server),
             );
         }
+        Err(ApiErr::Api(e)) if e.code == jewel_wire::ErrorCode::Unauthorized && had_cache => {
+            // Unlinked, say, with changes still journaled: keep them and the cached files
+            // at hand; they upload once the machine is linked again (`jewelfs login`).
+            if let Err(err) = core.load_snapshot() {
+                eprintln!(
+                    "jewelfs: the saved tree in {} is unreadable ({err}); starting empty",
+                    cache_dir.display()
+                );
+            }
+            eprintln!("jewelfs: the server at {server} refused this machine's token ({}); mounting offline: run `jewelfs login` to link it again", e.message);
+        }
         Err(ApiErr::Api(e)) if e.code == jewel_wire::ErrorCode::Unauthorized => {
             bail!(
-                "the server at {server} refused the token ({}); check --token / JEWEL_TOKEN",
+                "the server at {server} refused the token ({}); run `jewelfs login` to link this machine",
                 e.message
             )
         }

@@ -33,14 +33,18 @@ fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
+/// The folder every mount of this user publishes in.
+fn status_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("jewelfs"),
+        None => std::env::temp_dir().join(format!("jewelfs-{}", unsafe { libc::getuid() })),
+    }
+}
+
 fn base_path(mountpoint: &Path) -> PathBuf {
     let abs = absolute(mountpoint);
     let hash = hex::encode(&sha2::Sha256::digest(abs.as_os_str().as_encoded_bytes())[..8]);
-    let base = match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) => PathBuf::from(d).join("jewelfs"),
-        None => std::env::temp_dir().join(format!("jewelfs-{}", unsafe { libc::getuid() })),
-    };
-    base.join(hash)
+    status_dir().join(hash)
 }
 
 /// Where a mount at `mountpoint` publishes its status file.
@@ -113,13 +117,41 @@ pub fn read_status(mountpoint: &Path) -> Option<Status> {
     serde_json::from_slice(&text).ok()
 }
 
+/// The status of this user's mounts that are running now (`ready`, their process alive),
+/// asked of each: what `jewelfs devices` knows of this machine's pending uploads.
+pub fn running_statuses() -> Vec<Status> {
+    let dir = status_dir();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    if !trusted(&dir.join("x.json")) {
+        return Vec::new();
+    }
+    entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| {
+            let file: Status = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+            if !(file.ready && Path::new(&format!("/proc/{}", file.pid)).exists()) {
+                return None;
+            }
+            // The mount's answer of the moment; its file may lag by seconds.
+            Some(ask(&e.path().with_extension("sock")).unwrap_or(file))
+        })
+        .collect()
+}
+
 /// The status of the mount at `mountpoint` as of now, asked of the mount itself; `None` when
 /// no mount answers there (or the folder is not this user's own).
 pub fn query(mountpoint: &Path) -> Option<Status> {
-    if !trusted(&socket_path(mountpoint)) {
+    ask(&socket_path(mountpoint))
+}
+
+fn ask(socket: &Path) -> Option<Status> {
+    if !trusted(socket) {
         return None;
     }
-    let mut conn = UnixStream::connect(socket_path(mountpoint)).ok()?;
+    let mut conn = UnixStream::connect(socket).ok()?;
     conn.set_read_timeout(Some(QUERY_TIMEOUT)).ok()?;
     let mut text = Vec::new();
     conn.read_to_end(&mut text).ok()?;

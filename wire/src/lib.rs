@@ -30,6 +30,18 @@
 //! | POST | `/batch` | [`Batch`] → [`BatchAnswer`] (many changes in one round trip) |
 //! | POST | `/blocks/missing` | [`BlockHashes`] → [`MissingBlocks`] |
 //! | POST | `/blocks/urls` | [`BlockHashes`] → [`BlockUrls`] |
+//! | GET | `/devices` | → [`DeviceList`] (this user's machines: name, linked, last seen) |
+//! | DELETE | `/devices/{id}` | → 204: unlink (its token stops working at once) |
+//! | POST | `/links` (**no token**) | [`NewLink`] → [`LinkStarted`] (201): a machine asks to be linked |
+//! | GET | `/links/{code}` | → [`LinkInfo`] (the machine waiting behind a code) |
+//! | POST | `/links/{code}/approve` | → [`DeviceInfo`] (201): link it; its own token now works |
+//!
+//! **Linking a machine** (`jewelfs login`): the machine draws its own device token, keeps it,
+//! and sends only its SHA-256 with `POST /links`; it gets a short code ([`LINK_CODE_LEN`]
+//! letters and digits) to show its user, who approves it signed in to the portal
+//! (`/#/link/CODE`). Approval stores the hash on a new device; the machine, polling `GET /me`
+//! with its token (401 until then), is linked. A device token is bound to its device: its
+//! requests are that device's whatever [`DEVICE_HEADER`] says.
 //!
 //! Every answer is bounded in bytes: a page (listing, trash, versions, change feed, long-poll)
 //! stops at [`MAX_PAGE`] entries or once it holds about [`MAX_PAGE_BYTES`] of JSON, whichever
@@ -315,6 +327,82 @@ pub struct RegisterDevice {
     pub name: String,
 }
 
+/// Characters of a link code, without separators (shown as `XXXX-XXXX`).
+pub const LINK_CODE_LEN: usize = 8;
+/// The letters and digits link codes are drawn from: no `0`/`O`, `1`/`I`, which people
+/// confuse when they type a code they read on another screen.
+pub const LINK_CODE_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+
+/// A link code as people type it (any case, with or without `-` and spaces) in its one
+/// stored form (`XXXX-XXXX`), or `None` when it cannot be a code.
+pub fn normalize_link_code(text: &str) -> Option<String> {
+    let raw: Vec<u8> = text
+        .bytes()
+        .filter(|b| !matches!(b, b'-' | b' '))
+        .map(|b| b.to_ascii_uppercase())
+        .collect();
+    if raw.len() != LINK_CODE_LEN || !raw.iter().all(|b| LINK_CODE_ALPHABET.contains(b)) {
+        return None;
+    }
+    let (a, b) = raw.split_at(LINK_CODE_LEN / 2);
+    Some(format!(
+        "{}-{}",
+        std::str::from_utf8(a).ok()?,
+        std::str::from_utf8(b).ok()?
+    ))
+}
+
+/// `POST /links`: a machine asks to be linked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewLink {
+    /// The machine's name, as its devices list will show it.
+    pub name: String,
+    /// SHA-256 (64 lower-case hex digits) of the device token the machine drew and keeps.
+    pub token_sha256: String,
+}
+
+/// The answer to [`NewLink`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkStarted {
+    /// The code to approve, `XXXX-XXXX`.
+    pub code: String,
+    /// The portal page that approves it (a path on the service: `/#/link/CODE`).
+    pub approve_path: String,
+    /// How long the code can be approved.
+    pub expires_in_ms: u64,
+}
+
+/// A machine waiting to be linked, as the approving user sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkInfo {
+    pub code: String,
+    pub name: String,
+    pub expires_at_ns: i64,
+}
+
+/// One of the user's machines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub id: DeviceId,
+    pub name: String,
+    /// It has its own token (linked with a code); otherwise it uses the account's token, and
+    /// unlinking only forgets it (the account token keeps working: reissue that one).
+    pub linked: bool,
+    /// When it was linked or registered (0 when not known: registered by an older version).
+    pub created_at_ns: i64,
+    /// When its token was last used (to within a minute; 0 when not known: devices without
+    /// their own token are not tracked).
+    pub last_seen_ns: i64,
+    /// It is the device of the token that asked.
+    #[serde(default)]
+    pub this_device: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceList {
+    pub devices: Vec<DeviceInfo>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Device {
     pub id: DeviceId,
@@ -446,6 +534,9 @@ pub enum ErrorCode {
     /// The change-log cursor is older than the retained log: re-list.
     CursorTooOld,
     PayloadTooLarge,
+    /// Too many requests of this kind wait already (machines waiting to be linked): try again
+    /// in a few minutes.
+    TooManyRequests,
     Internal,
     Unavailable,
 }
@@ -464,6 +555,7 @@ impl ErrorCode {
             ErrorCode::Conflict | ErrorCode::Exists | ErrorCode::NotEmpty => 409,
             ErrorCode::CursorTooOld => 410,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::TooManyRequests => 429,
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,
         }

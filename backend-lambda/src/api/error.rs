@@ -65,6 +65,13 @@ impl From<StoreError> for AppError {
             StoreError::UserExists(_) | StoreError::UnknownUser(_) => {
                 AppError::new(ErrorCode::BadRequest, message)
             }
+            StoreError::UnknownLink => AppError::new(ErrorCode::NotFound, message),
+            StoreError::TokenInUse => AppError::new(ErrorCode::BadRequest, message),
+            // Many machines waiting at once (a flood): try again later; a code drawn twice
+            // is drawn anew by the route, so this is only seen if that keeps failing.
+            StoreError::TooManyLinks(_) | StoreError::LinkCodeTaken => {
+                AppError::new(ErrorCode::TooManyRequests, message)
+            }
             StoreError::TooLarge(_) => AppError::new(ErrorCode::PayloadTooLarge, message),
             StoreError::Busy(_) | StoreError::Backend(_) => {
                 AppError::new(ErrorCode::Unavailable, message)

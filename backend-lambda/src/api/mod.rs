@@ -22,6 +22,7 @@ use jewel_wire::BLOCK_SIZE;
 pub mod auth;
 pub mod batch;
 pub mod blocks;
+pub mod devices;
 pub mod error;
 pub mod openapi;
 pub mod sync;
@@ -58,7 +59,11 @@ pub fn router(service: Arc<Service>) -> Router {
         )
         .route("/trash", get(tree::list_trash))
         .route("/trash/{id}/restore", post(tree::restore))
-        .route("/devices", post(sync::register_device))
+        .route("/devices", post(sync::register_device).get(devices::list))
+        .route("/devices/{id}", axum::routing::delete(devices::unlink))
+        .route("/links", post(devices::start))
+        .route("/links/{code}", get(devices::show))
+        .route("/links/{code}/approve", post(devices::approve))
         .route("/devices/{id}/poll", get(sync::poll))
         .route("/devices/{id}/listen", post(sync::renew_listen))
         .route("/changes", get(sync::changes))

@@ -39,6 +39,10 @@ mod tests {
             "/changes",
             "/devices/{id}/poll",
             "/devices/{id}/listen",
+            "/devices/{id}",
+            "/links",
+            "/links/{code}",
+            "/links/{code}/approve",
             "/blocks/missing",
             "/blocks/urls",
         ] {

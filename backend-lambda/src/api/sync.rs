@@ -1,5 +1,6 @@
 //! The routes that keep devices in step: register a device, read the change feed, and
-//! long-poll for a device's notifications.
+//! long-poll for a device's notifications. A long-poll ends at once when its device is
+//! unlinked in this process (401 for the device's own token).
 //!
 //! The long-poll answers as soon as the log holds events after the caller's cursor, so a
 //! change reaches a waiting device in one round trip. It asks the bus to wait only when the
@@ -32,6 +33,12 @@ pub async fn register_device(
     caller: Caller,
     JsonBody(req): JsonBody<RegisterDevice>,
 ) -> AppResult<(StatusCode, Json<Device>)> {
+    if let Some(id) = caller.token_device {
+        // A linked machine is its device already: it learns which, and how it listens.
+        let name = svc.meta.device(&caller.user.id, id).await?;
+        let listen = svc.bus.register_device(&caller.user.id, id).await?;
+        return Ok((StatusCode::OK, Json(Device { id, name, listen })));
+    }
     check_name(&req.name)
         .map_err(|e| AppError::new(ErrorCode::InvalidName, format!("device name: {e}")))?;
     let id = svc
@@ -56,6 +63,7 @@ pub async fn renew_listen(
     caller: Caller,
     ApiPath(id): ApiPath<DeviceId>,
 ) -> AppResult<Json<Device>> {
+    caller.may_use_device(id)?;
     let name = svc.meta.device(&caller.user.id, id).await?;
     let listen = svc.bus.register_device(&caller.user.id, id).await?;
     Ok(Json(Device { id, name, listen }))
@@ -101,6 +109,9 @@ pub async fn poll(
     ApiPath(device): ApiPath<DeviceId>,
     ApiQuery(q): ApiQuery<PollQuery>,
 ) -> AppResult<Json<ChangePage>> {
+    caller.may_use_device(device)?;
+    // Registered before anything is read, so an unlink from now on ends this wait.
+    let unlinked = svc.auth_cache.unlinked.notified();
     if !svc.auth_cache.device_ok(&caller.user, device) {
         svc.meta.device(&caller.user.id, device).await?;
         svc.auth_cache.put_device(&caller.user, device);
@@ -112,7 +123,19 @@ pub async fn poll(
         return Ok(Json(page));
     }
     let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(25_000)).min(svc.limits.max_poll);
-    let newest = svc.bus.wait_after(user, q.since, timeout).await?;
+    let newest = tokio::select! {
+        newest = svc.bus.wait_after(user, q.since, timeout) => newest?,
+        () = unlinked => {
+            // Some device was unlinked in this process: if it is this one, say so now.
+            match svc.meta.device(user, device).await {
+                Err(crate::store::StoreError::UnknownDevice) if caller.token_device.is_some() => {
+                    return Err(super::auth::unauthorized("this machine was unlinked"));
+                }
+                Err(e) => return Err(e.into()),
+                Ok(_) => return Ok(Json(page)),
+            }
+        }
+    };
     if newest <= q.since {
         return Ok(Json(page));
     }

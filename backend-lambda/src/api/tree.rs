@@ -406,7 +406,7 @@ pub async fn publish(svc: &Service, user: &UserId, events: &[ChangeEvent]) {
     }
     let devices = if svc.bus.wants_device_list() {
         match svc.meta.devices(user).await {
-            Ok(devices) => devices.into_iter().map(|(id, _)| id).collect(),
+            Ok(devices) => devices.into_iter().map(|d| d.id).collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "could not list devices to notify");
                 return;

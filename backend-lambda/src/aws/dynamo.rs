@@ -5,7 +5,7 @@
 //! | user | `USERS` | `<name>` | `uid`, `token`, `created` |
 //! | token | `T#<token hash>` | `T` | `uid`, `name`, `created` |
 //! | user meta | `U#<uid>` | `META` | `seq` (the per-user sequence counter), `name` |
-//! | device | `U#<uid>` | `DEV#<id>` | `name` |
+//! | device | `U#<uid>` | `DEV#<id>` | `name`, `id`; device tokens and links: `dynamo_devices.rs` |
 //! | pointer | `U#<uid>` | `N#<id>` | the whole node; `trash_at` on the top of a deleted subtree, `in_trash` (the top's id) below it |
 //! | entry | `U#<uid>#D#<parent>` | `<name>` | the whole node (so one query lists a directory with its attributes) |
 //! | trash | `U#<uid>#TRASH` | `N#<id>` | the node as deleted, `at` |
@@ -55,17 +55,20 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 use jewel_wire::{
-    ChangeEvent, ChangeOp, ChangePage, Content, DeviceId, FileVersion, MoveMode, NewKind, Node,
-    NodeId, NodeKind, Place, Seq, SetAttr, TrashEntry, Version, ROOT_ID,
+    ChangeEvent, ChangeOp, ChangePage, Content, DeviceId, DeviceInfo, FileVersion, MoveMode,
+    NewKind, Node, NodeId, NodeKind, Place, Seq, SetAttr, TrashEntry, Version, ROOT_ID,
 };
 
 use super::{count, count_n, sdk_err, AwsSettings, PK, SK, TTL_ATTR};
 use crate::store::{
-    fill_page, json_len, new_id, MetaStore, Moved, NewNode, Origin, Page, StoreError, StoreResult,
-    TrashCursor, User, UserId, MAX_PAGE_BYTES, MAX_VERSIONS,
+    fill_page, json_len, new_id, MetaStore, Moved, NewNode, Origin, Page, PendingLink, StoreError,
+    StoreResult, TokenOwner, TrashCursor, User, UserId, MAX_PAGE_BYTES, MAX_VERSIONS,
 };
 
 type Item = HashMap<String, AttributeValue>;
+
+#[path = "dynamo_devices.rs"]
+mod devices;
 
 /// Most blocks one file may have here (~19.5 GiB): a node (with its block list) lives in
 /// DynamoDB items of at most 400 KB, and each hash takes ~67 bytes.
@@ -1065,6 +1068,16 @@ impl MetaStore for DynamoStore {
         }
         // The user's own partition (meta, devices, pointers) last, then the token and name:
         // a removal cut short can be run again.
+        let own_devices: Vec<Item> = own
+            .iter()
+            .filter(|i| get_s(i, SK).is_ok_and(|k| k.starts_with("DEV#")))
+            .cloned()
+            .collect();
+        deletes.extend(
+            devices::token_keys_of(&own_devices)
+                .iter()
+                .map(Self::delete_req),
+        );
         deletes.extend(own.iter().map(Self::delete_req));
         deletes.push(Self::delete_req(&key(token_pk(&token), "T".into())));
         deletes.push(Self::delete_req(&key(users_pk(), name.into())));
@@ -1135,6 +1148,7 @@ impl MetaStore for DynamoStore {
         let mut item = key(user_pk(user), dev_sk(id));
         item.insert("name".into(), s(name));
         item.insert("id".into(), n(id));
+        item.insert("created".into(), n(crate::store::now_ns()));
         count("dynamodb:PutItem");
         self.client
             .put_item()
@@ -1151,9 +1165,47 @@ impl MetaStore for DynamoStore {
     async fn remove_devices(&self, user: &UserId) -> StoreResult<usize> {
         let devices = self.query(user_pk(user), None, Some("DEV#"), None).await?;
         let n = devices.len();
+        let tokens = devices::token_keys_of(&devices);
+        self.batch_write(tokens.iter().map(Self::delete_req).collect())
+            .await?;
         self.batch_write(devices.iter().map(Self::delete_req).collect())
             .await?;
         Ok(n)
+    }
+
+    async fn remove_device(&self, user: &UserId, device: DeviceId) -> StoreResult<()> {
+        self.dev_remove_device(user, device).await
+    }
+
+    async fn touch_device(&self, user: &UserId, device: DeviceId, now_ns: i64) -> StoreResult<()> {
+        self.dev_touch(user, device, now_ns).await
+    }
+
+    async fn token_owner(&self, token_hash: &str) -> StoreResult<Option<TokenOwner>> {
+        self.dev_token_owner(token_hash).await
+    }
+
+    async fn create_link(
+        &self,
+        link: &PendingLink,
+        now_ns: i64,
+        max_pending: usize,
+    ) -> StoreResult<()> {
+        self.dev_create_link(link, now_ns, max_pending).await
+    }
+
+    async fn link(&self, code: &str, now_ns: i64) -> StoreResult<PendingLink> {
+        self.dev_link(code, now_ns).await
+    }
+
+    async fn approve_link(
+        &self,
+        user: &UserId,
+        code: &str,
+        max_devices: usize,
+        now_ns: i64,
+    ) -> StoreResult<DeviceId> {
+        self.dev_approve_link(user, code, max_devices, now_ns).await
     }
 
     async fn device(&self, user: &UserId, device: DeviceId) -> StoreResult<String> {
@@ -1163,14 +1215,14 @@ impl MetaStore for DynamoStore {
         }
     }
 
-    async fn devices(&self, user: &UserId) -> StoreResult<Vec<(DeviceId, String)>> {
+    async fn devices(&self, user: &UserId) -> StoreResult<Vec<DeviceInfo>> {
         let mut out = self
             .query(user_pk(user), None, Some("DEV#"), None)
             .await?
             .iter()
-            .map(|i| Ok((get_n(i, "id")?, get_s(i, "name")?)))
-            .collect::<StoreResult<Vec<(DeviceId, String)>>>()?;
-        out.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+            .map(devices::device_info)
+            .collect::<StoreResult<Vec<DeviceInfo>>>()?;
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
         Ok(out)
     }
 

@@ -286,6 +286,34 @@ impl ChangeBus for SqsBus {
         Err(BusError::PollUnsupported)
     }
 
+    /// Deletes the device's queue (a queue already gone is no error).
+    async fn remove_device(&self, user: &UserId, device: DeviceId) -> BusResult<()> {
+        let name = self.queue_name(user, device);
+        self.urls.lock().unwrap().remove(&name);
+        count("sqs:GetQueueUrl");
+        let url = match self.sqs.get_queue_url().queue_name(&name).send().await {
+            Ok(out) => out.queue_url().unwrap_or_default().to_string(),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_queue_does_not_exist()) =>
+            {
+                return Ok(())
+            }
+            Err(e) => return Err(be(e)),
+        };
+        count("sqs:DeleteQueue");
+        match self.sqs.delete_queue().queue_url(&url).send().await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_queue_does_not_exist()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(be(e)),
+        }
+    }
+
     /// Deletes every queue named `<prefix>_<user>-<device>`, found by listing the name prefix
     /// (so also queues of devices whose items are already gone).
     async fn remove_user(&self, user: &UserId) -> BusResult<u64> {

@@ -656,3 +656,110 @@ async fn removing_a_user_deletes_its_blocks_and_queues() {
         .await
         .is_err());
 }
+
+/// AWS mode: a machine linked with a code gets a queue like any device; unlinking it through
+/// the API deletes that queue (its credentials then reach nothing) and its token items, so
+/// its token is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlinking_a_device_deletes_its_queue_and_revokes_its_token() {
+    use axum::body::Body;
+    use axum::http::{Method, Request, StatusCode};
+    use tower::ServiceExt;
+
+    let Some(m) = moto() else { return };
+    let sdk = sdk_for(&m.url).await;
+    let settings = fresh_settings();
+    let meta = DynamoStore::new(&sdk, &settings);
+    meta.create_table().await.unwrap();
+    let blobs = S3BlobStore::new(&sdk, &settings);
+    blobs.create_bucket().await.unwrap();
+    let bus = SqsBus::new(&sdk, &settings);
+    let svc = Arc::new(crate::service::Service::new(
+        Arc::new(meta),
+        Arc::new(blobs),
+        Arc::new(bus),
+    ));
+    let (_, account) = crate::admin::add_user(svc.meta.as_ref(), "ann")
+        .await
+        .unwrap();
+    let app = crate::api::router(svc.clone());
+    let call = |method: Method, path: &str, token: Option<&str>, body: Option<String>| {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("/api/v1{path}"))
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req.body(Body::from(body.unwrap_or_default())).unwrap();
+        let app = app.clone();
+        async move {
+            let resp = app.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            (
+                status,
+                serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default(),
+            )
+        }
+    };
+    let token = format!("jwl_{}", "7".repeat(64));
+    let body = serde_json::json!({"name": "laptop", "token_sha256": sha256_hex(token.as_bytes())});
+    let (status, started) = call(Method::POST, "/links", None, Some(body.to_string())).await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    let code = started["code"].as_str().unwrap().to_string();
+    let (status, device) = call(
+        Method::POST,
+        &format!("/links/{code}/approve"),
+        Some(&account),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{device}");
+    // The machine registers as the client does: it learns its device and its queue.
+    let (status, dev) = call(
+        Method::POST,
+        "/devices",
+        Some(&token),
+        Some(r#"{"name":"x"}"#.into()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{dev}");
+    assert_eq!(dev["id"], device["id"]);
+    assert_eq!(dev["listen"]["via"], "sqs");
+    let queues = || async {
+        aws_sdk_sqs::Client::new(&sdk)
+            .list_queues()
+            .queue_name_prefix(&settings.queue_prefix)
+            .send()
+            .await
+            .unwrap()
+            .queue_urls()
+            .len()
+    };
+    assert_eq!(queues().await, 1);
+
+    let id = device["id"].as_u64().unwrap();
+    let (status, _) = call(
+        Method::DELETE,
+        &format!("/devices/{id}"),
+        Some(&account),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(queues().await, 0, "the device's queue is gone");
+    let (status, _) = call(Method::GET, "/me", Some(&token), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        svc.meta
+            .token_owner(&sha256_hex(token.as_bytes()))
+            .await
+            .unwrap(),
+        None
+    );
+    let (status, _) = call(Method::GET, "/me", Some(&account), None).await;
+    assert_eq!(status, StatusCode::OK, "the account token still works");
+}

@@ -70,16 +70,19 @@ enum Command {
 
 #[derive(Subcommand)]
 enum UserCommand {
-    /// Create a user; prints its token as the last line.
+    /// Create a user; prints its account token as the last line (sign in to the portal with
+    /// it and approve each machine's `jewelfs login` code there).
     Add { name: String },
     /// List users.
     List,
     /// Remove a user and everything it owns.
     Remove { name: String },
-    /// Issue a new token for a user (the old one stops working); prints it as the last line.
+    /// Issue a new account token for a user (the old one stops working); prints it as the last
+    /// line. Machines linked with their own tokens keep working: unlink those one by one.
     Token { name: String },
-    /// Forget every device of a user, freeing its device slots; each machine registers
-    /// again when it next mounts.
+    /// Forget every device of a user, freeing its device slots and revoking the devices' own
+    /// tokens: machines using the account token register again when they next mount, linked
+    /// machines must be linked again (`jewelfs login`).
     ForgetDevices { name: String },
 }
 
@@ -169,6 +172,9 @@ async fn user_command(command: &UserCommand, data: &DataArg) -> anyhow::Result<(
         UserCommand::Add { name } => {
             let (user, token) = backend_lambda::admin::add_user(meta, name).await?;
             println!("created user {} (id {})", user.name, user.id);
+            println!(
+                "its account token follows: sign in to the portal with it to link machines (`jewelfs login` on each)"
+            );
             println!("{token}");
         }
         UserCommand::List => {
@@ -185,7 +191,9 @@ async fn user_command(command: &UserCommand, data: &DataArg) -> anyhow::Result<(
         }
         UserCommand::ForgetDevices { name } => {
             let n = backend_lambda::admin::forget_devices(&service, name).await?;
-            println!("forgot {n} device(s) of {name}; each registers again at its next mount");
+            println!(
+                "forgot {n} device(s) of {name} and revoked their own tokens; machines on the account token register again at their next mount, linked ones need `jewelfs login`"
+            );
         }
         UserCommand::Token { name } => {
             let token = backend_lambda::admin::reissue_token(meta, name).await?;

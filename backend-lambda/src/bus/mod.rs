@@ -53,6 +53,11 @@ pub trait ChangeBus: Send + Sync + 'static {
     async fn remove_user(&self, _user: &UserId) -> BusResult<u64> {
         Ok(0)
     }
+    /// Deletes whatever the bus keeps for one device (it was unlinked; SQS: its queue, so the
+    /// credentials it holds reach nothing). Nothing to do for an in-process bus.
+    async fn remove_device(&self, _user: &UserId, _device: DeviceId) -> BusResult<()> {
+        Ok(())
+    }
 }
 
 /// Runs `futures` with at most `limit` of them in flight at once; the results come in the

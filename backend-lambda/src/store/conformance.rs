@@ -65,6 +65,7 @@ macro_rules! meta_store_conformance {
             pages_are_bounded_in_bytes,
             devices_are_capped_and_forgotten,
             removed_user_leaves_no_versions,
+            devices_link_with_their_own_tokens,
         );
     };
     (@each $how:tt $($case:ident),* $(,)?) => {
@@ -292,20 +293,29 @@ pub async fn devices(s: &dyn MetaStore) {
     );
     assert_eq!(s.device(&ann.id, laptop).await.unwrap(), "laptop");
     assert_eq!(s.device(&ann.id, phone).await.unwrap(), "phone");
-    let mut listed = s.devices(&ann.id).await.unwrap();
-    listed.sort();
-    let mut expected = vec![(laptop, "laptop".to_string()), (phone, "phone".to_string())];
-    expected.sort();
-    assert_eq!(listed, expected);
+    let listed: Vec<_> = s
+        .devices(&ann.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.id, d.name, d.linked))
+        .collect();
+    let expected = vec![
+        (laptop, "laptop".to_string(), false),
+        (phone, "phone".to_string(), false),
+    ];
+    assert_eq!(listed, expected, "by name, without their own tokens");
 
     assert_err!(s.device(&bob.id, laptop).await, StoreError::UnknownDevice);
     assert_err!(s.device(&ann.id, 4242).await, StoreError::UnknownDevice);
     assert!(s.devices(&bob.id).await.unwrap().is_empty());
     let bobs = s.register_device(&bob.id, "laptop", 100).await.unwrap();
     assert_ne!(bobs, laptop);
+    let bob_devices = s.devices(&bob.id).await.unwrap();
+    assert_eq!(bob_devices.len(), 1);
     assert_eq!(
-        s.devices(&bob.id).await.unwrap(),
-        vec![(bobs, "laptop".to_string())]
+        (bob_devices[0].id, bob_devices[0].name.as_str()),
+        (bobs, "laptop")
     );
 }
 
@@ -1916,5 +1926,129 @@ pub async fn removed_user_leaves_no_versions(s: &dyn MetaStore) {
     assert!(
         s.referenced_blocks(&ann).await.unwrap().is_empty(),
         "the removed user's versions still name blocks"
+    );
+}
+
+/// A machine waits behind a code with the hash of the token it drew; approving it makes a
+/// device holding that token, which names the device and its user; unlinking revokes it.
+pub async fn devices_link_with_their_own_tokens(s: &dyn MetaStore) {
+    use crate::store::PendingLink;
+    let ann = new_user(s, "ann").await;
+    let bob = new_user(s, "bob").await;
+    let link = |code: &str, hash: &str, exp: i64| PendingLink {
+        code: code.into(),
+        token_hash: hash.into(),
+        name: "laptop".into(),
+        expires_at_ns: exp,
+    };
+    // The account's token names no device.
+    let owner = s.token_owner("hash-of-ann").await.unwrap().unwrap();
+    assert_eq!(
+        (owner.user.id.clone(), owner.device),
+        (ann.id.clone(), None)
+    );
+    assert_eq!(s.token_owner("dev-hash").await.unwrap(), None);
+
+    s.create_link(&link("AAAA-BBBB", "dev-hash", 1000), 10, 3)
+        .await
+        .unwrap();
+    assert_err!(
+        s.create_link(&link("AAAA-BBBB", "other", 1000), 10, 3)
+            .await,
+        StoreError::LinkCodeTaken
+    );
+    assert_err!(
+        s.create_link(&link("CCCC-DDDD", "hash-of-bob", 1000), 10, 3)
+            .await,
+        StoreError::TokenInUse
+    );
+    assert_eq!(s.link("AAAA-BBBB", 10).await.unwrap().name, "laptop");
+    assert_err!(s.link("AAAA-BBBB", 1000).await, StoreError::UnknownLink);
+    assert_err!(s.link("ZZZZ-ZZZZ", 10).await, StoreError::UnknownLink);
+    assert_eq!(
+        s.token_owner("dev-hash").await.unwrap(),
+        None,
+        "a waiting machine's token works for nothing"
+    );
+    // Expired codes cannot be approved, and free their place.
+    s.create_link(&link("EEEE-FFFF", "h2", 20), 10, 3)
+        .await
+        .unwrap();
+    s.create_link(&link("GGGG-HHHH", "h3", 20), 10, 3)
+        .await
+        .unwrap();
+    assert_err!(
+        s.create_link(&link("JJJJ-KKKK", "h4", 1000), 10, 3).await,
+        StoreError::TooManyLinks(3)
+    );
+    assert_err!(
+        s.approve_link(&ann.id, "EEEE-FFFF", 100, 25).await,
+        StoreError::UnknownLink
+    );
+    s.create_link(&link("JJJJ-KKKK", "h4", 1000), 25, 3)
+        .await
+        .unwrap();
+
+    let dev = s.approve_link(&ann.id, "AAAA-BBBB", 100, 30).await.unwrap();
+    assert!(dev < (1 << 53));
+    assert_err!(
+        s.approve_link(&bob.id, "AAAA-BBBB", 100, 31).await,
+        StoreError::UnknownLink
+    );
+    let owner = s.token_owner("dev-hash").await.unwrap().unwrap();
+    assert_eq!((owner.user, owner.device), (ann.clone(), Some(dev)));
+    assert_eq!(s.device(&ann.id, dev).await.unwrap(), "laptop");
+    let listed = s.devices(&ann.id).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].linked && listed[0].created_at_ns == 30);
+    s.touch_device(&ann.id, dev, 90).await.unwrap();
+    assert_eq!(s.devices(&ann.id).await.unwrap()[0].last_seen_ns, 90);
+    assert_eq!(
+        s.token_owner("dev-hash")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seen_ns,
+        90
+    );
+    // A full account links nothing more, and the code stays for later.
+    assert_err!(
+        s.approve_link(&bob.id, "JJJJ-KKKK", 0, 31).await,
+        StoreError::TooManyDevices(0)
+    );
+    assert!(s.link("JJJJ-KKKK", 31).await.is_ok());
+
+    // Unlinking: another user's device is unknown; the owner's goes with its token.
+    assert_err!(
+        s.remove_device(&bob.id, dev).await,
+        StoreError::UnknownDevice
+    );
+    s.remove_device(&ann.id, dev).await.unwrap();
+    assert_eq!(s.token_owner("dev-hash").await.unwrap(), None, "revoked");
+    assert_err!(s.device(&ann.id, dev).await, StoreError::UnknownDevice);
+    assert_err!(
+        s.remove_device(&ann.id, dev).await,
+        StoreError::UnknownDevice
+    );
+    s.touch_device(&ann.id, dev, 99).await.unwrap();
+    assert!(
+        s.devices(&ann.id).await.unwrap().is_empty(),
+        "a touch makes no device"
+    );
+
+    // Forgetting all devices, or the user, revokes their tokens too.
+    let d4 = s.approve_link(&ann.id, "JJJJ-KKKK", 100, 40).await.unwrap();
+    assert_eq!(s.token_owner("h4").await.unwrap().unwrap().device, Some(d4));
+    assert_eq!(s.remove_devices(&ann.id).await.unwrap(), 1);
+    assert_eq!(s.token_owner("h4").await.unwrap(), None);
+    s.create_link(&link("LLLL-MMMM", "h5", 1000), 40, 3)
+        .await
+        .unwrap();
+    s.approve_link(&bob.id, "LLLL-MMMM", 100, 41).await.unwrap();
+    s.remove_user("bob").await.unwrap();
+    assert_eq!(s.token_owner("h5").await.unwrap(), None);
+    assert_eq!(
+        s.token_owner("hash-of-ann").await.unwrap().unwrap().user,
+        ann
     );
 }

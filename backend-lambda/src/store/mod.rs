@@ -31,8 +31,8 @@
 
 use async_trait::async_trait;
 use jewel_wire::{
-    ChangeEvent, ChangePage, Content, DeviceId, FileVersion, MoveMode, NewKind, Node, NodeId, Seq,
-    SetAttr, TrashEntry, Version,
+    ChangeEvent, ChangePage, Content, DeviceId, DeviceInfo, FileVersion, MoveMode, NewKind, Node,
+    NodeId, Seq, SetAttr, TrashEntry, Version,
 };
 
 pub use jewel_wire::MAX_PAGE_BYTES;
@@ -53,6 +53,27 @@ pub struct User {
     pub id: UserId,
     pub name: String,
     pub created_at_ns: i64,
+}
+
+/// Whom a token belongs to: a user, and the device when it is a device's own token (linked
+/// with a code, see `jewel_wire`'s docs) rather than the account's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenOwner {
+    pub user: User,
+    pub device: Option<DeviceId>,
+    /// When the device's token was last recorded as used (0 for the account's token).
+    pub last_seen_ns: i64,
+}
+
+/// A machine waiting to be linked: the code its user approves, and the hash of the token it
+/// drew (the token itself never reaches the service before it is used).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingLink {
+    /// `XXXX-XXXX` (see `jewel_wire::normalize_link_code`).
+    pub code: String,
+    pub token_hash: String,
+    pub name: String,
+    pub expires_at_ns: i64,
 }
 
 /// What a mutating call needs besides its own arguments.
@@ -113,6 +134,15 @@ pub enum StoreError {
          when it next mounts)"
     )]
     TooManyDevices(usize),
+    #[error("no machine waits to be linked with this code (mistyped, expired, or linked already)")]
+    UnknownLink,
+    /// Drawn again by the caller: two pending links cannot share a code.
+    #[error("the link code is taken")]
+    LinkCodeTaken,
+    #[error("{0} machines are waiting to be linked already, the most allowed; try again in a few minutes")]
+    TooManyLinks(usize),
+    #[error("that token is in use already: draw another")]
+    TokenInUse,
     #[error("too large for this store: {0}")]
     TooLarge(String),
     /// Another process (the running server, beside an admin command) held the database
@@ -139,16 +169,49 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn user_by_token(&self, token_hash: &str) -> StoreResult<Option<User>>;
     /// Whether a user with this id exists (block URLs name the user by id).
     async fn user_exists(&self, user: &UserId) -> StoreResult<bool>;
+    /// Whom a token hash belongs to: the account's token or one device's own token.
+    async fn token_owner(&self, token_hash: &str) -> StoreResult<Option<TokenOwner>>;
+
+    // ---- linking machines (see `jewel_wire`'s docs) ----
+    /// Records a machine waiting to be linked until `link.expires_at_ns`. Links expired by
+    /// `now_ns` are forgotten first; `TooManyLinks` when `max_pending` still wait;
+    /// `LinkCodeTaken` when the code is in use; `TokenInUse` when the hash is any token's.
+    async fn create_link(
+        &self,
+        link: &PendingLink,
+        now_ns: i64,
+        max_pending: usize,
+    ) -> StoreResult<()>;
+    /// The machine waiting behind `code`, or `UnknownLink` (none, or expired by `now_ns`).
+    async fn link(&self, code: &str, now_ns: i64) -> StoreResult<PendingLink>;
+    /// Links the machine waiting behind `code` to `user` as a new device holding the link's
+    /// token, and forgets the link, in one change; `UnknownLink` as [`MetaStore::link`],
+    /// `TooManyDevices` when the user has `max_devices`.
+    async fn approve_link(
+        &self,
+        user: &UserId,
+        code: &str,
+        max_devices: usize,
+        now_ns: i64,
+    ) -> StoreResult<DeviceId>;
 
     // ---- devices ----
     /// Registers a new device; `TooManyDevices` when the user has `max` already.
     async fn register_device(&self, user: &UserId, name: &str, max: usize)
         -> StoreResult<DeviceId>;
-    /// Forgets every device of the user (frees the slots); returns how many went.
+    /// Forgets every device of the user (frees the slots, revokes their own tokens); returns
+    /// how many went.
     async fn remove_devices(&self, user: &UserId) -> StoreResult<usize>;
+    /// Unlinks one device: forgets it and revokes its own token in one change;
+    /// `UnknownDevice` when it is not one of this user's devices.
+    async fn remove_device(&self, user: &UserId, device: DeviceId) -> StoreResult<()>;
+    /// Records that the device's token was used at `now_ns` (callers do it at most once a
+    /// minute per device); a device gone meanwhile is no error.
+    async fn touch_device(&self, user: &UserId, device: DeviceId, now_ns: i64) -> StoreResult<()>;
     /// The device's name, or `UnknownDevice` when it is not one of this user's devices.
     async fn device(&self, user: &UserId, device: DeviceId) -> StoreResult<String>;
-    async fn devices(&self, user: &UserId) -> StoreResult<Vec<(DeviceId, String)>>;
+    /// The user's devices by name (then id); `this_device` is false in every entry.
+    async fn devices(&self, user: &UserId) -> StoreResult<Vec<DeviceInfo>>;
 
     // ---- the tree ----
     async fn get_node(&self, user: &UserId, id: NodeId) -> StoreResult<Node>;

@@ -13,7 +13,9 @@
 //! Every multi-statement read runs in one read transaction, so it sees one snapshot.
 //!
 //! **Schema.** `users(id, name, token_hash, created_at_ns, latest_seq, trimmed_through)`;
-//! `devices(user, id, name)`; `nodes(user, id, parent, name, kind, size, mode, mtime_ns,
+//! `devices(user, id, name, token_hash, created_at_ns, last_seen_ns)` (`token_hash` set for a
+//! device linked with a code, unique, see `links`); `links(code, token_hash, name,
+//! expires_at_ns)`, machines waiting to be linked; `nodes(user, id, parent, name, kind, size, mode, mtime_ns,
 //! version, blocks (JSON array), target, trashed_at_ns, trashed_by)`, with a unique index on
 //! `(user, parent, name)` over live nodes only (`trashed_at_ns IS NULL`), so a trashed node keeps
 //! its old place without blocking the name; `changes(user, seq, event JSON, at_ns)`;
@@ -53,16 +55,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use jewel_wire::{
-    ChangeEvent, ChangeOp, ChangePage, Content, DeviceId, FileVersion, MoveMode, NewKind, Node,
-    NodeId, NodeKind, Place, Seq, SetAttr, TrashEntry, Version, ROOT_ID,
+    ChangeEvent, ChangeOp, ChangePage, Content, DeviceId, DeviceInfo, FileVersion, MoveMode,
+    NewKind, Node, NodeId, NodeKind, Place, Seq, SetAttr, TrashEntry, Version, ROOT_ID,
 };
 use rusqlite::{
     params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior,
 };
 
 use super::{
-    fill_page, json_len, new_id, MetaStore, Moved, NewNode, Origin, Page, StoreError, StoreResult,
-    TrashCursor, User, UserId, MAX_PAGE_BYTES, MAX_VERSIONS,
+    fill_page, json_len, new_id, now_ns, MetaStore, Moved, NewNode, Origin, Page, PendingLink,
+    StoreError, StoreResult, TokenOwner, TrashCursor, User, UserId, MAX_PAGE_BYTES, MAX_VERSIONS,
 };
 
 /// Knobs of the SQLite engine.
@@ -123,10 +125,19 @@ CREATE TABLE IF NOT EXISTS users (
     trimmed_through INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS devices (
-    user TEXT NOT NULL,
-    id   INTEGER NOT NULL,
-    name TEXT NOT NULL,
+    user          TEXT NOT NULL,
+    id            INTEGER NOT NULL,
+    name          TEXT NOT NULL,
+    token_hash    TEXT,
+    created_at_ns INTEGER NOT NULL DEFAULT 0,
+    last_seen_ns  INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (user, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS links (
+    code          TEXT PRIMARY KEY,
+    token_hash    TEXT NOT NULL UNIQUE,
+    name          TEXT NOT NULL,
+    expires_at_ns INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS nodes (
     user          TEXT NOT NULL,
@@ -167,6 +178,64 @@ CREATE TABLE IF NOT EXISTS versions (
 ) WITHOUT ROWID;
 PRAGMA user_version = 1;
 ";
+
+/// Brings a database made by an older version up to [`SCHEMA`] (run after it): version 1 had
+/// no device tokens. Then the indexes on the new columns.
+fn migrate(conn: &Connection) -> StoreResult<()> {
+    let has_tokens: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('devices') WHERE name = 'token_hash')",
+            [],
+            |r| r.get(0),
+        )
+        .db()?;
+    if !has_tokens {
+        conn.execute_batch(
+            "ALTER TABLE devices ADD COLUMN token_hash TEXT;
+             ALTER TABLE devices ADD COLUMN created_at_ns INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE devices ADD COLUMN last_seen_ns INTEGER NOT NULL DEFAULT 0;",
+        )
+        .db()?;
+    }
+    conn.execute_batch(
+        "CREATE UNIQUE INDEX IF NOT EXISTS devices_token
+             ON devices (token_hash) WHERE token_hash IS NOT NULL;",
+    )
+    .db()
+}
+
+/// Whether a token hash is any token's: an account's, a device's, or a waiting link's.
+fn token_hash_taken(c: &Connection, hash: &str) -> StoreResult<bool> {
+    c.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM users WHERE token_hash = ?1)
+             OR EXISTS (SELECT 1 FROM devices WHERE token_hash = ?1)
+             OR EXISTS (SELECT 1 FROM links WHERE token_hash = ?1)",
+    )
+    .db()?
+    .query_row(params![hash], |r| r.get(0))
+    .db()
+}
+
+fn link_row(r: &Row<'_>) -> rusqlite::Result<PendingLink> {
+    Ok(PendingLink {
+        code: r.get(0)?,
+        token_hash: r.get(1)?,
+        name: r.get(2)?,
+        expires_at_ns: r.get(3)?,
+    })
+}
+
+fn live_link(c: &Connection, code: &str, now_ns: i64) -> StoreResult<PendingLink> {
+    c.prepare_cached(
+        "SELECT code, token_hash, name, expires_at_ns FROM links
+         WHERE code = ?1 AND expires_at_ns > ?2",
+    )
+    .db()?
+    .query_row(params![code, now_ns], link_row)
+    .optional()
+    .db()?
+    .ok_or(StoreError::UnknownLink)
+}
 
 const NODE_COLS: &str =
     "id, parent, name, kind, size, mode, mtime_ns, version, blocks, target, trashed_at_ns";
@@ -532,6 +601,7 @@ impl SqliteStore {
         }
         writer.pragma_update(None, "synchronous", "NORMAL").db()?;
         writer.execute_batch(SCHEMA).db()?;
+        migrate(&writer)?;
         let mut readers = Vec::with_capacity(options.readers);
         for _ in 0..options.readers {
             let reader = Connection::open_with_flags(path, open_flags()).db()?;
@@ -547,6 +617,7 @@ impl SqliteStore {
         let conn = Connection::open_in_memory().db()?;
         configure(&conn, &SqliteOptions::default())?;
         conn.execute_batch(SCHEMA).db()?;
+        migrate(&conn)?;
         Ok(SqliteStore::from_parts(conn, Vec::new()))
     }
 
@@ -803,11 +874,11 @@ impl MetaStore for SqliteStore {
                 let id = new_id();
                 let inserted = tx
                     .prepare_cached(
-                        "INSERT INTO devices (user, id, name) VALUES (?1, ?2, ?3)
+                        "INSERT INTO devices (user, id, name, created_at_ns) VALUES (?1, ?2, ?3, ?4)
                          ON CONFLICT DO NOTHING",
                     )
                     .db()?
-                    .execute(params![user, sql_id(id), name])
+                    .execute(params![user, sql_id(id), name, now_ns()])
                     .db()?;
                 if inserted == 1 {
                     return Ok(id);
@@ -844,19 +915,186 @@ impl MetaStore for SqliteStore {
         .await
     }
 
-    async fn devices(&self, user: &UserId) -> StoreResult<Vec<(DeviceId, String)>> {
+    async fn devices(&self, user: &UserId) -> StoreResult<Vec<DeviceInfo>> {
         let user = user.clone();
         self.read(move |tx| {
             let mut stmt = tx
-                .prepare_cached("SELECT id, name FROM devices WHERE user = ?1 ORDER BY name, id")
+                .prepare_cached(
+                    "SELECT id, name, token_hash IS NOT NULL, created_at_ns, last_seen_ns
+                     FROM devices WHERE user = ?1 ORDER BY name, id",
+                )
                 .db()?;
             let rows = stmt
                 .query_map(params![user], |r| {
-                    Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+                    Ok(DeviceInfo {
+                        id: r.get::<_, i64>(0)? as u64,
+                        name: r.get(1)?,
+                        linked: r.get(2)?,
+                        created_at_ns: r.get(3)?,
+                        last_seen_ns: r.get(4)?,
+                        this_device: false,
+                    })
                 })
                 .db()?
                 .collect::<rusqlite::Result<_>>();
             rows.db()
+        })
+        .await
+    }
+
+    async fn remove_device(&self, user: &UserId, device: DeviceId) -> StoreResult<()> {
+        let user = user.clone();
+        self.write(move |tx| {
+            let gone = tx
+                .prepare_cached("DELETE FROM devices WHERE user = ?1 AND id = ?2")
+                .db()?
+                .execute(params![user, sql_id(device)])
+                .db()?;
+            if gone == 0 {
+                return Err(StoreError::UnknownDevice);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn touch_device(&self, user: &UserId, device: DeviceId, now_ns: i64) -> StoreResult<()> {
+        let user = user.clone();
+        self.write(move |tx| {
+            tx.prepare_cached("UPDATE devices SET last_seen_ns = ?3 WHERE user = ?1 AND id = ?2")
+                .db()?
+                .execute(params![user, sql_id(device), now_ns])
+                .db()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn token_owner(&self, token_hash: &str) -> StoreResult<Option<TokenOwner>> {
+        let token_hash = token_hash.to_string();
+        self.read(move |tx| {
+            let user = tx
+                .prepare_cached("SELECT id, name, created_at_ns FROM users WHERE token_hash = ?1")
+                .db()?
+                .query_row(params![token_hash], user_row)
+                .optional()
+                .db()?;
+            if let Some(user) = user {
+                return Ok(Some(TokenOwner {
+                    user,
+                    device: None,
+                    last_seen_ns: 0,
+                }));
+            }
+            tx.prepare_cached(
+                "SELECT u.id, u.name, u.created_at_ns, d.id, d.last_seen_ns
+                 FROM devices d JOIN users u ON u.id = d.user WHERE d.token_hash = ?1",
+            )
+            .db()?
+            .query_row(params![token_hash], |r| {
+                Ok(TokenOwner {
+                    user: user_row(r)?,
+                    device: Some(r.get::<_, i64>(3)? as u64),
+                    last_seen_ns: r.get(4)?,
+                })
+            })
+            .optional()
+            .db()
+        })
+        .await
+    }
+
+    async fn create_link(
+        &self,
+        link: &PendingLink,
+        now_ns: i64,
+        max_pending: usize,
+    ) -> StoreResult<()> {
+        let link = link.clone();
+        self.write(move |tx| {
+            tx.prepare_cached("DELETE FROM links WHERE expires_at_ns <= ?1")
+                .db()?
+                .execute(params![now_ns])
+                .db()?;
+            let waiting: i64 = tx
+                .prepare_cached("SELECT COUNT(*) FROM links")
+                .db()?
+                .query_row([], |r| r.get(0))
+                .db()?;
+            if waiting as usize >= max_pending {
+                return Err(StoreError::TooManyLinks(max_pending));
+            }
+            if token_hash_taken(tx, &link.token_hash)? {
+                return Err(StoreError::TokenInUse);
+            }
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO links (code, token_hash, name, expires_at_ns)
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                )
+                .db()?
+                .execute(params![
+                    link.code,
+                    link.token_hash,
+                    link.name,
+                    link.expires_at_ns
+                ])
+                .db()?;
+            if inserted == 0 {
+                return Err(StoreError::LinkCodeTaken);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn link(&self, code: &str, now_ns: i64) -> StoreResult<PendingLink> {
+        let code = code.to_string();
+        self.read(move |tx| live_link(tx, &code, now_ns)).await
+    }
+
+    async fn approve_link(
+        &self,
+        user: &UserId,
+        code: &str,
+        max_devices: usize,
+        now_ns: i64,
+    ) -> StoreResult<DeviceId> {
+        let (user, code) = (user.clone(), code.to_string());
+        self.write(move |tx| {
+            let link = live_link(tx, &code, now_ns)?;
+            let devices: i64 = tx
+                .prepare_cached("SELECT COUNT(*) FROM devices WHERE user = ?1")
+                .db()?
+                .query_row(params![user], |r| r.get(0))
+                .db()?;
+            if devices as usize >= max_devices {
+                return Err(StoreError::TooManyDevices(max_devices));
+            }
+            tx.prepare_cached("DELETE FROM links WHERE code = ?1")
+                .db()?
+                .execute(params![code])
+                .db()?;
+            if token_hash_taken(tx, &link.token_hash)? {
+                return Err(StoreError::TokenInUse);
+            }
+            for _ in 0..16 {
+                let id = new_id();
+                let inserted = tx
+                    .prepare_cached(
+                        "INSERT INTO devices (user, id, name, token_hash, created_at_ns, last_seen_ns)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT DO NOTHING",
+                    )
+                    .db()?
+                    .execute(params![user, sql_id(id), link.name, link.token_hash, now_ns])
+                    .db()?;
+                if inserted == 1 {
+                    return Ok(id);
+                }
+            }
+            Err(StoreError::Backend(
+                "could not draw a free device id".into(),
+            ))
         })
         .await
     }
@@ -1487,6 +1725,50 @@ mod tests {
                 .expect("store on disk");
             (store, dir)
         });
+    }
+
+    /// A database of the version before device tokens opens, keeps its devices, and links.
+    #[tokio::test]
+    async fn a_database_from_before_device_tokens_is_brought_up_to_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let user = {
+            let store = SqliteStore::open(&path).unwrap();
+            store.create_user("ann", "h", 1).await.unwrap()
+        };
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "DROP INDEX devices_token; DROP TABLE devices; DROP TABLE links;
+                 CREATE TABLE devices (user TEXT NOT NULL, id INTEGER NOT NULL,
+                     name TEXT NOT NULL, PRIMARY KEY (user, id)) WITHOUT ROWID;",
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO devices (user, id, name) VALUES (?1, 5000, 'old-pc')",
+                params![user.id],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let listed = store.devices(&user.id).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].id, listed[0].linked), (5000, false));
+        let link = PendingLink {
+            code: "AAAA-BBBB".into(),
+            token_hash: "t".into(),
+            name: "new-pc".into(),
+            expires_at_ns: i64::MAX,
+        };
+        store.create_link(&link, 1, 10).await.unwrap();
+        let dev = store
+            .approve_link(&user.id, "AAAA-BBBB", 10, 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.token_owner("t").await.unwrap().unwrap().device,
+            Some(dev)
+        );
     }
 
     #[tokio::test]

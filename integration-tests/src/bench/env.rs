@@ -418,7 +418,9 @@ impl FuseClient {
         let child = Command::new(bin("jewelfs"))
             .arg("mount")
             .arg(&mnt)
-            .args(["--server", url, "--token", token, "--device", device])
+            .args(["--server", url, "--device", device])
+            // The token through the environment, never on a command line (`ps` shows it).
+            .env("JEWEL_TOKEN", token)
             .arg("--cache-dir")
             .arg(root.join("cache"))
             .env(

@@ -11,6 +11,12 @@
 //! proxy's body limit, a torn body). An answer the client does not understand is never a
 //! reason to give up on a user's change.
 //!
+//! **The token can change under a running mount**: when the service refuses it (401) and
+//! the token came from the config file, the file is read again, and a new token there (the
+//! machine was linked again with `jewelfs login`) is used from the next request on. So an
+//! unlinked machine's mount waits offline with its pending changes and uploads them once it
+//! is linked again, without a remount.
+//!
 //! Block URLs may be relative (`/blob/...`, the embedded server) or absolute (presigned S3);
 //! relative ones are joined to the server's base URL here, so callers never care.
 
@@ -119,10 +125,14 @@ pub trait Api: Send + Sync + 'static {
     fn set_device(&self, id: DeviceId);
 }
 
+/// Where a new token may be found when the service refuses ours (the config file).
+pub type TokenSource = Box<dyn Fn() -> Option<String> + Send + Sync>;
+
 /// The HTTP implementation.
 pub struct HttpApi {
     base: String,
-    token: String,
+    token: std::sync::RwLock<String>,
+    token_source: Option<TokenSource>,
     client: reqwest::Client,
     device: AtomicU64,
 }
@@ -136,10 +146,31 @@ impl HttpApi {
             .build()?;
         Ok(HttpApi {
             base: base.trim_end_matches('/').to_string(),
-            token: token.to_string(),
+            token: std::sync::RwLock::new(token.to_string()),
+            token_source: None,
             client,
             device: AtomicU64::new(0),
         })
+    }
+
+    /// Reads a new token from `source` whenever the service refuses the current one.
+    pub fn with_token_source(mut self, source: TokenSource) -> HttpApi {
+        self.token_source = Some(source);
+        self
+    }
+
+    /// The service refused our token: take a different one from the token source, if any.
+    fn token_refused(&self) {
+        let Some(fresh) = self.token_source.as_ref().and_then(|source| source()) else {
+            return;
+        };
+        let mut token = self.token.write().unwrap();
+        if *token != fresh {
+            tracing::info!(
+                "the service refused this machine's token; using the new one in the config file"
+            );
+            *token = fresh;
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -158,7 +189,7 @@ impl HttpApi {
         let mut b = self
             .client
             .request(method, self.url(path))
-            .bearer_auth(&self.token)
+            .bearer_auth(self.token.read().unwrap().as_str())
             .timeout(Duration::from_secs(60));
         let dev = self.device.load(Ordering::Relaxed);
         if dev != 0 {
@@ -167,9 +198,15 @@ impl HttpApi {
         b
     }
 
-    async fn send<T: serde::de::DeserializeOwned>(b: reqwest::RequestBuilder) -> ApiResult<T> {
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        b: reqwest::RequestBuilder,
+    ) -> ApiResult<T> {
         let resp = b.send().await.map_err(net_err)?;
         let status = resp.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            self.token_refused();
+        }
         let retry_after = retry_after(resp.headers());
         let body = resp.bytes().await.map_err(net_err)?;
         if status.is_success() {
@@ -229,14 +266,15 @@ pub fn status_err(
 #[async_trait]
 impl Api for HttpApi {
     async fn me(&self) -> ApiResult<Me> {
-        Self::send(
+        self.send(
             self.req(reqwest::Method::GET, "/me")
                 .timeout(Duration::from_secs(5)),
         )
         .await
     }
     async fn get_node(&self, id: NodeId) -> ApiResult<Node> {
-        Self::send(self.req(reqwest::Method::GET, &format!("/nodes/{id}"))).await
+        self.send(self.req(reqwest::Method::GET, &format!("/nodes/{id}")))
+            .await
     }
     async fn list_children(&self, id: NodeId, after: Option<String>) -> ApiResult<ListPage> {
         let mut b = self
@@ -245,27 +283,28 @@ impl Api for HttpApi {
         if let Some(a) = after {
             b = b.query(&[("after", a)]);
         }
-        Self::send(b).await
+        self.send(b).await
     }
     async fn create(&self, req: &CreateNode) -> ApiResult<Node> {
-        Self::send(self.req(reqwest::Method::POST, "/nodes").json(req)).await
+        self.send(self.req(reqwest::Method::POST, "/nodes").json(req))
+            .await
     }
     async fn commit(&self, id: NodeId, req: &CommitContent) -> ApiResult<Node> {
-        Self::send(
+        self.send(
             self.req(reqwest::Method::PUT, &format!("/nodes/{id}/content"))
                 .json(req),
         )
         .await
     }
     async fn move_node(&self, id: NodeId, req: &MoveNode) -> ApiResult<MoveResult> {
-        Self::send(
+        self.send(
             self.req(reqwest::Method::POST, &format!("/nodes/{id}/move"))
                 .json(req),
         )
         .await
     }
     async fn set_attr(&self, id: NodeId, req: &SetAttr) -> ApiResult<Node> {
-        Self::send(
+        self.send(
             self.req(reqwest::Method::PATCH, &format!("/nodes/{id}"))
                 .json(req),
         )
@@ -278,22 +317,24 @@ impl Api for HttpApi {
                 ("base_version", base_version.to_string()),
                 ("recursive", recursive.to_string()),
             ]);
-        Self::send(b).await
+        self.send(b).await
     }
     async fn register_device(&self, name: &str) -> ApiResult<Device> {
         let body = RegisterDevice {
             name: name.to_string(),
         };
-        Self::send(self.req(reqwest::Method::POST, "/devices").json(&body)).await
+        self.send(self.req(reqwest::Method::POST, "/devices").json(&body))
+            .await
     }
     async fn renew_listen(&self, device: DeviceId) -> ApiResult<Device> {
-        Self::send(self.req(reqwest::Method::POST, &format!("/devices/{device}/listen"))).await
+        self.send(self.req(reqwest::Method::POST, &format!("/devices/{device}/listen")))
+            .await
     }
     async fn changes(&self, since: Seq, limit: u32) -> ApiResult<ChangePage> {
         let b = self
             .req(reqwest::Method::GET, "/changes")
             .query(&[("since", since.to_string()), ("limit", limit.to_string())]);
-        Self::send(b).await
+        self.send(b).await
     }
     async fn poll(&self, device: DeviceId, since: Seq, timeout_ms: u64) -> ApiResult<ChangePage> {
         let b = self
@@ -303,11 +344,11 @@ impl Api for HttpApi {
                 ("timeout_ms", timeout_ms.to_string()),
             ])
             .timeout(Duration::from_millis(timeout_ms + 15_000));
-        Self::send(b).await
+        self.send(b).await
     }
     async fn missing_blocks(&self, hashes: Vec<BlockHash>) -> ApiResult<MissingBlocks> {
         let body = BlockHashes { hashes };
-        Self::send(
+        self.send(
             self.req(reqwest::Method::POST, "/blocks/missing")
                 .json(&body),
         )
@@ -315,7 +356,8 @@ impl Api for HttpApi {
     }
     async fn block_urls(&self, hashes: Vec<BlockHash>) -> ApiResult<BlockUrls> {
         let body = BlockHashes { hashes };
-        Self::send(self.req(reqwest::Method::POST, "/blocks/urls").json(&body)).await
+        self.send(self.req(reqwest::Method::POST, "/blocks/urls").json(&body))
+            .await
     }
     async fn batch(&self, batch: &Batch) -> ApiResult<BatchAnswer> {
         Self::send(self.req(reqwest::Method::POST, "/batch").json(batch)).await

@@ -33,6 +33,11 @@ use std::time::Duration;
 use jewel_wire::*;
 
 use super::api::ApiErr;
+
+/// What `status` says while the service refuses this machine's token.
+pub const TOKEN_REFUSED: &str = "the service refused this machine's token (unlinked, or the \
+    account token was reissued): run `jewelfs login` to link it again; pending changes are kept \
+    and upload then";
 use super::listen::{apply_batch, Sources};
 use super::{Core, Inval};
 
@@ -50,7 +55,26 @@ impl Core {
             self.cursor.store(me.latest_seq, Ordering::Relaxed);
         }
         self.online.store(true, Ordering::Relaxed);
+        self.token_accepted();
         Ok(me)
+    }
+
+    /// The service refused this machine's token (it was unlinked, or the account token was
+    /// reissued): the mount is offline for that service until a new token is in the config
+    /// file (see `api.rs`); pending changes stay journaled meanwhile.
+    pub(crate) fn token_refused(&self, e: &ApiErr) {
+        if self.online.swap(false, Ordering::Relaxed) {
+            tracing::warn!("the service refused this machine's token: {e}");
+        }
+        *self.last_error.lock().unwrap() = Some(TOKEN_REFUSED.to_string());
+    }
+
+    /// The token works (again): forget the refusal.
+    pub(crate) fn token_accepted(&self) {
+        let mut last = self.last_error.lock().unwrap();
+        if last.as_deref() == Some(TOKEN_REFUSED) {
+            *last = None;
+        }
     }
 
     /// Runs forever: waits for changes (from the device's [`ChangeSource`], long-poll or SQS)
@@ -65,6 +89,9 @@ impl Core {
             if self.device.load(Ordering::Relaxed) == 0 {
                 if let Err(e) = self.connect().await {
                     self.online.store(false, Ordering::Relaxed);
+                    if e.code() == Some(ErrorCode::Unauthorized) {
+                        self.token_refused(&e);
+                    }
                     tracing::debug!("service unreachable: {e}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -113,7 +140,9 @@ impl Core {
             self.relist().await;
             return;
         }
-        if !e.is_offline() {
+        if e.code() == Some(ErrorCode::Unauthorized) {
+            self.token_refused(e);
+        } else if !e.is_offline() {
             // Reached but busy or unreadable: not offline; try again after the pause.
             tracing::debug!("listening waits: {e}");
         } else if self.online.swap(false, Ordering::Relaxed) {

@@ -211,6 +211,7 @@ impl Core {
                 // Before `done`, so a status with nothing pending never says offline.
                 if std::mem::take(&mut pacing.marked_offline) {
                     self.online.store(true, Ordering::Relaxed);
+                    self.token_accepted();
                 }
                 self.journal.done(seq);
                 self.uploaded.fetch_add(1, Ordering::Relaxed);
@@ -223,7 +224,10 @@ impl Core {
             }
             Err(Fail::Transient(e)) => {
                 self.journal.retry_later(seq);
-                if e.is_offline() {
+                if e.code() == Some(ErrorCode::Unauthorized) {
+                    self.token_refused(&e);
+                    pacing.marked_offline = true;
+                } else if e.is_offline() {
                     self.online.store(false, Ordering::Relaxed);
                     pacing.marked_offline = true;
                     tracing::debug!("upload waits, service unreachable: {e}");

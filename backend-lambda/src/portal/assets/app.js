@@ -141,6 +141,8 @@
     path: [], // nodes from the root's first child down to the current folder
     entries: [],
     trash: [],
+    devices: [],
+    linkCode: null, // the code found and shown, waiting for Approve
     sort: loadSort(),
     cursor: 0,
     loadSeq: 0,
@@ -253,6 +255,9 @@
     sessionStorage.removeItem(TOKEN_KEY);
     $('rows').replaceChildren();
     $('trash-rows').replaceChildren();
+    $('device-rows').replaceChildren();
+    state.devices = [];
+    resetLinkForm();
     $('crumbs').replaceChildren();
     $('transfer-list').replaceChildren();
     $('transfers').hidden = true;
@@ -273,9 +278,14 @@
     if (!state.me) return;
     const hash = location.hash || '#/';
     const folder = /^#\/f\/(\d+)$/.exec(hash);
+    const link = /^#\/link\/([A-Za-z0-9 -]{1,16})$/.exec(hash);
     if (hash === '#/trash') {
       showView('trash');
       loadTrash();
+    } else if (hash === '#/devices' || link) {
+      showView('devices');
+      loadDevices();
+      if (link) findLink(decodeURIComponent(link[1]));
     } else {
       showView('files');
       openFolder(folder ? Number(folder[1]) : ROOT);
@@ -286,10 +296,11 @@
     state.view = view;
     $('files-view').hidden = view !== 'files';
     $('trash-view').hidden = view !== 'trash';
-    $('nav-files').classList.toggle('active', view === 'files');
-    $('nav-trash').classList.toggle('active', view === 'trash');
-    $('nav-files').setAttribute('aria-current', view === 'files' ? 'page' : 'false');
-    $('nav-trash').setAttribute('aria-current', view === 'trash' ? 'page' : 'false');
+    $('devices-view').hidden = view !== 'devices';
+    for (const v of ['files', 'trash', 'devices']) {
+      $('nav-' + v).classList.toggle('active', view === v);
+      $('nav-' + v).setAttribute('aria-current', view === v ? 'page' : 'false');
+    }
   }
 
   const folderHref = (id) => (id === ROOT ? '#/' : `#/f/${id}`);
@@ -362,7 +373,8 @@
     state.refreshTimer = setTimeout(() => {
       if (!state.me) return;
       if (state.view === 'files') openFolder(state.folder);
-      else loadTrash();
+      else if (state.view === 'trash') loadTrash();
+      else loadDevices();
     }, 120);
   }
 
@@ -1079,6 +1091,103 @@
     $('trash-empty').hidden = rows.length > 0;
   }
 
+  // ---------------------------------------------------------------- devices
+  // The account's machines (name, own token or the account's, last seen), unlinking one,
+  // and approving a machine that waits behind a code (`jewelfs login` shows it, and the
+  // page `#/link/CODE`). A code's machine is shown by name before it is approved.
+  async function loadDevices() {
+    const gen = state.gen;
+    let list;
+    try {
+      list = await api('GET', '/devices');
+    } catch (e) {
+      if (e.status !== 401 && gen === state.gen) toast(`Cannot list the devices: ${e.message}`, { error: true });
+      return;
+    }
+    if (gen !== state.gen || state.view !== 'devices') return;
+    document.title = 'Devices · JewelFS';
+    state.devices = list.devices;
+    const rows = list.devices.map((d) => {
+      const nameCell = el('td', { class: 'c-name' }, el('span', { class: 'name', text: d.name }));
+      if (d.this_device) nameCell.append(el('span', { class: 'badge this', text: 'this browser’s token' }));
+      const unlinkBtn = el('button', { type: 'button', class: 'ghost small unlink', onclick: () => unlinkDevice(d) },
+        svg('trash', { cls: 'act-icon' }), el('span', { text: 'Unlink' }));
+      return el('tr', { class: 'row device', dataset: { id: String(d.id) } },
+        nameCell,
+        el('td', { class: 'c-token', text: d.linked ? 'own' : 'account' }),
+        el('td', { class: 'c-date seen', text: d.last_seen_ns ? fmtDate(d.last_seen_ns) : '—' }),
+        el('td', { class: 'c-date', text: d.created_at_ns ? fmtDate(d.created_at_ns) : '—' }),
+        el('td', { class: 'c-actions' }, unlinkBtn));
+    });
+    $('device-rows').replaceChildren(...rows);
+    $('devices-empty').hidden = rows.length > 0;
+  }
+
+  async function unlinkDevice(d) {
+    const text = d.linked
+      ? `Its token stops working at once; the drive there goes offline and keeps what it has not uploaded (it uploads if the machine is linked again).`
+      : `It uses the account token, which keeps working there: this only forgets it. Reissue the account token (jewel-server user token NAME) to cut it off.`;
+    const r = await ask({
+      title: `Unlink “${d.name}”?`,
+      text,
+      buttons: [{ label: 'Cancel', cancel: true }, { label: 'Unlink', value: 'unlink', primary: true }],
+    });
+    if (!r) return;
+    try {
+      await api('DELETE', `/devices/${d.id}`);
+      toast(`Unlinked “${d.name}”.`);
+    } catch (e) {
+      if (e.status !== 401) toast(`Cannot unlink “${d.name}”: ${explain(e)}`, { error: true });
+    }
+    loadDevices();
+  }
+
+  function resetLinkForm() {
+    state.linkCode = null;
+    $('link-found').hidden = true;
+    $('link-error').textContent = '';
+    $('link-code').value = '';
+  }
+
+  async function findLink(text) {
+    const error = $('link-error');
+    error.textContent = '';
+    $('link-found').hidden = true;
+    $('link-code').value = text;
+    const code = text.replace(/[\s-]/g, '').toUpperCase();
+    if (!/^[A-Z0-9]{8}$/.test(code)) {
+      error.textContent = 'A code has 8 letters and digits, like ABCD-EFGH.';
+      return;
+    }
+    try {
+      const link = await api('GET', `/links/${code.slice(0, 4)}-${code.slice(4)}`);
+      state.linkCode = link.code;
+      $('link-code').value = link.code;
+      $('link-question').textContent = `Link the machine “${link.name}” to your account? Only approve a code you see on a machine of yours.`;
+      $('link-found').hidden = false;
+      $('link-approve').focus();
+    } catch (e) {
+      if (e.status === 404) error.textContent = 'No machine waits with that code (mistyped, expired, or linked already).';
+      else if (e.status !== 401) error.textContent = `Cannot look up the code: ${e.message}`;
+    }
+  }
+
+  async function approveLink() {
+    const code = state.linkCode;
+    if (!code) return;
+    try {
+      const d = await api('POST', `/links/${code}/approve`);
+      resetLinkForm();
+      toast(`Linked “${d.name}”. It finishes on its own in a moment.`);
+      if (location.hash !== '#/devices') history.replaceState(null, '', '#/devices');
+    } catch (e) {
+      $('link-error').textContent = e.status === 404
+        ? 'That code expired or was used meanwhile. Run jewelfs login again.'
+        : `Cannot link: ${explain(e)}`;
+    }
+    loadDevices();
+  }
+
   // ---------------------------------------------------------------- live updates
   function setLive(ok) {
     const live = $('live');
@@ -1088,6 +1197,7 @@
   }
 
   function touchesView(ev) {
+    if (state.view === 'devices') return false;
     if (state.view === 'trash') return true;
     const n = ev.node;
     if (n.parent === state.folder || n.id === state.folder) return true;
@@ -1107,6 +1217,7 @@
           if (touchesView(ev)) touched = true;
         }
         if (touched) refreshSoon();
+        if (state.view === 'devices') loadDevices();
         more = page.events.length > 0 && page.latest_seq > state.cursor;
         setLive(true);
       } catch (e) {
@@ -1134,6 +1245,12 @@
       if (token) signIn(token, false);
     });
     $('signout').addEventListener('click', () => signOut());
+    $('link-form').addEventListener('submit', (e) => {
+      e.preventDefault();
+      findLink($('link-code').value);
+    });
+    $('link-approve').addEventListener('click', approveLink);
+    $('link-cancel').addEventListener('click', resetLinkForm);
     $('new-folder').addEventListener('click', newFolder);
     for (const id of ['file-input', 'folder-input']) {
       $(id).addEventListener('change', (e) => {
