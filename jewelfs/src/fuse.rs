@@ -16,24 +16,36 @@
 //! - Errors become errno values in one place, [`CoreErr::errno`].
 //! - Ownership is the mounting user's; chown to anyone else is refused (`EPERM`), as are hard
 //!   links and special files; extended attributes are not supported (`ENOTSUP`).
+//! - What `stat` shows and which names are taken: [`attrs`]; the times kept on this machine
+//!   only (ctime, a set atime): [`times`].
+//! - **Attributes the kernel holds stay true.** A reply carries the node as it is after the
+//!   change; a change the kernel did not ask for in that request — the mtime a `close`
+//!   gives the file it journals — is followed by an invalidation of the inode's attributes
+//!   *before* the reply, so the next `stat` cannot read the older mtime (the kernel keeps
+//!   attributes for [`TTL`]).
+
+mod attrs;
+mod times;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    AccessFlags, Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
     ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use jewel_wire::{MoveMode, Node, NodeKind, BLOCK_SIZE};
+use jewel_wire::{MoveMode, Node, NodeId, NodeKind, BLOCK_SIZE};
 
-use crate::core::{Core, CoreErr};
+use crate::core::{now_ns, Core, CoreErr};
+use attrs::{kind_of, name_of, AttrMaker};
+use times::LocalTimes;
 
 /// Attribute and entry lifetime in the kernel: long, because changes are pushed.
 const TTL: Duration = Duration::from_secs(3600);
@@ -45,8 +57,10 @@ struct Handle {
 pub struct JewelFs {
     core: Arc<Core>,
     rt: tokio::runtime::Handle,
-    uid: u32,
-    gid: u32,
+    /// Makes every attribute the kernel gets (owner, times, link counts).
+    attrs: AttrMaker,
+    /// The session's notifier, set once the session exists (see [`JewelFs::notifier_slot`]).
+    notifier: Arc<OnceLock<Notifier>>,
     handles: Arc<Mutex<HashMap<u64, Handle>>>,
     dirs: Arc<Mutex<HashMap<u64, Arc<Vec<Node>>>>>,
     /// Directories (by inode number) the kernel may cache the listing of, with the tree's
@@ -64,16 +78,21 @@ fn errno(e: &CoreErr) -> Errno {
     Errno::from_i32(e.errno())
 }
 
-fn name_str(name: &OsStr) -> Result<&str, Errno> {
-    std::str::from_utf8(name.as_bytes()).map_err(|_| Errno::EINVAL)
+/// Makes the kernel drop inode `ino`'s attributes now (not its pages): called before the
+/// reply to a request that changed them without the kernel knowing.
+fn forget_attrs(notifier: &OnceLock<Notifier>, ino: u64) {
+    if let Some(notifier) = notifier.get() {
+        if let Err(e) = notifier.inval_inode(INodeNo(ino), -1, 0) {
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                tracing::debug!(ino, "attribute invalidation failed: {e}");
+            }
+        }
+    }
 }
 
-fn time(ns: i64) -> SystemTime {
-    if ns >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(ns as u64)
-    } else {
-        UNIX_EPOCH
-    }
+/// A symlink's target (any length up to what the core allows, unlike a name).
+fn target_str(target: &Path) -> Result<&str, Errno> {
+    std::str::from_utf8(target.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
 }
 
 fn ns_of(t: TimeOrNow) -> i64 {
@@ -88,11 +107,17 @@ fn ns_of(t: TimeOrNow) -> i64 {
 
 impl JewelFs {
     pub fn new(core: Arc<Core>, rt: tokio::runtime::Handle) -> JewelFs {
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         JewelFs {
+            attrs: AttrMaker {
+                core: core.clone(),
+                times: Arc::new(LocalTimes::default()),
+                uid,
+                gid,
+            },
             core,
             rt,
-            uid: unsafe { libc::getuid() },
-            gid: unsafe { libc::getgid() },
+            notifier: Arc::default(),
             handles: Arc::new(Mutex::new(HashMap::new())),
             dirs: Arc::new(Mutex::new(HashMap::new())),
             dir_caches: Mutex::new(HashMap::new()),
@@ -109,12 +134,24 @@ impl JewelFs {
         self
     }
 
-    fn attr(&self, n: &Node, ino: u64) -> FileAttr {
-        AttrMaker {
-            uid: self.uid,
-            gid: self.gid,
+    /// Where the mount puts the session's notifier once the session exists (the session
+    /// is made from this filesystem, so it cannot be given at [`JewelFs::new`]).
+    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// After a `close` (or the last `release`) journaled content: the file's mtime is now
+    /// the time of that close, which the kernel was not told; it forgets the attributes it
+    /// holds before the reply returns, so the next `stat` reads the new mtime.
+    fn after_journaling(&self, ino: u64, id: NodeId, mtime_before: Option<i64>) {
+        if self.mtime_of(id) != mtime_before {
+            forget_attrs(&self.notifier, ino);
         }
-        .attr(n, ino)
+    }
+
+    /// The mtime of node `id` as the tree has it now.
+    fn mtime_of(&self, id: NodeId) -> Option<i64> {
+        self.core.view(id).map(|n| n.mtime_ns)
     }
 
     fn dir_store(&self) -> impl Fn(u64, Arc<Vec<Node>>) + Send + 'static {
@@ -132,7 +169,7 @@ impl JewelFs {
     }
 
     fn remove(&self, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
-        let name = match name_str(name) {
+        let name = match name_of(name) {
             Ok(n) => n.to_string(),
             Err(e) => return reply.error(e),
         };
@@ -147,7 +184,11 @@ impl JewelFs {
     }
 
     fn entry(&self, reply: ReplyEntry, n: &Node) {
-        reply.entry(&TTL, &self.attr(n, self.core.ino(n.id)), Generation(0));
+        reply.entry(
+            &TTL,
+            &self.attrs.attr(n, self.core.ino(n.id)),
+            Generation(0),
+        );
     }
 
     fn new_fh(&self, write: bool) -> u64 {
@@ -182,7 +223,7 @@ impl Filesystem for JewelFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let name = match name_str(name) {
+        let name = match name_of(name) {
             Ok(n) => n.to_string(),
             Err(e) => return reply.error(e),
         };
@@ -192,10 +233,7 @@ impl Filesystem for JewelFs {
             Some(Err(e)) => reply.error(errno(&e)),
             None => {
                 let core = self.core.clone();
-                let attr_of = AttrMaker {
-                    uid: self.uid,
-                    gid: self.gid,
-                };
+                let attr_of = self.attrs.clone();
                 self.spawn(async move {
                     match core.lookup(parent, &name).await {
                         Ok(n) => {
@@ -211,13 +249,10 @@ impl Filesystem for JewelFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let id = self.core.resolve(ino.0);
         match self.core.view(id) {
-            Some(n) => reply.attr(&TTL, &self.attr(&n, ino.0)),
+            Some(n) => reply.attr(&TTL, &self.attrs.attr(&n, ino.0)),
             None => {
                 let core = self.core.clone();
-                let maker = AttrMaker {
-                    uid: self.uid,
-                    gid: self.gid,
-                };
+                let maker = self.attrs.clone();
                 self.spawn(async move {
                     match core.node(id).await {
                         Ok(n) => reply.attr(&TTL, &maker.attr(&n, ino.0)),
@@ -236,7 +271,7 @@ impl Filesystem for JewelFs {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
@@ -246,19 +281,24 @@ impl Filesystem for JewelFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        if uid.is_some_and(|u| u != self.uid) || gid.is_some_and(|g| g != self.gid) {
+        if uid.is_some_and(|u| u != self.attrs.uid) || gid.is_some_and(|g| g != self.attrs.gid) {
             return reply.error(Errno::EPERM);
         }
         let id = self.core.resolve(ino.0);
         let core = self.core.clone();
-        let maker = AttrMaker {
-            uid: self.uid,
-            gid: self.gid,
-        };
+        let maker = self.attrs.clone();
         let mtime = mtime.map(ns_of);
+        let atime = atime.map(ns_of);
         self.spawn(async move {
             match core.setattr(id, mode, mtime, size).await {
-                Ok(n) => reply.attr(&TTL, &maker.attr(&n, ino.0)),
+                Ok(n) => {
+                    // Every setattr is a change of the node (its ctime), whatever it set.
+                    match atime {
+                        Some(t) => maker.times.accessed_set(ino.0, t, now_ns()),
+                        None => maker.times.changed(ino.0, now_ns()),
+                    }
+                    reply.attr(&TTL, &maker.attr(&n, ino.0))
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -284,16 +324,13 @@ impl Filesystem for JewelFs {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::EPERM);
         }
-        let name = match name_str(name) {
+        let name = match name_of(name) {
             Ok(n) => n.to_string(),
             Err(e) => return reply.error(e),
         };
         let parent = self.core.resolve(parent.0);
         let core = self.core.clone();
-        let maker = AttrMaker {
-            uid: self.uid,
-            gid: self.gid,
-        };
+        let maker = self.attrs.clone();
         self.spawn(async move {
             match core.create_file(parent, &name, mode & !umask).await {
                 Ok(n) => {
@@ -315,16 +352,13 @@ impl Filesystem for JewelFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let name = match name_str(name) {
+        let name = match name_of(name) {
             Ok(n) => n.to_string(),
             Err(e) => return reply.error(e),
         };
         let parent = self.core.resolve(parent.0);
         let core = self.core.clone();
-        let maker = AttrMaker {
-            uid: self.uid,
-            gid: self.gid,
-        };
+        let maker = self.attrs.clone();
         self.spawn(async move {
             match core.mkdir(parent, &name, mode & !umask).await {
                 Ok(n) => reply.entry(&TTL, &maker.attr(&n, n.id), Generation(0)),
@@ -349,16 +383,13 @@ impl Filesystem for JewelFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let (name, target) = match (name_str(link_name), name_str(target.as_os_str())) {
+        let (name, target) = match (name_of(link_name), target_str(target)) {
             (Ok(n), Ok(t)) => (n.to_string(), t.to_string()),
-            _ => return reply.error(Errno::EINVAL),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
         let parent = self.core.resolve(parent.0);
         let core = self.core.clone();
-        let maker = AttrMaker {
-            uid: self.uid,
-            gid: self.gid,
-        };
+        let maker = self.attrs.clone();
         self.spawn(async move {
             match core.symlink(parent, &name, &target).await {
                 Ok(n) => reply.entry(&TTL, &maker.attr(&n, n.id), Generation(0)),
@@ -377,9 +408,9 @@ impl Filesystem for JewelFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let (name, newname) = match (name_str(name), name_str(newname)) {
+        let (name, newname) = match (name_of(name), name_of(newname)) {
             (Ok(a), Ok(b)) => (a.to_string(), b.to_string()),
-            _ => return reply.error(Errno::EINVAL),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
         let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
             MoveMode::Exchange
@@ -393,9 +424,19 @@ impl Filesystem for JewelFs {
         let parent = self.core.resolve(parent.0);
         let newparent = self.core.resolve(newparent.0);
         let core = self.core.clone();
+        let times = self.attrs.times.clone();
         self.spawn(async move {
             match core.rename(parent, &name, newparent, &newname, mode).await {
-                Ok(()) => reply.ok(),
+                Ok(()) => {
+                    // A move changes the node (its ctime); an exchange changes both.
+                    let now = now_ns();
+                    for (dir, name) in [(newparent, &newname), (parent, &name)] {
+                        if let Some(Ok(n)) = core.lookup_cached(dir, name) {
+                            times.changed(core.ino(n.id), now);
+                        }
+                    }
+                    reply.ok()
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -508,7 +549,11 @@ impl Filesystem for JewelFs {
         }
         // Local disk only (a rename and a small write, no fsync: see `journal.rs`), so it
         // runs here rather than paying a thread hop per `close`.
-        match self.core.flush(self.core.resolve(ino.0)) {
+        let id = self.core.resolve(ino.0);
+        let before = self.mtime_of(id);
+        let flushed = self.core.flush(id);
+        self.after_journaling(ino.0, id, before);
+        match flushed {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
@@ -529,7 +574,11 @@ impl Filesystem for JewelFs {
             return reply.ok();
         };
         // Local disk only, like `flush`.
-        match self.core.release(self.core.resolve(ino.0), handle.write) {
+        let id = self.core.resolve(ino.0);
+        let before = self.mtime_of(id);
+        let released = self.core.release(id, handle.write);
+        self.after_journaling(ino.0, id, before);
+        match released {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
@@ -545,9 +594,13 @@ impl Filesystem for JewelFs {
     ) {
         let id = self.core.resolve(ino.0);
         let core = self.core.clone();
+        let (notifier, before) = (self.notifier.clone(), self.mtime_of(id));
         self.spawn(async move {
             let c2 = core.clone();
             let flushed = tokio::task::spawn_blocking(move || c2.flush(id)).await;
+            if core.view(id).map(|n| n.mtime_ns) != before {
+                forget_attrs(&notifier, ino.0);
+            }
             match flushed {
                 Ok(Ok(())) => match core.fsync(id).await {
                     Ok(()) => reply.ok(),
@@ -643,10 +696,7 @@ impl Filesystem for JewelFs {
         } else {
             self.dirs.lock().unwrap().get(&fh.0).cloned()
         };
-        let maker = AttrMaker {
-            uid: self.uid,
-            gid: self.gid,
-        };
+        let maker = self.attrs.clone();
         let me = self.core.view(id);
         let inos = self.core.clone();
         let fill = move |entries: &Vec<Node>, me: &Option<Node>, reply: &mut ReplyDirectoryPlus| {
@@ -787,7 +837,7 @@ impl Filesystem for JewelFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let name = match name_str(name) {
+        let name = match name_of(name) {
             Ok(n) => n.to_string(),
             Err(e) => return reply.error(e),
         };
@@ -796,10 +846,7 @@ impl Filesystem for JewelFs {
         }
         let parent = self.core.resolve(parent.0);
         let core = self.core.clone();
-        let maker = AttrMaker {
-            uid: self.uid,
-            gid: self.gid,
-        };
+        let maker = self.attrs.clone();
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let handles = self.handle_store();
         // Answered here when the cache knows the folder (the common case: no task, no
@@ -849,42 +896,5 @@ impl Filesystem for JewelFs {
         reply: ReplyEmpty,
     ) {
         reply.error(Errno::EOPNOTSUPP);
-    }
-}
-
-fn kind_of(k: NodeKind) -> FileType {
-    match k {
-        NodeKind::File => FileType::RegularFile,
-        NodeKind::Dir => FileType::Directory,
-        NodeKind::Symlink => FileType::Symlink,
-    }
-}
-
-#[derive(Clone, Copy)]
-struct AttrMaker {
-    uid: u32,
-    gid: u32,
-}
-
-impl AttrMaker {
-    fn attr(&self, n: &Node, ino: u64) -> FileAttr {
-        let t = time(n.mtime_ns);
-        FileAttr {
-            ino: INodeNo(ino),
-            size: n.size,
-            blocks: n.size.div_ceil(512),
-            atime: t,
-            mtime: t,
-            ctime: t,
-            crtime: t,
-            kind: kind_of(n.kind),
-            perm: (n.mode & 0o7777) as u16,
-            nlink: if n.is_dir() { 2 } else { 1 },
-            uid: self.uid,
-            gid: self.gid,
-            rdev: 0,
-            blksize: 1 << 20,
-            flags: 0,
-        }
     }
 }

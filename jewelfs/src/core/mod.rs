@@ -177,6 +177,9 @@ pub enum Inval {
         name: String,
     },
     Inode(NodeId),
+    /// Only the node's attributes (not its cached pages): they depend on more than the
+    /// node, as a folder's link count on its listing.
+    Attr(NodeId),
     Delete {
         parent: NodeId,
         child: NodeId,
@@ -462,6 +465,11 @@ impl Core {
                     let _ = tx.send(Inval::Inode(i));
                 }
             }
+            Inval::Attr(id) => {
+                for i in with(id) {
+                    let _ = tx.send(Inval::Attr(i));
+                }
+            }
             Inval::Delete {
                 parent,
                 child,
@@ -657,6 +665,9 @@ impl Core {
             }
         }
         self.overlay_pending(dir);
+        // The kernel may hold the folder's attributes from before its listing was known
+        // (a link count of 1, "unknown"): it asks again now that the count is known.
+        self.inval(Inval::Attr(dir));
         Ok(())
     }
 
