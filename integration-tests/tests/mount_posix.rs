@@ -374,3 +374,157 @@ fn fifos_and_sockets_are_refused_and_leave_nothing() {
         .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("after.txt")]);
 }
+
+/// `inotifywait -m` on a folder, its events as lines `EVENTS NAME` (Debian's inotify-tools).
+struct Watcher {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Watcher {
+    fn start(dir: &Path) -> Watcher {
+        use std::io::BufRead;
+        let mut child = Command::new("inotifywait")
+            .args(["-m", "--format", "%e %f"])
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run inotifywait (Debian: inotify-tools; make setup installs it)");
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut ready = stderr.lines();
+        loop {
+            match ready.next() {
+                Some(Ok(l)) if l.contains("Watches established") => break,
+                Some(Ok(_)) => continue,
+                other => panic!("inotifywait did not start: {other:?}"),
+            }
+        }
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for l in stdout.lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Watcher { child, lines }
+    }
+
+    /// Every event heard within `window`.
+    fn heard(&self, window: Duration) -> Vec<String> {
+        let end = std::time::Instant::now() + window;
+        let mut got = Vec::new();
+        while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) => got.push(l),
+                Err(_) => break,
+            }
+        }
+        got
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until the watcher has heard `want` (in order, nothing else in between), and
+/// returns how long that took.
+fn hear_exactly(w: &Watcher, what: &str, want: &[&str], deadline: Duration) -> Duration {
+    let start = std::time::Instant::now();
+    let mut got: Vec<String> = Vec::new();
+    while got.len() < want.len() {
+        let left = deadline.saturating_sub(start.elapsed());
+        match w.lines.recv_timeout(left) {
+            Ok(l) => got.push(l),
+            Err(_) => break,
+        }
+    }
+    assert_eq!(
+        got, want,
+        "what a watcher on the other machine heard of the {what}"
+    );
+    let took = start.elapsed();
+    let more = w.heard(Duration::from_millis(200));
+    assert!(more.is_empty(), "after the {what}, also heard {more:?}");
+    took
+}
+
+#[test]
+fn a_watcher_hears_what_another_machine_changes() {
+    let (_server, a, b) = two_mounts();
+    let _ = fs::read_dir(b.path()).unwrap().count();
+    let w = Watcher::start(b.path());
+    // Only the other machine's changes happen on B: the watcher hears nothing but them.
+    let deadline = Duration::from_secs(5);
+
+    fs::write(a.p("new.txt"), b"one").unwrap();
+    let create = hear_exactly(
+        &w,
+        "create",
+        &[
+            "CREATE new.txt",
+            "OPEN new.txt",
+            "MODIFY new.txt",
+            "CLOSE_WRITE,CLOSE new.txt",
+        ],
+        deadline,
+    );
+    {
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(a.p("new.txt"))
+            .unwrap();
+        f.write_all(b" two").unwrap();
+    }
+    let edit = hear_exactly(
+        &w,
+        "edit",
+        &[
+            "OPEN new.txt",
+            "MODIFY new.txt",
+            "CLOSE_WRITE,CLOSE new.txt",
+        ],
+        deadline,
+    );
+    fs::rename(a.p("new.txt"), a.p("renamed.txt")).unwrap();
+    let rename = hear_exactly(
+        &w,
+        "rename",
+        &["MOVED_FROM new.txt", "MOVED_TO renamed.txt"],
+        deadline,
+    );
+    fs::remove_file(a.p("renamed.txt")).unwrap();
+    let delete = hear_exactly(&w, "delete", &["DELETE renamed.txt"], deadline);
+    fs::create_dir(a.p("folder")).unwrap();
+    let mkdir = hear_exactly(&w, "new folder", &["CREATE,ISDIR folder"], deadline);
+    fs::remove_dir(a.p("folder")).unwrap();
+    let rmdir = hear_exactly(&w, "folder removal", &["DELETE,ISDIR folder"], deadline);
+    eprintln!(
+        "heard on B after A's call: create {create:?}, edit {edit:?}, rename {rename:?}, \
+         delete {delete:?}, mkdir {mkdir:?}, rmdir {rmdir:?}"
+    );
+
+    // What B's programs read once they hear it is the new state.
+    assert!(!b.p("renamed.txt").exists() && !b.p("folder").exists());
+    // And nothing B replayed went back to the service as a change of B's.
+    fs::write(a.p("last.txt"), b"end").unwrap();
+    wait_content(&b.p("last.txt"), b"end", SYNC);
+    b.wait_uploaded(SYNC);
+    let status = b.status();
+    assert_eq!(
+        (status.uploaded, status.conflicts),
+        (0, 0),
+        "B sent nothing of its own"
+    );
+    let names: Vec<_> = fs::read_dir(a.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("last.txt")]);
+}

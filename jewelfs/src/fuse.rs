@@ -17,7 +17,8 @@
 //! - Ownership is the mounting user's; chown to anyone else is refused (`EPERM`), as are hard
 //!   links and special files; extended attributes are not supported (`ENOTSUP`).
 //! - What `stat` shows and which names are taken: [`attrs`]; the times kept on this machine
-//!   only (ctime, a set atime): [`times`].
+//!   only (ctime, a set atime): [`times`]; other machines' changes replayed through the
+//!   mount for inotify watchers, and how their requests are answered: [`replay`].
 //! - **Attributes the kernel holds stay true.** A reply carries the node as it is after the
 //!   change; a change the kernel did not ask for in that request — the mtime a `close`
 //!   gives the file it journals — is followed by an invalidation of the inode's attributes
@@ -25,6 +26,7 @@
 //!   attributes for [`TTL`]).
 
 mod attrs;
+pub mod replay;
 mod times;
 
 use std::collections::HashMap;
@@ -45,6 +47,7 @@ use jewel_wire::{MoveMode, Node, NodeId, NodeKind, BLOCK_SIZE};
 
 use crate::core::{now_ns, Core, CoreErr};
 use attrs::{kind_of, name_of, AttrMaker};
+use replay::Replays;
 use times::LocalTimes;
 
 /// Attribute and entry lifetime in the kernel: long, because changes are pushed.
@@ -52,6 +55,8 @@ const TTL: Duration = Duration::from_secs(3600);
 
 struct Handle {
     write: bool,
+    /// Opened by a replay (see [`replay`]): its flush, release and truncate change nothing.
+    replay: bool,
 }
 
 pub struct JewelFs {
@@ -61,6 +66,8 @@ pub struct JewelFs {
     attrs: AttrMaker,
     /// The session's notifier, set once the session exists (see [`JewelFs::notifier_slot`]).
     notifier: Arc<OnceLock<Notifier>>,
+    /// Tells replayed requests from programs' (see [`replay`]).
+    replays: Arc<Replays>,
     handles: Arc<Mutex<HashMap<u64, Handle>>>,
     dirs: Arc<Mutex<HashMap<u64, Arc<Vec<Node>>>>>,
     /// Directories (by inode number) the kernel may cache the listing of, with the tree's
@@ -118,6 +125,7 @@ impl JewelFs {
             core,
             rt,
             notifier: Arc::default(),
+            replays: Arc::default(),
             handles: Arc::new(Mutex::new(HashMap::new())),
             dirs: Arc::new(Mutex::new(HashMap::new())),
             dir_caches: Mutex::new(HashMap::new()),
@@ -132,6 +140,40 @@ impl JewelFs {
     pub fn on_destroy(self, f: impl FnOnce() + Send + 'static) -> JewelFs {
         *self.on_destroy.lock().unwrap() = Some(Box::new(f));
         self
+    }
+
+    /// What the replayer shares with the adapter (see [`replay`]).
+    pub fn replays(&self) -> Arc<Replays> {
+        self.replays.clone()
+    }
+
+    /// A handle for a request of the replayer: nothing it does changes anything.
+    fn new_replay_fh(&self) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let handle = Handle {
+            write: true,
+            replay: true,
+        };
+        self.handles.lock().unwrap().insert(fh, handle);
+        fh
+    }
+
+    /// Whether handle `fh` was opened by a replay.
+    fn is_replay_fh(&self, fh: u64) -> bool {
+        self.handles
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .is_some_and(|h| h.replay)
+    }
+
+    /// A replayed create, mkdir or symlink: the node is already in the tree.
+    fn replayed_entry(&self, parent: INodeNo, name: &OsStr) -> Result<Node, Errno> {
+        let name = name_of(name)?;
+        match self.core.lookup_cached(self.core.resolve(parent.0), name) {
+            Some(Ok(n)) => Ok(n),
+            _ => Err(Errno::ENOENT),
+        }
     }
 
     /// Where the mount puts the session's notifier once the session exists (the session
@@ -164,7 +206,13 @@ impl JewelFs {
     fn handle_store(&self) -> impl Fn(u64, bool) + Send + 'static {
         let handles = self.handles.clone();
         move |fh, write| {
-            handles.lock().unwrap().insert(fh, Handle { write });
+            handles.lock().unwrap().insert(
+                fh,
+                Handle {
+                    write,
+                    replay: false,
+                },
+            );
         }
     }
 
@@ -193,7 +241,13 @@ impl JewelFs {
 
     fn new_fh(&self, write: bool) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().unwrap().insert(fh, Handle { write });
+        self.handles.lock().unwrap().insert(
+            fh,
+            Handle {
+                write,
+                replay: false,
+            },
+        );
         fh
     }
 
@@ -222,12 +276,20 @@ impl Filesystem for JewelFs {
         }
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = match name_of(name) {
             Ok(n) => n.to_string(),
             Err(e) => return reply.error(e),
         };
         let parent = self.core.resolve(parent.0);
+        if self.replays.is_replay(req.pid()) {
+            // The names a replayed change touched look as they did before it.
+            match self.replays.before(parent, &name) {
+                Some(Some(n)) => return self.entry(reply, &n),
+                Some(None) => return reply.error(Errno::ENOENT),
+                None => {}
+            }
+        }
         match self.core.lookup_cached(parent, &name) {
             Some(Ok(n)) => self.entry(reply, &n),
             Some(Err(e)) => reply.error(errno(&e)),
@@ -265,7 +327,7 @@ impl Filesystem for JewelFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -274,7 +336,7 @@ impl Filesystem for JewelFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -285,6 +347,13 @@ impl Filesystem for JewelFs {
             return reply.error(Errno::EPERM);
         }
         let id = self.core.resolve(ino.0);
+        if self.replays.is_replay(req.pid()) || fh.is_some_and(|fh| self.is_replay_fh(fh.0)) {
+            // A replayed truncate: the attributes as they are.
+            return match self.core.view(id) {
+                Some(n) => reply.attr(&TTL, &self.attrs.attr(&n, ino.0)),
+                None => reply.error(Errno::ENOENT),
+            };
+        }
         let core = self.core.clone();
         let maker = self.attrs.clone();
         let mtime = mtime.map(ns_of);
@@ -345,13 +414,19 @@ impl Filesystem for JewelFs {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
         umask: u32,
         reply: ReplyEntry,
     ) {
+        if self.replays.is_replay(req.pid()) {
+            return match self.replayed_entry(parent, name) {
+                Ok(n) => self.entry(reply, &n),
+                Err(e) => reply.error(e),
+            };
+        }
         let name = match name_of(name) {
             Ok(n) => n.to_string(),
             Err(e) => return reply.error(e),
@@ -367,22 +442,34 @@ impl Filesystem for JewelFs {
         });
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.replays.is_replay(req.pid()) {
+            return reply.ok(); // applied already
+        }
         self.remove(parent, name, false, reply)
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.replays.is_replay(req.pid()) {
+            return reply.ok(); // applied already
+        }
         self.remove(parent, name, true, reply)
     }
 
     fn symlink(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         link_name: &OsStr,
         target: &Path,
         reply: ReplyEntry,
     ) {
+        if self.replays.is_replay(req.pid()) {
+            return match self.replayed_entry(parent, link_name) {
+                Ok(n) => self.entry(reply, &n),
+                Err(e) => reply.error(e),
+            };
+        }
         let (name, target) = match (name_of(link_name), target_str(target)) {
             (Ok(n), Ok(t)) => (n.to_string(), t.to_string()),
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
@@ -400,7 +487,7 @@ impl Filesystem for JewelFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -408,6 +495,9 @@ impl Filesystem for JewelFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        if self.replays.is_replay(req.pid()) {
+            return reply.ok(); // applied already
+        }
         let (name, newname) = match (name_of(name), name_of(newname)) {
             (Ok(a), Ok(b)) => (a.to_string(), b.to_string()),
             (Err(e), _) | (_, Err(e)) => return reply.error(e),
@@ -453,8 +543,12 @@ impl Filesystem for JewelFs {
         reply.error(Errno::EPERM)
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let id = self.core.resolve(ino.0);
+        if self.replays.is_replay(req.pid()) {
+            let fh = self.new_replay_fh();
+            return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        }
         let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
         let trunc = flags.0 & libc::O_TRUNC != 0;
         if !write {
@@ -543,7 +637,7 @@ impl Filesystem for JewelFs {
             .lock()
             .unwrap()
             .get(&fh.0)
-            .is_some_and(|h| h.write);
+            .is_some_and(|h| h.write && !h.replay);
         if !write {
             return reply.ok();
         }
@@ -570,7 +664,7 @@ impl Filesystem for JewelFs {
         reply: ReplyEmpty,
     ) {
         let handle = self.handles.lock().unwrap().remove(&fh.0);
-        let Some(handle) = handle else {
+        let Some(handle) = handle.filter(|h| !h.replay) else {
             return reply.ok();
         };
         // Local disk only, like `flush`.
@@ -829,7 +923,7 @@ impl Filesystem for JewelFs {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -837,6 +931,17 @@ impl Filesystem for JewelFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        if self.replays.is_replay(req.pid()) {
+            return match self.replayed_entry(parent, name) {
+                Ok(n) => {
+                    let fh = self.new_replay_fh();
+                    let attr = self.attrs.attr(&n, self.core.ino(n.id));
+                    let keep = FopenFlags::FOPEN_KEEP_CACHE;
+                    reply.created(&TTL, &attr, Generation(0), FileHandle(fh), keep)
+                }
+                Err(e) => reply.error(e),
+            };
+        }
         let name = match name_of(name) {
             Ok(n) => n.to_string(),
             Err(e) => return reply.error(e),

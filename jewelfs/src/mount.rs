@@ -306,6 +306,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         move || release_mount(&handle, &mp)
     });
     let notifier_slot = fs.notifier_slot();
+    let replayer = crate::fuse::replay::Replayer::new(&core, fs.replays(), &mountpoint);
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName("jewelfs".into()),
@@ -333,15 +334,34 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     *handle.lock().unwrap() = Some(session.unmount_callable());
     let _ = notifier_slot.set(session.notifier());
 
-    // Kernel invalidations: their own thread, never inside a callback.
+    // Kernel invalidations and replays of other machines' changes: their own thread,
+    // never inside a callback.
     let notifier = session.notifier();
     let (tx, rx) = std::sync::mpsc::channel::<Inval>();
     core.set_invalidator(tx);
+    // Other machines' changes replayed for inotify watchers; a delete that is not replayed
+    // is told to the kernel as one. (Weak: these threads live as long as the core's sender,
+    // which the core holds.)
+    let told = Arc::downgrade(&core);
+    let replays = crate::fuse::replay::start(replayer, move |heard| {
+        if let (crate::core::Heard::Removed { node }, Some(core)) = (heard, told.upgrade()) {
+            core.inval(Inval::Delete {
+                parent: node.parent,
+                child: node.id,
+                name: node.name.clone(),
+            });
+        }
+    })?;
     std::thread::Builder::new()
         .name("jewelfs-notify".into())
         .spawn(move || {
             for what in rx {
                 let r = match &what {
+                    // After the invalidations queued before it, on the replay thread.
+                    Inval::Replay(heard) => {
+                        replays.push(heard.clone());
+                        Ok(())
+                    }
                     Inval::Entry { parent, name } => {
                         notifier.inval_entry(fuser::INodeNo(*parent), name.as_ref())
                     }
