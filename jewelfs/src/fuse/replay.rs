@@ -30,9 +30,11 @@
 //! a replay (a few requests to this same process) never holds up an invalidation. At most
 //! [`MAX_WAITING`] changes wait: in a larger burst the rest are not replayed.
 //!
-//! **Never outside the mount.** The replayer works relative to a descriptor of the mount's
-//! root, opened once and checked to be a FUSE filesystem: after an unmount the calls fail
-//! (`ENOTCONN`) instead of landing in the empty folder underneath.
+//! **Never outside the mount.** Each replay works relative to a descriptor of the mount's
+//! root, checked to be a FUSE filesystem: after an unmount the calls fail (`ENOTCONN`)
+//! instead of landing in the empty folder underneath. The descriptor is closed after each
+//! replay: one held open would keep a lazily unmounted drive alive (its session never
+//! ends).
 //!
 //! A replay that fails (the name was taken, the folder is read-only to its owner, the mount
 //! is ending) is logged at debug and dropped: the change itself is already applied, only
@@ -152,7 +154,6 @@ pub struct Replayer {
     core: Weak<Core>,
     replays: Arc<Replays>,
     mountpoint: PathBuf,
-    root: Option<OwnedFd>,
 }
 
 impl Replayer {
@@ -161,13 +162,12 @@ impl Replayer {
             core: Arc::downgrade(core),
             replays,
             mountpoint: mountpoint.to_path_buf(),
-            root: None,
         }
     }
 
     /// Replays one change. On error nothing was changed by the replay.
     pub fn replay(&mut self, heard: &Heard) -> Result<(), ReplayErr> {
-        let root = self.root()?;
+        let root = self.open_root()?;
         let core = self.core.upgrade().ok_or(ReplayErr::Ended)?;
         let tree = &core.tree;
         let (before, call): (Vec<(NodeId, String, Option<Node>)>, Call) = match heard {
@@ -221,17 +221,13 @@ impl Replayer {
             .tid
             .store(unsafe { libc::gettid() } as u32, Ordering::Relaxed);
         *self.replays.before.lock().unwrap() = before;
-        let result = call.run(root);
+        let result = call.run(root.as_raw_fd());
         self.replays.before.lock().unwrap().clear();
         result
     }
 
-    /// A descriptor of the mount's root, opened at the first replay (the session serves by
-    /// then) and only if it is a FUSE filesystem.
-    fn root(&mut self) -> Result<i32, ReplayErr> {
-        if let Some(fd) = &self.root {
-            return Ok(fd.as_raw_fd());
-        }
+    /// A descriptor of the mount's root, if the mountpoint holds a FUSE filesystem now.
+    fn open_root(&self) -> Result<OwnedFd, ReplayErr> {
         let not_mounted = || ReplayErr::NotMounted(self.mountpoint.clone());
         let path = CString::new(self.mountpoint.as_os_str().as_encoded_bytes())
             .map_err(|_| not_mounted())?;
@@ -251,9 +247,7 @@ impl Replayer {
         {
             return Err(not_mounted());
         }
-        let raw = fd.as_raw_fd();
-        self.root = Some(fd);
-        Ok(raw)
+        Ok(fd)
     }
 }
 
