@@ -503,6 +503,25 @@ fn a_watcher_hears_what_another_machine_changes() {
     let delete = hear_exactly(&w, "delete", &["DELETE renamed.txt"], deadline);
     fs::create_dir(a.p("folder")).unwrap();
     let mkdir = hear_exactly(&w, "new folder", &["CREATE,ISDIR folder"], deadline);
+    // Inside a folder: heard by a watcher of that folder (paths below the top are walked).
+    let inner = Watcher::start(&b.p("folder"));
+    fs::write(a.p("folder/inner.txt"), b"").unwrap();
+    let created = [
+        "CREATE inner.txt",
+        "OPEN inner.txt",
+        "MODIFY inner.txt",
+        "CLOSE_WRITE,CLOSE inner.txt",
+    ];
+    hear_exactly(&inner, "create in a folder", &created, deadline);
+    fs::remove_file(a.p("folder/inner.txt")).unwrap();
+    hear_exactly(
+        &inner,
+        "delete in a folder",
+        &["DELETE inner.txt"],
+        deadline,
+    );
+    drop(inner);
+    assert!(w.heard(Duration::from_millis(100)).is_empty());
     fs::remove_dir(a.p("folder")).unwrap();
     let rmdir = hear_exactly(&w, "folder removal", &["DELETE,ISDIR folder"], deadline);
     eprintln!(

@@ -170,9 +170,10 @@ impl JewelFs {
     /// A replayed create, mkdir or symlink: the node is already in the tree.
     fn replayed_entry(&self, parent: INodeNo, name: &OsStr) -> Result<Node, Errno> {
         let name = name_of(name)?;
-        match self.core.lookup_cached(self.core.resolve(parent.0), name) {
-            Some(Ok(n)) => Ok(n),
-            _ => Err(Errno::ENOENT),
+        let parent = self.core.resolve(parent.0);
+        match self.replays.creating(parent, name) {
+            Some(id) => self.core.view(id).ok_or(Errno::ENOENT),
+            None => Err(Errno::ENOENT),
         }
     }
 

@@ -111,6 +111,8 @@ pub enum ReplayErr {
     Taken(String),
     #[error("node {0} has no known path in this machine's tree")]
     NoPath(NodeId),
+    #[error("a name in the tree is not one a replay may use ({0:?})")]
+    BadName(String),
     #[error("{op} {path}: {err}")]
     Call {
         op: &'static str,
@@ -127,6 +129,9 @@ pub struct Replays {
     /// The names the change being replayed touched, as they were before it: `None` for a
     /// name that did not exist yet.
     before: Mutex<Vec<(NodeId, String, Option<Node>)>>,
+    /// The node a replayed create makes appear, by folder and name (the folder's listing
+    /// need not be on this machine).
+    creating: Mutex<Option<(NodeId, String, NodeId)>>,
 }
 
 impl Replays {
@@ -145,6 +150,14 @@ impl Replays {
             .iter()
             .find(|(p, n, _)| *p == parent && n == name)
             .map(|(_, _, node)| node.clone())
+    }
+
+    /// During a replayed create: the node it makes appear at `parent`/`name`.
+    pub fn creating(&self, parent: NodeId, name: &str) -> Option<NodeId> {
+        match &*self.creating.lock().unwrap() {
+            Some((p, n, id)) if *p == parent && n == name => Some(*id),
+            _ => None,
+        }
     }
 }
 
@@ -174,17 +187,23 @@ impl Replayer {
             Heard::Created { parent, name, id } => {
                 holds(&core, *parent, name, Some(*id))?;
                 let node = core.view(*id).ok_or(ReplayErr::NoPath(*id))?;
-                let path = child_path(&core, *parent, name)?;
+                let place = place(&core, *parent, name)?;
                 let call = match node.kind {
-                    NodeKind::File => Call::Create(path, node.size),
-                    NodeKind::Dir => Call::Mkdir(path),
-                    NodeKind::Symlink => Call::Symlink(path, node.target.unwrap_or_default()),
+                    NodeKind::File => Call::Create(place, node.size),
+                    NodeKind::Dir => Call::Mkdir(place),
+                    NodeKind::Symlink => {
+                        let target = node.target.unwrap_or_default();
+                        Call::Symlink(place, cstr(&target)?)
+                    }
                 };
+                *self.replays.creating.lock().unwrap() =
+                    Some((core.resolve(*parent), name.clone(), *id));
                 (vec![(core.resolve(*parent), name.clone(), None)], call)
             }
             Heard::Changed { id } => {
                 let node = core.view(*id).ok_or(ReplayErr::NoPath(*id))?;
-                (vec![], Call::Write(path(&core, *id)?, node.size))
+                let place = place(&core, node.parent, &node.name)?;
+                (vec![], Call::Write(place, node.size))
             }
             Heard::Moved {
                 from_parent,
@@ -193,8 +212,8 @@ impl Replayer {
             } => {
                 let node = tree.get(*id).ok_or(ReplayErr::NoPath(*id))?;
                 holds(&core, *from_parent, from_name, None)?;
-                let from = child_path(&core, *from_parent, from_name)?;
-                let to = path(&core, *id)?;
+                let from = place(&core, *from_parent, from_name)?;
+                let to = place(&core, node.parent, &node.name)?;
                 let before = vec![
                     (
                         core.resolve(*from_parent),
@@ -207,13 +226,13 @@ impl Replayer {
             }
             Heard::Removed { node } => {
                 holds(&core, node.parent, &node.name, None)?;
-                let path = child_path(&core, node.parent, &node.name)?;
+                let place = place(&core, node.parent, &node.name)?;
                 let before = vec![(
                     core.resolve(node.parent),
                     node.name.clone(),
                     Some(node.clone()),
                 )];
-                (before, Call::Remove(path, node.is_dir()))
+                (before, Call::Remove(place, node.is_dir()))
             }
         };
         drop(core);
@@ -221,8 +240,9 @@ impl Replayer {
             .tid
             .store(unsafe { libc::gettid() } as u32, Ordering::Relaxed);
         *self.replays.before.lock().unwrap() = before;
-        let result = call.run(root.as_raw_fd());
+        let result = call.run(&root);
         self.replays.before.lock().unwrap().clear();
+        *self.replays.creating.lock().unwrap() = None;
         result
     }
 
@@ -251,20 +271,43 @@ impl Replayer {
     }
 }
 
-/// The path of node `id` relative to the mount's root.
-fn path(core: &Core, id: NodeId) -> Result<String, ReplayErr> {
+/// Where a replay acts: a folder (a path below the mount's root, every name checked) and
+/// a name in it.
+struct Place {
+    dir: String,
+    name: CString,
+}
+
+impl Place {
+    fn shown(&self) -> String {
+        format!("{}/{}", self.dir, self.name.to_string_lossy())
+    }
+}
+
+/// `parent`/`name` as a [`Place`], from this machine's tree. Every name is checked as the
+/// service checks names (no `/`, no `.` or `..`): a replay never leaves the mount.
+fn place(core: &Core, parent: NodeId, name: &str) -> Result<Place, ReplayErr> {
     let mut parts = Vec::new();
-    let mut at = core.resolve(id);
+    let mut at = core.resolve(parent);
     for _ in 0..MAX_DEPTH {
         if at == ROOT_ID {
+            parts.push(".".to_string());
             parts.reverse();
-            return Ok(parts.join("/"));
+            return Ok(Place {
+                dir: parts.join("/"),
+                name: cstr(checked(name)?)?,
+            });
         }
-        let n = core.tree.get(at).ok_or(ReplayErr::NoPath(id))?;
-        parts.push(n.name.clone());
+        let n = core.tree.get(at).ok_or(ReplayErr::NoPath(parent))?;
+        parts.push(checked(&n.name)?.to_string());
         at = n.parent;
     }
-    Err(ReplayErr::NoPath(id))
+    Err(ReplayErr::NoPath(parent))
+}
+
+fn checked(name: &str) -> Result<&str, ReplayErr> {
+    jewel_wire::check_name(name).map_err(|_| ReplayErr::BadName(name.to_string()))?;
+    Ok(name)
 }
 
 /// Checks that `parent`/`name` holds `expect` in the tree now, when its folder is listed
@@ -280,105 +323,112 @@ fn holds(core: &Core, parent: NodeId, name: &str, expect: Option<NodeId>) -> Res
     Ok(())
 }
 
-fn child_path(core: &Core, parent: NodeId, name: &str) -> Result<String, ReplayErr> {
-    let dir = path(core, parent)?;
-    Ok(if dir.is_empty() {
-        name.to_string()
-    } else {
-        format!("{dir}/{name}")
-    })
-}
-
-/// The system calls of one replay, relative to the root descriptor.
+/// The system calls of one replay.
 enum Call {
-    Create(String, u64),
-    Mkdir(String),
-    Symlink(String, String),
-    Write(String, u64),
-    Rename(String, String),
-    Remove(String, bool),
+    Create(Place, u64),
+    Mkdir(Place),
+    Symlink(Place, CString),
+    Write(Place, u64),
+    Rename(Place, Place),
+    Remove(Place, bool),
 }
 
 impl Call {
-    fn run(&self, root: i32) -> Result<(), ReplayErr> {
+    fn run(&self, root: &OwnedFd) -> Result<(), ReplayErr> {
         match self {
-            Call::Create(path, size) => {
-                let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
-                write_through(root, path, flags, *size, "create")
+            Call::Create(at, size) => {
+                let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+                write_through(root, at, flags, *size, "create")
             }
-            Call::Write(path, size) => {
-                write_through(root, path, libc::O_WRONLY | libc::O_CLOEXEC, *size, "write")
+            Call::Write(at, size) => write_through(root, at, libc::O_WRONLY, *size, "write"),
+            Call::Mkdir(at) => {
+                let dir = open_dir(root, at, "mkdir")?;
+                let ret = unsafe { libc::mkdirat(dir.as_raw_fd(), at.name.as_ptr(), 0o755) };
+                check(ret, "mkdir", at)
             }
-            Call::Mkdir(path) => {
-                let c = cstr(path, "mkdir")?;
-                check(
-                    unsafe { libc::mkdirat(root, c.as_ptr(), 0o755) },
-                    "mkdir",
-                    path,
-                )
-            }
-            Call::Symlink(path, target) => {
-                let (c, t) = (cstr(path, "symlink")?, cstr(target, "symlink")?);
-                check(
-                    unsafe { libc::symlinkat(t.as_ptr(), root, c.as_ptr()) },
-                    "symlink",
-                    path,
-                )
+            Call::Symlink(at, target) => {
+                let dir = open_dir(root, at, "symlink")?;
+                let ret =
+                    unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), at.name.as_ptr()) };
+                check(ret, "symlink", at)
             }
             Call::Rename(from, to) => {
-                let (f, t) = (cstr(from, "rename")?, cstr(to, "rename")?);
-                check(
-                    unsafe { libc::renameat(root, f.as_ptr(), root, t.as_ptr()) },
-                    "rename",
-                    from,
-                )
+                let (d1, d2) = (
+                    open_dir(root, from, "rename")?,
+                    open_dir(root, to, "rename")?,
+                );
+                let ret = unsafe {
+                    libc::renameat(
+                        d1.as_raw_fd(),
+                        from.name.as_ptr(),
+                        d2.as_raw_fd(),
+                        to.name.as_ptr(),
+                    )
+                };
+                check(ret, "rename", from)
             }
-            Call::Remove(path, dir) => {
-                let c = cstr(path, "unlink")?;
-                let flags = if *dir { libc::AT_REMOVEDIR } else { 0 };
-                check(
-                    unsafe { libc::unlinkat(root, c.as_ptr(), flags) },
-                    "unlink",
-                    path,
-                )
+            Call::Remove(at, is_dir) => {
+                let dir = open_dir(root, at, "unlink")?;
+                let flags = if *is_dir { libc::AT_REMOVEDIR } else { 0 };
+                let ret = unsafe { libc::unlinkat(dir.as_raw_fd(), at.name.as_ptr(), flags) };
+                check(ret, "unlink", at)
             }
         }
     }
 }
 
-/// Open (or create), `ftruncate` to the size the file has (the kernel raises `MODIFY`),
-/// close (`CLOSE_WRITE`).
+/// Opens the folder of `at` strictly below the root: no symlink followed, no `..`, no
+/// other mount (the kernel's view of a path may still hold a symlink where the tree has a
+/// folder: it is refused, never followed out of the drive).
+fn open_dir(root: &OwnedFd, at: &Place, op: &'static str) -> Result<OwnedFd, ReplayErr> {
+    let dir = CString::new(at.dir.as_str()).map_err(|_| ReplayErr::BadName(at.dir.clone()))?;
+    // (`open_how` is non-exhaustive: made zeroed, then filled.)
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH
+        | libc::RESOLVE_NO_SYMLINKS
+        | libc::RESOLVE_NO_MAGICLINKS
+        | libc::RESOLVE_NO_XDEV;
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            dir.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    check(fd as i32, op, at)?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Open (or create) without following a symlink, `ftruncate` to the size the file has
+/// (the kernel raises `MODIFY`), close (`CLOSE_WRITE`).
 fn write_through(
-    root: i32,
-    path: &str,
+    root: &OwnedFd,
+    at: &Place,
     flags: i32,
     size: u64,
     op: &'static str,
 ) -> Result<(), ReplayErr> {
-    let c = cstr(path, op)?;
-    let fd = unsafe { libc::openat(root, c.as_ptr(), flags, 0o600) };
-    check(fd, op, path)?;
+    let dir = open_dir(root, at, op)?;
+    let flags = flags | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), at.name.as_ptr(), flags, 0o600) };
+    check(fd, op, at)?;
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    check(
-        unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) },
-        op,
-        path,
-    )
+    let ret = unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) };
+    check(ret, op, at)
 }
 
-fn cstr(s: &str, op: &'static str) -> Result<CString, ReplayErr> {
-    CString::new(s).map_err(|_| ReplayErr::Call {
-        op,
-        path: s.to_string(),
-        err: std::io::Error::from_raw_os_error(libc::EINVAL),
-    })
+fn cstr(s: &str) -> Result<CString, ReplayErr> {
+    CString::new(s).map_err(|_| ReplayErr::BadName(s.to_string()))
 }
 
-fn check(ret: i32, op: &'static str, path: &str) -> Result<(), ReplayErr> {
+fn check(ret: i32, op: &'static str, at: &Place) -> Result<(), ReplayErr> {
     if ret < 0 {
         return Err(ReplayErr::Call {
             op,
-            path: path.to_string(),
+            path: at.shown(),
             err: std::io::Error::last_os_error(),
         });
     }
