@@ -492,6 +492,10 @@ fn a_watcher_hears_what_another_machine_changes() {
         ],
         deadline,
     );
+    fs::set_permissions(a.p("new.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    let chmod = hear_exactly(&w, "chmod", &["ATTRIB new.txt"], deadline);
+    set_old_times(&a.p("new.txt"));
+    hear_exactly(&w, "utimens", &["ATTRIB new.txt"], deadline);
     fs::rename(a.p("new.txt"), a.p("renamed.txt")).unwrap();
     let rename = hear_exactly(
         &w,
@@ -525,7 +529,7 @@ fn a_watcher_hears_what_another_machine_changes() {
     fs::remove_dir(a.p("folder")).unwrap();
     let rmdir = hear_exactly(&w, "folder removal", &["DELETE,ISDIR folder"], deadline);
     eprintln!(
-        "heard on B after A's call: create {create:?}, edit {edit:?}, rename {rename:?}, \
+        "heard on B after A's call: create {create:?}, edit {edit:?}, chmod {chmod:?}, rename {rename:?}, \
          delete {delete:?}, mkdir {mkdir:?}, rmdir {rmdir:?}"
     );
 

@@ -268,8 +268,11 @@ impl Core {
                     {
                         invals.push(Inval::Inode(node.id));
                     }
-                    if !node.is_dir() && (o.blocks != node.blocks || o.size != node.size) {
+                    let content = o.blocks != node.blocks || o.size != node.size;
+                    if !node.is_dir() && content {
                         heard.push(Heard::Changed { id: node.id });
+                    } else if !content && (o.mode != node.mode || o.mtime_ns != node.mtime_ns) {
+                        heard.push(Heard::Attributes { id: node.id });
                     }
                 } else if let Some(from) = &ev.from {
                     self.tree.unlink(from.parent, &from.name, node.id);

@@ -182,6 +182,8 @@ pub enum Heard {
     },
     /// A file's content changed.
     Changed { id: NodeId },
+    /// A node's mode or mtime changed, not its content.
+    Attributes { id: NodeId },
     /// A node moved (renamed) from `from_parent`/`from_name` to where the tree has it now.
     Moved {
         from_parent: NodeId,

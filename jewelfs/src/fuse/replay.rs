@@ -13,6 +13,7 @@
 //! | new file | `openat(O_CREAT\|O_EXCL)`, `ftruncate(size)`, `close` | `CREATE`, `OPEN`, `MODIFY`, `CLOSE_WRITE` |
 //! | new folder / symlink | `mkdirat` / `symlinkat` | `CREATE` |
 //! | content changed | `openat(O_WRONLY)`, `ftruncate(size)`, `close` | `OPEN`, `MODIFY`, `CLOSE_WRITE` |
+//! | mode or mtime changed | `fchmodat(mode)` (not for symlinks: Linux has no mode for them) | `ATTRIB` |
 //! | moved / renamed | `renameat` | `MOVED_FROM`, `MOVED_TO` |
 //! | deleted | `unlinkat` | `DELETE` |
 //!
@@ -205,6 +206,14 @@ impl Replayer {
                 let place = place(&core, node.parent, &node.name)?;
                 (vec![], Call::Write(place, node.size))
             }
+            Heard::Attributes { id } => {
+                let node = core.view(*id).ok_or(ReplayErr::NoPath(*id))?;
+                if node.kind == NodeKind::Symlink {
+                    return Ok(()); // no mode to set on a symlink: nothing to replay
+                }
+                let place = place(&core, node.parent, &node.name)?;
+                (vec![], Call::Chmod(place, node.mode & 0o7777))
+            }
             Heard::Moved {
                 from_parent,
                 from_name,
@@ -329,6 +338,7 @@ enum Call {
     Mkdir(Place),
     Symlink(Place, CString),
     Write(Place, u64),
+    Chmod(Place, u32),
     Rename(Place, Place),
     Remove(Place, bool),
 }
@@ -341,6 +351,22 @@ impl Call {
                 write_through(root, at, flags, *size, "create")
             }
             Call::Write(at, size) => write_through(root, at, libc::O_WRONLY, *size, "write"),
+            Call::Chmod(at, mode) => {
+                // The node itself, never a symlink's target: opened without following (an
+                // O_PATH open raises no event), checked, and changed through its descriptor.
+                let dir = open_dir(root, at, "chmod")?;
+                let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+                let fd = unsafe { libc::openat(dir.as_raw_fd(), at.name.as_ptr(), flags) };
+                check(fd, "chmod", at)?;
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, "chmod", at)?;
+                if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+                    return Ok(());
+                }
+                let by_fd = cstr(&format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+                check(unsafe { libc::chmod(by_fd.as_ptr(), *mode) }, "chmod", at)
+            }
             Call::Mkdir(at) => {
                 let dir = open_dir(root, at, "mkdir")?;
                 let ret = unsafe { libc::mkdirat(dir.as_raw_fd(), at.name.as_ptr(), 0o755) };
