@@ -49,7 +49,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use jewel_wire::{Node, NodeId, NodeKind, ROOT_ID};
 
-use crate::core::{Core, Heard};
+use crate::core::{Core, Heard, Inval};
 
 /// `statfs` magic of a FUSE filesystem.
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
@@ -244,6 +244,13 @@ impl Replayer {
                 (before, Call::Remove(place, node.is_dir()))
             }
         };
+        // Names the lookups below may show as they were: forgotten by the kernel after the
+        // replay, in case it did not move or remove them itself (a race with a program).
+        let shown_before: Vec<(NodeId, String)> = before
+            .iter()
+            .filter(|(_, _, node)| node.is_some())
+            .map(|(p, n, _)| (*p, n.clone()))
+            .collect();
         drop(core);
         self.replays
             .tid
@@ -252,6 +259,11 @@ impl Replayer {
         let result = call.run(&root);
         self.replays.before.lock().unwrap().clear();
         *self.replays.creating.lock().unwrap() = None;
+        if let Some(core) = self.core.upgrade() {
+            for (parent, name) in shown_before {
+                core.inval(Inval::Entry { parent, name });
+            }
+        }
         result
     }
 
