@@ -14,8 +14,9 @@ TEST_TARGETS :=
 # SQLite, fusermount3 for the mount, curl for `make run`). DEBIAN_TEST_NEEDS: for the tests,
 # added by each area; `make setup` installs both with one `apt-get update`.
 DEBIAN_NEEDS := gcc=cc fuse3=fusermount3 curl=curl
-# The unit-file test runs `systemd-analyze verify`.
-DEBIAN_TEST_NEEDS := systemd=systemd-analyze
+# The unit-file test runs `systemd-analyze verify`; mount_posix watches a folder with
+# `inotifywait` (inotify-tools) and acts as another user with `setpriv` (util-linux).
+DEBIAN_TEST_NEEDS := systemd=systemd-analyze inotify-tools=inotifywait util-linux=setpriv
 
 -include mk/*.mk
 

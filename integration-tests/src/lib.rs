@@ -217,6 +217,8 @@ pub struct Mount {
     pub url: String,
     pub token: String,
     pub device: String,
+    /// More `jewelfs mount` options (say `--allow-other`), given at every start.
+    pub extra_args: Vec<String>,
     mnt: PathBuf,
     /// Set for a machine linked with `jewelfs login`: its `XDG_CONFIG_HOME`, where the
     /// mount reads its token (then `token` is empty).
@@ -231,6 +233,11 @@ impl Mount {
 
     /// Mounts from a service at `url` (a server behind a proxy, say), as [`Mount::new`].
     pub fn with_url(url: &str, token: &str, device: &str) -> Mount {
+        Self::with_args(url, token, device, &[])
+    }
+
+    /// Mounts from a service at `url` with more `jewelfs mount` options, as [`Mount::new`].
+    pub fn with_args(url: &str, token: &str, device: &str, extra_args: &[&str]) -> Mount {
         let root = tempfile::tempdir().unwrap();
         let mnt = root.path().join("mnt");
         std::fs::create_dir_all(&mnt).unwrap();
@@ -240,6 +247,7 @@ impl Mount {
             url: url.to_string(),
             token: token.to_string(),
             device: device.to_string(),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             mnt,
             config_home: None,
         };
@@ -305,6 +313,7 @@ impl Mount {
             .args(["--device", &self.device])
             .arg("--cache-dir")
             .arg(self.cache_dir())
+            .args(&self.extra_args)
             .env(
                 "JEWEL_LOG",
                 std::env::var("JEWEL_LOG").unwrap_or_else(|_| "warn".into()),

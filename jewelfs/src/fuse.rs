@@ -16,37 +16,58 @@
 //! - Errors become errno values in one place, [`CoreErr::errno`].
 //! - Ownership is the mounting user's; chown to anyone else is refused (`EPERM`), as are hard
 //!   links and special files; extended attributes are not supported (`ENOTSUP`).
+//! - What `stat` shows and which names are taken: [`attrs`]; the times kept on this machine
+//!   only (ctime, a set atime): [`times`]; other machines' changes replayed through the
+//!   mount for inotify watchers, and how their requests are answered: [`replay`].
+//! - **Attributes the kernel holds stay true.** A reply carries the node as it is after the
+//!   change; a change the kernel did not ask for in that request — the mtime a `close`
+//!   gives the file it journals — is followed by an invalidation of the inode's attributes
+//!   *before* the reply, so the next `stat` cannot read the older mtime (the kernel keeps
+//!   attributes for [`TTL`]).
+
+mod attrs;
+pub mod replay;
+mod times;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    AccessFlags, Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
     ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use jewel_wire::{MoveMode, Node, NodeKind, BLOCK_SIZE};
+use jewel_wire::{MoveMode, Node, NodeId, NodeKind, BLOCK_SIZE};
 
-use crate::core::{Core, CoreErr};
+use crate::core::{now_ns, Core, CoreErr};
+use attrs::{kind_of, name_of, AttrMaker};
+use replay::Replays;
+use times::LocalTimes;
 
 /// Attribute and entry lifetime in the kernel: long, because changes are pushed.
 const TTL: Duration = Duration::from_secs(3600);
 
 struct Handle {
     write: bool,
+    /// Opened by a replay (see [`replay`]): its flush, release and truncate change nothing.
+    replay: bool,
 }
 
 pub struct JewelFs {
     core: Arc<Core>,
     rt: tokio::runtime::Handle,
-    uid: u32,
-    gid: u32,
+    /// Makes every attribute the kernel gets (owner, times, link counts).
+    attrs: AttrMaker,
+    /// The session's notifier, set once the session exists (see [`JewelFs::notifier_slot`]).
+    notifier: Arc<OnceLock<Notifier>>,
+    /// Tells replayed requests from programs' (see [`replay`]).
+    replays: Arc<Replays>,
     handles: Arc<Mutex<HashMap<u64, Handle>>>,
     dirs: Arc<Mutex<HashMap<u64, Arc<Vec<Node>>>>>,
     /// Directories (by inode number) the kernel may cache the listing of, with the tree's
@@ -64,16 +85,21 @@ fn errno(e: &CoreErr) -> Errno {
     Errno::from_i32(e.errno())
 }
 
-fn name_str(name: &OsStr) -> Result<&str, Errno> {
-    std::str::from_utf8(name.as_bytes()).map_err(|_| Errno::EINVAL)
+/// Makes the kernel drop inode `ino`'s attributes now (not its pages): called before the
+/// reply to a request that changed them without the kernel knowing.
+fn forget_attrs(notifier: &OnceLock<Notifier>, ino: u64) {
+    if let Some(notifier) = notifier.get() {
+        if let Err(e) = notifier.inval_inode(INodeNo(ino), -1, 0) {
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                tracing::debug!(ino, "attribute invalidation failed: {e}");
+            }
+        }
+    }
 }
 
-fn time(ns: i64) -> SystemTime {
-    if ns >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(ns as u64)
-    } else {
-        UNIX_EPOCH
-    }
+/// A symlink's target (any length up to what the core allows, unlike a name).
+fn target_str(target: &Path) -> Result<&str, Errno> {
+    std::str::from_utf8(target.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
 }
 
 fn ns_of(t: TimeOrNow) -> i64 {
@@ -88,11 +114,18 @@ fn ns_of(t: TimeOrNow) -> i64 {
 
 impl JewelFs {
     pub fn new(core: Arc<Core>, rt: tokio::runtime::Handle) -> JewelFs {
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         JewelFs {
+            attrs: AttrMaker {
+                core: core.clone(),
+                times: Arc::new(LocalTimes::default()),
+                uid,
+                gid,
+            },
             core,
             rt,
-            uid: unsafe { libc::getuid() },
-            gid: unsafe { libc::getgid() },
+            notifier: Arc::default(),
+            replays: Arc::default(),
             handles: Arc::new(Mutex::new(HashMap::new())),
             dirs: Arc::new(Mutex::new(HashMap::new())),
             dir_caches: Mutex::new(HashMap::new()),
@@ -109,12 +142,59 @@ impl JewelFs {
         self
     }
 
-    fn attr(&self, n: &Node, ino: u64) -> FileAttr {
-        AttrMaker {
-            uid: self.uid,
-            gid: self.gid,
+    /// What the replayer shares with the adapter (see [`replay`]).
+    pub fn replays(&self) -> Arc<Replays> {
+        self.replays.clone()
+    }
+
+    /// A handle for a request of the replayer: nothing it does changes anything.
+    fn new_replay_fh(&self) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let handle = Handle {
+            write: true,
+            replay: true,
+        };
+        self.handles.lock().unwrap().insert(fh, handle);
+        fh
+    }
+
+    /// Whether handle `fh` was opened by a replay.
+    fn is_replay_fh(&self, fh: u64) -> bool {
+        self.handles
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .is_some_and(|h| h.replay)
+    }
+
+    /// A replayed create, mkdir or symlink: the node is already in the tree.
+    fn replayed_entry(&self, parent: INodeNo, name: &OsStr) -> Result<Node, Errno> {
+        let name = name_of(name)?;
+        let parent = self.core.resolve(parent.0);
+        match self.replays.creating(parent, name) {
+            Some(id) => self.core.view(id).ok_or(Errno::ENOENT),
+            None => Err(Errno::ENOENT),
         }
-        .attr(n, ino)
+    }
+
+    /// Where the mount puts the session's notifier once the session exists (the session
+    /// is made from this filesystem, so it cannot be given at [`JewelFs::new`]).
+    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// After a `close` (or the last `release`) journaled content: the file's mtime is now
+    /// the time of that close, which the kernel was not told; it forgets the attributes it
+    /// holds before the reply returns, so the next `stat` reads the new mtime.
+    fn after_journaling(&self, ino: u64, id: NodeId, mtime_before: Option<i64>) {
+        if self.mtime_of(id) != mtime_before {
+            forget_attrs(&self.notifier, ino);
+        }
+    }
+
+    /// The mtime of node `id` as the tree has it now.
+    fn mtime_of(&self, id: NodeId) -> Option<i64> {
+        self.core.view(id).map(|n| n.mtime_ns)
     }
 
     fn dir_store(&self) -> impl Fn(u64, Arc<Vec<Node>>) + Send + 'static {
@@ -127,12 +207,18 @@ impl JewelFs {
     fn handle_store(&self) -> impl Fn(u64, bool) + Send + 'static {
         let handles = self.handles.clone();
         move |fh, write| {
-            handles.lock().unwrap().insert(fh, Handle { write });
+            handles.lock().unwrap().insert(
+                fh,
+                Handle {
+                    write,
+                    replay: false,
+                },
+            );
         }
     }
 
     fn remove(&self, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
-        let name = match name_str(name) {
+        let name = match name_of(name) {
             Ok(n) => n.to_string(),
             Err(e) => return reply.error(e),
         };
@@ -147,12 +233,22 @@ impl JewelFs {
     }
 
     fn entry(&self, reply: ReplyEntry, n: &Node) {
-        reply.entry(&TTL, &self.attr(n, self.core.ino(n.id)), Generation(0));
+        reply.entry(
+            &TTL,
+            &self.attrs.attr(n, self.core.ino(n.id)),
+            Generation(0),
+        );
     }
 
     fn new_fh(&self, write: bool) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().unwrap().insert(fh, Handle { write });
+        self.handles.lock().unwrap().insert(
+            fh,
+            Handle {
+                write,
+                replay: false,
+            },
+        );
         fh
     }
 
@@ -181,21 +277,26 @@ impl Filesystem for JewelFs {
         }
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let name = match name_str(name) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = match name_of(name) {
             Ok(n) => n.to_string(),
             Err(e) => return reply.error(e),
         };
         let parent = self.core.resolve(parent.0);
+        if self.replays.is_replay(req.pid()) {
+            // The names a replayed change touched look as they did before it.
+            match self.replays.before(parent, &name) {
+                Some(Some(n)) => return self.entry(reply, &n),
+                Some(None) => return reply.error(Errno::ENOENT),
+                None => {}
+            }
+        }
         match self.core.lookup_cached(parent, &name) {
             Some(Ok(n)) => self.entry(reply, &n),
             Some(Err(e)) => reply.error(errno(&e)),
             None => {
                 let core = self.core.clone();
-                let attr_of = AttrMaker {
-                    uid: self.uid,
-                    gid: self.gid,
-                };
+                let attr_of = self.attrs.clone();
                 self.spawn(async move {
                     match core.lookup(parent, &name).await {
                         Ok(n) => {
@@ -211,13 +312,10 @@ impl Filesystem for JewelFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let id = self.core.resolve(ino.0);
         match self.core.view(id) {
-            Some(n) => reply.attr(&TTL, &self.attr(&n, ino.0)),
+            Some(n) => reply.attr(&TTL, &self.attrs.attr(&n, ino.0)),
             None => {
                 let core = self.core.clone();
-                let maker = AttrMaker {
-                    uid: self.uid,
-                    gid: self.gid,
-                };
+                let maker = self.attrs.clone();
                 self.spawn(async move {
                     match core.node(id).await {
                         Ok(n) => reply.attr(&TTL, &maker.attr(&n, ino.0)),
@@ -230,35 +328,47 @@ impl Filesystem for JewelFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        if uid.is_some_and(|u| u != self.uid) || gid.is_some_and(|g| g != self.gid) {
+        if uid.is_some_and(|u| u != self.attrs.uid) || gid.is_some_and(|g| g != self.attrs.gid) {
             return reply.error(Errno::EPERM);
         }
         let id = self.core.resolve(ino.0);
+        if self.replays.is_replay(req.pid()) || fh.is_some_and(|fh| self.is_replay_fh(fh.0)) {
+            // A replayed truncate: the attributes as they are.
+            return match self.core.view(id) {
+                Some(n) => reply.attr(&TTL, &self.attrs.attr(&n, ino.0)),
+                None => reply.error(Errno::ENOENT),
+            };
+        }
         let core = self.core.clone();
-        let maker = AttrMaker {
-            uid: self.uid,
-            gid: self.gid,
-        };
+        let maker = self.attrs.clone();
         let mtime = mtime.map(ns_of);
+        let atime = atime.map(ns_of);
         self.spawn(async move {
             match core.setattr(id, mode, mtime, size).await {
-                Ok(n) => reply.attr(&TTL, &maker.attr(&n, ino.0)),
+                Ok(n) => {
+                    // Every setattr is a change of the node (its ctime), whatever it set.
+                    match atime {
+                        Some(t) => maker.times.accessed_set(ino.0, t, now_ns()),
+                        None => maker.times.changed(ino.0, now_ns()),
+                    }
+                    reply.attr(&TTL, &maker.attr(&n, ino.0))
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -284,16 +394,13 @@ impl Filesystem for JewelFs {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::EPERM);
         }
-        let name = match name_str(name) {
+        let name = match name_of(name) {
             Ok(n) => n.to_string(),
             Err(e) => return reply.error(e),
         };
         let parent = self.core.resolve(parent.0);
         let core = self.core.clone();
-        let maker = AttrMaker {
-            uid: self.uid,
-            gid: self.gid,
-        };
+        let maker = self.attrs.clone();
         self.spawn(async move {
             match core.create_file(parent, &name, mode & !umask).await {
                 Ok(n) => {
@@ -308,23 +415,26 @@ impl Filesystem for JewelFs {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let name = match name_str(name) {
+        if self.replays.is_replay(req.pid()) {
+            return match self.replayed_entry(parent, name) {
+                Ok(n) => self.entry(reply, &n),
+                Err(e) => reply.error(e),
+            };
+        }
+        let name = match name_of(name) {
             Ok(n) => n.to_string(),
             Err(e) => return reply.error(e),
         };
         let parent = self.core.resolve(parent.0);
         let core = self.core.clone();
-        let maker = AttrMaker {
-            uid: self.uid,
-            gid: self.gid,
-        };
+        let maker = self.attrs.clone();
         self.spawn(async move {
             match core.mkdir(parent, &name, mode & !umask).await {
                 Ok(n) => reply.entry(&TTL, &maker.attr(&n, n.id), Generation(0)),
@@ -333,32 +443,41 @@ impl Filesystem for JewelFs {
         });
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.replays.is_replay(req.pid()) {
+            return reply.ok(); // applied already
+        }
         self.remove(parent, name, false, reply)
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.replays.is_replay(req.pid()) {
+            return reply.ok(); // applied already
+        }
         self.remove(parent, name, true, reply)
     }
 
     fn symlink(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         link_name: &OsStr,
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let (name, target) = match (name_str(link_name), name_str(target.as_os_str())) {
+        if self.replays.is_replay(req.pid()) {
+            return match self.replayed_entry(parent, link_name) {
+                Ok(n) => self.entry(reply, &n),
+                Err(e) => reply.error(e),
+            };
+        }
+        let (name, target) = match (name_of(link_name), target_str(target)) {
             (Ok(n), Ok(t)) => (n.to_string(), t.to_string()),
-            _ => return reply.error(Errno::EINVAL),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
         let parent = self.core.resolve(parent.0);
         let core = self.core.clone();
-        let maker = AttrMaker {
-            uid: self.uid,
-            gid: self.gid,
-        };
+        let maker = self.attrs.clone();
         self.spawn(async move {
             match core.symlink(parent, &name, &target).await {
                 Ok(n) => reply.entry(&TTL, &maker.attr(&n, n.id), Generation(0)),
@@ -369,7 +488,7 @@ impl Filesystem for JewelFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -377,9 +496,12 @@ impl Filesystem for JewelFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let (name, newname) = match (name_str(name), name_str(newname)) {
+        if self.replays.is_replay(req.pid()) {
+            return reply.ok(); // applied already
+        }
+        let (name, newname) = match (name_of(name), name_of(newname)) {
             (Ok(a), Ok(b)) => (a.to_string(), b.to_string()),
-            _ => return reply.error(Errno::EINVAL),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
         let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
             MoveMode::Exchange
@@ -393,9 +515,19 @@ impl Filesystem for JewelFs {
         let parent = self.core.resolve(parent.0);
         let newparent = self.core.resolve(newparent.0);
         let core = self.core.clone();
+        let times = self.attrs.times.clone();
         self.spawn(async move {
             match core.rename(parent, &name, newparent, &newname, mode).await {
-                Ok(()) => reply.ok(),
+                Ok(()) => {
+                    // A move changes the node (its ctime); an exchange changes both.
+                    let now = now_ns();
+                    for (dir, name) in [(newparent, &newname), (parent, &name)] {
+                        if let Some(Ok(n)) = core.lookup_cached(dir, name) {
+                            times.changed(core.ino(n.id), now);
+                        }
+                    }
+                    reply.ok()
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -412,8 +544,12 @@ impl Filesystem for JewelFs {
         reply.error(Errno::EPERM)
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let id = self.core.resolve(ino.0);
+        if self.replays.is_replay(req.pid()) {
+            let fh = self.new_replay_fh();
+            return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        }
         let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
         let trunc = flags.0 & libc::O_TRUNC != 0;
         if !write {
@@ -502,13 +638,17 @@ impl Filesystem for JewelFs {
             .lock()
             .unwrap()
             .get(&fh.0)
-            .is_some_and(|h| h.write);
+            .is_some_and(|h| h.write && !h.replay);
         if !write {
             return reply.ok();
         }
         // Local disk only (a rename and a small write, no fsync: see `journal.rs`), so it
         // runs here rather than paying a thread hop per `close`.
-        match self.core.flush(self.core.resolve(ino.0)) {
+        let id = self.core.resolve(ino.0);
+        let before = self.mtime_of(id);
+        let flushed = self.core.flush(id);
+        self.after_journaling(ino.0, id, before);
+        match flushed {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
@@ -525,11 +665,15 @@ impl Filesystem for JewelFs {
         reply: ReplyEmpty,
     ) {
         let handle = self.handles.lock().unwrap().remove(&fh.0);
-        let Some(handle) = handle else {
+        let Some(handle) = handle.filter(|h| !h.replay) else {
             return reply.ok();
         };
         // Local disk only, like `flush`.
-        match self.core.release(self.core.resolve(ino.0), handle.write) {
+        let id = self.core.resolve(ino.0);
+        let before = self.mtime_of(id);
+        let released = self.core.release(id, handle.write);
+        self.after_journaling(ino.0, id, before);
+        match released {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
@@ -545,9 +689,13 @@ impl Filesystem for JewelFs {
     ) {
         let id = self.core.resolve(ino.0);
         let core = self.core.clone();
+        let (notifier, before) = (self.notifier.clone(), self.mtime_of(id));
         self.spawn(async move {
             let c2 = core.clone();
             let flushed = tokio::task::spawn_blocking(move || c2.flush(id)).await;
+            if core.view(id).map(|n| n.mtime_ns) != before {
+                forget_attrs(&notifier, ino.0);
+            }
             match flushed {
                 Ok(Ok(())) => match core.fsync(id).await {
                     Ok(()) => reply.ok(),
@@ -643,10 +791,7 @@ impl Filesystem for JewelFs {
         } else {
             self.dirs.lock().unwrap().get(&fh.0).cloned()
         };
-        let maker = AttrMaker {
-            uid: self.uid,
-            gid: self.gid,
-        };
+        let maker = self.attrs.clone();
         let me = self.core.view(id);
         let inos = self.core.clone();
         let fill = move |entries: &Vec<Node>, me: &Option<Node>, reply: &mut ReplyDirectoryPlus| {
@@ -779,7 +924,7 @@ impl Filesystem for JewelFs {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -787,7 +932,18 @@ impl Filesystem for JewelFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let name = match name_str(name) {
+        if self.replays.is_replay(req.pid()) {
+            return match self.replayed_entry(parent, name) {
+                Ok(n) => {
+                    let fh = self.new_replay_fh();
+                    let attr = self.attrs.attr(&n, self.core.ino(n.id));
+                    let keep = FopenFlags::FOPEN_KEEP_CACHE;
+                    reply.created(&TTL, &attr, Generation(0), FileHandle(fh), keep)
+                }
+                Err(e) => reply.error(e),
+            };
+        }
+        let name = match name_of(name) {
             Ok(n) => n.to_string(),
             Err(e) => return reply.error(e),
         };
@@ -796,10 +952,7 @@ impl Filesystem for JewelFs {
         }
         let parent = self.core.resolve(parent.0);
         let core = self.core.clone();
-        let maker = AttrMaker {
-            uid: self.uid,
-            gid: self.gid,
-        };
+        let maker = self.attrs.clone();
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let handles = self.handle_store();
         // Answered here when the cache knows the folder (the common case: no task, no
@@ -849,42 +1002,5 @@ impl Filesystem for JewelFs {
         reply: ReplyEmpty,
     ) {
         reply.error(Errno::EOPNOTSUPP);
-    }
-}
-
-fn kind_of(k: NodeKind) -> FileType {
-    match k {
-        NodeKind::File => FileType::RegularFile,
-        NodeKind::Dir => FileType::Directory,
-        NodeKind::Symlink => FileType::Symlink,
-    }
-}
-
-#[derive(Clone, Copy)]
-struct AttrMaker {
-    uid: u32,
-    gid: u32,
-}
-
-impl AttrMaker {
-    fn attr(&self, n: &Node, ino: u64) -> FileAttr {
-        let t = time(n.mtime_ns);
-        FileAttr {
-            ino: INodeNo(ino),
-            size: n.size,
-            blocks: n.size.div_ceil(512),
-            atime: t,
-            mtime: t,
-            ctime: t,
-            crtime: t,
-            kind: kind_of(n.kind),
-            perm: (n.mode & 0o7777) as u16,
-            nlink: if n.is_dir() { 2 } else { 1 },
-            uid: self.uid,
-            gid: self.gid,
-            rdev: 0,
-            blksize: 1 << 20,
-            flags: 0,
-        }
     }
 }

@@ -57,6 +57,11 @@ enum Cmd {
         /// Detach once the mount is ready.
         #[arg(long)]
         daemon: bool,
+        /// Let other local users and root reach the drive, with the stored permission bits
+        /// enforced (every file belongs to you); needs `user_allow_other` in /etc/fuse.conf
+        /// unless you are root. Also `allow_other = true` in the config file.
+        #[arg(long)]
+        allow_other: bool,
     },
     /// Wait for pending uploads, then unmount.
     Unmount {
@@ -149,6 +154,7 @@ fn main() {
             device,
             cache_size,
             daemon,
+            allow_other,
         } => jewelfs::mount::mount(jewelfs::mount::MountArgs {
             mountpoint,
             server,
@@ -157,6 +163,7 @@ fn main() {
             device,
             cache_size,
             daemon,
+            allow_other,
         }),
         Cmd::Unmount { mountpoint, wait } => {
             jewelfs::mount::unmount(&mountpoint, Duration::from_secs(wait))

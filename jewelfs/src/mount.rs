@@ -48,6 +48,9 @@ pub struct MountArgs {
     pub device: Option<String>,
     pub cache_size: Option<String>,
     pub daemon: bool,
+    /// Let other local users (and root) in, with the stored modes enforced by the kernel
+    /// (`allow_other` and `default_permissions`); see [`check_allow_other`].
+    pub allow_other: bool,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -57,6 +60,7 @@ pub(crate) struct FileConfig {
     pub(crate) device: Option<String>,
     pub(crate) cache_dir: Option<PathBuf>,
     cache_size: Option<String>,
+    allow_other: Option<bool>,
 }
 
 fn home() -> PathBuf {
@@ -222,8 +226,15 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         .or(file.cache_dir)
         .unwrap_or_else(|| default_cache_base().join(cache_key(&server, &token)));
     let mountpoint = absolute(&args.mountpoint);
+    let allow_other = args.allow_other || file.allow_other.unwrap_or(false);
 
     // Checks a person can act on, before anything starts.
+    if allow_other {
+        check_allow_other(
+            unsafe { libc::getuid() },
+            &std::fs::read_to_string(FUSE_CONF).unwrap_or_default(),
+        )?;
+    }
     let meta = std::fs::metadata(&mountpoint).map_err(|e| {
         anyhow::anyhow!(
             "mountpoint {} is not usable: {e} (create it with `mkdir -p {}`)",
@@ -326,6 +337,8 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         let (handle, mp) = (handle.clone(), mountpoint.clone());
         move || release_mount(&handle, &mp)
     });
+    let notifier_slot = fs.notifier_slot();
+    let replayer = crate::fuse::replay::Replayer::new(&core, fs.replays(), &mountpoint);
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName("jewelfs".into()),
@@ -334,6 +347,14 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         fuser::MountOption::NoDev,
         fuser::MountOption::NoSuid,
     ];
+    if allow_other {
+        // Other users in, and the kernel checks the stored modes for everyone (without
+        // `default_permissions` it would let any user who reaches the mount do anything).
+        config.acl = fuser::SessionACL::All;
+        config
+            .mount_options
+            .push(fuser::MountOption::DefaultPermissions);
+    }
     config.n_threads = Some(4);
     let mut session = fuser::Session::new(fs, &mountpoint, &config).with_context(|| {
         format!(
@@ -343,20 +364,42 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     })?;
 
     *handle.lock().unwrap() = Some(session.unmount_callable());
+    let _ = notifier_slot.set(session.notifier());
 
-    // Kernel invalidations: their own thread, never inside a callback.
+    // Kernel invalidations and replays of other machines' changes: their own thread,
+    // never inside a callback.
     let notifier = session.notifier();
     let (tx, rx) = std::sync::mpsc::channel::<Inval>();
     core.set_invalidator(tx);
+    // Other machines' changes replayed for inotify watchers; a delete that is not replayed
+    // is told to the kernel as one. (Weak: these threads live as long as the core's sender,
+    // which the core holds.)
+    let told = Arc::downgrade(&core);
+    let replays = crate::fuse::replay::start(replayer, move |heard| {
+        if let (crate::core::Heard::Removed { node }, Some(core)) = (heard, told.upgrade()) {
+            core.inval(Inval::Delete {
+                parent: node.parent,
+                child: node.id,
+                name: node.name.clone(),
+            });
+        }
+    })?;
     std::thread::Builder::new()
         .name("jewelfs-notify".into())
         .spawn(move || {
             for what in rx {
                 let r = match &what {
+                    // After the invalidations queued before it, on the replay thread.
+                    Inval::Replay(heard) => {
+                        replays.push(heard.clone());
+                        Ok(())
+                    }
                     Inval::Entry { parent, name } => {
                         notifier.inval_entry(fuser::INodeNo(*parent), name.as_ref())
                     }
                     Inval::Inode(id) => notifier.inval_inode(fuser::INodeNo(*id), 0, 0),
+                    // A negative offset: the attributes only, no cached pages.
+                    Inval::Attr(id) => notifier.inval_inode(fuser::INodeNo(*id), -1, 0),
                     Inval::Delete {
                         parent,
                         child,
@@ -448,6 +491,26 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     drop(core);
     rt.shutdown_timeout(Duration::from_millis(500));
     result.context("the FUSE session ended with an error")
+}
+
+/// Where `fusermount3` reads whether users may mount with `allow_other`.
+const FUSE_CONF: &str = "/etc/fuse.conf";
+
+/// `--allow-other` for a user other than root needs `user_allow_other` in `/etc/fuse.conf`
+/// (`fusermount3` refuses otherwise, with a message that does not say which option of
+/// ours caused it): said up front, with what to do.
+pub fn check_allow_other(uid: u32, fuse_conf: &str) -> anyhow::Result<()> {
+    let permitted = fuse_conf
+        .lines()
+        .any(|l| l.split('#').next().unwrap_or("").trim() == "user_allow_other");
+    if uid != 0 && !permitted {
+        bail!(
+            "--allow-other needs the line `user_allow_other` in {FUSE_CONF} (it lets users \
+             open their FUSE mounts to others); as root: echo user_allow_other >> {FUSE_CONF}. \
+             Or mount without --allow-other (only you can reach the drive then)"
+        );
+    }
+    Ok(())
 }
 
 /// At the end of the session: takes the mount handle out of `fuser` (which would otherwise
@@ -581,6 +644,9 @@ fn daemonize(args: &MountArgs, cache_dir: &Path, mountpoint: &Path) -> anyhow::R
     }
     if let Some(c) = &args.cache_size {
         cmd.arg("--cache-size").arg(c);
+    }
+    if args.allow_other {
+        cmd.arg("--allow-other");
     }
     cmd.stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
@@ -813,5 +879,19 @@ async fn connect_patiently(core: &Core) -> Result<jewel_wire::Me, ApiErr> {
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_other_is_checked_against_fuse_conf_for_users_only() {
+        let refused = check_allow_other(1000, "# user_allow_other\nmount_max = 1000\n");
+        let message = refused.unwrap_err().to_string();
+        assert!(message.contains("user_allow_other") && message.contains(FUSE_CONF));
+        assert!(check_allow_other(1000, "user_allow_other  # for jewelfs\n").is_ok());
+        assert!(check_allow_other(0, "").is_ok(), "root needs no permission");
     }
 }

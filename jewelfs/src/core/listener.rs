@@ -39,7 +39,7 @@ pub const TOKEN_REFUSED: &str = "the service refused this machine's token (unlin
     account token was reissued): run `jewelfs login` to link it again; pending changes are kept \
     and upload then";
 use super::listen::{apply_batch, Sources};
-use super::{Core, Inval};
+use super::{Core, Heard, Inval};
 
 /// Files up to this size that other machines write are fetched ahead (one block).
 pub const FETCH_AHEAD_MAX_BYTES: u64 = BLOCK_SIZE;
@@ -249,6 +249,7 @@ impl Core {
         let node = &ev.node;
         let old = self.tree.get(node.id);
         let mut invals = Vec::new();
+        let mut heard = Vec::new();
         match ev.op {
             ChangeOp::Upsert => {
                 if old.as_ref().is_some_and(|o| o.version >= node.version) {
@@ -290,6 +291,11 @@ impl Core {
                             parent: o.parent,
                             name: o.name.clone(),
                         });
+                        heard.push(Heard::Moved {
+                            from_parent: o.parent,
+                            from_name: o.name.clone(),
+                            id: node.id,
+                        });
                     }
                     if o.blocks != node.blocks
                         || o.size != node.size
@@ -298,6 +304,12 @@ impl Core {
                         || o.target != node.target
                     {
                         invals.push(Inval::Inode(node.id));
+                    }
+                    let content = o.blocks != node.blocks || o.size != node.size;
+                    if !node.is_dir() && content {
+                        heard.push(Heard::Changed { id: node.id });
+                    } else if !content && (o.mode != node.mode || o.mtime_ns != node.mtime_ns) {
+                        heard.push(Heard::Attributes { id: node.id });
                     }
                 } else if let Some(from) = &ev.from {
                     self.tree.unlink(from.parent, &from.name, node.id);
@@ -308,6 +320,13 @@ impl Core {
                     invals.push(Inval::Inode(node.id));
                 } else {
                     invals.push(Inval::Inode(node.id));
+                }
+                if old.is_none() {
+                    heard.push(Heard::Created {
+                        parent: node.parent,
+                        name: node.name.clone(),
+                        id: node.id,
+                    });
                 }
                 if let Some(from) = &ev.from {
                     if old.is_some() {
@@ -345,17 +364,21 @@ impl Core {
                 };
                 self.tree.unlink(parent, &name, node.id);
                 self.tree.forget(node.id);
-                invals.push(Inval::Delete {
-                    parent,
-                    child: node.id,
-                    name,
-                });
+                // Replayed as an unlink (which tells the kernel), else told as a delete.
+                let mut gone = old.as_deref().unwrap_or(node).clone();
+                (gone.parent, gone.name) = (parent, name);
+                heard.push(Heard::Removed { node: gone });
                 invals.push(Inval::Inode(parent));
             }
         }
         if !own || own_remove {
+            // The invalidations first: a watcher that reads on hearing the change must
+            // find the new content, not pages the kernel still holds.
             for i in invals {
                 self.inval(i);
+            }
+            for h in heard {
+                self.inval(Inval::Replay(h));
             }
         }
     }

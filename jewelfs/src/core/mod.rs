@@ -170,7 +170,33 @@ impl CoreErr {
 
 pub type CoreResult<T> = Result<T, CoreErr>;
 
-/// What the kernel must forget (sent to the notifier thread, never called in a callback).
+/// Another machine's change as a local program would have made it: the mount replays it
+/// through its own mountpoint so that the kernel raises the inotify events a watcher would
+/// have heard (see `fuse/replay.rs`). Places are the ones before the change was applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    /// A node new to this machine now at `parent`/`name`.
+    Created {
+        parent: NodeId,
+        name: String,
+        id: NodeId,
+    },
+    /// A file's content changed.
+    Changed { id: NodeId },
+    /// A node's mode or mtime changed, not its content.
+    Attributes { id: NodeId },
+    /// A node moved (renamed) from `from_parent`/`from_name` to where the tree has it now.
+    Moved {
+        from_parent: NodeId,
+        from_name: String,
+        id: NodeId,
+    },
+    /// A node was deleted; `node` is what it was (the tree has forgotten it).
+    Removed { node: Node },
+}
+
+/// What the kernel must forget or hear (sent to the notifier thread, never called in a
+/// callback).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inval {
     Entry {
@@ -178,6 +204,12 @@ pub enum Inval {
         name: String,
     },
     Inode(NodeId),
+    /// Only the node's attributes (not its cached pages): they depend on more than the
+    /// node, as a folder's link count on its listing.
+    Attr(NodeId),
+    /// Replay another machine's change (after the invalidations queued before it); for a
+    /// [`Heard::Removed`] that cannot be replayed, the kernel is told of the delete instead.
+    Replay(Heard),
     Delete {
         parent: NodeId,
         child: NodeId,
@@ -467,6 +499,14 @@ impl Core {
                     let _ = tx.send(Inval::Inode(i));
                 }
             }
+            Inval::Attr(id) => {
+                for i in with(id) {
+                    let _ = tx.send(Inval::Attr(i));
+                }
+            }
+            Inval::Replay(heard) => {
+                let _ = tx.send(Inval::Replay(heard));
+            }
             Inval::Delete {
                 parent,
                 child,
@@ -662,6 +702,9 @@ impl Core {
             }
         }
         self.overlay_pending(dir);
+        // The kernel may hold the folder's attributes from before its listing was known
+        // (a link count of 1, "unknown"): it asks again now that the count is known.
+        self.inval(Inval::Attr(dir));
         Ok(())
     }
 

@@ -222,6 +222,27 @@ impl Tree {
         Some(entries.into_iter().map(|(k, v)| (k, self.r(v))).collect())
     }
 
+    /// How many subdirectories `dir` holds, from the cache alone: `None` when its listing
+    /// is not cached, one of its nodes is not (evicted), or it has more than `max_scan`
+    /// entries (the count is asked for at every `stat` of a folder, so its cost is bounded).
+    pub fn subdirs(&self, dir: NodeId, max_scan: usize) -> Option<u64> {
+        let listing = self.dirs.get(&self.r(dir))?;
+        let ids: Vec<NodeId> = {
+            let entries = listing.lock().unwrap();
+            if entries.len() > max_scan {
+                return None;
+            }
+            entries.values().copied().collect()
+        };
+        let mut dirs = 0;
+        for id in ids {
+            if self.get(id)?.is_dir() {
+                dirs += 1;
+            }
+        }
+        Some(dirs)
+    }
+
     /// An empty, complete listing (a directory created here).
     pub fn new_listing(&self, dir: NodeId) {
         self.changed();
@@ -396,6 +417,19 @@ mod tests {
         assert_eq!(names, vec!["b", "local.txt"]);
         assert_eq!(tree.child(1, "nope"), Some(None));
         assert_eq!(tree.child(3, "x"), None, "unknown listing");
+    }
+
+    #[test]
+    fn subdirs_are_counted_from_a_cached_listing_only() {
+        let tree = Tree::default();
+        assert_eq!(tree.subdirs(1, 100), None, "no listing");
+        let dir = |id, name: &str| Node {
+            kind: NodeKind::Dir,
+            ..node(id, 1, name)
+        };
+        tree.set_listing(1, vec![dir(5, "a"), dir(6, "b"), node(7, 1, "f")]);
+        assert_eq!(tree.subdirs(1, 100), Some(2));
+        assert_eq!(tree.subdirs(1, 2), None, "more entries than it may scan");
     }
 
     #[test]
