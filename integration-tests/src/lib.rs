@@ -267,6 +267,7 @@ impl Mount {
             url: String::new(),
             token: String::new(),
             device: device.to_string(),
+            extra_args: Vec::new(),
             mnt,
             config_home: Some(config_home.to_path_buf()),
         };

@@ -360,7 +360,8 @@ impl Api for HttpApi {
             .await
     }
     async fn batch(&self, batch: &Batch) -> ApiResult<BatchAnswer> {
-        Self::send(self.req(reqwest::Method::POST, "/batch").json(batch)).await
+        self.send(self.req(reqwest::Method::POST, "/batch").json(batch))
+            .await
     }
     async fn put_block(&self, url: &str, bytes: Bytes) -> ApiResult<()> {
         let resp = self
