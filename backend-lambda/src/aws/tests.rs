@@ -63,6 +63,17 @@ mod dynamo_conformance {
     });
 }
 
+/// The same suite on DynamoDB Local, AWS's own server: DynamoDB's transaction rules (one
+/// operation per item per transaction, 100 items, 4 MB), conditions and the 400 KB item
+/// limit as the service enforces them.
+mod dynamo_conformance_on_dynamodb_local {
+    use super::*;
+    crate::meta_store_conformance!(guarded match super::super::testing::dynamodb_local() {
+        Some(d) => dynamo_on(d),
+        None => return,
+    });
+}
+
 crate::blob_store_conformance!(match moto() {
     Some(m) => s3_on(m),
     None => return,
