@@ -198,3 +198,31 @@ fn api_gateway_has_every_route_of_the_router() {
         "routes in API Gateway the router does not have: {extra:?}"
     );
 }
+
+/// A new AWS account has a concurrency quota of 10 and Lambda keeps 10 unreserved, so any
+/// reserved concurrency is refused there (`terraform apply` fails). The default reserves none;
+/// a deployment that has asked AWS for more sets `lambda_concurrency` (docs/DEPLOY.md).
+#[test]
+fn apply_on_a_new_account_reserves_no_concurrency_by_default() {
+    let vars = read("terraform/variables.tf");
+    let concurrency = block(
+        &vars,
+        "variable \"lambda_concurrency\"",
+        "variable \"lambda_concurrency\"",
+    );
+    assert_eq!(
+        string_attr(concurrency, "default").as_deref(),
+        Some("null"),
+        "lambda_concurrency must default to none: {concurrency}"
+    );
+    let lambda = read("terraform/lambda.tf");
+    assert_eq!(
+        string_attr(&lambda, "reserved_concurrent_executions").as_deref(),
+        Some("var.lambda_concurrency")
+    );
+    let deploy = read("docs/DEPLOY.md");
+    assert!(
+        deploy.contains("Service Quotas") && deploy.contains("lambda_concurrency"),
+        "DEPLOY.md says how to ask for more concurrency and then reserve it"
+    );
+}
