@@ -37,9 +37,11 @@
 //! - A file has at most [`MAX_BLOCKS`] blocks (~19.5 GiB): the node, with its block list, is
 //!   an item of at most 400 KB. A larger commit is refused with a message saying so.
 //! - The change log is trimmed by TTL (`ttl`, epoch seconds) and by `trim_log`. Since sequence
-//!   numbers are dense, a cursor is too old exactly when the first retained event after it is
-//!   not `cursor + 1`; items whose TTL passed but that DynamoDB has not yet deleted are
-//!   treated as gone.
+//!   numbers are dense, a cursor is too old exactly when the event `cursor + 1` is gone; items
+//!   whose TTL passed but that DynamoDB has not yet deleted are treated as gone. A `Query` is
+//!   read-committed (a `GetItem` is serializable), so it may miss a just-committed log item:
+//!   `changes_since` reads `cursor + 1` by its key when the query does not start with it, and
+//!   answers only the contiguous prefix it sees (the device reads on to `latest_seq`).
 //! - Emptiness of a directory (for a non-recursive remove or a replacing rename) is read, not
 //!   guarded: a child created in the same instant can end up in the trash with its parent,
 //!   where it is still restorable.
@@ -1721,8 +1723,11 @@ impl MetaStore for DynamoStore {
             });
         }
         let now = unix_secs();
+        let live = |item: &Item| -> StoreResult<bool> {
+            Ok(!opt_n::<u64>(item, TTL_ATTR)?.is_some_and(|t| t <= now))
+        };
         // A page cut short is fine here: the client reads on to `latest_seq`.
-        let (items, _) = self
+        let (mut items, _) = self
             .query_within(
                 log_pk(user),
                 Some(seq_sk(since)),
@@ -1731,10 +1736,29 @@ impl MetaStore for DynamoStore {
                 MAX_PAGE_BYTES,
             )
             .await?;
+        // Query is read-committed: it may not see yet the log item of a transaction whose
+        // counter the GetItem above saw. Only a serializable read of `since + 1` by its key
+        // tells "not visible yet" (answer it) from "trimmed" (the cursor is too old).
+        let first_key = seq_sk(since + 1);
+        let starts_at_cursor = match items.first() {
+            Some(item) => get_s(item, SK)? == first_key && live(item)?,
+            None => false,
+        };
+        if !starts_at_cursor {
+            match self.get(log_pk(user), first_key.clone()).await? {
+                Some(item) if live(&item)? => {
+                    items.retain(|i| i.get(SK).and_then(|v| v.as_s().ok()) != Some(&first_key));
+                    items.insert(0, item);
+                }
+                _ => return Err(StoreError::CursorTooOld),
+            }
+        }
+        // The contiguous prefix only: a hole is a change Query does not see yet, and a page
+        // past it would make the device skip that change for good.
         let mut rows = Vec::with_capacity(items.len());
-        for item in &items {
-            if opt_n::<u64>(item, TTL_ATTR)?.is_some_and(|t| t <= now) {
-                continue;
+        for (item, want) in items.iter().zip(since + 1..) {
+            if get_s(item, SK)? != seq_sk(want) || !live(item)? {
+                break;
             }
             let json = get_s(item, "ev")?;
             let len = json.len();
@@ -1745,9 +1769,6 @@ impl MetaStore for DynamoStore {
             let ev: ChangeEvent = serde_json::from_str(&json)
                 .map_err(|e| StoreError::Backend(format!("bad event in the log: {e}")))?;
             events.push(ev);
-        }
-        if events.first().map(|e| e.seq) != Some(since + 1) {
-            return Err(StoreError::CursorTooOld);
         }
         Ok(ChangePage {
             events,

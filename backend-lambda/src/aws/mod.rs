@@ -33,6 +33,8 @@ pub mod dynamo;
 pub mod s3;
 pub mod sqs;
 
+#[cfg(test)]
+mod log_visibility_tests;
 #[cfg(any(test, feature = "conformance"))]
 pub mod testing;
 #[cfg(test)]
