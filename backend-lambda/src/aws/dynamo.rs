@@ -6,6 +6,7 @@
 //! | token | `T#<token hash>` | `T` | `uid`, `name`, `created` |
 //! | user meta | `U#<uid>` | `META` | `seq` (the per-user sequence counter), `name` |
 //! | device | `U#<uid>` | `DEV#<id>` | `name` |
+//! | device queue | `U#<uid>` | `Q#<id>` | `url`, `arn`, `renewed` (written by the SQS bus, see `device_queues.rs`) |
 //! | pointer | `U#<uid>` | `N#<id>` | the whole node; `trash_at` on the top of a deleted subtree, `in_trash` (the top's id) below it |
 //! | entry | `U#<uid>#D#<parent>` | `<name>` | the whole node (so one query lists a directory with its attributes) |
 //! | trash | `U#<uid>#TRASH` | `N#<id>` | the node as deleted, `at` |

@@ -29,10 +29,13 @@ use crate::blobs::BlobStore;
 use crate::bus::ChangeBus;
 use crate::store::MetaStore;
 
+pub mod device_queues;
 pub mod dynamo;
 pub mod s3;
 pub mod sqs;
 
+#[cfg(test)]
+mod device_registration_tests;
 #[cfg(test)]
 mod log_visibility_tests;
 #[cfg(any(test, feature = "conformance"))]
