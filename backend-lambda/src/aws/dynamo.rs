@@ -1725,7 +1725,7 @@ impl MetaStore for DynamoStore {
         }
         let now = unix_secs();
         let live = |item: &Item| -> StoreResult<bool> {
-            Ok(!opt_n::<u64>(item, TTL_ATTR)?.is_some_and(|t| t <= now))
+            Ok(opt_n::<u64>(item, TTL_ATTR)?.is_none_or(|t| t > now))
         };
         // A page cut short is fine here: the client reads on to `latest_seq`.
         let (mut items, _) = self
