@@ -88,3 +88,19 @@ variable "throttle_burst" {
   type        = number
   default     = 100
 }
+
+variable "monthly_budget_usd" {
+  description = "Monthly cost budget in USD for the account (terraform/budget.tf): alerts at 80% spent and when the forecast exceeds it. docs/COST.md estimates about $0.40 per user-month."
+  type        = number
+  default     = 10
+  validation {
+    condition     = var.monthly_budget_usd > 0
+    error_message = "monthly_budget_usd: a positive amount of USD."
+  }
+}
+
+variable "budget_alert_emails" {
+  description = "Email addresses that receive the budget alerts; empty: the budget is tracked but alerts no one."
+  type        = list(string)
+  default     = []
+}

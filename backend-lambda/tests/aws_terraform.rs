@@ -226,3 +226,25 @@ fn apply_on_a_new_account_reserves_no_concurrency_by_default() {
         "DEPLOY.md says how to ask for more concurrency and then reserve it"
     );
 }
+
+/// The deployment watches its own bill: a monthly cost budget that alerts before the money
+/// is spent (forecast) and when most of it is (actual), its amount and recipients variables.
+#[test]
+fn a_monthly_budget_alerts_on_cost() {
+    let tf = read("terraform/budget.tf");
+    assert!(tf.contains("resource \"aws_budgets_budget\""), "{tf}");
+    assert_eq!(string_attr(&tf, "budget_type").as_deref(), Some("COST"));
+    assert_eq!(string_attr(&tf, "time_unit").as_deref(), Some("MONTHLY"));
+    assert!(tf.contains("var.monthly_budget_usd"));
+    for kind in ["ACTUAL", "FORECASTED"] {
+        assert!(
+            tf.contains(&format!("notification_type          = \"{kind}\"")),
+            "an alert on {kind} cost"
+        );
+    }
+    assert!(tf.contains("var.budget_alert_emails"));
+    let vars = read("terraform/variables.tf");
+    assert!(vars.contains("variable \"monthly_budget_usd\""));
+    assert!(vars.contains("variable \"budget_alert_emails\""));
+    assert!(read("docs/DEPLOY.md").contains("budget_alert_emails"));
+}
