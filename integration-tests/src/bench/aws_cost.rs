@@ -34,10 +34,10 @@ pub mod price {
 }
 
 /// The COST.md scenario: changes a user makes in a month, and the fixed monthly cost of two
-/// always-on devices (idle SQS long polls and hourly renewals: $0.104 + $0.012) and of 10 GB
+/// always-on devices (idle SQS long polls and hourly renewals: $0.104 + $0.010) and of 10 GB
 /// stored ($0.165), all from COST.md's table.
 pub const CHANGES_PER_MONTH: f64 = 3000.0;
-pub const FIXED_PER_USER_MONTH: f64 = 0.104 + 0.012 + 0.165;
+pub const FIXED_PER_USER_MONTH: f64 = 0.104 + 0.010 + 0.165;
 const SQS_PER_CHANGE: f64 = 6.0;
 
 /// One AWS-mode run of the bench.
