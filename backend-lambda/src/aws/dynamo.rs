@@ -12,6 +12,7 @@
 //! | trash | `U#<uid>#TRASH` | `N#<id>` | the node as deleted, `at` |
 //! | version | `U#<uid>` | `V#<id>#<version, 20 digits>` | an earlier content (the node as it was), `at` (replaced), `ttl` |
 //! | event | `U#<uid>#LOG` | `<seq, 20 digits>` | `ev` (the JSON event), `at`, `ttl` |
+//! | pending mark | `U#<uid>#MARK` | `N#<dir>` | `top`: the children of `dir` still to be (un)marked for the deleted or restored folder `top` (see `marks.rs`) |
 //!
 //! The pointer is the node's authority (its `ver` is what a base version is checked against);
 //! the entry is a copy kept in the same transaction, so listing is one query. All pointers of a
@@ -32,7 +33,8 @@
 //! Subtle cases:
 //! - Deleting a directory keeps its subtree attached. Nodes below it are marked `in_trash`
 //!   after the transaction (batch writes, outside it: a subtree may exceed the 100-item
-//!   limit), and unmarked on restore. `list_children` and `child` check the parent's own
+//!   limit), and unmarked on restore; the transaction writes the work down first, so a
+//!   marking cut short resumes with the user's next writes (`marks.rs`). `list_children` and `child` check the parent's own
 //!   pointer, so the deleted directory's direct children vanish with the transaction; deeper
 //!   nodes vanish from `get_node` a moment later, when the marking is done.
 //! - A file has at most [`MAX_BLOCKS`] blocks (~19.5 GiB): the node, with its block list, is
@@ -53,7 +55,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, DeleteRequest,
-    KeySchemaElement, KeyType, Put, PutRequest, ScalarAttributeType, TimeToLiveSpecification,
+    KeySchemaElement, KeyType, Put, ScalarAttributeType, TimeToLiveSpecification,
     TransactWriteItem, WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
@@ -63,6 +65,8 @@ use jewel_wire::{
 };
 
 use super::{count, count_n, sdk_err, AwsSettings, PK, SK, TTL_ATTR};
+
+mod marks;
 use crate::store::{
     fill_page, json_len, new_id, MetaStore, Moved, NewNode, Origin, Page, StoreError, StoreResult,
     TrashCursor, User, UserId, MAX_PAGE_BYTES, MAX_VERSIONS,
@@ -535,7 +539,11 @@ impl DynamoStore {
                 }
             }
         };
-        lock.lock_owned().await
+        let guard = lock.lock_owned().await;
+        // A delete or restore whose marking was cut short (Lambda's time limit): finish it
+        // before this write, so the user's tree converges with their next writes.
+        self.resume_marks(uid).await;
+        guard
     }
 
     /// Creates the table (on-demand, keys `PK`/`SK`) and turns TTL on, if missing.
@@ -941,35 +949,6 @@ impl DynamoStore {
             .build()
     }
 
-    /// Marks (`Some(top)`) or unmarks (`None`) every node below `top` as being in the trash.
-    async fn mark_subtree(&self, uid: &str, top: NodeId, mark: Option<NodeId>) -> StoreResult<()> {
-        let mut dirs = vec![top];
-        let mut writes = Vec::new();
-        while let Some(dir) = dirs.pop() {
-            for item in self.query(dir_pk(uid, dir), None, None, None).await? {
-                let node = read_node(&item)?;
-                if node.is_dir() {
-                    dirs.push(node.id);
-                }
-                let mut p = self.ptr_item(uid, &node);
-                if let Some(t) = mark {
-                    p.insert("in_trash".into(), n(t));
-                }
-                writes.push(
-                    WriteRequest::builder()
-                        .put_request(
-                            PutRequest::builder()
-                                .set_item(Some(p))
-                                .build()
-                                .expect("item"),
-                        )
-                        .build(),
-                );
-            }
-        }
-        self.batch_write(writes).await
-    }
-
     async fn user_item(&self, name: &str) -> StoreResult<Item> {
         self.get(users_pk(), name.to_string())
             .await?
@@ -1061,7 +1040,7 @@ impl MetaStore for DynamoStore {
                 }
             }
         }
-        for pk in [log_pk(&uid), trash_pk(&uid)] {
+        for pk in [log_pk(&uid), trash_pk(&uid), marks::marks_pk(&uid)] {
             for e in self.query(pk, None, None, None).await? {
                 deletes.push(Self::delete_req(&e));
             }
@@ -1541,10 +1520,13 @@ impl MetaStore for DynamoStore {
                     other = Some(swapped);
                 }
             }
+            if let Some(d) = trashed_dir {
+                tx.put(&self.table, marks::pending(user, d, d), None);
+            }
             self.log_events(&mut tx, user, seq, &mut events);
             if let TxOutcome::Done = self.commit(tx).await? {
-                if let Some(d) = trashed_dir {
-                    self.mark_subtree(user, d, Some(d)).await?;
+                if trashed_dir.is_some() {
+                    self.mark_after_commit(user).await;
                 }
                 return Ok(Moved {
                     node: moved,
@@ -1593,10 +1575,13 @@ impl MetaStore for DynamoStore {
             put_node(&mut tr, &gone);
             tr.insert("at".into(), n(origin.now_ns));
             tx.put(&self.table, tr, None);
+            if gone.is_dir() {
+                tx.put(&self.table, marks::pending(user, id, id), None);
+            }
             self.log_events(&mut tx, user, seq, &mut events);
             if let TxOutcome::Done = self.commit(tx).await? {
                 if gone.is_dir() {
-                    self.mark_subtree(user, id, Some(id)).await?;
+                    self.mark_after_commit(user).await;
                 }
                 let [ev] = events;
                 return Ok((gone, ev));
@@ -1694,10 +1679,13 @@ impl MetaStore for DynamoStore {
                     Cond::live(),
                 );
             }
+            if node.is_dir() {
+                tx.put(&self.table, marks::pending(user, id, id), None);
+            }
             self.log_events(&mut tx, user, seq, &mut events);
             if let TxOutcome::Done = self.commit(tx).await? {
                 if node.is_dir() {
-                    self.mark_subtree(user, id, None).await?;
+                    self.mark_after_commit(user).await;
                 }
                 let [ev] = events;
                 return Ok((node, ev));

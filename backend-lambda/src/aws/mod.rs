@@ -38,6 +38,8 @@ pub mod sqs;
 mod device_registration_tests;
 #[cfg(test)]
 mod log_visibility_tests;
+#[cfg(test)]
+mod marking_tests;
 #[cfg(any(test, feature = "conformance"))]
 pub mod testing;
 #[cfg(test)]
