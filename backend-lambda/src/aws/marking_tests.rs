@@ -52,9 +52,7 @@ async fn make(s: &DynamoStore, user: &String, parent: NodeId, name: &str, dir: b
     let kind = if dir {
         NewKind::Dir
     } else {
-        NewKind::Symlink {
-            target: "t".into(),
-        }
+        NewKind::Symlink { target: "t".into() }
     };
     let node = NewNode {
         parent,
@@ -89,7 +87,11 @@ async fn a_folder_whose_marking_was_cut_short_is_trashed_and_restored_whole() {
         let dir = make(&store, &user, big.id, &format!("d{d}"), true).await;
         below.push(dir.id);
         for f in 0..5 {
-            below.push(make(&store, &user, dir.id, &format!("s{f}"), false).await.id);
+            below.push(
+                make(&store, &user, dir.id, &format!("s{f}"), false)
+                    .await
+                    .id,
+            );
         }
         let deeper = make(&store, &user, dir.id, "deeper", true).await;
         below.push(deeper.id);

@@ -217,6 +217,9 @@ pub fn dynamodb_local_command(port: u16) -> Option<Command> {
     Some(cmd)
 }
 
+/// AWS mode: the emulator processes, and the environment that names them to the server.
+type AwsStack = (Vec<Child>, Vec<(String, String)>);
+
 fn spawn_listening(what: &str, mut cmd: Command, port: u16) -> Option<Child> {
     let child = cmd
         .stdout(Stdio::null())
@@ -317,11 +320,7 @@ impl BenchServer {
         )
     }
 
-    fn start_with(
-        root: &Path,
-        name: &str,
-        aws: Option<(Vec<Child>, Vec<(String, String)>)>,
-    ) -> BenchServer {
+    fn start_with(root: &Path, name: &str, aws: Option<AwsStack>) -> BenchServer {
         Self::start_logging(root, name, aws, Some("warn,jewel::request=info"))
     }
 
@@ -329,7 +328,7 @@ impl BenchServer {
     fn start_logging(
         root: &Path,
         name: &str,
-        aws: Option<(Vec<Child>, Vec<(String, String)>)>,
+        aws: Option<AwsStack>,
         rust_log: Option<&str>,
     ) -> BenchServer {
         let data = root.join(format!("server-{name}"));
