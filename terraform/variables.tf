@@ -104,3 +104,9 @@ variable "budget_alert_emails" {
   type        = list(string)
   default     = []
 }
+
+variable "xray_tracing" {
+  description = "X-Ray active tracing of the function. Lambda traces 1 request a second plus 5% (not configurable), which at a few requests a second is every request: about $13 per million changes, a third of the per-change cost (docs/COST.md). false turns it off."
+  type        = bool
+  default     = true
+}

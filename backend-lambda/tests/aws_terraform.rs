@@ -248,3 +248,20 @@ fn a_monthly_budget_alerts_on_cost() {
     assert!(vars.contains("variable \"budget_alert_emails\""));
     assert!(read("docs/DEPLOY.md").contains("budget_alert_emails"));
 }
+
+/// X-Ray traces cost more per change than DynamoDB (docs/COST.md): Lambda's sampling (one
+/// request a second plus 5 %) cannot be changed, so at a few requests a second every request
+/// is traced. Tracing is a switch, on by default, that a deployment can turn off.
+#[test]
+fn xray_tracing_is_a_switch() {
+    let lambda = read("terraform/lambda.tf");
+    let tracing = block(&lambda, "resource \"aws_lambda_function\"", "tracing_config");
+    assert!(
+        tracing.contains("mode = var.xray_tracing ? \"Active\" : \"PassThrough\""),
+        "{tracing}"
+    );
+    let vars = read("terraform/variables.tf");
+    let switch = block(&vars, "variable \"xray_tracing\"", "variable \"xray_tracing\"");
+    assert_eq!(string_attr(switch, "default").as_deref(), Some("true"));
+    assert!(read("docs/COST.md").contains("xray_tracing"));
+}
