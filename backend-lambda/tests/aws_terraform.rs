@@ -255,13 +255,21 @@ fn a_monthly_budget_alerts_on_cost() {
 #[test]
 fn xray_tracing_is_a_switch() {
     let lambda = read("terraform/lambda.tf");
-    let tracing = block(&lambda, "resource \"aws_lambda_function\"", "tracing_config");
+    let tracing = block(
+        &lambda,
+        "resource \"aws_lambda_function\"",
+        "tracing_config",
+    );
     assert!(
         tracing.contains("mode = var.xray_tracing ? \"Active\" : \"PassThrough\""),
         "{tracing}"
     );
     let vars = read("terraform/variables.tf");
-    let switch = block(&vars, "variable \"xray_tracing\"", "variable \"xray_tracing\"");
+    let switch = block(
+        &vars,
+        "variable \"xray_tracing\"",
+        "variable \"xray_tracing\"",
+    );
     assert_eq!(string_attr(switch, "default").as_deref(), Some("true"));
     assert!(read("docs/COST.md").contains("xray_tracing"));
 }

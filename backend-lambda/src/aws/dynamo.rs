@@ -71,6 +71,7 @@ use crate::store::{
     fill_page, json_len, new_id, MetaStore, Moved, NewNode, Origin, Page, StoreError, StoreResult,
     TrashCursor, User, UserId, MAX_PAGE_BYTES, MAX_VERSIONS,
 };
+pub use marks::CHILDREN_PAGE;
 
 type Item = HashMap<String, AttributeValue>;
 

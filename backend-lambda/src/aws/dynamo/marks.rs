@@ -5,9 +5,11 @@
 //!
 //! So the work is written down before it starts: the same transaction that deletes, restores
 //! or replaces the folder puts a **pending mark** `PK=U#<uid>#MARK SK=N#<dir>` with `top` (the
-//! folder deleted or restored). Working through it marks every child of `dir`, adds a pending
-//! mark for each child folder, and only then deletes its own item, so a run cut anywhere
-//! leaves pending marks that cover everything not yet done, and redoing one is harmless.
+//! folder deleted or restored). Working through it marks the children of `dir` a page of
+//! [`CHILDREN_PAGE`] at a time, adds a pending mark for each child folder, records the last
+//! name done (`after`) and, once the folder is done, deletes its own item; so a run cut
+//! anywhere leaves pending marks that cover everything not yet done, a folder of any size
+//! advances page by page, and redoing a page is harmless.
 //! A request works on pending marks for [`IN_REQUEST`] after its own transaction, and every
 //! later write of the same user first resumes them for [`ON_RESUME`] (one `Query` when there
 //! are none), so a cut marking finishes with the user's next writes.
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
 use jewel_wire::NodeId;
 
-use super::{dir_pk, get_n, get_s, key, n, node_sk, read_node, DynamoStore, Item};
+use super::{count, dir_pk, get_n, get_s, key, n, node_sk, read_node, DynamoStore, Item};
 use crate::store::{StoreError, StoreResult};
 
 /// How long a delete or restore works on the marking after its own transaction: most of
@@ -36,6 +38,8 @@ pub const IN_REQUEST: Duration = Duration::from_secs(15);
 pub const ON_RESUME: Duration = Duration::from_secs(3);
 /// Pending marks read per query.
 const BATCH: usize = 25;
+/// Children of one folder marked per step (then the progress is written down).
+pub const CHILDREN_PAGE: usize = 500;
 
 pub(super) fn marks_pk(uid: &str) -> String {
     format!("U#{uid}#MARK")
@@ -69,18 +73,24 @@ impl DynamoStore {
             if pending.is_empty() {
                 return Ok(true);
             }
-            for item in pending {
+            for mut item in pending {
+                // One folder, page by page, its progress written down after each.
+                while !self.work_on(uid, &mut item).await? {
+                    if Instant::now() >= deadline {
+                        return Ok(false);
+                    }
+                }
                 if Instant::now() >= deadline {
                     return Ok(false);
                 }
-                self.work_on(uid, &item).await?;
             }
         }
     }
 
-    /// Marks or unmarks the children of one pending mark's folder, queues its subfolders,
-    /// then forgets the mark.
-    async fn work_on(&self, uid: &str, item: &Item) -> StoreResult<()> {
+    /// Marks or unmarks the next page of children of one pending mark's folder and queues
+    /// its subfolders; true (and the mark forgotten) once the folder is done, else the mark's
+    /// `after` moves past the page.
+    async fn work_on(&self, uid: &str, item: &mut Item) -> StoreResult<bool> {
         let sk = get_s(item, super::SK)?;
         let dir: NodeId = sk
             .strip_prefix("N#")
@@ -93,9 +103,14 @@ impl DynamoStore {
             _ => None,
         };
         if let Some(mark) = mark {
+            let after = item.get("after").and_then(|v| v.as_s().ok()).cloned();
+            let children = self
+                .query(dir_pk(uid, dir), after, None, Some(CHILDREN_PAGE))
+                .await?;
+            let last = children.last().map(|c| get_s(c, super::SK)).transpose()?;
             let mut writes = Vec::new();
-            for child in self.query(dir_pk(uid, dir), None, None, None).await? {
-                let node = read_node(&child)?;
+            for child in &children {
+                let node = read_node(child)?;
                 if node.is_dir() {
                     writes.push(put(pending(uid, node.id, top)));
                 }
@@ -106,8 +121,68 @@ impl DynamoStore {
                 writes.push(put(p));
             }
             self.batch_write(writes).await?;
+            if let (Some(last), true) = (last, children.len() == CHILDREN_PAGE) {
+                let seen = item.clone();
+                item.insert("after".into(), super::s(last));
+                // Unless a newer delete or restore of the same folder rewrote the mark
+                // meanwhile (another instance): then that one is worked on, from its start.
+                return Ok(!self.replace_mark(&seen, Some(item.clone())).await?);
+            }
         }
-        self.batch_write(vec![Self::delete_req(item)]).await
+        self.replace_mark(item, None).await?;
+        Ok(true)
+    }
+
+    /// Replaces the pending mark `seen` with `next` (or deletes it) if it is still as seen;
+    /// false when it was not.
+    async fn replace_mark(&self, seen: &Item, next: Option<Item>) -> StoreResult<bool> {
+        let mut c = super::Cond::exists();
+        match seen.get("after") {
+            Some(a) => {
+                c.expr.push_str(" AND #after = :after");
+                c.values.insert(":after".into(), a.clone());
+            }
+            None => c.expr.push_str(" AND attribute_not_exists(#after)"),
+        }
+        c.names.insert("#after".into(), "after".into());
+        let result = match next {
+            Some(item) => {
+                count("dynamodb:PutItem");
+                self.client
+                    .put_item()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .condition_expression(c.expr)
+                    .set_expression_attribute_names(Some(c.names))
+                    .set_expression_attribute_values((!c.values.is_empty()).then_some(c.values))
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.into_service_error())
+                    .map_err(|e| (e.is_conditional_check_failed_exception(), super::be(e)))
+            }
+            None => {
+                count("dynamodb:DeleteItem");
+                let k = key(get_s(seen, super::PK)?, get_s(seen, super::SK)?);
+                self.client
+                    .delete_item()
+                    .table_name(&self.table)
+                    .set_key(Some(k))
+                    .condition_expression(c.expr)
+                    .set_expression_attribute_names(Some(c.names))
+                    .set_expression_attribute_values((!c.values.is_empty()).then_some(c.values))
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.into_service_error())
+                    .map_err(|e| (e.is_conditional_check_failed_exception(), super::be(e)))
+            }
+        };
+        match result {
+            Ok(()) => Ok(true),
+            Err((true, _)) => Ok(false),
+            Err((false, e)) => Err(e),
+        }
     }
 
     /// Before a write of the user: finishes (for a while) a marking an earlier request left.
