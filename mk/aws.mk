@@ -2,6 +2,8 @@
 # Lambda build. Everything installs into the workspace (gitignored), pinned:
 #   .venv-emu      moto server 5.2.5 (DynamoDB, S3, SQS, STS)    PyPI
 #   .emu-node      dynalite 4.0.0 (strict DynamoDB expressions)   npm
+#   .emu-ddb       DynamoDB Local 1.25 (AWS's own DynamoDB,        npm (inside amplify-dynamodb-simulator;
+#                  its transaction rules; the 100-user bench)     runs on Debian's OpenJDK 17)
 #   .tools         s3s-fs 0.14.1 (S3 that checks SigV4)          crates.io (built once, ~5 min)
 #   .venv-checkov  checkov (Terraform policy checks, offline)    PyPI
 #   .venv-lambda   cargo-lambda + ziglang (make lambda)           PyPI
@@ -10,14 +12,17 @@
 
 EMU_VENV      := $(CURDIR)/.venv-emu
 EMU_NODE      := $(CURDIR)/.emu-node
+EMU_DDB       := $(CURDIR)/.emu-ddb
+DDB_SIMULATOR_VERSION := 2.9.30
 CHECKOV_VENV  := $(CURDIR)/.venv-checkov
 LAMBDA_VENV   := $(CURDIR)/.venv-lambda
 MOTO_VERSION  := 5.2.5
 DYNALITE_VERSION := 4.0.0
 CHECKOV_VERSION  := 3.3.30
 
-# python3 -m venv needs Debian's python3-venv (ensurepip); dynalite needs npm (portal.mk).
-AWS_DEBIAN_NEEDS := python3=python3 python3-venv=py:ensurepip nodejs=node npm=npm
+# python3 -m venv needs Debian's python3-venv (ensurepip); dynalite and DynamoDB Local come
+# through npm (portal.mk); DynamoDB Local runs on a Java runtime.
+AWS_DEBIAN_NEEDS := python3=python3 python3-venv=py:ensurepip nodejs=node npm=npm openjdk-17-jre-headless=java
 DEBIAN_TEST_NEEDS += $(AWS_DEBIAN_NEEDS)
 
 SETUP_TARGETS += setup-aws
@@ -25,7 +30,7 @@ TEST_TARGETS  += test-aws-infra
 
 .PHONY: setup-aws setup-checkov test-aws test-aws-rust test-aws-infra terraform-check lambda
 
-## moto, dynalite, s3s-fs and cargo-lambda, for the AWS-mode tests (idempotent; fast when already there).
+## moto, dynalite, DynamoDB Local, s3s-fs and cargo-lambda, for the AWS-mode tests (idempotent; fast when already there).
 setup-aws:
 	@scripts/debian-packages.sh $(AWS_DEBIAN_NEEDS)
 	@if ! $(EMU_VENV)/bin/python -c 'import moto, sys; sys.exit(moto.__version__ != "$(MOTO_VERSION)")' 2>/dev/null; then \
@@ -46,6 +51,12 @@ setup-aws:
 	    npm install --silent --no-audit --no-fund --prefix $(EMU_NODE) dynalite@$(DYNALITE_VERSION); \
 	  else echo "!!! npm is missing: the dynalite expression tests will be skipped"; fi; \
 	fi
+	@if [ ! -f $(EMU_DDB)/node_modules/amplify-dynamodb-simulator/emulator/DynamoDBLocal.jar ]; then \
+	  if command -v npm >/dev/null; then \
+	    echo "==> installing DynamoDB Local (amplify-dynamodb-simulator $(DDB_SIMULATOR_VERSION)) into .emu-ddb"; \
+	    npm install --silent --no-audit --no-fund --prefix $(EMU_DDB) amplify-dynamodb-simulator@$(DDB_SIMULATOR_VERSION); \
+	  else echo "!!! npm is missing: the DynamoDB Local tests will be skipped"; fi; \
+	fi
 
 setup-checkov:
 	@scripts/debian-packages.sh $(AWS_DEBIAN_NEEDS)
@@ -54,7 +65,7 @@ setup-checkov:
 	  python3 -m venv $(CHECKOV_VENV) && $(CHECKOV_VENV)/bin/pip install -q 'checkov==$(CHECKOV_VERSION)'; \
 	fi
 
-## Every AWS-mode test: the conformance suites on moto and dynalite, the server end to end,
+## Every AWS-mode test: the conformance suites on moto, dynalite and DynamoDB Local, the server end to end,
 ## and the Terraform checks.
 test-aws: setup-aws test-aws-rust test-aws-infra
 

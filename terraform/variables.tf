@@ -42,10 +42,15 @@ variable "lambda_memory_mb" {
   default     = 256
 }
 
+# No reserved concurrency by default: a new account's concurrency quota is 10 and Lambda keeps
+# 10 unreserved, so any reservation makes `terraform apply` fail there. The API's throttling
+# (throttle_rate, throttle_burst) still bounds the invocations a runaway client can cause;
+# after raising the quota (docs/DEPLOY.md) set this to cap them harder.
 variable "lambda_concurrency" {
-  description = "Reserved concurrency: a ceiling on simultaneous invocations, so a runaway client cannot run up the bill."
+  description = "Reserved concurrency (a ceiling on simultaneous invocations), or null for none. Needs an account concurrency quota of at least this plus 10: ask for more in Service Quotas first (docs/DEPLOY.md)."
   type        = number
-  default     = 20
+  default     = null
+  nullable    = true
 }
 
 variable "log_retention_days" {
@@ -69,9 +74,9 @@ variable "cloudwatch_log_days" {
 # Throttling is per stage, for all clients together: an HTTP API has no per-client rule
 # (usage plans and API keys are REST-API only, and AWS WAF does not attach to an HTTP API).
 # One client can therefore use up the whole rate and slow everyone down, but never run up
-# more than `lambda_concurrency` invocations at once. A per-client limit needs a CloudFront
-# distribution with a WAF rate-based rule in front (not part of this deployment); see
-# docs/SECURITY.md.
+# more invocations than this rate allows (nor, when `lambda_concurrency` is set, more at
+# once). A per-client limit needs a CloudFront distribution with a WAF rate-based rule in
+# front (not part of this deployment); see docs/SECURITY.md.
 variable "throttle_rate" {
   description = "API requests per second allowed (steady state), all clients together (HTTP APIs have no per-client throttling)."
   type        = number
@@ -82,4 +87,26 @@ variable "throttle_burst" {
   description = "API burst allowance, all clients together."
   type        = number
   default     = 100
+}
+
+variable "monthly_budget_usd" {
+  description = "Monthly cost budget in USD for the account (terraform/budget.tf): alerts at 80% spent and when the forecast exceeds it. docs/COST.md estimates about $0.40 per user-month."
+  type        = number
+  default     = 10
+  validation {
+    condition     = var.monthly_budget_usd > 0
+    error_message = "monthly_budget_usd: a positive amount of USD."
+  }
+}
+
+variable "budget_alert_emails" {
+  description = "Email addresses that receive the budget alerts; empty: the budget is tracked but alerts no one."
+  type        = list(string)
+  default     = []
+}
+
+variable "xray_tracing" {
+  description = "X-Ray active tracing of the function. Lambda traces 1 request a second plus 5% (not configurable), which at a few requests a second is every request: about $13 per million changes, a third of the per-change cost (docs/COST.md). false turns it off."
+  type        = bool
+  default     = true
 }

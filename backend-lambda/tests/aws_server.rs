@@ -3,7 +3,8 @@
 //! two devices of that user register and get their own SQS queues and credentials; one device
 //! uploads a block straight to S3 through a presigned URL (with the signed SHA-256 header),
 //! creates, edits, renames and deletes a file; the other device hears every change from its
-//! own queue, with its own credentials, and downloads the content from S3.
+//! own queue, with its own credentials, and downloads the content from S3. The same again
+//! with DynamoDB served by DynamoDB Local (AWS's own server and its transaction rules).
 
 #![cfg(all(feature = "aws", feature = "conformance"))]
 
@@ -11,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use backend_lambda::aws::s3::{checksum_header, CHECKSUM_HEADER};
-use backend_lambda::aws::testing::{fresh_settings, moto, Emulator};
+use backend_lambda::aws::testing::{dynamodb_local, fresh_settings, moto, Emulator};
 use backend_lambda::blobs::sha256_hex;
 use jewel_wire::*;
 use serde_json::json;
@@ -24,8 +25,18 @@ impl Drop for Proc {
     }
 }
 
-fn server_cmd(m: &Emulator, table: &str, bucket: &str, prefix: &str) -> Command {
+/// `dynamodb`: the DynamoDB endpoint when it is not moto's.
+fn server_cmd(
+    m: &Emulator,
+    dynamodb: Option<&Emulator>,
+    table: &str,
+    bucket: &str,
+    prefix: &str,
+) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_jewel-server"));
+    if let Some(d) = dynamodb {
+        cmd.env("AWS_ENDPOINT_URL_DYNAMODB", &d.url);
+    }
     cmd.env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env("AWS_REGION", "us-east-1")
@@ -130,8 +141,20 @@ fn device_client(listen: &Listen) -> (aws_sdk_sqs::Client, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_devices_sync_through_jewel_server_on_aws_stores() {
     let Some(m) = moto() else { return };
+    two_devices_sync(&m, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_sync_with_dynamodb_on_dynamodb_local() {
+    let (Some(m), Some(d)) = (moto(), dynamodb_local()) else {
+        return;
+    };
+    two_devices_sync(&m, Some(&d)).await;
+}
+
+async fn two_devices_sync(m: &Emulator, dynamodb: Option<&Emulator>) {
     let st = fresh_settings();
-    let cmd = || server_cmd(&m, &st.table, &st.bucket, &st.queue_prefix);
+    let cmd = || server_cmd(m, dynamodb, &st.table, &st.bucket, &st.queue_prefix);
     run(cmd(), &["aws-init"]);
     run(cmd(), &["aws-init"]); // again: nothing missing, nothing fails
     let out = run(cmd(), &["user", "add", "ann", "--backend", "aws"]);

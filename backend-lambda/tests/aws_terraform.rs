@@ -198,3 +198,78 @@ fn api_gateway_has_every_route_of_the_router() {
         "routes in API Gateway the router does not have: {extra:?}"
     );
 }
+
+/// A new AWS account has a concurrency quota of 10 and Lambda keeps 10 unreserved, so any
+/// reserved concurrency is refused there (`terraform apply` fails). The default reserves none;
+/// a deployment that has asked AWS for more sets `lambda_concurrency` (docs/DEPLOY.md).
+#[test]
+fn apply_on_a_new_account_reserves_no_concurrency_by_default() {
+    let vars = read("terraform/variables.tf");
+    let concurrency = block(
+        &vars,
+        "variable \"lambda_concurrency\"",
+        "variable \"lambda_concurrency\"",
+    );
+    assert_eq!(
+        string_attr(concurrency, "default").as_deref(),
+        Some("null"),
+        "lambda_concurrency must default to none: {concurrency}"
+    );
+    let lambda = read("terraform/lambda.tf");
+    assert_eq!(
+        string_attr(&lambda, "reserved_concurrent_executions").as_deref(),
+        Some("var.lambda_concurrency")
+    );
+    let deploy = read("docs/DEPLOY.md");
+    assert!(
+        deploy.contains("Service Quotas") && deploy.contains("lambda_concurrency"),
+        "DEPLOY.md says how to ask for more concurrency and then reserve it"
+    );
+}
+
+/// The deployment watches its own bill: a monthly cost budget that alerts before the money
+/// is spent (forecast) and when most of it is (actual), its amount and recipients variables.
+#[test]
+fn a_monthly_budget_alerts_on_cost() {
+    let tf = read("terraform/budget.tf");
+    assert!(tf.contains("resource \"aws_budgets_budget\""), "{tf}");
+    assert_eq!(string_attr(&tf, "budget_type").as_deref(), Some("COST"));
+    assert_eq!(string_attr(&tf, "time_unit").as_deref(), Some("MONTHLY"));
+    assert!(tf.contains("var.monthly_budget_usd"));
+    for kind in ["ACTUAL", "FORECASTED"] {
+        assert!(
+            tf.contains(&format!("notification_type          = \"{kind}\"")),
+            "an alert on {kind} cost"
+        );
+    }
+    assert!(tf.contains("var.budget_alert_emails"));
+    let vars = read("terraform/variables.tf");
+    assert!(vars.contains("variable \"monthly_budget_usd\""));
+    assert!(vars.contains("variable \"budget_alert_emails\""));
+    assert!(read("docs/DEPLOY.md").contains("budget_alert_emails"));
+}
+
+/// X-Ray traces cost more per change than DynamoDB (docs/COST.md): Lambda's sampling (one
+/// request a second plus 5 %) cannot be changed, so at a few requests a second every request
+/// is traced. Tracing is a switch, on by default, that a deployment can turn off.
+#[test]
+fn xray_tracing_is_a_switch() {
+    let lambda = read("terraform/lambda.tf");
+    let tracing = block(
+        &lambda,
+        "resource \"aws_lambda_function\"",
+        "tracing_config",
+    );
+    assert!(
+        tracing.contains("mode = var.xray_tracing ? \"Active\" : \"PassThrough\""),
+        "{tracing}"
+    );
+    let vars = read("terraform/variables.tf");
+    let switch = block(
+        &vars,
+        "variable \"xray_tracing\"",
+        "variable \"xray_tracing\"",
+    );
+    assert_eq!(string_attr(switch, "default").as_deref(), Some("true"));
+    assert!(read("docs/COST.md").contains("xray_tracing"));
+}

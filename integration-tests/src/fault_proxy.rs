@@ -19,6 +19,11 @@
 //!   connection is closed: the change is committed but the client never hears so. This is
 //!   the case that tests idempotence (a retried create or move must not happen twice).
 //! - [`Fault::Slow`]: forwarded, and the answer held back for a while.
+//! - [`Fault::GatewayError`]: API Gateway's `500 {"message":"Internal Server Error"}` (the
+//!   Lambda crashed or timed out before acting); the service never sees the request.
+//! - [`Fault::AnswerOverflow`]: forwarded (the service **did** it), then the same `500`
+//!   instead of the answer: what API Gateway says when a Lambda's answer exceeds 6 MB, or
+//!   the function timed out after committing.
 //!
 //! **Which requests**: a rule applies to a [`Scope`]. The default scope,
 //! [`Scope::Changes`], is every changing request of the API (POST, PUT, PATCH, DELETE under
@@ -67,6 +72,10 @@ pub enum Fault {
     DropAfter,
     /// Forwarded; the answer is held back this long.
     Slow(Duration),
+    /// `500 {"message":"Internal Server Error"}` from API Gateway, not forwarded.
+    GatewayError,
+    /// Forwarded, then API Gateway's `500` instead of the service's answer.
+    AnswerOverflow,
 }
 
 impl Fault {
@@ -80,6 +89,8 @@ impl Fault {
             Fault::DropBefore => "drop_before",
             Fault::DropAfter => "drop_after",
             Fault::Slow(_) => "slow",
+            Fault::GatewayError => "gateway_error",
+            Fault::AnswerOverflow => "answer_overflow",
         }
     }
 }
@@ -423,6 +434,7 @@ impl Drop for FaultProxy {
 }
 
 const THROTTLED: &str = r#"{"message":"Too Many Requests"}"#;
+const GATEWAY_500: &str = r#"{"message":"Internal Server Error"}"#;
 const HTML_503: &str = "<html>\r\n<head><title>503 Service Temporarily Unavailable</title></head>\r\n<body>\r\n<center><h1>503 Service Temporarily Unavailable</h1></center>\r\n</body>\r\n</html>\r\n";
 const HTML_413: &str = "<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n<center><h1>413 Request Entity Too Large</h1></center>\r\n</body>\r\n</html>\r\n";
 
@@ -485,6 +497,13 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body
         Some(Fault::TooLarge) => {
             return Ok(answer(StatusCode::PAYLOAD_TOO_LARGE, "text/html", HTML_413));
         }
+        Some(Fault::GatewayError) => {
+            return Ok(answer(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "application/json",
+                GATEWAY_500,
+            ));
+        }
         Some(Fault::DropBefore) => return Err(Dropped),
         _ => {}
     }
@@ -520,6 +539,15 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body
             // Wait until the service has answered in full (it committed), then hang up.
             let _ = upstream.bytes().await;
             return Err(Dropped);
+        }
+        Some(Fault::AnswerOverflow) => {
+            // The service answered in full (it committed); the client hears only the 500.
+            let _ = upstream.bytes().await;
+            return Ok(answer(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "application/json",
+                GATEWAY_500,
+            ));
         }
         Some(Fault::TornAnswer) => {
             let full = upstream.bytes().await.map_err(|_| Dropped)?;

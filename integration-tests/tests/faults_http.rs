@@ -455,6 +455,32 @@ fn answers_lost_after_the_service_committed_do_not_repeat_changes() {
     }
 }
 
+/// What a real AWS deployment answers when the function fails: API Gateway's `500
+/// {"message":"Internal Server Error"}`, before the service acted (a crash) or after it
+/// committed (an answer over Lambda's 6 MB, a timeout after the commit). Every change must
+/// arrive, once, and none be undone.
+#[test]
+fn api_gateway_500s_before_and_after_the_commit_lose_and_repeat_nothing() {
+    let plan = Plan::new(41)
+        .with(Fault::GatewayError, Scope::Changes, 0.1)
+        .with(Fault::AnswerOverflow, Scope::Changes, 0.1);
+    let stats = run(plan);
+    for kind in ["gateway_error", "answer_overflow"] {
+        assert!(
+            stats.faulted(kind) >= 5,
+            "too few {kind} faults to prove anything: {stats:?}"
+        );
+    }
+    assert!(
+        stats
+            .routes
+            .get("answer_overflow POST /api/v1/nodes")
+            .is_some_and(|n| *n >= 1),
+        "no committed create was answered with a 500: {:?}",
+        stats.routes
+    );
+}
+
 #[test]
 fn a_mount_throttled_at_start_waits_and_mounts() {
     let server = Server::start();

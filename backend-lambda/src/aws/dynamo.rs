@@ -6,11 +6,13 @@
 //! | token | `T#<token hash>` | `T` | `uid`, `name`, `created` |
 //! | user meta | `U#<uid>` | `META` | `seq` (the per-user sequence counter), `name` |
 //! | device | `U#<uid>` | `DEV#<id>` | `name`, `id`; device tokens and links: `dynamo_devices.rs` |
+//! | device queue | `U#<uid>` | `Q#<id>` | `url`, `arn`, `renewed` (written by the SQS bus, see `device_queues.rs`) |
 //! | pointer | `U#<uid>` | `N#<id>` | the whole node; `trash_at` on the top of a deleted subtree, `in_trash` (the top's id) below it |
 //! | entry | `U#<uid>#D#<parent>` | `<name>` | the whole node (so one query lists a directory with its attributes) |
 //! | trash | `U#<uid>#TRASH` | `N#<id>` | the node as deleted, `at` |
 //! | version | `U#<uid>` | `V#<id>#<version, 20 digits>` | an earlier content (the node as it was), `at` (replaced), `ttl` |
 //! | event | `U#<uid>#LOG` | `<seq, 20 digits>` | `ev` (the JSON event), `at`, `ttl` |
+//! | pending mark | `U#<uid>#MARK` | `N#<dir>` | `top`: the children of `dir` still to be (un)marked for the deleted or restored folder `top` (see `marks.rs`) |
 //!
 //! The pointer is the node's authority (its `ver` is what a base version is checked against);
 //! the entry is a copy kept in the same transaction, so listing is one query. All pointers of a
@@ -31,15 +33,18 @@
 //! Subtle cases:
 //! - Deleting a directory keeps its subtree attached. Nodes below it are marked `in_trash`
 //!   after the transaction (batch writes, outside it: a subtree may exceed the 100-item
-//!   limit), and unmarked on restore. `list_children` and `child` check the parent's own
+//!   limit), and unmarked on restore; the transaction writes the work down first, so a
+//!   marking cut short resumes with the user's next writes (`marks.rs`). `list_children` and `child` check the parent's own
 //!   pointer, so the deleted directory's direct children vanish with the transaction; deeper
 //!   nodes vanish from `get_node` a moment later, when the marking is done.
 //! - A file has at most [`MAX_BLOCKS`] blocks (~19.5 GiB): the node, with its block list, is
 //!   an item of at most 400 KB. A larger commit is refused with a message saying so.
 //! - The change log is trimmed by TTL (`ttl`, epoch seconds) and by `trim_log`. Since sequence
-//!   numbers are dense, a cursor is too old exactly when the first retained event after it is
-//!   not `cursor + 1`; items whose TTL passed but that DynamoDB has not yet deleted are
-//!   treated as gone.
+//!   numbers are dense, a cursor is too old exactly when the event `cursor + 1` is gone; items
+//!   whose TTL passed but that DynamoDB has not yet deleted are treated as gone. A `Query` is
+//!   read-committed (a `GetItem` is serializable), so it may miss a just-committed log item:
+//!   `changes_since` reads `cursor + 1` by its key when the query does not start with it, and
+//!   answers only the contiguous prefix it sees (the device reads on to `latest_seq`).
 //! - Emptiness of a directory (for a non-recursive remove or a replacing rename) is read, not
 //!   guarded: a child created in the same instant can end up in the trash with its parent,
 //!   where it is still restorable.
@@ -50,7 +55,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, DeleteRequest,
-    KeySchemaElement, KeyType, Put, PutRequest, ScalarAttributeType, TimeToLiveSpecification,
+    KeySchemaElement, KeyType, Put, ScalarAttributeType, TimeToLiveSpecification,
     TransactWriteItem, WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
@@ -60,10 +65,13 @@ use jewel_wire::{
 };
 
 use super::{count, count_n, sdk_err, AwsSettings, PK, SK, TTL_ATTR};
+
+mod marks;
 use crate::store::{
     fill_page, json_len, new_id, MetaStore, Moved, NewNode, Origin, Page, PendingLink, StoreError,
     StoreResult, TokenOwner, TrashCursor, User, UserId, MAX_PAGE_BYTES, MAX_VERSIONS,
 };
+pub use marks::CHILDREN_PAGE;
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -535,7 +543,11 @@ impl DynamoStore {
                 }
             }
         };
-        lock.lock_owned().await
+        let guard = lock.lock_owned().await;
+        // A delete or restore whose marking was cut short (Lambda's time limit): finish it
+        // before this write, so the user's tree converges with their next writes.
+        self.resume_marks(uid).await;
+        guard
     }
 
     /// Creates the table (on-demand, keys `PK`/`SK`) and turns TTL on, if missing.
@@ -941,35 +953,6 @@ impl DynamoStore {
             .build()
     }
 
-    /// Marks (`Some(top)`) or unmarks (`None`) every node below `top` as being in the trash.
-    async fn mark_subtree(&self, uid: &str, top: NodeId, mark: Option<NodeId>) -> StoreResult<()> {
-        let mut dirs = vec![top];
-        let mut writes = Vec::new();
-        while let Some(dir) = dirs.pop() {
-            for item in self.query(dir_pk(uid, dir), None, None, None).await? {
-                let node = read_node(&item)?;
-                if node.is_dir() {
-                    dirs.push(node.id);
-                }
-                let mut p = self.ptr_item(uid, &node);
-                if let Some(t) = mark {
-                    p.insert("in_trash".into(), n(t));
-                }
-                writes.push(
-                    WriteRequest::builder()
-                        .put_request(
-                            PutRequest::builder()
-                                .set_item(Some(p))
-                                .build()
-                                .expect("item"),
-                        )
-                        .build(),
-                );
-            }
-        }
-        self.batch_write(writes).await
-    }
-
     async fn user_item(&self, name: &str) -> StoreResult<Item> {
         self.get(users_pk(), name.to_string())
             .await?
@@ -1061,7 +1044,7 @@ impl MetaStore for DynamoStore {
                 }
             }
         }
-        for pk in [log_pk(&uid), trash_pk(&uid)] {
+        for pk in [log_pk(&uid), trash_pk(&uid), marks::marks_pk(&uid)] {
             for e in self.query(pk, None, None, None).await? {
                 deletes.push(Self::delete_req(&e));
             }
@@ -1590,10 +1573,13 @@ impl MetaStore for DynamoStore {
                     other = Some(swapped);
                 }
             }
+            if let Some(d) = trashed_dir {
+                tx.put(&self.table, marks::pending(user, d, d), None);
+            }
             self.log_events(&mut tx, user, seq, &mut events);
             if let TxOutcome::Done = self.commit(tx).await? {
-                if let Some(d) = trashed_dir {
-                    self.mark_subtree(user, d, Some(d)).await?;
+                if trashed_dir.is_some() {
+                    self.mark_after_commit(user).await;
                 }
                 return Ok(Moved {
                     node: moved,
@@ -1642,10 +1628,13 @@ impl MetaStore for DynamoStore {
             put_node(&mut tr, &gone);
             tr.insert("at".into(), n(origin.now_ns));
             tx.put(&self.table, tr, None);
+            if gone.is_dir() {
+                tx.put(&self.table, marks::pending(user, id, id), None);
+            }
             self.log_events(&mut tx, user, seq, &mut events);
             if let TxOutcome::Done = self.commit(tx).await? {
                 if gone.is_dir() {
-                    self.mark_subtree(user, id, Some(id)).await?;
+                    self.mark_after_commit(user).await;
                 }
                 let [ev] = events;
                 return Ok((gone, ev));
@@ -1743,10 +1732,13 @@ impl MetaStore for DynamoStore {
                     Cond::live(),
                 );
             }
+            if node.is_dir() {
+                tx.put(&self.table, marks::pending(user, id, id), None);
+            }
             self.log_events(&mut tx, user, seq, &mut events);
             if let TxOutcome::Done = self.commit(tx).await? {
                 if node.is_dir() {
-                    self.mark_subtree(user, id, None).await?;
+                    self.mark_after_commit(user).await;
                 }
                 let [ev] = events;
                 return Ok((node, ev));
@@ -1773,8 +1765,11 @@ impl MetaStore for DynamoStore {
             });
         }
         let now = unix_secs();
+        let live = |item: &Item| -> StoreResult<bool> {
+            Ok(opt_n::<u64>(item, TTL_ATTR)?.is_none_or(|t| t > now))
+        };
         // A page cut short is fine here: the client reads on to `latest_seq`.
-        let (items, _) = self
+        let (mut items, _) = self
             .query_within(
                 log_pk(user),
                 Some(seq_sk(since)),
@@ -1783,10 +1778,29 @@ impl MetaStore for DynamoStore {
                 MAX_PAGE_BYTES,
             )
             .await?;
+        // Query is read-committed: it may not see yet the log item of a transaction whose
+        // counter the GetItem above saw. Only a serializable read of `since + 1` by its key
+        // tells "not visible yet" (answer it) from "trimmed" (the cursor is too old).
+        let first_key = seq_sk(since + 1);
+        let starts_at_cursor = match items.first() {
+            Some(item) => get_s(item, SK)? == first_key && live(item)?,
+            None => false,
+        };
+        if !starts_at_cursor {
+            match self.get(log_pk(user), first_key.clone()).await? {
+                Some(item) if live(&item)? => {
+                    items.retain(|i| i.get(SK).and_then(|v| v.as_s().ok()) != Some(&first_key));
+                    items.insert(0, item);
+                }
+                _ => return Err(StoreError::CursorTooOld),
+            }
+        }
+        // The contiguous prefix only: a hole is a change Query does not see yet, and a page
+        // past it would make the device skip that change for good.
         let mut rows = Vec::with_capacity(items.len());
-        for item in &items {
-            if opt_n::<u64>(item, TTL_ATTR)?.is_some_and(|t| t <= now) {
-                continue;
+        for (item, want) in items.iter().zip(since + 1..) {
+            if get_s(item, SK)? != seq_sk(want) || !live(item)? {
+                break;
             }
             let json = get_s(item, "ev")?;
             let len = json.len();
@@ -1797,9 +1811,6 @@ impl MetaStore for DynamoStore {
             let ev: ChangeEvent = serde_json::from_str(&json)
                 .map_err(|e| StoreError::Backend(format!("bad event in the log: {e}")))?;
             events.push(ev);
-        }
-        if events.first().map(|e| e.seq) != Some(since + 1) {
-            return Err(StoreError::CursorTooOld);
         }
         Ok(ChangePage {
             events,

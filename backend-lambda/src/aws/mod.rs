@@ -29,10 +29,17 @@ use crate::blobs::BlobStore;
 use crate::bus::ChangeBus;
 use crate::store::MetaStore;
 
+pub mod device_queues;
 pub mod dynamo;
 pub mod s3;
 pub mod sqs;
 
+#[cfg(test)]
+mod device_registration_tests;
+#[cfg(test)]
+mod log_visibility_tests;
+#[cfg(test)]
+mod marking_tests;
 #[cfg(any(test, feature = "conformance"))]
 pub mod testing;
 #[cfg(test)]
@@ -199,6 +206,32 @@ pub fn request_counts() -> BTreeMap<&'static str, u64> {
 /// Forgets the counts (benchmarks measure one phase at a time).
 pub fn reset_request_counts() {
     REQUESTS.lock().unwrap().clear();
+}
+
+/// When set, a serving process writes its [`request_counts`] as JSON to this file about once
+/// a second (replacing it whole), so a benchmark can read what a workload cost in AWS
+/// requests from outside the process.
+pub const ENV_REQUEST_COUNTS_FILE: &str = "JEWEL_REQUEST_COUNTS_FILE";
+
+/// Starts the writer of [`ENV_REQUEST_COUNTS_FILE`] when that variable is set.
+pub fn spawn_request_counts_writer() {
+    let Some(path) = std::env::var_os(ENV_REQUEST_COUNTS_FILE).map(std::path::PathBuf::from) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let tmp = path.with_extension("tmp");
+        loop {
+            let json = serde_json::to_vec(&request_counts()).expect("counts serialise");
+            if std::fs::write(&tmp, json)
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .is_err()
+            {
+                tracing::warn!("cannot write the request counts to {}", path.display());
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
 }
 
 /// Formats an SDK error with its whole chain (the SDK's `Display` alone says only "service

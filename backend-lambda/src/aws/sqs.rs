@@ -10,13 +10,19 @@
 //!   device can read its own queue and nothing else, and never holds the service's keys.
 //!   The credentials last one hour (the limit when a Lambda role chains into another role);
 //!   calling `register_device` again for the same device renews them for the same queue.
-//! - **publish** sends the events to each given device's queue with `SendMessageBatch`. Each
+//!   The queue's URL and ARN are recorded beside the device ([`super::device_queues`]) once
+//!   the device holds credentials, and renewal reads them there: one `GetItem` and STS, no
+//!   SQS control-plane call.
+//! - **publish** sends the events to each given device's queue with `SendMessageBatch`, only
+//!   to devices whose registration completed and that renewed within the queue's retention
+//!   (see [`super::device_queues`] for why). Each
 //!   message body is a JSON `ChangePage` of consecutive events, at most [`MAX_BODY`] bytes, so a
 //!   whole batch usually bills as one request (SQS bills per 64 KiB of payload). The sends to
 //!   different devices run concurrently, at most [`MAX_CONCURRENT_SENDS`] at a time.
 //! - **wait_after** is [`BusError::PollUnsupported`]: devices read their queues themselves.
 //!
-//! Queue URLs are cached per process (a warm Lambda sends without looking them up).
+//! Queue records are cached per process for [`RECORD_CACHE`] (a warm Lambda sends without
+//! reading them); a queue deleted behind our back is created again on the next send.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -26,6 +32,7 @@ use async_trait::async_trait;
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 use jewel_wire::{ChangeEvent, ChangePage, DeviceId, Listen, Seq, SqsCredentials};
 
+use super::device_queues::{now_secs, DeviceQueue, DeviceQueues, RENEWED_GRANULARITY};
 use super::{count, sdk_err, AwsSettings};
 use crate::bus::{BusError, BusResult, ChangeBus};
 use crate::store::UserId;
@@ -39,6 +46,9 @@ const MAX_BATCH_BYTES: usize = 240 * 1024;
 pub const MAX_CONCURRENT_SENDS: usize = 8;
 /// Lifetime of device credentials (the most STS grants to a chained role session).
 const CREDENTIALS_LIFETIME: Duration = Duration::from_secs(3600);
+/// How long a process trusts a device's queue record it read (a device that went silent is
+/// noticed this much later; one that registered is read afresh, as it was not cached).
+pub const RECORD_CACHE: Duration = Duration::from_secs(3600);
 
 pub struct SqsBus {
     sqs: aws_sdk_sqs::Client,
@@ -49,6 +59,9 @@ pub struct SqsBus {
     /// The SQS endpoint devices must use, when it is not AWS itself (loopback).
     endpoint: Option<String>,
     urls: Mutex<HashMap<String, String>>,
+    queues: DeviceQueues,
+    /// Queue records read by this process, with when they were read.
+    records: Mutex<HashMap<(String, DeviceId), (std::time::Instant, DeviceQueue)>>,
 }
 
 fn be<E: std::error::Error + 'static>(e: E) -> BusError {
@@ -71,7 +84,52 @@ impl SqsBus {
                 .filter(|v| !v.is_empty())
                 .or_else(|| sdk.endpoint_url().map(str::to_string)),
             urls: Mutex::new(HashMap::new()),
+            queues: DeviceQueues::new(aws_sdk_dynamodb::Client::new(sdk), &settings.table),
+            records: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same bus sending through another SQS client (tests watch its requests).
+    pub fn with_sqs_client(mut self, sqs: aws_sdk_sqs::Client) -> SqsBus {
+        self.sqs = sqs;
+        self
+    }
+
+    /// The queue records of the devices that are listening (registered fully, renewed within
+    /// the queue's retention), from the process cache or the table.
+    async fn listening(
+        &self,
+        user: &str,
+        devices: &[DeviceId],
+    ) -> BusResult<HashMap<DeviceId, DeviceQueue>> {
+        let now = now_secs();
+        let mut out = HashMap::new();
+        let mut unknown = Vec::new();
+        {
+            let cache = self.records.lock().unwrap();
+            for &d in devices {
+                match cache.get(&(user.to_string(), d)) {
+                    Some((at, q)) if at.elapsed() < RECORD_CACHE && q.listening(now) => {
+                        out.insert(d, q.clone());
+                    }
+                    _ => unknown.push(d),
+                }
+            }
+        }
+        if !unknown.is_empty() {
+            let read = self.queues.get_many(user, &unknown).await?;
+            let mut cache = self.records.lock().unwrap();
+            for (d, q) in read {
+                if q.listening(now) {
+                    cache.insert(
+                        (user.to_string(), d),
+                        (std::time::Instant::now(), q.clone()),
+                    );
+                    out.insert(d, q);
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub fn queue_name(&self, user: &str, device: DeviceId) -> String {
@@ -238,6 +296,21 @@ fn page_json(events: &[ChangeEvent]) -> String {
 #[async_trait]
 impl ChangeBus for SqsBus {
     async fn register_device(&self, user: &UserId, device: DeviceId) -> BusResult<Listen> {
+        // A renewal: the queue is recorded, only the credentials are new.
+        if let Some(mut queue) = self.queues.get(user, device).await? {
+            let credentials = self.device_credentials(&queue.arn, device).await?;
+            let now = now_secs();
+            if now.saturating_sub(queue.renewed) >= RENEWED_GRANULARITY.as_secs() {
+                queue.renewed = now;
+                self.queues.put(user, device, &queue).await?;
+            }
+            return Ok(Listen::Sqs {
+                queue_url: queue.url,
+                region: self.region.clone(),
+                endpoint: self.endpoint.clone(),
+                credentials,
+            });
+        }
         let mut queue_url = self.queue_url(user, device).await?;
         let arn = match self.queue_arn(&queue_url).await {
             Ok(arn) => arn,
@@ -253,6 +326,13 @@ impl ChangeBus for SqsBus {
             }
         };
         let credentials = self.device_credentials(&arn, device).await?;
+        // Recorded last: a registration that failed before this point is sent nothing.
+        let queue = DeviceQueue {
+            url: queue_url.clone(),
+            arn,
+            renewed: now_secs(),
+        };
+        self.queues.put(user, device, &queue).await?;
         Ok(Listen::Sqs {
             queue_url,
             region: self.region.clone(),
@@ -270,12 +350,13 @@ impl ChangeBus for SqsBus {
         if events.is_empty() || devices.is_empty() {
             return Ok(());
         }
+        let listening = self.listening(user, devices).await?;
         let bodies = bodies(events);
         // Every device gets its copy even when another device's send fails; the first failure
         // is reported after all were tried.
-        let sends: Vec<_> = devices
+        let sends: Vec<_> = listening
             .iter()
-            .map(|&d| self.publish_to(user, d, &bodies))
+            .map(|(&d, q)| self.publish_to(user, d, &q.url, &bodies))
             .collect();
         let results = crate::bus::bounded(sends, MAX_CONCURRENT_SENDS).await;
         results.into_iter().collect::<BusResult<Vec<()>>>()?;
@@ -364,15 +445,22 @@ impl SqsBus {
     /// gone stale) is created again once; if that fails too (AWS refuses to recreate a queue
     /// name for 60 s), the device catches up from the change log when it next asks for its
     /// listener.
-    async fn publish_to(&self, user: &str, device: DeviceId, bodies: &[String]) -> BusResult<()> {
+    async fn publish_to(
+        &self,
+        user: &str,
+        device: DeviceId,
+        recorded_url: &str,
+        bodies: &[String],
+    ) -> BusResult<()> {
+        let mut url = recorded_url.to_string();
         for attempt in 0..2 {
-            let url = self.queue_url(user, device).await?;
             match self.send_all(&url, bodies).await {
                 Err(Sent::Gone) if attempt == 0 => {
                     self.urls
                         .lock()
                         .unwrap()
                         .remove(&self.queue_name(user, device));
+                    url = self.queue_url(user, device).await?;
                 }
                 Err(Sent::Gone) => {
                     return Err(BusError::Backend(format!(

@@ -1,6 +1,8 @@
-//! AWS-compatible servers on loopback for tests: moto server (DynamoDB, S3, SQS, STS) and
-//! dynalite (strict DynamoDB). `make setup-aws` installs both into the workspace
-//! (`.venv-emu`, `.emu-node`); `JEWEL_DYNALITE` points elsewhere. moto runs through
+//! AWS-compatible servers on loopback for tests: moto server (DynamoDB, S3, SQS, STS),
+//! dynalite (strict DynamoDB expressions) and DynamoDB Local (AWS's own DynamoDB server:
+//! its transaction, condition and item-size rules, fast enough for 100 users). `make
+//! setup-aws` installs them into the workspace (`.venv-emu`, `.emu-node`, `.emu-ddb`);
+//! `JEWEL_DYNALITE` and `JEWEL_DYNAMODB_LOCAL` point elsewhere. moto runs through
 //! `moto_atomic.py` (its server with DynamoDB item operations under one lock), because moto's
 //! own transactions are not isolated from each other across its request threads, and the
 //! tests check guards that rely on DynamoDB's being so.
@@ -150,6 +152,54 @@ pub fn dynalite() -> Option<Emulator> {
         "0",
     ]);
     Some(start("dynalite", cmd, port))
+}
+
+/// Where `make setup-aws` puts DynamoDB Local: the folder holding `DynamoDBLocal.jar` and, in
+/// `DynamoDBLocal_lib`, its libraries and the native sqlite4java library.
+pub fn dynamodb_local_dir() -> PathBuf {
+    std::env::var_os("JEWEL_DYNAMODB_LOCAL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            workspace().join(".emu-ddb/node_modules/amplify-dynamodb-simulator/emulator")
+        })
+}
+
+/// DynamoDB Local started in memory on a free loopback port (with its telemetry off: it
+/// must not call out) as a command, for the tests and the bench. `None` when not installed.
+pub fn dynamodb_local_command() -> Option<(Command, u16)> {
+    let dir = dynamodb_local_dir();
+    let jar = dir.join("DynamoDBLocal.jar");
+    if !jar.exists() {
+        skip("DynamoDB Local", &jar);
+        return None;
+    }
+    let port = free_port();
+    let mut cmd = Command::new("java");
+    cmd.current_dir(&dir)
+        .arg(format!(
+            "-Djava.library.path={}",
+            dir.join("DynamoDBLocal_lib").display()
+        ))
+        // Small heap: several tests run one each on a 2-core, shared machine.
+        .args(["-Xmx512m", "-XX:+UseSerialGC", "-jar"])
+        .arg(&jar)
+        .args(["-inMemory", "-disableTelemetry", "-port", &port.to_string()]);
+    Some((cmd, port))
+}
+
+/// The shared DynamoDB Local server, started if none is running (tests use their own table
+/// names); `None` (after a loud message) when not installed.
+pub fn dynamodb_local() -> Option<Arc<Emulator>> {
+    static SHARED: Mutex<Weak<Emulator>> = Mutex::new(Weak::new());
+    aws_test_env();
+    let mut shared = SHARED.lock().unwrap();
+    if let Some(d) = shared.upgrade() {
+        return Some(d);
+    }
+    let (cmd, port) = dynamodb_local_command()?;
+    let d = Arc::new(start("DynamoDB Local", cmd, port));
+    *shared = Arc::downgrade(&d);
+    Some(d)
 }
 
 /// An SDK configuration that talks only to `endpoint`, with static test credentials.

@@ -28,9 +28,15 @@ async fn s3_on(m: Arc<Emulator>) -> (S3BlobStore, Arc<Emulator>) {
     (store, m)
 }
 
-async fn sqs_on(m: Arc<Emulator>) -> (SqsBus, Arc<Emulator>) {
+/// The SQS bus keeps each device's queue record in the table: it needs one.
+pub(super) async fn sqs_on(m: Arc<Emulator>) -> (SqsBus, Arc<Emulator>) {
     let sdk = sdk_for(&m.url).await;
-    (SqsBus::new(&sdk, &fresh_settings()), m)
+    let settings = fresh_settings();
+    DynamoStore::new(&sdk, &settings)
+        .create_table()
+        .await
+        .expect("create table on moto");
+    (SqsBus::new(&sdk, &settings), m)
 }
 
 async fn dynamo_on_dynalite(d: Emulator) -> (DynamoStore, Emulator) {
@@ -59,6 +65,17 @@ mod dynamo_conformance {
     use super::*;
     crate::meta_store_conformance!(guarded match moto() {
         Some(m) => dynamo_on(m),
+        None => return,
+    });
+}
+
+/// The same suite on DynamoDB Local, AWS's own server: DynamoDB's transaction rules (one
+/// operation per item per transaction, 100 items, 4 MB), conditions and the 400 KB item
+/// limit as the service enforces them.
+mod dynamo_conformance_on_dynamodb_local {
+    use super::*;
+    crate::meta_store_conformance!(guarded match super::super::testing::dynamodb_local() {
+        Some(d) => dynamo_on(d),
         None => return,
     });
 }
@@ -132,7 +149,7 @@ async fn presigned_urls_move_blocks_without_the_service() {
     assert_eq!(r.bytes().await.unwrap(), data);
 }
 
-fn event(seq: u64, name_len: usize) -> ChangeEvent {
+pub(super) fn event(seq: u64, name_len: usize) -> ChangeEvent {
     ChangeEvent {
         seq,
         op: ChangeOp::Upsert,
@@ -184,7 +201,7 @@ fn message_bodies_stay_small_and_ordered() {
 
 /// Receives everything waiting in a queue as the device would: with its own credentials, from
 /// the endpoint and region it was given.
-async fn receive_all(listen: &Listen) -> Vec<ChangeEvent> {
+pub(super) async fn receive_all(listen: &Listen) -> Vec<ChangeEvent> {
     let Listen::Sqs {
         queue_url,
         region,

@@ -105,6 +105,7 @@ async fn open(arg: &DataArg, options: &SqliteOptions) -> anyhow::Result<Service>
 
 #[cfg(feature = "aws")]
 async fn aws_service() -> anyhow::Result<Service> {
+    backend_lambda::aws::spawn_request_counts_writer();
     backend_lambda::aws::service_from_env().await
 }
 

@@ -103,9 +103,12 @@ pub struct BenchServer {
     pub addr: String,
     pub data: PathBuf,
     pub log: PathBuf,
-    /// AWS mode: the moto server (DynamoDB, S3) and the environment naming it.
-    moto: Option<Child>,
+    /// AWS mode: the emulators (moto for S3, DynamoDB Local or moto for DynamoDB) and the
+    /// environment naming them.
+    emulators: Vec<Child>,
     env: Vec<(String, String)>,
+    /// AWS mode: where the server writes its AWS request counts.
+    counts_file: Option<PathBuf>,
 }
 
 /// One line of the request log.
@@ -193,6 +196,42 @@ pub fn moto_command() -> Option<Command> {
     Some(cmd)
 }
 
+/// DynamoDB Local from `make setup-aws` (`.emu-ddb`), if installed, as a command serving in
+/// memory on `port` with its telemetry off (the same way as `aws::testing` starts it).
+pub fn dynamodb_local_command(port: u16) -> Option<Command> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../.emu-ddb/node_modules/amplify-dynamodb-simulator/emulator");
+    let jar = dir.join("DynamoDBLocal.jar");
+    if !jar.exists() {
+        return None;
+    }
+    let mut cmd = Command::new("java");
+    cmd.current_dir(&dir)
+        .arg(format!(
+            "-Djava.library.path={}",
+            dir.join("DynamoDBLocal_lib").display()
+        ))
+        .args(["-Xmx2g", "-jar"])
+        .arg(&jar)
+        .args(["-inMemory", "-disableTelemetry", "-port", &port.to_string()]);
+    Some(cmd)
+}
+
+/// AWS mode: the emulator processes, and the environment that names them to the server.
+type AwsStack = (Vec<Child>, Vec<(String, String)>);
+
+fn spawn_listening(what: &str, mut cmd: Command, port: u16) -> Option<Child> {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    wait_for(what, Duration::from_secs(60), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    Some(child)
+}
+
 impl BenchServer {
     pub fn start(root: &Path, name: &str) -> BenchServer {
         Self::start_with(root, name, None)
@@ -204,21 +243,24 @@ impl BenchServer {
         Self::start_logging(root, name, None, None)
     }
 
-    /// `jewel-server serve --backend aws` on DynamoDB and S3 served by moto on loopback (the
-    /// change bus in-process: `JEWEL_BUS=local`, the long-poll, so SQS on moto adds no load).
-    pub fn start_aws(root: &Path, name: &str) -> Option<BenchServer> {
+    /// `jewel-server serve --backend aws` on loopback: S3 served by moto, DynamoDB by
+    /// DynamoDB Local when installed (else by moto too), the change bus in-process
+    /// (`JEWEL_BUS=local`, the long-poll, so SQS on moto adds no load). Also says which
+    /// DynamoDB served.
+    pub fn start_aws(root: &Path, name: &str) -> Option<(BenchServer, &'static str)> {
         let mut moto = moto_command()?;
         let port = free_port();
-        let child = moto
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        wait_for("moto to listen", Duration::from_secs(30), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        let env: Vec<(String, String)> = [
+        moto.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        let mut emulators = vec![spawn_listening("moto to listen", moto, port)?];
+        let ddb_port = free_port();
+        let dynamodb = match dynamodb_local_command(ddb_port) {
+            Some(cmd) => {
+                emulators.push(spawn_listening("DynamoDB Local to listen", cmd, ddb_port)?);
+                "DynamoDB Local"
+            }
+            None => "moto",
+        };
+        let mut env: Vec<(String, String)> = [
             ("AWS_ACCESS_KEY_ID", "testing".to_string()),
             ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
             ("AWS_REGION", "us-east-1".to_string()),
@@ -231,6 +273,12 @@ impl BenchServer {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        if dynamodb == "DynamoDB Local" {
+            env.push((
+                "AWS_ENDPOINT_URL_DYNAMODB".into(),
+                format!("http://127.0.0.1:{ddb_port}"),
+            ));
+        }
         let out = Command::new(bin("jewel-server"))
             .arg("aws-init")
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -244,14 +292,35 @@ impl BenchServer {
             ));
             return None;
         }
-        Some(Self::start_with(root, name, Some((child, env))))
+        let mut server = Self::start_with(root, name, Some((emulators, env)));
+        // Only now: `start_with` gave the serving process the counts file.
+        server.counts_file = Some(root.join(format!("server-{name}.aws-requests.json")));
+        Some((server, dynamodb))
     }
 
-    fn start_with(
-        root: &Path,
-        name: &str,
-        aws: Option<(Child, Vec<(String, String)>)>,
-    ) -> BenchServer {
+    /// The serving process's AWS requests so far, by operation (AWS mode), read once the
+    /// server has written them after this call (it writes twice a second).
+    pub fn aws_requests(&self) -> std::collections::BTreeMap<String, u64> {
+        let Some(file) = &self.counts_file else {
+            return Default::default();
+        };
+        let asked = std::time::SystemTime::now();
+        let fresh = || {
+            std::fs::metadata(file)
+                .and_then(|m| m.modified())
+                .ok()
+                .filter(|t| *t > asked)
+                .and_then(|_| std::fs::read(file).ok())
+                .and_then(|b| serde_json::from_slice(&b).ok())
+        };
+        wait_for(
+            "the server's AWS request counts",
+            Duration::from_secs(10),
+            fresh,
+        )
+    }
+
+    fn start_with(root: &Path, name: &str, aws: Option<AwsStack>) -> BenchServer {
         Self::start_logging(root, name, aws, Some("warn,jewel::request=info"))
     }
 
@@ -259,7 +328,7 @@ impl BenchServer {
     fn start_logging(
         root: &Path,
         name: &str,
-        aws: Option<(Child, Vec<(String, String)>)>,
+        aws: Option<AwsStack>,
         rust_log: Option<&str>,
     ) -> BenchServer {
         let data = root.join(format!("server-{name}"));
@@ -268,13 +337,13 @@ impl BenchServer {
         let log = root.join(format!("server-{name}.log"));
         let addr = format!("127.0.0.1:{}", free_port());
         let out = std::fs::File::create(&log).unwrap();
-        let (moto, env) = match aws {
-            Some((c, e)) => (Some(c), e),
-            None => (None, vec![]),
-        };
+        let (emulators, env) = aws.unwrap_or_default();
         let mut cmd = Command::new(bin("jewel-server"));
-        if moto.is_some() {
-            cmd.args(["serve", "--backend", "aws"]);
+        if !emulators.is_empty() {
+            cmd.args(["serve", "--backend", "aws"]).env(
+                "JEWEL_REQUEST_COUNTS_FILE",
+                root.join(format!("server-{name}.aws-requests.json")),
+            );
         } else {
             cmd.args(["serve", "--data"]).arg(&data);
         }
@@ -303,13 +372,14 @@ impl BenchServer {
             addr,
             data,
             log,
-            moto,
+            emulators,
             env,
+            counts_file: None,
         }
     }
 
     pub fn is_aws(&self) -> bool {
-        self.moto.is_some()
+        !self.emulators.is_empty()
     }
 
     pub fn pid(&self) -> u32 {
@@ -392,7 +462,7 @@ impl Drop for BenchServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Some(mut m) = self.moto.take() {
+        for mut m in self.emulators.drain(..) {
             let _ = m.kill();
             let _ = m.wait();
         }

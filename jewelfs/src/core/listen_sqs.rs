@@ -6,6 +6,13 @@
 //!   as static credentials: never the SDK's default chain, never instance metadata. Before
 //!   they expire ([`RENEW_BEFORE`]), or when SQS refuses them, the source asks the API again
 //!   (`POST /devices/{id}/listen`); the new `Listen` makes the listener build a new source.
+//! - **Refused again and again** (IAM still propagating a new role, an SCP denying SQS, the
+//!   queue deleted and not yet made again): the first refusal renews at once (credentials
+//!   that expired early), each further one in a row waits before renewing, 1 s doubling to
+//!   [`MAX_REFUSED_PAUSE`], and reads the change feed meanwhile. Renewal builds a new source,
+//!   so the streak is kept per queue ([`Refusals`]), not in the source; a receive that works
+//!   ends it. Without this a device renewed and received at API speed (thousands of STS calls,
+//!   Lambda runs and SQS requests a minute).
 //! - **SQS unreachable** (but perhaps not the service): the source asks for a catch-up from
 //!   the change feed and pauses before its next receive (1 s doubling to 30 s), so an SQS
 //!   outage neither spins nor marks the mount offline while the API answers.
@@ -44,6 +51,43 @@ pub const WAIT_SECONDS: i32 = 20;
 pub const VISIBILITY_SECONDS: i32 = 5;
 /// The longest pause between receives while SQS cannot be reached.
 const MAX_PAUSE: Duration = Duration::from_secs(30);
+/// The longest wait before renewing credentials that SQS keeps refusing.
+pub const MAX_REFUSED_PAUSE: Duration = Duration::from_secs(5 * 60);
+
+/// Refusals in a row per queue URL, kept across the sources that renewal rebuilds. It holds
+/// only queues being refused right now (one per mount at most): a working receive removes
+/// its entry.
+struct Refusals;
+
+static REFUSED: std::sync::Mutex<Vec<(String, u32)>> = std::sync::Mutex::new(Vec::new());
+
+impl Refusals {
+    /// Counts one more refusal of `queue`; the pause before renewing: none for the first,
+    /// then 1 s doubling up to [`MAX_REFUSED_PAUSE`].
+    fn refused(queue: &str) -> Duration {
+        let mut all = REFUSED.lock().unwrap();
+        let streak = match all.iter_mut().find(|(q, _)| q == queue) {
+            Some((_, n)) => {
+                *n = n.saturating_add(1);
+                *n
+            }
+            None => {
+                all.push((queue.to_string(), 1));
+                1
+            }
+        };
+        match streak {
+            1 => Duration::ZERO,
+            n => Duration::from_secs(1u64 << (n - 2).min(16)).min(MAX_REFUSED_PAUSE),
+        }
+    }
+
+    /// A receive from `queue` worked: the streak is over.
+    fn accepted(queue: &str) {
+        REFUSED.lock().unwrap().retain(|(q, _)| q != queue);
+    }
+}
+
 /// Renew the credentials this long before they expire: more than one long poll plus a slow
 /// API answer, far less than their one-hour life.
 pub const RENEW_BEFORE: Duration = Duration::from_secs(5 * 60);
@@ -176,18 +220,23 @@ impl ChangeSource for SqsSource {
             Err(e) => {
                 let code = e.code().unwrap_or_default().to_string();
                 let msg = format!("SQS receive: {}", aws_err(&e));
-                if is_credentials_error(&code) {
-                    tracing::info!("{msg}: renewing the queue credentials");
-                    core.renew_listen(device).await?;
-                    return Ok(Batch::default());
-                }
-                if code.contains("NonExistentQueue") || code.contains("QueueDoesNotExist") {
-                    // Ask the service again: it creates the queue when it is missing.
-                    tracing::warn!("{msg}: asking the service for the queue again");
+                let missing =
+                    code.contains("NonExistentQueue") || code.contains("QueueDoesNotExist");
+                if is_credentials_error(&code) || missing {
+                    // Renew (the service makes a missing queue again when it next sends to
+                    // it); when refused again and again, only after a growing pause, reading
+                    // the change feed meanwhile.
+                    let pause = Refusals::refused(&self.queue_url);
+                    if pause.is_zero() {
+                        tracing::info!("{msg}: renewing the queue credentials");
+                    } else {
+                        tracing::warn!("{msg} again: renewing in {pause:?}");
+                        tokio::time::sleep(pause).await;
+                    }
                     core.renew_listen(device).await?;
                     return Ok(Batch {
                         pages: Vec::new(),
-                        catch_up: true,
+                        catch_up: missing || !pause.is_zero(),
                     });
                 }
                 // SQS unreachable says nothing about the service: read the feed from it (which
@@ -204,6 +253,7 @@ impl ChangeSource for SqsSource {
             }
         };
         self.failures = 0;
+        Refusals::accepted(&self.queue_url);
         let mut batch = Batch::default();
         for m in out.messages() {
             if let Some(r) = m.receipt_handle() {
@@ -274,9 +324,19 @@ mod tests {
     use super::*;
 
     /// A service that only renews listeners (counting the calls); nothing else is reachable.
+    /// Its listeners name `sqs` as the endpoint (port 9, which answers nothing, by default).
     #[derive(Default)]
     struct Renewer {
         renewals: AtomicU32,
+        sqs: Option<String>,
+    }
+
+    impl Renewer {
+        fn endpoint(&self) -> String {
+            self.sqs
+                .clone()
+                .unwrap_or_else(|| "http://127.0.0.1:9".into())
+        }
     }
 
     fn off<T>() -> ApiResult<T> {
@@ -318,9 +378,9 @@ mod tests {
                 id: device,
                 name: "laptop".into(),
                 listen: Listen::Sqs {
-                    queue_url: "http://127.0.0.1:9/1/q".into(),
+                    queue_url: format!("{}/1/q", self.endpoint()),
                     region: "us-east-1".into(),
-                    endpoint: Some("http://127.0.0.1:9".into()),
+                    endpoint: Some(self.endpoint()),
                     credentials: creds(now_ns() + 3_600_000_000_000),
                 },
             })
@@ -407,6 +467,99 @@ mod tests {
             panic!("{listen:?}")
         };
         assert!(credentials.expires_ns > now_ns() + RENEW_BEFORE.as_nanos() as i64);
+    }
+
+    /// An SQS endpoint that refuses every request's credentials, as SQS does while a new
+    /// role's permissions propagate through IAM or when an SCP denies it. Counts requests.
+    async fn sqs_refusing_credentials() -> (String, Arc<AtomicU32>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(AtomicU32::new(0));
+        let seen = requests.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let body = r#"{"__type":"com.amazon.coral.service#InvalidClientTokenId","message":"The security token included in the request is invalid."}"#;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    // One request per connection is enough: answer and close.
+                    let mut got = Vec::new();
+                    while let Ok(n) = conn.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&got);
+                        let Some(head_end) = text.find("\r\n\r\n") else {
+                            continue;
+                        };
+                        let len = text[..head_end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if got.len() >= head_end + 4 + len {
+                            break;
+                        }
+                    }
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    let answer = format!(
+                        "HTTP/1.1 403 Forbidden\r\ncontent-type: application/x-amz-json-1.0\r\n\
+                         x-amzn-query-error: InvalidClientTokenId;Sender\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                    let _ = conn.shutdown().await;
+                });
+            }
+        });
+        (url, requests)
+    }
+
+    /// SQS keeps refusing the device's credentials however often they are renewed: the
+    /// listener must not renew and receive at API speed (each turn is an STS call, a Lambda
+    /// run and an SQS request), but back off.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn credentials_refused_again_and_again_back_off() {
+        let (sqs, requests) = sqs_refusing_credentials().await;
+        let dir = tempfile::tempdir().unwrap();
+        let api = Arc::new(Renewer {
+            sqs: Some(sqs),
+            ..Renewer::default()
+        });
+        let core = Core::open(
+            super::super::Config::new(dir.path().to_path_buf(), "laptop".into()),
+            api.clone(),
+        )
+        .unwrap();
+        core.renew_listen(5).await.unwrap();
+        let mut sources = super::super::listen::Sources::default();
+        let watched = std::time::Duration::from_secs(4);
+        let deadline = std::time::Instant::now() + watched;
+        let mut turns = 0;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            let turn = sources.current(&core).next_batch(&core, 5, 0);
+            let _ = tokio::time::timeout(left, turn).await;
+            turns += 1;
+            assert!(turns < 10_000, "bounded loop");
+        }
+        let renewals = api.renewals.load(Ordering::Relaxed) - 1;
+        let receives = requests.load(Ordering::SeqCst);
+        eprintln!("in {watched:?}: {renewals} renewals, {receives} refused receives");
+        assert!(renewals >= 1, "the first refusal renews at once");
+        // 1 s, 2 s, 4 s … between renewals after the first: at most 3 in 4 s.
+        assert!(
+            renewals <= 3 && receives <= 4,
+            "backed off: {renewals} renewals and {receives} receives in {watched:?}"
+        );
     }
 
     #[test]

@@ -1,0 +1,182 @@
+//! The record of each device's SQS queue, kept in the table beside the device: `PK=U#<uid>
+//! SK=Q#<device>` with `url`, `arn` and `renewed` (epoch seconds of the device's last
+//! registration or renewal). The SQS bus ([`super::sqs`]) owns these items; they live in the
+//! user's own partition, so removing the user removes them.
+//!
+//! Why a record, not the queue's name alone:
+//! - **Renewal makes no SQS control-plane call.** Every device renews its credentials hourly;
+//!   with the record the service needs one `GetItem` and STS, not `CreateQueue` (which tags
+//!   the queue: `TagQueue` is limited to 30 per second per account) and `GetQueueAttributes`.
+//!   A publishing Lambda finds the URLs here too instead of creating each queue again.
+//! - **A half-done registration is no device.** The record is written last, once the queue
+//!   exists and the device holds credentials for it; a device without one (its registration
+//!   failed halfway, after the store had it) is sent nothing.
+//! - **A device that went silent stops costing.** One that has not renewed for
+//!   [`SILENT_AFTER`] (the queue's message retention: what was sent before is gone anyway) is
+//!   sent nothing more; when it comes back it renews and reads the change log from its
+//!   cursor, as after any gap. This also bounds what a registration whose answer was lost
+//!   (the client registers again, leaving an unused device) costs: four days of sends.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+use jewel_wire::DeviceId;
+
+use super::{count, sdk_err, PK, SK};
+use crate::bus::{BusError, BusResult};
+
+type Item = HashMap<String, AttributeValue>;
+
+/// A device not renewed for this long is sent nothing (its queue keeps messages 4 days).
+pub const SILENT_AFTER: Duration = Duration::from_secs(4 * 24 * 3600);
+/// A renewal rewrites `renewed` only when it is older than this (one write a day per device,
+/// not one an hour).
+pub const RENEWED_GRANULARITY: Duration = Duration::from_secs(24 * 3600);
+
+/// Where one device's notifications go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceQueue {
+    pub url: String,
+    pub arn: String,
+    /// Epoch seconds of the last registration or renewal that was recorded.
+    pub renewed: u64,
+}
+
+impl DeviceQueue {
+    /// Whether the device renewed recently enough to be sent changes.
+    pub fn listening(&self, now: u64) -> bool {
+        now.saturating_sub(self.renewed) < SILENT_AFTER.as_secs()
+    }
+}
+
+pub struct DeviceQueues {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+fn be<E: std::error::Error + 'static>(e: E) -> BusError {
+    BusError::Backend(sdk_err(&e))
+}
+
+fn key(user: &str, device: DeviceId) -> Item {
+    HashMap::from([
+        (PK.to_string(), AttributeValue::S(format!("U#{user}"))),
+        (SK.to_string(), AttributeValue::S(format!("Q#{device}"))),
+    ])
+}
+
+fn read(item: &Item) -> Option<(DeviceId, DeviceQueue)> {
+    let s = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+    let device = s(SK)?.strip_prefix("Q#")?.parse().ok()?;
+    let renewed = item.get("renewed")?.as_n().ok()?.parse().ok()?;
+    Some((
+        device,
+        DeviceQueue {
+            url: s("url")?,
+            arn: s("arn")?,
+            renewed,
+        },
+    ))
+}
+
+/// Epoch seconds now.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+impl DeviceQueues {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: &str) -> DeviceQueues {
+        DeviceQueues {
+            client,
+            table: table.to_string(),
+        }
+    }
+
+    /// The device's queue record, if its registration completed.
+    pub async fn get(&self, user: &str, device: DeviceId) -> BusResult<Option<DeviceQueue>> {
+        count("dynamodb:GetItem");
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(user, device)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(be)?;
+        Ok(out.item.as_ref().and_then(read).map(|(_, q)| q))
+    }
+
+    /// Records (or re-records) the device's queue, renewed now.
+    pub async fn put(&self, user: &str, device: DeviceId, queue: &DeviceQueue) -> BusResult<()> {
+        let mut item = key(user, device);
+        item.insert("url".into(), AttributeValue::S(queue.url.clone()));
+        item.insert("arn".into(), AttributeValue::S(queue.arn.clone()));
+        item.insert(
+            "renewed".into(),
+            AttributeValue::N(queue.renewed.to_string()),
+        );
+        count("dynamodb:PutItem");
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(be)?;
+        Ok(())
+    }
+
+    /// The records of these devices (those that have one), read in batches of 100.
+    pub async fn get_many(
+        &self,
+        user: &str,
+        devices: &[DeviceId],
+    ) -> BusResult<HashMap<DeviceId, DeviceQueue>> {
+        let mut out = HashMap::new();
+        for chunk in devices.chunks(100) {
+            let mut keys: Vec<Item> = chunk.iter().map(|&d| key(user, d)).collect();
+            for attempt in 0.. {
+                if keys.is_empty() {
+                    break;
+                }
+                if attempt > 10 {
+                    return Err(BusError::Backend(
+                        "reading the device queues kept being throttled".into(),
+                    ));
+                }
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(std::mem::take(&mut keys)))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(be)?;
+                count("dynamodb:BatchGetItem");
+                let got = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(be)?;
+                for item in got
+                    .responses
+                    .and_then(|mut r| r.remove(&self.table))
+                    .unwrap_or_default()
+                {
+                    if let Some((d, q)) = read(&item) {
+                        out.insert(d, q);
+                    }
+                }
+                if let Some(rest) = got.unprocessed_keys.and_then(|mut r| r.remove(&self.table)) {
+                    keys = rest.keys;
+                    tokio::time::sleep(Duration::from_millis(20 << attempt.min(6))).await;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
