@@ -95,8 +95,12 @@ pub struct BlockCache {
     api: Arc<dyn Api>,
     /// Blocks other machines' changes named, waiting to be fetched ahead (see
     /// [`BlockCache::fetch_ahead`]), and whether a task is fetching them.
-    ahead: Mutex<(Vec<BlockHash>, bool)>,
+    ahead: Mutex<(Vec<Claim>, bool)>,
 }
+
+/// A block claimed for one download: its hash and its fetch lock, held until the block is
+/// stored or given up (readers of it wait on the lock meanwhile).
+type Claim = (BlockHash, tokio::sync::OwnedMutexGuard<()>);
 
 /// Downloads at once, per read-ahead or fetch-ahead request.
 const DOWNLOADS_AT_ONCE: usize = 16;
@@ -285,9 +289,9 @@ impl BlockCache {
 
     /// Claims the blocks not cached and not on their way: each one's fetch lock is taken,
     /// so readers of it wait for the download that follows.
-    fn claim(&self, hashes: Vec<BlockHash>) -> Vec<(BlockHash, tokio::sync::OwnedMutexGuard<()>)> {
+    fn claim(&self, hashes: Vec<BlockHash>) -> Vec<Claim> {
         let mut inflight = self.inflight.lock().unwrap();
-        let mut claimed: Vec<(BlockHash, tokio::sync::OwnedMutexGuard<()>)> = Vec::new();
+        let mut claimed: Vec<Claim> = Vec::new();
         for h in hashes {
             if inflight.contains_key(&h)
                 || self.lru.lock().unwrap().map.contains_key(&h)
@@ -319,10 +323,7 @@ impl BlockCache {
 
     /// Downloads blocks claimed by [`BlockCache::prefetch`]: one URL request for all, a few
     /// downloads at a time; each claim ends when its block is stored or given up.
-    async fn fetch_claimed(
-        self: &Arc<Self>,
-        claimed: Vec<(BlockHash, tokio::sync::OwnedMutexGuard<()>)>,
-    ) {
+    async fn fetch_claimed(self: &Arc<Self>, claimed: Vec<Claim>) {
         use futures::StreamExt;
         let wanted = claimed.iter().map(|(h, _)| h.clone()).collect();
         let mut urls: HashMap<BlockHash, String> = match self.api.block_urls(wanted).await {
@@ -347,12 +348,18 @@ impl BlockCache {
 
     /// Fetches blocks ahead of any reader: those of small files other machines just wrote,
     /// so that opening them here costs no round trip (a sync folder has them on disk
-    /// already). Gathered for a few milliseconds and fetched together, one URL request per
-    /// [`MAX_HASHES_PER_REQUEST`] blocks; bounded by the cache's capacity like every block.
+    /// already). Claimed at once (a reader that comes first waits for this download rather
+    /// than fetching on its own: one round trip each), gathered for a few milliseconds and
+    /// fetched together, one URL request per [`MAX_HASHES_PER_REQUEST`] blocks; bounded by
+    /// the cache's capacity like every block.
     pub fn fetch_ahead(self: &Arc<Self>, hashes: Vec<BlockHash>) {
+        let claimed = self.claim(hashes);
+        if claimed.is_empty() {
+            return;
+        }
         let mut ahead = self.ahead.lock().unwrap();
-        ahead.0.extend(hashes);
-        if ahead.1 || ahead.0.is_empty() {
+        ahead.0.extend(claimed);
+        if ahead.1 {
             return;
         }
         ahead.1 = true;
@@ -360,7 +367,7 @@ impl BlockCache {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                let next: Vec<BlockHash> = {
+                let next: Vec<Claim> = {
                     let mut ahead = me.ahead.lock().unwrap();
                     let n = ahead.0.len().min(jewel_wire::MAX_HASHES_PER_REQUEST);
                     if n == 0 {
@@ -369,10 +376,7 @@ impl BlockCache {
                     }
                     ahead.0.drain(..n).collect()
                 };
-                let claimed = me.claim(next);
-                if !claimed.is_empty() {
-                    me.fetch_claimed(claimed).await;
-                }
+                me.fetch_claimed(next).await;
             }
         });
     }

@@ -253,6 +253,7 @@ impl Core {
         match ev.op {
             ChangeOp::Upsert => {
                 if old.as_ref().is_some_and(|o| o.version >= node.version) {
+                    tracing::debug!(id = node.id, "event of a version already known");
                     // Already known (a listing read after the change): only make sure the
                     // place it moved from no longer shows it, here and in the kernel (a
                     // listing may have moved it in the tree without telling the kernel).
@@ -335,14 +336,21 @@ impl Core {
                 }
                 // (A local node holding the name wins; the tree marks the name as shadowed,
                 // and a local remove or rename away from it has the directory listed again.)
-                self.tree.link_remote(node.parent, &node.name, node.id);
-                self.tree.put(node.clone());
+                // Claimed before the name shows: a reader that opens it at once waits for
+                // this fetch instead of making its own.
+                tracing::debug!(
+                    id = node.id,
+                    listed = self.tree.has_listing(node.parent),
+                    "remote change applied"
+                );
                 if node.kind == NodeKind::File
                     && node.size <= FETCH_AHEAD_MAX_BYTES
                     && self.tree.has_listing(node.parent)
                 {
                     self.blocks.fetch_ahead(node.blocks.clone());
                 }
+                self.tree.link_remote(node.parent, &node.name, node.id);
+                self.tree.put(node.clone());
                 invals.push(Inval::Entry {
                     parent: node.parent,
                     name: node.name.clone(),
