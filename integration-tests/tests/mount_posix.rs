@@ -457,7 +457,11 @@ fn hear_exactly(w: &Watcher, what: &str, want: &[&str], deadline: Duration) -> D
 
 #[test]
 fn a_watcher_hears_what_another_machine_changes() {
-    let (_server, a, b) = two_mounts();
+    // The replay is opt-in (`--inotify-replay`, see docs/SEMANTICS.md).
+    let server = Server::start();
+    let token = server.add_user("watched");
+    let a = Mount::new(&server, &token, "laptop");
+    let b = Mount::with_args(&server.url, &token, "desktop", &["--inotify-replay"]);
     let _ = fs::read_dir(b.path()).unwrap().count();
     let w = Watcher::start(b.path());
     // Only the other machine's changes happen on B: the watcher hears nothing but them.

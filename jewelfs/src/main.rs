@@ -62,6 +62,12 @@ enum Cmd {
         /// unless you are root. Also `allow_other = true` in the config file.
         #[arg(long)]
         allow_other: bool,
+        /// Let inotify watchers (file managers, editors, build tools) hear other machines'
+        /// changes: each is replayed through the mount. Off by default: a client killed
+        /// while a replay waits leaves the mount hung (docs/SEMANTICS.md). Also
+        /// `inotify_replay = true` in the config file.
+        #[arg(long)]
+        inotify_replay: bool,
     },
     /// Wait for pending uploads, then unmount.
     Unmount {
@@ -155,6 +161,7 @@ fn main() {
             cache_size,
             daemon,
             allow_other,
+            inotify_replay,
         } => jewelfs::mount::mount(jewelfs::mount::MountArgs {
             mountpoint,
             server,
@@ -164,6 +171,7 @@ fn main() {
             cache_size,
             daemon,
             allow_other,
+            inotify_replay,
         }),
         Cmd::Unmount { mountpoint, wait } => {
             jewelfs::mount::unmount(&mountpoint, Duration::from_secs(wait))

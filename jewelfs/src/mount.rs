@@ -51,6 +51,10 @@ pub struct MountArgs {
     /// Let other local users (and root) in, with the stored modes enforced by the kernel
     /// (`allow_other` and `default_permissions`); see [`check_allow_other`].
     pub allow_other: bool,
+    /// Replay other machines' changes through the mount so inotify watchers hear them
+    /// (`fuse/replay.rs`). Off by default: see the limit in `docs/SEMANTICS.md` (a client
+    /// killed while a replay waits on its own mount leaves the mount hung).
+    pub inotify_replay: bool,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -61,6 +65,7 @@ pub(crate) struct FileConfig {
     pub(crate) cache_dir: Option<PathBuf>,
     cache_size: Option<String>,
     allow_other: Option<bool>,
+    inotify_replay: Option<bool>,
 }
 
 fn home() -> PathBuf {
@@ -227,6 +232,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| default_cache_base().join(cache_key(&server, &token)));
     let mountpoint = absolute(&args.mountpoint);
     let allow_other = args.allow_other || file.allow_other.unwrap_or(false);
+    let inotify_replay = args.inotify_replay || file.inotify_replay.unwrap_or(false);
 
     // Checks a person can act on, before anything starts.
     if allow_other {
@@ -375,7 +381,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     // is told to the kernel as one. (Weak: these threads live as long as the core's sender,
     // which the core holds.)
     let told = Arc::downgrade(&core);
-    let replays = crate::fuse::replay::start(replayer, move |heard| {
+    let not_replayed = move |heard: &crate::core::Heard| {
         if let (crate::core::Heard::Removed { node }, Some(core)) = (heard, told.upgrade()) {
             core.inval(Inval::Delete {
                 parent: node.parent,
@@ -383,7 +389,12 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
                 name: node.name.clone(),
             });
         }
-    })?;
+    };
+    let replays = if inotify_replay {
+        Some(crate::fuse::replay::start(replayer, not_replayed.clone())?)
+    } else {
+        None
+    };
     std::thread::Builder::new()
         .name("jewelfs-notify".into())
         .spawn(move || {
@@ -391,7 +402,10 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
                 let r = match &what {
                     // After the invalidations queued before it, on the replay thread.
                     Inval::Replay(heard) => {
-                        replays.push(heard.clone());
+                        match &replays {
+                            Some(replays) => replays.push(heard.clone()),
+                            None => not_replayed(heard),
+                        }
                         Ok(())
                     }
                     Inval::Entry { parent, name } => {
