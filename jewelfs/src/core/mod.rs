@@ -8,7 +8,7 @@
 //! - files open in the kernel, and removed files still read through them ([`open_files`]);
 //! - the disk block cache ([`blocks`]);
 //! - the uploader and pre-uploader, which send the journal in order ([`uploader`], with
-//!   [`batch`] for many small changes in one request), and what happens to a change the
+//!   `batch.rs` for many small changes in one request), and what happens to a change the
 //!   service refuses for good ([`refused`]);
 //! - the change listener, which applies other machines' changes ([`listener`]), and this
 //!   device's registration and listening ([`listen`]); where notifications come from (poll,
