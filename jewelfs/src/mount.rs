@@ -25,7 +25,7 @@ use sha2::Digest;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::core::api::{Api, ApiErr, HttpApi};
-use crate::core::{Config, Core, Inval, Status};
+use crate::core::{Config, Core, Status};
 use crate::status::StatusFile;
 
 /// The longest a stopping mount waits for its pending uploads (while the server answers).
@@ -161,7 +161,7 @@ fn absolute(p: &Path) -> PathBuf {
 
 pub use crate::status::{read_status, status_path};
 
-fn is_mounted(mountpoint: &Path) -> bool {
+pub(crate) fn is_mounted(mountpoint: &Path) -> bool {
     let abs = absolute(mountpoint);
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
@@ -337,109 +337,18 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     rt.spawn(core.clone().run_syncer());
     rt.spawn(core.clone().run_preuploader());
 
-    // The session's own unmount handle, released when the session ends (see `release_mount`).
-    let handle: Arc<std::sync::Mutex<Option<fuser::SessionUnmounter>>> = Arc::default();
-    let fs = crate::fuse::JewelFs::new(core.clone(), rt.handle().clone()).on_destroy({
-        let (handle, mp) = (handle.clone(), mountpoint.clone());
-        move || release_mount(&handle, &mp)
-    });
-    let notifier_slot = fs.notifier_slot();
-    let replayer = crate::fuse::replay::Replayer::new(&core, fs.replays(), &mountpoint);
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        fuser::MountOption::FSName("jewelfs".into()),
-        fuser::MountOption::Subtype("jewelfs".into()),
-        fuser::MountOption::NoAtime,
-        fuser::MountOption::NoDev,
-        fuser::MountOption::NoSuid,
-    ];
-    if allow_other {
-        // Other users in, and the kernel checks the stored modes for everyone (without
-        // `default_permissions` it would let any user who reaches the mount do anything).
-        config.acl = fuser::SessionACL::All;
-        config
-            .mount_options
-            .push(fuser::MountOption::DefaultPermissions);
-    }
-    config.n_threads = Some(4);
-    let mut session = fuser::Session::new(fs, &mountpoint, &config).with_context(|| {
-        format!(
-            "mounting {} (is /dev/fuse usable and fusermount3 installed?)",
-            mountpoint.display()
-        )
-    })?;
-
-    *handle.lock().unwrap() = Some(session.unmount_callable());
-    let _ = notifier_slot.set(session.notifier());
-
-    // Kernel invalidations and replays of other machines' changes: their own thread,
-    // never inside a callback.
-    let notifier = session.notifier();
-    let (tx, rx) = std::sync::mpsc::channel::<Inval>();
-    core.set_invalidator(tx);
-    // Other machines' changes replayed for inotify watchers; a delete that is not replayed
-    // is told to the kernel as one. (Weak: these threads live as long as the core's sender,
-    // which the core holds.)
-    let told = Arc::downgrade(&core);
-    let not_replayed = move |heard: &crate::core::Heard| {
-        if let (crate::core::Heard::Removed { node }, Some(core)) = (heard, told.upgrade()) {
-            core.inval(Inval::Delete {
-                parent: node.parent,
-                child: node.id,
-                name: node.name.clone(),
-            });
-        }
+    let options = crate::fuse::session::Options {
+        allow_other,
+        inotify_replay,
     };
-    let replays = if inotify_replay {
-        Some(crate::fuse::replay::start(replayer, not_replayed.clone())?)
-    } else {
-        None
-    };
-    std::thread::Builder::new()
-        .name("jewelfs-notify".into())
-        .spawn(move || {
-            for what in rx {
-                let r = match &what {
-                    // After the invalidations queued before it, on the replay thread.
-                    Inval::Replay(heard) => {
-                        match &replays {
-                            Some(replays) => replays.push(heard.clone()),
-                            None => not_replayed(heard),
-                        }
-                        Ok(())
-                    }
-                    Inval::Entry { parent, name } => {
-                        notifier.inval_entry(fuser::INodeNo(*parent), name.as_ref())
-                    }
-                    Inval::Inode(id) => notifier.inval_inode(fuser::INodeNo(*id), 0, 0),
-                    // A negative offset: the attributes only, no cached pages.
-                    Inval::Attr(id) => notifier.inval_inode(fuser::INodeNo(*id), -1, 0),
-                    Inval::Delete {
-                        parent,
-                        child,
-                        name,
-                    } => notifier
-                        .delete(
-                            fuser::INodeNo(*parent),
-                            fuser::INodeNo(*child),
-                            name.as_ref(),
-                        )
-                        .or_else(|_| notifier.inval_entry(fuser::INodeNo(*parent), name.as_ref())),
-                };
-                if let Err(e) = r {
-                    if e.raw_os_error() != Some(libc::ENOENT) {
-                        tracing::debug!(?what, "kernel invalidation failed: {e}");
-                    }
-                }
-            }
-        })?;
+    let mut session = crate::fuse::session::mount(&core, rt.handle(), &mountpoint, &options)?;
 
     // SIGINT / SIGTERM: wait for pending uploads, then unmount; the session loop returns.
     let signals = {
         let _in_rt = rt.enter();
         StopSignals::new()?
     };
-    let mut unmounter = session.unmount_callable();
+    let mut unmounter = session.unmounter();
     let mp = mountpoint.clone();
     let stopping = core.clone();
     rt.spawn(async move {
@@ -525,21 +434,6 @@ pub fn check_allow_other(uid: u32, fuse_conf: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// At the end of the session: takes the mount handle out of `fuser` (which would otherwise
-/// unmount on drop, and warn "Invalid argument" when the system already had: `umount`,
-/// `fusermount3 -u`, logout). When the mount is gone already, that is the clean end it
-/// looks like; only a mount still there that cannot be unmounted is worth a warning.
-fn release_mount(handle: &std::sync::Mutex<Option<fuser::SessionUnmounter>>, mountpoint: &Path) {
-    let Some(mut unmounter) = handle.lock().unwrap().take() else {
-        return;
-    };
-    if let Err(e) = unmounter.unmount() {
-        if is_mounted(mountpoint) {
-            tracing::warn!("could not unmount {}: {e}", mountpoint.display());
-        }
-    }
 }
 
 /// The core's status with what only the mount knows (server, paths, pid).

@@ -8,7 +8,7 @@
 //!   journal order and stops at the first that fails; the applied ones are handled exactly
 //!   as their single answers would be (`created`, `committed`, a remove's `drop_gone`), the
 //!   failed one is sent again on its own through the single path, which owns every conflict
-//!   rule (`sync.rs`), and the ones after it are taken again next time.
+//!   rule (`uploader.rs`), and the ones after it are taken again next time.
 //! - **Independent.** A change joins only if everything it names already exists on the
 //!   service: a file in a folder created in the same batch waits for the next one (its
 //!   folder's id is known only from the answer), and so does a second change of one file
@@ -33,7 +33,7 @@ use std::time::Duration;
 use jewel_wire::*;
 
 use super::journal::{is_local, Entry, LocalKind, Op};
-use super::sync::{Fail, Pacing, Res};
+use super::uploader::{Fail, Pacing, Res};
 use super::Core;
 
 /// The most content a batch carries behind its first change.

@@ -41,7 +41,7 @@
 //!   uploader lets entries settle for a few milliseconds before taking them.
 //! - **Replay.** On start the entries and aliases are read back; only the entry in flight
 //!   when the client died (uploaded, perhaps, but not yet dropped) is uploaded again, which
-//!   is harmless because the uploader recognises its own identical content (see `sync.rs`).
+//!   is harmless because the uploader recognises its own identical content (see `uploader.rs`).
 //!   It stays marked as sent (`!`): the service may hold it, so it is never rewritten or
 //!   cancelled after the restart either (a create renamed in place, or cancelled, would
 //!   leave the service's node under a name this device freed).
@@ -57,16 +57,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jewel_wire::{BlockHash, MoveMode, NodeId, Version};
 use serde::{Deserialize, Serialize};
 
+use super::inodes::Inodes;
+
 /// The longest a journal write waits in the page cache before the syncer makes it durable
 /// (the window a power loss can hit; a SIGKILL of the client loses nothing).
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Ids at or above this are local (not yet known to the service).
-pub const LOCAL_ID_BASE: NodeId = 1 << 62;
-
-pub fn is_local(id: NodeId) -> bool {
-    id >= LOCAL_ID_BASE
-}
+pub use super::inodes::{is_local, LOCAL_ID_BASE};
 
 /// What a rename saw at its target name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,7 +119,7 @@ pub enum Op {
         new_name: String,
         mode: MoveMode,
         /// What this device saw at the target name when the app renamed: another device's
-        /// change found there instead is kept (see `sync.rs`).
+        /// change found there instead is kept (see `uploader.rs`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expect: Option<Seen>,
     },
@@ -188,9 +185,8 @@ struct Inner {
 pub struct Journal {
     dir: PathBuf,
     inner: Mutex<Inner>,
-    aliases: Mutex<HashMap<NodeId, NodeId>>,
-    /// The reverse of `aliases`: the local ids each id had (see [`Journal::earlier_ids`]).
-    earlier: Mutex<HashMap<NodeId, Vec<NodeId>>>,
+    /// The inode numbers, whose aliases (local id → service id) this journal makes durable.
+    inodes: Arc<Inodes>,
     alias_file: Mutex<File>,
     /// The open `log` (append mode) and its length. Written under the `inner` lock, so the
     /// order of records is the order of changes to `entries`.
@@ -240,15 +236,6 @@ fn write_log(dir: &Path, inner: &Inner) -> std::io::Result<(File, u64)> {
     File::open(dir)?.sync_all()?;
     let file = OpenOptions::new().append(true).open(dir.join("log"))?;
     Ok((file, text.len() as u64))
-}
-
-/// Each id's earlier local ids, from the local → service id aliases.
-fn reverse(aliases: &HashMap<NodeId, NodeId>) -> HashMap<NodeId, Vec<NodeId>> {
-    let mut out: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
-    for (local, server) in aliases {
-        out.entry(*server).or_default().push(*local);
-    }
-    out
 }
 
 /// `<local> <server>`, as the aliases file and `=` records hold them.
@@ -398,8 +385,7 @@ impl Journal {
         Ok(Journal {
             dir: dir.to_path_buf(),
             inner: Mutex::new(inner),
-            earlier: Mutex::new(reverse(&aliases)),
-            aliases: Mutex::new(aliases),
+            inodes: Arc::new(Inodes::new(aliases, LOCAL_ID_BASE + (now_ms() << 8))),
             alias_file: Mutex::new(alias_file),
             log: Mutex::new(log),
             changed: tokio::sync::Notify::new(),
@@ -756,45 +742,23 @@ impl Journal {
             let _order = self.inner.lock().unwrap();
             self.write_record(format!("={local} {server}\n").as_bytes())?;
         }
-        self.aliases.lock().unwrap().insert(local, server);
-        self.earlier
-            .lock()
-            .unwrap()
-            .entry(server)
-            .or_default()
-            .push(local);
+        self.inodes.add(local, server);
         Ok(())
     }
 
-    /// The local ids that stand for `id` (directly or through other local ids): the kernel
-    /// keeps knowing a file or folder made here by the inode number it was created with, so
-    /// a change to it must be told to the kernel under those numbers too.
-    pub fn earlier_ids(&self, id: NodeId) -> Vec<NodeId> {
-        let earlier = self.earlier.lock().unwrap();
-        let mut out = Vec::new();
-        let mut todo = vec![id];
-        while let Some(next) = todo.pop() {
-            for local in earlier.get(&next).into_iter().flatten() {
-                if *local != id && !out.contains(local) && out.len() < 16 {
-                    out.push(*local);
-                    todo.push(*local);
-                }
-            }
-        }
-        out
+    /// The inode numbers, whose aliases this journal keeps (see `inodes.rs`).
+    pub fn inodes(&self) -> &Arc<Inodes> {
+        &self.inodes
     }
 
-    /// The service's id for `id` (itself unless it is an uploaded local id).
+    /// The local ids that stand for `id` ([`Inodes::earlier_ids`]).
+    pub fn earlier_ids(&self, id: NodeId) -> Vec<NodeId> {
+        self.inodes.earlier_ids(id)
+    }
+
+    /// The service's id for `id` ([`Inodes::resolve`]).
     pub fn resolve(&self, id: NodeId) -> NodeId {
-        let aliases = self.aliases.lock().unwrap();
-        let mut id = id;
-        for _ in 0..16 {
-            match aliases.get(&id) {
-                Some(next) if *next != id => id = *next,
-                _ => break,
-            }
-        }
-        id
+        self.inodes.resolve(id)
     }
 }
 

@@ -1,123 +1,37 @@
-//! Where change notifications come from: one small interface, [`ChangeSource`], with two
-//! implementations, chosen by the [`Listen`] the service hands this device when it registers
-//! (`POST /devices`) or renews (`POST /devices/{id}/listen`):
+//! How this device listens: its id across mounts, how it attaches to the service, and
+//! applying what a change source heard (the sources themselves, poll and SQS, live in
+//! `sources/`, and talk to the service only through the [`Api`](super::api::Api)).
 //!
-//! - [`PollSource`] (`Listen::Poll`, the embedded service): long-polls
-//!   `GET /devices/{id}/poll?since=cursor`;
-//! - [`SqsSource`](super::listen_sqs::SqsSource) (`Listen::Sqs`, AWS mode): receives from this
-//!   device's own SQS queue with the short-lived credentials from the API.
-//!
-//! The listener loop (`listener.rs`) does not care which: it asks for the next [`Batch`],
-//! applies its pages by sequence number (a gap means reading the change feed from the cursor,
-//! as does every reconnect), then calls [`ChangeSource::applied`] (SQS deletes the messages
-//! then, so a crash before applying leaves them in the queue). [`Sources`] rebuilds the source
-//! whenever the device's `Listen` changes (renewed credentials, a new registration).
-//!
-//! This module also keeps the **device id across mounts**: `device.json` in the cache
-//! directory holds one id per (server, user). A mount first renews that device's listener;
-//! only when the service no longer knows it (`NotFound`: the device or the whole service was
-//! reset) does it register a new device. So one machine stays one device (one queue in AWS
-//! mode) however often it mounts; a second cache directory is a second device. One subtlety:
-//! events naming this device are skipped as echoes only when newer than the log's head at
-//! attach time (`echo_floor`); older ones come from an earlier mount, which may have been
-//! killed after a commit but before its tree snapshot, so they are applied.
+//! - **The device id across mounts**: `device.json` in the cache directory holds one id per
+//!   (server, user). A mount first renews that device's listener; only when the service no
+//!   longer knows it (`NotFound`: the device or the whole service was reset) does it register
+//!   a new device. So one machine stays one device (one queue in AWS mode) however often it
+//!   mounts; a second cache directory is a second device.
+//! - **Echoes of an earlier mount**: events naming this device are skipped as echoes only
+//!   when newer than the log's head at attach time (`echo_floor`); older ones come from an
+//!   earlier mount, which may have been killed after a commit but before its tree snapshot,
+//!   so they are applied.
+//! - **A batch** ([`apply_batch`]) is applied by sequence number, whatever order its pages
+//!   came in; a gap, or a source asking for it, sends the listener to the change feed. A
+//!   `Listen` the source renewed is kept, so the listener's next wait uses a source built for
+//!   it.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use async_trait::async_trait;
 use jewel_wire::*;
 use serde::{Deserialize, Serialize};
 
 use super::api::ApiResult;
-use super::listen_sqs::SqsSource;
 use super::Core;
-
-/// What one wait for notifications brought.
-#[derive(Debug, Default)]
-pub struct Batch {
-    /// Pages of change events, in any order; events may repeat or be older than the cursor.
-    pub pages: Vec<ChangePage>,
-    /// The source may have missed events (it just started, or lost messages): read the change
-    /// feed from the cursor before applying anything newer.
-    pub catch_up: bool,
-}
-
-/// One way of hearing about other devices' changes.
-#[async_trait]
-pub trait ChangeSource: Send {
-    /// Waits (up to the source's own long-poll time) for notifications after `cursor`; an
-    /// empty batch when none came in time.
-    async fn next_batch(&mut self, core: &Core, device: DeviceId, cursor: Seq) -> ApiResult<Batch>;
-    /// The last batch is applied (or covered by a catch-up): acknowledge it.
-    async fn applied(&mut self);
-}
-
-/// The embedded service's long-poll.
-pub struct PollSource;
-
-#[async_trait]
-impl ChangeSource for PollSource {
-    async fn next_batch(&mut self, core: &Core, device: DeviceId, cursor: Seq) -> ApiResult<Batch> {
-        let page = core
-            .api
-            .poll(device, cursor, core.cfg.poll_timeout_ms)
-            .await?;
-        Ok(Batch {
-            pages: vec![page],
-            catch_up: false,
-        })
-    }
-    async fn applied(&mut self) {}
-}
-
-/// The source for the device's current [`Listen`], rebuilt when that changes.
-#[derive(Default)]
-pub struct Sources {
-    listen: Option<Listen>,
-    source: Option<Box<dyn ChangeSource>>,
-}
-
-impl Sources {
-    pub fn current(&mut self, core: &Core) -> &mut dyn ChangeSource {
-        let listen = core.listen.lock().unwrap().clone();
-        if self.source.is_none() || self.listen.as_ref() != Some(&listen) {
-            // Fresh credentials for the queue we read already: no messages were missed, so
-            // the new source need not read the feed first (one request less an hour).
-            let same_queue = matches!(
-                (&self.listen, &listen),
-                (Some(Listen::Sqs { queue_url: old, .. }), Listen::Sqs { queue_url: new, .. })
-                    if old == new
-            );
-            let source: Box<dyn ChangeSource> = match &listen {
-                Listen::Poll => Box::new(PollSource),
-                Listen::Sqs {
-                    queue_url,
-                    region,
-                    endpoint,
-                    credentials,
-                } => {
-                    if !same_queue {
-                        tracing::info!("listening on SQS queue {queue_url}");
-                    }
-                    let mut source =
-                        SqsSource::new(queue_url, region, endpoint.as_deref(), credentials);
-                    if same_queue {
-                        source.skip_catch_up();
-                    }
-                    Box::new(source)
-                }
-            };
-            self.source = Some(source);
-            self.listen = Some(listen);
-        }
-        self.source.as_deref_mut().expect("set above")
-    }
-}
+use crate::sources::Batch;
 
 /// Applies a batch's pages in sequence order; false when the feed must be read (a gap, or the
 /// source asked for it).
 pub fn apply_batch(core: &Core, mut batch: Batch) -> bool {
+    if let Some(listen) = batch.renewed.take() {
+        *core.listen.lock().unwrap() = listen;
+    }
     batch
         .pages
         .sort_by_key(|p| p.events.iter().map(|e| e.seq).min().unwrap_or(p.latest_seq));
@@ -163,14 +77,6 @@ impl Core {
         self.echo_floor.store(me.latest_seq, Ordering::Relaxed);
         *self.listen.lock().unwrap() = dev.listen;
         self.device.store(dev.id, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Asks the service how this device listens now (fresh SQS credentials before the old ones
-    /// expire); the listener's source follows on its next wait.
-    pub(crate) async fn renew_listen(&self, device: DeviceId) -> ApiResult<()> {
-        let dev = self.api.renew_listen(device).await?;
-        *self.listen.lock().unwrap() = dev.listen;
         Ok(())
     }
 }
@@ -313,14 +219,14 @@ mod tests {
         // Two messages received in reverse order, one repeated: all applied in order.
         let b = Batch {
             pages: vec![page(&[13], 13), page(&[11, 12], 12), page(&[11], 11)],
-            catch_up: false,
+            ..Batch::default()
         };
         assert!(apply_batch(&core, b));
         assert_eq!(core.cursor.load(Ordering::Relaxed), 13);
         // A missing 14: stop before the gap and ask for the feed.
         let b = Batch {
             pages: vec![page(&[15], 15)],
-            catch_up: false,
+            ..Batch::default()
         };
         assert!(!apply_batch(&core, b));
         assert_eq!(core.cursor.load(Ordering::Relaxed), 13);
@@ -329,14 +235,14 @@ mod tests {
             &core,
             Batch {
                 pages: vec![page(&[], 14)],
-                catch_up: false
+                ..Batch::default()
             }
         ));
         assert!(!apply_batch(
             &core,
             Batch {
-                pages: vec![],
-                catch_up: true
+                catch_up: true,
+                ..Batch::default()
             }
         ));
     }

@@ -1,10 +1,10 @@
 //! The change listener: hears what other devices changed and applies it to the tree cache,
 //! then tells the kernel (through [`Inval`] messages to the notifier thread).
 //!
-//! The changes come from a [`ChangeSource`](super::listen::ChangeSource) (`listen.rs`): the
+//! The changes come from a [`ChangeSource`](crate::sources::ChangeSource) (`sources/`): the
 //! embedded service's long-poll (`GET /devices/{id}/poll?since=cursor`, which answers as
 //! soon as there are events after the cursor) or, in AWS mode, the device's SQS queue
-//! (`listen_sqs.rs`). Subtle cases:
+//! (`sources/sqs.rs`). Subtle cases:
 //! - **gaps**: the first event must be `cursor + 1`; otherwise (a dropped notification) the
 //!   listener reads `GET /changes?since=cursor` page by page until it reaches `latest_seq`.
 //! - **reconnects**: after any failure the listener catches up from its cursor the same way,
@@ -38,8 +38,9 @@ use super::api::ApiErr;
 pub const TOKEN_REFUSED: &str = "the service refused this machine's token (unlinked, or the \
     account token was reissued): run `jewelfs login` to link it again; pending changes are kept \
     and upload then";
-use super::listen::{apply_batch, Sources};
+use super::listen::apply_batch;
 use super::{Core, Heard, Inval};
+use crate::sources::Sources;
 
 /// Files up to this size that other machines write are fetched ahead (one block).
 pub const FETCH_AHEAD_MAX_BYTES: u64 = BLOCK_SIZE;
@@ -80,11 +81,11 @@ impl Core {
     /// Runs forever: waits for changes (from the device's [`ChangeSource`], long-poll or SQS)
     /// and applies them.
     ///
-    /// [`ChangeSource`]: super::listen::ChangeSource
+    /// [`ChangeSource`]: crate::sources::ChangeSource
     pub async fn run_listener(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(100);
         let mut need_catch_up = false;
-        let mut sources = Sources::default();
+        let mut sources = Sources::new(self.cfg.poll_timeout_ms);
         loop {
             if self.device.load(Ordering::Relaxed) == 0 {
                 if let Err(e) = self.connect().await {
@@ -109,8 +110,9 @@ impl Core {
             }
             let device = self.device.load(Ordering::Relaxed);
             let cursor = self.cursor.load(Ordering::Relaxed);
-            let source = sources.current(&self);
-            match source.next_batch(&self, device, cursor).await {
+            let listen = self.listen.lock().unwrap().clone();
+            let source = sources.current(&listen);
+            match source.next_batch(&*self.api, device, cursor).await {
                 Ok(batch) => {
                     if !self.online.swap(true, Ordering::Relaxed) {
                         self.journal.changed.notify_waiters();

@@ -1,10 +1,21 @@
 //! The FUSE-free core of the client: everything `jewelfs` does, as plain (async) methods on
 //! [`Core`], so it can be tested without mounting and driven by the thin `fuse` adapter.
 //!
-//! What it owns:
-//! - the tree cache ([`tree`]), the disk block cache ([`blocks`]), the upload journal
-//!   ([`journal`]), the uploader ([`sync`]), the change listener ([`listener`]) and the
-//!   reconciliation that re-lists what an unusual upload touched ([`reconcile`]);
+//! What it owns, one piece of state per module (each with its own lock), composed by [`Core`]:
+//! - the tree cache: the service's nodes as last heard plus pinned local ones ([`tree`]);
+//! - the upload journal, this machine's pending changes, durable ([`journal`]);
+//! - inode numbers ↔ node ids: local ids and their aliases ([`inodes`]);
+//! - files open in the kernel, and removed files still read through them ([`open_files`]);
+//! - the disk block cache ([`blocks`]);
+//! - the uploader and pre-uploader, which send the journal in order ([`uploader`], with
+//!   `batch.rs` for many small changes in one request), and what happens to a change the
+//!   service refuses for good ([`refused`]);
+//! - the change listener, which applies other machines' changes ([`listener`]), and this
+//!   device's registration and listening ([`listen`]); where notifications come from (poll,
+//!   SQS) is `crate::sources`, which sees only the [`Api`];
+//! - the reconciliation that re-lists what an unusual upload touched ([`reconcile`]);
+//! - the service's routes as one trait, [`Api`], with its HTTP client ([`api`]); conflict
+//!   names ([`conflict`]);
 //! - **listings with local changes on top**: a listing read from the service shows the
 //!   journal's pending moves and deletes (after a restart the tree knows only what the
 //!   journal says); a node removed here is forgotten, not left pinned;
@@ -24,15 +35,15 @@ pub mod api;
 mod batch;
 pub mod blocks;
 pub mod conflict;
+pub mod inodes;
 pub mod journal;
 pub mod listen;
-pub mod listen_sqs;
 pub mod listener;
 pub mod open_files;
 pub mod reconcile;
 pub mod refused;
-pub mod sync;
 pub mod tree;
+pub mod uploader;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -46,7 +57,8 @@ use jewel_wire::*;
 
 use self::api::{Api, ApiErr};
 use self::blocks::{BlockCache, BlockErr};
-use self::journal::{is_local, Journal, LocalKind, Op, Seen, LOCAL_ID_BASE};
+use self::inodes::Inodes;
+use self::journal::{is_local, Journal, LocalKind, Op, Seen};
 use self::open_files::{OpenFiles, Orphan};
 use self::tree::Tree;
 
@@ -256,6 +268,8 @@ pub struct Core {
     pub tree: Tree,
     pub blocks: Arc<BlockCache>,
     pub journal: Journal,
+    /// Inode numbers ↔ node ids (the journal makes their aliases durable).
+    pub inodes: Arc<Inodes>,
     staging: Mutex<HashMap<NodeId, Arc<Staging>>>,
     local: Mutex<HashMap<NodeId, LocalContent>>,
     /// Handles the kernel holds, and what removed files still read through them.
@@ -275,7 +289,6 @@ pub struct Core {
     pub(crate) echo_floor: AtomicU64,
     pub conflicts: AtomicU64,
     pub uploaded: AtomicU64,
-    next_local: AtomicU64,
     inval_tx: Mutex<Option<std::sync::mpsc::Sender<Inval>>>,
     pub last_error: Mutex<Option<String>>,
     /// The last applied change events, to correct a listing read while they arrived.
@@ -372,6 +385,7 @@ impl Core {
             api,
             tree,
             blocks,
+            inodes: journal.inodes().clone(),
             journal,
             staging: Mutex::new(HashMap::new()),
             local: Mutex::new(HashMap::new()),
@@ -385,7 +399,6 @@ impl Core {
             echo_floor: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
             uploaded: AtomicU64::new(0),
-            next_local: AtomicU64::new(LOCAL_ID_BASE + (journal::now_ms() << 8)),
             inval_tx: Mutex::new(None),
             last_error: Mutex::new(None),
             recent: Mutex::new(std::collections::VecDeque::new()),
@@ -482,7 +495,7 @@ impl Core {
         let Some(tx) = guard.as_ref() else { return };
         let with = |id: NodeId| {
             let mut ids = vec![id];
-            ids.extend(self.journal.earlier_ids(id));
+            ids.extend(self.inodes.earlier_ids(id));
             ids
         };
         match what {
@@ -525,21 +538,18 @@ impl Core {
         }
     }
 
-    /// The service's id for a kernel inode number.
+    /// The service's id for a kernel inode number ([`Inodes::resolve`]).
     pub fn resolve(&self, ino: NodeId) -> NodeId {
-        self.journal.resolve(ino)
+        self.inodes.resolve(ino)
     }
 
-    /// The inode number the kernel knows node `id` by: a file or folder made here keeps
-    /// the local id it was created with for as long as the journal remembers the alias
-    /// (lookups after the kernel forgot it answer the same number, as SEMANTICS promises);
-    /// every other node is known by its service id.
+    /// The inode number the kernel knows node `id` by ([`Inodes::ino`]).
     pub fn ino(&self, id: NodeId) -> u64 {
-        self.journal.earlier_ids(id).into_iter().min().unwrap_or(id)
+        self.inodes.ino(id)
     }
 
     fn new_local_id(&self) -> NodeId {
-        self.next_local.fetch_add(1, Ordering::Relaxed)
+        self.inodes.new_local_id()
     }
 
     pub fn device_name(&self) -> &str {

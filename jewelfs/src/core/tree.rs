@@ -1,4 +1,8 @@
-//! The tree cache: nodes by id and complete directory listings by directory id.
+//! The tree cache: the service's tree as last heard (nodes by id, complete directory
+//! listings by directory id), plus the nodes this machine made or changed and has not
+//! uploaded yet, pinned over it. It is what lookups, `stat` and `readdir` read; the journal
+//! (`journal.rs`) says why a node is pinned. Its name stays `tree`: it holds both kinds of
+//! node, so it is neither only the service's tree nor only the local one.
 //!
 //! - Nodes the service knows live in a `moka` cache (bounded, so a huge tree does not grow
 //!   memory without limit); an evicted node is fetched again by id on demand.

@@ -5,7 +5,8 @@
 //!   policy to receive/delete on this one queue). The SQS client is built with exactly those,
 //!   as static credentials: never the SDK's default chain, never instance metadata. Before
 //!   they expire ([`RENEW_BEFORE`]), or when SQS refuses them, the source asks the API again
-//!   (`POST /devices/{id}/listen`); the new `Listen` makes the listener build a new source.
+//!   (`POST /devices/{id}/listen`) and hands the new `Listen` back in its [`Batch`]
+//!   (`renewed`); the listener keeps it and builds a new source for it.
 //! - **Refused again and again** (IAM still propagating a new role, an SCP denying SQS, the
 //!   queue deleted and not yet made again): the first refusal renews at once (credentials
 //!   that expired early), each further one in a row waits before renewing, 1 s doubling to
@@ -37,9 +38,8 @@ use async_trait::async_trait;
 use aws_sdk_sqs::error::ProvideErrorMetadata;
 use jewel_wire::{ChangePage, DeviceId, Seq, SqsCredentials};
 
-use super::api::ApiResult;
-use super::listen::{Batch, ChangeSource};
-use super::Core;
+use super::{Batch, ChangeSource};
+use crate::core::api::{Api, ApiResult};
 
 /// Long-poll wait of one receive: the SQS maximum, so an idle device costs the fewest requests.
 pub const WAIT_SECONDS: i32 = 20;
@@ -190,21 +190,24 @@ fn http_client() -> aws_sdk_sqs::config::SharedHttpClient {
 impl ChangeSource for SqsSource {
     async fn next_batch(
         &mut self,
-        core: &Core,
+        api: &dyn Api,
         device: DeviceId,
         _cursor: Seq,
     ) -> ApiResult<Batch> {
         if !self.started {
             self.started = true;
             return Ok(Batch {
-                pages: Vec::new(),
                 catch_up: true,
+                ..Batch::default()
             });
         }
         if now_ns() + RENEW_BEFORE.as_nanos() as i64 >= self.expires_ns {
             tracing::debug!("queue credentials expire soon: renewing");
-            core.renew_listen(device).await?;
-            return Ok(Batch::default());
+            let renewed = api.renew_listen(device).await?.listen;
+            return Ok(Batch {
+                renewed: Some(renewed),
+                ..Batch::default()
+            });
         }
         let out = self
             .client
@@ -233,10 +236,11 @@ impl ChangeSource for SqsSource {
                         tracing::warn!("{msg} again: renewing in {pause:?}");
                         tokio::time::sleep(pause).await;
                     }
-                    core.renew_listen(device).await?;
+                    let renewed = api.renew_listen(device).await?.listen;
                     return Ok(Batch {
                         pages: Vec::new(),
                         catch_up: missing || !pause.is_zero(),
+                        renewed: Some(renewed),
                     });
                 }
                 // SQS unreachable says nothing about the service: read the feed from it (which
@@ -247,8 +251,8 @@ impl ChangeSource for SqsSource {
                 tracing::warn!("{msg}: reading the change feed, retrying in {pause:?}");
                 tokio::time::sleep(pause).await;
                 return Ok(Batch {
-                    pages: Vec::new(),
                     catch_up: true,
+                    ..Batch::default()
                 });
             }
         };
@@ -320,8 +324,8 @@ mod tests {
     use bytes::Bytes;
     use jewel_wire::*;
 
-    use super::super::api::{Api, ApiErr};
     use super::*;
+    use crate::core::api::ApiErr;
 
     /// A service that only renews listeners (counting the calls); nothing else is reachable.
     /// Its listeners name `sqs` as the endpoint (port 9, which answers nothing, by default).
@@ -417,13 +421,7 @@ mod tests {
 
     #[tokio::test]
     async fn credentials_about_to_expire_are_renewed_before_receiving() {
-        let dir = tempfile::tempdir().unwrap();
         let api = Arc::new(Renewer::default());
-        let core = Core::open(
-            super::super::Config::new(dir.path().to_path_buf(), "laptop".into()),
-            api.clone(),
-        )
-        .unwrap();
         // Two minutes left: less than RENEW_BEFORE. (Port 9 answers nothing: a receive
         // attempted instead of a renewal would fail the test.)
         let mut src = SqsSource::new(
@@ -432,15 +430,19 @@ mod tests {
             Some("http://127.0.0.1:9"),
             &creds(now_ns() + 120_000_000_000),
         );
-        let first = src.next_batch(&core, 5, 0).await.unwrap();
+        let first = src.next_batch(&*api, 5, 0).await.unwrap();
         assert!(first.catch_up, "a new source reads the feed first");
-        let second = src.next_batch(&core, 5, 0).await.unwrap();
+        let second = src.next_batch(&*api, 5, 0).await.unwrap();
         assert!(second.pages.is_empty() && !second.catch_up);
+        assert!(
+            second.renewed.is_some(),
+            "the listener is handed the new listen"
+        );
         assert_eq!(api.renewals.load(Ordering::Relaxed), 1);
         // The listener follows with a source for the same queue that does not start with a
         // catch-up (and, with fresh credentials, renews nothing: it goes to receive).
-        let mut sources = super::super::listen::Sources::default();
-        *core.listen.lock().unwrap() = Listen::Sqs {
+        let mut sources = crate::sources::Sources::new(1000);
+        let listen = Listen::Sqs {
             queue_url: "http://127.0.0.1:9/1/q".into(),
             region: "us-east-1".into(),
             endpoint: Some("http://127.0.0.1:9".into()),
@@ -448,21 +450,20 @@ mod tests {
         };
         assert!(
             sources
-                .current(&core)
-                .next_batch(&core, 5, 0)
+                .current(&listen)
+                .next_batch(&*api, 5, 0)
                 .await
                 .unwrap()
                 .catch_up
         );
-        core.renew_listen(5).await.unwrap();
+        let listen = api.renew_listen(5).await.unwrap().listen;
         // (Port 9 refuses: the receive fails, which sends the listener to the feed.)
-        let renewed = sources.current(&core).next_batch(&core, 5, 0).await;
+        let renewed = sources.current(&listen).next_batch(&*api, 5, 0).await;
         assert!(
             matches!(&renewed, Ok(b) if b.catch_up && b.pages.is_empty()),
             "went to receive at once: {renewed:?}"
         );
         assert_eq!(api.renewals.load(Ordering::Relaxed), 2);
-        let listen = core.listen.lock().unwrap().clone();
         let Listen::Sqs { credentials, .. } = listen else {
             panic!("{listen:?}")
         };
@@ -530,24 +531,25 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn credentials_refused_again_and_again_back_off() {
         let (sqs, requests) = sqs_refusing_credentials().await;
-        let dir = tempfile::tempdir().unwrap();
         let api = Arc::new(Renewer {
             sqs: Some(sqs),
             ..Renewer::default()
         });
-        let core = Core::open(
-            super::super::Config::new(dir.path().to_path_buf(), "laptop".into()),
-            api.clone(),
-        )
-        .unwrap();
-        core.renew_listen(5).await.unwrap();
-        let mut sources = super::super::listen::Sources::default();
+        let mut listen = api.renew_listen(5).await.unwrap().listen;
+        let mut sources = crate::sources::Sources::new(1000);
         let watched = std::time::Duration::from_secs(4);
         let deadline = std::time::Instant::now() + watched;
         let mut turns = 0;
         while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-            let turn = sources.current(&core).next_batch(&core, 5, 0);
-            let _ = tokio::time::timeout(left, turn).await;
+            let turn = sources.current(&listen).next_batch(&*api, 5, 0);
+            // The listener keeps what a renewal brought; its next turn builds a new source.
+            if let Ok(Ok(super::Batch {
+                renewed: Some(renewed),
+                ..
+            })) = tokio::time::timeout(left, turn).await
+            {
+                listen = renewed;
+            }
             turns += 1;
             assert!(turns < 10_000, "bounded loop");
         }

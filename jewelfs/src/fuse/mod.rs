@@ -1,4 +1,6 @@
-//! The thin `fuser` adapter: translates kernel requests into [`Core`] calls and replies.
+//! The thin `fuser` adapter: translates kernel requests into [`Core`] calls and replies. It is
+//! the only part of the client that knows `fuser`: the session (mounting, the notifier
+//! thread, unmounting) is in [`session`], which `mount.rs` drives.
 //!
 //! Rules it keeps:
 //! - **Never block a dispatch thread on the network.** A request that the caches can answer
@@ -12,13 +14,14 @@
 //!   has a local id until its create reaches the service, and keeps answering under it after
 //!   (the core resolves aliases).
 //! - **Long TTLs**: the listener pushes invalidations through the notifier from its own
-//!   thread (see `mount.rs`), never from here.
+//!   thread (see [`session`]), never from here.
 //! - Errors become errno values in one place, [`CoreErr::errno`].
 //! - Ownership is the mounting user's; chown to anyone else is refused (`EPERM`), as are hard
 //!   links and special files; extended attributes are not supported (`ENOTSUP`).
 //! - What `stat` shows and which names are taken: [`attrs`]; the times kept on this machine
 //!   only (ctime, a set atime): [`times`]; other machines' changes replayed through the
-//!   mount for inotify watchers, and how their requests are answered: [`replay`].
+//!   mount for inotify watchers, and how their requests are answered: [`replay`]; the
+//!   session and its notifier thread: [`session`].
 //! - **Attributes the kernel holds stay true.** A reply carries the node as it is after the
 //!   change; a change the kernel did not ask for in that request — the mtime a `close`
 //!   gives the file it journals — is followed by an invalidation of the inode's attributes
@@ -27,6 +30,7 @@
 
 mod attrs;
 pub mod replay;
+pub mod session;
 mod times;
 
 use std::collections::HashMap;
