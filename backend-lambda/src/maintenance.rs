@@ -202,6 +202,7 @@ mod tests {
                 name: name.into(),
                 kind: NewKind::File {
                     content: Content {
+                        inline: None,
                         size: 4,
                         blocks: vec![hash.clone()],
                     },
@@ -218,6 +219,7 @@ mod tests {
             .unwrap();
         // "live" is edited: its first content becomes an earlier version.
         let edit = Content {
+            inline: None,
             size: 4,
             blocks: vec![hashes[3].clone()],
         };

@@ -233,6 +233,7 @@ async fn requests_per_sync_operation() {
         let commit = CommitContent {
             base_version: node.version,
             content: Content {
+                inline: None,
                 size: data.len() as u64,
                 blocks: vec![hash.clone()],
             },

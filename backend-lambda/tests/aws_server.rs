@@ -279,6 +279,7 @@ async fn two_devices_sync(m: &Emulator, dynamodb: Option<&Emulator>) {
     let commit = CommitContent {
         base_version: 1,
         content: Content {
+            inline: None,
             size: data2.len() as u64,
             blocks: vec![hash2.clone()],
         },

@@ -78,6 +78,7 @@ impl Api {
             );
         }
         Content {
+            inline: None,
             size: data.len() as u64,
             blocks: vec![hash],
         }

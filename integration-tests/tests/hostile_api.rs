@@ -92,6 +92,7 @@ impl Api {
             assert!(resp.status().is_success(), "upload: {}", resp.status());
         }
         Content {
+            inline: None,
             size: data.len() as u64,
             blocks: vec![hash],
         }
@@ -1706,4 +1707,106 @@ fn a_removed_user_leaves_nothing_and_its_urls_stop_at_once() {
     assert_eq!(n, 0);
     // The other user keeps everything.
     assert_eq!(stays.read(&kept), b"kept");
+}
+
+/// Inline content (a small file's bytes in its commit): bytes that are not the block the
+/// content names, a size that does not match, too many bytes, bad base64 — each refused with
+/// a clear error, and nothing is created or stored. Good inline content is stored and reads
+/// back, through a create and through a commit, and its change event carries the bytes.
+#[test]
+fn inline_content_must_be_the_block_it_names() {
+    let b64 = |b: &[u8]| serde_json::to_value(InlineBytes(b.to_vec())).unwrap();
+    let server = Server::start();
+    let token = server.add_user("inline");
+    let api = Api::new(&server, &token);
+    let me: Me = api.ok(api.get("/me"));
+    assert!(
+        me.inline_content,
+        "the service says it takes inline content"
+    );
+    let dir = api.mkdir(ROOT_ID, "d");
+    let data = b"hello, inline world".to_vec();
+    let hash = sha256_hex(&data);
+    let other = sha256_hex(b"something else");
+    let create = |name: &str, content: Value| {
+        api.post(
+            "/nodes",
+            json!({"parent": dir.id, "name": name, "kind": "file", "content": content}),
+        )
+    };
+    let too_long = vec![7u8; MAX_INLINE_BYTES + 1];
+    let bad: [(&str, Value); 5] = [
+        (
+            "wrong hash",
+            json!({"size": data.len(), "blocks": [other], "inline": b64(&data)}),
+        ),
+        (
+            "wrong size",
+            json!({"size": data.len() + 1, "blocks": [hash], "inline": b64(&data)}),
+        ),
+        (
+            "two blocks",
+            json!({"size": data.len(), "blocks": [hash, hash], "inline": b64(&data)}),
+        ),
+        (
+            "too long",
+            json!({"size": too_long.len(), "blocks": [sha256_hex(&too_long)], "inline": b64(&too_long)}),
+        ),
+        (
+            "not base64",
+            json!({"size": 3, "blocks": [hash], "inline": "%%%%"}),
+        ),
+    ];
+    for (case, content) in bad {
+        let resp = create(case, content);
+        assert!(
+            resp.status().is_client_error(),
+            "{case}: {} {}",
+            resp.status(),
+            resp.text().unwrap()
+        );
+    }
+    let listing: ListPage = api.ok(api.get(&format!("/nodes/{}/children", dir.id)));
+    assert!(
+        listing.entries.is_empty(),
+        "nothing was created: {:?}",
+        listing.entries
+    );
+    let missing: MissingBlocks = api.ok(api.post("/blocks/missing", json!({"hashes": [hash]})));
+    assert_eq!(
+        missing.missing.len(),
+        1,
+        "no refused inline block was stored"
+    );
+
+    let since = api.ok::<Me>(api.get("/me")).latest_seq;
+    let node: Node = api.ok(create(
+        "ok",
+        json!({"size": data.len(), "blocks": [hash], "inline": b64(&data)}),
+    ));
+    assert_eq!(
+        api.read(&node),
+        data,
+        "inline content reads back as a block"
+    );
+    let edit = b"edited inline".to_vec();
+    let edited: Node = api.ok(
+        api.req(Method::PUT, &format!("/nodes/{}/content", node.id))
+            .json(&json!({"base_version": node.version,
+                "content": {"size": edit.len(), "blocks": [sha256_hex(&edit)], "inline": b64(&edit)}}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(api.read(&edited), edit);
+    let page: ChangePage = api.ok(api.get(&format!("/changes?since={since}")));
+    let carried: Vec<Option<Vec<u8>>> = page
+        .events
+        .iter()
+        .map(|e| e.inline.as_ref().map(|b| b.0.clone()))
+        .collect();
+    assert_eq!(
+        carried,
+        [Some(data), Some(edit)],
+        "each event carries its bytes"
+    );
 }

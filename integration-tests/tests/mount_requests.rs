@@ -101,3 +101,80 @@ fn many_small_files_go_up_in_batches_not_a_round_trip_each() {
         (std::fs::read_dir(b.p("many")).unwrap().count() == 0).then_some(())
     });
 }
+
+#[test]
+fn small_files_travel_inline_with_their_change_and_open_without_a_request() {
+    let server = Server::start();
+    let token = server.add_user("inliner");
+    let to_a = FaultProxy::start(&server.url);
+    let to_b = FaultProxy::start(&server.url);
+    let a = Mount::with_url(&to_a.url, &token, "writer");
+    let b = Mount::with_url(&to_b.url, &token, "reader");
+    std::fs::create_dir(a.p("notes")).unwrap();
+    a.wait_uploaded(SYNC);
+    // B looks at the folder, as its user would: changes in it now arrive in full.
+    wait_for("the folder on B", SYNC, || {
+        std::fs::read_dir(b.p("notes")).ok().map(|d| d.count())
+    });
+
+    // Sizes from 1 byte to the inline limit (4 KiB), and one file just above it.
+    let small: Vec<(String, Vec<u8>)> = (0..50)
+        .map(|i| {
+            let len = 1 + (i * 83) % 4096;
+            (format!("notes/n{i}.txt"), seeded::bytes(len, i as u64))
+        })
+        .chain([("notes/n50.txt".to_string(), seeded::bytes(4096, 50))])
+        .collect();
+    let bigger = seeded::bytes(10_000, 99);
+    let (a_before, b_before) = (to_a.stats(), to_b.stats());
+    for (name, data) in &small {
+        std::fs::write(a.p(name), data).unwrap();
+    }
+    std::fs::write(a.p("notes/bigger.bin"), &bigger).unwrap();
+    a.wait_uploaded(SYNC);
+    let a_after = to_a.stats();
+    let up = |route: &str| a_after.requests(route) - a_before.requests(route);
+    eprintln!(
+        "A: {} block questions, {} block uploads, {} batches, {} creates",
+        up("POST /api/v1/blocks/missing"),
+        up("PUT /blob/{user}/{hash}"),
+        up("POST /api/v1/batch"),
+        up("POST /api/v1/nodes")
+    );
+    assert!(
+        up("PUT /blob/{user}/{hash}") <= 1,
+        "only the file above 4 KiB uploads a block; the small ones went inline"
+    );
+    assert!(up("POST /api/v1/blocks/missing") <= 1);
+
+    // B: every file shows with its size, then opens without one request to the service.
+    for (name, data) in small
+        .iter()
+        .chain([&("notes/bigger.bin".to_string(), bigger.clone())])
+    {
+        wait_for(&format!("{name} on B"), SYNC, || {
+            std::fs::metadata(b.p(name))
+                .ok()
+                .filter(|m| m.len() == data.len() as u64)
+        });
+    }
+    let b_listed = to_b.stats();
+    for (name, data) in &small {
+        let read = std::fs::read(b.p(name)).unwrap();
+        assert!(read == *data, "B reads {name} as A wrote it");
+    }
+    let b_after = to_b.stats();
+    let down = |from: &integration_tests::fault_proxy::Stats, route: &str| {
+        b_after.requests(route) - from.requests(route)
+    };
+    assert_eq!(
+        down(&b_listed, "POST /api/v1/blocks/urls") + down(&b_listed, "GET /blob/{user}/{hash}"),
+        0,
+        "the small files were in B's cache before their names showed"
+    );
+    assert!(
+        down(&b_before, "GET /blob/{user}/{hash}") <= 1,
+        "B downloaded only the file above the inline limit"
+    );
+    assert!(std::fs::read(b.p("notes/bigger.bin")).unwrap() == bigger);
+}

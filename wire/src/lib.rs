@@ -136,11 +136,59 @@ impl Node {
 }
 
 /// File content as the service stores it: a size and the blocks that hold it.
+///
+/// A small file's content (1 to [`MAX_INLINE_BYTES`] bytes, so one block) may also carry its
+/// bytes, `inline`, in the commit that stores it: the service stores that block itself, so
+/// the writer needs no `blocks/missing` question and no upload round trips, and the change
+/// event carries the bytes on to the other devices (see [`ChangeEvent::inline`]). The bytes
+/// must be exactly the one block the content names (its SHA-256 and its size).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Content {
     pub size: u64,
     #[serde(default)]
     pub blocks: Vec<BlockHash>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<InlineBytes>,
+}
+
+/// The most bytes of content that travel inline ([`Content::inline`]). A few KiB: most
+/// small files people keep (notes, configuration, source files) fit, and an event carrying
+/// them stays a few KiB of JSON (a page of events stays within [`MAX_PAGE_BYTES`], a queue
+/// message far within SQS's 256 KiB).
+pub const MAX_INLINE_BYTES: usize = 4096;
+
+/// Bytes inside JSON, as standard padded base64; at most [`MAX_INLINE_BYTES`] (a longer
+/// string is refused before it is decoded, so reading one allocates a bounded amount).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct InlineBytes(pub Vec<u8>);
+
+impl std::fmt::Debug for InlineBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "InlineBytes({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for InlineBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for InlineBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine;
+        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        if text.len() > MAX_INLINE_BYTES.div_ceil(3) * 4 {
+            return Err(serde::de::Error::custom(format!(
+                "inline content is at most {MAX_INLINE_BYTES} bytes"
+            )));
+        }
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map(InlineBytes)
+            .map_err(|e| serde::de::Error::custom(format!("inline content is not base64: {e}")))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -149,6 +197,11 @@ pub struct Me {
     pub root: NodeId,
     /// The newest sequence number of this user's change log.
     pub latest_seq: Seq,
+    /// Whether the service takes small files' bytes inline with their commit
+    /// ([`Content::inline`]); an older service says nothing (false), and a client then
+    /// uploads every block.
+    #[serde(default)]
+    pub inline_content: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -479,6 +532,11 @@ pub struct ChangeEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceId>,
     pub at_ns: i64,
+    /// The file's content, when the change stored a small file's bytes inline
+    /// ([`Content::inline`]): a device that hears the event caches it, so the file opens
+    /// without asking the service. Verify it against the node's one block hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<InlineBytes>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

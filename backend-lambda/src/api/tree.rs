@@ -17,7 +17,7 @@ use jewel_wire::{
     block_count, check_name, is_block_hash, ApiError, ChangeEvent, CommitContent, Content,
     CreateNode, ErrorCode, ListPage, Me, MoveMode, MoveNode, MoveResult, NewKind, Node, NodeId,
     SetAttr, TargetExpect, TrashPage, Version, VersionList, MAX_FILE_BLOCKS, MAX_FILE_SIZE,
-    MAX_SYMLINK_BYTES, ROOT_ID,
+    MAX_INLINE_BYTES, MAX_SYMLINK_BYTES, ROOT_ID,
 };
 use serde::Deserialize;
 
@@ -34,6 +34,7 @@ pub async fn me(State(svc): S, caller: Caller) -> AppResult<Json<Me>> {
         user: caller.user.name,
         root: ROOT_ID,
         latest_seq,
+        inline_content: true,
     }))
 }
 
@@ -141,8 +142,11 @@ pub async fn create(
         mode,
         mtime_ns: req.mtime_ns.unwrap_or(origin.now_ns),
     };
-    let (node, event) = svc.meta.create(&caller.user.id, &new, origin).await?;
+    let (node, mut event) = svc.meta.create(&caller.user.id, &new, origin).await?;
     drop(blocks_checked);
+    if let NewKind::File { content } = new.kind {
+        with_inline(&mut event, content);
+    }
     publish(&svc, &caller.user.id, &[event]).await;
     Ok((StatusCode::CREATED, Json(node)))
 }
@@ -155,7 +159,7 @@ pub async fn commit_content(
 ) -> AppResult<Json<Node>> {
     let blocks_checked = svc.block_guard.read().await;
     valid_content(&svc, &caller.user.id, &req.content).await?;
-    let (node, event) = svc
+    let (node, mut event) = svc
         .meta
         .commit_content(
             &caller.user.id,
@@ -167,6 +171,7 @@ pub async fn commit_content(
         )
         .await?;
     drop(blocks_checked);
+    with_inline(&mut event, req.content);
     publish(&svc, &caller.user.id, &[event]).await;
     Ok(Json(node))
 }
@@ -400,6 +405,14 @@ pub async fn restore_version(
 
 /// Tells the user's devices; a failure is logged, never returned (the change is committed and
 /// devices catch up from the log).
+/// The notice of a change that stored inline content carries the bytes (a store may have
+/// logged the event without them: the other devices then fetch the block as usual).
+fn with_inline(event: &mut ChangeEvent, content: Content) {
+    if event.inline.is_none() {
+        event.inline = content.inline;
+    }
+}
+
 pub async fn publish(svc: &Service, user: &UserId, events: &[ChangeEvent]) {
     if events.is_empty() {
         return;
@@ -458,6 +471,9 @@ async fn valid_content(svc: &Service, user: &UserId, content: &Content) -> AppRe
     if let Some(bad) = content.blocks.iter().find(|h| !is_block_hash(h)) {
         return Err(AppError::bad_request(format!("not a block hash: {bad:?}")));
     }
+    if let Some(inline) = &content.inline {
+        return store_inline(svc, user, content, inline).await;
+    }
     let mut unique = content.blocks.clone();
     unique.sort();
     unique.dedup();
@@ -473,5 +489,34 @@ async fn valid_content(svc: &Service, user: &UserId, content: &Content) -> AppRe
         err.missing = missing;
         return Err(AppError(err));
     }
+    Ok(())
+}
+
+/// Stores the one block of a small file whose bytes came inline with its commit (see
+/// [`jewel_wire::Content::inline`]), after checking that they are exactly the block the content
+/// names. Storing a block is idempotent (content-addressed), so a commit sent twice is harmless.
+async fn store_inline(
+    svc: &Service,
+    user: &UserId,
+    content: &Content,
+    inline: &jewel_wire::InlineBytes,
+) -> AppResult<()> {
+    let bytes = &inline.0;
+    if bytes.is_empty() || bytes.len() > MAX_INLINE_BYTES || bytes.len() as u64 != content.size {
+        return Err(AppError::bad_request(format!(
+            "inline content must be 1 to {MAX_INLINE_BYTES} bytes, the file's size ({}); it has {}",
+            content.size,
+            bytes.len()
+        )));
+    }
+    let hash = crate::blobs::sha256_hex(bytes);
+    if content.blocks != [hash.clone()] {
+        return Err(AppError::bad_request(
+            "inline content must be the one block the content names (its SHA-256)",
+        ));
+    }
+    svc.blobs
+        .put(user, &hash, bytes::Bytes::copy_from_slice(bytes))
+        .await?;
     Ok(())
 }

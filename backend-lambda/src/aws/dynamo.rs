@@ -970,6 +970,7 @@ impl DynamoStore {
 
 fn event(op: ChangeOp, node: &Node, from: Option<Place>, origin: Origin) -> ChangeEvent {
     ChangeEvent {
+        inline: None,
         seq: 0,
         op,
         node: node.clone(),
@@ -1931,6 +1932,7 @@ impl MetaStore for DynamoStore {
             out.push(FileVersion {
                 version: node.version,
                 content: Content {
+                    inline: None,
                     size: node.size,
                     blocks: node.blocks,
                 },

@@ -151,6 +151,7 @@ async fn presigned_urls_move_blocks_without_the_service() {
 
 pub(super) fn event(seq: u64, name_len: usize) -> ChangeEvent {
     ChangeEvent {
+        inline: None,
         seq,
         op: ChangeOp::Upsert,
         node: Node {
@@ -457,6 +458,7 @@ async fn the_largest_file_fits_and_a_larger_one_is_refused() {
     let blocks = |n: usize| (0..n).map(|i| format!("{i:064x}")).collect::<Vec<_>>();
     let n = super::dynamo::MAX_BLOCKS;
     let content = Content {
+        inline: None,
         size: n as u64 * jewel_wire::BLOCK_SIZE,
         blocks: blocks(n),
     };
@@ -473,6 +475,7 @@ async fn the_largest_file_fits_and_a_larger_one_is_refused() {
         .expect("the largest file fits");
     assert_eq!(store.get_node(&u, node.id).await.unwrap().blocks.len(), n);
     let bigger = Content {
+        inline: None,
         size: 0,
         blocks: blocks(n + 1),
     };

@@ -13,6 +13,7 @@ use super::{BusError, ChangeBus};
 
 fn event(seq: u64) -> ChangeEvent {
     ChangeEvent {
+        inline: None,
         seq,
         op: ChangeOp::Upsert,
         node: Node {

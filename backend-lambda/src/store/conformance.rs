@@ -152,6 +152,7 @@ async fn make(s: &dyn MetaStore, user: &UserId, parent: NodeId, name: &str, kind
 /// A file of 3 bytes in one block.
 async fn file(s: &dyn MetaStore, user: &UserId, parent: NodeId, name: &str) -> Node {
     let content = Content {
+        inline: None,
         size: 3,
         blocks: vec![hash(3)],
     };
@@ -364,6 +365,7 @@ pub async fn root_rules(s: &dyn MetaStore) {
 pub async fn create_and_get(s: &dyn MetaStore) {
     let u = new_user(s, "ann").await.id;
     let content = Content {
+        inline: None,
         size: 5,
         blocks: vec![hash(1)],
     };
@@ -562,6 +564,7 @@ pub async fn commit_content_versions(s: &dyn MetaStore) {
     let seq0 = s.latest_seq(&u).await.unwrap();
 
     let c2 = Content {
+        inline: None,
         size: 10,
         blocks: vec![hash(2), hash(3)],
     };
@@ -585,6 +588,7 @@ pub async fn commit_content_versions(s: &dyn MetaStore) {
 
     // A stale base is a conflict carrying the current node, and changes nothing.
     let c3 = Content {
+        inline: None,
         size: 1,
         blocks: vec![hash(9)],
     };
@@ -793,6 +797,7 @@ pub async fn move_replace_file(s: &dyn MetaStore) {
         ROOT_ID,
         "x",
         Content {
+            inline: None,
             size: 1,
             blocks: vec![hash(1)],
         },
@@ -804,6 +809,7 @@ pub async fn move_replace_file(s: &dyn MetaStore) {
         ROOT_ID,
         "y",
         Content {
+            inline: None,
             size: 2,
             blocks: vec![hash(2)],
         },
@@ -927,6 +933,7 @@ pub async fn move_exchange(s: &dyn MetaStore) {
         ROOT_ID,
         "q",
         Content {
+            inline: None,
             size: 1,
             blocks: vec![hash(1)],
         },
@@ -1205,6 +1212,7 @@ pub async fn change_log_order_and_paging(s: &dyn MetaStore) {
         .unwrap();
     written.push(ev);
     let c = Content {
+        inline: None,
         size: 1,
         blocks: vec![hash(1)],
     };
@@ -1340,6 +1348,7 @@ pub async fn users_isolated(s: &dyn MetaStore) {
         ad.id,
         "secret",
         Content {
+            inline: None,
             size: 1,
             blocks: vec![hash(1)],
         },
@@ -1497,6 +1506,7 @@ pub async fn referenced_blocks(s: &dyn MetaStore) {
     let b = new_user(s, "bob").await.id;
     assert!(s.referenced_blocks(&u).await.unwrap().is_empty());
     let c = |hs: &[u32]| Content {
+        inline: None,
         size: hs.len() as u64,
         blocks: hs.iter().map(|h| hash(*h)).collect(),
     };
@@ -1537,6 +1547,7 @@ pub async fn purge_trash_forgets_old_deletions(s: &dyn MetaStore) {
     let u = new_user(s, "ann").await.id;
     let b = new_user(s, "bob").await.id;
     let c = |h: u32| Content {
+        inline: None,
         size: 1,
         blocks: vec![hash(h)],
     };
@@ -1588,6 +1599,7 @@ pub async fn versions_keep_replaced_content(s: &dyn MetaStore) {
     let u = new_user(s, "ann").await.id;
     let b = new_user(s, "bob").await.id;
     let c = |h: u32| Content {
+        inline: None,
         size: 1,
         blocks: vec![hash(h)],
     };
@@ -1758,6 +1770,7 @@ pub async fn concurrent_reads_and_writes(s: &dyn MetaStore) {
 /// stores 4000 blocks: DynamoDB's items hold up to ~5000).
 fn big_content(blocks: usize) -> Content {
     Content {
+        inline: None,
         size: blocks as u64 * jewel_wire::BLOCK_SIZE,
         blocks: vec![hash(7); blocks],
     }
@@ -1913,6 +1926,7 @@ pub async fn removed_user_leaves_no_versions(s: &dyn MetaStore) {
     let ann = new_user(s, "ann").await.id;
     let f = file(s, &ann, ROOT_ID, "f").await;
     let c = Content {
+        inline: None,
         size: 3,
         blocks: vec![hash(99)],
     };

@@ -55,8 +55,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use jewel_wire::{
-    ChangeEvent, ChangeOp, ChangePage, Content, DeviceId, DeviceInfo, FileVersion, MoveMode,
-    NewKind, Node, NodeId, NodeKind, Place, Seq, SetAttr, TrashEntry, Version, ROOT_ID,
+    ChangeEvent, ChangeOp, ChangePage, Content, DeviceId, DeviceInfo, FileVersion, InlineBytes,
+    MoveMode, NewKind, Node, NodeId, NodeKind, Place, Seq, SetAttr, TrashEntry, Version, ROOT_ID,
 };
 use rusqlite::{
     params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior,
@@ -501,6 +501,20 @@ fn append_event(
     from: Option<Place>,
     origin: Origin,
 ) -> StoreResult<ChangeEvent> {
+    append_content_event(c, user, op, node, from, origin, None)
+}
+
+/// [`append_event`] for a change that stored content, with the content's bytes when they
+/// came inline (a small file): the event carries them to the other devices.
+fn append_content_event(
+    c: &Connection,
+    user: &str,
+    op: ChangeOp,
+    node: &Node,
+    from: Option<Place>,
+    origin: Origin,
+    inline: Option<InlineBytes>,
+) -> StoreResult<ChangeEvent> {
     let seq: i64 = c
         .prepare_cached(
             "UPDATE users SET latest_seq = latest_seq + 1 WHERE id = ?1 RETURNING latest_seq",
@@ -511,6 +525,7 @@ fn append_event(
         .db()?
         .ok_or(StoreError::NotFound)?;
     let event = ChangeEvent {
+        inline,
         seq: seq as u64,
         op,
         node: node.clone(),
@@ -1157,14 +1172,21 @@ impl MetaStore for SqliteStore {
             if let Some(occupant) = live_child(tx, &user, new.parent, &new.name)? {
                 return Err(StoreError::Exists(Box::new(occupant)));
             }
-            let (kind, size, blocks, target) = match new.kind {
-                NewKind::File { content } => (NodeKind::File, content.size, content.blocks, None),
-                NewKind::Dir => (NodeKind::Dir, 0, Vec::new(), None),
+            let (kind, size, blocks, target, inline) = match new.kind {
+                NewKind::File { content } => (
+                    NodeKind::File,
+                    content.size,
+                    content.blocks,
+                    None,
+                    content.inline,
+                ),
+                NewKind::Dir => (NodeKind::Dir, 0, Vec::new(), None, None),
                 NewKind::Symlink { target } => (
                     NodeKind::Symlink,
                     target.len() as u64,
                     Vec::new(),
                     Some(target),
+                    None,
                 ),
             };
             let node = Node {
@@ -1180,7 +1202,8 @@ impl MetaStore for SqliteStore {
                 target,
             };
             insert_node(tx, &user, &node)?;
-            let event = append_event(tx, &user, ChangeOp::Upsert, &node, None, origin)?;
+            let event =
+                append_content_event(tx, &user, ChangeOp::Upsert, &node, None, origin, inline)?;
             Ok((node, event))
         })
         .await
@@ -1216,7 +1239,15 @@ impl MetaStore for SqliteStore {
             node.mtime_ns = mtime_ns.unwrap_or(origin.now_ns);
             node.version += 1;
             update_node(tx, &user, &node)?;
-            let event = append_event(tx, &user, ChangeOp::Upsert, &node, None, origin)?;
+            let event = append_content_event(
+                tx,
+                &user,
+                ChangeOp::Upsert,
+                &node,
+                None,
+                origin,
+                content.inline,
+            )?;
             Ok((node, event))
         })
         .await
@@ -1667,6 +1698,7 @@ impl MetaStore for SqliteStore {
                     let entry = FileVersion {
                         version,
                         content: Content {
+                            inline: None,
                             size,
                             blocks: serde_json::from_str(&blocks).map_err(json_err)?,
                         },

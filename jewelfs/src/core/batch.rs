@@ -251,7 +251,9 @@ impl Core {
                 Some(content) => content,
                 None => {
                     let content = self.hash_data(name, *size).await?;
-                    to_send.push((self.journal.data_path(name), content.blocks.clone()));
+                    if content.inline.is_none() {
+                        to_send.push((self.journal.data_path(name), content.blocks.clone()));
+                    }
                     content
                 }
             };

@@ -155,6 +155,7 @@ mod tests {
             events: seqs
                 .iter()
                 .map(|&seq| ChangeEvent {
+                    inline: None,
                     seq,
                     op: ChangeOp::Remove,
                     node: Node {

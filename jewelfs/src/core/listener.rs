@@ -33,6 +33,7 @@ use std::time::Duration;
 use jewel_wire::*;
 
 use super::api::ApiErr;
+use super::blocks::sha256_hex;
 
 /// What `status` says while the service refuses this machine's token.
 pub const TOKEN_REFUSED: &str = "the service refused this machine's token (unlinked, or the \
@@ -46,9 +47,37 @@ use crate::sources::Sources;
 pub const FETCH_AHEAD_MAX_BYTES: u64 = BLOCK_SIZE;
 
 impl Core {
+    /// Caches a small file's content that came with its change event, once it proves to be
+    /// the node's one block; false when there was none (or it was not that block: the
+    /// block is then fetched as usual).
+    fn keep_inline(&self, node: &Node, inline: Option<&InlineBytes>) -> bool {
+        let Some(InlineBytes(bytes)) = inline else {
+            return false;
+        };
+        let [hash] = node.blocks.as_slice() else {
+            return false;
+        };
+        if bytes.len() as u64 != node.size || sha256_hex(bytes) != *hash {
+            tracing::warn!(
+                id = node.id,
+                "inline content does not match its node; fetching it"
+            );
+            return false;
+        }
+        match self.blocks.insert(hash, bytes) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(id = node.id, "could not cache inline content: {e}");
+                false
+            }
+        }
+    }
+
     /// Registers this device (once per mount) and starts from the service's newest change.
     pub async fn connect(&self) -> Result<Me, ApiErr> {
         let me = self.api.me().await?;
+        self.inline_content
+            .store(me.inline_content, Ordering::Relaxed);
         if self.device.load(Ordering::Relaxed) == 0 {
             self.attach_device(&me).await?;
         }
@@ -348,6 +377,7 @@ impl Core {
                 if node.kind == NodeKind::File
                     && node.size <= FETCH_AHEAD_MAX_BYTES
                     && self.tree.has_listing(node.parent)
+                    && !self.keep_inline(node, ev.inline.as_ref())
                 {
                     self.blocks.fetch_ahead(node.blocks.clone());
                 }

@@ -309,6 +309,9 @@ pub struct Core {
     /// Whether the service takes batches (`batch.rs`); false once it said it has no such
     /// route (an older server), and changes go one by one.
     pub(crate) batching: std::sync::atomic::AtomicBool,
+    /// Whether the service takes small files' bytes inline with their commit (it says so in
+    /// `GET /me`, read on every connect); until it has said so, every block is uploaded.
+    pub(crate) inline_content: std::sync::atomic::AtomicBool,
     /// Directories to re-list from the service once the journal is drained (see
     /// `reconcile.rs`).
     pub(crate) suspect: Mutex<reconcile::Suspect>,
@@ -407,6 +410,7 @@ impl Core {
             own: Mutex::new(HashMap::new()),
             uploading: AtomicU64::new(0),
             batching: std::sync::atomic::AtomicBool::new(true),
+            inline_content: std::sync::atomic::AtomicBool::new(false),
             own_changed: Mutex::new(std::collections::VecDeque::new()),
             own_gen: AtomicU64::new(0),
             suspect: Mutex::new(Default::default()),

@@ -46,6 +46,17 @@ struct Service {
     creates_go: tokio::sync::Notify,
 }
 
+/// Stores a small file's block that came inline with its commit, as the real service does
+/// (after checking it is the block the content names).
+fn store_inline(st: &mut State, content: &Content) {
+    if let Some(inline) = &content.inline {
+        let hash = sha256_hex(&inline.0);
+        if content.blocks == [hash.clone()] {
+            st.blocks.insert(hash, inline.0.clone());
+        }
+    }
+}
+
 fn err(code: ErrorCode, msg: &str) -> ApiErr {
     ApiErr::Api(ApiError::new(code, msg))
 }
@@ -110,6 +121,7 @@ impl State {
     fn event(&mut self, op: ChangeOp, node: Node, from: Option<Place>, device: DeviceId) {
         let seq = self.log.len() as Seq + 1;
         self.log.push(ChangeEvent {
+            inline: None,
             seq,
             op,
             node,
@@ -155,6 +167,7 @@ impl Api for Client {
             user: "u".into(),
             root: ROOT_ID,
             latest_seq: self.svc.latest(),
+            inline_content: true,
         })
     }
     async fn get_node(&self, id: NodeId) -> ApiResult<Node> {
@@ -205,6 +218,7 @@ impl Api for Client {
         }
         let (kind, size, blocks, target) = match &req.kind {
             NewKind::File { content } => {
+                store_inline(&mut st, content);
                 if content.blocks.iter().any(|b| !st.blocks.contains_key(b)) {
                     return Err(err(ErrorCode::MissingBlocks, "missing"));
                 }
@@ -248,6 +262,7 @@ impl Api for Client {
                 ApiError::new(ErrorCode::Conflict, "stale").with_current(cur),
             ));
         }
+        store_inline(&mut st, &req.content);
         if req
             .content
             .blocks

@@ -401,6 +401,7 @@ impl Core {
     async fn upload_data(&self, data: Option<&str>, size: u64) -> Res<Content> {
         let Some(data) = data else {
             return Ok(Content {
+                inline: None,
                 size: 0,
                 blocks: vec![],
             });
@@ -417,17 +418,33 @@ impl Core {
             return Ok(content);
         }
         let content = self.hash_data(data, size).await?;
-        self.send_blocks(vec![(self.journal.data_path(data), content.blocks.clone())])
-            .await?;
+        if content.inline.is_none() {
+            self.send_blocks(vec![(self.journal.data_path(data), content.blocks.clone())])
+                .await?;
+        }
         Ok(content)
     }
 
-    /// Cuts a content file into blocks, hashes them and puts them in the block cache.
+    /// Whether small files' bytes go inline with their commit (the service said it takes
+    /// them).
+    pub(crate) fn inlines(&self) -> bool {
+        self.inline_content.load(Ordering::Relaxed)
+    }
+
+    /// Whether content of `size` bytes goes inline (so it has no blocks to send ahead).
+    fn goes_inline(&self, size: u64) -> bool {
+        self.inlines() && size > 0 && size <= MAX_INLINE_BYTES as u64
+    }
+
+    /// Cuts a content file into blocks, hashes them and puts them in the block cache. A
+    /// small file's bytes come along inline when the service takes them so
+    /// ([`Core::inlines`]): its commit then needs no block upload.
     pub(crate) async fn hash_data(&self, data: &str, size: u64) -> Res<Content> {
         let path = self.journal.data_path(data);
         let cache = self.blocks.clone();
-        let (blocks, size) =
-            tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<String>, u64)> {
+        let inlines = self.inlines();
+        let (blocks, size, inline) = tokio::task::spawn_blocking(
+            move || -> std::io::Result<(Vec<String>, u64, Option<InlineBytes>)> {
                 use std::os::unix::fs::FileExt;
                 let file = std::fs::File::open(&path)?;
                 let len = file.metadata()?.len().min(size);
@@ -442,11 +459,18 @@ impl Core {
                     hashes.push(hash);
                     off += want as u64;
                 }
-                Ok((hashes, len))
-            })
-            .await
-            .map_err(|e| Fail::Refused(e.to_string()))??;
-        Ok(Content { size, blocks })
+                let inline = (inlines && len > 0 && len <= MAX_INLINE_BYTES as u64)
+                    .then(|| InlineBytes(buf[..len as usize].to_vec()));
+                Ok((hashes, len, inline))
+            },
+        )
+        .await
+        .map_err(|e| Fail::Refused(e.to_string()))??;
+        Ok(Content {
+            size,
+            blocks,
+            inline,
+        })
     }
 
     /// Sends the blocks the service lacks: one `missing` question for all, then sixteen PUTs
@@ -545,7 +569,7 @@ impl Core {
                         } => Some((d.clone(), *size)),
                         _ => None,
                     })
-                    .filter(|(d, _)| !pre.contains_key(d))
+                    .filter(|(d, size)| !pre.contains_key(d) && !self.goes_inline(*size))
                     .take(64)
                     .collect()
             };
