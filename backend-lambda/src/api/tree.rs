@@ -115,12 +115,31 @@ pub async fn create(
     caller: Caller,
     JsonBody(req): JsonBody<CreateNode>,
 ) -> AppResult<(StatusCode, Json<Node>)> {
-    valid_name(&req.name)?;
     // Held from the block check to the commit (see `Service::block_guard`).
     let blocks_checked = svc.block_guard.read().await;
+    let origin = caller.origin();
+    let new = new_node(&svc, &caller, req, origin).await?;
+    let (node, mut event) = svc.meta.create(&caller.user.id, &new, origin).await?;
+    drop(blocks_checked);
+    if let NewKind::File { content } = new.kind {
+        with_inline(&mut event, content);
+    }
+    publish(&svc, &caller.user.id, &[event]).await;
+    Ok((StatusCode::CREATED, Json(node)))
+}
+
+/// Checks a create's input (its name, content, mode, symlink target) and makes the node to
+/// store. The caller holds `block_guard` (the content's blocks are checked here).
+pub(super) async fn new_node(
+    svc: &Service,
+    caller: &Caller,
+    req: CreateNode,
+    origin: crate::store::Origin,
+) -> AppResult<NewNode> {
+    valid_name(&req.name)?;
     let default_mode = match &req.kind {
         NewKind::File { content } => {
-            valid_content(&svc, &caller.user.id, content).await?;
+            valid_content(svc, &caller.user.id, content).await?;
             0o644
         }
         NewKind::Dir => 0o755,
@@ -134,21 +153,13 @@ pub async fn create(
         }
     };
     let mode = valid_mode(req.mode)?.unwrap_or(default_mode);
-    let origin = caller.origin();
-    let new = NewNode {
+    Ok(NewNode {
         parent: req.parent,
         name: req.name,
         kind: req.kind,
         mode,
         mtime_ns: req.mtime_ns.unwrap_or(origin.now_ns),
-    };
-    let (node, mut event) = svc.meta.create(&caller.user.id, &new, origin).await?;
-    drop(blocks_checked);
-    if let NewKind::File { content } = new.kind {
-        with_inline(&mut event, content);
-    }
-    publish(&svc, &caller.user.id, &[event]).await;
-    Ok((StatusCode::CREATED, Json(node)))
+    })
 }
 
 pub async fn commit_content(
@@ -407,7 +418,7 @@ pub async fn restore_version(
 /// devices catch up from the log).
 /// The notice of a change that stored inline content carries the bytes (a store may have
 /// logged the event without them: the other devices then fetch the block as usual).
-fn with_inline(event: &mut ChangeEvent, content: Content) {
+pub(super) fn with_inline(event: &mut ChangeEvent, content: Content) {
     if event.inline.is_none() {
         event.inline = content.inline;
     }
@@ -448,7 +459,11 @@ fn valid_mode(mode: Option<u32>) -> AppResult<Option<u32>> {
 
 /// Content must be well-formed and every block must already be stored (blocks first, then
 /// the commit).
-async fn valid_content(svc: &Service, user: &UserId, content: &Content) -> AppResult<()> {
+pub(super) async fn valid_content(
+    svc: &Service,
+    user: &UserId,
+    content: &Content,
+) -> AppResult<()> {
     if content.size > MAX_FILE_SIZE || content.blocks.len() > MAX_FILE_BLOCKS {
         return Err(AppError::new(
             ErrorCode::PayloadTooLarge,
@@ -495,7 +510,7 @@ async fn valid_content(svc: &Service, user: &UserId, content: &Content) -> AppRe
 /// Stores the one block of a small file whose bytes came inline with its commit (see
 /// [`jewel_wire::Content::inline`]), after checking that they are exactly the block the content
 /// names. Storing a block is idempotent (content-addressed), so a commit sent twice is harmless.
-async fn store_inline(
+pub(super) async fn store_inline(
     svc: &Service,
     user: &UserId,
     content: &Content,

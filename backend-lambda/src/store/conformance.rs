@@ -25,7 +25,7 @@ use jewel_wire::{
     SetAttr, Version, ROOT_ID,
 };
 
-use super::{MetaStore, NewNode, Origin, StoreError, User, UserId, MAX_VERSIONS};
+use super::{BatchOp, MetaStore, NewNode, Origin, StoreError, User, UserId, MAX_VERSIONS};
 
 /// Expands to one `#[tokio::test]` per conformance case for the store made by the given
 /// `async` expression (evaluated once per case). With `guarded`, the expression yields
@@ -40,6 +40,7 @@ macro_rules! meta_store_conformance {
             root_rules,
             create_and_get,
             create_errors,
+            batch_in_order_stops_at_first_failure,
             list_children_pages,
             list_children_bytewise_order,
             commit_content_versions,
@@ -466,6 +467,70 @@ pub async fn create_errors(s: &dyn MetaStore) {
         5,
         "failed creates log nothing"
     );
+}
+
+/// A batch applies its changes in order, each as its own method would (same events); the
+/// first that fails leaves nothing behind, and the ones after it are not applied.
+pub async fn batch_in_order_stops_at_first_failure(s: &dyn MetaStore) {
+    let u = new_user(s, "ann").await.id;
+    let old = file(s, &u, ROOT_ID, "old").await;
+    let before = s.latest_seq(&u).await.unwrap();
+    let content = Content {
+        inline: None,
+        size: 3,
+        blocks: vec![format!("{:064x}", 7)],
+    };
+    let ops = vec![
+        BatchOp::Create(new_node(ROOT_ID, "a", NewKind::Dir)),
+        BatchOp::Commit {
+            id: old.id,
+            base: old.version,
+            content: content.clone(),
+            mtime_ns: Some(9),
+        },
+        // Taken: fails, and ends the batch.
+        BatchOp::Create(new_node(ROOT_ID, "a", NewKind::Dir)),
+        BatchOp::Create(new_node(ROOT_ID, "never", NewKind::Dir)),
+    ];
+    let done = s.apply_batch(&u, ops, at(5)).await.unwrap();
+    assert_eq!(done.applied.len(), 2);
+    assert!(
+        matches!(&done.failed, Some(StoreError::Exists(n)) if n.id == done.applied[0].0.id),
+        "{:?}",
+        done.failed
+    );
+    assert_eq!(done.applied[1].0.blocks, content.blocks);
+    assert_eq!(done.applied[1].0.version, old.version + 1);
+    let seqs: Vec<u64> = done.applied.iter().map(|(_, e)| e.seq).collect();
+    assert_eq!(seqs, [before + 1, before + 2], "one event each, in order");
+    assert_eq!(
+        s.latest_seq(&u).await.unwrap(),
+        before + 2,
+        "the failed change logged nothing"
+    );
+    assert_eq!(names(s, &u, ROOT_ID).await, ["a", "old"]);
+
+    let removed = s
+        .apply_batch(
+            &u,
+            vec![
+                BatchOp::Remove {
+                    id: done.applied[0].0.id,
+                    base: done.applied[0].0.version,
+                },
+                // A stale base: refused, with the current node.
+                BatchOp::Remove {
+                    id: old.id,
+                    base: old.version,
+                },
+            ],
+            at(6),
+        )
+        .await
+        .unwrap();
+    assert_eq!(removed.applied.len(), 1);
+    assert!(matches!(removed.failed, Some(StoreError::Conflict(_))));
+    assert_eq!(names(s, &u, ROOT_ID).await, ["old"]);
 }
 
 pub async fn list_children_pages(s: &dyn MetaStore) {

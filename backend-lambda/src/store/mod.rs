@@ -85,6 +85,30 @@ pub struct Origin {
     pub now_ns: i64,
 }
 
+/// One change of a batch ([`MetaStore::apply_batch`]), its input already checked.
+#[derive(Debug, Clone)]
+pub enum BatchOp {
+    Create(NewNode),
+    Commit {
+        id: NodeId,
+        base: Version,
+        content: Content,
+        mtime_ns: Option<i64>,
+    },
+    /// A file or an empty folder, at version `base`.
+    Remove {
+        id: NodeId,
+        base: Version,
+    },
+}
+
+/// What a batch did: the changes applied (in order), and why the next one was not.
+#[derive(Debug, Default)]
+pub struct BatchDone {
+    pub applied: Vec<(Node, ChangeEvent)>,
+    pub failed: Option<StoreError>,
+}
+
 /// A node to create.
 #[derive(Debug, Clone)]
 pub struct NewNode {
@@ -274,6 +298,43 @@ pub trait MetaStore: Send + Sync + 'static {
         recursive: bool,
         origin: Origin,
     ) -> StoreResult<(Node, ChangeEvent)>;
+    /// Applies the changes of a batch in order, stopping at the first that fails; those
+    /// before it stay applied. Each means what its own method means (same checks, same
+    /// event). This default applies each on its own; an engine that can applies them in one
+    /// transaction (SQLite: one commit and one trip to the writer for the lot).
+    async fn apply_batch(
+        &self,
+        user: &UserId,
+        ops: Vec<BatchOp>,
+        origin: Origin,
+    ) -> StoreResult<BatchDone> {
+        let mut done = BatchDone::default();
+        for op in ops {
+            let applied = match op {
+                BatchOp::Create(new) => self.create(user, &new, origin).await,
+                BatchOp::Commit {
+                    id,
+                    base,
+                    content,
+                    mtime_ns,
+                } => {
+                    self.commit_content(user, id, base, &content, mtime_ns, origin)
+                        .await
+                }
+                BatchOp::Remove { id, base } => {
+                    self.remove(user, id, Some(base), false, origin).await
+                }
+            };
+            match applied {
+                Ok(change) => done.applied.push(change),
+                Err(e) => {
+                    done.failed = Some(e);
+                    break;
+                }
+            }
+        }
+        Ok(done)
+    }
     /// Tops of deleted subtrees, newest first (then by id), those after `after`, one bounded
     /// page of at most `limit`. Entries are ordered by [`TrashCursor`].
     async fn list_trash(

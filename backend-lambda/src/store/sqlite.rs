@@ -63,8 +63,9 @@ use rusqlite::{
 };
 
 use super::{
-    fill_page, json_len, new_id, now_ns, MetaStore, Moved, NewNode, Origin, Page, PendingLink,
-    StoreError, StoreResult, TokenOwner, TrashCursor, User, UserId, MAX_PAGE_BYTES, MAX_VERSIONS,
+    fill_page, json_len, new_id, now_ns, BatchDone, BatchOp, MetaStore, Moved, NewNode, Origin,
+    Page, PendingLink, StoreError, StoreResult, TokenOwner, TrashCursor, User, UserId,
+    MAX_PAGE_BYTES, MAX_VERSIONS,
 };
 
 /// Knobs of the SQLite engine.
@@ -539,6 +540,131 @@ fn append_content_event(
         .execute(params![user, seq, json, origin.now_ns])
         .db()?;
     Ok(event)
+}
+
+// ---- the changes a batch may carry, each inside a transaction its caller opened ----
+
+fn create_tx(
+    tx: &Connection,
+    user: &str,
+    new: NewNode,
+    origin: Origin,
+) -> StoreResult<(Node, ChangeEvent)> {
+    live_dir(tx, user, new.parent)?;
+    if let Some(occupant) = live_child(tx, user, new.parent, &new.name)? {
+        return Err(StoreError::Exists(Box::new(occupant)));
+    }
+    let (kind, size, blocks, target, inline) = match new.kind {
+        NewKind::File { content } => (
+            NodeKind::File,
+            content.size,
+            content.blocks,
+            None,
+            content.inline,
+        ),
+        NewKind::Dir => (NodeKind::Dir, 0, Vec::new(), None, None),
+        NewKind::Symlink { target } => (
+            NodeKind::Symlink,
+            target.len() as u64,
+            Vec::new(),
+            Some(target),
+            None,
+        ),
+    };
+    let node = Node {
+        id: fresh_node_id(tx, user)?,
+        parent: new.parent,
+        name: new.name,
+        kind,
+        size,
+        mode: new.mode,
+        mtime_ns: new.mtime_ns,
+        version: 1,
+        blocks,
+        target,
+    };
+    insert_node(tx, user, &node)?;
+    let event = append_content_event(tx, user, ChangeOp::Upsert, &node, None, origin, inline)?;
+    Ok((node, event))
+}
+
+fn commit_tx(
+    tx: &Connection,
+    user: &str,
+    id: NodeId,
+    base: Version,
+    content: Content,
+    mtime_ns: Option<i64>,
+    origin: Origin,
+) -> StoreResult<(Node, ChangeEvent)> {
+    let mut node = live_node(tx, user, id)?;
+    match node.kind {
+        NodeKind::File => {}
+        NodeKind::Dir => return Err(StoreError::IsADirectory),
+        NodeKind::Symlink => return Err(StoreError::InvalidMove("only a file has content")),
+    }
+    if node.version != base {
+        return Err(StoreError::Conflict(Box::new(node)));
+    }
+    if node.blocks != content.blocks {
+        keep_version(tx, user, &node, origin.now_ns)?;
+    }
+    node.size = content.size;
+    node.blocks = content.blocks;
+    node.mtime_ns = mtime_ns.unwrap_or(origin.now_ns);
+    node.version += 1;
+    update_node(tx, user, &node)?;
+    let event = append_content_event(
+        tx,
+        user,
+        ChangeOp::Upsert,
+        &node,
+        None,
+        origin,
+        content.inline,
+    )?;
+    Ok((node, event))
+}
+
+fn remove_tx(
+    tx: &Connection,
+    user: &str,
+    id: NodeId,
+    base: Option<Version>,
+    recursive: bool,
+    origin: Origin,
+) -> StoreResult<(Node, ChangeEvent)> {
+    let node = live_node(tx, user, id)?;
+    if id == ROOT_ID {
+        return Err(StoreError::InvalidMove("the root cannot be removed"));
+    }
+    if base.is_some_and(|base| base != node.version) {
+        return Err(StoreError::Conflict(Box::new(node)));
+    }
+    if node.is_dir() && !recursive && has_live_children(tx, user, id)? {
+        return Err(StoreError::NotEmpty);
+    }
+    trash_subtree(tx, user, id, origin.now_ns)?;
+    let event = append_event(tx, user, ChangeOp::Remove, &node, None, origin)?;
+    Ok((node, event))
+}
+
+fn batch_op_tx(
+    tx: &Connection,
+    user: &str,
+    op: BatchOp,
+    origin: Origin,
+) -> StoreResult<(Node, ChangeEvent)> {
+    match op {
+        BatchOp::Create(new) => create_tx(tx, user, new, origin),
+        BatchOp::Commit {
+            id,
+            base,
+            content,
+            mtime_ns,
+        } => commit_tx(tx, user, id, base, content, mtime_ns, origin),
+        BatchOp::Remove { id, base } => remove_tx(tx, user, id, Some(base), false, origin),
+    }
 }
 
 /// A node id not yet used by this user.
@@ -1160,6 +1286,37 @@ impl MetaStore for SqliteStore {
         .await
     }
 
+    async fn apply_batch(
+        &self,
+        user: &UserId,
+        ops: Vec<BatchOp>,
+        origin: Origin,
+    ) -> StoreResult<BatchDone> {
+        let user = user.clone();
+        self.write(move |tx| {
+            let mut done = BatchDone::default();
+            for op in ops {
+                // A savepoint per change: a change that fails leaves nothing behind, and the
+                // ones before it are committed with the transaction.
+                tx.execute_batch("SAVEPOINT change").db()?;
+                match batch_op_tx(tx, &user, op, origin) {
+                    Ok(change) => {
+                        tx.execute_batch("RELEASE change").db()?;
+                        done.applied.push(change);
+                    }
+                    Err(e) => {
+                        tx.execute_batch("ROLLBACK TO change; RELEASE change")
+                            .db()?;
+                        done.failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            Ok(done)
+        })
+        .await
+    }
+
     async fn create(
         &self,
         user: &UserId,
@@ -1167,46 +1324,8 @@ impl MetaStore for SqliteStore {
         origin: Origin,
     ) -> StoreResult<(Node, ChangeEvent)> {
         let (user, new) = (user.clone(), node.clone());
-        self.write(move |tx| {
-            live_dir(tx, &user, new.parent)?;
-            if let Some(occupant) = live_child(tx, &user, new.parent, &new.name)? {
-                return Err(StoreError::Exists(Box::new(occupant)));
-            }
-            let (kind, size, blocks, target, inline) = match new.kind {
-                NewKind::File { content } => (
-                    NodeKind::File,
-                    content.size,
-                    content.blocks,
-                    None,
-                    content.inline,
-                ),
-                NewKind::Dir => (NodeKind::Dir, 0, Vec::new(), None, None),
-                NewKind::Symlink { target } => (
-                    NodeKind::Symlink,
-                    target.len() as u64,
-                    Vec::new(),
-                    Some(target),
-                    None,
-                ),
-            };
-            let node = Node {
-                id: fresh_node_id(tx, &user)?,
-                parent: new.parent,
-                name: new.name,
-                kind,
-                size,
-                mode: new.mode,
-                mtime_ns: new.mtime_ns,
-                version: 1,
-                blocks,
-                target,
-            };
-            insert_node(tx, &user, &node)?;
-            let event =
-                append_content_event(tx, &user, ChangeOp::Upsert, &node, None, origin, inline)?;
-            Ok((node, event))
-        })
-        .await
+        self.write(move |tx| create_tx(tx, &user, new, origin))
+            .await
     }
 
     async fn commit_content(
@@ -1219,38 +1338,8 @@ impl MetaStore for SqliteStore {
         origin: Origin,
     ) -> StoreResult<(Node, ChangeEvent)> {
         let (user, content) = (user.clone(), content.clone());
-        self.write(move |tx| {
-            let mut node = live_node(tx, &user, id)?;
-            match node.kind {
-                NodeKind::File => {}
-                NodeKind::Dir => return Err(StoreError::IsADirectory),
-                NodeKind::Symlink => {
-                    return Err(StoreError::InvalidMove("only a file has content"))
-                }
-            }
-            if node.version != base {
-                return Err(StoreError::Conflict(Box::new(node)));
-            }
-            if node.blocks != content.blocks {
-                keep_version(tx, &user, &node, origin.now_ns)?;
-            }
-            node.size = content.size;
-            node.blocks = content.blocks;
-            node.mtime_ns = mtime_ns.unwrap_or(origin.now_ns);
-            node.version += 1;
-            update_node(tx, &user, &node)?;
-            let event = append_content_event(
-                tx,
-                &user,
-                ChangeOp::Upsert,
-                &node,
-                None,
-                origin,
-                content.inline,
-            )?;
-            Ok((node, event))
-        })
-        .await
+        self.write(move |tx| commit_tx(tx, &user, id, base, content, mtime_ns, origin))
+            .await
     }
 
     async fn set_attr(
@@ -1405,22 +1494,8 @@ impl MetaStore for SqliteStore {
         origin: Origin,
     ) -> StoreResult<(Node, ChangeEvent)> {
         let user = user.clone();
-        self.write(move |tx| {
-            let node = live_node(tx, &user, id)?;
-            if id == ROOT_ID {
-                return Err(StoreError::InvalidMove("the root cannot be removed"));
-            }
-            if base.is_some_and(|base| base != node.version) {
-                return Err(StoreError::Conflict(Box::new(node)));
-            }
-            if node.is_dir() && !recursive && has_live_children(tx, &user, id)? {
-                return Err(StoreError::NotEmpty);
-            }
-            trash_subtree(tx, &user, id, origin.now_ns)?;
-            let event = append_event(tx, &user, ChangeOp::Remove, &node, None, origin)?;
-            Ok((node, event))
-        })
-        .await
+        self.write(move |tx| remove_tx(tx, &user, id, base, recursive, origin))
+            .await
     }
 
     async fn list_trash(

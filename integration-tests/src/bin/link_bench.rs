@@ -162,12 +162,14 @@ fn main() {
          holds every answer back {} ms (one round trip per request, long-polls included). \
          A writes N files of 1 KiB; *create* ends when B has read every one back with the \
          right content; *delete* when B's folder is empty. Median of {} runs ({} build); \
-         server, proxies and both clients on this 2-core machine. The same N files are \
-         written in every run, so runs after the first find their blocks stored already (no \
-         block PUTs: the rows' *requests per file* fall from about 2.2 to 1.1).\n\n\
-         Measured before the batches and the fetch-ahead (2026-11, issue \"Fast on a real \
-         network\", same link): 100 files 12.6 s / 5.9 s, 1000 files 122.8 s / 54.6 s; \
-         Syncthing with a 1 s watcher delay on the same link: 2.2 / 2.4 and 10.0 / 3.0.\n\n\
+         server, proxies and both clients on this 2-core machine. A 1 KiB file travels \
+         inline: inside its batch going up, inside its change event coming down, so no \
+         block crosses the link as a request of its own.\n\n\
+         Measured before (same link, debug build): 2026-11, one request per change: 100 \
+         files 12.6 s / 5.9 s, 1000 files 122.8 s / 54.6 s; 2026-12-03 04:38 (c2815c0), with \
+         batches and fetch-ahead but blocks as requests of their own: 0.85 s / 0.20 s and \
+         4.74 s / 1.15 s, 1.1 requests per file. Syncthing with a 1 s watcher delay on the \
+         same link: 2.2 / 2.4 and 10.0 / 3.0.\n\n\
          | N | create (s) | delete (s) | requests per file (both machines, long-polls excluded) |\n\
          |---|---|---|---|",
         sh("date -u '+%Y-%m-%d %H:%M UTC'"),
