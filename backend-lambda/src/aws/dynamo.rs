@@ -13,6 +13,7 @@
 //! | version | `U#<uid>` | `V#<id>#<version, 20 digits>` | an earlier content (the node as it was), `at` (replaced), `ttl` |
 //! | event | `U#<uid>#LOG` | `<seq, 20 digits>` | `ev` (the JSON event), `at`, `ttl` |
 //! | pending mark | `U#<uid>#MARK` | `N#<dir>` | `top`: the children of `dir` still to be (un)marked for the deleted or restored folder `top` (see `marks.rs`) |
+//! | condemned block | `U#<uid>#GC` | `<hash>` | `state`, `at` or `claimed`: block garbage collection (see `condemned.rs`, `../block_gc.rs`) |
 //!
 //! The pointer is the node's authority (its `ver` is what a base version is checked against);
 //! the entry is a copy kept in the same transaction, so listing is one query. All pointers of a
@@ -66,11 +67,13 @@ use jewel_wire::{
 
 use super::{count, count_n, sdk_err, AwsSettings, PK, SK, TTL_ATTR};
 
+mod condemned;
 mod marks;
 use crate::store::{
     fill_page, json_len, new_id, MetaStore, Moved, NewNode, Origin, Page, PendingLink, StoreError,
     StoreResult, TokenOwner, TrashCursor, User, UserId, MAX_PAGE_BYTES, MAX_VERSIONS,
 };
+pub use condemned::Condemnation;
 pub use marks::CHILDREN_PAGE;
 
 type Item = HashMap<String, AttributeValue>;
@@ -1044,7 +1047,12 @@ impl MetaStore for DynamoStore {
                 }
             }
         }
-        for pk in [log_pk(&uid), trash_pk(&uid), marks::marks_pk(&uid)] {
+        for pk in [
+            log_pk(&uid),
+            trash_pk(&uid),
+            marks::marks_pk(&uid),
+            condemned::gc_pk(&uid),
+        ] {
             for e in self.query(pk, None, None, None).await? {
                 deletes.push(Self::delete_req(&e));
             }
