@@ -273,3 +273,83 @@ fn xray_tracing_is_a_switch() {
     assert_eq!(string_attr(switch, "default").as_deref(), Some("true"));
     assert!(read("docs/COST.md").contains("xray_tracing"));
 }
+
+/// Trash, versions and unreferenced blocks are collected in AWS mode by a function that
+/// EventBridge starts on a schedule: the same package told its task by the variable the code
+/// reads, allowed to run longer than a run's budget, invoked only by its rule, and the only
+/// role that may delete blocks.
+#[test]
+fn maintenance_runs_on_a_schedule_with_its_own_role() {
+    use backend_lambda::aws::scheduled;
+    let tf = read("terraform/maintenance.tf");
+    let function = block(
+        &tf,
+        "resource \"aws_lambda_function\" \"maintenance\"",
+        "variables =",
+    );
+    assert_eq!(
+        string_attr(function, scheduled::ENV_TASK).as_deref(),
+        Some(scheduled::TASK_MAINTENANCE)
+    );
+    assert_eq!(
+        string_attr(function, "JEWEL_BACKEND").as_deref(),
+        Some("aws")
+    );
+    for var in [aws::ENV_TABLE, aws::ENV_BUCKET] {
+        assert!(string_attr(function, var).is_some(), "{var} is set");
+    }
+    let timeout: u64 = string_attr(&tf, "timeout").unwrap().parse().unwrap();
+    assert!(
+        timeout <= 900 && timeout > scheduled::RUN_BUDGET.as_secs() + 60,
+        "a run's budget ({:?}) fits well inside the function's timeout ({timeout} s)",
+        scheduled::RUN_BUDGET
+    );
+    assert_eq!(
+        string_attr(&tf, "schedule_expression").as_deref(),
+        Some("var.maintenance_schedule")
+    );
+    let vars = read("terraform/variables.tf");
+    let schedule = block(
+        &vars,
+        "variable \"maintenance_schedule\"",
+        "variable \"maintenance_schedule\"",
+    );
+    assert_eq!(
+        string_attr(schedule, "default").as_deref(),
+        Some("rate(1 day)")
+    );
+    let target = block(
+        &tf,
+        "resource \"aws_cloudwatch_event_target\" \"maintenance\"",
+        "resource \"aws_cloudwatch_event_target\" \"maintenance\"",
+    );
+    assert!(
+        target.contains("aws_lambda_function.maintenance.arn"),
+        "{target}"
+    );
+    let permission = block(
+        &tf,
+        "resource \"aws_lambda_permission\" \"maintenance\"",
+        "resource \"aws_lambda_permission\" \"maintenance\"",
+    );
+    assert_eq!(
+        string_attr(permission, "principal").as_deref(),
+        Some("events.amazonaws.com")
+    );
+    assert_eq!(
+        string_attr(permission, "source_arn").as_deref(),
+        Some("aws_cloudwatch_event_rule.maintenance.arn")
+    );
+    // Only the maintenance role deletes blocks; the API's cannot.
+    let role = block(
+        &tf,
+        "data \"aws_iam_policy_document\" \"maintenance\"",
+        "data \"aws_iam_policy_document\" \"maintenance\"",
+    );
+    assert!(role.contains("\"s3:DeleteObject\""), "{role}");
+    assert!(!read("terraform/iam.tf").contains("\"s3:DeleteObject\""));
+    // bootstrap switches on the same variable.
+    let bootstrap = read("backend-lambda/src/bin/bootstrap.rs");
+    assert!(bootstrap.contains("scheduled::ENV_TASK") && bootstrap.contains("lambda_main"));
+    assert!(read("docs/DEPLOY.md").contains("maintenance_schedule"));
+}
