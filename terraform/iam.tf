@@ -67,6 +67,8 @@ data "aws_iam_policy_document" "lambda" {
       "sqs:GetQueueUrl",
       "sqs:GetQueueAttributes",
       "sqs:SendMessage",
+      # Unlinking a device deletes its queue (its credentials then reach nothing).
+      "sqs:DeleteQueue",
     ]
     resources = [local.queue_arns]
   }

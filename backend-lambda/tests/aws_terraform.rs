@@ -353,3 +353,59 @@ fn maintenance_runs_on_a_schedule_with_its_own_role() {
     assert!(bootstrap.contains("scheduled::ENV_TASK") && bootstrap.contains("lambda_main"));
     assert!(read("docs/DEPLOY.md").contains("maintenance_schedule"));
 }
+
+/// Every DynamoDB, SQS and STS request the service code makes (each is counted by name,
+/// `count("dynamodb:GetItem")`) is allowed to the API's role, but for the few that only the
+/// operator's admin commands make. IAM names its actions after the requests, except where
+/// one action covers several (SendMessageBatch is sqs:SendMessage; a transaction is
+/// authorised per item by the item actions). Found missing: dynamodb:BatchGetItem (a publish
+/// reads the device queue records with it) and sqs:DeleteQueue (unlinking a device deletes
+/// its queue from the Lambda).
+#[test]
+fn the_api_role_allows_every_request_the_service_makes() {
+    let admin_only = [
+        "dynamodb:CreateTable",        // aws-init
+        "dynamodb:DescribeTable",      // aws-init
+        "dynamodb:UpdateTimeToLive",   // aws-init
+        "dynamodb:TransactWriteItems", // authorised per item (PutItem, UpdateItem, ...)
+        "sqs:ListQueues",              // user remove, forget-devices
+    ];
+    let mut requests = BTreeSet::new();
+    let mut dirs = vec![root().join("backend-lambda/src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for chunk in text.split("count(\"").skip(1) {
+                    let op = chunk.split('"').next().unwrap();
+                    let op = op.split(' ').next().unwrap();
+                    if ["dynamodb:", "sqs:", "sts:"]
+                        .iter()
+                        .any(|s| op.starts_with(s))
+                    {
+                        requests.insert(op.replace("SendMessageBatch", "SendMessage"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(requests.contains("dynamodb:GetItem") && requests.contains("sqs:SendMessage"));
+    let iam = read("terraform/iam.tf");
+    let api_role = block(
+        &iam,
+        "data \"aws_iam_policy_document\" \"lambda\"",
+        "data \"aws_iam_policy_document\" \"lambda\"",
+    );
+    let missing: Vec<&String> = requests
+        .iter()
+        .filter(|op| !admin_only.contains(&op.as_str()))
+        .filter(|op| !api_role.contains(&format!("\"{op}\"")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "requests the service makes that its role may not: {missing:?}"
+    );
+}
