@@ -1156,12 +1156,23 @@ impl MetaStore for DynamoStore {
     async fn remove_devices(&self, user: &UserId) -> StoreResult<usize> {
         let devices = self.query(user_pk(user), None, Some("DEV#"), None).await?;
         let n = devices.len();
-        let tokens = devices::token_keys_of(&devices);
+        let mut tokens = devices::token_keys_of(&devices);
+        tokens.extend(devices::reg_keys_of(user, &devices));
         self.batch_write(tokens.iter().map(Self::delete_req).collect())
             .await?;
         self.batch_write(devices.iter().map(Self::delete_req).collect())
             .await?;
         Ok(n)
+    }
+
+    async fn register_device_keyed(
+        &self,
+        user: &UserId,
+        name: &str,
+        max: usize,
+        key: &str,
+    ) -> StoreResult<(DeviceId, bool)> {
+        self.dev_register_keyed(user, name, max, key).await
     }
 
     async fn remove_device(&self, user: &UserId, device: DeviceId) -> StoreResult<()> {
