@@ -33,14 +33,17 @@ data "aws_iam_policy_document" "lambda" {
       "dynamodb:UpdateItem",
       "dynamodb:DeleteItem",
       "dynamodb:Query",
+      # Device queue records read for a publish, condemned blocks read for a block check.
+      "dynamodb:BatchGetItem",
       "dynamodb:BatchWriteItem",
       "dynamodb:ConditionCheckItem",
     ]
     resources = [aws_dynamodb_table.meta.arn]
   }
   statement {
-    # No s3:DeleteObject: the service never deletes a block (block garbage collection and
-    # `jewel-server user remove` run with the operator's credentials, not this role).
+    # No s3:DeleteObject: the service never deletes a block (block garbage collection runs
+    # as the maintenance function, maintenance.tf, and `jewel-server user remove` with the
+    # operator's credentials, not this role).
     sid       = "Blocks"
     actions   = ["s3:GetObject", "s3:PutObject"]
     resources = ["${aws_s3_bucket.blocks.arn}/u/*"]
@@ -64,6 +67,8 @@ data "aws_iam_policy_document" "lambda" {
       "sqs:GetQueueUrl",
       "sqs:GetQueueAttributes",
       "sqs:SendMessage",
+      # Unlinking a device deletes its queue (its credentials then reach nothing).
+      "sqs:DeleteQueue",
     ]
     resources = [local.queue_arns]
   }

@@ -59,6 +59,18 @@ variable "log_retention_days" {
   default     = 30
 }
 
+variable "maintenance_schedule" {
+  description = "When EventBridge starts the maintenance function (trash and version expiry, block garbage collection). A block unreferenced for an hour is condemned by one run and deleted by the next, so garbage goes within two periods. Each run reads every user's node items and lists their blocks, so hourly runs would cost more than the garbage they free (docs/COST.md)."
+  type        = string
+  default     = "rate(1 day)"
+}
+
+variable "maintenance_memory_mb" {
+  description = "Memory of the maintenance function: it holds one user's block hashes (~100 bytes each) at a time, a million blocks in about 200 MB."
+  type        = number
+  default     = 512
+}
+
 variable "trash_retention_days" {
   description = "How long S3 keeps a block after the garbage collector deleted it (noncurrent version), as a safety net."
   type        = number

@@ -12,9 +12,11 @@
 //!   blocks first, then — holding [`Service::block_guard`] exclusively, so no commit checks
 //!   its blocks meanwhile — reads what is referenced and deletes the rest. A commit that
 //!   names a block deleted just before is refused (`missing_blocks`) and its client uploads
-//!   the block again. The guard is one process's, so blocks are collected only where one
-//!   process serves everything: the embedded server (local block folder). In AWS mode many
-//!   Lambda instances commit at once, so unreferenced S3 blocks are kept (a documented limit).
+//!   the block again. The guard is one process's, so this collector deletes blocks only where
+//!   one process serves everything: the embedded server (local block folder). In AWS mode
+//!   many Lambda instances commit at once and no lock spans them: there a scheduled function
+//!   collects S3 blocks with a protocol kept in the table (`aws/block_gc.rs`), and empties
+//!   the trash (`aws/scheduled.rs`).
 
 use std::collections::HashSet;
 use std::sync::Arc;

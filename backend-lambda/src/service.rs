@@ -60,7 +60,8 @@ pub struct Service {
     /// exclusively while it decides and deletes. So a block the collector deletes is never
     /// named by a commit that slipped in between (that commit is refused with
     /// `missing_blocks` and its client uploads the block again). It guards one process only,
-    /// which is why blocks are collected only by the embedded server (see `maintenance.rs`).
+    /// which is why only the embedded server collects blocks this way (`maintenance.rs`); AWS
+    /// mode collects through the table instead (`aws/block_gc.rs`).
     pub block_guard: tokio::sync::RwLock<()>,
     /// Recently checked tokens and devices (see `api/auth.rs`).
     pub auth_cache: crate::api::auth::AuthCache,

@@ -52,12 +52,14 @@ async fn requests_per_sync_operation() {
     let Some(m) = moto() else { return };
     let sdk = sdk_for(&m.url).await;
     let st = fresh_settings();
-    let meta = DynamoStore::new(&sdk, &st);
+    let meta = Arc::new(DynamoStore::new(&sdk, &st));
     meta.create_table().await.unwrap();
-    let blobs = S3BlobStore::new(&sdk, &st);
-    blobs.create_bucket().await.unwrap();
+    let s3 = Arc::new(S3BlobStore::new(&sdk, &st));
+    s3.create_bucket().await.unwrap();
+    // As AWS mode serves: block checks through the garbage collector's guard.
+    let blobs = aws::gc_guard::GuardedBlobs::new(s3, meta.clone());
     let bus = SqsBus::new(&sdk, &st);
-    let service = Arc::new(Service::new(Arc::new(meta), Arc::new(blobs), Arc::new(bus)));
+    let service = Arc::new(Service::new(meta, Arc::new(blobs), Arc::new(bus)));
     let (_user, token) = backend_lambda::admin::add_user(service.meta.as_ref(), "ann")
         .await
         .unwrap();
@@ -336,6 +338,15 @@ async fn requests_per_sync_operation() {
             per(op, "sqs:SendMessageBatch"),
             2.0,
             "{op}: one send per device"
+        );
+    }
+    // The collector's guard: one read of the condemned blocks per block check (`blocks/missing`
+    // and the commit), besides the device queue records a publish reads (cached per process).
+    for op in ["create file", "edit file"] {
+        assert!(
+            (2.0..=3.0).contains(&per(op, "dynamodb:BatchGetItem")),
+            "{op}: {} BatchGetItem",
+            per(op, "dynamodb:BatchGetItem")
         );
     }
     // An edit: pointer, entry, log, counter, and the earlier version it keeps.

@@ -396,6 +396,32 @@ async fn two_devices_sync(m: &Emulator, dynamodb: Option<&Emulator>) {
         .await
         .unwrap();
     assert_eq!(trash.entries[0].node.name, "renamed.txt");
+
+    // The scheduled maintenance, run by hand: it goes through the user; nothing is old
+    // enough to go yet (30 days of trash, an hour's grace for blocks).
+    let out = run(cmd(), &["maintenance", "--backend", "aws"]);
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["users"], 1, "{report}");
+    assert_eq!(report["finished"], true, "{report}");
+    assert_eq!(report["trash_entries"], 0, "{report}");
+    assert_eq!(report["blocks_condemned"], 0, "{report}");
+    assert_eq!(report["blocks_deleted"], 0, "{report}");
+}
+
+/// `jewel-server maintenance` beside an embedded server would collect blocks without the
+/// serving process's lock: it refuses and says what it is for.
+#[test]
+fn maintenance_by_hand_is_for_aws_mode_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_jewel-server"))
+        .args(["maintenance", "--data"])
+        .arg(dir.path())
+        .env_remove("JEWEL_BACKEND")
+        .output()
+        .expect("run jewel-server");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--backend aws"), "{err}");
 }
 
 /// Serving with the SQS bus but no listener role would fail every device's registration

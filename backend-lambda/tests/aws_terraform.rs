@@ -273,3 +273,139 @@ fn xray_tracing_is_a_switch() {
     assert_eq!(string_attr(switch, "default").as_deref(), Some("true"));
     assert!(read("docs/COST.md").contains("xray_tracing"));
 }
+
+/// Trash, versions and unreferenced blocks are collected in AWS mode by a function that
+/// EventBridge starts on a schedule: the same package told its task by the variable the code
+/// reads, allowed to run longer than a run's budget, invoked only by its rule, and the only
+/// role that may delete blocks.
+#[test]
+fn maintenance_runs_on_a_schedule_with_its_own_role() {
+    use backend_lambda::aws::scheduled;
+    let tf = read("terraform/maintenance.tf");
+    let function = block(
+        &tf,
+        "resource \"aws_lambda_function\" \"maintenance\"",
+        "variables =",
+    );
+    assert_eq!(
+        string_attr(function, scheduled::ENV_TASK).as_deref(),
+        Some(scheduled::TASK_MAINTENANCE)
+    );
+    assert_eq!(
+        string_attr(function, "JEWEL_BACKEND").as_deref(),
+        Some("aws")
+    );
+    for var in [aws::ENV_TABLE, aws::ENV_BUCKET] {
+        assert!(string_attr(function, var).is_some(), "{var} is set");
+    }
+    let timeout: u64 = string_attr(&tf, "timeout").unwrap().parse().unwrap();
+    assert!(
+        timeout <= 900 && timeout > scheduled::RUN_BUDGET.as_secs() + 60,
+        "a run's budget ({:?}) fits well inside the function's timeout ({timeout} s)",
+        scheduled::RUN_BUDGET
+    );
+    assert_eq!(
+        string_attr(&tf, "schedule_expression").as_deref(),
+        Some("var.maintenance_schedule")
+    );
+    let vars = read("terraform/variables.tf");
+    let schedule = block(
+        &vars,
+        "variable \"maintenance_schedule\"",
+        "variable \"maintenance_schedule\"",
+    );
+    assert_eq!(
+        string_attr(schedule, "default").as_deref(),
+        Some("rate(1 day)")
+    );
+    let target = block(
+        &tf,
+        "resource \"aws_cloudwatch_event_target\" \"maintenance\"",
+        "resource \"aws_cloudwatch_event_target\" \"maintenance\"",
+    );
+    assert!(
+        target.contains("aws_lambda_function.maintenance.arn"),
+        "{target}"
+    );
+    let permission = block(
+        &tf,
+        "resource \"aws_lambda_permission\" \"maintenance\"",
+        "resource \"aws_lambda_permission\" \"maintenance\"",
+    );
+    assert_eq!(
+        string_attr(permission, "principal").as_deref(),
+        Some("events.amazonaws.com")
+    );
+    assert_eq!(
+        string_attr(permission, "source_arn").as_deref(),
+        Some("aws_cloudwatch_event_rule.maintenance.arn")
+    );
+    // Only the maintenance role deletes blocks; the API's cannot.
+    let role = block(
+        &tf,
+        "data \"aws_iam_policy_document\" \"maintenance\"",
+        "data \"aws_iam_policy_document\" \"maintenance\"",
+    );
+    assert!(role.contains("\"s3:DeleteObject\""), "{role}");
+    assert!(!read("terraform/iam.tf").contains("\"s3:DeleteObject\""));
+    // bootstrap switches on the same variable.
+    let bootstrap = read("backend-lambda/src/bin/bootstrap.rs");
+    assert!(bootstrap.contains("scheduled::ENV_TASK") && bootstrap.contains("lambda_main"));
+    assert!(read("docs/DEPLOY.md").contains("maintenance_schedule"));
+}
+
+/// Every DynamoDB, SQS and STS request the service code makes (each is counted by name,
+/// `count("dynamodb:GetItem")`) is allowed to the API's role, but for the few that only the
+/// operator's admin commands make. IAM names its actions after the requests, except where
+/// one action covers several (SendMessageBatch is sqs:SendMessage; a transaction is
+/// authorised per item by the item actions). Found missing: dynamodb:BatchGetItem (a publish
+/// reads the device queue records with it) and sqs:DeleteQueue (unlinking a device deletes
+/// its queue from the Lambda).
+#[test]
+fn the_api_role_allows_every_request_the_service_makes() {
+    let admin_only = [
+        "dynamodb:CreateTable",        // aws-init
+        "dynamodb:DescribeTable",      // aws-init
+        "dynamodb:UpdateTimeToLive",   // aws-init
+        "dynamodb:TransactWriteItems", // authorised per item (PutItem, UpdateItem, ...)
+        "sqs:ListQueues",              // user remove, forget-devices
+    ];
+    let mut requests = BTreeSet::new();
+    let mut dirs = vec![root().join("backend-lambda/src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for chunk in text.split("count(\"").skip(1) {
+                    let op = chunk.split('"').next().unwrap();
+                    let op = op.split(' ').next().unwrap();
+                    if ["dynamodb:", "sqs:", "sts:"]
+                        .iter()
+                        .any(|s| op.starts_with(s))
+                    {
+                        requests.insert(op.replace("SendMessageBatch", "SendMessage"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(requests.contains("dynamodb:GetItem") && requests.contains("sqs:SendMessage"));
+    let iam = read("terraform/iam.tf");
+    let api_role = block(
+        &iam,
+        "data \"aws_iam_policy_document\" \"lambda\"",
+        "data \"aws_iam_policy_document\" \"lambda\"",
+    );
+    let missing: Vec<&String> = requests
+        .iter()
+        .filter(|op| !admin_only.contains(&op.as_str()))
+        .filter(|op| !api_role.contains(&format!("\"{op}\"")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "requests the service makes that its role may not: {missing:?}"
+    );
+}

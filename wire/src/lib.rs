@@ -378,6 +378,21 @@ pub struct TrashPage {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RegisterDevice {
     pub name: String,
+    /// A key the client draws once per registration and sends again with every retry of it
+    /// (see [`valid_request_id`]): a retry whose first try was stored but whose answer was
+    /// lost gets that device back instead of making a second one. Optional: without it every
+    /// request makes a device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// Whether `id` can be a [`RegisterDevice::request_id`]: 16 to 64 ASCII letters, digits, `-`
+/// or `_` (enough to be unguessable, short enough to be a key).
+pub fn valid_request_id(id: &str) -> bool {
+    (16..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Characters of a link code, without separators (shown as `XXXX-XXXX`).

@@ -19,7 +19,9 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use jewel_wire::{check_name, ChangePage, Device, DeviceId, ErrorCode, RegisterDevice, Seq};
+use jewel_wire::{
+    check_name, valid_request_id, ChangePage, Device, DeviceId, ErrorCode, RegisterDevice, Seq,
+};
 use serde::Deserialize;
 
 use super::auth::Caller;
@@ -41,13 +43,33 @@ pub async fn register_device(
     }
     check_name(&req.name)
         .map_err(|e| AppError::new(ErrorCode::InvalidName, format!("device name: {e}")))?;
-    let id = svc
-        .meta
-        .register_device(&caller.user.id, &req.name, svc.limits.max_devices)
-        .await?;
+    let max = svc.limits.max_devices;
+    // With a request id, a retry of a registration whose answer was lost finds its device.
+    let (id, created) = match req.request_id.as_deref() {
+        Some(key) if !valid_request_id(key) => {
+            return Err(AppError::bad_request(
+                "request_id must be 16 to 64 letters, digits, '-' or '_'",
+            ))
+        }
+        Some(key) => {
+            svc.meta
+                .register_device_keyed(&caller.user.id, &req.name, max, key)
+                .await?
+        }
+        None => (
+            svc.meta
+                .register_device(&caller.user.id, &req.name, max)
+                .await?,
+            true,
+        ),
+    };
     let listen = svc.bus.register_device(&caller.user.id, id).await?;
     Ok((
-        StatusCode::CREATED,
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
         Json(Device {
             id,
             name: req.name,

@@ -11,6 +11,9 @@
 //! - **A half-done registration is no device.** The record is written last, once the queue
 //!   exists and the device holds credentials for it; a device without one (its registration
 //!   failed halfway, after the store had it) is sent nothing.
+//! - **A removed device leaves nothing.** Unlinking a device deletes its record with its queue;
+//!   forgetting all of a user's devices deletes every record of the user
+//!   ([`DeviceQueues::delete_all`]), so no record outlives its device.
 //! - **A device that went silent stops costing.** One that has not renewed for
 //!   [`SILENT_AFTER`] (the queue's message retention: what was sent before is gone anyway) is
 //!   sent nothing more; when it comes back it renews and reads the change log from its
@@ -20,7 +23,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, KeysAndAttributes, WriteRequest};
 use jewel_wire::DeviceId;
 
 use super::{count, sdk_err, PK, SK};
@@ -129,6 +132,87 @@ impl DeviceQueues {
             .await
             .map_err(be)?;
         Ok(())
+    }
+
+    /// Forgets the device's record (the device is being removed); no record is no error.
+    pub async fn delete(&self, user: &str, device: DeviceId) -> BusResult<()> {
+        count("dynamodb:DeleteItem");
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(user, device)))
+            .send()
+            .await
+            .map_err(be)?;
+        Ok(())
+    }
+
+    /// Forgets every queue record of the user (its devices are being forgotten): reads a page
+    /// of keys, deletes it 25 at a time, until none is left. Returns how many went.
+    pub async fn delete_all(&self, user: &str) -> BusResult<usize> {
+        let mut removed = 0;
+        let mut start: Option<Item> = None;
+        loop {
+            count("dynamodb:Query");
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk AND begins_with(#sk, :q)")
+                .projection_expression("#pk, #sk")
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_names("#sk", SK)
+                .expression_attribute_values(":pk", AttributeValue::S(format!("U#{user}")))
+                .expression_attribute_values(":q", AttributeValue::S("Q#".into()))
+                .consistent_read(true)
+                .limit(1000)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(be)?;
+            for chunk in page.items().chunks(25) {
+                let mut pending: Vec<WriteRequest> = chunk
+                    .iter()
+                    .map(|k| {
+                        let req = DeleteRequest::builder()
+                            .set_key(Some(k.clone()))
+                            .build()
+                            .map_err(be)?;
+                        Ok(WriteRequest::builder().delete_request(req).build())
+                    })
+                    .collect::<BusResult<_>>()?;
+                for attempt in 0.. {
+                    if pending.is_empty() {
+                        break;
+                    }
+                    if attempt > 10 {
+                        return Err(BusError::Backend(
+                            "deleting the device queue records kept being throttled".into(),
+                        ));
+                    }
+                    count("dynamodb:BatchWriteItem");
+                    let out = self
+                        .client
+                        .batch_write_item()
+                        .request_items(&self.table, std::mem::take(&mut pending))
+                        .send()
+                        .await
+                        .map_err(be)?;
+                    if let Some(rest) = out
+                        .unprocessed_items
+                        .and_then(|mut r| r.remove(&self.table))
+                    {
+                        pending = rest;
+                        tokio::time::sleep(Duration::from_millis(20 << attempt.min(6))).await;
+                    }
+                }
+                removed += chunk.len();
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(removed),
+            }
+        }
     }
 
     /// The records of these devices (those that have one), read in batches of 100.

@@ -199,3 +199,85 @@ async fn a_device_silent_past_the_queue_retention_is_sent_nothing_until_it_renew
     let got: Vec<u64> = receive_all(&back).await.iter().map(|e| e.seq).collect();
     assert_eq!(got, vec![2]);
 }
+
+/// `POST /devices` stored the device, then failed (here: no credentials for its queue, as when
+/// STS refuses); the client sends the same request again with its request id, to another
+/// instance: it gets the device the first try made, and the user has one device, not an
+/// orphan that would be counted against the cap for good. Without a request id each try is
+/// a device (what clients before the id get).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_retried_after_failing_halfway_is_one_device() {
+    use axum::body::Body;
+    use axum::http::{Method, Request, StatusCode};
+    use tower::ServiceExt;
+
+    use crate::store::MetaStore;
+
+    let Some(setup) = Setup::new().await else {
+        return;
+    };
+    let meta = Arc::new(DynamoStore::new(&setup.sdk, &setup.settings));
+    let blocks = tempfile::tempdir().unwrap();
+    let blobs = Arc::new(crate::blobs::local::LocalBlobStore::open(blocks.path()).unwrap());
+    let mut no_role = setup.settings.clone();
+    no_role.listener_role_arn = None;
+    let instance = |bus: SqsBus| {
+        crate::api::router(Arc::new(crate::service::Service::new(
+            meta.clone(),
+            blobs.clone(),
+            Arc::new(bus),
+        )))
+    };
+    let (broken, good) = (
+        instance(SqsBus::new(&setup.sdk, &no_role)),
+        instance(setup.bus()),
+    );
+    let (user, token) = crate::admin::add_user(meta.as_ref(), "erin").await.unwrap();
+    let post = |app: axum::Router, body: serde_json::Value| {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/api/v1/devices")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        async move {
+            let resp = app.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            let json = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
+            (status, json)
+        }
+    };
+    let body = serde_json::json!({"name": "laptop", "request_id": "0123456789abcdef0123"});
+    let (status, err) = post(broken.clone(), body.clone()).await;
+    assert!(status.is_server_error(), "{status} {err}");
+    let (status, dev) = post(good.clone(), body.clone()).await;
+    assert_eq!(status, StatusCode::OK, "found, not created: {dev}");
+    let devices = meta.devices(&user.id).await.unwrap();
+    assert_eq!(devices.len(), 1, "{devices:?}");
+    assert_eq!(dev["id"].as_u64(), Some(devices[0].id));
+    assert!(
+        matches!(dev["listen"]["via"].as_str(), Some("sqs")),
+        "{dev}"
+    );
+
+    // A bad request id is refused, and changes nothing.
+    let (status, err) = post(
+        good.clone(),
+        serde_json::json!({"name": "laptop", "request_id": "short"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(meta.devices(&user.id).await.unwrap().len(), 1);
+
+    // Without a request id, the same two tries leave two devices.
+    let plain = serde_json::json!({"name": "old client"});
+    let (status, _) = post(broken, plain.clone()).await;
+    assert!(status.is_server_error());
+    let (status, _) = post(good, plain).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(meta.devices(&user.id).await.unwrap().len(), 3);
+}

@@ -13,6 +13,7 @@
 //! | version | `U#<uid>` | `V#<id>#<version, 20 digits>` | an earlier content (the node as it was), `at` (replaced), `ttl` |
 //! | event | `U#<uid>#LOG` | `<seq, 20 digits>` | `ev` (the JSON event), `at`, `ttl` |
 //! | pending mark | `U#<uid>#MARK` | `N#<dir>` | `top`: the children of `dir` still to be (un)marked for the deleted or restored folder `top` (see `marks.rs`) |
+//! | condemned block | `U#<uid>#GC` | `<hash>` | `state`, `at` or `claimed`: block garbage collection (see `condemned.rs`, `../block_gc.rs`) |
 //!
 //! The pointer is the node's authority (its `ver` is what a base version is checked against);
 //! the entry is a copy kept in the same transaction, so listing is one query. All pointers of a
@@ -66,11 +67,13 @@ use jewel_wire::{
 
 use super::{count, count_n, sdk_err, AwsSettings, PK, SK, TTL_ATTR};
 
+mod condemned;
 mod marks;
 use crate::store::{
     fill_page, json_len, new_id, MetaStore, Moved, NewNode, Origin, Page, PendingLink, StoreError,
     StoreResult, TokenOwner, TrashCursor, User, UserId, MAX_PAGE_BYTES, MAX_VERSIONS,
 };
+pub use condemned::Condemnation;
 pub use marks::CHILDREN_PAGE;
 
 type Item = HashMap<String, AttributeValue>;
@@ -1045,7 +1048,12 @@ impl MetaStore for DynamoStore {
                 }
             }
         }
-        for pk in [log_pk(&uid), trash_pk(&uid), marks::marks_pk(&uid)] {
+        for pk in [
+            log_pk(&uid),
+            trash_pk(&uid),
+            marks::marks_pk(&uid),
+            condemned::gc_pk(&uid),
+        ] {
             for e in self.query(pk, None, None, None).await? {
                 deletes.push(Self::delete_req(&e));
             }
@@ -1149,12 +1157,23 @@ impl MetaStore for DynamoStore {
     async fn remove_devices(&self, user: &UserId) -> StoreResult<usize> {
         let devices = self.query(user_pk(user), None, Some("DEV#"), None).await?;
         let n = devices.len();
-        let tokens = devices::token_keys_of(&devices);
+        let mut tokens = devices::token_keys_of(&devices);
+        tokens.extend(devices::reg_keys_of(user, &devices));
         self.batch_write(tokens.iter().map(Self::delete_req).collect())
             .await?;
         self.batch_write(devices.iter().map(Self::delete_req).collect())
             .await?;
         Ok(n)
+    }
+
+    async fn register_device_keyed(
+        &self,
+        user: &UserId,
+        name: &str,
+        max: usize,
+        key: &str,
+    ) -> StoreResult<(DeviceId, bool)> {
+        self.dev_register_keyed(user, name, max, key).await
     }
 
     async fn remove_device(&self, user: &UserId, device: DeviceId) -> StoreResult<()> {

@@ -3,7 +3,8 @@
 //!
 //! | item | PK | SK | attributes |
 //! |---|---|---|---|
-//! | device | `U#<uid>` | `DEV#<id>` | `name`, `id`, `token` (hash, linked devices only), `created`, `seen` |
+//! | device | `U#<uid>` | `DEV#<id>` | `name`, `id`, `token` (hash, linked devices only), `created`, `seen`, `rkey` (its registration key, if any) |
+//! | registration key | `U#<uid>` | `RK#<key>` | `device`: the device a registration with this key made |
 //! | device token | `T#<token hash>` | `T` | `uid`, `name` (the user's), `created`, `dev` (the device id) |
 //! | waiting link | `LINKS` | `<code>` | `th` (token hash), `name`, `exp` (ns), `ttl` |
 //!
@@ -15,6 +16,12 @@
 //! must exist), the device and its token item put (neither may exist). Waiting links share
 //! one partition, so their number is one query (capped by `create_link`'s `max_pending`);
 //! expired ones are deleted when seen, and by the table's TTL.
+//!
+//! A registration retried with its key (`register_device_keyed`) finds the device through the
+//! key item; the first registration puts the device and the key item in one transaction
+//! (neither may exist), so two racing with one key make one device. Removing a device deletes
+//! its key item with it; a key item whose device is gone (a removal cut short) is dropped
+//! when next used.
 
 use jewel_wire::{DeviceId, DeviceInfo};
 
@@ -24,6 +31,19 @@ use super::{
 };
 use crate::aws::TTL_ATTR;
 use crate::store::{PendingLink, TokenOwner, User};
+
+fn reg_sk(reg_key: &str) -> String {
+    format!("RK#{reg_key}")
+}
+
+/// The keys of the registration-key items of these device items (those registered with one).
+pub(super) fn reg_keys_of(user: &str, devices: &[Item]) -> Vec<Item> {
+    devices
+        .iter()
+        .filter_map(|d| get_s(d, "rkey").ok())
+        .map(|k| key(user_pk(user), reg_sk(&k)))
+        .collect()
+}
 
 fn links_pk() -> String {
     "LINKS".into()
@@ -213,10 +233,58 @@ impl DynamoStore {
         let Some(item) = self.get(user_pk(user), dev_sk(device)).await? else {
             return Err(StoreError::UnknownDevice);
         };
-        let tokens = token_keys_of(std::slice::from_ref(&item));
-        self.batch_write(tokens.iter().map(Self::delete_req).collect())
+        let mut deletes = token_keys_of(std::slice::from_ref(&item));
+        deletes.extend(reg_keys_of(user, std::slice::from_ref(&item)));
+        self.batch_write(deletes.iter().map(Self::delete_req).collect())
             .await?;
         self.batch_write(vec![Self::delete_req(&item)]).await
+    }
+
+    /// The device registered under `key`, or a new one under it (see the module's docs).
+    pub(super) async fn dev_register_keyed(
+        &self,
+        user: &UserId,
+        name: &str,
+        max: usize,
+        reg_key: &str,
+    ) -> StoreResult<(DeviceId, bool)> {
+        if self.get(user_pk(user), META.into()).await?.is_none() {
+            return Err(StoreError::UnknownUser(user.clone()));
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            if let Some(k) = self.get(user_pk(user), reg_sk(reg_key)).await? {
+                let id: DeviceId = get_n(&k, "device")?;
+                if self.get(user_pk(user), dev_sk(id)).await?.is_some() {
+                    return Ok((id, false));
+                }
+                // Its device is gone (a removal cut short): the key is free again.
+                self.batch_write(vec![Self::delete_req(&k)]).await?;
+                continue;
+            }
+            let devices = self
+                .query(user_pk(user), None, Some("DEV#"), Some(max.max(1)))
+                .await?;
+            if devices.len() >= max {
+                return Err(StoreError::TooManyDevices(max));
+            }
+            let id = new_id();
+            let mut tx = Tx::default();
+            let mut dev = key(user_pk(user), dev_sk(id));
+            dev.insert("name".into(), s(name));
+            dev.insert("id".into(), n(id));
+            dev.insert("created".into(), n(crate::store::now_ns()));
+            dev.insert("rkey".into(), s(reg_key));
+            tx.put(&self.table, dev, Some(Cond::not_exists()));
+            let mut k = key(user_pk(user), reg_sk(reg_key));
+            k.insert("device".into(), n(id));
+            tx.put(&self.table, k, Some(Cond::not_exists()));
+            if let TxOutcome::Done = self.commit(tx).await? {
+                return Ok((id, true));
+            }
+            // Another registration with this key won the race (or the id was taken): look
+            // again.
+        }
+        Err(super::too_many())
     }
 
     pub(super) async fn dev_touch(

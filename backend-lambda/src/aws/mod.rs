@@ -1,5 +1,7 @@
-//! AWS mode: `MetaStore` on DynamoDB ([`dynamo`]), `BlobStore` on S3 ([`s3`]) and `ChangeBus`
-//! on SQS ([`sqs`]), all through the AWS SDK for Rust.
+//! AWS mode: `MetaStore` on DynamoDB ([`dynamo`]), `BlobStore` on S3 ([`s3`], served through
+//! the block collector's guard, [`gc_guard`]) and `ChangeBus` on SQS ([`sqs`]), all through the
+//! AWS SDK for Rust; and the scheduled maintenance ([`scheduled`]: trash, versions, and block
+//! garbage collection, [`block_gc`]).
 //!
 //! Configuration comes from the environment, the same in Lambda, in `jewel-server --backend
 //! aws` and in the loopback tests:
@@ -29,11 +31,16 @@ use crate::blobs::BlobStore;
 use crate::bus::ChangeBus;
 use crate::store::MetaStore;
 
+pub mod block_gc;
 pub mod device_queues;
 pub mod dynamo;
+pub mod gc_guard;
 pub mod s3;
+pub mod scheduled;
 pub mod sqs;
 
+#[cfg(test)]
+mod block_gc_tests;
 #[cfg(test)]
 mod device_registration_tests;
 #[cfg(test)]
@@ -136,14 +143,16 @@ pub async fn stores_from_env(
 ) -> anyhow::Result<(Arc<dyn MetaStore>, Arc<dyn BlobStore>, Arc<dyn ChangeBus>)> {
     let settings = AwsSettings::from_env()?;
     let sdk = sdk_config().await;
-    let meta = dynamo::DynamoStore::new(&sdk, &settings);
-    let blobs = s3::S3BlobStore::new(&sdk, &settings);
+    let meta = Arc::new(dynamo::DynamoStore::new(&sdk, &settings));
+    let s3 = Arc::new(s3::S3BlobStore::new(&sdk, &settings));
+    // Commits check their blocks through the collector's guard (see `block_gc.rs`).
+    let blobs = gc_guard::GuardedBlobs::new(s3, meta.clone());
     let bus: Arc<dyn ChangeBus> = match std::env::var(ENV_BUS).as_deref() {
         Ok("sqs") | Ok("") | Err(_) => Arc::new(sqs::SqsBus::new(&sdk, &settings)),
         Ok("local") => Arc::new(crate::bus::local::LocalBus::default()),
         Ok(other) => anyhow::bail!("{ENV_BUS}={other:?}: expected `sqs` or `local`"),
     };
-    Ok((Arc::new(meta), Arc::new(blobs), bus))
+    Ok((meta, Arc::new(blobs), bus))
 }
 
 /// Refuses to serve with a setting that would fail every device quietly: with the SQS bus

@@ -37,6 +37,9 @@ use super::{count, sdk_err, AwsSettings};
 use crate::blobs::{sha256_hex, BlobError, BlobResult, BlobStore, StoredBlock};
 use crate::store::UserId;
 
+/// Keys per `DeleteObjects` request (S3's limit).
+pub const DELETE_BATCH: usize = 1000;
+
 /// The header a client sends with a presigned PUT.
 pub const CHECKSUM_HEADER: &str = "x-amz-checksum-sha256";
 
@@ -127,6 +130,50 @@ impl S3BlobStore {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
             Err(e) => Err(be(e)),
         }
+    }
+
+    /// Deletes these blocks of the user, [`DELETE_BATCH`] keys per `DeleteObjects`; returns
+    /// how many requests it took. Deleting a block that is not there is no error.
+    pub async fn delete_many(&self, user: &str, hashes: &[String]) -> BlobResult<usize> {
+        let mut requests = 0;
+        for chunk in hashes.chunks(DELETE_BATCH) {
+            let mut ids = Vec::with_capacity(chunk.len());
+            for h in chunk {
+                check(h)?;
+                ids.push(
+                    ObjectIdentifier::builder()
+                        .key(Self::key(user, h))
+                        .build()
+                        .map_err(be)?,
+                );
+            }
+            count("s3:DeleteObjects");
+            requests += 1;
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(
+                    Delete::builder()
+                        .set_objects(Some(ids))
+                        .quiet(true)
+                        .build()
+                        .map_err(be)?,
+                )
+                .send()
+                .await
+                .map_err(be)?;
+            if let Some(e) = out.errors().first() {
+                return Err(BlobError::Backend(format!(
+                    "S3 kept {} of {} blocks it was asked to delete: {} {}",
+                    out.errors().len(),
+                    chunk.len(),
+                    e.key().unwrap_or_default(),
+                    e.message().unwrap_or_default()
+                )));
+            }
+        }
+        Ok(requests)
     }
 
     fn presigning(&self) -> BlobResult<PresigningConfig> {
@@ -314,6 +361,7 @@ impl BlobStore for S3BlobStore {
                 .list_objects_v2()
                 .bucket(&self.bucket)
                 .prefix(&prefix)
+                .max_keys(1000)
                 .set_continuation_token(token)
                 .send()
                 .await

@@ -371,6 +371,12 @@ impl ChangeBus for SqsBus {
     async fn remove_device(&self, user: &UserId, device: DeviceId) -> BusResult<()> {
         let name = self.queue_name(user, device);
         self.urls.lock().unwrap().remove(&name);
+        // The record first: a device without one is sent nothing, whatever happens next.
+        self.records
+            .lock()
+            .unwrap()
+            .remove(&(user.to_string(), device));
+        self.queues.delete(user, device).await?;
         count("sqs:GetQueueUrl");
         let url = match self.sqs.get_queue_url().queue_name(&name).send().await {
             Ok(out) => out.queue_url().unwrap_or_default().to_string(),
@@ -395,9 +401,12 @@ impl ChangeBus for SqsBus {
         }
     }
 
-    /// Deletes every queue named `<prefix>_<user>-<device>`, found by listing the name prefix
-    /// (so also queues of devices whose items are already gone).
+    /// Deletes every queue record of the user, then every queue named
+    /// `<prefix>_<user>-<device>`, found by listing the name prefix (so also queues of devices
+    /// whose items are already gone).
     async fn remove_user(&self, user: &UserId) -> BusResult<u64> {
+        self.records.lock().unwrap().retain(|(u, _), _| u != user);
+        self.queues.delete_all(user).await?;
         let prefix = user_queue_prefix(&self.prefix, user);
         let mut urls = Vec::new();
         let mut next: Option<String> = None;

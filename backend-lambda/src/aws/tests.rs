@@ -699,9 +699,13 @@ async fn unlinking_a_device_deletes_its_queue_and_revokes_its_token() {
         Arc::new(blobs),
         Arc::new(bus),
     ));
-    let (_, account) = crate::admin::add_user(svc.meta.as_ref(), "ann")
+    let (ann, account) = crate::admin::add_user(svc.meta.as_ref(), "ann")
         .await
         .unwrap();
+    let records = super::device_queues::DeviceQueues::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        &settings.table,
+    );
     let app = crate::api::router(svc.clone());
     let call = |method: Method, path: &str, token: Option<&str>, body: Option<String>| {
         let mut req = Request::builder()
@@ -760,8 +764,9 @@ async fn unlinking_a_device_deletes_its_queue_and_revokes_its_token() {
             .len()
     };
     assert_eq!(queues().await, 1);
-
     let id = device["id"].as_u64().unwrap();
+    assert!(records.get(&ann.id, id).await.unwrap().is_some());
+
     let (status, _) = call(
         Method::DELETE,
         &format!("/devices/{id}"),
@@ -771,6 +776,11 @@ async fn unlinking_a_device_deletes_its_queue_and_revokes_its_token() {
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(queues().await, 0, "the device's queue is gone");
+    assert_eq!(
+        records.get(&ann.id, id).await.unwrap(),
+        None,
+        "and the record of its queue (`Q#<id>`)"
+    );
     let (status, _) = call(Method::GET, "/me", Some(&token), None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(
@@ -782,4 +792,25 @@ async fn unlinking_a_device_deletes_its_queue_and_revokes_its_token() {
     );
     let (status, _) = call(Method::GET, "/me", Some(&account), None).await;
     assert_eq!(status, StatusCode::OK, "the account token still works");
+
+    // `jewel-server user forget-devices`: every device goes with its queue and its record.
+    let mut ids = Vec::new();
+    for name in ["a", "b"] {
+        let (status, dev) = call(
+            Method::POST,
+            "/devices",
+            Some(&account),
+            Some(format!(r#"{{"name":"{name}"}}"#)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{dev}");
+        ids.push(dev["id"].as_u64().unwrap());
+    }
+    assert_eq!(records.get_many(&ann.id, &ids).await.unwrap().len(), 2);
+    assert_eq!(crate::admin::forget_devices(&svc, "ann").await.unwrap(), 2);
+    assert_eq!(queues().await, 0);
+    assert!(
+        records.get_many(&ann.id, &ids).await.unwrap().is_empty(),
+        "no queue record outlives its device"
+    );
 }

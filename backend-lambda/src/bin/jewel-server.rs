@@ -59,6 +59,13 @@ enum Command {
         #[command(flatten)]
         data: DataArg,
     },
+    /// Run the AWS-mode maintenance once now, as the scheduled function does every day:
+    /// empty old trash, forget old versions, collect blocks nothing references. Prints what
+    /// it did as JSON. (The embedded server does this on its own while it serves.)
+    Maintenance {
+        #[command(flatten)]
+        data: DataArg,
+    },
     /// Manage users.
     User {
         #[command(subcommand)]
@@ -126,6 +133,34 @@ async fn aws_init() -> anyhow::Result<()> {
     anyhow::bail!("this jewel-server was built without the `aws` feature")
 }
 
+async fn maintenance(data: &DataArg) -> anyhow::Result<()> {
+    if data.backend != Backend::Aws {
+        // The embedded collector keeps commits out with a lock of the serving process; a
+        // second process cannot take it, so it must not collect blocks beside a server.
+        anyhow::bail!(
+            "the embedded server does its maintenance itself, every hour while it serves; \
+             this command is for AWS mode (--backend aws)"
+        );
+    }
+    aws_maintenance().await
+}
+
+#[cfg(feature = "aws")]
+async fn aws_maintenance() -> anyhow::Result<()> {
+    use backend_lambda::aws::scheduled;
+    let report = scheduled::run_from_env(scheduled::MaintenanceSettings::default()).await?;
+    println!("{}", scheduled::report_json(&report));
+    if !report.finished {
+        eprintln!("the run's time was up before every user was done; run it again to go on");
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "aws"))]
+async fn aws_maintenance() -> anyhow::Result<()> {
+    anyhow::bail!("this jewel-server was built without the `aws` feature")
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -156,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
             backend_lambda::server::serve(service, listen).await
         }
         Command::AwsInit { .. } => aws_init().await,
+        Command::Maintenance { data } => maintenance(&data).await,
         Command::User { command, data } => {
             // Beside a running server: wait for the database rather than fail.
             backend_lambda::admin::retry_while_busy(backend_lambda::admin::BUSY_WAIT, || {

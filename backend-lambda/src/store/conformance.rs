@@ -65,6 +65,7 @@ macro_rules! meta_store_conformance {
             concurrent_reads_and_writes,
             pages_are_bounded_in_bytes,
             devices_are_capped_and_forgotten,
+            a_registration_retried_with_its_key_is_one_device,
             removed_user_leaves_no_versions,
             devices_link_with_their_own_tokens,
         );
@@ -1983,6 +1984,71 @@ pub async fn devices_are_capped_and_forgotten(s: &dyn MetaStore) {
     assert!(s.devices(&ann).await.unwrap().is_empty());
     assert_eq!(s.devices(&bob).await.unwrap().len(), 1, "bob keeps his");
     s.register_device(&ann, "again", 3).await.unwrap();
+}
+
+/// A registration whose answer was lost is sent again with the same key: it finds the device
+/// the first one made (also when the user is at the cap), never a second one that would be
+/// sent every change for nothing. Keys are per user, and leave with their device.
+pub async fn a_registration_retried_with_its_key_is_one_device(s: &dyn MetaStore) {
+    let ann = new_user(s, "ann").await.id;
+    let bob = new_user(s, "bob").await.id;
+    let key = "k-0123456789abcdef";
+    let (first, created) = s
+        .register_device_keyed(&ann, "laptop", 2, key)
+        .await
+        .unwrap();
+    assert!(created);
+    let (again, created) = s
+        .register_device_keyed(&ann, "laptop", 2, key)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again, created),
+        (first, false),
+        "the retry finds the device"
+    );
+    assert_eq!(s.devices(&ann).await.unwrap().len(), 1);
+    assert_eq!(s.device(&ann, first).await.unwrap(), "laptop");
+    // Another key is another device; at the cap, a retry still finds its device.
+    let (phone, _) = s
+        .register_device_keyed(&ann, "phone", 2, "k-fedcba9876543210")
+        .await
+        .unwrap();
+    assert_ne!(phone, first);
+    assert_eq!(
+        s.register_device_keyed(&ann, "laptop", 2, key)
+            .await
+            .unwrap(),
+        (first, false)
+    );
+    assert_err!(
+        s.register_device_keyed(&ann, "third", 2, "k-another-machine-1")
+            .await,
+        StoreError::TooManyDevices(2)
+    );
+    // Bob's key space is his own.
+    let (bobs, created) = s
+        .register_device_keyed(&bob, "laptop", 2, key)
+        .await
+        .unwrap();
+    assert!(created);
+    assert_ne!(bobs, first);
+    // The key leaves with its device: unlinked, the same key registers a new device.
+    s.remove_device(&ann, first).await.unwrap();
+    let (fresh, created) = s
+        .register_device_keyed(&ann, "laptop", 2, key)
+        .await
+        .unwrap();
+    assert!(created);
+    assert_ne!(fresh, first);
+    // And with every device forgotten.
+    assert_eq!(s.remove_devices(&ann).await.unwrap(), 2);
+    let (last, created) = s
+        .register_device_keyed(&ann, "laptop", 2, key)
+        .await
+        .unwrap();
+    assert!(created && last != fresh);
+    assert_eq!(s.devices(&ann).await.unwrap().len(), 1);
 }
 
 /// Removing a user takes its earlier versions too (they name blocks: the collector must not

@@ -223,6 +223,18 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Registers a new device; `TooManyDevices` when the user has `max` already.
     async fn register_device(&self, user: &UserId, name: &str, max: usize)
         -> StoreResult<DeviceId>;
+    /// [`MetaStore::register_device`] made idempotent by `key`, which the client draws once per
+    /// registration and sends again with each retry of it: the device registered under `key`
+    /// when there is one (`false`: not created now; also when the user is at `max`), else a
+    /// new one under it (`true`). A key is the user's own, and goes with its device: once the
+    /// device is removed, the same key registers a new one.
+    async fn register_device_keyed(
+        &self,
+        user: &UserId,
+        name: &str,
+        max: usize,
+        key: &str,
+    ) -> StoreResult<(DeviceId, bool)>;
     /// Forgets every device of the user (frees the slots, revokes their own tokens); returns
     /// how many went.
     async fn remove_devices(&self, user: &UserId) -> StoreResult<usize>;

@@ -13,8 +13,9 @@
 //! Every multi-statement read runs in one read transaction, so it sees one snapshot.
 //!
 //! **Schema.** `users(id, name, token_hash, created_at_ns, latest_seq, trimmed_through)`;
-//! `devices(user, id, name, token_hash, created_at_ns, last_seen_ns)` (`token_hash` set for a
-//! device linked with a code, unique, see `links`); `links(code, token_hash, name,
+//! `devices(user, id, name, token_hash, created_at_ns, last_seen_ns, request_key)` (`token_hash`
+//! set for a device linked with a code, unique, see `links`; `request_key` the key a
+//! registration was retried with, unique per user); `links(code, token_hash, name,
 //! expires_at_ns)`, machines waiting to be linked; `nodes(user, id, parent, name, kind, size, mode, mtime_ns,
 //! version, blocks (JSON array), target, trashed_at_ns, trashed_by)`, with a unique index on
 //! `(user, parent, name)` over live nodes only (`trashed_at_ns IS NULL`), so a trashed node keeps
@@ -132,6 +133,7 @@ CREATE TABLE IF NOT EXISTS devices (
     token_hash    TEXT,
     created_at_ns INTEGER NOT NULL DEFAULT 0,
     last_seen_ns  INTEGER NOT NULL DEFAULT 0,
+    request_key   TEXT,
     PRIMARY KEY (user, id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS links (
@@ -181,7 +183,7 @@ PRAGMA user_version = 1;
 ";
 
 /// Brings a database made by an older version up to [`SCHEMA`] (run after it): version 1 had
-/// no device tokens. Then the indexes on the new columns.
+/// no device tokens, version 2 no registration keys. Then the indexes on the new columns.
 fn migrate(conn: &Connection) -> StoreResult<()> {
     let has_tokens: bool = conn
         .query_row(
@@ -198,11 +200,68 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
         )
         .db()?;
     }
+    let has_keys: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('devices') WHERE name = 'request_key')",
+            [],
+            |r| r.get(0),
+        )
+        .db()?;
+    if !has_keys {
+        conn.execute_batch("ALTER TABLE devices ADD COLUMN request_key TEXT;")
+            .db()?;
+    }
     conn.execute_batch(
         "CREATE UNIQUE INDEX IF NOT EXISTS devices_token
-             ON devices (token_hash) WHERE token_hash IS NOT NULL;",
+             ON devices (token_hash) WHERE token_hash IS NOT NULL;
+         CREATE UNIQUE INDEX IF NOT EXISTS devices_request_key
+             ON devices (user, request_key) WHERE request_key IS NOT NULL;",
     )
     .db()
+}
+
+/// Adds a device of `user` (unless the user is unknown or has `max`), under `key` if given.
+fn insert_device(
+    tx: &rusqlite::Transaction<'_>,
+    user: &str,
+    name: &str,
+    max: usize,
+    key: Option<&str>,
+) -> StoreResult<DeviceId> {
+    let known: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE id = ?1)")
+        .db()?
+        .query_row(params![user], |r| r.get(0))
+        .db()?;
+    if !known {
+        return Err(StoreError::UnknownUser(user.to_string()));
+    }
+    let devices: i64 = tx
+        .prepare_cached("SELECT COUNT(*) FROM devices WHERE user = ?1")
+        .db()?
+        .query_row(params![user], |r| r.get(0))
+        .db()?;
+    if devices as usize >= max {
+        return Err(StoreError::TooManyDevices(max));
+    }
+    for _ in 0..16 {
+        let id = new_id();
+        let inserted = tx
+            .prepare_cached(
+                "INSERT INTO devices (user, id, name, created_at_ns, request_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT DO NOTHING",
+            )
+            .db()?
+            .execute(params![user, sql_id(id), name, now_ns(), key])
+            .db()?;
+        if inserted == 1 {
+            return Ok(id);
+        }
+    }
+    Err(StoreError::Backend(
+        "could not draw a free device id".into(),
+    ))
 }
 
 /// Whether a token hash is any token's: an account's, a device's, or a waiting link's.
@@ -994,40 +1053,29 @@ impl MetaStore for SqliteStore {
         max: usize,
     ) -> StoreResult<DeviceId> {
         let (user, name) = (user.clone(), name.to_string());
+        self.write(move |tx| insert_device(tx, &user, &name, max, None))
+            .await
+    }
+
+    async fn register_device_keyed(
+        &self,
+        user: &UserId,
+        name: &str,
+        max: usize,
+        key: &str,
+    ) -> StoreResult<(DeviceId, bool)> {
+        let (user, name, key) = (user.clone(), name.to_string(), key.to_string());
         self.write(move |tx| {
-            let known: bool = tx
-                .prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE id = ?1)")
+            let known: Option<i64> = tx
+                .prepare_cached("SELECT id FROM devices WHERE user = ?1 AND request_key = ?2")
                 .db()?
-                .query_row(params![user], |r| r.get(0))
+                .query_row(params![user, key], |r| r.get(0))
+                .optional()
                 .db()?;
-            if !known {
-                return Err(StoreError::UnknownUser(user));
+            if let Some(id) = known {
+                return Ok((id as DeviceId, false));
             }
-            let devices: i64 = tx
-                .prepare_cached("SELECT COUNT(*) FROM devices WHERE user = ?1")
-                .db()?
-                .query_row(params![user], |r| r.get(0))
-                .db()?;
-            if devices as usize >= max {
-                return Err(StoreError::TooManyDevices(max));
-            }
-            for _ in 0..16 {
-                let id = new_id();
-                let inserted = tx
-                    .prepare_cached(
-                        "INSERT INTO devices (user, id, name, created_at_ns) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT DO NOTHING",
-                    )
-                    .db()?
-                    .execute(params![user, sql_id(id), name, now_ns()])
-                    .db()?;
-                if inserted == 1 {
-                    return Ok(id);
-                }
-            }
-            Err(StoreError::Backend(
-                "could not draw a free device id".into(),
-            ))
+            Ok((insert_device(tx, &user, &name, max, Some(&key))?, true))
         })
         .await
     }
@@ -1834,7 +1882,8 @@ mod tests {
         });
     }
 
-    /// A database of the version before device tokens opens, keeps its devices, and links.
+    /// A database of the version before device tokens (and registration keys) opens, keeps its
+    /// devices, links, and registers with keys.
     #[tokio::test]
     async fn a_database_from_before_device_tokens_is_brought_up_to_date() {
         let dir = tempfile::tempdir().unwrap();
@@ -1875,6 +1924,19 @@ mod tests {
         assert_eq!(
             store.token_owner("t").await.unwrap().unwrap().device,
             Some(dev)
+        );
+        // The registration keys came later too.
+        let (keyed, created) = store
+            .register_device_keyed(&user.id, "laptop", 10, "0123456789abcdef")
+            .await
+            .unwrap();
+        assert!(created);
+        assert_eq!(
+            store
+                .register_device_keyed(&user.id, "laptop", 10, "0123456789abcdef")
+                .await
+                .unwrap(),
+            (keyed, false)
         );
     }
 

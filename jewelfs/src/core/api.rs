@@ -135,6 +135,10 @@ pub struct HttpApi {
     token_source: Option<TokenSource>,
     client: reqwest::Client,
     device: AtomicU64,
+    /// The request id of the registration under way: drawn for the first try, sent again with
+    /// every retry until one is answered, so a try stored by the service whose answer was
+    /// lost is found again instead of becoming a second device.
+    registration: std::sync::Mutex<Option<String>>,
 }
 
 impl HttpApi {
@@ -150,6 +154,7 @@ impl HttpApi {
             token_source: None,
             client,
             device: AtomicU64::new(0),
+            registration: std::sync::Mutex::new(None),
         })
     }
 
@@ -320,11 +325,24 @@ impl Api for HttpApi {
         self.send(b).await
     }
     async fn register_device(&self, name: &str) -> ApiResult<Device> {
+        let request_id = self
+            .registration
+            .lock()
+            .unwrap()
+            .get_or_insert_with(|| format!("{:032x}", rand::random::<u128>()))
+            .clone();
         let body = RegisterDevice {
             name: name.to_string(),
+            request_id: Some(request_id),
         };
-        self.send(self.req(reqwest::Method::POST, "/devices").json(&body))
-            .await
+        let answer = self
+            .send(self.req(reqwest::Method::POST, "/devices").json(&body))
+            .await;
+        if answer.is_ok() {
+            // Registered: a later registration (the service forgot this device) is another.
+            *self.registration.lock().unwrap() = None;
+        }
+        answer
     }
     async fn renew_listen(&self, device: DeviceId) -> ApiResult<Device> {
         self.send(self.req(reqwest::Method::POST, &format!("/devices/{device}/listen")))
@@ -411,4 +429,86 @@ fn sha256_base64(bytes: &[u8]) -> String {
     use base64::Engine;
     use sha2::Digest;
     base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod registration_tests {
+    //! A registration whose answer was lost is retried with the same request id (so the
+    //! service finds the device the first try made); a new registration draws a new one.
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Answers each `POST /devices` with the next status of `statuses` (a device for a
+    /// success), and hands back the request ids it was sent.
+    async fn service(statuses: Vec<u16>) -> (String, tokio::task::JoinHandle<Vec<Option<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for status in statuses {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let mut buf = Vec::new();
+                let body = loop {
+                    let mut chunk = [0u8; 4096];
+                    let n = conn.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "the request ended early");
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let len: usize = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break buf[end + 4..end + 4 + len].to_vec();
+                    }
+                };
+                let req: RegisterDevice = serde_json::from_slice(&body).unwrap();
+                seen.push(req.request_id);
+                let answer = if status < 300 {
+                    serde_json::to_string(&Device {
+                        id: 7,
+                        name: req.name,
+                        listen: Listen::Poll,
+                    })
+                    .unwrap()
+                } else {
+                    r#"{"code":"internal","message":"the store failed"}"#.to_string()
+                };
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    answer.len()
+                );
+                conn.write_all(head.as_bytes()).await.unwrap();
+                conn.write_all(answer.as_bytes()).await.unwrap();
+            }
+            seen
+        });
+        (base, task)
+    }
+
+    #[tokio::test]
+    async fn a_retried_registration_sends_the_same_request_id_and_a_new_one_another() {
+        let (base, seen) = service(vec![500, 201, 201]).await;
+        let api = HttpApi::new(&base, "jwl_test").unwrap();
+        assert!(api.register_device("laptop").await.is_err());
+        assert_eq!(api.register_device("laptop").await.unwrap().id, 7);
+        api.register_device("laptop").await.unwrap();
+        let seen = seen.await.unwrap();
+        let ids: Vec<&str> = seen.iter().map(|s| s.as_deref().unwrap()).collect();
+        assert!(
+            ids.iter().all(|id| jewel_wire::valid_request_id(id)),
+            "{ids:?}"
+        );
+        assert_eq!(ids[0], ids[1], "the retry is the same registration");
+        assert_ne!(ids[1], ids[2], "a registration after a success is another");
+    }
 }
