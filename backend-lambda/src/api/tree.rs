@@ -487,7 +487,9 @@ pub(super) async fn valid_content(
         return Err(AppError::bad_request(format!("not a block hash: {bad:?}")));
     }
     if let Some(inline) = &content.inline {
-        return store_inline(svc, user, content, inline).await;
+        // Stored, then checked as any named block: the check is what keeps a block that
+        // block collection is about to delete from being named (see `aws/gc_guard.rs`).
+        store_inline(svc, user, content, inline).await?;
     }
     let mut unique = content.blocks.clone();
     unique.sort();
@@ -510,6 +512,7 @@ pub(super) async fn valid_content(
 /// Stores the one block of a small file whose bytes came inline with its commit (see
 /// [`jewel_wire::Content::inline`]), after checking that they are exactly the block the content
 /// names. Storing a block is idempotent (content-addressed), so a commit sent twice is harmless.
+/// The commit still checks the block as it checks any (`valid_content`).
 pub(super) async fn store_inline(
     svc: &Service,
     user: &UserId,
