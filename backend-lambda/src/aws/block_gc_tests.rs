@@ -79,7 +79,11 @@ impl Setup {
             parent: ROOT_ID,
             name: name.into(),
             kind: NewKind::File {
-                content: Content { size, blocks },
+                content: Content {
+                    size,
+                    blocks,
+                    inline: None,
+                },
             },
             mode: 0o644,
             mtime_ns: 0,
@@ -187,6 +191,7 @@ async fn garbage_goes_and_live_files_read_back_byte_identical() {
         .unwrap();
     let edited = t.file("edited", 1000, vec![h_first.clone()]).await;
     let second_content = Content {
+        inline: None,
         size: 1000,
         blocks: vec![h_second.clone()],
     };
