@@ -106,6 +106,13 @@ impl Api for ScriptedApi {
     async fn missing_blocks(&self, hashes: Vec<BlockHash>) -> ApiResult<MissingBlocks> {
         self.inner.missing_blocks(hashes).await
     }
+    async fn batch(&self, _batch: &Batch) -> ApiResult<BatchAnswer> {
+        // The scripts answer single requests: this service has no batches (as an older one).
+        Err(ApiErr::Api(ApiError::new(
+            ErrorCode::NotFound,
+            "no such route",
+        )))
+    }
     async fn block_urls(&self, hashes: Vec<BlockHash>) -> ApiResult<BlockUrls> {
         self.inner.block_urls(hashes).await
     }

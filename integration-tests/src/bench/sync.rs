@@ -428,6 +428,9 @@ impl Api for TimedApi {
     async fn missing_blocks(&self, hashes: Vec<BlockHash>) -> ApiResult<MissingBlocks> {
         self.t(self.inner.missing_blocks(hashes)).await
     }
+    async fn batch(&self, batch: &Batch) -> ApiResult<BatchAnswer> {
+        self.t(self.inner.batch(batch)).await
+    }
     async fn block_urls(&self, hashes: Vec<BlockHash>) -> ApiResult<BlockUrls> {
         self.t(self.inner.block_urls(hashes)).await
     }

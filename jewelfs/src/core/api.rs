@@ -110,14 +110,10 @@ pub trait Api: Send + Sync + 'static {
     async fn changes(&self, since: Seq, limit: u32) -> ApiResult<ChangePage>;
     async fn poll(&self, device: DeviceId, since: Seq, timeout_ms: u64) -> ApiResult<ChangePage>;
     async fn missing_blocks(&self, hashes: Vec<BlockHash>) -> ApiResult<MissingBlocks>;
-    /// `POST /batch`. The default (for test services without the route) answers as a
-    /// service without it does, `NotFound`: the uploader then sends changes one by one.
-    async fn batch(&self, _batch: &Batch) -> ApiResult<BatchAnswer> {
-        Err(ApiErr::Api(ApiError::new(
-            ErrorCode::NotFound,
-            "no such route",
-        )))
-    }
+    /// `POST /batch`. No default: a wrapper that forgot to forward it would silently turn
+    /// batching off (a service without the route answers `NotFound`, and the uploader then
+    /// sends changes one by one).
+    async fn batch(&self, batch: &Batch) -> ApiResult<BatchAnswer>;
     async fn block_urls(&self, hashes: Vec<BlockHash>) -> ApiResult<BlockUrls>;
     async fn put_block(&self, url: &str, bytes: Bytes) -> ApiResult<()>;
     async fn get_block(&self, url: &str) -> ApiResult<Bytes>;

@@ -441,6 +441,9 @@ mod tests {
         async fn missing_blocks(&self, _: Vec<BlockHash>) -> ApiResult<MissingBlocks> {
             offline()
         }
+        async fn batch(&self, _batch: &Batch) -> ApiResult<BatchAnswer> {
+            offline()
+        }
         async fn block_urls(&self, hashes: Vec<BlockHash>) -> ApiResult<BlockUrls> {
             self.url_requests.fetch_add(1, Ordering::SeqCst);
             let blocks = self.blocks.lock().unwrap();

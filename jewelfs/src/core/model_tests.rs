@@ -404,6 +404,10 @@ impl Api for Client {
             .collect();
         Ok(MissingBlocks { missing })
     }
+    async fn batch(&self, _batch: &Batch) -> ApiResult<BatchAnswer> {
+        // A service of the days before batches: changes go one by one.
+        Err(err(ErrorCode::NotFound, "no such route"))
+    }
     async fn block_urls(&self, hashes: Vec<BlockHash>) -> ApiResult<BlockUrls> {
         self.svc.up()?;
         let st = self.svc.state.lock().unwrap();

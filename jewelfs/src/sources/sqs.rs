@@ -398,6 +398,9 @@ mod tests {
         async fn missing_blocks(&self, _: Vec<BlockHash>) -> ApiResult<MissingBlocks> {
             off()
         }
+        async fn batch(&self, _batch: &jewel_wire::Batch) -> ApiResult<BatchAnswer> {
+            off()
+        }
         async fn block_urls(&self, _: Vec<BlockHash>) -> ApiResult<BlockUrls> {
             off()
         }
