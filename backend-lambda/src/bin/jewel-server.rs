@@ -52,6 +52,11 @@ enum Command {
         /// Log every request (method, path, status, time); RUST_LOG overrides.
         #[arg(long)]
         verbose: bool,
+        /// Most devices (machines) one user may have at once: each costs a queue and a send
+        /// per change in AWS mode. 100 is far beyond a household's machines; a benchmark of
+        /// one account on a thousand clients raises it.
+        #[arg(long, default_value_t = 100, env = "JEWEL_MAX_DEVICES", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        max_devices: u32,
     },
     /// Create the DynamoDB table, S3 bucket and whatever else AWS mode needs and is missing.
     AwsInit {
@@ -182,12 +187,19 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
-        Command::Serve { data, listen, .. } => {
+        Command::Serve {
+            data,
+            listen,
+            max_devices,
+            ..
+        } => {
             #[cfg(feature = "aws")]
             if data.backend == Backend::Aws {
                 backend_lambda::aws::check_serving_env()?;
             }
-            let service = Arc::new(open(&data, &SqliteOptions::default()).await?);
+            let mut service = open(&data, &SqliteOptions::default()).await?;
+            service.limits.max_devices = max_devices as usize;
+            let service = Arc::new(service);
             backend_lambda::server::serve(service, listen).await
         }
         Command::AwsInit { .. } => aws_init().await,

@@ -347,6 +347,9 @@ impl BenchServer {
         } else {
             cmd.args(["serve", "--data"]).arg(&data);
         }
+        // One account on up to a thousand clients (the dependent experiment) needs more
+        // devices than a user may have by default.
+        cmd.env("JEWEL_MAX_DEVICES", "5000");
         cmd.args(["--listen", &addr])
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove("RUST_LOG");
