@@ -134,6 +134,9 @@ impl Api for FaultApi {
     async fn missing_blocks(&self, hashes: Vec<BlockHash>) -> ApiResult<MissingBlocks> {
         self.guard(self.inner.missing_blocks(hashes)).await
     }
+    async fn batch(&self, batch: &Batch) -> ApiResult<BatchAnswer> {
+        self.guard(self.inner.batch(batch)).await
+    }
     async fn block_urls(&self, hashes: Vec<BlockHash>) -> ApiResult<BlockUrls> {
         self.guard(self.inner.block_urls(hashes)).await
     }
