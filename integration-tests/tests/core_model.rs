@@ -48,7 +48,7 @@
 //!      conflict copy appears.
 //!
 //! Seeds: `JEWEL_MODEL_SEED=n` replays one seed, `JEWEL_MODEL_CASES=n` runs seeds 1..=n
-//! (default 8), `JEWEL_MODEL_OPS=n` operations per seed (default 40),
+//! (default 8; `JEWEL_MODEL_FROM=k` starts at k instead, to split a soak between processes), `JEWEL_MODEL_OPS=n` operations per seed (default 40),
 //! `JEWEL_MODEL_HTTP_FAULTS=0` (or `=1`) turns the HTTP faults off (or on) in every test. A
 //! failure prints its seed, the operation log, each device's fault plan and the requests it
 //! hit (`JEWEL_MODEL_VERBOSE=1` prints them for passing seeds too). Replays are
@@ -1502,7 +1502,10 @@ fn run_seeds(default: &[u64], mut v: Variant) {
     }
     let seeds: Vec<u64> = match (env_num("JEWEL_MODEL_SEED"), env_num("JEWEL_MODEL_CASES")) {
         (Some(s), _) => vec![s],
-        (None, Some(n)) => (1..=n).collect(),
+        (None, Some(n)) => {
+            let from = env_num("JEWEL_MODEL_FROM").unwrap_or(1);
+            (from..from + n).collect()
+        }
         (None, None) => default.to_vec(),
     };
     let ops = env_num("JEWEL_MODEL_OPS").unwrap_or(40) as usize;
