@@ -8,7 +8,8 @@
 //!   Requests"}` (that body is JSON but not the service's error shape), optionally with
 //!   `Retry-After`; the service never sees the request.
 //! - [`Fault::Unavailable`]: `503` with an HTML page (a load balancer with no healthy
-//!   target); the service never sees the request.
+//!   target, or one draining for maintenance), optionally with `Retry-After`; the service
+//!   never sees the request.
 //! - [`Fault::TooLarge`]: `413` with an HTML page (a proxy's body limit, not the service's
 //!   own refusal); the service never sees the request.
 //! - [`Fault::TornAnswer`]: the request is forwarded (so the service **did** it) and the
@@ -60,8 +61,8 @@ use hyper::{Request, Response, StatusCode};
 pub enum Fault {
     /// `429 {"message":"Too Many Requests"}`, with `Retry-After: <secs>` if given.
     Throttle { retry_after: Option<u32> },
-    /// `503` with an HTML body.
-    Unavailable,
+    /// `503` with an HTML body, with `Retry-After: <secs>` if given.
+    Unavailable { retry_after: Option<u32> },
     /// `413` with an HTML body.
     TooLarge,
     /// Forwarded; the answer is `200` with the first half of the service's body.
@@ -83,7 +84,7 @@ impl Fault {
     pub fn name(&self) -> &'static str {
         match self {
             Fault::Throttle { .. } => "throttle",
-            Fault::Unavailable => "unavailable",
+            Fault::Unavailable { .. } => "unavailable",
             Fault::TooLarge => "too_large",
             Fault::TornAnswer => "torn_answer",
             Fault::DropBefore => "drop_before",
@@ -446,6 +447,17 @@ fn answer(status: StatusCode, content_type: &str, body: impl Into<Body>) -> Resp
     resp
 }
 
+/// `resp` with `Retry-After: <secs>`, if given.
+fn with_retry_after(mut resp: Response<Body>, secs: Option<u32>) -> Response<Body> {
+    if let Some(secs) = secs {
+        resp.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            secs.to_string().parse().unwrap(),
+        );
+    }
+    resp
+}
+
 /// Headers that belong to one hop and are not passed on.
 fn hop_by_hop(name: &hyper::header::HeaderName) -> bool {
     use hyper::header::*;
@@ -478,21 +490,12 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body
         .map_err(|_| Dropped)?;
     match fault {
         Some(Fault::Throttle { retry_after }) => {
-            let mut resp = answer(StatusCode::TOO_MANY_REQUESTS, "application/json", THROTTLED);
-            if let Some(secs) = retry_after {
-                resp.headers_mut().insert(
-                    hyper::header::RETRY_AFTER,
-                    secs.to_string().parse().unwrap(),
-                );
-            }
-            return Ok(resp);
+            let resp = answer(StatusCode::TOO_MANY_REQUESTS, "application/json", THROTTLED);
+            return Ok(with_retry_after(resp, retry_after));
         }
-        Some(Fault::Unavailable) => {
-            return Ok(answer(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/html",
-                HTML_503,
-            ));
+        Some(Fault::Unavailable { retry_after }) => {
+            let resp = answer(StatusCode::SERVICE_UNAVAILABLE, "text/html", HTML_503);
+            return Ok(with_retry_after(resp, retry_after));
         }
         Some(Fault::TooLarge) => {
             return Ok(answer(StatusCode::PAYLOAD_TOO_LARGE, "text/html", HTML_413));
@@ -602,7 +605,11 @@ mod tests {
                 stats: Stats::default(),
             };
             let plan = Plan::new(seed)
-                .with(Fault::Unavailable, Scope::Changes, 0.2)
+                .with(
+                    Fault::Unavailable { retry_after: None },
+                    Scope::Changes,
+                    0.2,
+                )
                 .with(Fault::TooLarge, Scope::Changes, 0.1);
             s.rng = plan.seed;
             s.plan = Some(plan);

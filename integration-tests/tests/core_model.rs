@@ -3,9 +3,29 @@
 //! Two `Core`s (two devices of one user) run against one real `jewel-server` process, no FUSE.
 //! A seeded generator makes a sequence of operations (create with content, overwrite, append,
 //! truncate, mkdir, rename/move of files and directories, unlink, rmdir) in a small name space,
-//! so names collide, and applies each to a randomly chosen device. Every device talks to the
-//! service through [`FaultApi`], which can cut that device off (every call fails as
-//! unreachable, and an in-flight long-poll is cut too), so the run has outages.
+//! so names collide, and applies each to a randomly chosen device.
+//!
+//! **Faults.** Each device's `HttpApi` talks to the service through a
+//! [`FaultProxy`](integration_tests::fault_proxy) of its own, which answers a seeded share
+//! (5 to 15 %, [`http_plan`]) of the device's changing requests and block uploads with every
+//! fault it has, in a mix of weights the seed draws:
+//! - the service never sees the request: the connection dropped before forwarding, API
+//!   Gateway's `429 {"message":"Too Many Requests"}` and an HTML `503`, each with and
+//!   without `Retry-After: 1`, API Gateway's `500 {"message":"Internal Server Error"}`, a
+//!   proxy's HTML `413`;
+//! - the service **did** the change and the device never hears so: the connection dropped
+//!   after the service answered, API Gateway's `500` instead of the answer, a `200` with half
+//!   its body (not JSON);
+//! - slow answers (100 to 400 ms).
+//!
+//! A change retried after such a fault must happen once, not twice, and never be dropped:
+//! the oracle below is not loosened for faults. On top of the proxy, [`FaultApi`] can cut a
+//! device off (every call fails as unreachable, and an in-flight long-poll is cut too), so
+//! the run has outages; and in [`core_model_with_crashes`] a device cut off may crash and
+//! restart on its cache. The faults are on for the whole run, in every test but the
+//! replays of [`core_model_seeds_that_found_bugs`]. Which requests a plan hits is drawn per
+//! request, in the order the device sends them, so a replay hits the same ones as long as
+//! the device sends the same requests in the same order (not exactly in racing phases).
 //!
 //! The run is a series of phases:
 //! - **connected**: both devices online. After each operation the device that did it must show
@@ -28,9 +48,12 @@
 //!      conflict copy appears.
 //!
 //! Seeds: `JEWEL_MODEL_SEED=n` replays one seed, `JEWEL_MODEL_CASES=n` runs seeds 1..=n
-//! (default 8), `JEWEL_MODEL_OPS=n` operations per seed (default 40). A failure prints its
-//! seed and the operation log (`JEWEL_MODEL_VERBOSE=1` prints it for passing seeds too). Replays are deterministic up to conflict copy names (they carry
-//! the time) and the ordering they bring.
+//! (default 8; `JEWEL_MODEL_FROM=k` starts at k instead, to split a soak between processes), `JEWEL_MODEL_OPS=n` operations per seed (default 40),
+//! `JEWEL_MODEL_HTTP_FAULTS=0` (or `=1`) turns the HTTP faults off (or on) in every test. A
+//! failure prints its seed, the operation log, each device's fault plan and the requests it
+//! hit (`JEWEL_MODEL_VERBOSE=1` prints them for passing seeds too). Replays are
+//! deterministic up to conflict copy names (they carry the time) and the ordering they
+//! bring, and up to the timing of retries after faults.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -41,6 +64,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use integration_tests::fault_proxy::{Fault, FaultProxy, Plan, Scope, Stats};
 use integration_tests::Server;
 use jewel_wire::*;
 use jewelfs::core::api::{Api, ApiErr, ApiResult, HttpApi};
@@ -149,6 +173,86 @@ impl Api for FaultApi {
     fn set_device(&self, id: DeviceId) {
         self.inner.set_device(id)
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// Faults at the HTTP layer
+
+/// Every fault the proxy has, with its weight in the mix before a seed scales it. A throttle
+/// or 503 that names a wait (`Retry-After: 1`) is the rarest, as the client honours the wait.
+fn fault_kinds(rng: &mut Rng) -> Vec<(Fault, u64)> {
+    vec![
+        (Fault::Throttle { retry_after: None }, 3),
+        (
+            Fault::Throttle {
+                retry_after: Some(1),
+            },
+            1,
+        ),
+        (Fault::Unavailable { retry_after: None }, 2),
+        (
+            Fault::Unavailable {
+                retry_after: Some(1),
+            },
+            1,
+        ),
+        (Fault::GatewayError, 2),
+        (Fault::TooLarge, 1),
+        (Fault::DropBefore, 2),
+        (Fault::DropAfter, 3),
+        (Fault::TornAnswer, 2),
+        (Fault::AnswerOverflow, 2),
+        (
+            Fault::Slow(Duration::from_millis(100 + 50 * rng.below(7) as u64)),
+            2,
+        ),
+    ]
+}
+
+/// The HTTP faults device `dev` meets in seed `seed`: 5 to 15 % of its changing requests
+/// (creates, commits, moves, deletes, batches, registrations) and block uploads, split
+/// between every kind of [`Fault`] by weights the seed draws (each kind's base weight times 1
+/// to 3, so some seeds lean on one kind). Long-polls, listings and reads pass: a fault there
+/// would test the listener's retries, not the journal.
+fn http_plan(seed: u64, dev: usize) -> Plan {
+    let mut rng = Rng(seed ^ 0xFA17_0000 ^ ((dev as u64 + 1) << 40));
+    let total = (5 + rng.below(11)) as f64 / 100.0;
+    let kinds: Vec<(Fault, u64)> = fault_kinds(&mut rng)
+        .into_iter()
+        .map(|(f, w)| (f, w * (1 + rng.below(3) as u64)))
+        .collect();
+    let sum: u64 = kinds.iter().map(|(_, w)| w).sum();
+    kinds
+        .into_iter()
+        .fold(Plan::new(rng.next()), |plan, (f, w)| {
+            plan.with(f, Scope::ChangesAndBlocks, total * w as f64 / sum as f64)
+        })
+}
+
+/// A plan in one line per rule, for a failure's report.
+fn show_plan(plan: &Plan) -> String {
+    let total: f64 = plan.rules.iter().map(|r| r.rate).sum();
+    let mut s = format!("{:.1} % of changes and block uploads:", total * 100.0);
+    for r in &plan.rules {
+        let _ = write!(s, " {:?} {:.2} %,", r.fault, r.rate * 100.0);
+    }
+    s.pop();
+    s
+}
+
+/// What the proxy hit, in one line (`drop_after POST /api/v1/nodes: 2, ...`).
+fn show_hits(stats: &Stats) -> String {
+    let hits: Vec<String> = stats
+        .routes
+        .iter()
+        .map(|(route, n)| format!("{route}: {n}"))
+        .collect();
+    format!(
+        "{} changes, {} faulted [{}]",
+        stats.changes,
+        stats.faulted_total(),
+        hits.join(", ")
+    )
 }
 
 // ------------------------------------------------------------------------------------------
@@ -524,6 +628,8 @@ struct Dev {
     name: &'static str,
     core: Arc<Core>,
     api: Arc<FaultApi>,
+    /// The device's way to the service (it outlives a crash of the device).
+    proxy: Arc<FaultProxy>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -535,14 +641,32 @@ impl Drop for Dev {
     }
 }
 
-async fn open_device(url: &str, token: &str, dir: &std::path::Path, name: &'static str) -> Dev {
-    let api = Arc::new(FaultApi::new(url, token));
+/// Opens a device's core on its cache in `dir`, talking to the service through `proxy`.
+/// Connecting waits out faults as `jewelfs mount` does (a registration may be throttled, or
+/// dropped after the service made the device: the retry names the same device).
+async fn open_device(
+    proxy: Arc<FaultProxy>,
+    token: &str,
+    dir: &std::path::Path,
+    name: &'static str,
+) -> Dev {
+    let api = Arc::new(FaultApi::new(&proxy.url, token));
     let core = Core::open(
         Config::new(dir.join(name), name.to_string()),
         api.clone() as Arc<dyn Api>,
     )
     .unwrap();
-    core.connect().await.expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match core.connect().await {
+            Ok(_) => break,
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                let wait = e.retry_after().unwrap_or(Duration::from_millis(50));
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => panic!("{name}: connect: {e}"),
+        }
+    }
     let root = api.get_node(ROOT_ID).await.expect("root");
     core.tree.put(root);
     core.readdir(ROOT_ID).await.unwrap();
@@ -554,6 +678,7 @@ async fn open_device(url: &str, token: &str, dir: &std::path::Path, name: &'stat
         name,
         core,
         api,
+        proxy,
         tasks,
     }
 }
@@ -812,6 +937,8 @@ struct Run<'a> {
     race: bool,
     /// Whether a device cut off may crash and restart before it comes back.
     crash: bool,
+    /// Each device's HTTP faults (on its proxy for the whole run), if any.
+    plans: [Option<Plan>; 2],
     token: String,
     /// The devices' caches live in `dir/<device name>`.
     dir: std::path::PathBuf,
@@ -826,8 +953,13 @@ impl Run<'_> {
         } else {
             "core_matches_model_on_two_devices_with_outages"
         };
+        let http = if self.plans.iter().any(Option::is_some) {
+            ""
+        } else {
+            "JEWEL_MODEL_HTTP_FAULTS=0 "
+        };
         let mut s = format!(
-            "core model: seed {} failed (replay: JEWEL_MODEL_SEED={} cargo test -p integration-tests --test core_model {test})\n  {what}\n  operations so far:\n",
+            "core model: seed {} failed (replay: {http}JEWEL_MODEL_SEED={} cargo test -p integration-tests --test core_model {test})\n  {what}\n  operations so far:\n",
             self.seed, self.seed
         );
         for l in &self.log {
@@ -839,6 +971,15 @@ impl Run<'_> {
                 s,
                 "  device {} ({i}): online {} pending {} {:?} cursor {} conflicts {} last error {:?}",
                 d.name, st.online, st.pending_uploads, st.pending, st.last_seq, st.conflicts, st.last_error
+            );
+            let _ = writeln!(
+                s,
+                "    HTTP faults: {}\n    hit: {}",
+                self.plans[i]
+                    .as_ref()
+                    .map(show_plan)
+                    .unwrap_or_else(|| "none".into()),
+                show_hits(&d.proxy.stats())
             );
         }
         s
@@ -1129,7 +1270,8 @@ impl Run<'_> {
             t.abort();
         }
         let name = self.devs[dev].name;
-        let fresh = open_device(&self.server.url, &self.token, &self.dir, name).await;
+        let proxy = self.devs[dev].proxy.clone();
+        let fresh = open_device(proxy, &self.token, &self.dir, name).await;
         let old = std::mem::replace(&mut self.devs[dev], fresh);
         drop(old);
     }
@@ -1286,12 +1428,21 @@ async fn run_seed(
     token: String,
     seed: u64,
     ops: usize,
-    race: bool,
-    crash: bool,
-) -> Result<Vec<String>, String> {
+    v: Variant,
+) -> Result<(Vec<String>, [Stats; 2]), String> {
+    let Variant { race, crash, http } = v;
     let dir = tempfile::tempdir().unwrap();
-    let a = open_device(&server.url, &token, dir.path(), "devA").await;
-    let b = open_device(&server.url, &token, dir.path(), "devB").await;
+    let plans = [0, 1].map(|dev| http.then(|| http_plan(seed, dev)));
+    let proxies = plans.clone().map(|plan| {
+        let proxy = Arc::new(FaultProxy::start(&server.url));
+        if let Some(plan) = plan {
+            proxy.set(plan);
+        }
+        proxy
+    });
+    let [pa, pb] = proxies;
+    let a = open_device(pa, &token, dir.path(), "devA").await;
+    let b = open_device(pb, &token, dir.path(), "devB").await;
     let mut run = Run {
         seed,
         server,
@@ -1303,6 +1454,7 @@ async fn run_seed(
         notes: vec![],
         race,
         crash,
+        plans,
         token: token.clone(),
         dir: dir.path().to_path_buf(),
     };
@@ -1314,22 +1466,51 @@ async fn run_seed(
     run.settle("at the end").await?;
     if std::env::var_os("JEWEL_MODEL_VERBOSE").is_some() {
         eprintln!("core model: seed {seed}:\n  {}", run.log.join("\n  "));
+        for (d, plan) in run.devs.iter().zip(&run.plans) {
+            if let Some(plan) = plan {
+                eprintln!("  {} HTTP faults: {}", d.name, show_plan(plan));
+            }
+            eprintln!("  {} hit: {}", d.name, show_hits(&d.proxy.stats()));
+        }
     }
-    Ok(run.notes)
+    let stats = [run.devs[0].proxy.stats(), run.devs[1].proxy.stats()];
+    Ok((run.notes, stats))
 }
 
 fn env_num(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
 
+/// What a test adds to the connected and split phases of the default run.
+#[derive(Debug, Clone, Copy, Default)]
+struct Variant {
+    /// Phases of racing operations too.
+    race: bool,
+    /// Devices cut off may crash and restart.
+    crash: bool,
+    /// HTTP faults on each device's proxy ([`http_plan`]); `JEWEL_MODEL_HTTP_FAULTS=0` turns
+    /// them off (to tell a fault's part in a failure from the operations'), `=1` on.
+    http: bool,
+}
+
 /// Runs `seeds` (or the seeds the environment names) and fails with every failing seed.
-fn run_seeds(default: &[u64], race: bool, crash: bool) {
+fn run_seeds(default: &[u64], mut v: Variant) {
+    match env_num("JEWEL_MODEL_HTTP_FAULTS") {
+        Some(0) => v.http = false,
+        Some(_) => v.http = true,
+        None => {}
+    }
     let seeds: Vec<u64> = match (env_num("JEWEL_MODEL_SEED"), env_num("JEWEL_MODEL_CASES")) {
         (Some(s), _) => vec![s],
-        (None, Some(n)) => (1..=n).collect(),
+        (None, Some(n)) => {
+            let from = env_num("JEWEL_MODEL_FROM").unwrap_or(1);
+            (from..from + n).collect()
+        }
         (None, None) => default.to_vec(),
     };
     let ops = env_num("JEWEL_MODEL_OPS").unwrap_or(40) as usize;
+    let faults = v.http;
+    let count = seeds.len() as u64;
     let server = Server::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -1338,14 +1519,22 @@ fn run_seeds(default: &[u64], race: bool, crash: bool) {
         .unwrap();
     let mut failures = Vec::new();
     let mut notes = Vec::new();
+    let mut hits: BTreeMap<&'static str, u64> = BTreeMap::new();
     for seed in seeds {
         let t = Instant::now();
         let user = format!("model{seed}x{}", std::process::id());
         let token = server.add_user(&user);
-        match rt.block_on(run_seed(&server, user, token, seed, ops, race, crash)) {
-            Ok(n) => {
-                eprintln!("core model: seed {seed}: ok ({ops} ops, {:?})", t.elapsed());
+        match rt.block_on(run_seed(&server, user, token, seed, ops, v)) {
+            Ok((n, stats)) => {
+                let faulted: u64 = stats.iter().map(Stats::faulted_total).sum();
+                eprintln!(
+                    "core model: seed {seed}: ok ({ops} ops, {faulted} HTTP faults, {:?})",
+                    t.elapsed()
+                );
                 notes.extend(n);
+                for (kind, n) in stats.iter().flat_map(|s| s.faulted.iter()) {
+                    *hits.entry(kind).or_default() += n;
+                }
             }
             Err(e) => {
                 eprintln!("{e}");
@@ -1356,17 +1545,48 @@ fn run_seeds(default: &[u64], race: bool, crash: bool) {
     for n in &notes {
         eprintln!("core model note: {n}");
     }
+    if faults {
+        eprintln!("core model: HTTP faults injected: {hits:?}");
+    }
     assert!(
         failures.is_empty(),
         "core model: failing seeds {failures:?} (details above; replay one with JEWEL_MODEL_SEED=n)"
     );
+    // A run with faults must have met them, or it proves less than it claims: a fault a
+    // seed on average, and every kind of fault in a long run (a few seeds of 40 operations
+    // meet some 30 faults, not always every kind).
+    if faults {
+        let total: u64 = hits.values().sum();
+        assert!(
+            total >= count,
+            "core model: only {total} HTTP faults in {count} seeds: {hits:?}"
+        );
+    }
+    if faults && count >= 50 {
+        let kinds = fault_kinds(&mut Rng(0));
+        let missing: Vec<&str> = kinds
+            .iter()
+            .map(|(f, _)| f.name())
+            .filter(|name| !hits.contains_key(name))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "core model: no request met {missing:?} in these seeds: {hits:?}"
+        );
+    }
 }
 
 /// The default run (with the seeds below that once found bugs). `JEWEL_MODEL_SEED=n` /
 /// `JEWEL_MODEL_CASES=n` choose other seeds.
 #[test]
 fn core_matches_model_on_two_devices_with_outages() {
-    run_seeds(&[1, 2, 4, 7, 9, 10, 12, 14], false, false);
+    run_seeds(
+        &[1, 2, 4, 7, 9, 10, 12, 14],
+        Variant {
+            http: true,
+            ..Variant::default()
+        },
+    );
 }
 
 /// Seeds that found convergence bugs in the core (jewelfs/src/core), kept as regression
@@ -1399,12 +1619,15 @@ fn core_matches_model_on_two_devices_with_outages() {
 /// one device deleted, on the service, a file the other device had created in it meanwhile
 /// (the core always deleted with `recursive=true`). The core now deletes non-recursively; the
 /// service refuses, and the directory comes back with its new content.
+///
+/// These replay the runs that found the bugs, without HTTP faults (those were found
+/// without them; with them the set takes twice as long, and `make soak` runs these seeds
+/// with faults among its thousand).
 #[test]
 fn core_model_seeds_that_found_bugs() {
     run_seeds(
         &[3, 5, 6, 8, 11, 13, 16, 20, 21, 23, 26, 29, 34],
-        false,
-        false,
+        Variant::default(),
     );
 }
 
@@ -1416,7 +1639,14 @@ fn core_model_seeds_that_found_bugs() {
 /// repeatedly.)
 #[test]
 fn core_converges_when_devices_race() {
-    run_seeds(&[1, 2, 3, 4, 18], true, false);
+    run_seeds(
+        &[1, 2, 3, 4, 18],
+        Variant {
+            race: true,
+            http: true,
+            ..Variant::default()
+        },
+    );
 }
 
 /// Outages as in the default run, and sometimes a device that was cut off crashes (its core
@@ -1436,7 +1666,14 @@ fn core_converges_when_devices_race() {
 /// - seed 12: a ghost of the kind of seed 11 above.
 #[test]
 fn core_model_with_crashes() {
-    run_seeds(&[2, 7, 12], false, true);
+    run_seeds(
+        &[2, 7, 12],
+        Variant {
+            crash: true,
+            http: true,
+            ..Variant::default()
+        },
+    );
 }
 
 /// A rename over a file that another device edited meanwhile keeps that edit as a conflict
@@ -1453,8 +1690,9 @@ fn a_rename_over_a_file_edited_elsewhere_keeps_the_edit() {
         .unwrap();
     let result: Result<(), String> = rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let a = open_device(&server.url, &token, dir.path(), "devA").await;
-        let b = open_device(&server.url, &token, dir.path(), "devB").await;
+        let proxy = || Arc::new(FaultProxy::start(&server.url));
+        let a = open_device(proxy(), &token, dir.path(), "devA").await;
+        let b = open_device(proxy(), &token, dir.path(), "devB").await;
         let run = Run {
             seed: 0,
             server: &server,
@@ -1466,6 +1704,7 @@ fn a_rename_over_a_file_edited_elsewhere_keeps_the_edit() {
             notes: vec![],
             race: false,
             crash: false,
+            plans: [None, None],
             token: token.clone(),
             dir: dir.path().to_path_buf(),
         };

@@ -398,7 +398,11 @@ fn html_error_pages_and_torn_answers_lose_nothing() {
     let share = 1.0 / 16.0;
     let plan = Plan::new(23)
         .with(Fault::Throttle { retry_after: None }, Scope::Changes, share)
-        .with(Fault::Unavailable, Scope::Changes, share)
+        .with(
+            Fault::Unavailable { retry_after: None },
+            Scope::Changes,
+            share,
+        )
         .with(Fault::TooLarge, Scope::Changes, share)
         .with(Fault::TornAnswer, Scope::Changes, share)
         .with(
