@@ -1400,20 +1400,22 @@ impl Run<'_> {
                 )));
             }
         }
+        // A conflict copy is new when no model holds it: one that was there before and a
+        // device moved (with a directory above it) is in that device's model at its new
+        // path, and is not new.
+        let new_copy = |p: &&String| {
+            is_conflict_copy(p)
+                && !start.contains_key(*p)
+                && !views.iter().any(|v| v.contains_key(*p))
+        };
         if touched[0].is_empty() || touched[1].is_empty() {
-            if let Some(p) = merged
-                .keys()
-                .find(|p| is_conflict_copy(p) && !start.contains_key(*p))
-            {
+            if let Some(p) = merged.keys().find(new_copy) {
                 return Err(self.fail(format!(
                     "{tag}: conflict copy /{p} although only one device changed anything"
                 )));
             }
         }
-        let copies = merged
-            .keys()
-            .filter(|p| is_conflict_copy(p) && !start.contains_key(*p))
-            .count();
+        let copies = merged.keys().filter(new_copy).count();
         self.log.push(format!(
             "-- merged: {} entries, {copies} new conflict copies",
             merged.len()
