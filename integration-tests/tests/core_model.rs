@@ -1400,20 +1400,22 @@ impl Run<'_> {
                 )));
             }
         }
+        // A conflict copy is new when no model holds it: one that was there before and a
+        // device moved (with a directory above it) is in that device's model at its new
+        // path, and is not new.
+        let new_copy = |p: &&String| {
+            is_conflict_copy(p)
+                && !start.contains_key(*p)
+                && !views.iter().any(|v| v.contains_key(*p))
+        };
         if touched[0].is_empty() || touched[1].is_empty() {
-            if let Some(p) = merged
-                .keys()
-                .find(|p| is_conflict_copy(p) && !start.contains_key(*p))
-            {
+            if let Some(p) = merged.keys().find(new_copy) {
                 return Err(self.fail(format!(
                     "{tag}: conflict copy /{p} although only one device changed anything"
                 )));
             }
         }
-        let copies = merged
-            .keys()
-            .filter(|p| is_conflict_copy(p) && !start.contains_key(*p))
-            .count();
+        let copies = merged.keys().filter(new_copy).count();
         self.log.push(format!(
             "-- merged: {} entries, {copies} new conflict copies",
             merged.len()
@@ -1674,6 +1676,106 @@ fn core_model_with_crashes() {
             ..Variant::default()
         },
     );
+}
+
+/// Soak seed 332 (80 operations, with or without HTTP faults): B, cut off, edits `d.txt`
+/// and renames `a` over it, while A moves `d.txt` to `b`. On the service the rename replaces
+/// nothing (`d.txt` was free by then) and the file lives on at `b` with B's edit; B, which
+/// unlinked it when the app renamed, never listed it again, so the devices never converged.
+#[test]
+fn a_file_replaced_here_but_moved_away_there_is_listed_where_it_lives() {
+    let server = Server::start();
+    let token = server.add_user("mover");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let result: Result<(), String> = rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let proxy = || Arc::new(FaultProxy::start(&server.url));
+        let a = open_device(proxy(), &token, dir.path(), "devA").await;
+        let b = open_device(proxy(), &token, dir.path(), "devB").await;
+        let run = Run {
+            seed: 0,
+            server: &server,
+            user: "mover".into(),
+            observer: HttpApi::new(&server.url, &token).unwrap(),
+            devs: [a, b],
+            log: vec![],
+            ops_done: 0,
+            notes: vec![],
+            race: false,
+            crash: false,
+            plans: [None, None],
+            token: token.clone(),
+            dir: dir.path().to_path_buf(),
+        };
+        let (a, b) = (&run.devs[0], &run.devs[1]);
+        let op = |core: &Arc<Core>, op: Op| {
+            let core = core.clone();
+            async move { run_op(&core, &op).await.map_err(|e| format!("{op}: {e}")) }
+        };
+        op(
+            &a.core,
+            Op::Create {
+                path: "d.txt".into(),
+                data: b"first".to_vec(),
+            },
+        )
+        .await?;
+        op(
+            &a.core,
+            Op::Create {
+                path: "a".into(),
+                data: b"other".to_vec(),
+            },
+        )
+        .await?;
+        run.settle("both files on both devices").await?;
+
+        b.api.set_offline(true);
+        run.wait_offline(1).await?;
+        op(
+            &a.core,
+            Op::Rename {
+                from: "d.txt".into(),
+                to: "b".into(),
+            },
+        )
+        .await?;
+        a.core.drain(Duration::from_secs(10)).await;
+        op(
+            &b.core,
+            Op::Overwrite {
+                path: "d.txt".into(),
+                data: b"edited on B".to_vec(),
+            },
+        )
+        .await?;
+        op(
+            &b.core,
+            Op::Rename {
+                from: "a".into(),
+                to: "d.txt".into(),
+            },
+        )
+        .await?;
+        b.api.set_offline(false);
+        let end = run.settle("after B comes back").await?;
+        let want: View = [
+            ("b".to_string(), Entry::File(b"edited on B".to_vec())),
+            ("d.txt".to_string(), Entry::File(b"other".to_vec())),
+        ]
+        .into();
+        if end != want {
+            return Err(format!("merged tree:\n{}", dump(&end)));
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
 }
 
 /// A rename over a file that another device edited meanwhile keeps that edit as a conflict

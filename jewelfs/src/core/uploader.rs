@@ -1253,6 +1253,7 @@ impl Core {
             };
             match self.api.move_node(id, &req).await {
                 Ok(result) => {
+                    let replaced_nothing = result.other.is_none();
                     if let Some(other) = result.other {
                         if mode == MoveMode::Exchange {
                             let ours = self.tree.get(other.id).map(|n| n.blocks.clone())
@@ -1262,6 +1263,13 @@ impl Core {
                             self.tree.unlink(other.parent, &other.name, other.id);
                             self.forget_node(other.id);
                         }
+                    }
+                    // The app replaced a node here, but on the service nothing was at the
+                    // target any more (another device moved it away first): that node lives
+                    // on where the service has it, and this device, which unlinked it when
+                    // the app renamed, must list it again there.
+                    if mode == MoveMode::Replace && replaced_nothing && seen_node.is_some() {
+                        self.suspect_all();
                     }
                     let ours = base_was_ours && base == first_base;
                     self.apply_answer(result.node, ours);
