@@ -44,12 +44,23 @@ fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// A loopback port nothing listens on, never one handed out before in this process. The
+/// kernel may give a port it just gave (the probe socket is closed before the emulator binds
+/// it): two emulators of parallel tests then raced for one port, and the loser's test talked
+/// to the winner's emulator until that one was stopped ("connection refused" mid-test).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if HANDED_OUT.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Sets the AWS environment every test must have (same values everywhere, so setting it from
