@@ -23,7 +23,7 @@ use jewel_wire::{
 
 use super::auth::Caller;
 use super::error::{AppError, AppResult, JsonBody};
-use super::tree;
+use super::tree::{self, InlineBlock};
 use crate::service::Service;
 use crate::store::{BatchOp, NewNode};
 
@@ -86,9 +86,11 @@ async fn checked(
     origin: crate::store::Origin,
 ) -> AppResult<BatchOp> {
     Ok(match change {
-        Change::Create(req) => BatchOp::Create(tree::new_node(svc, caller, req, origin).await?),
+        Change::Create(req) => {
+            BatchOp::Create(tree::new_node(svc, caller, req, origin, InlineBlock::Stored).await?)
+        }
         Change::Commit { id, commit } => {
-            tree::valid_content(svc, &caller.user.id, &commit.content).await?;
+            tree::valid_content(svc, &caller.user.id, &commit.content, InlineBlock::Stored).await?;
             BatchOp::Commit {
                 id,
                 base: commit.base_version,
@@ -121,7 +123,7 @@ fn content_of(op: &BatchOp) -> Option<Content> {
 /// still checks its own content in order (a bad one fails there, at its place in the batch);
 /// a block stored here for a change the batch never reaches is garbage the collector takes.
 async fn store_inline_blocks(svc: &Service, caller: &Caller, changes: &[Change]) {
-    let contents = changes.iter().filter_map(|change| match change {
+    let inlines = changes.iter().filter_map(|change| match change {
         Change::Create(CreateNode {
             kind: NewKind::File { content },
             ..
@@ -129,12 +131,15 @@ async fn store_inline_blocks(svc: &Service, caller: &Caller, changes: &[Change])
         | Change::Commit {
             commit: CommitContent { content, .. },
             ..
-        } => content.inline.as_ref().map(|inline| (content, inline)),
+        } => content
+            .inline
+            .as_ref()
+            .filter(|_| tree::check_shape(content).is_ok()),
         _ => None,
     });
-    futures::stream::iter(contents)
-        .for_each_concurrent(16, |(content, inline)| async move {
-            let _ = tree::store_inline(svc, &caller.user.id, content, inline).await;
+    futures::stream::iter(inlines)
+        .for_each_concurrent(16, |inline| async move {
+            let _ = tree::store_inline(svc, &caller.user.id, inline).await;
         })
         .await;
 }

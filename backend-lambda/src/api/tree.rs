@@ -118,7 +118,7 @@ pub async fn create(
     // Held from the block check to the commit (see `Service::block_guard`).
     let blocks_checked = svc.block_guard.read().await;
     let origin = caller.origin();
-    let new = new_node(&svc, &caller, req, origin).await?;
+    let new = new_node(&svc, &caller, req, origin, InlineBlock::ToStore).await?;
     let (node, mut event) = svc.meta.create(&caller.user.id, &new, origin).await?;
     drop(blocks_checked);
     if let NewKind::File { content } = new.kind {
@@ -135,11 +135,12 @@ pub(super) async fn new_node(
     caller: &Caller,
     req: CreateNode,
     origin: crate::store::Origin,
+    inline_block: InlineBlock,
 ) -> AppResult<NewNode> {
     valid_name(&req.name)?;
     let default_mode = match &req.kind {
         NewKind::File { content } => {
-            valid_content(svc, &caller.user.id, content).await?;
+            valid_content(svc, &caller.user.id, content, inline_block).await?;
             0o644
         }
         NewKind::Dir => 0o755,
@@ -169,7 +170,7 @@ pub async fn commit_content(
     JsonBody(req): JsonBody<CommitContent>,
 ) -> AppResult<Json<Node>> {
     let blocks_checked = svc.block_guard.read().await;
-    valid_content(&svc, &caller.user.id, &req.content).await?;
+    valid_content(&svc, &caller.user.id, &req.content, InlineBlock::ToStore).await?;
     let (node, mut event) = svc
         .meta
         .commit_content(
@@ -397,7 +398,7 @@ pub async fn restore_version(
         })?;
     let current = svc.meta.get_node(user, id).await?;
     let blocks_checked = svc.block_guard.read().await;
-    valid_content(&svc, user, &old.content).await?;
+    valid_content(&svc, user, &old.content, InlineBlock::ToStore).await?;
     let (node, event) = svc
         .meta
         .commit_content(
@@ -459,11 +460,31 @@ fn valid_mode(mode: Option<u32>) -> AppResult<Option<u32>> {
 
 /// Content must be well-formed and every block must already be stored (blocks first, then
 /// the commit).
+/// Where a change's inline block is (see [`jewel_wire::Content::inline`]): still to be stored
+/// (a change sent on its own route), or stored already (a batch stores all of its changes'
+/// inline blocks together first).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum InlineBlock {
+    ToStore,
+    Stored,
+}
+
 pub(super) async fn valid_content(
     svc: &Service,
     user: &UserId,
     content: &Content,
+    inline_block: InlineBlock,
 ) -> AppResult<()> {
+    check_shape(content)?;
+    if let (Some(inline), InlineBlock::ToStore) = (&content.inline, inline_block) {
+        store_inline(svc, user, inline).await?;
+    }
+    check_stored(svc, user, content).await
+}
+
+/// What content can be checked without a store: its size and block count, its hashes, and
+/// that inline bytes (see [`jewel_wire::Content::inline`]) are exactly the one block named.
+pub(super) fn check_shape(content: &Content) -> AppResult<()> {
     if content.size > MAX_FILE_SIZE || content.blocks.len() > MAX_FILE_BLOCKS {
         return Err(AppError::new(
             ErrorCode::PayloadTooLarge,
@@ -487,10 +508,42 @@ pub(super) async fn valid_content(
         return Err(AppError::bad_request(format!("not a block hash: {bad:?}")));
     }
     if let Some(inline) = &content.inline {
-        // Stored, then checked as any named block: the check is what keeps a block that
-        // block collection is about to delete from being named (see `aws/gc_guard.rs`).
-        store_inline(svc, user, content, inline).await?;
+        let bytes = &inline.0;
+        if bytes.is_empty() || bytes.len() > MAX_INLINE_BYTES || bytes.len() as u64 != content.size
+        {
+            return Err(AppError::bad_request(format!(
+                "inline content must be 1 to {MAX_INLINE_BYTES} bytes, the file's size ({}); it has {}",
+                content.size,
+                bytes.len()
+            )));
+        }
+        if content.blocks != [crate::blobs::sha256_hex(bytes)] {
+            return Err(AppError::bad_request(
+                "inline content must be the one block the content names (its SHA-256)",
+            ));
+        }
     }
+    Ok(())
+}
+
+/// Stores a small file's inline block (checked by [`check_shape`]). Storing a block is
+/// idempotent (content-addressed), so a commit sent twice is harmless.
+pub(super) async fn store_inline(
+    svc: &Service,
+    user: &UserId,
+    inline: &jewel_wire::InlineBytes,
+) -> AppResult<()> {
+    let hash = crate::blobs::sha256_hex(&inline.0);
+    svc.blobs
+        .put(user, &hash, bytes::Bytes::copy_from_slice(&inline.0))
+        .await?;
+    Ok(())
+}
+
+/// Every block the content names is stored. Inline blocks are checked too, after they are
+/// stored: the check is what keeps a block that block collection is about to delete from
+/// being named (see `aws/gc_guard.rs`).
+async fn check_stored(svc: &Service, user: &UserId, content: &Content) -> AppResult<()> {
     let mut unique = content.blocks.clone();
     unique.sort();
     unique.dedup();
@@ -506,35 +559,5 @@ pub(super) async fn valid_content(
         err.missing = missing;
         return Err(AppError(err));
     }
-    Ok(())
-}
-
-/// Stores the one block of a small file whose bytes came inline with its commit (see
-/// [`jewel_wire::Content::inline`]), after checking that they are exactly the block the content
-/// names. Storing a block is idempotent (content-addressed), so a commit sent twice is harmless.
-/// The commit still checks the block as it checks any (`valid_content`).
-pub(super) async fn store_inline(
-    svc: &Service,
-    user: &UserId,
-    content: &Content,
-    inline: &jewel_wire::InlineBytes,
-) -> AppResult<()> {
-    let bytes = &inline.0;
-    if bytes.is_empty() || bytes.len() > MAX_INLINE_BYTES || bytes.len() as u64 != content.size {
-        return Err(AppError::bad_request(format!(
-            "inline content must be 1 to {MAX_INLINE_BYTES} bytes, the file's size ({}); it has {}",
-            content.size,
-            bytes.len()
-        )));
-    }
-    let hash = crate::blobs::sha256_hex(bytes);
-    if content.blocks != [hash.clone()] {
-        return Err(AppError::bad_request(
-            "inline content must be the one block the content names (its SHA-256)",
-        ));
-    }
-    svc.blobs
-        .put(user, &hash, bytes::Bytes::copy_from_slice(bytes))
-        .await?;
     Ok(())
 }
