@@ -1,6 +1,10 @@
-//! Reference-model property test of the FUSE-free client core (`jewelfs::core::Core`).
+//! Reference-model property test of the client users run, without the kernel.
 //!
-//! Two `Core`s (two devices of one user) run against one real `jewel-server` process, no FUSE.
+//! Two devices of one user run against one real `jewel-server` process, no FUSE. Each is the
+//! production client started exactly as `jewelfs mount` starts it under its FUSE session
+//! ([`jewelfs::mount::start`]: the core with its uploader, pre-uploader, journal syncer,
+//! listener and tree saver; online, or offline from its cache when the service cannot be
+//! reached), and is driven through the core's calls as the FUSE adapter would.
 //! A seeded generator makes a sequence of operations (create with content, overwrite, append,
 //! truncate, mkdir, rename/move of files and directories, unlink, rmdir) in a small name space,
 //! so names collide, and applies each to a randomly chosen device.
@@ -21,8 +25,17 @@
 //! A change retried after such a fault must happen once, not twice, and never be dropped:
 //! the oracle below is not loosened for faults. On top of the proxy, [`FaultApi`] can cut a
 //! device off (every call fails as unreachable, and an in-flight long-poll is cut too), so
-//! the run has outages; and in [`core_model_with_crashes`] a device cut off may crash and
-//! restart on its cache. The faults are on for the whole run, in every test but the
+//! the run has outages; and in [`core_model_with_crashes`] a device cut off may crash (its
+//! running client dropped without draining) and start again on its cache, half the times
+//! while still cut off (offline from its saved tree and journal: it must then show its own
+//! model at once).
+//!
+//! **Service restarts.** In the default, racing and crash tests, before each operation
+//! there is a seeded chance ([`RESTART_PERCENT`]) that the `jewel-server` process is stopped
+//! (SIGTERM, a third of the times SIGKILL) and started again on the same data and port 0.2
+//! to 2 s later, while the devices keep working (`JEWEL_MODEL_RESTARTS=0` or `=1` turns them
+//! off or on in every test). The oracle is unchanged: a settle waits for the devices to find
+//! the service again by themselves. The faults are on for the whole run, in every test but the
 //! replays of [`core_model_seeds_that_found_bugs`]. Which requests a plan hits is drawn per
 //! request, in the order the device sends them, so a replay hits the same ones as long as
 //! the device sends the same requests in the same order (not exactly in racing phases).
