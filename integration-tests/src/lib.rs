@@ -181,12 +181,41 @@ impl Server {
         server
     }
 
+    /// Stops the process and hands back its data folder: with `Stop::Term` as a service
+    /// manager does (SIGTERM; the server finishes requests in flight within its grace period
+    /// and exits; SIGKILL if it has not after 10 s), with `Stop::Kill` at once (SIGKILL, a
+    /// crash).
+    pub fn stop(mut self, how: Stop) -> tempfile::TempDir {
+        if let Some(mut child) = self.child.take() {
+            if how == Stop::Term {
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let data = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.data, data)
+    }
+
     /// Kills the server and starts it again on the same data and port.
     pub fn restart(self) -> Server {
         let addr = self.addr.clone();
         let data = self.kill();
         Server::start_at(data, &addr)
     }
+}
+
+/// How [`Server::stop`] stops the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM: the server's own orderly stop.
+    Term,
+    /// SIGKILL: a crash.
+    Kill,
 }
 
 /// A server with one user, `alice`, mounted on two machines: `laptop` and `desktop`.

@@ -11,7 +11,9 @@
 //!   `fuser`);
 //! - [`login`]: `login`, linking this machine with a code;
 //! - [`devices`]: `devices`, the account's machines (list, unlink);
-//! - [`mount`]: the commands (`mount`, `unmount`, `status`) that `main.rs` parses;
+//! - [`mount`]: the commands (`mount`, `unmount`, `status`) that `main.rs` parses, and
+//!   [`mount::start`], the client started without the kernel (what `mount` runs under its
+//!   FUSE session, and what the model test runs);
 //! - [`status`]: how a running mount publishes its status (a file, a socket);
 //! - [`service`]: `service install` / `uninstall`, the systemd user unit that mounts at login;
 //! - [`versions`]: `versions` and `restore-version`, a file's earlier contents.

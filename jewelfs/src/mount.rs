@@ -1,5 +1,11 @@
 //! The commands: `mount`, `unmount`, `status`.
 //!
+//! `mount` resolves its settings, checks the mountpoint, then starts the client without the
+//! kernel ([`start`], in `mount/start.rs`: the core, its uploader, pre-uploader, syncer,
+//! listener and tree saver, online or offline from the cache; the model test starts clients
+//! the same way) and only then mounts the FUSE session (`fuse/session.rs`) over it and
+//! publishes its status. Nothing here knows `fuser`.
+//!
 //! A running mount publishes its [`Status`] (see [`crate::status`]: a file rewritten only
 //! when it changes, and a socket that answers with the status of the moment). `status` asks
 //! the socket (the file when no mount answers).
@@ -24,9 +30,12 @@ use anyhow::{bail, Context};
 use sha2::Digest;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use crate::core::api::{Api, ApiErr, HttpApi};
+use crate::core::api::{Api, HttpApi};
 use crate::core::{Config, Core, Status};
 use crate::status::StatusFile;
+
+mod start;
+pub use start::{start, Running, StartErr, Started};
 
 /// The longest a stopping mount waits for its pending uploads (while the server answers).
 /// 60 s: a few large files on a slow uplink; well inside systemd's 90 s stop timeout.
@@ -283,59 +292,12 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     let mut cfg = Config::new(cache_dir.clone(), device);
     cfg.cache_size = cache_size;
     cfg.server = server.clone();
-    let had_cache = cache_dir.join("state.json").exists();
-    let core = Core::open(cfg, api.clone())
-        .with_context(|| format!("opening cache {}", cache_dir.display()))?;
-
-    match rt.block_on(connect_patiently(&core)) {
-        Ok(_) => {
-            if let Ok(root) = rt.block_on(api.get_node(jewel_wire::ROOT_ID)) {
-                core.tree.put(root);
-            }
-            // The top folder is listed up front: `ls` is instant and new files can be
-            // created there even if the service goes away before anyone looked.
-            let _ = rt.block_on(core.ensure_listing(jewel_wire::ROOT_ID));
-            let _ = std::fs::write(
-                cache_dir.join("state.json"),
-                format!("{{\"server\":{:?}}}\n", server),
-            );
-        }
-        Err(ApiErr::Api(e)) if e.code == jewel_wire::ErrorCode::Unauthorized && had_cache => {
-            // Unlinked, say, with changes still journaled: keep them and the cached files
-            // at hand; they upload once the machine is linked again (`jewelfs login`).
-            if let Err(err) = core.load_snapshot() {
-                eprintln!(
-                    "jewelfs: the saved tree in {} is unreadable ({err}); starting empty",
-                    cache_dir.display()
-                );
-            }
-            eprintln!("jewelfs: the server at {server} refused this machine's token ({}); mounting offline: run `jewelfs login` to link it again", e.message);
-        }
-        Err(ApiErr::Api(e)) if e.code == jewel_wire::ErrorCode::Unauthorized => {
-            bail!(
-                "the server at {server} refused the token ({}); run `jewelfs login` to link this machine",
-                e.message
-            )
-        }
-        Err(e) if e.is_transient() => {
-            if !had_cache {
-                bail!("cannot reach the server at {server} ({e}) and there is no cache in {} to work offline from", cache_dir.display());
-            }
-            if let Err(err) = core.load_snapshot() {
-                eprintln!(
-                    "jewelfs: the saved tree in {} is unreadable ({err}); starting empty",
-                    cache_dir.display()
-                );
-            }
-            eprintln!("jewelfs: server {server} unreachable ({e}); mounting offline, changes will upload when it is back");
-        }
-        Err(e) => bail!("the server at {server} answered unexpectedly: {e}"),
+    // Everything but the kernel session, as the model test starts it too (`mount/start.rs`).
+    let running = rt.block_on(start(cfg, api))?;
+    if let Started::Offline(why) = &running.started {
+        eprintln!("jewelfs: {why}");
     }
-
-    rt.spawn(core.clone().run_uploader());
-    rt.spawn(core.clone().run_listener());
-    rt.spawn(core.clone().run_syncer());
-    rt.spawn(core.clone().run_preuploader());
+    let core = running.core().clone();
 
     let options = crate::fuse::session::Options {
         allow_other,
@@ -391,15 +353,11 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
 
     let result = session.run();
     crate::status::remove_socket(&mountpoint);
-    rt.block_on(async {
+    let left = rt.block_on(async {
         publisher.abort();
         let _ = publisher.await; // stopped: it writes the file no more
+        running.finish().await
     });
-    let _ = core.journal.sync();
-    if let Err(e) = core.save_snapshot() {
-        eprintln!("jewelfs: could not save the tree for offline use: {e}");
-    }
-    let left = core.journal.pending();
     // The last word, for `jewelfs unmount` (which reads it once this process is gone).
     let mut last = full_status(&core, &base);
     last.ready = false;
@@ -448,25 +406,13 @@ fn full_status(core: &Core, base: &Status) -> Status {
     }
 }
 
-/// Runs until aborted: keeps the status file current (written only when it changes) and
-/// saves the tree for offline starts once it changed (noticed within [`STATUS_IDLE`] when
-/// all was quiet; at most a tenth of the time: a huge tree less often; the journal keeps
-/// local changes durable on its own). Polls every [`STATUS_FAST`] while things change,
-/// backing off to [`STATUS_IDLE`] when nothing has.
+/// Runs until aborted: keeps the status file current (written only when it changes). Polls
+/// every [`STATUS_FAST`] while things change, backing off to [`STATUS_IDLE`] when nothing
+/// has. (The tree saved for offline starts is `mount/start.rs`'s.)
 async fn publish_status(core: Arc<Core>, mut file: StatusFile, base: Status) {
     let mut interval = STATUS_FAST;
-    let mut saved = u64::MAX; // saved once soon after start, for an offline start later
-    let mut next_save = Instant::now();
     loop {
         tokio::time::sleep(interval).await;
-        let generation = core.tree.generation();
-        if generation != saved && Instant::now() >= next_save {
-            let started = Instant::now();
-            let c = core.clone();
-            let _ = tokio::task::spawn_blocking(move || c.save_snapshot()).await;
-            saved = generation;
-            next_save = Instant::now() + (started.elapsed() * 10).max(Duration::from_secs(1));
-        }
         let wrote = match file.publish(&full_status(&core, &base)) {
             Ok(wrote) => wrote,
             Err(e) => {
@@ -474,7 +420,7 @@ async fn publish_status(core: Arc<Core>, mut file: StatusFile, base: Status) {
                 false
             }
         };
-        interval = if wrote || generation != saved {
+        interval = if wrote {
             STATUS_FAST
         } else {
             (interval * 2).min(STATUS_IDLE)
@@ -771,23 +717,6 @@ pub fn unmount(mountpoint: &Path, wait: Duration) -> anyhow::Result<()> {
 /// Keeps `core` reachable for tests of the command layer.
 pub fn is_online(core: &Core) -> bool {
     core.online.load(Ordering::Relaxed)
-}
-
-/// Connects, waiting out a busy service (throttled, 503, an answer that is not the
-/// service's JSON) for as long as it takes; an unreachable one or a refusal returns at once
-/// (the caller mounts offline from the cache, or says why it cannot).
-async fn connect_patiently(core: &Core) -> Result<jewel_wire::Me, ApiErr> {
-    let mut wait = std::time::Duration::from_millis(200);
-    loop {
-        match core.connect().await {
-            Err(e) if e.is_transient() && !e.is_offline() => {
-                eprintln!("jewelfs: the server is busy ({e}); trying again");
-                tokio::time::sleep(wait.max(e.retry_after().unwrap_or_default())).await;
-                wait = (wait * 2).min(std::time::Duration::from_secs(10));
-            }
-            other => return other,
-        }
-    }
 }
 
 #[cfg(test)]
