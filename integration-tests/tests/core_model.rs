@@ -1655,9 +1655,9 @@ fn core_model_seeds_that_found_bugs() {
 ///   root again, so B never showed the folder. Only a local rename or remove re-listed a
 ///   shadowed name; now `Tree::unlink`, the one way off a name, marks the folder for it.
 ///
-/// The racing seeds 164 and 188 of [`core_converges_when_devices_race`] (80 operations)
-/// failed the same way and pass since (racing does not replay exactly, so they are not
-/// kept here).
+/// The racing seeds 164 and 188 of [`core_converges_when_devices_race`] (80 operations) were
+/// reported failing the same way; racing does not replay exactly, and each passed once both
+/// before and after these fixes, so they are not kept here.
 #[test]
 fn core_model_soak_seeds_that_found_bugs() {
     run_seeds(
