@@ -1574,9 +1574,6 @@ impl Core {
         if cancelled {
             self.forget_node(id);
         }
-        if self.tree.unshadow(parent, name) {
-            self.suspect([parent]);
-        }
         self.drop_local_content(id);
         self.touch_dir(parent);
         Some(Ok(()))
@@ -1825,9 +1822,6 @@ impl Core {
             }
         }
         self.tree.unlink(parent, name, id);
-        if self.tree.unshadow(parent, name) {
-            self.suspect([parent]);
-        }
         self.tree.link(new_parent, new_name, id);
         self.tree.pin(moved);
         self.touch_dir(parent);

@@ -61,8 +61,12 @@ impl Core {
         self.tree.get(id).map(|n| n.parent)
     }
 
+    /// Whether directories wait for reconciliation; takes in those where a local node left
+    /// a name it shadowed (`Tree::take_uncovered`), whatever took it away.
     pub fn has_suspects(&self) -> bool {
-        let s = self.suspect.lock().unwrap();
+        let uncovered = self.tree.take_uncovered();
+        let mut s = self.suspect.lock().unwrap();
+        s.dirs.extend(uncovered);
         s.all || s.busy || !s.dirs.is_empty()
     }
 

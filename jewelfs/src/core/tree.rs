@@ -13,8 +13,10 @@
 //!   the listing" means ENOENT without asking the service. Evicted listings are listed again,
 //!   and pinned nodes are merged back in ([`Tree::set_listing`]).
 //! - A pinned node wins its name over a node of the service with the same name; such a name
-//!   is marked **shadowed**, so that when the local node leaves it before reaching the
-//!   service the core re-lists the directory ([`Tree::unshadow`]) instead of showing nothing.
+//!   is marked **shadowed**. Whatever takes the local node off that name (a local rename or
+//!   remove, or the service's answer that puts the node elsewhere: [`Tree::unlink`] is the
+//!   one way out) marks the directory **uncovered**, and the core re-lists it
+//!   ([`Tree::take_uncovered`]) instead of showing nothing where the service has a node.
 //! - Long TTLs are safe because the change listener applies every remote change here (and
 //!   tells the kernel) as it happens; a cursor gap or `cursor_too_old` clears everything.
 
@@ -37,6 +39,9 @@ pub struct Tree {
     /// Names where a pinned local node hides a node the service has under that name: when
     /// the local node leaves the name without reaching the service, the listing is stale.
     shadowed: Mutex<std::collections::HashSet<(NodeId, String)>>,
+    /// Directories where a shadowed name lost its local node: their listing lacks the node
+    /// of the service it hid, until they are listed again.
+    uncovered: Mutex<std::collections::HashSet<NodeId>>,
     /// Counts changes, so the mount saves its snapshot only when there is something new.
     generation: std::sync::atomic::AtomicU64,
 }
@@ -59,6 +64,7 @@ impl Tree {
             pinned: Mutex::new(HashMap::new()),
             aliases: RwLock::new(HashMap::new()),
             shadowed: Mutex::new(Default::default()),
+            uncovered: Mutex::new(Default::default()),
             generation: Default::default(),
         }
     }
@@ -307,7 +313,7 @@ impl Tree {
 
     /// Like [`Tree::link`], but never hides a pinned node that holds the name. False when
     /// it did not link for that reason; the name is then marked shadowed (see
-    /// [`Tree::unshadow`]).
+    /// [`Tree::take_uncovered`]).
     pub fn link_remote(&self, dir: NodeId, name: &str, id: NodeId) -> bool {
         self.changed();
         if let Some(listing) = self.dirs.get(&self.r(dir)) {
@@ -333,14 +339,10 @@ impl Tree {
             .insert((dir, name.to_string()));
     }
 
-    /// Whether a local node that leaves `dir/name` uncovers a node of the service (which the
-    /// listing does not show: it must be listed again). Forgets the mark.
-    pub fn unshadow(&self, dir: NodeId, name: &str) -> bool {
-        let dir = self.r(dir);
-        self.shadowed
-            .lock()
-            .unwrap()
-            .remove(&(dir, name.to_string()))
+    /// The directories whose shadowed names lost their local node since the last call (see
+    /// the module doc): each must be listed again. Forgets them.
+    pub fn take_uncovered(&self) -> Vec<NodeId> {
+        self.uncovered.lock().unwrap().drain().collect()
     }
 
     /// Removes `name` from a cached listing if it points at `id`.
@@ -351,6 +353,16 @@ impl Tree {
             let mut map = listing.lock().unwrap();
             if map.get(name).is_some_and(|cur| self.r(*cur) == id) {
                 map.remove(name);
+                drop(map);
+                let dir = self.r(dir);
+                if self
+                    .shadowed
+                    .lock()
+                    .unwrap()
+                    .remove(&(dir, name.to_string()))
+                {
+                    self.uncovered.lock().unwrap().insert(dir);
+                }
             }
         }
     }

@@ -1311,16 +1311,36 @@ impl Core {
                     // The node or its new parent is gone: the listings will tell which.
                     self.suspect([np]);
                     self.suspect(self.parent_here(id));
+                    self.suspect_service_place(id).await?;
                     return Ok(());
                 }
                 Err(e) => {
                     self.suspect([np]);
                     self.suspect(self.parent_here(id));
+                    if !e.is_transient() {
+                        self.suspect_service_place(id).await?;
+                    }
                     return Err(e.into());
                 }
             }
         }
         Err(Fail::Refused("move kept conflicting".into()))
+    }
+
+    /// A move of `id` did not happen: the node lives on where the service has it. This
+    /// device shows it at the place the app moved it to (the tree holds one place per node,
+    /// the local one while the move is pending), so the place it came from is nowhere in the
+    /// tree any more, and the listing of the move's target, the only one suspected so far,
+    /// never had it. The service is asked where the node is, and that directory is re-listed
+    /// (reconciliation takes the service's place of every node without local changes); a
+    /// node gone from the service too is dropped by the re-listed places.
+    async fn suspect_service_place(&self, id: NodeId) -> Res<()> {
+        match self.api.get_node(id).await {
+            Ok(n) => self.suspect([n.parent]),
+            Err(e) if e.code() == Some(ErrorCode::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
     }
 
     /// Another device's node that a rename of ours would have replaced keeps living under
