@@ -12,7 +12,9 @@
 //!   blocks first, then — holding [`Service::block_guard`] exclusively, so no commit checks
 //!   its blocks meanwhile — reads what is referenced and deletes the rest. A commit that
 //!   names a block deleted just before is refused (`missing_blocks`) and its client uploads
-//!   the block again. The guard is one process's, so this collector deletes blocks only where
+//!   the block again. Small blocks kept in the database with their nodes (SQLite) go the
+//!   same way, under the same guard, but with no grace: one is written in the very change
+//!   that names it, so an unnamed one is garbage at once. The guard is one process's, so this collector deletes blocks only where
 //!   one process serves everything: the embedded server (local block folder). In AWS mode
 //!   many Lambda instances commit at once and no lock spans them: there a scheduled function
 //!   collects S3 blocks with a protocol kept in the table (`aws/block_gc.rs`), and empties
@@ -82,6 +84,7 @@ pub async fn collect_garbage(
                 collected.blocks += 1;
             }
         }
+        collected.blocks += service.meta.collect_small_blocks(&user.id).await?;
     }
     Ok(collected)
 }
@@ -306,6 +309,110 @@ mod tests {
                 .unwrap()
                 .as_ref(),
             b"edit"
+        );
+    }
+
+    /// A small file's block kept in the database with its node: collection keeps it while a
+    /// live or trashed file names it, whatever its age, and forgets it once nothing does —
+    /// and a block another file still names stays when one of its files goes.
+    #[tokio::test]
+    async fn small_blocks_in_the_database_go_only_when_nothing_names_them() {
+        use jewel_wire::{Content, InlineBytes, NewKind, ROOT_ID};
+
+        let dir = tempfile::tempdir().unwrap();
+        let service = Service::embedded(dir.path()).unwrap();
+        assert!(service.meta.keeps_small_blocks());
+        let (user, _) = crate::admin::add_user(service.meta.as_ref(), "u")
+            .await
+            .unwrap();
+        let u = &user.id;
+        let origin = crate::store::Origin {
+            device: None,
+            now_ns: now_ns(),
+        };
+        let small = |bytes: &[u8]| Content {
+            inline: Some(InlineBytes(bytes.to_vec())),
+            size: bytes.len() as u64,
+            blocks: vec![crate::blobs::sha256_hex(bytes)],
+        };
+        let create = |name: &str, content: Content| {
+            let node = crate::store::NewNode {
+                parent: ROOT_ID,
+                name: name.into(),
+                kind: NewKind::File { content },
+                mode: 0o644,
+                mtime_ns: 0,
+            };
+            let meta = service.meta.clone();
+            async move { meta.create(u, &node, origin).await.unwrap().0 }
+        };
+        let (shared, alone) = (small(b"shared"), small(b"alone"));
+        let a = create("a", shared.clone()).await;
+        create("b", shared.clone()).await;
+        let c = create("c", alone.clone()).await;
+        let kept = || async {
+            let mut held = service
+                .meta
+                .small_blocks_held(u, &[shared.blocks[0].clone(), alone.blocks[0].clone()])
+                .await
+                .unwrap();
+            held.sort();
+            held
+        };
+        let both = {
+            let mut v = vec![shared.blocks[0].clone(), alone.blocks[0].clone()];
+            v.sort();
+            v
+        };
+        assert!(
+            service.blobs.list(u).await.unwrap().is_empty(),
+            "no block file"
+        );
+
+        // No grace for them, yet all named: nothing goes.
+        let c0 = collect_garbage(&service, TRASH_RETENTION, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(c0, Collected::default());
+        assert_eq!(kept().await, both);
+        // Trashed files still name theirs (restorable).
+        for id in [a.id, c.id] {
+            service
+                .meta
+                .remove(u, id, None, false, origin)
+                .await
+                .unwrap();
+        }
+        let c1 = collect_garbage(&service, TRASH_RETENTION, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(c1, Collected::default());
+        assert_eq!(kept().await, both);
+        // The trash emptied: "alone" goes; "shared" stays, "b" still names it.
+        let c2 = collect_garbage(&service, Duration::ZERO, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(
+            c2,
+            Collected {
+                trash_entries: 2,
+                blocks: 1,
+                ..Collected::default()
+            }
+        );
+        assert_eq!(kept().await, [shared.blocks[0].clone()]);
+        assert_eq!(
+            service
+                .meta
+                .small_block(u, &shared.blocks[0])
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(&b"shared"[..])
+        );
+        assert_eq!(
+            service.meta.small_block(u, &alone.blocks[0]).await.unwrap(),
+            None
         );
     }
 }

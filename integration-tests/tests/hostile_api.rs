@@ -1660,6 +1660,14 @@ fn a_removed_user_leaves_nothing_and_its_urls_stop_at_once() {
             .unwrap(),
     );
     api.ok::<Device>(api.post("/devices", json!({"name": "laptop"})));
+    // A small file, its bytes inline (kept in the database).
+    let tiny = b"tiny".to_vec();
+    let inline = serde_json::to_value(InlineBytes(tiny.clone())).unwrap();
+    api.ok::<Node>(api.post(
+        "/nodes",
+        json!({"parent": ROOT_ID, "name": "tiny", "kind": "file",
+            "content": {"size": tiny.len(), "blocks": [sha256_hex(&tiny)], "inline": inline}}),
+    ));
     // An upload URL issued before the removal.
     let late = b"uploaded after the removal".to_vec();
     let missing: MissingBlocks =
@@ -1689,7 +1697,7 @@ fn a_removed_user_leaves_nothing_and_its_urls_stop_at_once() {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .unwrap();
-    for table in ["nodes", "versions", "devices", "changes"] {
+    for table in ["nodes", "versions", "devices", "changes", "small_blocks"] {
         let n: i64 = db
             .query_row(
                 &format!("SELECT COUNT(*) FROM {table} WHERE user = ?1"),
@@ -1809,4 +1817,88 @@ fn inline_content_must_be_the_block_it_names() {
         [Some(data), Some(edit)],
         "each event carries its bytes"
     );
+}
+
+/// A small file's bytes, sent inline, are kept in the database with the node that names them
+/// (no block file on disk, no flush of their own), alone or in a batch; they read back exactly
+/// through the block URLs (the route every client uses to fetch a block) and count as stored,
+/// and all of that still holds after the server is killed and started again.
+#[test]
+fn small_files_live_in_the_database_and_survive_a_restart() {
+    let b64 = |b: &[u8]| serde_json::to_value(InlineBytes(b.to_vec())).unwrap();
+    let small = |b: &[u8]| json!({"size": b.len(), "blocks": [sha256_hex(b)], "inline": b64(b)});
+    let server = Server::start();
+    let api = Api::new(&server, &server.add_user("smallfiles"));
+    let uid = server
+        .admin(&["user", "list"])
+        .lines()
+        .find_map(|l| l.strip_prefix("smallfiles\t").map(str::to_string))
+        .unwrap();
+    let alone = b"a small file, alone".to_vec();
+    let node: Node = api.ok(api.post(
+        "/nodes",
+        json!({"parent": ROOT_ID, "name": "alone", "kind": "file", "content": small(&alone)}),
+    ));
+    let batched: Vec<Vec<u8>> = (0..3)
+        .map(|i| format!("small file {i} of a batch").into_bytes())
+        .collect();
+    let changes: Vec<Value> = batched
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            json!({"create": {"parent": ROOT_ID, "name": format!("b{i}"), "kind": "file",
+                "content": small(b)}})
+        })
+        .collect();
+    let answer: BatchAnswer = api.ok(api.post("/batch", json!({ "changes": changes })));
+    assert!(answer.failed.is_none(), "{:?}", answer.failed);
+    let mut files = vec![(node, alone)];
+    files.extend(answer.done.into_iter().zip(batched));
+
+    let user_blocks = server.data.path().join("blocks").join(&uid);
+    let block_files = match user_blocks.exists() {
+        true => walk(&user_blocks),
+        false => Vec::new(),
+    };
+    assert!(
+        block_files.is_empty(),
+        "block files written: {block_files:?}"
+    );
+    {
+        let db = rusqlite::Connection::open_with_flags(
+            server.data.path().join("meta.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        for (node, data) in &files {
+            let kept: Vec<u8> = db
+                .query_row(
+                    "SELECT bytes FROM small_blocks WHERE user = ?1 AND hash = ?2",
+                    [&uid, &node.blocks[0]],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(&kept, data, "{} in the database", node.name);
+        }
+    }
+    let check = |api: &Api, when: &str| {
+        for (node, data) in &files {
+            assert_eq!(&api.read(node), data, "{} reads back {when}", node.name);
+        }
+        let hashes: Vec<&String> = files.iter().map(|(n, _)| &n.blocks[0]).collect();
+        let missing: MissingBlocks =
+            api.ok(api.post("/blocks/missing", json!({ "hashes": hashes })));
+        assert!(
+            missing.missing.is_empty(),
+            "kept blocks count as stored {when}: {:?}",
+            missing.missing
+        );
+    };
+    check(&api, "at once");
+    let server = server.restart();
+    let api = Api {
+        base: server.url.clone(),
+        ..api
+    };
+    check(&api, "after a restart");
 }

@@ -8,8 +8,9 @@
 //! at the first error, would mean. The store applies the lot in one transaction where it
 //! can (`MetaStore::apply_batch`: SQLite, a savepoint per change), so a batch also saves
 //! commits and trips to the writer, not only round trips; the events go out together after
-//! it. The small files' inline blocks are stored together first (each is flushed to disk
-//! before a commit names it; sixteen flushes at once cost about one).
+//! it. The small files' inline blocks go into that same transaction when the store keeps
+//! small blocks (SQLite); otherwise they are stored in the block store together first (each
+//! is flushed before a commit names it; sixteen flushes at once cost about one).
 
 use std::sync::Arc;
 
@@ -123,6 +124,10 @@ fn content_of(op: &BatchOp) -> Option<Content> {
 /// still checks its own content in order (a bad one fails there, at its place in the batch);
 /// a block stored here for a change the batch never reaches is garbage the collector takes.
 async fn store_inline_blocks(svc: &Service, caller: &Caller, changes: &[Change]) {
+    if svc.meta.keeps_small_blocks() {
+        // The store writes each with the change that names it, in the batch's transaction.
+        return;
+    }
     let inlines = changes.iter().filter_map(|change| match change {
         Change::Create(CreateNode {
             kind: NewKind::File { content },

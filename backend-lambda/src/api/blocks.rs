@@ -4,7 +4,9 @@
 //! Block bytes never pass through the JSON API: clients PUT and GET them at short-lived URLs
 //! scoped to one block of one user (S3 presigned URLs in AWS mode, HMAC-signed `/blob/...`
 //! URLs here). The blob routes take no bearer token: the signature is the authority, and it
-//! names the user, the block and the operation.
+//! names the user, the block and the operation. A small file's block may live in the
+//! metadata store instead (`MetaStore::keeps_small_blocks`): it counts as stored, and its
+//! URL serves it from there.
 
 use std::sync::Arc;
 
@@ -48,7 +50,7 @@ pub async fn missing(
     hashes.sort();
     hashes.dedup();
     let mut missing = Vec::new();
-    for hash in svc.blobs.missing(&caller.user.id, &hashes).await? {
+    for hash in super::tree::missing_blocks(&svc, &caller.user.id, &hashes).await? {
         let url = svc.blobs.upload_url(&caller.user.id, &hash).await?;
         missing.push(BlockUrl { hash, url });
     }
@@ -148,7 +150,15 @@ pub async fn blob_get(
     ApiQuery(q): ApiQuery<SignatureQuery>,
 ) -> AppResult<Response> {
     let local = checked(&svc, BlobOp::Get, &user, &hash, &q)?;
-    let bytes = crate::blobs::BlobStore::get(local.as_ref(), &user, &hash).await?;
+    let bytes = match crate::blobs::BlobStore::get(local.as_ref(), &user, &hash).await {
+        Err(crate::blobs::BlobError::NotFound) => svc
+            .meta
+            .small_block(&user, &hash)
+            .await?
+            .map(bytes::Bytes::from)
+            .ok_or(crate::blobs::BlobError::NotFound)?,
+        other => other?,
+    };
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream"),

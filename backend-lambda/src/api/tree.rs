@@ -3,7 +3,10 @@
 //!
 //! Input is checked here, before any store is touched: names (`check_name`), modes, symlink
 //! targets, content shapes (at most `MAX_FILE_SIZE` bytes in `MAX_FILE_BLOCKS` blocks, block
-//! count matches size, hashes well-formed) and that every named block is stored. Listings,
+//! count matches size, hashes well-formed) and that every named block is stored (in the block
+//! store, or kept by the metadata store: a small file's inline block goes into the store's
+//! own transaction when the store keeps small blocks, see `MetaStore::keeps_small_blocks`,
+//! and is then neither stored nor checked beforehand). Listings,
 //! the trash and a file's versions are answered a bounded page at a time (see `store`). The store then applies the change atomically and returns the events, which
 //! are published on the bus after the commit (the log is the truth; a lost notification is
 //! caught up from the log by the client).
@@ -476,6 +479,11 @@ pub(super) async fn valid_content(
     inline_block: InlineBlock,
 ) -> AppResult<()> {
     check_shape(content)?;
+    if content.inline.is_some() && svc.meta.keeps_small_blocks() {
+        // The store writes the block in the change that names it: nothing to store or check
+        // before (the content names no other block).
+        return Ok(());
+    }
     if let (Some(inline), InlineBlock::ToStore) = (&content.inline, inline_block) {
         store_inline(svc, user, inline).await?;
     }
@@ -547,7 +555,7 @@ async fn check_stored(svc: &Service, user: &UserId, content: &Content) -> AppRes
     let mut unique = content.blocks.clone();
     unique.sort();
     unique.dedup();
-    let missing = svc.blobs.missing(user, &unique).await?;
+    let missing = missing_blocks(svc, user, &unique).await?;
     if !missing.is_empty() {
         let mut err = jewel_wire::ApiError::new(
             ErrorCode::MissingBlocks,
@@ -560,4 +568,19 @@ async fn check_stored(svc: &Service, user: &UserId, content: &Content) -> AppRes
         return Err(AppError(err));
     }
     Ok(())
+}
+
+/// The blocks among `hashes` (in their order) that neither the block store nor the metadata
+/// store (small blocks it keeps with their nodes, see `MetaStore::keeps_small_blocks`) holds.
+pub(super) async fn missing_blocks(
+    svc: &Service,
+    user: &UserId,
+    hashes: &[String],
+) -> AppResult<Vec<String>> {
+    let mut missing = svc.blobs.missing(user, hashes).await?;
+    if !missing.is_empty() && svc.meta.keeps_small_blocks() {
+        let held = svc.meta.small_blocks_held(user, &missing).await?;
+        missing.retain(|hash| !held.contains(hash));
+    }
+    Ok(missing)
 }

@@ -68,6 +68,7 @@ macro_rules! meta_store_conformance {
             a_registration_retried_with_its_key_is_one_device,
             removed_user_leaves_no_versions,
             devices_link_with_their_own_tokens,
+            small_blocks_kept_with_their_nodes,
         );
     };
     (@each $how:tt $($case:ident),* $(,)?) => {
@@ -2195,5 +2196,105 @@ pub async fn devices_link_with_their_own_tokens(s: &dyn MetaStore) {
     assert_eq!(
         s.token_owner("hash-of-ann").await.unwrap().unwrap().user,
         ann
+    );
+}
+
+/// A small file's inline block: an engine that keeps small blocks holds it from the change
+/// that names it (a create, a commit, a batch) for as long as a live or trashed file or a
+/// kept version names it, to that user only; collecting forgets it once nothing does. An
+/// engine that does not keep them holds nothing, whatever the content carries.
+pub async fn small_blocks_kept_with_their_nodes(s: &dyn MetaStore) {
+    use jewel_wire::InlineBytes;
+    let u = new_user(s, "ann").await.id;
+    let b = new_user(s, "bob").await.id;
+    let small = |bytes: &[u8]| Content {
+        inline: Some(InlineBytes(bytes.to_vec())),
+        size: bytes.len() as u64,
+        blocks: vec![crate::blobs::sha256_hex(bytes)],
+    };
+    let (one, two, three) = (small(b"one"), small(b"two"), small(b"three"));
+    let h = |c: &Content| c.blocks[0].clone();
+    let held = |user: UserId| {
+        let all = [h(&one), h(&two), h(&three)];
+        async move { s.small_blocks_held(&user, &all).await.unwrap() }
+    };
+    let f = file_with(s, &u, ROOT_ID, "f", one.clone()).await;
+    if !s.keeps_small_blocks() {
+        assert_eq!(s.small_block(&u, &h(&one)).await.unwrap(), None);
+        assert!(held(u.clone()).await.is_empty());
+        assert_eq!(s.collect_small_blocks(&u).await.unwrap(), 0);
+        return;
+    }
+    assert_eq!(
+        s.small_block(&u, &h(&one)).await.unwrap().as_deref(),
+        Some(&b"one"[..])
+    );
+    assert_eq!(
+        s.small_block(&b, &h(&one)).await.unwrap(),
+        None,
+        "ann's only"
+    );
+    // A commit keeps the replaced content as a version; a batch stores its blocks too.
+    s.commit_content(&u, f.id, f.version, &two, None, at(2))
+        .await
+        .unwrap();
+    let g = new_node(
+        ROOT_ID,
+        "g",
+        NewKind::File {
+            content: three.clone(),
+        },
+    );
+    let done = s
+        .apply_batch(&u, vec![BatchOp::Create(g)], at(3))
+        .await
+        .unwrap();
+    assert!(done.failed.is_none(), "{:?}", done.failed);
+    let g = done.applied[0].0.clone();
+    assert_eq!(held(u.clone()).await, [h(&one), h(&two), h(&three)]);
+    assert!(held(b.clone()).await.is_empty());
+    assert_eq!(s.collect_small_blocks(&u).await.unwrap(), 0, "all named");
+
+    // g trashed: still named (restorable). Its trash purged: only its block goes.
+    s.remove(&u, g.id, None, false, at(4)).await.unwrap();
+    assert_eq!(
+        s.collect_small_blocks(&u).await.unwrap(),
+        0,
+        "trash names it"
+    );
+    assert_eq!(s.purge_trash(&u, 5).await.unwrap(), 1);
+    assert_eq!(s.collect_small_blocks(&u).await.unwrap(), 1);
+    assert_eq!(held(u.clone()).await, [h(&one), h(&two)]);
+    assert_eq!(s.small_block(&u, &h(&three)).await.unwrap(), None);
+    // The version of "one" forgotten: its block goes; the live file's stays, readable.
+    assert_eq!(s.purge_versions(&u, 10).await.unwrap(), 1);
+    assert_eq!(s.collect_small_blocks(&u).await.unwrap(), 1);
+    assert_eq!(held(u.clone()).await, [h(&two)]);
+    assert_eq!(
+        s.small_block(&u, &h(&two)).await.unwrap().as_deref(),
+        Some(&b"two"[..])
+    );
+    // A block named again after it went is stored again by the change that names it.
+    file_with(s, &u, ROOT_ID, "again", three.clone()).await;
+    assert_eq!(held(u.clone()).await, [h(&two), h(&three)]);
+    // Bytes that are not the block the content names are refused, and nothing is kept.
+    let lie = Content {
+        blocks: vec![hash(7)],
+        ..one.clone()
+    };
+    assert!(s
+        .create(
+            &u,
+            &new_node(ROOT_ID, "lie", NewKind::File { content: lie }),
+            at(6)
+        )
+        .await
+        .is_err());
+    assert_eq!(s.small_block(&u, &hash(7)).await.unwrap(), None);
+    assert_eq!(names(s, &u, ROOT_ID).await, ["again", "f"]);
+    s.remove_user("ann").await.unwrap();
+    assert!(
+        held(u.clone()).await.is_empty(),
+        "a removed user's blocks go"
     );
 }

@@ -393,6 +393,37 @@ pub trait MetaStore: Send + Sync + 'static {
     /// returns how many entries went. Live nodes and newer trash are untouched, so running it
     /// again (after a crash half-way) only finishes the job.
     async fn purge_trash(&self, user: &UserId, before_ns: i64) -> StoreResult<usize>;
+
+    // ---- small blocks kept with their nodes ----
+    /// Whether this engine keeps small files' blocks itself: a create or commit (alone or in
+    /// a batch) whose content carries its bytes inline ([`Content::inline`]) then stores that
+    /// block in the same atomic change as the node that names it, and the block service
+    /// stores nothing for it. An engine that does not (the default) leaves small blocks to the
+    /// block store like any other; the methods below then hold nothing.
+    fn keeps_small_blocks(&self) -> bool {
+        false
+    }
+    /// The bytes of a small block this engine keeps for `user`, if it keeps that one.
+    async fn small_block(&self, _user: &UserId, _hash: &str) -> StoreResult<Option<Vec<u8>>> {
+        Ok(None)
+    }
+    /// Which of `hashes` (in their order) are small blocks this engine keeps for `user`.
+    async fn small_blocks_held(
+        &self,
+        _user: &UserId,
+        _hashes: &[String],
+    ) -> StoreResult<Vec<String>> {
+        Ok(Vec::new())
+    }
+    /// Forgets the kept small blocks of `user` that no live or trashed file and no kept
+    /// earlier version names any more (what [`MetaStore::referenced_blocks`] lists), in one
+    /// atomic change; returns how many went. A change that stores an inline block at the same
+    /// time lands either before (the block is named, and stays) or after (it writes the block
+    /// again). A commit that names a kept block without carrying it is kept apart from this
+    /// by the caller, as for blocks in the block store (`Service::block_guard`).
+    async fn collect_small_blocks(&self, _user: &UserId) -> StoreResult<usize> {
+        Ok(0)
+    }
 }
 
 /// One page of a listing: its entries, and whether more follow.

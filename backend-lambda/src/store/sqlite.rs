@@ -21,8 +21,16 @@
 //! `(user, parent, name)` over live nodes only (`trashed_at_ns IS NULL`), so a trashed node keeps
 //! its old place without blocking the name; `changes(user, seq, event JSON, at_ns)`;
 //! `versions(user, id, version, size, blocks, mtime_ns, replaced_at_ns)`, the earlier
-//! contents of files, written by the commit that replaces them. Every query names the user,
-//! so another user's id is simply not found.
+//! contents of files, written by the commit that replaces them; `small_blocks(user, hash,
+//! bytes)`, small files' blocks (see below). Every query names the user, so another user's id
+//! is simply not found.
+//!
+//! **Small blocks.** A create or commit whose content carries its bytes inline (a file of at
+//! most `MAX_INLINE_BYTES`) writes that block into `small_blocks` in its own transaction
+//! (`keeps_small_blocks`): no block file, no flush of its own, and a batch of a thousand small
+//! files is one commit. The block is checked against its hash before it is written, so a
+//! stored block always matches its name. `collect_small_blocks` deletes, in one statement,
+//! the rows no node or version names (a block stays while anything could still read it).
 //!
 //! **Semantics** (the conformance suite checks each):
 //! - A node starts at version 1; content commits, moves, attribute changes and restores bump
@@ -178,6 +186,12 @@ CREATE TABLE IF NOT EXISTS versions (
     mtime_ns       INTEGER NOT NULL,
     replaced_at_ns INTEGER NOT NULL,
     PRIMARY KEY (user, id, version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS small_blocks (
+    user  TEXT NOT NULL,
+    hash  TEXT NOT NULL,
+    bytes BLOB NOT NULL,
+    PRIMARY KEY (user, hash)
 ) WITHOUT ROWID;
 PRAGMA user_version = 1;
 ";
@@ -601,6 +615,37 @@ fn append_content_event(
     Ok(event)
 }
 
+/// Stores a small file's inline block, the one block its content names, with the change
+/// that names it. Bytes that are not that block are refused (the router checks this before;
+/// here it keeps a wrong row from ever being served under a hash).
+fn keep_small_block(
+    c: &Connection,
+    user: &str,
+    blocks: &[String],
+    inline: Option<&InlineBytes>,
+) -> StoreResult<()> {
+    let Some(inline) = inline else {
+        return Ok(());
+    };
+    let [hash] = blocks else {
+        return Err(StoreError::Backend(
+            "inline content must name exactly one block".into(),
+        ));
+    };
+    if crate::blobs::sha256_hex(&inline.0) != *hash {
+        return Err(StoreError::Backend(
+            "inline content is not the block it names".into(),
+        ));
+    }
+    c.prepare_cached(
+        "INSERT INTO small_blocks (user, hash, bytes) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+    )
+    .db()?
+    .execute(params![user, hash, &inline.0[..]])
+    .db()?;
+    Ok(())
+}
+
 // ---- the changes a batch may carry, each inside a transaction its caller opened ----
 
 fn create_tx(
@@ -643,6 +688,7 @@ fn create_tx(
         target,
     };
     insert_node(tx, user, &node)?;
+    keep_small_block(tx, user, &node.blocks, inline.as_ref())?;
     let event = append_content_event(tx, user, ChangeOp::Upsert, &node, None, origin, inline)?;
     Ok((node, event))
 }
@@ -673,6 +719,7 @@ fn commit_tx(
     node.mtime_ns = mtime_ns.unwrap_or(origin.now_ns);
     node.version += 1;
     update_node(tx, user, &node)?;
+    keep_small_block(tx, user, &node.blocks, content.inline.as_ref())?;
     let event = append_content_event(
         tx,
         user,
@@ -985,6 +1032,7 @@ impl MetaStore for SqliteStore {
             for sql in [
                 "DELETE FROM nodes WHERE user = ?1",
                 "DELETE FROM versions WHERE user = ?1",
+                "DELETE FROM small_blocks WHERE user = ?1",
                 "DELETE FROM devices WHERE user = ?1",
                 "DELETE FROM changes WHERE user = ?1",
                 "DELETE FROM users WHERE id = ?1",
@@ -1746,6 +1794,67 @@ impl MetaStore for SqliteStore {
                 .db()?
                 .collect::<rusqlite::Result<Vec<String>>>();
             rows.db()
+        })
+        .await
+    }
+
+    fn keeps_small_blocks(&self) -> bool {
+        true
+    }
+
+    async fn small_block(&self, user: &UserId, hash: &str) -> StoreResult<Option<Vec<u8>>> {
+        let (user, hash) = (user.clone(), hash.to_string());
+        self.read(move |tx| {
+            tx.prepare_cached("SELECT bytes FROM small_blocks WHERE user = ?1 AND hash = ?2")
+                .db()?
+                .query_row(params![user, hash], |r| r.get(0))
+                .optional()
+                .db()
+        })
+        .await
+    }
+
+    async fn small_blocks_held(
+        &self,
+        user: &UserId,
+        hashes: &[String],
+    ) -> StoreResult<Vec<String>> {
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (user, hashes) = (user.clone(), hashes.to_vec());
+        self.read(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM small_blocks WHERE user = ?1 AND hash = ?2)",
+                )
+                .db()?;
+            let mut held = Vec::new();
+            for hash in hashes {
+                if stmt.query_row(params![user, hash], |r| r.get(0)).db()? {
+                    held.push(hash);
+                }
+            }
+            Ok(held)
+        })
+        .await
+    }
+
+    async fn collect_small_blocks(&self, user: &UserId) -> StoreResult<usize> {
+        let user = user.clone();
+        self.write(move |tx| {
+            tx.prepare_cached(
+                "DELETE FROM small_blocks WHERE user = ?1 AND hash NOT IN (
+                     SELECT b.value FROM nodes n, json_each(n.blocks) b
+                     WHERE n.user = ?1 AND n.kind = 'file'
+                     UNION
+                     SELECT b.value FROM versions v, json_each(v.blocks) b
+                     WHERE v.user = ?1
+                 )",
+            )
+            .db()?
+            .execute(params![user])
+            .db()
         })
         .await
     }
