@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use integration_tests::fault_proxy::FaultProxy;
+use integration_tests::fault_proxy::{Fault, FaultProxy, Plan, Scope};
 use integration_tests::*;
 
 const SYNC: Duration = Duration::from_secs(30);
@@ -100,6 +100,84 @@ fn many_small_files_go_up_in_batches_not_a_round_trip_each() {
     wait_for("B sees the folder empty", SYNC, || {
         (std::fs::read_dir(b.p("many")).unwrap().count() == 0).then_some(())
     });
+}
+
+/// Renames and `chmod`s go up in batches too (each was a round trip: on a 50 ms link a
+/// thousand renames took 50 s). A rename over an existing file still goes alone, through
+/// every rule for a taken name, and lands.
+#[test]
+fn many_renames_and_chmods_go_up_in_batches() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start();
+    let token = server.add_user("renamer");
+    let proxy = FaultProxy::start(&server.url);
+    let a = Mount::with_url(&proxy.url, &token, "writer");
+    let b = Mount::new(&server, &token, "reader");
+    const FILES: usize = 300;
+    std::fs::create_dir(a.p("from")).unwrap();
+    std::fs::create_dir(a.p("to")).unwrap();
+    for i in 0..FILES {
+        std::fs::write(a.p(&format!("from/f{i}")), format!("file {i}")).unwrap();
+    }
+    a.wait_uploaded(SYNC);
+
+    // A link of tens of milliseconds, as users have: on loopback each answer comes back
+    // before the app's next few renames, so a batch could never hold more than those.
+    proxy.set(Plan::new(1).with(Fault::Slow(Duration::from_millis(30)), Scope::Changes, 1.0));
+    let before = proxy.stats();
+    // `mv from/* to/`, each renamed on the way; then `chmod 600 to/*`.
+    for i in 0..FILES {
+        let to = a.p(&format!("to/g{i}"));
+        std::fs::rename(a.p(&format!("from/f{i}")), &to).unwrap();
+        if i % 50 == 0 {
+            // A file renamed and chmod-ed at once (the chmod may ride with the rename).
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+    for i in 0..FILES {
+        let to = a.p(&format!("to/g{i}"));
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    // An editor's save in the middle of it all: a rename over an existing file.
+    std::fs::rename(a.p("to/g7"), a.p("to/g8")).unwrap();
+    a.wait_uploaded(SYNC);
+    let after = proxy.stats();
+    let sent = |route: &str| after.requests(route) - before.requests(route);
+    let (moves, chmods, batches) = (
+        sent("POST /api/v1/nodes/{id}/move"),
+        sent("PATCH /api/v1/nodes/{id}"),
+        sent("POST /api/v1/batch"),
+    );
+    eprintln!(
+        "{FILES} renames + {FILES} chmods: {batches} batches, {moves} single moves, \
+         {chmods} single chmods"
+    );
+    assert!(
+        moves + chmods + batches <= (2 * FILES / 10) as u64,
+        "{} renames and chmods took {batches} batches + {moves} single moves + {chmods} \
+         single chmods: more than one request per 10 changes",
+        2 * FILES
+    );
+
+    wait_for("B shows every file at its new name", SYNC, || {
+        let names = std::fs::read_dir(b.p("to"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .count();
+        let left = std::fs::read_dir(b.p("from")).unwrap().count();
+        (names == FILES - 1 && left == 0).then_some(())
+    });
+    wait_content(&b.p("to/g8"), b"file 7", SYNC);
+    assert!(!b.p("to/g7").exists(), "g7 was renamed over g8");
+    for i in (0..FILES).filter(|i| *i != 7 && *i != 8).step_by(29) {
+        let path = b.p(&format!("to/g{i}"));
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            format!("file {i}").as_bytes()
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{path:?} keeps its chmod");
+    }
 }
 
 #[test]

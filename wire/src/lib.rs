@@ -272,6 +272,13 @@ pub enum Change {
     Commit { id: NodeId, commit: CommitContent },
     /// As `DELETE /nodes/{id}?base_version=` (never recursive).
     Remove { id: NodeId, base_version: Version },
+    /// As `POST /nodes/{id}/move`, but a move in a batch never replaces or exchanges:
+    /// `mode` must be `no_replace` (else 400 `bad_request`), and a taken target name ends
+    /// the batch with 409 `exists` — also when the node is already there — so the client
+    /// sends that move again on its own, where every rule for a taken name applies.
+    Move { id: NodeId, mv: MoveNode },
+    /// As `PATCH /nodes/{id}`.
+    SetAttr { id: NodeId, attr: SetAttr },
 }
 
 /// The answer to a [`Batch`]: the node each applied change left (in order), and, when a

@@ -8,9 +8,11 @@
 //! at the first error, would mean. The store applies the lot in one transaction where it
 //! can (`MetaStore::apply_batch`: SQLite, a savepoint per change), so a batch also saves
 //! commits and trips to the writer, not only round trips; the events go out together after
-//! it. The small files' inline blocks go into that same transaction when the store keeps
-//! small blocks (SQLite); otherwise they are stored in the block store together first (each
-//! is flushed before a commit names it; sixteen flushes at once cost about one).
+//! it. A move in a batch only ever takes a free name (`no_replace`): a replacing rename's
+//! answer names the node it replaced, which a batch's answer has no room for, so the client
+//! sends those alone. The small files' inline blocks go into that same transaction when the
+//! store keeps small blocks (SQLite); otherwise they are stored in the block store together
+//! first (each is flushed before a commit names it; sixteen flushes at once cost about one).
 
 use std::sync::Arc;
 
@@ -18,7 +20,7 @@ use axum::extract::State;
 use axum::Json;
 use futures::StreamExt;
 use jewel_wire::{
-    Batch, BatchAnswer, Change, CommitContent, Content, CreateNode, ErrorCode, NewKind,
+    Batch, BatchAnswer, Change, CommitContent, Content, CreateNode, ErrorCode, MoveMode, NewKind,
     MAX_BATCH_CHANGES,
 };
 
@@ -103,6 +105,25 @@ async fn checked(
             id,
             base: base_version,
         },
+        Change::Move { id, mv } => {
+            tree::valid_name(&mv.new_name)?;
+            if mv.mode != MoveMode::NoReplace {
+                return Err(AppError::new(
+                    ErrorCode::BadRequest,
+                    "a move in a batch never replaces: its mode must be no_replace",
+                ));
+            }
+            BatchOp::Move {
+                id,
+                base: mv.base_version,
+                new_parent: mv.new_parent,
+                new_name: mv.new_name,
+            }
+        }
+        Change::SetAttr { id, attr } => {
+            tree::valid_mode(attr.mode)?;
+            BatchOp::SetAttr { id, attr }
+        }
     })
 }
 

@@ -448,11 +448,11 @@ pub async fn publish(svc: &Service, user: &UserId, events: &[ChangeEvent]) {
     }
 }
 
-fn valid_name(name: &str) -> AppResult<()> {
+pub(super) fn valid_name(name: &str) -> AppResult<()> {
     check_name(name).map_err(|e| AppError::new(ErrorCode::InvalidName, e.to_string()))
 }
 
-fn valid_mode(mode: Option<u32>) -> AppResult<Option<u32>> {
+pub(super) fn valid_mode(mode: Option<u32>) -> AppResult<Option<u32>> {
     match mode {
         Some(m) if m > 0o7777 => Err(AppError::bad_request(format!(
             "mode {m:o} has bits beyond 0o7777"

@@ -41,6 +41,7 @@ macro_rules! meta_store_conformance {
             create_and_get,
             create_errors,
             batch_in_order_stops_at_first_failure,
+            batch_moves_take_free_names_only,
             list_children_pages,
             list_children_bytewise_order,
             commit_content_versions,
@@ -533,6 +534,97 @@ pub async fn batch_in_order_stops_at_first_failure(s: &dyn MetaStore) {
     assert_eq!(removed.applied.len(), 1);
     assert!(matches!(removed.failed, Some(StoreError::Conflict(_))));
     assert_eq!(names(s, &u, ROOT_ID).await, ["old"]);
+}
+
+/// A batch's renames and attribute changes mean what their own methods mean, except that a
+/// rename in a batch only ever takes a free name: a taken one (also the node's own place)
+/// fails with `Exists` and ends the batch, replacing nothing.
+pub async fn batch_moves_take_free_names_only(s: &dyn MetaStore) {
+    let u = new_user(s, "ann").await.id;
+    let a = file(s, &u, ROOT_ID, "a").await;
+    let b = file(s, &u, ROOT_ID, "b").await;
+    let d = dir(s, &u, ROOT_ID, "d").await;
+    let before = s.latest_seq(&u).await.unwrap();
+    let ops = vec![
+        BatchOp::Move {
+            id: a.id,
+            base: a.version,
+            new_parent: d.id,
+            new_name: "a2".into(),
+        },
+        BatchOp::SetAttr {
+            id: a.id,
+            attr: SetAttr {
+                mode: Some(0o600),
+                mtime_ns: Some(77),
+            },
+        },
+        // Taken by `b`: fails without replacing it, and ends the batch.
+        BatchOp::Move {
+            id: d.id,
+            base: d.version,
+            new_parent: ROOT_ID,
+            new_name: "b".into(),
+        },
+        BatchOp::SetAttr {
+            id: b.id,
+            attr: SetAttr {
+                mode: Some(0o700),
+                mtime_ns: None,
+            },
+        },
+    ];
+    let done = s.apply_batch(&u, ops, at(5)).await.unwrap();
+    assert_eq!(done.applied.len(), 2);
+    assert!(
+        matches!(&done.failed, Some(StoreError::Exists(n)) if n.id == b.id),
+        "{:?}",
+        done.failed
+    );
+    let (moved, ev) = &done.applied[0];
+    assert_eq!((moved.parent, moved.name.as_str()), (d.id, "a2"));
+    assert_eq!(moved.version, a.version + 1);
+    assert_eq!(
+        ev.from.as_ref().map(|p| (p.parent, p.name.as_str())),
+        Some((ROOT_ID, "a")),
+        "the move's event says where the node was"
+    );
+    let (attrs, _) = &done.applied[1];
+    assert_eq!((attrs.mode, attrs.mtime_ns), (0o600, 77));
+    assert_eq!(attrs.version, a.version + 2);
+    let seqs: Vec<u64> = done.applied.iter().map(|(_, e)| e.seq).collect();
+    assert_eq!(seqs, [before + 1, before + 2], "one event each, in order");
+    assert_eq!(names(s, &u, ROOT_ID).await, ["b", "d"]);
+    assert_eq!(names(s, &u, d.id).await, ["a2"]);
+    let b_now = s.get_node(&u, b.id).await.unwrap();
+    assert_eq!(
+        (b_now.version, b_now.mode),
+        (b.version, b.mode),
+        "b untouched"
+    );
+
+    // A move onto the node's own place changes nothing: for a batch that is a taken name.
+    let d_now = s.get_node(&u, d.id).await.unwrap();
+    let same = s
+        .apply_batch(
+            &u,
+            vec![BatchOp::Move {
+                id: d.id,
+                base: d_now.version,
+                new_parent: ROOT_ID,
+                new_name: "d".into(),
+            }],
+            at(6),
+        )
+        .await
+        .unwrap();
+    assert!(same.applied.is_empty());
+    assert!(matches!(same.failed, Some(StoreError::Exists(_))));
+    assert_eq!(
+        s.latest_seq(&u).await.unwrap(),
+        before + 2,
+        "nothing logged"
+    );
 }
 
 pub async fn list_children_pages(s: &dyn MetaStore) {

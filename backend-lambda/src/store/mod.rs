@@ -100,6 +100,31 @@ pub enum BatchOp {
         id: NodeId,
         base: Version,
     },
+    /// A rename or move at version `base` to a free name ([`MoveMode::NoReplace`]): a taken
+    /// name, even by the node itself, fails with [`StoreError::Exists`].
+    Move {
+        id: NodeId,
+        base: Version,
+        new_parent: NodeId,
+        new_name: String,
+    },
+    SetAttr {
+        id: NodeId,
+        attr: SetAttr,
+    },
+}
+
+/// A batch's move ([`BatchOp::Move`]) as one applied change: a no-replace move that
+/// changed nothing (the node was at that name already) is a taken name for a batch, so
+/// every applied change has its event.
+pub fn moved_to_free_name(moved: Moved) -> StoreResult<(Node, ChangeEvent)> {
+    let Moved {
+        node, mut events, ..
+    } = moved;
+    match (events.pop(), events.is_empty()) {
+        (Some(event), true) => Ok((node, event)),
+        _ => Err(StoreError::Exists(Box::new(node))),
+    }
 }
 
 /// What a batch did: the changes applied (in order), and why the next one was not.
@@ -336,6 +361,24 @@ pub trait MetaStore: Send + Sync + 'static {
                 BatchOp::Remove { id, base } => {
                     self.remove(user, id, Some(base), false, origin).await
                 }
+                BatchOp::Move {
+                    id,
+                    base,
+                    new_parent,
+                    new_name,
+                } => self
+                    .move_node(
+                        user,
+                        id,
+                        base,
+                        new_parent,
+                        &new_name,
+                        MoveMode::NoReplace,
+                        origin,
+                    )
+                    .await
+                    .and_then(moved_to_free_name),
+                BatchOp::SetAttr { id, attr } => self.set_attr(user, id, &attr, origin).await,
             };
             match applied {
                 Ok(change) => done.applied.push(change),

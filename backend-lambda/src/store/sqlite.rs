@@ -770,7 +770,160 @@ fn batch_op_tx(
             mtime_ns,
         } => commit_tx(tx, user, id, base, content, mtime_ns, origin),
         BatchOp::Remove { id, base } => remove_tx(tx, user, id, Some(base), false, origin),
+        BatchOp::Move {
+            id,
+            base,
+            new_parent,
+            new_name,
+        } => move_tx(
+            tx,
+            user,
+            id,
+            base,
+            new_parent,
+            new_name,
+            MoveMode::NoReplace,
+            origin,
+        )
+        .and_then(super::moved_to_free_name),
+        BatchOp::SetAttr { id, attr } => set_attr_tx(tx, user, id, &attr, origin),
     }
+}
+
+/// Renames and/or moves a node (see [`MetaStore::move_node`]).
+#[allow(clippy::too_many_arguments)]
+fn move_tx(
+    tx: &Connection,
+    user: &str,
+    id: NodeId,
+    base: Version,
+    new_parent: NodeId,
+    new_name: String,
+    mode: MoveMode,
+    origin: Origin,
+) -> StoreResult<Moved> {
+    let mut node = live_node(tx, user, id)?;
+    if id == ROOT_ID {
+        return Err(StoreError::InvalidMove("the root cannot be moved"));
+    }
+    if node.version != base {
+        return Err(StoreError::Conflict(Box::new(node)));
+    }
+    live_dir(tx, user, new_parent)?;
+    if node.is_dir() && is_within(tx, user, new_parent, id)? {
+        return Err(StoreError::InvalidMove(
+            "a directory cannot move below itself",
+        ));
+    }
+    let from = Place {
+        parent: node.parent,
+        name: node.name.clone(),
+    };
+    let target = live_child(tx, user, new_parent, &new_name)?;
+    let Some(mut target) = target else {
+        if mode == MoveMode::Exchange {
+            return Err(StoreError::NotFound);
+        }
+        node.parent = new_parent;
+        node.name = new_name;
+        node.version += 1;
+        update_node(tx, user, &node)?;
+        let event = append_event(tx, user, ChangeOp::Upsert, &node, Some(from), origin)?;
+        return Ok(Moved {
+            node,
+            other: None,
+            events: vec![event],
+        });
+    };
+    if target.id == node.id {
+        return Ok(Moved {
+            node,
+            other: None,
+            events: Vec::new(),
+        });
+    }
+    match mode {
+        MoveMode::NoReplace => Err(StoreError::Exists(Box::new(target))),
+        MoveMode::Replace => {
+            match (node.is_dir(), target.is_dir()) {
+                (true, false) => return Err(StoreError::NotADirectory),
+                (false, true) => return Err(StoreError::IsADirectory),
+                (true, true) if has_live_children(tx, user, target.id)? => {
+                    return Err(StoreError::NotEmpty)
+                }
+                _ => {}
+            }
+            trash_subtree(tx, user, target.id, origin.now_ns)?;
+            let removed = append_event(tx, user, ChangeOp::Remove, &target, None, origin)?;
+            node.parent = new_parent;
+            node.name = new_name;
+            node.version += 1;
+            update_node(tx, user, &node)?;
+            let moved = append_event(tx, user, ChangeOp::Upsert, &node, Some(from), origin)?;
+            Ok(Moved {
+                node,
+                other: Some(target),
+                events: vec![removed, moved],
+            })
+        }
+        MoveMode::Exchange => {
+            if target.is_dir() && is_within(tx, user, from.parent, target.id)? {
+                return Err(StoreError::InvalidMove(
+                    "a directory cannot move below itself",
+                ));
+            }
+            let target_from = Place {
+                parent: target.parent,
+                name: target.name.clone(),
+            };
+            // Park the node under a name no client can use ('\0'), so that neither
+            // row ever collides with the other in the unique live-entry index.
+            set_place(tx, user, node.id, from.parent, "\0exchange")?;
+            target.parent = from.parent;
+            target.name = from.name.clone();
+            target.version += 1;
+            update_node(tx, user, &target)?;
+            node.parent = target_from.parent;
+            node.name = target_from.name.clone();
+            node.version += 1;
+            update_node(tx, user, &node)?;
+            let first = append_event(tx, user, ChangeOp::Upsert, &node, Some(from), origin)?;
+            let second = append_event(
+                tx,
+                user,
+                ChangeOp::Upsert,
+                &target,
+                Some(target_from),
+                origin,
+            )?;
+            Ok(Moved {
+                node,
+                other: Some(target),
+                events: vec![first, second],
+            })
+        }
+    }
+}
+
+/// Changes a node's mode and/or mtime (see [`MetaStore::set_attr`]).
+fn set_attr_tx(
+    tx: &Connection,
+    user: &str,
+    id: NodeId,
+    attr: &SetAttr,
+    origin: Origin,
+) -> StoreResult<(Node, ChangeEvent)> {
+    let mut node = live_node(tx, user, id)?;
+    if let Some(mode) = attr.mode {
+        node.mode = mode;
+    }
+    if let Some(mtime_ns) = attr.mtime_ns {
+        node.mtime_ns = mtime_ns;
+    }
+    node.version += 1;
+    update_node(tx, user, &node)?;
+    let event = append_event(tx, user, ChangeOp::Upsert, &node, None, origin)?;
+    Ok((node, event))
 }
 
 /// A node id not yet used by this user.
@@ -1446,20 +1599,8 @@ impl MetaStore for SqliteStore {
         origin: Origin,
     ) -> StoreResult<(Node, ChangeEvent)> {
         let (user, attr) = (user.clone(), attr.clone());
-        self.write(move |tx| {
-            let mut node = live_node(tx, &user, id)?;
-            if let Some(mode) = attr.mode {
-                node.mode = mode;
-            }
-            if let Some(mtime_ns) = attr.mtime_ns {
-                node.mtime_ns = mtime_ns;
-            }
-            node.version += 1;
-            update_node(tx, &user, &node)?;
-            let event = append_event(tx, &user, ChangeOp::Upsert, &node, None, origin)?;
-            Ok((node, event))
-        })
-        .await
+        self.write(move |tx| set_attr_tx(tx, &user, id, &attr, origin))
+            .await
     }
 
     async fn move_node(
@@ -1473,112 +1614,8 @@ impl MetaStore for SqliteStore {
         origin: Origin,
     ) -> StoreResult<Moved> {
         let (user, new_name) = (user.clone(), new_name.to_string());
-        self.write(move |tx| {
-            let mut node = live_node(tx, &user, id)?;
-            if id == ROOT_ID {
-                return Err(StoreError::InvalidMove("the root cannot be moved"));
-            }
-            if node.version != base {
-                return Err(StoreError::Conflict(Box::new(node)));
-            }
-            live_dir(tx, &user, new_parent)?;
-            if node.is_dir() && is_within(tx, &user, new_parent, id)? {
-                return Err(StoreError::InvalidMove(
-                    "a directory cannot move below itself",
-                ));
-            }
-            let from = Place {
-                parent: node.parent,
-                name: node.name.clone(),
-            };
-            let target = live_child(tx, &user, new_parent, &new_name)?;
-            let Some(mut target) = target else {
-                if mode == MoveMode::Exchange {
-                    return Err(StoreError::NotFound);
-                }
-                node.parent = new_parent;
-                node.name = new_name;
-                node.version += 1;
-                update_node(tx, &user, &node)?;
-                let event = append_event(tx, &user, ChangeOp::Upsert, &node, Some(from), origin)?;
-                return Ok(Moved {
-                    node,
-                    other: None,
-                    events: vec![event],
-                });
-            };
-            if target.id == node.id {
-                return Ok(Moved {
-                    node,
-                    other: None,
-                    events: Vec::new(),
-                });
-            }
-            match mode {
-                MoveMode::NoReplace => Err(StoreError::Exists(Box::new(target))),
-                MoveMode::Replace => {
-                    match (node.is_dir(), target.is_dir()) {
-                        (true, false) => return Err(StoreError::NotADirectory),
-                        (false, true) => return Err(StoreError::IsADirectory),
-                        (true, true) if has_live_children(tx, &user, target.id)? => {
-                            return Err(StoreError::NotEmpty)
-                        }
-                        _ => {}
-                    }
-                    trash_subtree(tx, &user, target.id, origin.now_ns)?;
-                    let removed = append_event(tx, &user, ChangeOp::Remove, &target, None, origin)?;
-                    node.parent = new_parent;
-                    node.name = new_name;
-                    node.version += 1;
-                    update_node(tx, &user, &node)?;
-                    let moved =
-                        append_event(tx, &user, ChangeOp::Upsert, &node, Some(from), origin)?;
-                    Ok(Moved {
-                        node,
-                        other: Some(target),
-                        events: vec![removed, moved],
-                    })
-                }
-                MoveMode::Exchange => {
-                    if target.is_dir() && is_within(tx, &user, from.parent, target.id)? {
-                        return Err(StoreError::InvalidMove(
-                            "a directory cannot move below itself",
-                        ));
-                    }
-                    let target_from = Place {
-                        parent: target.parent,
-                        name: target.name.clone(),
-                    };
-                    // Park the node under a name no client can use ('\0'), so that neither
-                    // row ever collides with the other in the unique live-entry index.
-                    set_place(tx, &user, node.id, from.parent, "\0exchange")?;
-                    target.parent = from.parent;
-                    target.name = from.name.clone();
-                    target.version += 1;
-                    update_node(tx, &user, &target)?;
-                    node.parent = target_from.parent;
-                    node.name = target_from.name.clone();
-                    node.version += 1;
-                    update_node(tx, &user, &node)?;
-                    let first =
-                        append_event(tx, &user, ChangeOp::Upsert, &node, Some(from), origin)?;
-                    let second = append_event(
-                        tx,
-                        &user,
-                        ChangeOp::Upsert,
-                        &target,
-                        Some(target_from),
-                        origin,
-                    )?;
-                    Ok(Moved {
-                        node,
-                        other: Some(target),
-                        events: vec![first, second],
-                    })
-                }
-            }
-        })
-        .await
+        self.write(move |tx| move_tx(tx, &user, id, base, new_parent, new_name, mode, origin))
+            .await
     }
 
     async fn remove(

@@ -1,6 +1,6 @@
 //! The uploader's batch path: a run of small independent changes that are ready together
-//! (creates, content commits, removes) goes up in one `POST /batch` instead of a round trip
-//! each. On a link of tens of milliseconds that is the difference between a thousand new
+//! (creates, content commits, removes, renames to a free name, attribute changes) goes up in
+//! one `POST /batch` instead of a round trip each. On a link of tens of milliseconds that is the difference between a thousand new
 //! files taking a minute and taking a second.
 //!
 //! A batch changes nothing about what the uploader means, only how many requests carry it:
@@ -12,7 +12,12 @@
 //! - **Independent.** A change joins only if everything it names already exists on the
 //!   service: a file in a folder created in the same batch waits for the next one (its
 //!   folder's id is known only from the answer), and so does a second change of one file
-//!   (it is based on the version the first one's answer makes).
+//!   (it is based on the version the first one's answer makes) — except an attribute
+//!   change, which is based on no version.
+//! - **Renames only to a free name.** A rename goes in a batch as `no_replace` (the service
+//!   takes no other kind there): one the app made over an existing file, or onto a name the
+//!   service finds taken, is the change that ends the batch and goes again on its own, where
+//!   every rule for a taken name lives. Exchanges never join.
 //! - **Bounded.** At most [`MAX_BATCH_CHANGES`] changes and [`MAX_BATCH_BYTES`] of content
 //!   behind the first change, so a big file does not hold up the small ones behind it for
 //!   longer than its own upload, and no answer grows without bound.
@@ -32,7 +37,7 @@ use std::time::Duration;
 
 use jewel_wire::*;
 
-use super::journal::{is_local, Entry, LocalKind, Op};
+use super::journal::{is_local, Entry, LocalKind, Op, Seen};
 use super::uploader::{Fail, Pacing, Res};
 use super::Core;
 
@@ -55,9 +60,11 @@ impl Core {
                     return false;
                 }
                 // A second change of one node waits for the first one's answer: it is based
-                // on the version that answer makes (the journal rebases it then).
+                // on the version that answer makes (the journal rebases it then). An
+                // attribute change is based on no version, so it may follow in the batch.
                 if let Some(id) = self.changed_node(e) {
-                    if !touched.insert(id) {
+                    let unconditional = matches!(e.op, Op::SetAttr { .. });
+                    if !touched.insert(id) && !unconditional {
                         return false;
                     }
                 }
@@ -81,8 +88,22 @@ impl Core {
             Op::Create { node, parent, .. } => {
                 self.journal.resolve(*node) == *node && known(*parent)
             }
-            Op::Content { node, .. } | Op::Delete { node, .. } => known(*node),
-            Op::Move { .. } | Op::SetAttr { .. } => false,
+            Op::Content { node, .. } | Op::Delete { node, .. } | Op::SetAttr { node, .. } => {
+                known(*node)
+            }
+            Op::Move {
+                node,
+                new_parent,
+                mode,
+                expect,
+                ..
+            } => {
+                *mode != MoveMode::Exchange
+                    && matches!(expect, None | Some(Seen::Free))
+                    && known(*node)
+                    && known(*new_parent)
+                    && self.base_of(*node).is_some()
+            }
         }
     }
 
@@ -93,10 +114,11 @@ impl Core {
         entries: &[Entry],
         pacing: &mut Pacing,
     ) -> Option<Duration> {
-        let changes = match self.batch_changes(entries).await {
+        let sent = match self.batch_changes(entries).await {
             Ok(changes) => changes,
             Err(fail) => return self.fall_back(entries, Some(fail), pacing).await,
         };
+        let changes = sent.iter().map(|s| s.change.clone()).collect();
         let answer = match self.api.batch(&Batch { changes }).await {
             Ok(answer) => answer,
             Err(e) if e.code() == Some(ErrorCode::NotFound) => {
@@ -108,11 +130,11 @@ impl Core {
         };
         let mut pause = None;
         let mut answers = answer.done.into_iter();
-        for (i, entry) in entries.iter().enumerate() {
+        for (i, (entry, sent)) in entries.iter().zip(&sent).enumerate() {
             let result = match (answers.next(), i) {
                 (Some(node), _) => {
                     self.uploading.store(entry.seq, Ordering::Relaxed);
-                    let applied = self.apply_batch_answer(entry, node);
+                    let applied = self.apply_batch_answer(entry, sent, node);
                     self.uploading.store(0, Ordering::Relaxed);
                     applied
                 }
@@ -164,8 +186,15 @@ impl Core {
         self.finish(first, result, pacing)
     }
 
+    /// The version a rename of `node` is based on: the one this device knows (none: the
+    /// rename goes alone, and the single path asks the service).
+    fn base_of(&self, node: NodeId) -> Option<Version> {
+        let id = self.journal.resolve(node);
+        self.tree.get(id).map(|n| n.version).filter(|v| *v > 0)
+    }
+
     /// The batch's changes, with the content of each file sent first (all files together).
-    async fn batch_changes(&self, entries: &[Entry]) -> Res<Vec<Change>> {
+    async fn batch_changes(&self, entries: &[Entry]) -> Res<Vec<Sent>> {
         let data: Vec<(Option<&str>, u64)> = entries
             .iter()
             .map(|e| match &e.op {
@@ -181,7 +210,12 @@ impl Core {
         let mut changes = Vec::with_capacity(entries.len());
         for entry in entries {
             let content = contents.next().unwrap_or_default();
-            changes.push(match &entry.op {
+            // What this device knew of the node as the change left (see `apply_batch_answer`).
+            let known_blocks = self
+                .tree
+                .get(self.journal.resolve(entry.op.node()))
+                .map(|n| n.blocks.clone());
+            let change = match &entry.op {
                 Op::Create {
                     parent,
                     name,
@@ -221,9 +255,36 @@ impl Core {
                     id: self.journal.resolve(*node),
                     base_version: *base_version,
                 },
-                Op::Move { .. } | Op::SetAttr { .. } => {
-                    unreachable!("take_batch takes no moves or attribute changes")
-                }
+                Op::Move {
+                    node,
+                    new_parent,
+                    new_name,
+                    ..
+                } => Change::Move {
+                    id: self.journal.resolve(*node),
+                    mv: MoveNode {
+                        base_version: self.base_of(*node).unwrap_or_default(),
+                        new_parent: self.journal.resolve(*new_parent),
+                        new_name: new_name.clone(),
+                        mode: MoveMode::NoReplace,
+                        expect_target: None,
+                    },
+                },
+                Op::SetAttr {
+                    node,
+                    mode,
+                    mtime_ns,
+                } => Change::SetAttr {
+                    id: self.journal.resolve(*node),
+                    attr: SetAttr {
+                        mode: *mode,
+                        mtime_ns: *mtime_ns,
+                    },
+                },
+            };
+            changes.push(Sent {
+                change,
+                known_blocks,
             });
         }
         Ok(changes)
@@ -267,7 +328,7 @@ impl Core {
 
     /// Handles the service's answer to one applied change of a batch, as the single path
     /// handles its own answer.
-    fn apply_batch_answer(&self, entry: &Entry, node: Node) -> Res<()> {
+    fn apply_batch_answer(&self, entry: &Entry, sent: &Sent, node: Node) -> Res<()> {
         match &entry.op {
             Op::Create { node: local, .. } => self.created(entry.seq, *local, node),
             Op::Content {
@@ -283,16 +344,43 @@ impl Core {
                 self.drop_gone(self.journal.resolve(*id));
                 Ok(())
             }
-            Op::Move { .. } | Op::SetAttr { .. } => Ok(()),
+            // The moved version's content is ours only if the version we moved was (as
+            // on the single path).
+            Op::Move { .. } => {
+                let ours = match &sent.change {
+                    Change::Move { id, mv } => {
+                        self.own.lock().unwrap().get(id) == Some(&mv.base_version)
+                    }
+                    _ => false,
+                };
+                self.apply_answer(node, ours);
+                Ok(())
+            }
+            // An attribute change is unconditional: its answer is ours only if it carries
+            // the content this device knew when it sent it.
+            Op::SetAttr { .. } => {
+                let ours = sent.known_blocks.as_ref() == Some(&node.blocks);
+                self.apply_answer(node, ours);
+                Ok(())
+            }
         }
     }
+}
+
+/// One change of a batch as sent, with what this device knew of its node then.
+pub(crate) struct Sent {
+    change: Change,
+    known_blocks: Option<Vec<BlockHash>>,
 }
 
 impl Core {
     /// The service's node a content change or remove changes.
     fn changed_node(&self, entry: &Entry) -> Option<NodeId> {
         match &entry.op {
-            Op::Content { node, .. } | Op::Delete { node, .. } => Some(self.journal.resolve(*node)),
+            Op::Content { node, .. }
+            | Op::Delete { node, .. }
+            | Op::Move { node, .. }
+            | Op::SetAttr { node, .. } => Some(self.journal.resolve(*node)),
             _ => None,
         }
     }

@@ -609,7 +609,7 @@ impl Core {
     /// what this device knew (so a later commit that finds this version conflicts with no
     /// one). A move retried on a newer version, or an unconditional attribute change, may
     /// carry another device's content: then it is not ours.
-    fn apply_answer(&self, node: Node, ours: bool) {
+    pub(crate) fn apply_answer(&self, node: Node, ours: bool) {
         let _edit = self.edit.lock().unwrap();
         self.apply_answer_locked(node, ours);
     }
