@@ -157,7 +157,8 @@ fn diff<V: PartialEq>(got: &BTreeMap<String, V>, want: &BTreeMap<String, V>) -> 
 
 /// A's work, in three phases: 40 new files, then 10 renames, then 10 edits (5 of them on
 /// renamed files), each checked on A at once. A phase starts once the one before is
-/// uploaded, so renames and edits go to the service as moves and commits of their own
+/// uploaded (the renames one by one), so renames and edits go to the service as moves and
+/// commits of their own
 /// (pending ones would be folded into the creates), and the plan starts again from its seed
 /// at each phase, so which of a phase's requests are hit does not depend on the timing of
 /// the one before. Returns what A's tree must be.
@@ -193,8 +194,10 @@ fn workload(s: &Setup, plan: &Plan) -> Tree {
             "A's {new} right after renaming {old} to it"
         );
         model.insert(new, data);
+        // One at a time, as a user renames now and then: each goes up as a move of its own
+        // (renames ready together ride in one batch, which the creates already fault).
+        drain(s, &model, "the renames");
     }
-    drain(s, &model, "the renames");
 
     s.proxy.set(plan.clone());
     let edited = (5..10)
