@@ -775,9 +775,13 @@ impl Core {
                     node,
                     new_parent,
                     new_name,
-                    mode: MoveMode::Replace | MoveMode::NoReplace,
-                    ..
+                    mode: mode @ (MoveMode::Replace | MoveMode::NoReplace),
+                    expect,
                 } => {
+                    // The node it replaced at the target name is gone here.
+                    if let (MoveMode::Replace, Some(Seen::Node { id, .. })) = (mode, expect) {
+                        fate.insert(self.resolve(*id), None);
+                    }
                     let to = (self.resolve(*new_parent), new_name.clone());
                     fate.insert(self.resolve(*node), Some(to));
                 }
