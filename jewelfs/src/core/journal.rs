@@ -6,7 +6,7 @@
 //! newline or that does not parse, so a torn tail is ignored); `data/<name>` holding the
 //! content of a file change (the closed staging file, moved here by rename); and `aliases`,
 //! an append-only list of `local-id server-id` lines. The log is emptied when no entry is
-//! pending and rewritten with only the live entries at start and when it grows large.
+//! pending or waiting for a checkpoint (below) and rewritten with only the live entries at start and when it grows large.
 //!
 //! Why one log and not a file per entry: creating and deleting a file per entry cost more
 //! than everything else a small file's `close` does (ext4 looks for a free inode among the
@@ -34,7 +34,9 @@
 //! forgets those entries (a crash between the two steps); an offline start puts the answers
 //! of the uploaded entries left over the snapshot, in order. Uploaded entries are never sent
 //! again (the service has them), so a replayed old change cannot bring back what a newer one
-//! deleted. The alias a create recorded goes into the log too (`=<local> <server>`), before
+//! deleted. The cost stays one tree save per checkpoint, not per upload: the tree saver
+//! (`mount/start.rs`) saves at most once a second, and a burst of uploads waits for it
+//! together. The alias a create recorded goes into the log too (`=<local> <server>`), before
 //! the entry is marked uploaded; the `aliases` file keeps them once the log is emptied.
 //!
 //! Subtle points:
@@ -1002,11 +1004,58 @@ mod tests {
         assert_eq!(j.resolve(LOCAL_ID_BASE + 5), 55);
         let last = j.take(0).unwrap();
         j.done(last.seq, None);
+        let all: Vec<u64> = j.uploaded().iter().map(|u| u.seq).collect();
+        j.forget(&all);
         j.sync().unwrap();
         drop(j);
         let j = Journal::open(dir.path()).unwrap();
         assert_eq!(j.pending(), 0);
         assert_eq!(std::fs::metadata(dir.path().join("log")).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn an_uploaded_entry_and_its_content_stay_until_a_checkpoint_forgets_them() {
+        // Killed after an upload but before a saved tree included it: the next start still
+        // has its answer (for an offline start) and its content file, and does not send it.
+        let dir = tempfile::tempdir().unwrap();
+        let answer = jewel_wire::Node {
+            id: 7,
+            parent: 1,
+            name: "f".into(),
+            kind: jewel_wire::NodeKind::File,
+            size: 3,
+            mode: 0o644,
+            mtime_ns: 0,
+            version: 2,
+            blocks: vec![],
+            target: None,
+        };
+        let data = {
+            let j = Journal::open(dir.path()).unwrap();
+            let data = j.new_data_name();
+            std::fs::write(j.data_path(&data), b"abc").unwrap();
+            let mut op = content(7);
+            if let Op::Content { data: d, .. } = &mut op {
+                *d = Some(data.clone());
+            }
+            j.append(op).unwrap();
+            let taken = j.take(0).unwrap();
+            j.done(taken.seq, Some(answer.clone()));
+            j.sync().unwrap();
+            data
+        };
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.pending(), 0, "never sent again");
+        let up = j.uploaded();
+        assert_eq!(up.len(), 1);
+        assert_eq!(up[0].node.as_ref(), Some(&answer));
+        assert!(j.data_path(&data).exists());
+        j.forget(&[up[0].seq]);
+        j.sync().unwrap();
+        drop(j);
+        let j = Journal::open(dir.path()).unwrap();
+        assert!(j.uploaded().is_empty());
+        assert!(!j.data_path(&data).exists());
     }
 
     #[test]
