@@ -2087,10 +2087,17 @@ impl Core {
     /// changes, already replayed, stay on top.
     pub fn load_snapshot(&self) -> std::io::Result<bool> {
         let path = self.cfg.cache_dir.join("tree.json");
-        let Ok(bytes) = std::fs::read(&path) else {
-            return Ok(false);
+        let snap = std::fs::read(&path)
+            .map_err(|_| None)
+            .and_then(|b| serde_json::from_slice::<Snapshot>(&b).map_err(Some));
+        let snap = match snap {
+            Ok(snap) => snap,
+            Err(why) => {
+                // Without a saved tree the answers the journal kept are all there is.
+                self.replay_uploaded();
+                return why.map_or(Ok(false), |e| Err(std::io::Error::other(e)));
+            }
         };
-        let snap: Snapshot = serde_json::from_slice(&bytes).map_err(std::io::Error::other)?;
         for n in snap.nodes {
             if !self.tree.is_pinned(n.id) {
                 self.tree.put(n);
