@@ -386,6 +386,11 @@ fn an_sqlite_database_is_intact_on_the_other_side() {
     a.wait_uploaded(SYNC);
     let want = fs::read(&db).unwrap();
     wait_content(&b.p("app.db"), &want, SYNC);
+    // In step once sqlite's rollback journal, which A deleted last, is gone on B too: B
+    // applies A's changes in order, and a journal still there is "hot" (rolled back).
+    wait_for("B without the rollback journal A deleted", SYNC, || {
+        (!b.p("app.db-journal").exists()).then_some(())
+    });
     let out = Command::new("sqlite3")
         .arg(b.p("app.db"))
         .arg("pragma integrity_check; select count(*), sum(y = 'changed') from t;")

@@ -6,7 +6,7 @@
 //! newline or that does not parse, so a torn tail is ignored); `data/<name>` holding the
 //! content of a file change (the closed staging file, moved here by rename); and `aliases`,
 //! an append-only list of `local-id server-id` lines. The log is emptied when no entry is
-//! pending and rewritten with only the live entries at start and when it grows large.
+//! pending or waiting for a checkpoint (below) and rewritten with only the live entries at start and when it grows large.
 //!
 //! Why one log and not a file per entry: creating and deleting a file per entry cost more
 //! than everything else a small file's `close` does (ext4 looks for a free inode among the
@@ -21,12 +21,23 @@
 //! it last. So only a power loss within 50 ms of a `close` can lose a closed file that was
 //! not fsync'd. One fsync per `close` would cap small-file writes at a few hundred a second.
 //!
-//! An uploaded entry is dropped at once (a `-<seq>` record), so a client killed right after
-//! an upload never sends that change again — replaying an old change after newer ones
-//! would bring back what they deleted. The alias a create recorded goes into the log too
-//! (`=<local> <server>`), before the drop, so the log never drops a create without saying
-//! which id it got; the `aliases` file keeps them once the log is emptied. The content
-//! files of dropped entries are removed after the next [`Journal::sync`].
+//! **Checkpoints (the write-ahead-log rule): an uploaded entry is forgotten only once a
+//! saved tree includes its answer.** The tree an offline start shows is `tree.json`
+//! (`Core::save_snapshot`), saved at most once a second; had an uploaded entry been dropped
+//! at once, a client killed before the next save would start offline from a tree without
+//! the change and a journal without it either (the user's completed change undone until
+//! the service answers). So [`Journal::done`] only marks the entry uploaded (`~{seq, node}`:
+//! the node as the service's answer left it, `null` when gone) and keeps it and its content
+//! file; a snapshot is saved with the sequence numbers of the uploaded entries it includes
+//! (taken before the tree is read), and only then [`Journal::forget`] drops them (`-<seq>`),
+//! their files going after the next [`Journal::sync`]. A start finds the snapshot's list and
+//! forgets those entries (a crash between the two steps); an offline start puts the answers
+//! of the uploaded entries left over the snapshot, in order. Uploaded entries are never sent
+//! again (the service has them), so a replayed old change cannot bring back what a newer one
+//! deleted. The cost stays one tree save per checkpoint, not per upload: the tree saver
+//! (`mount/start.rs`) saves at most once a second, and a burst of uploads waits for it
+//! together. The alias a create recorded goes into the log too (`=<local> <server>`), before
+//! the entry is marked uploaded; the `aliases` file keeps them once the log is emptied.
 //!
 //! Subtle points:
 //! - **Order.** Entries are uploaded strictly in sequence order (one in flight at a time), so
@@ -179,7 +190,26 @@ struct Inner {
     /// Entries sent at least once: the service may have applied them even if the answer
     /// was lost, so they are never rewritten or cancelled any more.
     attempted: std::collections::HashSet<u64>,
+    /// Entries the service has, kept until a saved snapshot includes their answer (see the
+    /// module docs), with that answer.
+    uploaded: BTreeMap<u64, Arc<Uploaded>>,
     data_counter: u64,
+}
+
+/// An uploaded entry waiting for a checkpoint, and the node as the service's answer left it
+/// (`None`: gone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Uploaded {
+    pub seq: u64,
+    /// The node the entry changed (the service's id).
+    pub id: NodeId,
+    /// Whether the entry created the node.
+    #[serde(default)]
+    pub created: bool,
+    pub node: Option<jewel_wire::Node>,
+    /// The entry's content file, kept until the checkpoint (offline reads may need it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
 }
 
 pub struct Journal {
@@ -226,6 +256,9 @@ fn write_log(dir: &Path, inner: &Inner) -> std::io::Result<(File, u64)> {
             text.extend_from_slice(format!("!{}\n", entry.seq).as_bytes());
         }
     }
+    for up in inner.uploaded.values() {
+        text.extend_from_slice(&uploaded_record(up)?);
+    }
     let tmp = dir.join("log.tmp");
     {
         let mut f = File::create(&tmp)?;
@@ -236,6 +269,14 @@ fn write_log(dir: &Path, inner: &Inner) -> std::io::Result<(File, u64)> {
     File::open(dir)?.sync_all()?;
     let file = OpenOptions::new().append(true).open(dir.join("log"))?;
     Ok((file, text.len() as u64))
+}
+
+/// The record of an uploaded entry waiting for a checkpoint (`~`, see the module docs).
+fn uploaded_record(up: &Uploaded) -> std::io::Result<Vec<u8>> {
+    let mut text = b"~".to_vec();
+    serde_json::to_writer(&mut text, up).map_err(std::io::Error::other)?;
+    text.push(b'\n');
+    Ok(text)
 }
 
 /// `<local> <server>`, as the aliases file and `=` records hold them.
@@ -303,6 +344,7 @@ impl Journal {
                     {
                         Some(seq) => {
                             inner.entries.remove(&seq);
+                            inner.uploaded.remove(&seq);
                         }
                         None => tracing::warn!("unreadable journal record skipped"),
                     }
@@ -315,6 +357,14 @@ impl Journal {
                         inner.attempted.insert(seq);
                     }
                     None => tracing::warn!("unreadable journal record skipped"),
+                },
+                Some((b'~', json)) => match serde_json::from_slice::<Uploaded>(json) {
+                    Ok(up) => {
+                        inner.entries.remove(&up.seq);
+                        inner.next = inner.next.max(up.seq + 1);
+                        inner.uploaded.insert(up.seq, Arc::new(up));
+                    }
+                    Err(_) => tracing::warn!("unreadable journal record skipped"),
                 },
                 Some((b'=', pair)) => match parse_alias(pair) {
                     Some((l, srv)) => {
@@ -341,7 +391,8 @@ impl Journal {
             .into_iter()
             .filter(|(l, _)| !aliases.contains_key(l))
             .collect();
-        if !only_in_log.is_empty() && !inner.entries.is_empty() {
+        let nothing_kept = inner.entries.is_empty() && inner.uploaded.is_empty();
+        if !only_in_log.is_empty() && !nothing_kept {
             let mut f = OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -352,7 +403,7 @@ impl Journal {
             f.sync_data()?;
         }
         aliases.extend(only_in_log);
-        if inner.entries.is_empty() {
+        if nothing_kept {
             // Nothing can refer to old local ids any more: start the alias list afresh, and
             // drop content files no entry owns (left by a crash between rename and entry).
             aliases.clear();
@@ -474,7 +525,7 @@ impl Journal {
     fn compact(&self, inner: &Inner) -> std::io::Result<()> {
         const LARGE: u64 = 16 << 20;
         let mut log = self.log.lock().unwrap();
-        if inner.entries.is_empty() && log.1 > 0 {
+        if inner.entries.is_empty() && inner.uploaded.is_empty() && log.1 > 0 {
             // Dropping every record: a crash at any point leaves either all the old records
             // (uploaded again, harmlessly) or none.
             log.0.set_len(0)?;
@@ -584,12 +635,12 @@ impl Journal {
     }
 
     fn data_in_use(&self, data: &str) -> bool {
-        self.inner
-            .lock()
-            .unwrap()
-            .entries
-            .values()
-            .any(|e| e.op.data() == Some(data))
+        let inner = self.inner.lock().unwrap();
+        inner.entries.values().any(|e| e.op.data() == Some(data))
+            || inner
+                .uploaded
+                .values()
+                .any(|u| u.data.as_deref() == Some(data))
     }
 
     /// The last pending entry about `node` that is not in flight and matches `pred`.
@@ -680,32 +731,64 @@ impl Journal {
         taken
     }
 
-    /// The entry in flight is done: remove it and its files.
-    pub fn done(&self, seq: u64) {
-        let entry = {
+    /// The entry in flight is done, leaving `node` (the node as the answer left it, `None`
+    /// when gone): it is kept, with its content file, as uploaded until a saved snapshot
+    /// includes the answer ([`Journal::forget`]; see the module docs). It is never sent again.
+    pub fn done(&self, seq: u64, node: Option<jewel_wire::Node>) {
+        {
             let mut inner = self.inner.lock().unwrap();
             inner.inflight.remove(&seq);
             inner.attempted.remove(&seq);
-            inner.entries.remove(&seq)
-        };
-        if let Some(entry) = entry {
-            // Dropped at once (the alias its create recorded is already in the log); its
-            // files go after the next sync.
-            {
-                let _order = self.inner.lock().unwrap();
-                if let Err(e) = self.write_drop(seq) {
+            if let Some(entry) = inner.entries.remove(&seq) {
+                let up = Uploaded {
+                    seq,
+                    id: self.resolve(entry.op.node()),
+                    created: matches!(entry.op, Op::Create { .. }),
+                    node,
+                    data: entry.op.data().map(str::to_string),
+                };
+                let written = uploaded_record(&up).and_then(|r| self.write_record(&r));
+                if let Err(e) = written {
                     tracing::error!("cannot record an upload in the journal: {e}");
-                    self.removals.lock().unwrap().0.push(seq); // the next sync tries again
                 }
+                inner.uploaded.insert(seq, Arc::new(up));
             }
-            self.removals
-                .lock()
-                .unwrap()
-                .1
-                .extend(self.files_of(&entry));
-            self.unsynced.notify_one();
         }
         self.changed.notify_waiters();
+    }
+
+    /// The uploaded entries waiting for a checkpoint, in order.
+    pub fn uploaded(&self) -> Vec<Arc<Uploaded>> {
+        let inner = self.inner.lock().unwrap();
+        inner.uploaded.values().cloned().collect()
+    }
+
+    /// A saved snapshot includes the answers of uploaded entries `seqs`: drops them (their
+    /// content files go after the next [`Journal::sync`]).
+    pub fn forget(&self, seqs: &[u64]) {
+        let mut files = Vec::new();
+        {
+            let mut inner = self.inner.lock().unwrap();
+            for seq in seqs {
+                let Some(up) = inner.uploaded.remove(seq) else {
+                    continue;
+                };
+                if let Err(e) = self.write_drop(*seq) {
+                    tracing::error!("cannot record a checkpoint in the journal: {e}");
+                    self.removals.lock().unwrap().0.push(*seq); // the next sync tries again
+                }
+                if let Some(data) = &up.data {
+                    files.push(data.clone());
+                }
+            }
+        }
+        let files: Vec<PathBuf> = files
+            .into_iter()
+            .filter(|d| !self.data_in_use(d))
+            .map(|d| self.data_path(&d))
+            .collect();
+        self.removals.lock().unwrap().1.extend(files);
+        self.unsynced.notify_one();
     }
 
     /// The entry in flight could not be uploaded now: keep it for a later try.
@@ -787,7 +870,7 @@ mod tests {
             }
             j.add_alias(LOCAL_ID_BASE + 1, 42).unwrap();
             let first = j.take(0).unwrap();
-            j.done(first.seq);
+            j.done(first.seq, None);
             j.sync().unwrap();
             // Dropped without cleanup, as a SIGKILL would.
         }
@@ -832,7 +915,7 @@ mod tests {
             3,
             "nothing dropped: the later entry still says what it became"
         );
-        j.done(taken.seq);
+        j.done(taken.seq, None);
         assert!(j.cancel_node(1));
         assert_eq!(j.pending(), 1);
         assert!(!j.cancel_node(1), "nothing left to cancel");
@@ -884,7 +967,7 @@ mod tests {
             j.append(content(7)).unwrap();
             j.append(content(8)).unwrap();
             let first = j.take(0).unwrap();
-            j.done(first.seq);
+            j.done(first.seq, None);
             j.sync().unwrap();
         }
         let mut log = OpenOptions::new()
@@ -909,9 +992,9 @@ mod tests {
             j.append(content(3)).unwrap();
             let first = j.take(0).unwrap();
             j.add_alias(LOCAL_ID_BASE + 5, 55).unwrap();
-            j.done(first.seq);
+            j.done(first.seq, None);
             let second = j.take(0).unwrap();
-            j.done(second.seq);
+            j.done(second.seq, None);
             assert_eq!(j.pending(), 1);
         }
         std::fs::remove_file(dir.path().join("aliases")).unwrap(); // only the log has it
@@ -920,12 +1003,59 @@ mod tests {
         assert_eq!(nodes, vec![3]);
         assert_eq!(j.resolve(LOCAL_ID_BASE + 5), 55);
         let last = j.take(0).unwrap();
-        j.done(last.seq);
+        j.done(last.seq, None);
+        let all: Vec<u64> = j.uploaded().iter().map(|u| u.seq).collect();
+        j.forget(&all);
         j.sync().unwrap();
         drop(j);
         let j = Journal::open(dir.path()).unwrap();
         assert_eq!(j.pending(), 0);
         assert_eq!(std::fs::metadata(dir.path().join("log")).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn an_uploaded_entry_and_its_content_stay_until_a_checkpoint_forgets_them() {
+        // Killed after an upload but before a saved tree included it: the next start still
+        // has its answer (for an offline start) and its content file, and does not send it.
+        let dir = tempfile::tempdir().unwrap();
+        let answer = jewel_wire::Node {
+            id: 7,
+            parent: 1,
+            name: "f".into(),
+            kind: jewel_wire::NodeKind::File,
+            size: 3,
+            mode: 0o644,
+            mtime_ns: 0,
+            version: 2,
+            blocks: vec![],
+            target: None,
+        };
+        let data = {
+            let j = Journal::open(dir.path()).unwrap();
+            let data = j.new_data_name();
+            std::fs::write(j.data_path(&data), b"abc").unwrap();
+            let mut op = content(7);
+            if let Op::Content { data: d, .. } = &mut op {
+                *d = Some(data.clone());
+            }
+            j.append(op).unwrap();
+            let taken = j.take(0).unwrap();
+            j.done(taken.seq, Some(answer.clone()));
+            j.sync().unwrap();
+            data
+        };
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.pending(), 0, "never sent again");
+        let up = j.uploaded();
+        assert_eq!(up.len(), 1);
+        assert_eq!(up[0].node.as_ref(), Some(&answer));
+        assert!(j.data_path(&data).exists());
+        j.forget(&[up[0].seq]);
+        j.sync().unwrap();
+        drop(j);
+        let j = Journal::open(dir.path()).unwrap();
+        assert!(j.uploaded().is_empty());
+        assert!(!j.data_path(&data).exists());
     }
 
     #[test]

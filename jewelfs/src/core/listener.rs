@@ -115,6 +115,8 @@ impl Core {
         let mut backoff = Duration::from_millis(100);
         let mut need_catch_up = false;
         let mut sources = Sources::new(self.cfg.poll_timeout_ms);
+        // Whether the tree was saved since the feed last answered (see `went_offline`).
+        let mut saved = false;
         loop {
             if self.device.load(Ordering::Relaxed) == 0 {
                 if let Err(e) = self.connect().await {
@@ -130,9 +132,12 @@ impl Core {
             }
             if need_catch_up {
                 match self.catch_up().await {
-                    Ok(()) => need_catch_up = false,
+                    Ok(()) => {
+                        need_catch_up = false;
+                        saved = false;
+                    }
                     Err(e) => {
-                        self.went_offline(&e, &mut backoff).await;
+                        self.went_offline(&e, &mut backoff, &mut saved).await;
                         continue;
                     }
                 }
@@ -143,6 +148,7 @@ impl Core {
             let source = sources.current(&listen);
             match source.next_batch(&*self.api, device, cursor).await {
                 Ok(batch) => {
+                    saved = false;
                     if !self.online.swap(true, Ordering::Relaxed) {
                         self.journal.changed.notify_waiters();
                     }
@@ -159,14 +165,18 @@ impl Core {
                     need_catch_up = true;
                 }
                 Err(e) => {
-                    self.went_offline(&e, &mut backoff).await;
+                    self.went_offline(&e, &mut backoff, &mut saved).await;
                     need_catch_up = true;
                 }
             }
         }
     }
 
-    async fn went_offline(&self, e: &ApiErr, backoff: &mut Duration) {
+    /// The feed did not answer. When the service is unreachable, the tree is saved at once
+    /// (once per outage, `saved`): no other device's change arrives until it answers again,
+    /// so the saved tree and the journal then hold all this device shows, should it crash
+    /// and start again offline (the saver alone could be a second or more behind).
+    async fn went_offline(&self, e: &ApiErr, backoff: &mut Duration, saved: &mut bool) {
         if e.code() == Some(ErrorCode::CursorTooOld) {
             self.relist().await;
             return;
@@ -176,8 +186,15 @@ impl Core {
         } else if !e.is_offline() {
             // Reached but busy or unreadable: not offline; try again after the pause.
             tracing::debug!("listening waits: {e}");
-        } else if self.online.swap(false, Ordering::Relaxed) {
-            tracing::info!("offline: {e}");
+        } else {
+            if self.online.swap(false, Ordering::Relaxed) {
+                tracing::info!("offline: {e}");
+            }
+            if !std::mem::replace(saved, true) {
+                if let Err(e) = self.save_snapshot() {
+                    tracing::debug!("could not save the tree: {e}");
+                }
+            }
         }
         tokio::time::sleep(*backoff).await;
         *backoff = (*backoff * 2).min(Duration::from_secs(2));

@@ -320,6 +320,9 @@ pub struct Core {
     /// applied by the listener. Without it an answer could put back a name a rename had
     /// just left (git then found its `index.lock` still there after renaming it).
     pub(crate) edit: Mutex<()>,
+    /// Held while `tree.json` is written: the saver task and the listener (when the
+    /// service goes away) both save it.
+    saving: Mutex<()>,
 }
 
 fn copy_file(src: &File, dst: &File, len: u64) -> std::io::Result<()> {
@@ -415,8 +418,10 @@ impl Core {
             own_gen: AtomicU64::new(0),
             suspect: Mutex::new(Default::default()),
             edit: Mutex::new(()),
+            saving: Mutex::new(()),
         };
         let core = Arc::new(core);
+        core.forget_checkpointed();
         core.replay_local_state()?;
         Ok(core)
     }
@@ -466,6 +471,24 @@ impl Core {
                     ..
                 } => {
                     self.set_local(self.journal.resolve(*node), data, *size);
+                }
+                // A node created here moves or goes with its later entries (the moves and
+                // deletes of the service's nodes show through `overlay_pending`).
+                Op::Move {
+                    node,
+                    new_parent,
+                    new_name,
+                    ..
+                } if self.tree.is_pinned(*node) => {
+                    let parent = self.journal.resolve(*new_parent);
+                    self.tree.pin_changed(*node, |n| {
+                        n.parent = parent;
+                        n.name = new_name.clone();
+                    });
+                }
+                Op::Delete { node, .. } if self.tree.is_pinned(*node) => {
+                    self.local.lock().unwrap().remove(&self.resolve(*node));
+                    self.tree.forget(*node);
                 }
                 _ => {}
             }
@@ -736,6 +759,11 @@ impl Core {
     /// service (after a restart the tree has forgotten them; a pinned node deleted here
     /// must not come back with its old place).
     fn overlay_pending(&self, dir: NodeId) {
+        self.overlay_pending_in(&[dir]);
+    }
+
+    /// [`Core::overlay_pending`] for the listings of `dirs` (all of a snapshot just loaded).
+    fn overlay_pending_in(&self, dirs: &[NodeId]) {
         let entries = self.journal.entries();
         if entries.is_empty() {
             return;
@@ -747,9 +775,13 @@ impl Core {
                     node,
                     new_parent,
                     new_name,
-                    mode: MoveMode::Replace | MoveMode::NoReplace,
-                    ..
+                    mode: mode @ (MoveMode::Replace | MoveMode::NoReplace),
+                    expect,
                 } => {
+                    // The node it replaced at the target name is gone here.
+                    if let (MoveMode::Replace, Some(Seen::Node { id, .. })) = (mode, expect) {
+                        fate.insert(self.resolve(*id), None);
+                    }
                     let to = (self.resolve(*new_parent), new_name.clone());
                     fate.insert(self.resolve(*node), Some(to));
                 }
@@ -759,23 +791,25 @@ impl Core {
                 _ => {}
             }
         }
-        for (name, id) in self.tree.listing(dir).unwrap_or_default() {
-            match fate.get(&id) {
-                Some(None) => self.tree.unlink(dir, &name, id),
-                Some(Some((p, n))) if (*p, n.as_str()) != (dir, name.as_str()) => {
-                    if self.tree.is_pinned(id) {
-                        continue; // its pinned place is the local one already
+        for &dir in dirs {
+            for (name, id) in self.tree.listing(dir).unwrap_or_default() {
+                match fate.get(&id) {
+                    Some(None) => self.tree.unlink(dir, &name, id),
+                    Some(Some((p, n))) if (*p, n.as_str()) != (dir, name.as_str()) => {
+                        if self.tree.is_pinned(id) {
+                            continue; // its pinned place is the local one already
+                        }
+                        if let Some(node) = self.tree.get(id) {
+                            let mut moved = (*node).clone();
+                            moved.parent = *p;
+                            moved.name = n.clone();
+                            self.tree.unlink(dir, &name, id);
+                            self.tree.link(*p, n, id);
+                            self.tree.pin(moved);
+                        }
                     }
-                    if let Some(node) = self.tree.get(id) {
-                        let mut moved = (*node).clone();
-                        moved.parent = *p;
-                        moved.name = n.clone();
-                        self.tree.unlink(dir, &name, id);
-                        self.tree.link(*p, n, id);
-                        self.tree.pin(moved);
-                    }
+                    _ => {}
                 }
-                _ => {}
             }
         }
     }
@@ -1952,7 +1986,12 @@ impl Core {
 
     /// Saves what the tree cache knows (nodes, complete listings, the change cursor) to
     /// `<cache>/tree.json`, so a later mount can start offline with the same view.
+    /// This is also the journal's checkpoint: the uploaded entries whose answers the tree
+    /// holds are forgotten once it is saved (see `journal.rs`).
     pub fn save_snapshot(&self) -> std::io::Result<()> {
+        let _one_at_a_time = self.saving.lock().unwrap();
+        // Taken before the tree is read: their answers are in it already.
+        let covered: Vec<u64> = self.journal.uploaded().iter().map(|u| u.seq).collect();
         let nodes: Vec<Node> = self
             .tree
             .known()
@@ -1977,26 +2016,82 @@ impl Core {
             .collect();
         let snap = Snapshot {
             cursor: self.cursor.load(Ordering::Relaxed),
+            covered,
             nodes,
             dirs,
         };
+        let dir = &self.cfg.cache_dir;
+        let tmp = dir.join("tree.json.tmp");
+        {
+            let mut f = File::create(&tmp)?;
+            serde_json::to_writer(std::io::BufWriter::new(&mut f), &snap)
+                .map_err(std::io::Error::other)?;
+            f.sync_data()?;
+        }
+        std::fs::rename(tmp, dir.join("tree.json"))?;
+        // Durable before the journal drops what it covers.
+        File::open(dir)?.sync_all()?;
+        self.journal.forget(&snap.covered);
+        Ok(())
+    }
+
+    /// At start: the uploaded entries the saved snapshot covers are forgotten (a crash came
+    /// between saving it and dropping them).
+    fn forget_checkpointed(&self) {
+        #[derive(serde::Deserialize)]
+        struct Covered {
+            #[serde(default)]
+            covered: Vec<u64>,
+        }
+        if self.journal.uploaded().is_empty() {
+            return;
+        }
         let path = self.cfg.cache_dir.join("tree.json");
-        let tmp = self.cfg.cache_dir.join("tree.json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec(&snap).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(tmp, path)
+        if let Ok(Ok(c)) = std::fs::read(path).map(|b| serde_json::from_slice::<Covered>(&b)) {
+            self.journal.forget(&c.covered);
+        }
+    }
+
+    /// Puts the answers of the uploaded entries no saved snapshot includes yet over the
+    /// snapshot just loaded, in order (see `journal.rs`).
+    fn replay_uploaded(&self) {
+        for up in self.journal.uploaded() {
+            match &up.node {
+                Some(node) => {
+                    if up.created && node.kind == NodeKind::Dir && !self.tree.has_listing(node.id) {
+                        self.tree.new_listing(node.id);
+                    }
+                    let cached = node.blocks.iter().all(|b| self.blocks.ready(b));
+                    if let (false, Some(data)) = (cached, &up.data) {
+                        self.set_local(node.id, data, node.size);
+                    }
+                    self.tree.place(node.clone());
+                }
+                None => {
+                    if let Some(n) = self.tree.get(up.id) {
+                        self.tree.unlink(n.parent, &n.name, up.id);
+                    }
+                    self.tree.forget(up.id);
+                }
+            }
+        }
     }
 
     /// Loads the snapshot of an earlier mount (used when starting offline). Journaled local
     /// changes, already replayed, stay on top.
     pub fn load_snapshot(&self) -> std::io::Result<bool> {
         let path = self.cfg.cache_dir.join("tree.json");
-        let Ok(bytes) = std::fs::read(&path) else {
-            return Ok(false);
+        let snap = std::fs::read(&path)
+            .map_err(|_| None)
+            .and_then(|b| serde_json::from_slice::<Snapshot>(&b).map_err(Some));
+        let snap = match snap {
+            Ok(snap) => snap,
+            Err(why) => {
+                // Without a saved tree the answers the journal kept are all there is.
+                self.replay_uploaded();
+                return why.map_or(Ok(false), |e| Err(std::io::Error::other(e)));
+            }
         };
-        let snap: Snapshot = serde_json::from_slice(&bytes).map_err(std::io::Error::other)?;
         for n in snap.nodes {
             if !self.tree.is_pinned(n.id) {
                 self.tree.put(n);
@@ -2010,6 +2105,8 @@ impl Core {
                 }
             }
         }
+        self.replay_uploaded();
+        self.overlay_pending_in(&self.tree.listed_dirs());
         for n in self.tree.known() {
             if self.tree.is_pinned(n.id) {
                 self.tree.link(n.parent, &n.name, n.id);
@@ -2078,6 +2175,10 @@ fn describe(op: &Op) -> String {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Snapshot {
     cursor: Seq,
+    /// The uploaded journal entries whose answers the tree includes (the checkpoint: the
+    /// journal forgets them once this is saved; see `journal.rs`).
+    #[serde(default)]
+    covered: Vec<u64>,
     nodes: Vec<Node>,
     dirs: Vec<(NodeId, Vec<(String, NodeId)>)>,
 }

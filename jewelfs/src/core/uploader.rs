@@ -213,7 +213,7 @@ impl Core {
                     self.online.store(true, Ordering::Relaxed);
                     self.token_accepted();
                 }
-                self.journal.done(seq);
+                self.journal.done(seq, self.answer_of(entry));
                 self.uploaded.fetch_add(1, Ordering::Relaxed);
                 self.after_upload(entry);
                 if pacing.backoff > Duration::from_millis(100) {
@@ -257,13 +257,23 @@ impl Core {
                     ),
                     None => format!("the service refused a change: {why}"),
                 });
-                self.journal.done(seq);
+                self.journal.done(seq, self.answer_of(entry));
                 self.after_upload(entry);
                 // What this device shows of the change will never happen.
                 self.suspect_all();
                 None
             }
         }
+    }
+
+    /// The node entry `entry` changed as the tree shows it now its answer is applied
+    /// (`None`: gone), for the journal to keep until the next checkpoint.
+    fn answer_of(&self, entry: &Entry) -> Option<Node> {
+        let node = self.tree.get(self.journal.resolve(entry.op.node()))?;
+        let mut node = (*node).clone();
+        node.id = self.journal.resolve(node.id);
+        node.parent = self.journal.resolve(node.parent);
+        Some(node)
     }
 
     /// Runs forever: makes journal writes durable within `SYNC_INTERVAL` (see `journal.rs`);

@@ -213,7 +213,9 @@ async fn save_tree(core: Arc<Core>) {
             _ = journaled => {}
         }
         let generation = core.tree.generation();
-        if generation != saved && Instant::now() >= next_save {
+        // Uploaded journal entries wait for a saved tree (the checkpoint, see `journal.rs`).
+        let waiting = !core.journal.uploaded().is_empty();
+        if (generation != saved || waiting) && Instant::now() >= next_save {
             let started = Instant::now();
             if let Err(e) = tokio::task::block_in_place(|| core.save_snapshot()) {
                 tracing::debug!("could not save the tree: {e}");
