@@ -59,6 +59,9 @@ fn many_small_files_go_up_in_batches_not_a_round_trip_each() {
     std::fs::create_dir(a.p("many")).unwrap();
     a.wait_uploaded(SYNC);
 
+    // A link of tens of milliseconds, as users have (on loopback how many changes wait for
+    // the next batch depends on how fast this machine answers, not on the client).
+    proxy.set(Plan::new(1).with(Fault::Slow(Duration::from_millis(30)), Scope::Changes, 1.0));
     let before = proxy.stats();
     for i in 0..FILES {
         std::fs::write(a.p(&format!("many/f{i}")), format!("small file {i}")).unwrap();
