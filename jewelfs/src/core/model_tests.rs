@@ -493,7 +493,10 @@ async fn view(core: &Core) -> BTreeMap<String, Option<Vec<u8>>> {
 }
 
 async fn settle(svc: &Service, devices: &[&Device_]) {
-    for _ in 0..2000 {
+    // A deadline in time, not in rounds: under a loaded machine (the whole test suite at
+    // once) each round's short sleep takes much longer than asked.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
         let latest = svc.latest();
         let idle = devices.iter().all(|d| {
             d.core.journal.pending() == 0
@@ -505,7 +508,19 @@ async fn settle(svc: &Service, devices: &[&Device_]) {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    panic!("devices did not settle");
+    let state: Vec<String> = devices
+        .iter()
+        .map(|d| {
+            format!(
+                "pending {}, cursor {} of {}, suspects {}",
+                d.core.journal.pending(),
+                d.core.cursor.load(Ordering::SeqCst),
+                svc.latest(),
+                d.core.has_suspects()
+            )
+        })
+        .collect();
+    panic!("devices did not settle in 30 s: {state:?}");
 }
 
 /// The service's change log, one line per change, with each file's content as text.
