@@ -108,6 +108,13 @@ impl Api {
         let page: ListPage = self.ok(self.get(&format!("/nodes/{dir}/children")));
         page.entries.into_iter().map(|n| n.name).collect()
     }
+    /// The request made as `device` (with its header).
+    fn as_device(&self, device: DeviceId, req: RequestBuilder) -> Response {
+        self.auth(req)
+            .header(DEVICE_HEADER, device.to_string())
+            .send()
+            .unwrap()
+    }
     fn latest_seq(&self) -> Seq {
         let me: Me = self.ok(self.get("/me"));
         me.latest_seq
@@ -427,7 +434,8 @@ fn the_change_feed_and_long_poll() {
     assert_eq!(page.events[0].node.id, tagged.id);
     assert_eq!(page.events[0].device, Some(device.id));
 
-    // A long-poll answers as soon as something changes.
+    // A long-poll answers as soon as something changes in a folder the device listed.
+    api.ok::<ListPage>(api.as_device(device.id, api.http.get(api.url("/nodes/1/children"))));
     let cursor = page.latest_seq;
     let poll_api = Api::new(&server, &api.token);
     let poller = std::thread::spawn(move || {
@@ -450,6 +458,93 @@ fn the_change_feed_and_long_poll() {
         device.id, page.latest_seq
     )));
     assert!(empty.events.is_empty());
+}
+
+/// A device hears the folders it listed (or made), from when it listed them: not a folder it
+/// never opened, whose changes it sees whole when it lists it, and a long-poll already
+/// waiting wakes for a change in a folder listed while it waited.
+#[test]
+fn a_device_hears_the_folders_it_listed() {
+    let server = Server::start();
+    let api = Api::new(&server, &server.add_user("erin"));
+    let device: Device = api.ok(api.post("/devices", json!({"name": "laptop"})));
+    let page_as_device = |path: &str| -> ChangePage {
+        api.ok(api.as_device(device.id, api.http.get(api.url(path))))
+    };
+    let list_as_device = |dir: NodeId| -> Vec<String> {
+        let page: ListPage = api.ok(api.as_device(
+            device.id,
+            api.http.get(api.url(&format!("/nodes/{dir}/children"))),
+        ));
+        page.entries.into_iter().map(|n| n.name).collect()
+    };
+    list_as_device(ROOT_ID);
+    let start = api.latest_seq();
+    let a = api.mkdir(ROOT_ID, "a");
+    api.create_file(a.id, "f", b"unseen");
+    let page = page_as_device(&format!("/changes?since={start}"));
+    let ids: Vec<NodeId> = page.events.iter().map(|e| e.node.id).collect();
+    assert_eq!(
+        ids,
+        vec![a.id],
+        "the new folder in the root, not the file in it"
+    );
+    assert_eq!(page.through, Some(api.latest_seq()));
+    // Anyone without a device reads the whole log.
+    let all: ChangePage = api.ok(api.get(&format!("/changes?since={start}")));
+    assert_eq!(all.events.len(), 2);
+    assert_eq!(all.through, None);
+    // The poll covers the file it was not sent: an empty page that moves the cursor.
+    let polled = page_as_device(&format!(
+        "/devices/{}/poll?since={start}&timeout_ms=20000",
+        device.id
+    ));
+    assert_eq!(polled.events.len(), 1);
+    let cursor = polled.through.unwrap();
+    let quiet = page_as_device(&format!(
+        "/devices/{}/poll?since={cursor}&timeout_ms=300",
+        device.id
+    ));
+    assert!(quiet.events.is_empty());
+    assert_eq!(quiet.through, Some(cursor));
+    // A poll waits; meanwhile the device lists `a` (seeing `f`), then `a` changes.
+    let poll_api = Api::new(&server, &api.token);
+    let id = device.id;
+    let poller = std::thread::spawn(move || {
+        let begun = Instant::now();
+        let page: ChangePage = poll_api.ok(poll_api.as_device(
+            id,
+            poll_api.http.get(poll_api.url(&format!(
+                "/devices/{id}/poll?since={cursor}&timeout_ms=20000"
+            ))),
+        ));
+        (page, begun.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(list_as_device(a.id), vec!["f"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let g = api.create_file(a.id, "g", b"seen");
+    let (page, waited) = poller.join().unwrap();
+    assert_eq!(
+        page.events.iter().map(|e| e.node.id).collect::<Vec<_>>(),
+        vec![g.id]
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "woken, not timed out: {waited:?}"
+    );
+    // A folder the device makes is its from the start.
+    let made: Node = api.ok(api
+        .auth(api.http.post(api.url("/nodes")))
+        .header(DEVICE_HEADER, device.id.to_string())
+        .json(&json!({"parent": a.id, "name": "made", "kind": "dir"}))
+        .send()
+        .unwrap());
+    let cursor = page.through.unwrap();
+    let inside = api.create_file(made.id, "inside", b"x");
+    let page = page_as_device(&format!("/changes?since={cursor}"));
+    let ids: Vec<NodeId> = page.events.iter().map(|e| e.node.id).collect();
+    assert_eq!(ids, vec![made.id, inside.id]);
 }
 
 #[test]

@@ -283,7 +283,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         .thread_name("jewelfs-io")
         .enable_all()
         .build()?;
-    let mut http = HttpApi::new(&server, &token)?;
+    let mut http = HttpApi::new(&server, &token)?.hearing_every_folder(inotify_replay);
     if token_from_file {
         let server = server.clone();
         http = http.with_token_source(Box::new(move || config_token_for(&server)));

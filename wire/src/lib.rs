@@ -52,6 +52,18 @@
 //!
 //! Mutating requests may carry [`DEVICE_HEADER`] naming the caller's device, so the change
 //! events they cause say which device caused them (a client skips its own echoes).
+//!
+//! **Who hears what.** A device hears the changes in the folders it has listed, not every
+//! change of its user: a listing (`GET /nodes/{id}/children`, first page) with
+//! [`DEVICE_HEADER`] makes the service remember that the device watches that folder, from
+//! the user's newest sequence number on, and the device's long-poll and its `GET /changes`
+//! (with the header) then carry only events whose node is in, or moved out of, a watched
+//! folder (or is a watched folder itself), with [`ChangePage::through`] saying how far the
+//! page covers. A folder the device never listed costs it nothing: it lists it when it opens
+//! it. A device that watches more than [`MAX_WATCHED_FOLDERS`] folders hears everything from
+//! then on. A device may ask for every change anyway (`every_folder=true` on the long-poll and
+//! the feed; a mount that replays changes for inotify watchers does). A service may also send
+//! every event (AWS mode's queues do): `through` is then unset.
 
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +71,8 @@ use serde::{Deserialize, Serialize};
 pub const API_PREFIX: &str = "/api/v1";
 /// Header naming the device that makes a request.
 pub const DEVICE_HEADER: &str = "x-jewel-device";
+/// A device that has listed more folders than this hears every change of its user.
+pub const MAX_WATCHED_FOLDERS: u64 = 50_000;
 /// The id of every user's root directory.
 pub const ROOT_ID: NodeId = 1;
 /// Content is split into blocks of this size; a file of at most this size is one block.
@@ -567,6 +581,14 @@ pub struct ChangePage {
     /// The newest sequence number the service knows for this user; a client whose cursor is
     /// below it after applying `events` asks again.
     pub latest_seq: Seq,
+    /// Set when the page was chosen for one device (the long-poll, or `GET /changes` with
+    /// [`DEVICE_HEADER`]): `events` are every event that device needs up to this sequence
+    /// number — those in the folders it has listed (see "Who hears what" above) — so its
+    /// cursor moves here once they are applied, past events it was not sent. Unset: `events`
+    /// are every event after the cursor, in order and without gaps, and a gap means
+    /// something was missed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub through: Option<Seq>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -8,6 +8,12 @@
 //! once when the bus already knows a newer sequence number, so an event committed between the
 //! two reads is never missed.
 //!
+//! Both read only what the device watches (the folders it has listed, see `jewel_wire`'s
+//! "Who hears what"), unless it asks for `every_folder`: the poll reads the device's page, and waits on the bus for an event in
+//! one of its folders; a wake that brings nothing for it (a bus may wake early) waits again
+//! until the deadline. So a thousand devices of one user, each in its own folder, are not all
+//! woken, and do not all read the log, for every change of every other.
+//!
 //! A poll that had to wait lingers [`POLL_LINGER`] after the bus wakes it before reading the
 //! log, so a burst of changes goes out as one page rather than one answer (and one new poll)
 //! per change: with many devices of one user all waiting, every commit woke every device,
@@ -26,7 +32,9 @@ use serde::Deserialize;
 
 use super::auth::Caller;
 use super::error::{ApiPath, ApiQuery, AppError, AppResult, JsonBody};
+use crate::bus::FolderWait;
 use crate::service::Service;
+use crate::store::UserId;
 
 type S = State<Arc<Service>>;
 
@@ -96,6 +104,28 @@ pub struct ChangesQuery {
     #[serde(default)]
     since: Seq,
     limit: Option<u32>,
+    /// Every change of the user, not only those in the caller's folders.
+    #[serde(default)]
+    every_folder: bool,
+}
+
+/// One device's page: the changes in the folders it watches, or, when it asks for every
+/// folder, the whole log.
+async fn device_page(
+    svc: &Service,
+    user: &UserId,
+    device: DeviceId,
+    every_folder: bool,
+    since: Seq,
+    limit: u32,
+) -> AppResult<ChangePage> {
+    Ok(if every_folder {
+        svc.meta.changes_since(user, since, limit).await?
+    } else {
+        svc.meta
+            .changes_for_device(user, device, since, limit)
+            .await?
+    })
 }
 
 pub async fn changes(
@@ -107,11 +137,13 @@ pub async fn changes(
         .limit
         .unwrap_or(svc.limits.max_page)
         .clamp(1, svc.limits.max_page);
-    Ok(Json(
-        svc.meta
-            .changes_since(&caller.user.id, q.since, limit)
-            .await?,
-    ))
+    let user = &caller.user.id;
+    // A device reads what it watches; anyone else (the portal, a script) the whole log.
+    let page = match caller.device {
+        Some(device) => device_page(&svc, user, device, q.every_folder, q.since, limit).await?,
+        None => svc.meta.changes_since(user, q.since, limit).await?,
+    };
+    Ok(Json(page))
 }
 
 #[derive(Deserialize)]
@@ -119,6 +151,9 @@ pub struct PollQuery {
     #[serde(default)]
     since: Seq,
     timeout_ms: Option<u64>,
+    /// Every change of the user, not only those in the device's folders.
+    #[serde(default)]
+    every_folder: bool,
 }
 
 /// How long a woken long-poll waits for more changes before answering (see the module docs):
@@ -140,27 +175,63 @@ pub async fn poll(
     }
     let user = &caller.user.id;
     let limit = svc.limits.max_page;
-    let page = svc.meta.changes_since(user, q.since, limit).await?;
+    let read = || device_page(&svc, user, device, q.every_folder, q.since, limit);
+    let mut page = read().await?;
     if !page.events.is_empty() {
         return Ok(Json(page));
     }
     let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(25_000)).min(svc.limits.max_poll);
-    let newest = tokio::select! {
-        newest = svc.bus.wait_after(user, q.since, timeout) => newest?,
-        () = unlinked => {
-            // Some device was unlinked in this process: if it is this one, say so now.
-            match svc.meta.device(user, device).await {
-                Err(crate::store::StoreError::UnknownDevice) if caller.token_device.is_some() => {
-                    return Err(super::auth::unauthorized("this machine was unlinked"));
+    let deadline = tokio::time::Instant::now() + timeout;
+    tokio::pin!(unlinked);
+    let mut watched = None;
+    loop {
+        // The generation first: a folder listed after the folders are read ends the wait.
+        let watch_generation = svc.bus.watch_generation(user, device);
+        let folders = match watched.take() {
+            Some((generation, folders)) if generation == watch_generation => folders,
+            _ if q.every_folder => None,
+            _ => svc.meta.watched_folders(user, device).await?,
+        };
+        // What the page covers: a later event, in a folder this device watches, wakes it.
+        let after = page.through.unwrap_or(page.latest_seq).max(q.since);
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let wait = async {
+            match &folders {
+                Some(folders) => {
+                    let wait = FolderWait {
+                        device,
+                        folders,
+                        after,
+                        watch_generation,
+                    };
+                    svc.bus.wait_in_folders(user, wait, left).await
                 }
-                Err(e) => return Err(e.into()),
-                Ok(_) => return Ok(Json(page)),
+                None => svc.bus.wait_after(user, after, left).await.map(|_| ()),
             }
+        };
+        tokio::select! {
+            waited = wait => waited?,
+            () = &mut unlinked => {
+                // Some device was unlinked in this process: if it is this one, say so now.
+                match svc.meta.device(user, device).await {
+                    Err(crate::store::StoreError::UnknownDevice)
+                        if caller.token_device.is_some() =>
+                    {
+                        return Err(super::auth::unauthorized("this machine was unlinked"));
+                    }
+                    Err(e) => return Err(e.into()),
+                    Ok(_) => return Ok(Json(page)),
+                }
+            }
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(Json(page)); // the wait ran out
         }
-    };
-    if newest <= q.since {
-        return Ok(Json(page));
+        watched = Some((watch_generation, folders));
+        tokio::time::sleep(POLL_LINGER).await;
+        page = read().await?;
+        if !page.events.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(page));
+        }
     }
-    tokio::time::sleep(POLL_LINGER).await;
-    Ok(Json(svc.meta.changes_since(user, q.since, limit).await?))
 }

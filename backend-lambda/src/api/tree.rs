@@ -27,7 +27,7 @@ use serde::Deserialize;
 use super::auth::Caller;
 use super::error::{ApiPath, ApiQuery, AppError, AppResult, JsonBody};
 use crate::service::Service;
-use crate::store::{NewNode, StoreError, TrashCursor, UserId};
+use crate::store::{is_new_folder, NewNode, StoreError, TrashCursor, UserId};
 
 type S = State<Arc<Service>>;
 
@@ -66,6 +66,12 @@ pub async fn list_children(
         return Err(AppError::new(ErrorCode::NotADirectory, "not a directory"));
     }
     let limit = page_limit(&svc, q.limit);
+    if let (Some(device), None) = (caller.device, &q.after) {
+        // Before the listing is read: every change after it reaches the device.
+        if svc.meta.watch_folder(&caller.user.id, device, id).await? {
+            svc.bus.watch_added(&caller.user.id, device);
+        }
+    }
     let page = svc
         .meta
         .list_children(&caller.user.id, id, q.after.as_deref(), limit)
@@ -431,6 +437,13 @@ pub(super) fn with_inline(event: &mut ChangeEvent, content: Content) {
 pub async fn publish(svc: &Service, user: &UserId, events: &[ChangeEvent]) {
     if events.is_empty() {
         return;
+    }
+    // A device that made a folder watches it (see `MetaStore::watch_folder`): its long-poll
+    // waits on it from now on.
+    for event in events.iter().filter(|e| is_new_folder(e)) {
+        if let Some(device) = event.device {
+            svc.bus.watch_added(user, device);
+        }
     }
     let devices = if svc.bus.wants_device_list() {
         match svc.meta.devices(user).await {

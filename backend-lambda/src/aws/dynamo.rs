@@ -1782,6 +1782,7 @@ impl MetaStore for DynamoStore {
             return Ok(ChangePage {
                 events: Vec::new(),
                 latest_seq: latest,
+                through: None,
             });
         }
         let now = unix_secs();
@@ -1835,6 +1836,7 @@ impl MetaStore for DynamoStore {
         Ok(ChangePage {
             events,
             latest_seq: latest,
+            through: None,
         })
     }
 

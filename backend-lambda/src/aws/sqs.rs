@@ -267,6 +267,7 @@ pub fn bodies(events: &[ChangeEvent]) -> Vec<String> {
             body = serde_json::to_string(&ChangePage {
                 events: Vec::new(),
                 latest_seq: events[start].seq,
+                through: None,
             })
             .expect("serialise");
         }
@@ -289,6 +290,7 @@ fn page_json(events: &[ChangeEvent]) -> String {
     serde_json::to_string(&ChangePage {
         events: events.to_vec(),
         latest_seq,
+        through: None,
     })
     .expect("serialise")
 }

@@ -11,7 +11,7 @@ use jewel_wire::{ChangeEvent, ChangeOp, Node, NodeKind};
 
 use super::{BusError, ChangeBus};
 
-fn event(seq: u64) -> ChangeEvent {
+pub fn event(seq: u64) -> ChangeEvent {
     ChangeEvent {
         inline: None,
         seq,

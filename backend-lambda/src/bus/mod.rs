@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use jewel_wire::{ChangeEvent, DeviceId, Listen, Seq};
+use jewel_wire::{ChangeEvent, DeviceId, Listen, NodeId, Seq};
 
 use crate::store::UserId;
 
@@ -48,6 +48,27 @@ pub trait ChangeBus: Send + Sync + 'static {
     /// Waits until the user's newest sequence number exceeds `after` or `timeout` passes;
     /// returns the newest sequence number known to the bus. Only for buses read by long-poll.
     async fn wait_after(&self, user: &UserId, after: Seq, timeout: Duration) -> BusResult<Seq>;
+    /// Waits until an event after `wait.after` touches one of `wait.folders` (as
+    /// [`event_folders`](crate::store::event_folders) names them), the device watches a new
+    /// folder (its [`ChangeBus::watch_generation`] is no longer `wait.watch_generation`), or
+    /// `timeout` passes. A bus may wake early (the caller reads, finds nothing new, and waits
+    /// again); the default wakes on any of the user's events.
+    async fn wait_in_folders(
+        &self,
+        user: &UserId,
+        wait: FolderWait<'_>,
+        timeout: Duration,
+    ) -> BusResult<()> {
+        self.wait_after(user, wait.after, timeout).await.map(|_| ())
+    }
+    /// A number that changes whenever the device starts watching a folder
+    /// ([`ChangeBus::watch_added`]); read before the device's folders, so a wait on them ends
+    /// when they have grown since.
+    fn watch_generation(&self, _user: &UserId, _device: DeviceId) -> u64 {
+        0
+    }
+    /// The device watches a new folder (it listed it): its waits end, to wait on it too.
+    fn watch_added(&self, _user: &UserId, _device: DeviceId) {}
     /// Deletes whatever the bus keeps for the user's devices (the user is being removed; SQS:
     /// their queues); returns how many channels went. Nothing to do for an in-process bus.
     async fn remove_user(&self, _user: &UserId) -> BusResult<u64> {
@@ -58,6 +79,16 @@ pub trait ChangeBus: Send + Sync + 'static {
     async fn remove_device(&self, _user: &UserId, _device: DeviceId) -> BusResult<()> {
         Ok(())
     }
+}
+
+/// What a long-poll waits for: an event after `after` in one of the device's `folders`, or a
+/// change of its watches since `watch_generation`.
+#[derive(Debug, Clone, Copy)]
+pub struct FolderWait<'a> {
+    pub device: DeviceId,
+    pub folders: &'a [NodeId],
+    pub after: Seq,
+    pub watch_generation: u64,
 }
 
 /// Runs `futures` with at most `limit` of them in flight at once; the results come in the

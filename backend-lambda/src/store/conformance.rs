@@ -70,6 +70,7 @@ macro_rules! meta_store_conformance {
             removed_user_leaves_no_versions,
             devices_link_with_their_own_tokens,
             small_blocks_kept_with_their_nodes,
+            a_device_hears_the_folders_it_listed,
         );
     };
     (@each $how:tt $($case:ident),* $(,)?) => {
@@ -2389,4 +2390,124 @@ pub async fn small_blocks_kept_with_their_nodes(s: &dyn MetaStore) {
         held(u.clone()).await.is_empty(),
         "a removed user's blocks go"
     );
+}
+
+/// A device's page holds every change in the folders it watches — a node in one, moved into
+/// or out of one, a watched folder itself renamed — from the moment it watched them, and
+/// nothing else; `through` says how far the page covers, and paging by it misses nothing.
+/// An engine that keeps no watches sends every event, without `through`.
+pub async fn a_device_hears_the_folders_it_listed(s: &dyn MetaStore) {
+    let u = new_user(s, "ann").await.id;
+    let other = new_user(s, "bob").await.id;
+    let dev = s.register_device(&u, "laptop", 10).await.unwrap();
+    let (seen, unseen) = (
+        dir(s, &u, ROOT_ID, "seen").await,
+        dir(s, &u, ROOT_ID, "unseen").await,
+    );
+    let before = file(s, &u, seen.id, "before").await; // older than the watch
+    s.watch_folder(&u, dev, seen.id).await.unwrap();
+    s.watch_folder(&u, dev, seen.id).await.unwrap(); // again: keeps its start
+    let start = s.latest_seq(&u).await.unwrap();
+    let inside = file(s, &u, seen.id, "inside").await;
+    let outside = file(s, &u, unseen.id, "outside").await;
+    s.move_node(
+        &u,
+        outside.id,
+        1,
+        seen.id,
+        "came",
+        MoveMode::NoReplace,
+        at(3),
+    )
+    .await
+    .unwrap();
+    s.move_node(
+        &u,
+        before.id,
+        1,
+        unseen.id,
+        "went",
+        MoveMode::NoReplace,
+        at(4),
+    )
+    .await
+    .unwrap();
+    file(s, &u, unseen.id, "elsewhere").await;
+    s.move_node(&u, seen.id, 1, ROOT_ID, "seen2", MoveMode::NoReplace, at(5))
+        .await
+        .unwrap();
+    let bobs = dir(s, &other, ROOT_ID, "bobs").await;
+    file(s, &other, bobs.id, "b").await;
+    let latest = s.latest_seq(&u).await.unwrap();
+    let page = s.changes_for_device(&u, dev, start, 1000).await.unwrap();
+    let got: Vec<NodeId> = page.events.iter().map(|e| e.node.id).collect();
+    assert_eq!(page.latest_seq, latest);
+    let Some(through) = page.through else {
+        // Every event, as `changes_since` sends them.
+        assert_eq!(
+            page.events.len() as u64,
+            latest - start,
+            "every event: {got:?}"
+        );
+        return;
+    };
+    assert_eq!(through, latest);
+    assert_eq!(
+        got,
+        vec![inside.id, outside.id, before.id, seen.id],
+        "the new file, the one moved in, the one moved out, the folder renamed"
+    );
+    // Paged one event at a time by `through`: the same events, the cursor at the end.
+    let mut cursor = start;
+    let mut paged = Vec::new();
+    while cursor < latest {
+        let page = s.changes_for_device(&u, dev, cursor, 1).await.unwrap();
+        assert!(page.events.len() <= 1);
+        paged.extend(page.events.iter().map(|e| e.node.id));
+        let next = page.through.unwrap();
+        assert!(next > cursor, "a page moves the cursor");
+        cursor = next;
+    }
+    assert_eq!(paged, got);
+    // From before the watch: what was older than it is not sent (a listing read after
+    // watching shows it).
+    let page = s.changes_for_device(&u, dev, 0, 1000).await.unwrap();
+    assert_eq!(
+        page.events.len(),
+        got.len(),
+        "nothing from before the watch"
+    );
+    // Another device, watching nothing, hears nothing, and still moves to the end.
+    let quiet = s.register_device(&u, "phone", 10).await.unwrap();
+    let page = s.changes_for_device(&u, quiet, 0, 1000).await.unwrap();
+    assert!(page.events.is_empty());
+    assert_eq!(page.through, Some(latest));
+    assert_eq!(s.watched_folders(&u, quiet).await.unwrap(), Some(vec![]));
+    assert_eq!(
+        s.watched_folders(&u, dev).await.unwrap(),
+        Some(vec![seen.id])
+    );
+    // A folder a device makes is watched by that device from its birth (it shows it listed).
+    let made = s
+        .create(
+            &u,
+            &new_node(ROOT_ID, "made", NewKind::Dir),
+            Origin {
+                device: Some(quiet),
+                now_ns: 6,
+            },
+        )
+        .await
+        .unwrap()
+        .0;
+    let born = s.latest_seq(&u).await.unwrap();
+    let child = file(s, &u, made.id, "child").await;
+    let page = s.changes_for_device(&u, quiet, born, 1000).await.unwrap();
+    assert_eq!(
+        page.events.iter().map(|e| e.node.id).collect::<Vec<_>>(),
+        vec![child.id]
+    );
+    // An unlinked device's watches go with it.
+    s.remove_device(&u, dev).await.unwrap();
+    assert_eq!(s.watched_folders(&u, dev).await.unwrap(), Some(vec![]));
 }

@@ -413,6 +413,43 @@ pub trait MetaStore: Send + Sync + 'static {
     /// `since` were trimmed.
     async fn changes_since(&self, user: &UserId, since: Seq, limit: u32)
         -> StoreResult<ChangePage>;
+    /// The events after `since` that `device` needs: those in the folders it watches (see
+    /// [`MetaStore::watch_folder`]), oldest first, bounded like [`MetaStore::changes_since`],
+    /// with [`ChangePage::through`] set to the sequence number the page covers (its last
+    /// event when it was cut, else the newest). An engine that does not keep watches (the
+    /// default) sends every event, without `through`.
+    async fn changes_for_device(
+        &self,
+        user: &UserId,
+        _device: DeviceId,
+        since: Seq,
+        limit: u32,
+    ) -> StoreResult<ChangePage> {
+        self.changes_since(user, since, limit).await
+    }
+    /// Records that `device` lists `folder`: from the user's newest sequence number on, its
+    /// changes go to that device (a folder already watched keeps its older start); true when
+    /// the watch is new. After [`jewel_wire::MAX_WATCHED_FOLDERS`] folders the device hears
+    /// everything. A folder a device creates is watched by it from its creation event on
+    /// ([`is_new_folder`]), without a call. Nothing to do for an engine that does not keep
+    /// watches.
+    async fn watch_folder(
+        &self,
+        _user: &UserId,
+        _device: DeviceId,
+        _folder: NodeId,
+    ) -> StoreResult<bool> {
+        Ok(false)
+    }
+    /// The folders `device` watches, for a long-poll that waits on them; `None` when it hears
+    /// everything (the default, and a device past the limit).
+    async fn watched_folders(
+        &self,
+        _user: &UserId,
+        _device: DeviceId,
+    ) -> StoreResult<Option<Vec<NodeId>>> {
+        Ok(None)
+    }
     async fn latest_seq(&self, user: &UserId) -> StoreResult<Seq>;
     /// Drops events older than `before_ns`, always keeping the newest one.
     async fn trim_log(&self, user: &UserId, before_ns: i64) -> StoreResult<()>;
@@ -467,6 +504,30 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn collect_small_blocks(&self, _user: &UserId) -> StoreResult<usize> {
         Ok(0)
     }
+}
+
+/// The folders whose watchers hear an event: the node's folder, the folder it moved out of,
+/// and a folder itself (a device inside it hears it renamed or deleted). The root has no
+/// folder of its own but itself.
+pub fn event_folders(event: &ChangeEvent) -> Vec<NodeId> {
+    let node = &event.node;
+    let mut folders = Vec::with_capacity(3);
+    folders.push(node.parent);
+    if let Some(from) = &event.from {
+        folders.push(from.parent);
+    }
+    if node.is_dir() {
+        folders.push(node.id);
+    }
+    folders.sort_unstable();
+    folders.dedup();
+    folders
+}
+
+/// Whether an event is a folder's creation (a node starts at version 1): its device then
+/// watches it (it shows the folder as listed without ever listing it).
+pub fn is_new_folder(event: &ChangeEvent) -> bool {
+    event.op == jewel_wire::ChangeOp::Upsert && event.node.is_dir() && event.node.version == 1
 }
 
 /// One page of a listing: its entries, and whether more follow.

@@ -56,6 +56,12 @@
 //! - The change log is a contiguous suffix of seqs: trimming drops a prefix (every event up to
 //!   the newest one older than the cut, never the newest event) and records `trimmed_through`;
 //!   a cursor below it, or beyond the newest seq (a log from another life), is `CursorTooOld`.
+//! - Who hears what: `change_folders(user, folder, seq)` indexes each event under the folders
+//!   it touches (`event_folders`), and `watches(user, device, folder, since)` holds the
+//!   folders each device listed, from the sequence number it listed them at. A device's page
+//!   is read by walking its watches into that index, so it costs the changes in its folders,
+//!   not every change of the user; a device past the watch limit has one `EVERY_FOLDER` row
+//!   and reads the whole log. Both tables are trimmed, and dropped, with the log and the device.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -65,16 +71,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use jewel_wire::{
     ChangeEvent, ChangeOp, ChangePage, Content, DeviceId, DeviceInfo, FileVersion, InlineBytes,
-    MoveMode, NewKind, Node, NodeId, NodeKind, Place, Seq, SetAttr, TrashEntry, Version, ROOT_ID,
+    MoveMode, NewKind, Node, NodeId, NodeKind, Place, Seq, SetAttr, TrashEntry, Version,
+    MAX_WATCHED_FOLDERS, ROOT_ID,
 };
 use rusqlite::{
     params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior,
 };
 
 use super::{
-    fill_page, json_len, new_id, now_ns, BatchDone, BatchOp, MetaStore, Moved, NewNode, Origin,
-    Page, PendingLink, StoreError, StoreResult, TokenOwner, TrashCursor, User, UserId,
-    MAX_PAGE_BYTES, MAX_VERSIONS,
+    event_folders, fill_page, is_new_folder, json_len, new_id, now_ns, BatchDone, BatchOp,
+    MetaStore, Moved, NewNode, Origin, Page, PendingLink, StoreError, StoreResult, TokenOwner,
+    TrashCursor, User, UserId, MAX_PAGE_BYTES, MAX_VERSIONS,
 };
 
 /// Knobs of the SQLite engine.
@@ -176,6 +183,19 @@ CREATE TABLE IF NOT EXISTS changes (
     event TEXT NOT NULL,
     at_ns INTEGER NOT NULL,
     PRIMARY KEY (user, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS change_folders (
+    user   TEXT NOT NULL,
+    folder INTEGER NOT NULL,
+    seq    INTEGER NOT NULL,
+    PRIMARY KEY (user, folder, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS watches (
+    user   TEXT NOT NULL,
+    device INTEGER NOT NULL,
+    folder INTEGER NOT NULL,
+    since  INTEGER NOT NULL,
+    PRIMARY KEY (user, device, folder)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS versions (
     user           TEXT NOT NULL,
@@ -566,6 +586,48 @@ fn trash_subtree(c: &Connection, user: &str, top: NodeId, now_ns: i64) -> StoreR
     Ok(())
 }
 
+/// The watch row of a device that hears every change (it listed more than
+/// [`MAX_WATCHED_FOLDERS`] folders). No node has this id.
+const EVERY_FOLDER: i64 = -1;
+
+/// The user's newest sequence number, once `since` proves to be a cursor the log can serve
+/// (`CursorTooOld` when events after it were trimmed, or it is ahead of the log).
+fn log_head(tx: &Transaction<'_>, user: &str, since: Seq) -> StoreResult<Seq> {
+    let (latest, trimmed): (i64, i64) = tx
+        .prepare_cached("SELECT latest_seq, trimmed_through FROM users WHERE id = ?1")
+        .db()?
+        .query_row(params![user], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .db()?
+        .unwrap_or((0, 0));
+    let (latest, trimmed) = (latest as u64, trimmed as u64);
+    if since < trimmed || since > latest {
+        return Err(StoreError::CursorTooOld);
+    }
+    Ok(latest)
+}
+
+/// Reads stored events (their JSON) into a page bounded by `limit` and in bytes; true when
+/// the page was cut before the rows ran out.
+fn event_page(
+    rows: impl Iterator<Item = rusqlite::Result<String>>,
+    limit: u32,
+) -> StoreResult<(Vec<ChangeEvent>, bool)> {
+    // Each event is stored as its JSON: its length is what it adds to the answer.
+    let rows = rows.map(|row| {
+        let json = row.db()?;
+        let len = json.len();
+        Ok((json, len))
+    });
+    let page = fill_page(rows, limit, MAX_PAGE_BYTES)?;
+    let events = page
+        .entries
+        .iter()
+        .map(|json| serde_json::from_str(json).map_err(json_err))
+        .collect::<StoreResult<Vec<ChangeEvent>>>()?;
+    Ok((events, page.more))
+}
+
 /// Appends one event to the user's log with the next sequence number.
 fn append_event(
     c: &Connection,
@@ -612,6 +674,26 @@ fn append_content_event(
         .db()?
         .execute(params![user, seq, json, origin.now_ns])
         .db()?;
+    let mut folder_row = c
+        .prepare_cached(
+            "INSERT OR IGNORE INTO change_folders (user, folder, seq) VALUES (?1, ?2, ?3)",
+        )
+        .db()?;
+    for folder in event_folders(&event) {
+        folder_row
+            .execute(params![user, sql_id(folder), seq])
+            .db()?;
+    }
+    if let (Some(device), true) = (origin.device, is_new_folder(&event)) {
+        // The device that made a folder shows it as listed (empty) without ever listing it:
+        // it watches it from its birth.
+        c.prepare_cached(
+            "INSERT OR IGNORE INTO watches (user, device, folder, since) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .db()?
+        .execute(params![user, sql_id(device), sql_id(node.id), seq])
+        .db()?;
+    }
     Ok(event)
 }
 
@@ -1188,6 +1270,8 @@ impl MetaStore for SqliteStore {
                 "DELETE FROM small_blocks WHERE user = ?1",
                 "DELETE FROM devices WHERE user = ?1",
                 "DELETE FROM changes WHERE user = ?1",
+                "DELETE FROM change_folders WHERE user = ?1",
+                "DELETE FROM watches WHERE user = ?1",
                 "DELETE FROM users WHERE id = ?1",
             ] {
                 tx.prepare_cached(sql)
@@ -1284,6 +1368,10 @@ impl MetaStore for SqliteStore {
     async fn remove_devices(&self, user: &UserId) -> StoreResult<usize> {
         let user = user.clone();
         self.write(move |tx| {
+            tx.prepare_cached("DELETE FROM watches WHERE user = ?1")
+                .db()?
+                .execute(params![user])
+                .db()?;
             tx.prepare_cached("DELETE FROM devices WHERE user = ?1")
                 .db()?
                 .execute(params![user])
@@ -1343,6 +1431,10 @@ impl MetaStore for SqliteStore {
             if gone == 0 {
                 return Err(StoreError::UnknownDevice);
             }
+            tx.prepare_cached("DELETE FROM watches WHERE user = ?1 AND device = ?2")
+                .db()?
+                .execute(params![user, sql_id(device)])
+                .db()?;
             Ok(())
         })
         .await
@@ -1730,43 +1822,152 @@ impl MetaStore for SqliteStore {
     ) -> StoreResult<ChangePage> {
         let user = user.clone();
         self.read(move |tx| {
-            let (latest, trimmed): (i64, i64) = tx
-                .prepare_cached("SELECT latest_seq, trimmed_through FROM users WHERE id = ?1")
-                .db()?
-                .query_row(params![user], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-                .db()?
-                .unwrap_or((0, 0));
-            let (latest, trimmed) = (latest as u64, trimmed as u64);
-            if since < trimmed || since > latest {
-                return Err(StoreError::CursorTooOld);
-            }
+            let latest = log_head(tx, &user, since)?;
             let mut stmt = tx
                 .prepare_cached(
                     "SELECT event FROM changes WHERE user = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
                 )
                 .db()?;
-            // Each event is stored as its JSON: its length is what it adds to the answer.
             let rows = stmt
                 .query_map(params![user, sql_id(since), limit], |r| {
                     r.get::<_, String>(0)
                 })
-                .db()?
-                .map(|row| {
-                    let json = row.db()?;
-                    let len = json.len();
-                    Ok((json, len))
-                });
-            let page = fill_page(rows, limit, MAX_PAGE_BYTES)?;
-            let events = page
-                .entries
-                .iter()
-                .map(|json| serde_json::from_str(json).map_err(json_err))
-                .collect::<StoreResult<Vec<ChangeEvent>>>()?;
+                .db()?;
+            let (events, _) = event_page(rows, limit)?;
             Ok(ChangePage {
                 events,
                 latest_seq: latest,
+                through: None,
             })
+        })
+        .await
+    }
+
+    async fn changes_for_device(
+        &self,
+        user: &UserId,
+        device: DeviceId,
+        since: Seq,
+        limit: u32,
+    ) -> StoreResult<ChangePage> {
+        let user = user.clone();
+        self.read(move |tx| {
+            let latest = log_head(tx, &user, since)?;
+            let everything = tx
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM watches
+                     WHERE user = ?1 AND device = ?2 AND folder = ?3)",
+                )
+                .db()?
+                .query_row(params![user, sql_id(device), EVERY_FOLDER], |r| {
+                    r.get::<_, bool>(0)
+                })
+                .db()?;
+            // Driven by the device's watches: one range of the folder index per watched
+            // folder, so a device pays for its folders' changes, not for all of its user's.
+            let sql = if everything {
+                "SELECT event FROM changes WHERE user = ?1 AND seq > ?3 ORDER BY seq LIMIT ?4"
+            } else {
+                "SELECT c.event FROM (
+                     SELECT DISTINCT f.seq AS seq FROM watches w
+                     JOIN change_folders f
+                       ON f.user = w.user AND f.folder = w.folder AND f.seq > MAX(w.since, ?3)
+                     WHERE w.user = ?1 AND w.device = ?2
+                     ORDER BY f.seq LIMIT ?4
+                 ) s JOIN changes c ON c.user = ?1 AND c.seq = s.seq
+                 ORDER BY c.seq"
+            };
+            let mut stmt = tx.prepare_cached(sql).db()?;
+            // One row more than the page holds tells whether the page was cut.
+            let rows = stmt
+                .query_map(
+                    params![user, sql_id(device), sql_id(since), limit + 1],
+                    |r| r.get::<_, String>(0),
+                )
+                .db()?;
+            let (events, cut) = event_page(rows, limit)?;
+            let through = match (cut, events.last()) {
+                (true, Some(last)) => last.seq,
+                _ => latest,
+            };
+            Ok(ChangePage {
+                events,
+                latest_seq: latest,
+                through: Some(through),
+            })
+        })
+        .await
+    }
+
+    async fn watch_folder(
+        &self,
+        user: &UserId,
+        device: DeviceId,
+        folder: NodeId,
+    ) -> StoreResult<bool> {
+        let user = user.clone();
+        let watched = {
+            let user = user.clone();
+            self.read(move |tx| {
+                tx.prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM watches
+                     WHERE user = ?1 AND device = ?2 AND folder IN (?3, ?4))",
+                )
+                .db()?
+                .query_row(
+                    params![user, sql_id(device), sql_id(folder), EVERY_FOLDER],
+                    |r| r.get::<_, bool>(0),
+                )
+                .db()
+            })
+            .await?
+        };
+        if watched {
+            return Ok(false); // the common case: a read, no write
+        }
+        self.write(move |tx| {
+            let count: i64 = tx
+                .prepare_cached("SELECT COUNT(*) FROM watches WHERE user = ?1 AND device = ?2")
+                .db()?
+                .query_row(params![user, sql_id(device)], |r| r.get(0))
+                .db()?;
+            let folder = if count as u64 >= MAX_WATCHED_FOLDERS {
+                EVERY_FOLDER
+            } else {
+                sql_id(folder)
+            };
+            let added = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO watches (user, device, folder, since)
+                     SELECT ?1, ?2, ?3, latest_seq FROM users WHERE id = ?1",
+                )
+                .db()?
+                .execute(params![user, sql_id(device), folder])
+                .db()?;
+            Ok(added > 0)
+        })
+        .await
+    }
+
+    async fn watched_folders(
+        &self,
+        user: &UserId,
+        device: DeviceId,
+    ) -> StoreResult<Option<Vec<NodeId>>> {
+        let user = user.clone();
+        self.read(move |tx| {
+            let mut stmt = tx
+                .prepare_cached("SELECT folder FROM watches WHERE user = ?1 AND device = ?2")
+                .db()?;
+            let folders = stmt
+                .query_map(params![user, sql_id(device)], |r| r.get::<_, i64>(0))
+                .db()?
+                .collect::<rusqlite::Result<Vec<i64>>>()
+                .db()?;
+            if folders.contains(&EVERY_FOLDER) {
+                return Ok(None);
+            }
+            Ok(Some(folders.into_iter().map(|f| f as NodeId).collect()))
         })
         .await
     }
@@ -1799,6 +2000,10 @@ impl MetaStore for SqliteStore {
                 .db()?;
             let Some(cut) = cut else { return Ok(()) };
             tx.prepare_cached("DELETE FROM changes WHERE user = ?1 AND seq <= ?2")
+                .db()?
+                .execute(params![user, cut])
+                .db()?;
+            tx.prepare_cached("DELETE FROM change_folders WHERE user = ?1 AND seq <= ?2")
                 .db()?
                 .execute(params![user, cut])
                 .db()?;

@@ -3,10 +3,14 @@
 //! - **independent**: N users; user i has two clients A_i and B_i. A_i creates 100 files of
 //!   1 KiB in a fresh folder; the creation time is until every B_i lists all 100. Then A_i
 //!   deletes them; the deletion time is until no B_i lists any.
-//! - **dependent**: N clients of *one* user, files in one shared subfolder. Client k writes
-//!   100 files `c{k}-…`, and client k+1 (mod the client count) waits for them, so every
-//!   client receives every other client's changes (N = 1 uses two clients: one writes, one
-//!   watches).
+//! - **dependent**: N clients of *one* user, files in one shared folder, each client's in a
+//!   subfolder of its own. Client k writes 100 files into `c{k}/`, and client k+1 (mod the
+//!   client count) waits for them there (N = 1 uses two clients: one writes, one watches).
+//!   Every client sees every subfolder; it hears the changes in those it has listed (its
+//!   own, and the one it watches), as a drive user hears the folders they have open. (The
+//!   original experiment put every file in the one folder, so that every client received
+//!   every change: 100 × N² files at N clients, which a drive that lists folders on demand
+//!   need not do. Before 2026-12-03 the bench did the same: `c{k}-…` files side by side.)
 //!
 //! A reported time is from the common start until the *last* user is done (the per-user
 //! median is reported too). N ≤ `fuse_max` runs real `jewelfs` FUSE mounts (one process per
@@ -116,23 +120,27 @@ fn content(tag: &str, j: usize) -> Vec<u8> {
     v
 }
 
-/// Who writes and who watches: (writer client, watcher client, file prefix, token index).
+/// Who writes and who watches: the client count, and per user (writer client, watcher
+/// client, the subfolder of the run folder they share, empty for the run folder itself).
 fn plan(mode: Mode, n: usize) -> (usize, Vec<(usize, usize, String)>) {
     match mode {
         Mode::Independent => (
             2 * n,
-            (0..n)
-                .map(|i| (2 * i, 2 * i + 1, "f".to_string()))
-                .collect(),
+            (0..n).map(|i| (2 * i, 2 * i + 1, String::new())).collect(),
         ),
         Mode::Dependent => {
             let m = n.max(2);
             (
                 m,
-                (0..n).map(|k| (k, (k + 1) % m, format!("c{k}-"))).collect(),
+                (0..n).map(|k| (k, (k + 1) % m, format!("c{k}"))).collect(),
             )
         }
     }
+}
+
+/// The name of a user's `j`th file.
+fn file_name(j: usize) -> String {
+    format!("f{j:03}")
 }
 
 fn token_of(mode: Mode, client: usize) -> usize {
@@ -205,12 +213,23 @@ pub fn run_fuse(
         };
         for &c in &creators {
             std::fs::create_dir(clients[c].mnt.join(&dir)).unwrap();
+            for (_, _, sub) in pairs.iter().filter(|p| !p.2.is_empty()) {
+                std::fs::create_dir(clients[c].mnt.join(&dir).join(sub)).unwrap();
+            }
         }
         for c in &clients {
             let p = c.mnt.join(&dir);
             integration_tests::wait_for("the run folder on every client", deadline, || {
                 p.is_dir().then_some(())
             });
+        }
+        for (w, v, sub) in &pairs {
+            for c in [w, v] {
+                let p = clients[*c].mnt.join(&dir).join(sub);
+                integration_tests::wait_for("a user's folder on its clients", deadline, || {
+                    p.is_dir().then_some(())
+                });
+            }
         }
         for &c in &creators {
             clients[c].wait_uploaded(deadline);
@@ -258,13 +277,13 @@ pub fn run_fuse(
                 let handles: Vec<_> = pairs
                     .iter()
                     .enumerate()
-                    .map(|(u, (w, v, prefix))| {
-                        let wdir = clients[*w].mnt.join(&dir);
-                        let vdir = clients[*v].mnt.join(&dir);
+                    .map(|(u, (w, v, sub))| {
+                        let wdir = clients[*w].mnt.join(&dir).join(sub);
+                        let vdir = clients[*v].mnt.join(&dir).join(sub);
                         let tag = format!("{dir}-{u}");
                         s.spawn(move || {
                             for j in 0..FILES {
-                                let p = wdir.join(format!("{prefix}{j:03}"));
+                                let p = wdir.join(file_name(j));
                                 let r = if phase == "create" {
                                     std::fs::write(&p, content(&tag, j))
                                 } else {
@@ -278,7 +297,7 @@ pub fn run_fuse(
                             let mut next = 0;
                             loop {
                                 while next < FILES {
-                                    let p = vdir.join(format!("{prefix}{next:03}"));
+                                    let p = vdir.join(file_name(next));
                                     let there = std::fs::symlink_metadata(&p).is_ok();
                                     if there == (phase == "create") {
                                         next += 1;
@@ -496,10 +515,10 @@ fn tracing_warn(msg: &str) {
 }
 
 /// Waits until `core` knows `name` in the root; its id there (with a listing cached).
-async fn core_dir(core: &Core, name: &str, deadline: Duration) -> Option<NodeId> {
+async fn core_dir(core: &Core, parent: NodeId, name: &str, deadline: Duration) -> Option<NodeId> {
     let start = Instant::now();
     loop {
-        if let Some(Ok(node)) = core.lookup_cached(ROOT_ID, name) {
+        if let Some(Ok(node)) = core.lookup_cached(parent, name) {
             if core.readdir(node.id).await.is_ok() {
                 return Some(node.id);
             }
@@ -589,17 +608,23 @@ pub fn worker_main(spec_path: &str) {
         Mode::Dependent => vec![0],
     };
     let mut dir_ids: std::collections::HashMap<usize, NodeId> = Default::default();
+    // Per (client, user): the folder where that user's files are written or watched.
+    let mut user_dirs: std::collections::HashMap<(usize, usize), NodeId> = Default::default();
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["mkdir", dir] => {
                 dir_ids.clear();
+                user_dirs.clear();
                 rt.block_on(async {
                     for &c in creators.iter().filter(|c| hosted.contains_key(c)) {
                         let core = &hosted[&c].core;
                         let node = core.mkdir(ROOT_ID, dir, 0o755).await.unwrap();
                         dir_ids.insert(c, node.id);
+                        for (_, _, sub) in pairs.iter().filter(|p| !p.2.is_empty()) {
+                            core.mkdir(node.id, sub, 0o755).await.unwrap();
+                        }
                     }
                     for &c in creators.iter().filter(|c| hosted.contains_key(c)) {
                         hosted[&c].core.drain(deadline).await;
@@ -611,17 +636,48 @@ pub fn worker_main(spec_path: &str) {
                 let found = rt.block_on(async {
                     let handles: Vec<_> = hosted
                         .iter()
-                        .filter(|(c, _)| !creators.contains(c))
                         .map(|(&c, cl)| {
                             let (cl, d) = (cl.clone(), dir.to_string());
-                            tokio::spawn(async move { (c, core_dir(&cl.core, &d, deadline).await) })
+                            let known = dir_ids.get(&c).copied();
+                            // The users this client writes or watches for, and where.
+                            let mine: Vec<(usize, String)> = pairs
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, (w, v, _))| *w == c || *v == c)
+                                .map(|(u, (_, _, sub))| (u, sub.clone()))
+                                .collect();
+                            tokio::spawn(async move {
+                                let core = &cl.core;
+                                let Some(top) = (match known {
+                                    Some(id) => Some(id),
+                                    None => core_dir(core, ROOT_ID, &d, deadline).await,
+                                }) else {
+                                    return (c, None);
+                                };
+                                let mut found = Vec::new();
+                                for (u, sub) in mine {
+                                    let id = if sub.is_empty() {
+                                        top
+                                    } else {
+                                        match core_dir(core, top, &sub, deadline).await {
+                                            Some(id) => id,
+                                            None => return (c, None),
+                                        }
+                                    };
+                                    found.push((u, id));
+                                }
+                                (c, Some((top, found)))
+                            })
                         })
                         .collect();
                     let mut ok = true;
                     for h in handles {
                         match h.await.unwrap() {
-                            (c, Some(id)) => {
-                                dir_ids.insert(c, id);
+                            (c, Some((top, found))) => {
+                                dir_ids.insert(c, top);
+                                for (u, id) in found {
+                                    user_dirs.insert((c, u), id);
+                                }
                             }
                             _ => ok = false,
                         }
@@ -639,13 +695,13 @@ pub fn worker_main(spec_path: &str) {
                 let start = Instant::now();
                 rt.block_on(async {
                     let mut tasks = Vec::new();
-                    for (u, (w, v, prefix)) in pairs.iter().enumerate() {
+                    for (u, (w, v, _)) in pairs.iter().enumerate() {
                         if let Some(wc) = hosted.get(w) {
-                            let (wc, wdir, prefix) = (wc.clone(), dir_ids[w], prefix.clone());
+                            let (wc, wdir) = (wc.clone(), user_dirs[&(*w, u)]);
                             let tag = format!("{dir}-{u}");
                             tasks.push(tokio::spawn(async move {
                                 for j in 0..FILES {
-                                    let name = format!("{prefix}{j:03}");
+                                    let name = file_name(j);
                                     let r = if phase == "create" {
                                         match wc.core.create_file(wdir, &name, 0o644).await {
                                             Ok(node) => {
@@ -671,12 +727,12 @@ pub fn worker_main(spec_path: &str) {
                             }));
                         }
                         if let Some(vc) = hosted.get(v) {
-                            let (vc, vdir, prefix) = (vc.clone(), dir_ids[v], prefix.clone());
+                            let (vc, vdir) = (vc.clone(), user_dirs[&(*v, u)]);
                             tasks.push(tokio::spawn(async move {
                                 let mut next = 0;
                                 loop {
                                     while next < FILES {
-                                        let name = format!("{prefix}{next:03}");
+                                        let name = file_name(next);
                                         let there = matches!(
                                             vc.core.tree.child(vdir, &name),
                                             Some(Some(_))

@@ -938,9 +938,13 @@ fn report(m: &Machine, res: &Results, charts: &[(String, String)], args: &Args) 
              client lists all 100 (the median user is shown too). Then the first client deletes \
              them; **deletion time** until the last user's other client lists none. \
              **Independent users**: N accounts, one pair each. **Dependent users**: N clients of \
-             *one* account in one shared folder; client k writes `c{{k}}-000…099` and client k+1 \
-             waits for them (N = 1: one writer, one watcher), so every client receives all N × 100 \
-             changes.\n\n\
+             *one* account in one shared folder, each client's files in a subfolder of it: \
+             client k writes `c{{k}}/f000…099` and client k+1 waits for them there (N = 1: one \
+             writer, one watcher). Every client sees every subfolder, and hears the changes in \
+             those it has listed (its own and the one it watches), as a drive's user hears the \
+             folders they have open; the original experiment put all files in the one folder, \
+             so that every client received all N × 100 changes (and so did this bench before \
+             2026-12-03).\n\n\
              **Which clients**: N ≤ {} are real `jewelfs` FUSE mounts (one process each; files \
              written with `write(2)` and looked up through the kernel). Above that, every client \
              is the same sync core (`jewelfs::core::Core`: tree cache, journal, uploader, \

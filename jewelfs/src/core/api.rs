@@ -135,6 +135,11 @@ pub struct HttpApi {
     /// every retry until one is answered, so a try stored by the service whose answer was
     /// lost is found again instead of becoming a second device.
     registration: std::sync::Mutex<Option<String>>,
+    /// Ask for every change of the user, not only those in the folders this device listed
+    /// (`every_folder=true` on the change feed and the long-poll): a mount that replays other
+    /// machines' changes for inotify watchers needs them, as a program may watch a folder it
+    /// never read.
+    every_folder: bool,
 }
 
 impl HttpApi {
@@ -151,7 +156,14 @@ impl HttpApi {
             client,
             device: AtomicU64::new(0),
             registration: std::sync::Mutex::new(None),
+            every_folder: false,
         })
+    }
+
+    /// Hears every change of the user (see `every_folder`).
+    pub fn hearing_every_folder(mut self, on: bool) -> HttpApi {
+        self.every_folder = on;
+        self
     }
 
     /// Reads a new token from `source` whenever the service refuses the current one.
@@ -171,6 +183,15 @@ impl HttpApi {
                 "the service refused this machine's token; using the new one in the config file"
             );
             *token = fresh;
+        }
+    }
+
+    /// A change-feed request asking for every folder when this client does.
+    fn scoped(&self, b: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if self.every_folder {
+            b.query(&[("every_folder", "true")])
+        } else {
+            b
         }
     }
 
@@ -348,7 +369,7 @@ impl Api for HttpApi {
         let b = self
             .req(reqwest::Method::GET, "/changes")
             .query(&[("since", since.to_string()), ("limit", limit.to_string())]);
-        self.send(b).await
+        self.send(self.scoped(b)).await
     }
     async fn poll(&self, device: DeviceId, since: Seq, timeout_ms: u64) -> ApiResult<ChangePage> {
         let b = self
@@ -358,7 +379,7 @@ impl Api for HttpApi {
                 ("timeout_ms", timeout_ms.to_string()),
             ])
             .timeout(Duration::from_millis(timeout_ms + 15_000));
-        self.send(b).await
+        self.send(self.scoped(b)).await
     }
     async fn missing_blocks(&self, hashes: Vec<BlockHash>) -> ApiResult<MissingBlocks> {
         let body = BlockHashes { hashes };

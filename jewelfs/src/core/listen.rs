@@ -7,6 +7,9 @@
 //!   longer knows it (`NotFound`: the device or the whole service was reset) does it register
 //!   a new device. So one machine stays one device (one queue in AWS mode) however often it
 //!   mounts; a second cache directory is a second device.
+//! - **A new device lists again**: the service sends a device the changes in the folders it
+//!   listed as that device, so a newly registered device marks every cached listing for
+//!   reconciliation (read again, as this device, once the journal is drained).
 //! - **Echoes of an earlier mount**: events naming this device are skipped as echoes only
 //!   when newer than the log's head at attach time (`echo_floor`); older ones come from an
 //!   earlier mount, which may have been killed after a commit but before its tree snapshot,
@@ -67,6 +70,11 @@ impl Core {
                 let dev = self.api.register_device(&self.cfg.device_name).await?;
                 if let Err(e) = save_device(&file, server, &me.user, dev.id) {
                     tracing::warn!("cannot save the device id in {}: {e}", file.display());
+                }
+                // The service sends a device the changes in the folders it listed as that
+                // device: the listings cached under another id are read again as this one.
+                if !self.tree.listed_dirs().is_empty() {
+                    self.suspect_all();
                 }
                 dev
             }
@@ -176,6 +184,7 @@ mod tests {
                 })
                 .collect(),
             latest_seq: latest,
+            through: None,
         }
     }
 

@@ -7,6 +7,9 @@
 //! (`sources/sqs.rs`). Subtle cases:
 //! - **gaps**: the first event must be `cursor + 1`; otherwise (a dropped notification) the
 //!   listener reads `GET /changes?since=cursor` page by page until it reaches `latest_seq`.
+//!   Except in a page chosen for this device (`through` set: the embedded service sends only
+//!   the changes in folders this device has listed): it covers the log up to `through`,
+//!   skipped events included, and the cursor moves there.
 //! - **reconnects**: after any failure the listener catches up from its cursor the same way,
 //!   so nothing that happened while offline is missed.
 //! - **`cursor_too_old`** (410): the log was trimmed past our cursor; the listener drops
@@ -212,6 +215,14 @@ impl Core {
                     self.cursor.store(ev.seq, Ordering::Relaxed);
                 }
             }
+            if let Some(through) = page.through {
+                // A page for this device: it covers the log up to `through`.
+                self.cursor.fetch_max(through, Ordering::Relaxed);
+                if self.cursor.load(Ordering::Relaxed) >= page.latest_seq {
+                    return Ok(());
+                }
+                continue;
+            }
             if page.events.is_empty() || self.cursor.load(Ordering::Relaxed) >= page.latest_seq {
                 if page.events.is_empty() && page.latest_seq > self.cursor.load(Ordering::Relaxed) {
                     // Nothing left to read but a newer seq: events were trimmed or skipped.
@@ -222,7 +233,9 @@ impl Core {
         }
     }
 
-    /// Applies a long-poll page; false when a gap means the feed must be read.
+    /// Applies a long-poll page; false when a gap means the feed must be read. A page chosen
+    /// for this device (`through` set) has no gaps by construction: it holds every event this
+    /// device needs up to `through`, which the cursor then moves to.
     pub fn apply_page(&self, page: &ChangePage) -> bool {
         let mut events: Vec<&ChangeEvent> = page.events.iter().collect();
         events.sort_by_key(|e| e.seq);
@@ -231,11 +244,14 @@ impl Core {
             if ev.seq <= cursor {
                 continue;
             }
-            if ev.seq != cursor + 1 {
+            if page.through.is_none() && ev.seq != cursor + 1 {
                 return false;
             }
             self.apply_event(ev);
             self.cursor.store(ev.seq, Ordering::Relaxed);
+        }
+        if let Some(through) = page.through {
+            self.cursor.fetch_max(through, Ordering::Relaxed);
         }
         self.cursor.load(Ordering::Relaxed) >= page.latest_seq
     }

@@ -665,6 +665,11 @@ impl Core {
     pub(crate) async fn read_listing(&self, dir: NodeId, fresh: bool) -> CoreResult<()> {
         let seen_before = self.cursor.load(Ordering::Relaxed);
         let own_before = self.own_gen.load(Ordering::SeqCst);
+        // The service sends a device the changes in the folders it listed as that device; a
+        // listing read before this mount had its device is read again once it has one.
+        if self.device.load(Ordering::Relaxed) == 0 {
+            self.suspect([dir]);
+        }
         let mut all = Vec::new();
         let mut after = None;
         loop {

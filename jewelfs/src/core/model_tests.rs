@@ -379,6 +379,7 @@ impl Api for Client {
         Ok(ChangePage {
             events,
             latest_seq: st.log.len() as Seq,
+            through: None,
         })
     }
     async fn poll(&self, _device: DeviceId, since: Seq, _timeout_ms: u64) -> ApiResult<ChangePage> {
@@ -938,6 +939,9 @@ async fn a_restart_from_a_tree_saved_at_seq_0_catches_up() {
     let again = Core::open(cfg, api).unwrap();
     assert!(again.load_snapshot().unwrap());
     again.connect().await.unwrap();
+    // As a mount starts it: the uploader too (it also reads the cached listings again as the
+    // device this test service registers anew).
+    tokio::spawn(again.clone().run_uploader());
     tokio::spawn(again.clone().run_listener());
     let restarted = Device_ {
         core: again,
