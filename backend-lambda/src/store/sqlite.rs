@@ -590,6 +590,20 @@ fn trash_subtree(c: &Connection, user: &str, top: NodeId, now_ns: i64) -> StoreR
 /// [`MAX_WATCHED_FOLDERS`] folders). No node has this id.
 const EVERY_FOLDER: i64 = -1;
 
+/// A device's page (`?1` user, `?2` device, `?3` cursor, `?4` rows), driven by its watches:
+/// one range of the folder index per watched folder, so a device pays for its folders'
+/// changes, not for all of its user's. `CROSS JOIN` fixes that order: left to itself, the
+/// planner scanned every indexed change of the user, then every change of the log, per poll
+/// (`a_device_page_reads_only_its_folders` checks the plan).
+const DEVICE_PAGE: &str = "SELECT c.event FROM (
+         SELECT DISTINCT f.seq AS seq FROM watches w
+         CROSS JOIN change_folders f
+           ON f.user = w.user AND f.folder = w.folder AND f.seq > MAX(w.since, ?3)
+         WHERE w.user = ?1 AND w.device = ?2
+         ORDER BY f.seq LIMIT ?4
+     ) s CROSS JOIN changes c ON c.user = ?1 AND c.seq = s.seq
+     ORDER BY s.seq";
+
 /// The user's newest sequence number, once `since` proves to be a cursor the log can serve
 /// (`CursorTooOld` when events after it were trimmed, or it is ahead of the log).
 fn log_head(tx: &Transaction<'_>, user: &str, since: Seq) -> StoreResult<Seq> {
@@ -1863,19 +1877,10 @@ impl MetaStore for SqliteStore {
                     r.get::<_, bool>(0)
                 })
                 .db()?;
-            // Driven by the device's watches: one range of the folder index per watched
-            // folder, so a device pays for its folders' changes, not for all of its user's.
             let sql = if everything {
                 "SELECT event FROM changes WHERE user = ?1 AND seq > ?3 ORDER BY seq LIMIT ?4"
             } else {
-                "SELECT c.event FROM (
-                     SELECT DISTINCT f.seq AS seq FROM watches w
-                     JOIN change_folders f
-                       ON f.user = w.user AND f.folder = w.folder AND f.seq > MAX(w.since, ?3)
-                     WHERE w.user = ?1 AND w.device = ?2
-                     ORDER BY f.seq LIMIT ?4
-                 ) s JOIN changes c ON c.user = ?1 AND c.seq = s.seq
-                 ORDER BY c.seq"
+                DEVICE_PAGE
             };
             let mut stmt = tx.prepare_cached(sql).db()?;
             // One row more than the page holds tells whether the page was cut.
@@ -2216,6 +2221,37 @@ impl MetaStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The plan of a device's page searches its watches, then each watched folder's range
+    /// of the index, then each event by its key: no step scans a user's whole log.
+    #[test]
+    fn a_device_page_reads_only_its_folders() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {DEVICE_PAGE}"))
+            .unwrap();
+        let steps: Vec<String> = stmt
+            .query_map(params!["u", 1, 0, 10], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        let searches = |table: &str, key: &str| {
+            steps
+                .iter()
+                .any(|s| s.starts_with(&format!("SEARCH {table} USING PRIMARY KEY ({key}")))
+        };
+        assert!(searches("w", "user=? AND device=?"), "{steps:?}");
+        assert!(
+            searches("f", "user=? AND folder=? AND seq>?"),
+            "{steps:?}"
+        );
+        assert!(searches("c", "user=? AND seq=?"), "{steps:?}");
+        assert!(
+            !steps.iter().any(|s| s.ends_with("(user=?)")),
+            "a scan of the user's rows: {steps:?}"
+        );
+    }
 
     mod in_memory {
         crate::meta_store_conformance!(async {
