@@ -2242,10 +2242,7 @@ mod tests {
                 .any(|s| s.starts_with(&format!("SEARCH {table} USING PRIMARY KEY ({key}")))
         };
         assert!(searches("w", "user=? AND device=?"), "{steps:?}");
-        assert!(
-            searches("f", "user=? AND folder=? AND seq>?"),
-            "{steps:?}"
-        );
+        assert!(searches("f", "user=? AND folder=? AND seq>?"), "{steps:?}");
         assert!(searches("c", "user=? AND seq=?"), "{steps:?}");
         assert!(
             !steps.iter().any(|s| s.ends_with("(user=?)")),
