@@ -179,7 +179,7 @@ impl Core {
     /// (once per outage, `saved`): no other device's change arrives until it answers again,
     /// so the saved tree and the journal then hold all this device shows, should it crash
     /// and start again offline (the saver alone could be a second or more behind).
-    async fn went_offline(&self, e: &ApiErr, backoff: &mut Duration, saved: &mut bool) {
+    async fn went_offline(self: &Arc<Self>, e: &ApiErr, backoff: &mut Duration, saved: &mut bool) {
         if e.code() == Some(ErrorCode::CursorTooOld) {
             self.relist().await;
             return;
@@ -194,8 +194,12 @@ impl Core {
                 tracing::info!("offline: {e}");
             }
             if !std::mem::replace(saved, true) {
-                if let Err(e) = self.save_snapshot() {
-                    tracing::debug!("could not save the tree: {e}");
+                // On a blocking thread: the save writes and flushes a file.
+                let core = Arc::clone(self);
+                match tokio::task::spawn_blocking(move || core.save_snapshot()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::debug!("could not save the tree: {e}"),
+                    Err(e) => tracing::warn!("the tree save failed: {e}"),
                 }
             }
         }
