@@ -803,20 +803,22 @@ async fn walk_core(core: &Core) -> Result<View, String> {
 
 /// [`walk_core`] while the other devices' changes arrive: a listing or a file may change
 /// between reading it and reading into it (a file grows, a directory goes), so a walk that
-/// saw such a change is read again. While the device is offline (the service restarting), a
-/// folder or file it heard of but never read cannot be read (`EIO`, as docs/SEMANTICS.md
-/// "Offline" says), so the walk waits for the device to be back online (up to 30 s).
+/// saw such a change is read again. While the service cannot be reached (a restart), a
+/// folder or file the device heard of but never read cannot be read ([`CoreErr::Offline`],
+/// `EIO`, as docs/SEMANTICS.md "Offline" says; the device may not know yet that it is
+/// offline), so such a walk waits for the service to answer again (up to 30 s).
 async fn walk_racing(core: &Core) -> Result<View, String> {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let unreachable = CoreErr::Offline.to_string();
     let mut last = String::new();
-    let mut online_tries = 0;
-    while online_tries < 50 && Instant::now() < deadline {
+    let mut tries = 0;
+    while tries < 50 && Instant::now() < deadline {
         match walk_core(core).await {
             Ok(v) => return Ok(v),
             Err(e) => last = e,
         }
-        if core.status().online {
-            online_tries += 1;
+        if core.status().online && !last.ends_with(&unreachable) {
+            tries += 1;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
