@@ -1151,7 +1151,11 @@ impl Run {
     /// [`Run::settle`] for the devices `devs` only (the ones online in a split; the others,
     /// cut off, hold changes the service has not seen).
     async fn settle_among(&self, devs: &[usize], what: &str) -> Result<View, String> {
-        let deadline = Duration::from_secs(15);
+        // A service restart takes a good part of it (SIGTERM's stop about 2 s, down up to
+        // 2 s), and then a client waits out its backoff (up to 5 s, ±25 %) before each try,
+        // several times when HTTP faults hit the tries after it: seed 141 of three devices
+        // needed 15 s once its journal had met a restart, a 500 and throttles in a row.
+        let deadline = Duration::from_secs(30);
         let start = Instant::now();
         loop {
             let last = match self.settled_once(devs).await {
