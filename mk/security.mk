@@ -14,6 +14,8 @@ SOAK_SEEDS   ?= 20
 # Seeds of the intent test (two mounts, outages, a crash) and of the core's model test.
 INTENT_SEEDS ?= 200
 MODEL_SEEDS  ?= 1000
+# Seeds of the core's model test with three devices (crashes too; a seed takes longer).
+MODEL3_SEEDS ?= 300
 
 DEBIAN_TEST_NEEDS += python3=python3 python3-venv=py:ensurepip
 
@@ -46,4 +48,5 @@ soak: build load
 	JEWEL_SOAK_SEEDS=$(SOAK_SEEDS) $(CARGO) test -p integration-tests --test convergence -- --include-ignored --nocapture
 	JEWEL_INTENT_CASES=$(INTENT_SEEDS) $(CARGO) test -p integration-tests --test mount_intent -- --include-ignored --nocapture
 	JEWEL_MODEL_CASES=$(MODEL_SEEDS) JEWEL_MODEL_OPS=80 $(CARGO) test -p integration-tests --test core_model core_matches_model -- --nocapture
+	JEWEL_MODEL_CASES=$(MODEL3_SEEDS) JEWEL_MODEL_OPS=80 $(CARGO) test -p integration-tests --test core_model core_model_on_three_devices -- --nocapture
 	JEWEL_FUZZ_EXAMPLES=200 JEWEL_FUZZ_TIME=900 $(MAKE) test-fuzz

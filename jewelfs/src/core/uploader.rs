@@ -1395,7 +1395,16 @@ impl Core {
                 Err(e) if matches!(e.code(), Some(ErrorCode::Conflict | ErrorCode::NotFound)) => {
                     return Ok(())
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    // The service may have moved it and the answer be lost (dropped after,
+                    // torn, a gateway's 500): the rename's next try then finds the name free
+                    // and never comes back here, and the listener skips our own echo of
+                    // this move, so the folder is read again once the journal drains.
+                    if e.code().is_none() {
+                        self.suspect([theirs.parent]);
+                    }
+                    return Err(e.into());
+                }
             }
         }
         Err(Fail::Refused(format!(
