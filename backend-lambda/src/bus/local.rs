@@ -136,7 +136,13 @@ impl ChangeBus for LocalBus {
         if *watches.borrow_and_update() != wait.watch_generation {
             return Ok(()); // it watches more folders than the caller read
         }
-        if wait.folders.is_empty() || wait.folders.len() > MAX_FOLDERS_PER_WAIT {
+        if wait.folders.is_empty() {
+            // Nothing it watches can change: only a new watch (or the timeout) ends the wait,
+            // not every change of its user.
+            let _ = tokio::time::timeout(timeout, watches.changed()).await;
+            return Ok(());
+        }
+        if wait.folders.len() > MAX_FOLDERS_PER_WAIT {
             let everything = self.wait_after(user, wait.after, timeout);
             tokio::select! {
                 _ = everything => {}
