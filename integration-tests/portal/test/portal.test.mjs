@@ -365,6 +365,32 @@ describe('web portal in chromium', () => {
     await row(page, 'Projects').waitFor();
   });
 
+  it('stays in the folder it opens while a change lands in the folder it leaves', async () => {
+    const projects = await api.child(1, 'Projects');
+    // Hold the folder's listing until a change made elsewhere in the top folder has
+    // been heard, so the refresh that change asks for runs while the folder opens.
+    let release;
+    const held = new Promise((r) => { release = r; });
+    const listing = new RegExp(`/nodes/${projects.id}/children([?]|$)`);
+    await page.route(listing, async (route) => { await held; await route.continue(); });
+    try {
+      await row(page, 'Projects').locator('a.name').click();
+      const refresh = page.waitForRequest(
+        (r) => new RegExp(`/nodes/(1|${projects.id})/children([?]|$)`).test(r.url()),
+        { timeout: LIVE_MS },
+      );
+      await api.upload(1, 'while-opening.txt', Buffer.from('made elsewhere meanwhile'));
+      await refresh;
+    } finally {
+      release();
+    }
+    await row(page, 'plan.txt').waitFor();
+    assert.deepEqual(await page.locator('#crumbs .crumb').allTextContents(), ['Files', 'Projects']);
+    await page.unroute(listing);
+    await page.locator('#crumbs .crumb', { hasText: 'Files' }).click();
+    await row(page, 'while-opening.txt').waitFor();
+  });
+
   it('deletes to the trash and restores from it', async () => {
     await row(page, 'renamed elsewhere.txt').getByRole('button', { name: 'Delete' }).click();
     await row(page, 'renamed elsewhere.txt').waitFor({ state: 'detached' });

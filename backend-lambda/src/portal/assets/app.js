@@ -137,7 +137,8 @@
     me: null,
     gen: 0, // bumped at sign-out: loops and loads of an older session stop
     view: 'files',
-    folder: ROOT,
+    folder: ROOT, // the folder on screen
+    opening: ROOT, // the folder asked for last; on screen once its listing arrives
     path: [], // nodes from the root's first child down to the current folder
     entries: [],
     trash: [],
@@ -347,6 +348,10 @@
   async function openFolder(id) {
     const seq = ++state.loadSeq;
     const gen = state.gen;
+    // The folder the user asked for last: a refresh while its listing is on the way
+    // re-lists it, not the folder still on screen (which would win the race and undo
+    // the navigation).
+    state.opening = id;
     try {
       const [path, entries] = await Promise.all([pathTo(id), listAll(id)]);
       if (seq !== state.loadSeq || gen !== state.gen) return;
@@ -372,7 +377,7 @@
     clearTimeout(state.refreshTimer);
     state.refreshTimer = setTimeout(() => {
       if (!state.me) return;
-      if (state.view === 'files') openFolder(state.folder);
+      if (state.view === 'files') openFolder(state.opening);
       else if (state.view === 'trash') loadTrash();
       else loadDevices();
     }, 120);
@@ -1216,9 +1221,12 @@
           if (ev.seq > state.cursor) state.cursor = ev.seq;
           if (touchesView(ev)) touched = true;
         }
+        // A token of a device gets the changes of the folders that device listed, and
+        // `through` says how far that page reaches past its last event.
+        if (typeof page.through === 'number' && page.through > state.cursor) state.cursor = page.through;
         if (touched) refreshSoon();
         if (state.view === 'devices') loadDevices();
-        more = page.events.length > 0 && page.latest_seq > state.cursor;
+        more = page.latest_seq > state.cursor && (page.events.length > 0 || typeof page.through === 'number');
         setLive(true);
       } catch (e) {
         if (gen !== state.gen) return;
