@@ -183,7 +183,7 @@ CREATE TABLE IF NOT EXISTS changes (
     event TEXT NOT NULL,
     at_ns INTEGER NOT NULL,
     PRIMARY KEY (user, seq)
-) WITHOUT ROWID;
+);
 CREATE TABLE IF NOT EXISTS change_folders (
     user   TEXT NOT NULL,
     folder INTEGER NOT NULL,
@@ -212,12 +212,13 @@ CREATE TABLE IF NOT EXISTS small_blocks (
     hash  TEXT NOT NULL,
     bytes BLOB NOT NULL,
     PRIMARY KEY (user, hash)
-) WITHOUT ROWID;
+);
 PRAGMA user_version = 1;
 ";
 
 /// Brings a database made by an older version up to [`SCHEMA`] (run after it): version 1 had
-/// no device tokens, version 2 no registration keys. Then the indexes on the new columns.
+/// no device tokens, version 2 no registration keys, version 3 kept the change log and small
+/// blocks without rowids ([`ROWID_TABLES`]). Then the indexes on the new columns.
 fn migrate(conn: &Connection) -> StoreResult<()> {
     let has_tokens: bool = conn
         .query_row(
@@ -245,6 +246,9 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
         conn.execute_batch("ALTER TABLE devices ADD COLUMN request_key TEXT;")
             .db()?;
     }
+    for (table, columns) in ROWID_TABLES {
+        rebuild_with_rowid(conn, table, columns)?;
+    }
     conn.execute_batch(
         "CREATE UNIQUE INDEX IF NOT EXISTS devices_token
              ON devices (token_hash) WHERE token_hash IS NOT NULL;
@@ -252,6 +256,51 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
              ON devices (user, request_key) WHERE request_key IS NOT NULL;",
     )
     .db()
+}
+
+/// Tables whose rows are large (an event's JSON with a small file's bytes; a small block):
+/// they keep a rowid and index their key beside it. As `WITHOUT ROWID` tables they kept each
+/// row in the key's b-tree, where a row over about 1 KB spills to overflow pages and every
+/// insert rebalanced pages of big rows — the largest cost of a commit in the profile
+/// (`docs/BENCHMARKS.md`, "Where the server's CPU goes").
+const ROWID_TABLES: [(&str, &str); 2] = [
+    ("changes", "user, seq, event, at_ns"),
+    ("small_blocks", "user, hash, bytes"),
+];
+
+/// Rebuilds `table`, made `WITHOUT ROWID` by an older version, as the rowid table
+/// [`SCHEMA`] now declares, keeping every row; one transaction, so a crash leaves the old
+/// table. Nothing to do when it already has a rowid.
+fn rebuild_with_rowid(conn: &Connection, table: &str, columns: &str) -> StoreResult<()> {
+    let sql: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            params![table],
+            |r| r.get(0),
+        )
+        .optional()
+        .db()?;
+    let Some(sql) = sql else { return Ok(()) };
+    if !sql.to_ascii_uppercase().contains("WITHOUT ROWID") {
+        return Ok(());
+    }
+    let create = SCHEMA
+        .split(';')
+        .find(|stmt| stmt.contains(&format!("CREATE TABLE IF NOT EXISTS {table} (")))
+        .ok_or_else(|| StoreError::Backend(format!("no table {table} in the schema")))?
+        .replace(
+            &format!("IF NOT EXISTS {table} ("),
+            &format!("{table}_rebuilt ("),
+        );
+    let tx = conn.unchecked_transaction().db()?;
+    tx.execute_batch(&format!(
+        "{create};
+         INSERT INTO {table}_rebuilt ({columns}) SELECT {columns} FROM {table};
+         DROP TABLE {table};
+         ALTER TABLE {table}_rebuilt RENAME TO {table};"
+    ))
+    .db()?;
+    tx.commit().db()
 }
 
 /// Adds a device of `user` (unless the user is unknown or has `max`), under `key` if given.
@@ -1079,6 +1128,10 @@ fn configure(conn: &Connection, options: &SqliteOptions) -> StoreResult<()> {
     conn.pragma_update(None, "cache_size", -(options.cache_kib as i64))
         .db()?;
     conn.pragma_update(None, "foreign_keys", false).db()?;
+    // Statement journals (a batch's savepoint per change) stay in memory: by default SQLite
+    // spills them to a temporary file past 64 KiB, and a batch then wrote every page it
+    // touched to that file before changing it.
+    conn.pragma_update(None, "temp_store", "MEMORY").db()?;
     Ok(())
 }
 
@@ -2286,14 +2339,23 @@ mod tests {
             .unwrap()
             .map(|r| r.unwrap())
             .collect();
-        let searches = |table: &str, key: &str| {
+        let searches = |table: &str, index: &str, key: &str| {
             steps
                 .iter()
-                .any(|s| s.starts_with(&format!("SEARCH {table} USING PRIMARY KEY ({key}")))
+                .any(|s| s.starts_with(&format!("SEARCH {table} USING {index} ({key}")))
         };
-        assert!(searches("w", "user=? AND device=?"), "{steps:?}");
-        assert!(searches("f", "user=? AND folder=? AND seq>?"), "{steps:?}");
-        assert!(searches("c", "user=? AND seq=?"), "{steps:?}");
+        assert!(
+            searches("w", "PRIMARY KEY", "user=? AND device=?"),
+            "{steps:?}"
+        );
+        assert!(
+            searches("f", "PRIMARY KEY", "user=? AND folder=? AND seq>?"),
+            "{steps:?}"
+        );
+        assert!(
+            searches("c", "INDEX sqlite_autoindex_changes_1", "user=? AND seq=?"),
+            "{steps:?}"
+        );
         assert!(
             !steps.iter().any(|s| s.ends_with("(user=?)")),
             "a scan of the user's rows: {steps:?}"
@@ -2314,6 +2376,68 @@ mod tests {
                 .expect("store on disk");
             (store, dir)
         });
+    }
+
+    /// A database whose change log and small blocks were kept without rowids opens with both
+    /// rebuilt as rowid tables, every event and block still there and still found by key.
+    #[tokio::test]
+    async fn a_log_without_rowids_is_rebuilt_with_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let user = {
+            let store = SqliteStore::open(&path).unwrap();
+            store.create_user("ann", "h", 1).await.unwrap()
+        };
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "DROP TABLE changes; DROP TABLE small_blocks;
+                 CREATE TABLE changes (user TEXT NOT NULL, seq INTEGER NOT NULL,
+                     event TEXT NOT NULL, at_ns INTEGER NOT NULL,
+                     PRIMARY KEY (user, seq)) WITHOUT ROWID;
+                 CREATE TABLE small_blocks (user TEXT NOT NULL, hash TEXT NOT NULL,
+                     bytes BLOB NOT NULL, PRIMARY KEY (user, hash)) WITHOUT ROWID;",
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO small_blocks (user, hash, bytes) VALUES (?1, 'h1', x'6869')",
+                params![user.id],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO changes (user, seq, event, at_ns) VALUES (?1, 1, '{}', 7)",
+                params![user.id],
+            )
+            .unwrap();
+        }
+        for _ in 0..2 {
+            // Opening twice: the second open finds nothing to rebuild.
+            let store = SqliteStore::open(&path).unwrap();
+            assert_eq!(
+                store.small_block(&user.id, "h1").await.unwrap(),
+                Some(b"hi".to_vec())
+            );
+            drop(store);
+            let c = Connection::open(&path).unwrap();
+            for table in ["changes", "small_blocks"] {
+                let sql: String = c
+                    .query_row(
+                        "SELECT sql FROM sqlite_master WHERE name = ?1",
+                        [table],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                assert!(!sql.contains("WITHOUT ROWID"), "{sql}");
+            }
+            let event: (String, i64) = c
+                .query_row(
+                    "SELECT event, at_ns FROM changes WHERE user = ?1 AND seq = 1",
+                    params![user.id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap();
+            assert_eq!(event, ("{}".to_string(), 7));
+        }
     }
 
     /// A database of the version before device tokens (and registration keys) opens, keeps its
