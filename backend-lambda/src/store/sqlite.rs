@@ -262,7 +262,7 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
 /// they keep a rowid and index their key beside it. As `WITHOUT ROWID` tables they kept each
 /// row in the key's b-tree, where a row over about 1 KB spills to overflow pages and every
 /// insert rebalanced pages of big rows — the largest cost of a commit in the profile
-/// (`docs/BENCHMARKS.md`, "Where the server's CPU goes").
+/// (`docs/PROFILE.md`).
 const ROWID_TABLES: [(&str, &str); 2] = [
     ("changes", "user, seq, event, at_ns"),
     ("small_blocks", "user, hash, bytes"),
