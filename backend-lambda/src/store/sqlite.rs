@@ -258,6 +258,9 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
     .db()
 }
 
+/// WAL pages (4 KiB each) after which a commit checkpoints: about 40 MiB of WAL.
+const WAL_CHECKPOINT_PAGES: i64 = 10_000;
+
 /// Tables whose rows are large (an event's JSON with a small file's bytes; a small block):
 /// they keep a rowid and index their key beside it. As `WITHOUT ROWID` tables they kept each
 /// row in the key's b-tree, where a row over about 1 KB spills to overflow pages and every
@@ -1164,6 +1167,12 @@ impl SqliteStore {
             )));
         }
         writer.pragma_update(None, "synchronous", "NORMAL").db()?;
+        // A checkpoint copies every page the WAL holds into the database; at SQLite's
+        // default of 1,000 pages a busy server copied the same hot pages (the log's last
+        // page, the users row, the upper b-tree pages) a few times a second.
+        writer
+            .pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)
+            .db()?;
         writer.execute_batch(SCHEMA).db()?;
         migrate(&writer)?;
         let mut readers = Vec::with_capacity(options.readers);
