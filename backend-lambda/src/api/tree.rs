@@ -6,9 +6,9 @@
 //! count matches size, hashes well-formed) and that every named block is stored (in the block
 //! store, or kept by the metadata store: a small file's inline block goes into the store's
 //! own transaction when the store keeps small blocks, see `MetaStore::keeps_small_blocks`,
-//! and is then neither stored nor checked beforehand; a small content that names a block the
-//! store keeps, without its bytes, is given them, so the store writes that block again with
-//! the change). Listings,
+//! and is then neither stored nor checked beforehand; a small content that names a block
+//! only the store keeps, without its bytes, is given them, so the store writes that block
+//! again with the change). Listings,
 //! the trash and a file's versions are answered a bounded page at a time (see `store`). The store then applies the change atomically and returns the events, which
 //! are published on the bus after the commit (the log is the truth; a lost notification is
 //! caught up from the log by the client).
@@ -501,9 +501,6 @@ pub(super) async fn valid_content(
     inline_block: InlineBlock,
 ) -> AppResult<()> {
     check_shape(content)?;
-    if svc.meta.keeps_small_blocks() {
-        carry_kept_block(svc, user, content).await?;
-    }
     if content.inline.is_some() && svc.meta.keeps_small_blocks() {
         // The store writes the block in the change that names it: nothing to store or check
         // before (the content names no other block).
@@ -512,28 +509,37 @@ pub(super) async fn valid_content(
     if let (Some(inline), InlineBlock::ToStore) = (&content.inline, inline_block) {
         store_inline(svc, user, inline).await?;
     }
-    check_stored(svc, user, content).await
+    match check_stored(svc, user, content).await {
+        Err(AppError(e)) if e.code == ErrorCode::MissingBlocks && svc.meta.keeps_small_blocks() => {
+            if carry_kept_block(svc, user, content).await? {
+                Ok(())
+            } else {
+                Err(AppError(e))
+            }
+        }
+        checked => checked,
+    }
 }
 
-/// Gives a small content that names a block the metadata store keeps, without carrying it
-/// (a version restored, a client that asked `blocks/missing` first), that block's bytes, so
-/// the store writes the block again with the change that names it. That rewrite is what
-/// keeps the block from a collection running meanwhile on another process (see
-/// `aws/dynamo/small_blocks.rs`); nothing else here guards it there. A block the store does
-/// not keep is left to the block store's check.
-async fn carry_kept_block(svc: &Service, user: &UserId, content: &mut Content) -> AppResult<()> {
+/// Gives a small content whose block the block store lacks but the metadata store keeps (a
+/// version restored in AWS mode, where `missing_blocks` does not ask the table) that block's
+/// bytes, so the store writes the block again with the change that names it; true when it
+/// did. That rewrite is what keeps the block from a collection running meanwhile on another
+/// process (see `aws/dynamo/small_blocks.rs`).
+async fn carry_kept_block(svc: &Service, user: &UserId, content: &mut Content) -> AppResult<bool> {
     let [hash] = content.blocks.as_slice() else {
-        return Ok(());
+        return Ok(false);
     };
     if content.inline.is_some() || content.size > MAX_INLINE_BYTES as u64 {
-        return Ok(());
+        return Ok(false);
     }
-    if let Some(bytes) = svc.meta.small_block(user, hash).await? {
-        if bytes.len() as u64 == content.size {
+    match svc.meta.small_block(user, hash).await? {
+        Some(bytes) if bytes.len() as u64 == content.size => {
             content.inline = Some(jewel_wire::InlineBytes(bytes));
+            Ok(true)
         }
+        _ => Ok(false),
     }
-    Ok(())
 }
 
 /// What content can be checked without a store: its size and block count, its hashes, and
@@ -622,9 +628,9 @@ async fn check_stored(svc: &Service, user: &UserId, content: &Content) -> AppRes
 /// Only a local block folder is paired with a store asked here; in AWS mode the table is not
 /// asked (a kept block counts as missing): `blocks/missing` comes from uploads that did not
 /// go inline (big files, the portal), whose blocks S3 holds or is about to, and a table read
-/// on every upload would cost more than the odd small block sent to S3 again. A commit that
-/// names a kept block was given its bytes first (`carry_kept_block`), so never lands here
-/// for it.
+/// on every upload would cost more than the odd small block sent to S3 again. A commit whose
+/// small block is found missing here is given its bytes if the table keeps it
+/// (`carry_kept_block`).
 pub(super) async fn missing_blocks(
     svc: &Service,
     user: &UserId,

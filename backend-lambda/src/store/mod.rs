@@ -500,9 +500,9 @@ pub trait MetaStore: Send + Sync + 'static {
     /// how many went. A change that stores an inline block at the same time lands either
     /// before (the block is named, and stays) or after (it writes the block again): SQLite
     /// deletes in one transaction, DynamoDB each block on the condition that no change wrote
-    /// it since it was read. A commit that names a kept block without carrying it is given
-    /// its bytes by the router (so it writes the block again too), and is kept apart from
-    /// this by `Service::block_guard` in the embedded server as well.
+    /// it since it was read. A commit that names a kept block without carrying it is kept
+    /// apart from this by `Service::block_guard` in the embedded server; in AWS mode the
+    /// router gives it the block's bytes (so it writes the block again too).
     async fn collect_small_blocks(&self, _user: &UserId) -> StoreResult<usize> {
         Ok(0)
     }
