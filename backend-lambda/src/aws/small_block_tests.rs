@@ -1,7 +1,9 @@
 //! A small file in AWS mode, through the API on DynamoDB and S3 (moto): its block is kept in
 //! the table with its node, so S3 gets nothing; the service serves the block itself at a
 //! signed URL (S3 does not hold it) and refuses that URL altered; an overwritten small
-//! content comes back by restoring its version, still without S3.
+//! content comes back by restoring its version, still without S3. Collecting kept blocks
+//! (the daily maintenance) takes only those nothing names, and never one a change wrote
+//! again meanwhile.
 
 use std::sync::Arc;
 
@@ -200,4 +202,63 @@ async fn a_block_written_again_while_collecting_stays() {
         Some(&b"todo: water the plants"[..])
     );
     assert_eq!(meta.collect_small_blocks(&ann.id).await.unwrap(), 0);
+}
+
+/// The daily maintenance: once a deleted small file's trash is purged, its block goes from
+/// the table; a live small file's stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_maintenance_forgets_small_blocks_nothing_names() {
+    use super::scheduled::{run, MaintenanceSettings};
+    use crate::store::{now_ns, MetaStore, NewNode, Origin};
+    let Some(m) = moto() else { return };
+    let sdk = sdk_for(&m.url).await;
+    let settings = fresh_settings();
+    let meta = DynamoStore::new(&sdk, &settings);
+    meta.create_table().await.unwrap();
+    let s3 = S3BlobStore::new(&sdk, &settings);
+    s3.create_bucket().await.unwrap();
+    let (ann, _) = crate::admin::add_user(&meta, "ann").await.unwrap();
+    let origin = Origin {
+        device: None,
+        now_ns: now_ns(),
+    };
+    let mut nodes = Vec::new();
+    for (name, bytes) in [
+        ("kept.txt", &b"still here"[..]),
+        ("gone.txt", &b"deleted"[..]),
+    ] {
+        let new = NewNode {
+            parent: ROOT_ID,
+            name: name.into(),
+            kind: NewKind::File {
+                content: small(bytes),
+            },
+            mode: 0o644,
+            mtime_ns: 1,
+        };
+        nodes.push(meta.create(&ann.id, &new, origin).await.unwrap().0);
+    }
+    meta.remove(&ann.id, nodes[1].id, None, false, origin)
+        .await
+        .unwrap();
+
+    let right_away = MaintenanceSettings {
+        trash_retention: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+    let report = run(&meta, &s3, right_away, now_ns() + 1).await.unwrap();
+    assert_eq!((report.trash_entries, report.small_blocks), (1, 1));
+    assert_eq!(
+        meta.small_block(&ann.id, &nodes[0].blocks[0])
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"still here"[..])
+    );
+    assert_eq!(
+        meta.small_block(&ann.id, &nodes[1].blocks[0])
+            .await
+            .unwrap(),
+        None
+    );
 }
