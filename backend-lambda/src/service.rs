@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::blobs::local::LocalBlobStore;
+use crate::blobs::url_key::UrlKey;
 use crate::blobs::{sha256_hex, BlobStore};
 use crate::bus::ChangeBus;
 use crate::store::MetaStore;
@@ -54,6 +55,10 @@ pub struct Service {
     pub bus: Arc<dyn ChangeBus>,
     /// Set when blocks live in a local folder: the router then serves its signed URLs.
     pub local_blobs: Option<Arc<LocalBlobStore>>,
+    /// Set when blocks live elsewhere (S3) but the metadata store keeps small ones
+    /// (`MetaStore::keeps_small_blocks`): the router serves those at URLs signed with this
+    /// key, shared by every process serving the same store (AWS mode: `aws::service`).
+    pub kept_block_urls: Option<UrlKey>,
     pub limits: Limits,
     /// Keeps block garbage collection and commits apart: a commit that names blocks holds it
     /// shared from checking that its blocks exist until it is stored; the collector holds it
@@ -78,6 +83,7 @@ impl Service {
             blobs,
             bus,
             local_blobs: None,
+            kept_block_urls: None,
             limits: Limits::default(),
             block_guard: tokio::sync::RwLock::new(()),
             auth_cache: Default::default(),

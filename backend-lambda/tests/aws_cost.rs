@@ -59,7 +59,12 @@ async fn requests_per_sync_operation() {
     // As AWS mode serves: block checks through the garbage collector's guard.
     let blobs = aws::gc_guard::GuardedBlobs::new(s3, meta.clone());
     let bus = SqsBus::new(&sdk, &st);
-    let service = Arc::new(Service::new(meta, Arc::new(blobs), Arc::new(bus)));
+    // As AWS mode serves: with the table's key for the small blocks it keeps.
+    let service: Arc<Service> = Arc::new(
+        aws::service(meta, Arc::new(blobs), Arc::new(bus))
+            .await
+            .unwrap(),
+    );
     let (_user, token) = backend_lambda::admin::add_user(service.meta.as_ref(), "ann")
         .await
         .unwrap();
@@ -215,6 +220,27 @@ async fn requests_per_sync_operation() {
         receive(a, t).await; // A drains its own echo
         t.add_service(&before);
 
+        // ---- a small file (at most 4 KiB) on A: inline, its block kept in the table; B
+        // gets the bytes inside the change event ----
+        let t = per_op.entry("create small file").or_default();
+        let before = aws::request_counts();
+        let data = format!("small file {round}").into_bytes();
+        let body = json!({"parent": ROOT_ID, "name": format!("s{round}"), "kind": "file",
+            "content": {"size": data.len(), "blocks": [sha256_hex(&data)],
+                        "inline": InlineBytes(data.clone())}});
+        let r = call(reqwest::Method::POST, "/nodes".into(), a.id)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+        t.api_calls += 1;
+        let evs = receive(b, t).await;
+        assert_eq!(evs.len(), 1);
+        assert_eq!(evs[0].inline.as_ref().map(|i| &i.0), Some(&data));
+        receive(a, t).await;
+        t.add_service(&before);
+
         // ---- edit it on A (new content) ----
         let t = per_op.entry("edit file").or_default();
         let before = aws::request_counts();
@@ -341,14 +367,30 @@ async fn requests_per_sync_operation() {
         );
     }
     // The collector's guard: one read of the condemned blocks per block check (`blocks/missing`
-    // and the commit), besides the device queue records a publish reads (cached per process).
+    // and the commit), besides the device queue records a publish reads (cached per process);
+    // and `blocks/urls` asks which blocks are small ones the table keeps (served by the
+    // service, not S3).
     for op in ["create file", "edit file"] {
         assert!(
-            (2.0..=3.0).contains(&per(op, "dynamodb:BatchGetItem")),
+            (3.0..=4.0).contains(&per(op, "dynamodb:BatchGetItem")),
             "{op}: {} BatchGetItem",
             per(op, "dynamodb:BatchGetItem")
         );
     }
+    // A small file: one call, one transaction (pointer, entry, parent check, log, counter
+    // and its block), and nothing in S3.
+    let small = &per_op["create small file"];
+    assert_eq!(small.api_calls, N);
+    assert_eq!(per("create small file", "dynamodb:TransactWriteItems"), 1.0);
+    assert_eq!(
+        per("create small file", "dynamodb:TransactWriteItems (items)"),
+        6.0
+    );
+    assert!(
+        !small.aws.keys().any(|k| k.starts_with("s3:")),
+        "a small file costs no S3 request: {:?}",
+        small.aws
+    );
     // An edit: pointer, entry, log, counter, and the earlier version it keeps.
     assert!(per("edit file", "dynamodb:TransactWriteItems (items)") <= 5.0);
     assert!(per("rename", "dynamodb:TransactWriteItems (items)") <= 6.0);

@@ -92,8 +92,14 @@ async fn checked(
         Change::Create(req) => {
             BatchOp::Create(tree::new_node(svc, caller, req, origin, InlineBlock::Stored).await?)
         }
-        Change::Commit { id, commit } => {
-            tree::valid_content(svc, &caller.user.id, &commit.content, InlineBlock::Stored).await?;
+        Change::Commit { id, mut commit } => {
+            tree::valid_content(
+                svc,
+                &caller.user.id,
+                &mut commit.content,
+                InlineBlock::Stored,
+            )
+            .await?;
             BatchOp::Commit {
                 id,
                 base: commit.base_version,

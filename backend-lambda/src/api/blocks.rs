@@ -6,7 +6,9 @@
 //! URLs here). The blob routes take no bearer token: the signature is the authority, and it
 //! names the user, the block and the operation. A small file's block may live in the
 //! metadata store instead (`MetaStore::keeps_small_blocks`): it counts as stored, and its
-//! URL serves it from there.
+//! URL serves it from there — a local folder's URL falls back to the store, and in AWS mode
+//! (blocks in S3, which does not hold these) `blocks/urls` answers a kept block with a URL
+//! of this router signed with the table's key (`Service::kept_block_urls`).
 
 use std::sync::Arc;
 
@@ -23,7 +25,7 @@ use serde::Deserialize;
 
 use super::auth::Caller;
 use super::error::{ApiPath, ApiQuery, AppError, AppResult};
-use crate::blobs::local::{BlobOp, SignedUrl};
+use crate::blobs::url_key::{BlobOp, SignedUrl};
 use crate::service::Service;
 
 type S = State<Arc<Service>>;
@@ -63,9 +65,21 @@ pub async fn urls(
     super::error::JsonBody(req): super::error::JsonBody<BlockHashes>,
 ) -> AppResult<Json<BlockUrls>> {
     valid_hashes(&req)?;
+    let user = &caller.user.id;
+    // Blocks the metadata store keeps, which only this router serves (AWS mode).
+    let (kept, key) = match (&svc.local_blobs, &svc.kept_block_urls) {
+        (None, Some(key)) if svc.meta.keeps_small_blocks() => {
+            let held = svc.meta.small_blocks_held(user, &req.hashes).await?;
+            (held.into_iter().collect(), Some(key))
+        }
+        _ => (std::collections::HashSet::new(), None),
+    };
     let mut urls = Vec::with_capacity(req.hashes.len());
     for hash in req.hashes {
-        let url = svc.blobs.download_url(&caller.user.id, &hash).await?;
+        let url = match key {
+            Some(key) if kept.contains(&hash) => key.sign(BlobOp::Get, user, &hash),
+            _ => svc.blobs.download_url(user, &hash).await?,
+        };
         urls.push(BlockUrl { hash, url });
     }
     Ok(Json(BlockUrls { urls }))
@@ -144,20 +158,49 @@ pub async fn blob_put(
     Ok(StatusCode::OK)
 }
 
+/// A kept small block's URL in AWS mode (see the module's docs): the key of
+/// `Service::kept_block_urls`, GET only.
+fn checked_kept(svc: &Service, user: &str, hash: &str, q: &SignatureQuery) -> AppResult<()> {
+    let key = svc
+        .kept_block_urls
+        .as_ref()
+        .ok_or_else(AppError::not_found)?;
+    if !is_block_hash(hash) {
+        return Err(AppError::bad_request("not a block hash"));
+    }
+    key.verify(&SignedUrl {
+        op: BlobOp::Get,
+        user,
+        hash,
+        exp: q.exp,
+        sig: &q.sig,
+    })
+    .map_err(AppError::from)
+}
+
 pub async fn blob_get(
     State(svc): S,
     ApiPath((user, hash)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<SignatureQuery>,
 ) -> AppResult<Response> {
-    let local = checked(&svc, BlobOp::Get, &user, &hash, &q)?;
-    let bytes = match crate::blobs::BlobStore::get(local.as_ref(), &user, &hash).await {
-        Err(crate::blobs::BlobError::NotFound) => svc
-            .meta
-            .small_block(&user, &hash)
-            .await?
-            .map(bytes::Bytes::from)
-            .ok_or(crate::blobs::BlobError::NotFound)?,
-        other => other?,
+    let kept = || async {
+        AppResult::Ok(
+            svc.meta
+                .small_block(&user, &hash)
+                .await?
+                .map(bytes::Bytes::from)
+                .ok_or(crate::blobs::BlobError::NotFound)?,
+        )
+    };
+    let bytes = if svc.local_blobs.is_some() {
+        let local = checked(&svc, BlobOp::Get, &user, &hash, &q)?;
+        match crate::blobs::BlobStore::get(local.as_ref(), &user, &hash).await {
+            Err(crate::blobs::BlobError::NotFound) => kept().await?,
+            other => other?,
+        }
+    } else {
+        checked_kept(&svc, &user, &hash, &q)?;
+        kept().await?
     };
     Ok((
         [

@@ -6,7 +6,9 @@
 //! count matches size, hashes well-formed) and that every named block is stored (in the block
 //! store, or kept by the metadata store: a small file's inline block goes into the store's
 //! own transaction when the store keeps small blocks, see `MetaStore::keeps_small_blocks`,
-//! and is then neither stored nor checked beforehand). Listings,
+//! and is then neither stored nor checked beforehand; a small content that names a block
+//! only the store keeps, without its bytes, is given them, so the store writes that block
+//! again with the change). Listings,
 //! the trash and a file's versions are answered a bounded page at a time (see `store`). The store then applies the change atomically and returns the events, which
 //! are published on the bus after the commit (the log is the truth; a lost notification is
 //! caught up from the log by the client).
@@ -142,12 +144,12 @@ pub async fn create(
 pub(super) async fn new_node(
     svc: &Service,
     caller: &Caller,
-    req: CreateNode,
+    mut req: CreateNode,
     origin: crate::store::Origin,
     inline_block: InlineBlock,
 ) -> AppResult<NewNode> {
     valid_name(&req.name)?;
-    let default_mode = match &req.kind {
+    let default_mode = match &mut req.kind {
         NewKind::File { content } => {
             valid_content(svc, &caller.user.id, content, inline_block).await?;
             0o644
@@ -176,10 +178,16 @@ pub async fn commit_content(
     State(svc): S,
     caller: Caller,
     ApiPath(id): ApiPath<NodeId>,
-    JsonBody(req): JsonBody<CommitContent>,
+    JsonBody(mut req): JsonBody<CommitContent>,
 ) -> AppResult<Json<Node>> {
     let blocks_checked = svc.block_guard.read().await;
-    valid_content(&svc, &caller.user.id, &req.content, InlineBlock::ToStore).await?;
+    valid_content(
+        &svc,
+        &caller.user.id,
+        &mut req.content,
+        InlineBlock::ToStore,
+    )
+    .await?;
     let (node, mut event) = svc
         .meta
         .commit_content(
@@ -392,7 +400,7 @@ pub async fn restore_version(
     ApiPath((id, version)): ApiPath<(NodeId, Version)>,
 ) -> AppResult<Json<Node>> {
     let user = &caller.user.id;
-    let old = svc
+    let mut old = svc
         .meta
         .list_versions(user, id, version.checked_add(1), 1)
         .await?
@@ -407,8 +415,8 @@ pub async fn restore_version(
         })?;
     let current = svc.meta.get_node(user, id).await?;
     let blocks_checked = svc.block_guard.read().await;
-    valid_content(&svc, user, &old.content, InlineBlock::ToStore).await?;
-    let (node, event) = svc
+    valid_content(&svc, user, &mut old.content, InlineBlock::ToStore).await?;
+    let (node, mut event) = svc
         .meta
         .commit_content(
             user,
@@ -420,6 +428,7 @@ pub async fn restore_version(
         )
         .await?;
     drop(blocks_checked);
+    with_inline(&mut event, old.content);
     publish(&svc, user, &[event]).await;
     Ok(Json(node))
 }
@@ -488,7 +497,7 @@ pub(super) enum InlineBlock {
 pub(super) async fn valid_content(
     svc: &Service,
     user: &UserId,
-    content: &Content,
+    content: &mut Content,
     inline_block: InlineBlock,
 ) -> AppResult<()> {
     check_shape(content)?;
@@ -500,7 +509,37 @@ pub(super) async fn valid_content(
     if let (Some(inline), InlineBlock::ToStore) = (&content.inline, inline_block) {
         store_inline(svc, user, inline).await?;
     }
-    check_stored(svc, user, content).await
+    match check_stored(svc, user, content).await {
+        Err(AppError(e)) if e.code == ErrorCode::MissingBlocks && svc.meta.keeps_small_blocks() => {
+            if carry_kept_block(svc, user, content).await? {
+                Ok(())
+            } else {
+                Err(AppError(e))
+            }
+        }
+        checked => checked,
+    }
+}
+
+/// Gives a small content whose block the block store lacks but the metadata store keeps (a
+/// version restored in AWS mode, where `missing_blocks` does not ask the table) that block's
+/// bytes, so the store writes the block again with the change that names it; true when it
+/// did. That rewrite is what keeps the block from a collection running meanwhile on another
+/// process (see `aws/dynamo/small_blocks.rs`).
+async fn carry_kept_block(svc: &Service, user: &UserId, content: &mut Content) -> AppResult<bool> {
+    let [hash] = content.blocks.as_slice() else {
+        return Ok(false);
+    };
+    if content.inline.is_some() || content.size > MAX_INLINE_BYTES as u64 {
+        return Ok(false);
+    }
+    match svc.meta.small_block(user, hash).await? {
+        Some(bytes) if bytes.len() as u64 == content.size => {
+            content.inline = Some(jewel_wire::InlineBytes(bytes));
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// What content can be checked without a store: its size and block count, its hashes, and
@@ -585,13 +624,20 @@ async fn check_stored(svc: &Service, user: &UserId, content: &Content) -> AppRes
 
 /// The blocks among `hashes` (in their order) that neither the block store nor the metadata
 /// store (small blocks it keeps with their nodes, see `MetaStore::keeps_small_blocks`) holds.
+///
+/// Only a local block folder is paired with a store asked here; in AWS mode the table is not
+/// asked (a kept block counts as missing): `blocks/missing` comes from uploads that did not
+/// go inline (big files, the portal), whose blocks S3 holds or is about to, and a table read
+/// on every upload would cost more than the odd small block sent to S3 again. A commit whose
+/// small block is found missing here is given its bytes if the table keeps it
+/// (`carry_kept_block`).
 pub(super) async fn missing_blocks(
     svc: &Service,
     user: &UserId,
     hashes: &[String],
 ) -> AppResult<Vec<String>> {
     let mut missing = svc.blobs.missing(user, hashes).await?;
-    if !missing.is_empty() && svc.meta.keeps_small_blocks() {
+    if !missing.is_empty() && svc.meta.keeps_small_blocks() && svc.local_blobs.is_some() {
         let held = svc.meta.small_blocks_held(user, &missing).await?;
         missing.retain(|hash| !held.contains(hash));
     }

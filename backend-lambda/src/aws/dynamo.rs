@@ -14,6 +14,8 @@
 //! | event | `U#<uid>#LOG` | `<seq, 20 digits>` | `ev` (the JSON event), `at`, `ttl` |
 //! | pending mark | `U#<uid>#MARK` | `N#<dir>` | `top`: the children of `dir` still to be (un)marked for the deleted or restored folder `top` (see `marks.rs`) |
 //! | condemned block | `U#<uid>#GC` | `<hash>` | `state`, `at` or `claimed`: block garbage collection (see `condemned.rs`, `../block_gc.rs`) |
+//! | small block | `U#<uid>#SB` | `<hash>` | `b` (bytes), `w`: a small file's block, kept with the change that names it (see `small_blocks.rs`) |
+//! | block URL key | `CONFIG` | `URL_KEY` | `key`: the secret signing the block URLs the service itself serves (see `url_key.rs`) |
 //!
 //! The pointer is the node's authority (its `ver` is what a base version is checked against);
 //! the entry is a copy kept in the same transaction, so listing is one query. All pointers of a
@@ -69,6 +71,8 @@ use super::{count, count_n, sdk_err, AwsSettings, PK, SK, TTL_ATTR};
 
 mod condemned;
 mod marks;
+mod small_blocks;
+mod url_key;
 use crate::store::{
     fill_page, json_len, new_id, MetaStore, Moved, NewNode, Origin, Page, PendingLink, StoreError,
     StoreResult, TokenOwner, TrashCursor, User, UserId, MAX_PAGE_BYTES, MAX_VERSIONS,
@@ -1058,6 +1062,10 @@ impl MetaStore for DynamoStore {
                 deletes.push(Self::delete_req(&e));
             }
         }
+        // Small blocks by key only: their bytes are not read back.
+        for hash in self.small_block_writes(&uid).await?.into_keys() {
+            deletes.push(Self::delete_req(&key(small_blocks::small_pk(&uid), hash)));
+        }
         // The user's own partition (meta, devices, pointers) last, then the token and name:
         // a removal cut short can be run again.
         let own_devices: Vec<Item> = own
@@ -1287,8 +1295,10 @@ impl MetaStore for DynamoStore {
         origin: Origin,
     ) -> StoreResult<(Node, ChangeEvent)> {
         let id = new_id();
+        let mut small = None;
         if let NewKind::File { content } = &new.kind {
             check_blocks(content.blocks.len())?;
+            small = small_blocks::checked(&content.blocks, content.inline.as_ref())?;
         }
         let _writing = self.write_lock(user).await;
         for _ in 0..MAX_ATTEMPTS {
@@ -1338,6 +1348,7 @@ impl MetaStore for DynamoStore {
                 key(user_pk(user), node_sk(new.parent)),
                 Cond::live(),
             );
+            self.tx_keep_small_block(&mut tx, user, small, seq + 1);
             self.log_events(&mut tx, user, seq, &mut events);
             if let TxOutcome::Done = self.commit(tx).await? {
                 let [ev] = events;
@@ -1357,6 +1368,7 @@ impl MetaStore for DynamoStore {
         origin: Origin,
     ) -> StoreResult<(Node, ChangeEvent)> {
         check_blocks(content.blocks.len())?;
+        let small = small_blocks::checked(&content.blocks, content.inline.as_ref())?;
         let _writing = self.write_lock(user).await;
         for _ in 0..MAX_ATTEMPTS {
             let seq = self.seq(user).await?;
@@ -1401,6 +1413,7 @@ impl MetaStore for DynamoStore {
                 );
                 tx.put(&self.table, v, None);
             }
+            self.tx_keep_small_block(&mut tx, user, small, seq + 1);
             self.log_events(&mut tx, user, seq, &mut events);
             if let TxOutcome::Done = self.commit(tx).await? {
                 let [ev] = events;
@@ -1991,6 +2004,26 @@ impl MetaStore for DynamoStore {
         let purged = deletes.len();
         self.batch_write(deletes).await?;
         Ok(purged)
+    }
+
+    fn keeps_small_blocks(&self) -> bool {
+        true
+    }
+
+    async fn small_block(&self, user: &UserId, hash: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.small_block_bytes(user, hash).await
+    }
+
+    async fn small_blocks_held(
+        &self,
+        user: &UserId,
+        hashes: &[String],
+    ) -> StoreResult<Vec<String>> {
+        self.small_blocks_in(user, hashes).await
+    }
+
+    async fn collect_small_blocks(&self, user: &UserId) -> StoreResult<usize> {
+        self.collect_unnamed_small_blocks(user).await
     }
 }
 

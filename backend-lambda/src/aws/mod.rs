@@ -29,7 +29,6 @@ use anyhow::Context;
 
 use crate::blobs::BlobStore;
 use crate::bus::ChangeBus;
-use crate::store::MetaStore;
 
 pub mod block_gc;
 pub mod device_queues;
@@ -47,6 +46,8 @@ mod device_registration_tests;
 mod log_visibility_tests;
 #[cfg(test)]
 mod marking_tests;
+#[cfg(test)]
+mod small_block_tests;
 #[cfg(any(test, feature = "conformance"))]
 pub mod testing;
 #[cfg(test)]
@@ -139,8 +140,11 @@ pub fn http_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
 }
 
 /// The three stores, configured from the environment.
-pub async fn stores_from_env(
-) -> anyhow::Result<(Arc<dyn MetaStore>, Arc<dyn BlobStore>, Arc<dyn ChangeBus>)> {
+pub async fn stores_from_env() -> anyhow::Result<(
+    Arc<dynamo::DynamoStore>,
+    Arc<dyn BlobStore>,
+    Arc<dyn ChangeBus>,
+)> {
     let settings = AwsSettings::from_env()?;
     let sdk = sdk_config().await;
     let meta = Arc::new(dynamo::DynamoStore::new(&sdk, &settings));
@@ -153,6 +157,22 @@ pub async fn stores_from_env(
         Ok(other) => anyhow::bail!("{ENV_BUS}={other:?}: expected `sqs` or `local`"),
     };
     Ok((meta, Arc::new(blobs), bus))
+}
+
+/// The service on AWS stores, with the table's key for the URLs of the small blocks the
+/// table keeps (one `GetItem` at start; see `dynamo/url_key.rs`).
+pub async fn service(
+    meta: Arc<dynamo::DynamoStore>,
+    blobs: Arc<dyn BlobStore>,
+    bus: Arc<dyn ChangeBus>,
+) -> anyhow::Result<crate::service::Service> {
+    let key = meta
+        .block_url_key()
+        .await
+        .context("reading the block URL key from the table")?;
+    let mut service = crate::service::Service::new(meta, blobs, bus);
+    service.kept_block_urls = Some(crate::blobs::url_key::UrlKey::new(key));
+    Ok(service)
 }
 
 /// Refuses to serve with a setting that would fail every device quietly: with the SQS bus
@@ -179,7 +199,7 @@ pub fn check_serving_env() -> anyhow::Result<()> {
 /// The service on the AWS stores, configured from the environment.
 pub async fn service_from_env() -> anyhow::Result<crate::service::Service> {
     let (meta, blobs, bus) = stores_from_env().await?;
-    Ok(crate::service::Service::new(meta, blobs, bus))
+    service(meta, blobs, bus).await
 }
 
 /// Creates whatever is missing: the table (with TTL) and the bucket. Safe to run again.

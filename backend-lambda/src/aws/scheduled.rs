@@ -10,7 +10,8 @@
 //!   versions replaced longer ago (or beyond the newest `MAX_VERSIONS` of a file), with the
 //!   embedded server's retention and the same store methods;
 //! - collects the blocks nothing references any more (`block_gc.rs`: mark and sweep, safe
-//!   against the commits of every other instance).
+//!   against the commits of every other instance), and the small blocks the table keeps
+//!   that nothing names (`dynamo/small_blocks.rs`: conditional deletes, equally safe).
 //!
 //! The change log needs nothing: DynamoDB's TTL trims it.
 //!
@@ -64,6 +65,8 @@ pub struct Report {
     /// Earlier versions of files forgotten.
     pub versions: usize,
     pub blocks: Swept,
+    /// Small blocks kept in the table that nothing named any more, forgotten.
+    pub small_blocks: usize,
     /// Every user was done; false when the budget ran out (the next run goes on).
     pub finished: bool,
 }
@@ -98,6 +101,7 @@ pub async fn run(
         report.trash_entries += meta.purge_trash(&user.id, before).await?;
         report.versions += meta.purge_versions(&user.id, before).await?;
         report.blocks += collector.sweep_user(&user.id, now_ns).await?;
+        report.small_blocks += meta.collect_small_blocks(&user.id).await?;
         report.users += 1;
         meta.set_gc_cursor(Some(&user.name)).await?;
     }
@@ -143,6 +147,7 @@ pub fn report_json(r: &Report) -> serde_json::Value {
         "blocks_claimed": r.blocks.claimed,
         "blocks_deleted": r.blocks.deleted,
         "blocks_rescued": r.blocks.rescued,
+        "small_blocks_deleted": r.small_blocks,
         "delete_requests": r.blocks.delete_requests,
     })
 }

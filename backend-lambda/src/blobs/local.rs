@@ -1,10 +1,7 @@
 //! The local block folder: `ROOT/<user>/<first two hex digits>/<hash>`, with HMAC-signed URLs.
 //!
-//! A URL is `/blob/<user>/<hash>?exp=<unix seconds>&sig=<hex HMAC-SHA256>` over the operation
-//! (GET or PUT), the user, the hash and the expiry, keyed by a random secret kept in
-//! `ROOT/.key` (created on first open, readable by the owner only). Changing any part, or
-//! using a GET URL to PUT, breaks the signature; an expired URL is refused even with a valid
-//! signature. Writes are verified against the hash and land atomically (temporary file, fsync,
+//! A URL is signed as `url_key.rs` says, keyed by a random secret kept in `ROOT/.key`
+//! (created on first open, readable by the owner only). Writes are verified against the hash and land atomically (temporary file, fsync,
 //! rename), so a block on disk is always whole and always matches its name. Folders are
 //! 0700 and block files 0600 (the temporary file's mode, kept by the rename): other local
 //! users read nothing.
@@ -12,47 +9,21 @@
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
 use jewel_wire::is_block_hash;
-use sha2::Sha256;
 
 use super::{sha256_hex, BlobError, BlobResult, BlobStore, StoredBlock};
 use crate::store::UserId;
 
-/// How long a block URL stays valid: long enough for a 4 MiB block on a slow link.
-const URL_LIFETIME: Duration = Duration::from_secs(15 * 60);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlobOp {
-    Get,
-    Put,
-}
-
-impl BlobOp {
-    fn as_str(self) -> &'static str {
-        match self {
-            BlobOp::Get => "GET",
-            BlobOp::Put => "PUT",
-        }
-    }
-}
-
-/// The parts of a block URL that the signature covers.
-pub struct SignedUrl<'a> {
-    pub op: BlobOp,
-    pub user: &'a str,
-    pub hash: &'a str,
-    pub exp: u64,
-    pub sig: &'a str,
-}
+use super::url_key::UrlKey;
+pub use super::url_key::{BlobOp, SignedUrl};
 
 pub struct LocalBlobStore {
     root: PathBuf,
-    key: Vec<u8>,
+    key: UrlKey,
 }
 
 impl LocalBlobStore {
@@ -71,43 +42,23 @@ impl LocalBlobStore {
         };
         Ok(LocalBlobStore {
             root: root.to_path_buf(),
-            key,
+            key: UrlKey::new(key),
         })
     }
 
-    fn signature(&self, op: BlobOp, user: &str, hash: &str, exp: u64) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length works");
-        mac.update(format!("{}\n{user}\n{hash}\n{exp}", op.as_str()).as_bytes());
-        hex::encode(mac.finalize().into_bytes())
-    }
-
-    /// A relative URL for `op` on one block, valid for [`URL_LIFETIME`].
+    /// A relative URL for `op` on one block (see [`UrlKey::sign`]).
     pub fn sign(&self, op: BlobOp, user: &str, hash: &str) -> String {
-        let exp = unix_now() + URL_LIFETIME.as_secs();
-        let sig = self.signature(op, user, hash, exp);
-        format!("/blob/{user}/{hash}?exp={exp}&sig={sig}")
+        self.key.sign(op, user, hash)
     }
 
-    /// Checks a URL's signature (in constant time) and expiry.
+    /// Checks a URL's signature and expiry (see [`UrlKey::verify`]).
     pub fn verify(&self, url: &SignedUrl<'_>) -> BlobResult<()> {
-        let given = hex::decode(url.sig).map_err(|_| BlobError::BadSignature)?;
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length works");
-        mac.update(
-            format!(
-                "{}\n{}\n{}\n{}",
-                url.op.as_str(),
-                url.user,
-                url.hash,
-                url.exp
-            )
-            .as_bytes(),
-        );
-        mac.verify_slice(&given)
-            .map_err(|_| BlobError::BadSignature)?;
-        if url.exp < unix_now() {
-            return Err(BlobError::BadSignature);
-        }
-        Ok(())
+        self.key.verify(url)
+    }
+
+    /// The key this folder's URLs are signed with.
+    pub fn url_key(&self) -> &UrlKey {
+        &self.key
     }
 
     fn path(&self, user: &str, hash: &str) -> BlobResult<PathBuf> {
@@ -278,19 +229,13 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn backend(e: impl std::fmt::Display) -> BlobError {
     BlobError::Backend(e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::url_key::unix_now;
     use super::*;
 
     #[test]
@@ -299,7 +244,7 @@ mod tests {
         let store = LocalBlobStore::open(dir.path()).unwrap();
         let hash = sha256_hex(b"x");
         let exp = unix_now() + 60;
-        let sig = store.signature(BlobOp::Get, "u1", &hash, exp);
+        let sig = store.key.signature(BlobOp::Get, "u1", &hash, exp);
         let ok = SignedUrl {
             op: BlobOp::Get,
             user: "u1",
@@ -319,7 +264,7 @@ mod tests {
         let other = sha256_hex(b"y");
         assert!(store.verify(&SignedUrl { hash: &other, ..ok }).is_err());
         let expired_exp = unix_now() - 1;
-        let expired_sig = store.signature(BlobOp::Get, "u1", &hash, expired_exp);
+        let expired_sig = store.key.signature(BlobOp::Get, "u1", &hash, expired_exp);
         let expired = SignedUrl {
             exp: expired_exp,
             sig: &expired_sig,

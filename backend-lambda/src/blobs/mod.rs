@@ -13,6 +13,7 @@ use bytes::Bytes;
 use crate::store::UserId;
 
 pub mod local;
+pub mod url_key;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;

@@ -70,6 +70,7 @@ macro_rules! meta_store_conformance {
             removed_user_leaves_no_versions,
             devices_link_with_their_own_tokens,
             small_blocks_kept_with_their_nodes,
+            small_blocks_stay_while_named,
             a_device_hears_the_folders_it_listed,
         );
     };
@@ -2292,10 +2293,10 @@ pub async fn devices_link_with_their_own_tokens(s: &dyn MetaStore) {
     );
 }
 
-/// A small file's inline block: an engine that keeps small blocks holds it from the change
-/// that names it (a create, a commit, a batch) for as long as a live or trashed file or a
-/// kept version names it, to that user only; collecting forgets it once nothing does. An
-/// engine that does not keep them holds nothing, whatever the content carries.
+/// A small file's inline block: the engine keeps it (every engine does: a small file then
+/// costs no block store request) from the change that names it (a create, a commit, a
+/// batch) for as long as a live or trashed file or a kept version names it, to that user
+/// only; collecting forgets it once nothing does.
 pub async fn small_blocks_kept_with_their_nodes(s: &dyn MetaStore) {
     use jewel_wire::InlineBytes;
     let u = new_user(s, "ann").await.id;
@@ -2312,12 +2313,7 @@ pub async fn small_blocks_kept_with_their_nodes(s: &dyn MetaStore) {
         async move { s.small_blocks_held(&user, &all).await.unwrap() }
     };
     let f = file_with(s, &u, ROOT_ID, "f", one.clone()).await;
-    if !s.keeps_small_blocks() {
-        assert_eq!(s.small_block(&u, &h(&one)).await.unwrap(), None);
-        assert!(held(u.clone()).await.is_empty());
-        assert_eq!(s.collect_small_blocks(&u).await.unwrap(), 0);
-        return;
-    }
+    assert!(s.keeps_small_blocks());
     assert_eq!(
         s.small_block(&u, &h(&one)).await.unwrap().as_deref(),
         Some(&b"one"[..])
@@ -2390,6 +2386,76 @@ pub async fn small_blocks_kept_with_their_nodes(s: &dyn MetaStore) {
         held(u.clone()).await.is_empty(),
         "a removed user's blocks go"
     );
+}
+
+/// What a user reads back of a small file after it changed stays readable, and collecting
+/// never takes a block something still names: an overwritten content (a version), a file
+/// deleted and restored, one block named by two files after one of them is purged.
+pub async fn small_blocks_stay_while_named(s: &dyn MetaStore) {
+    use jewel_wire::InlineBytes;
+    let u = new_user(s, "ann").await.id;
+    let small = |bytes: &[u8]| Content {
+        inline: Some(InlineBytes(bytes.to_vec())),
+        size: bytes.len() as u64,
+        blocks: vec![crate::blobs::sha256_hex(bytes)],
+    };
+    let read = |hash: String| {
+        let u = u.clone();
+        async move { s.small_block(&u, &hash).await.unwrap() }
+    };
+    let (one, two, three) = (small(b"first draft"), small(b"second"), small(b"shared"));
+
+    // Overwritten: the version names the first content, which reads back whole.
+    let f = file_with(s, &u, ROOT_ID, "f", one.clone()).await;
+    s.commit_content(&u, f.id, f.version, &two, None, at(2))
+        .await
+        .unwrap();
+    assert_eq!(s.collect_small_blocks(&u).await.unwrap(), 0);
+    let versions = s.list_versions(&u, f.id, None, 10).await.unwrap().entries;
+    assert_eq!(versions.len(), 1);
+    assert_eq!(versions[0].content.blocks, one.blocks);
+    assert_eq!(
+        read(versions[0].content.blocks[0].clone()).await.as_deref(),
+        Some(&b"first draft"[..])
+    );
+
+    // Deleted, collected, restored: the restored file's content is there.
+    let g = file_with(s, &u, ROOT_ID, "g", three.clone()).await;
+    s.remove(&u, g.id, None, false, at(3)).await.unwrap();
+    assert_eq!(s.collect_small_blocks(&u).await.unwrap(), 0);
+    let (back, _) = s.restore(&u, g.id, at(4)).await.unwrap();
+    assert_eq!(back.blocks, three.blocks);
+    assert_eq!(
+        read(first_block(&three)).await.as_deref(),
+        Some(&b"shared"[..])
+    );
+
+    // The same bytes in two files: purging one leaves the other's content.
+    let copy = file_with(s, &u, ROOT_ID, "copy", three.clone()).await;
+    s.remove(&u, g.id, None, false, at(5)).await.unwrap();
+    assert_eq!(s.purge_trash(&u, 6).await.unwrap(), 1);
+    assert_eq!(
+        s.collect_small_blocks(&u).await.unwrap(),
+        0,
+        "copy names it"
+    );
+    assert_eq!(
+        read(first_block(&three)).await.as_deref(),
+        Some(&b"shared"[..])
+    );
+    // Once nothing names it, it goes; the live file's content stays.
+    s.remove(&u, copy.id, None, false, at(7)).await.unwrap();
+    assert_eq!(s.purge_trash(&u, 8).await.unwrap(), 1);
+    assert_eq!(s.collect_small_blocks(&u).await.unwrap(), 1);
+    assert_eq!(read(first_block(&three)).await, None);
+    assert_eq!(
+        read(two.blocks[0].clone()).await.as_deref(),
+        Some(&b"second"[..])
+    );
+}
+
+fn first_block(c: &Content) -> String {
+    c.blocks[0].clone()
 }
 
 /// A device's page holds every change in the folders it watches — a node in one, moved into

@@ -496,11 +496,13 @@ pub trait MetaStore: Send + Sync + 'static {
         Ok(Vec::new())
     }
     /// Forgets the kept small blocks of `user` that no live or trashed file and no kept
-    /// earlier version names any more (what [`MetaStore::referenced_blocks`] lists), in one
-    /// atomic change; returns how many went. A change that stores an inline block at the same
-    /// time lands either before (the block is named, and stays) or after (it writes the block
-    /// again). A commit that names a kept block without carrying it is kept apart from this
-    /// by the caller, as for blocks in the block store (`Service::block_guard`).
+    /// earlier version names any more (what [`MetaStore::referenced_blocks`] lists); returns
+    /// how many went. A change that stores an inline block at the same time lands either
+    /// before (the block is named, and stays) or after (it writes the block again): SQLite
+    /// deletes in one transaction, DynamoDB each block on the condition that no change wrote
+    /// it since it was read. A commit that names a kept block without carrying it is kept
+    /// apart from this by `Service::block_guard` in the embedded server; in AWS mode the
+    /// router gives it the block's bytes (so it writes the block again too).
     async fn collect_small_blocks(&self, _user: &UserId) -> StoreResult<usize> {
         Ok(0)
     }

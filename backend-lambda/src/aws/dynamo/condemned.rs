@@ -82,7 +82,7 @@ fn still(seen: Condemnation) -> (String, HashMap<String, String>, Item) {
 }
 
 /// Whether an SDK error is a failed condition (the item was not as expected).
-fn condition_failed<E, R>(e: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool
+pub(super) fn condition_failed<E, R>(e: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool
 where
     E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
 {
