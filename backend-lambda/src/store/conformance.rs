@@ -115,7 +115,7 @@ macro_rules! assert_err {
     };
 }
 
-fn at(now_ns: i64) -> Origin {
+pub(crate) fn at(now_ns: i64) -> Origin {
     Origin {
         device: None,
         now_ns,
@@ -156,7 +156,7 @@ async fn make(s: &dyn MetaStore, user: &UserId, parent: NodeId, name: &str, kind
 }
 
 /// A file of 3 bytes in one block.
-async fn file(s: &dyn MetaStore, user: &UserId, parent: NodeId, name: &str) -> Node {
+pub(crate) async fn file(s: &dyn MetaStore, user: &UserId, parent: NodeId, name: &str) -> Node {
     let content = Content {
         inline: None,
         size: 3,
@@ -165,7 +165,7 @@ async fn file(s: &dyn MetaStore, user: &UserId, parent: NodeId, name: &str) -> N
     make(s, user, parent, name, NewKind::File { content }).await
 }
 
-async fn dir(s: &dyn MetaStore, user: &UserId, parent: NodeId, name: &str) -> Node {
+pub(crate) async fn dir(s: &dyn MetaStore, user: &UserId, parent: NodeId, name: &str) -> Node {
     make(s, user, parent, name, NewKind::Dir).await
 }
 
