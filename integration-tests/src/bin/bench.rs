@@ -15,7 +15,7 @@
 //!    requests counted and turned into dollars per user-month (`src/bench/aws_cost.rs`).
 //!
 //! `--quick` (make bench QUICK=1): smaller N, one run, a smaller file set; under 5 minutes.
-//! Other flags: `--only sync,aws,wire,fs,api,memory,idle`, `--runs N`, `--big-runs N` (runs at N = 1000), `--ind 1,10` / `--dep 1,10` (the N), `--out DIR` (default `docs`),
+//! Other flags: `--only sync,aws,wire,fs,api,memory,idle`, `--runs N`, `--big-runs N` (runs at N = 1000), `--ind 1,10` / `--dep 1,10` (the N; `none` leaves that half out), `--out DIR` (default `docs`),
 //! `--work DIR` (scratch, default `/var/tmp/jewel-bench`).
 //!
 //! Needs root (drop_caches, FUSE), `bindfs` and `fusermount3`; `make bench` installs them.
@@ -245,9 +245,8 @@ fn main() {
         ..Default::default()
     };
 
-    if want("sync") {
-        // Independent users: one server, max N users made once.
-        let maxn = *ind_ns.iter().max().unwrap();
+    // Independent users (`--ind none` leaves them out): one server, max N users made once.
+    if let Some(&maxn) = ind_ns.iter().max().filter(|_| want("sync")) {
         let server = BenchServer::start(&args.work, "independent");
         progress(&format!("adding {maxn} users (jewel-server user add)"));
         let t = Instant::now();
@@ -273,6 +272,9 @@ fn main() {
         }
         progress("stopping the server");
         drop(server);
+    }
+    // Dependent users (`--dep none` leaves them out): one account, a server of its own.
+    if want("sync") && !dep_ns.is_empty() {
         progress("dependent users: new server");
         let server = BenchServer::start(&args.work, "dependent");
         let tokens = server.add_users("shared", 1);
