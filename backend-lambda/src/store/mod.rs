@@ -513,14 +513,24 @@ pub trait MetaStore: Send + Sync + 'static {
 /// folder of its own but itself.
 pub fn event_folders(event: &ChangeEvent) -> Vec<NodeId> {
     let node = &event.node;
-    let mut folders = Vec::with_capacity(3);
-    folders.push(node.parent);
-    if let Some(from) = &event.from {
-        folders.push(from.parent);
-    }
-    if node.is_dir() {
-        folders.push(node.id);
-    }
+    folders_touched(
+        node.parent,
+        event.from.as_ref().map(|from| from.parent),
+        node.is_dir().then_some(node.id),
+    )
+}
+
+/// [`event_folders`] from the three places it reads: the node's folder, the folder it moved
+/// out of, and the node itself when it is a folder.
+pub fn folders_touched(
+    parent: NodeId,
+    moved_from: Option<NodeId>,
+    folder_itself: Option<NodeId>,
+) -> Vec<NodeId> {
+    let mut folders: Vec<NodeId> = [Some(parent), moved_from, folder_itself]
+        .into_iter()
+        .flatten()
+        .collect();
     folders.sort_unstable();
     folders.dedup();
     folders

@@ -80,9 +80,9 @@ use rusqlite::{
 };
 
 use super::{
-    event_folders, fill_page, is_new_folder, json_len, new_id, now_ns, BatchDone, BatchOp,
-    MetaStore, Moved, NewNode, Origin, Page, PendingLink, StoreError, StoreResult, TokenOwner,
-    TrashCursor, User, UserId, MAX_PAGE_BYTES, MAX_VERSIONS,
+    event_folders, fill_page, folders_touched, is_new_folder, json_len, new_id, now_ns, BatchDone,
+    BatchOp, MetaStore, Moved, NewNode, Origin, Page, PendingLink, StoreError, StoreResult,
+    TokenOwner, TrashCursor, User, UserId, MAX_PAGE_BYTES, MAX_VERSIONS,
 };
 
 /// Knobs of the SQLite engine.
@@ -699,6 +699,38 @@ fn watches_many(tx: &Transaction<'_>, user: &str, device: DeviceId) -> StoreResu
     Ok(counted > SCAN_LOG_PAST_WATCHES)
 }
 
+/// What a scanned page reads of a stored event to decide whether to keep it: the places
+/// [`event_folders`] names, without the names, block lists and inline bytes (those are
+/// parsed only for the events kept).
+#[derive(serde::Deserialize)]
+struct EventPlaces {
+    node: NodePlace,
+    #[serde(default)]
+    from: Option<FolderOf>,
+}
+
+#[derive(serde::Deserialize)]
+struct NodePlace {
+    id: NodeId,
+    parent: NodeId,
+    kind: NodeKind,
+}
+
+#[derive(serde::Deserialize)]
+struct FolderOf {
+    parent: NodeId,
+}
+
+impl EventPlaces {
+    fn folders(&self) -> Vec<NodeId> {
+        folders_touched(
+            self.node.parent,
+            self.from.as_ref().map(|from| from.parent),
+            (self.node.kind == NodeKind::Dir).then_some(self.node.id),
+        )
+    }
+}
+
 /// A device's page read from the log in order (see [`SCAN_LOG_PAST_WATCHES`]): the events
 /// after `since` that touch a folder it watched by then, and how far the page covers — its
 /// last event when the page is full, where the scan stopped when it read its most rows,
@@ -734,8 +766,9 @@ fn scanned_device_page(
     let (mut events, mut bytes, mut read, mut scanned_to) = (Vec::new(), 0usize, 0u32, since);
     for row in rows {
         let (seq, json) = row.db()?;
-        let event: ChangeEvent = serde_json::from_str(&json).map_err(json_err)?;
-        let wanted = event_folders(&event)
+        let places: EventPlaces = serde_json::from_str(&json).map_err(json_err)?;
+        let wanted = places
+            .folders()
             .iter()
             .any(|folder| watched.get(folder).is_some_and(|&from| seq > from));
         if wanted {
@@ -743,7 +776,7 @@ fn scanned_device_page(
                 return Ok((events, scanned_to));
             }
             bytes += json.len();
-            events.push(event);
+            events.push(serde_json::from_str(&json).map_err(json_err)?);
         }
         read += 1;
         scanned_to = seq;
@@ -2494,6 +2527,20 @@ mod tests {
                 for f in watched.iter().skip(1).step_by(2) {
                     s.watch_folder(&u, dev, *f).await.unwrap();
                 }
+            }
+            if i % 50 == 25 {
+                // A watched folder renamed: the folder itself is heard.
+                s.move_node(
+                    &u,
+                    watched[i / 50],
+                    1,
+                    ROOT_ID,
+                    &format!("r{i}"),
+                    MoveMode::NoReplace,
+                    at(8),
+                )
+                .await
+                .unwrap();
             }
             if i % 3 == 2 {
                 let (id, version): (NodeId, u64) = files[i / 3];
