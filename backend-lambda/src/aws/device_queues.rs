@@ -23,9 +23,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, KeysAndAttributes, WriteRequest};
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
 use jewel_wire::DeviceId;
 
+use super::batch_get::batch_get;
 use super::{count, sdk_err, PK, SK};
 use crate::bus::{BusError, BusResult};
 
@@ -221,46 +222,10 @@ impl DeviceQueues {
         user: &str,
         devices: &[DeviceId],
     ) -> BusResult<HashMap<DeviceId, DeviceQueue>> {
-        let mut out = HashMap::new();
-        for chunk in devices.chunks(100) {
-            let mut keys: Vec<Item> = chunk.iter().map(|&d| key(user, d)).collect();
-            for attempt in 0.. {
-                if keys.is_empty() {
-                    break;
-                }
-                if attempt > 10 {
-                    return Err(BusError::Backend(
-                        "reading the device queues kept being throttled".into(),
-                    ));
-                }
-                let request = KeysAndAttributes::builder()
-                    .set_keys(Some(std::mem::take(&mut keys)))
-                    .consistent_read(true)
-                    .build()
-                    .map_err(be)?;
-                count("dynamodb:BatchGetItem");
-                let got = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, request)
-                    .send()
-                    .await
-                    .map_err(be)?;
-                for item in got
-                    .responses
-                    .and_then(|mut r| r.remove(&self.table))
-                    .unwrap_or_default()
-                {
-                    if let Some((d, q)) = read(&item) {
-                        out.insert(d, q);
-                    }
-                }
-                if let Some(rest) = got.unprocessed_keys.and_then(|mut r| r.remove(&self.table)) {
-                    keys = rest.keys;
-                    tokio::time::sleep(Duration::from_millis(20 << attempt.min(6))).await;
-                }
-            }
-        }
-        Ok(out)
+        let keys = devices.iter().map(|&d| key(user, d)).collect();
+        let items = batch_get(&self.client, &self.table, keys, None)
+            .await
+            .map_err(|e| BusError::Backend(e.reading("the device queues")))?;
+        Ok(items.iter().filter_map(read).collect())
     }
 }

@@ -30,6 +30,7 @@ use anyhow::Context;
 use crate::blobs::BlobStore;
 use crate::bus::ChangeBus;
 
+pub mod batch_get;
 pub mod block_gc;
 pub mod device_queues;
 pub mod dynamo;

@@ -16,18 +16,16 @@
 //! items a query page, 100 keys a `BatchGetItem`, 25 deletes a `BatchWriteItem`).
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::{be, count, get_n, get_s, key, n, s, user_pk, DynamoStore, Item};
+use crate::aws::batch_get::batch_get;
 use crate::aws::{PK, SK};
 use crate::store::{StoreError, StoreResult};
 
 /// Items read per query page: bounds the memory of one answer (DynamoDB also cuts at 1 MB).
 const QUERY_PAGE: i32 = 1000;
-/// Keys per `BatchGetItem` (DynamoDB's limit).
-const GET_BATCH: usize = 100;
 
 /// Where the collector stands on one block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,51 +125,15 @@ impl DynamoStore {
         uid: &str,
         hashes: &[String],
     ) -> StoreResult<HashMap<String, Condemnation>> {
-        let mut out = HashMap::new();
-        for chunk in hashes.chunks(GET_BATCH) {
-            let mut keys: Vec<Item> = chunk
-                .iter()
-                .collect::<HashSet<_>>()
-                .into_iter()
-                .map(|h| key(gc_pk(uid), h.clone()))
-                .collect();
-            for attempt in 0.. {
-                if keys.is_empty() {
-                    break;
-                }
-                if attempt > 10 {
-                    return Err(StoreError::Backend(
-                        "reading condemned blocks kept being throttled".into(),
-                    ));
-                }
-                let request = KeysAndAttributes::builder()
-                    .set_keys(Some(std::mem::take(&mut keys)))
-                    .consistent_read(true)
-                    .build()
-                    .map_err(be)?;
-                count("dynamodb:BatchGetItem");
-                let got = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, request)
-                    .send()
-                    .await
-                    .map_err(be)?;
-                for item in got
-                    .responses
-                    .and_then(|mut r| r.remove(&self.table))
-                    .unwrap_or_default()
-                {
-                    let (hash, state) = read(&item)?;
-                    out.insert(hash, state);
-                }
-                if let Some(rest) = got.unprocessed_keys.and_then(|mut r| r.remove(&self.table)) {
-                    keys = rest.keys;
-                    tokio::time::sleep(Duration::from_millis(20 << attempt.min(6))).await;
-                }
-            }
-        }
-        Ok(out)
+        let unique: HashSet<&String> = hashes.iter().collect();
+        let keys = unique
+            .into_iter()
+            .map(|h| key(gc_pk(uid), h.clone()))
+            .collect();
+        let items = batch_get(&self.client, &self.table, keys, None)
+            .await
+            .map_err(|e| StoreError::Backend(e.reading("condemned blocks")))?;
+        items.iter().map(read).collect()
     }
 
     /// Condemns a block found unreferenced at `now_ns`, unless it has an item already (a

@@ -23,20 +23,18 @@
 //! one that landed after rewrote `w`, and the delete fails: the block stays.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
 use aws_sdk_dynamodb::primitives::Blob;
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+use aws_sdk_dynamodb::types::AttributeValue;
 use futures::{StreamExt, TryStreamExt};
 use jewel_wire::{InlineBytes, Seq};
 
 use super::condemned::condition_failed;
 use super::{be, count, get_n, get_s, key, n, DynamoStore, Item, Tx};
+use crate::aws::batch_get::batch_get;
 use crate::aws::{PK, SK};
 use crate::store::{StoreError, StoreResult};
 
-/// Keys per `BatchGetItem` (DynamoDB's limit).
-const GET_BATCH: usize = 100;
 /// Conditional deletes sent at once while collecting.
 const DELETES_AT_ONCE: usize = 16;
 
@@ -107,51 +105,18 @@ impl DynamoStore {
         uid: &str,
         hashes: &[String],
     ) -> StoreResult<Vec<String>> {
-        let mut found = HashSet::new();
-        for chunk in hashes.chunks(GET_BATCH) {
-            let mut keys: Vec<Item> = chunk
-                .iter()
-                .collect::<HashSet<_>>()
-                .into_iter()
-                .map(|h| key(small_pk(uid), h.clone()))
-                .collect();
-            for attempt in 0.. {
-                if keys.is_empty() {
-                    break;
-                }
-                if attempt > 10 {
-                    return Err(StoreError::Backend(
-                        "reading small blocks kept being throttled".into(),
-                    ));
-                }
-                let request = KeysAndAttributes::builder()
-                    .set_keys(Some(std::mem::take(&mut keys)))
-                    .projection_expression("#sk")
-                    .expression_attribute_names("#sk", SK)
-                    .consistent_read(true)
-                    .build()
-                    .map_err(be)?;
-                count("dynamodb:BatchGetItem");
-                let got = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, request)
-                    .send()
-                    .await
-                    .map_err(be)?;
-                for item in got
-                    .responses
-                    .and_then(|mut r| r.remove(&self.table))
-                    .unwrap_or_default()
-                {
-                    found.insert(get_s(&item, SK)?);
-                }
-                if let Some(rest) = got.unprocessed_keys.and_then(|mut r| r.remove(&self.table)) {
-                    keys = rest.keys;
-                    tokio::time::sleep(Duration::from_millis(20 << attempt.min(6))).await;
-                }
-            }
-        }
+        let unique: HashSet<&String> = hashes.iter().collect();
+        let keys = unique
+            .into_iter()
+            .map(|h| key(small_pk(uid), h.clone()))
+            .collect();
+        let items = batch_get(&self.client, &self.table, keys, Some(SK))
+            .await
+            .map_err(|e| StoreError::Backend(e.reading("small blocks")))?;
+        let found = items
+            .iter()
+            .map(|item| get_s(item, SK))
+            .collect::<StoreResult<HashSet<String>>>()?;
         Ok(hashes
             .iter()
             .filter(|h| found.contains(h.as_str()))
