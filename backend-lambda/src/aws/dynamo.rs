@@ -1298,7 +1298,7 @@ impl MetaStore for DynamoStore {
         let mut small = None;
         if let NewKind::File { content } = &new.kind {
             check_blocks(content.blocks.len())?;
-            small = small_blocks::checked(&content.blocks, content.inline.as_ref())?;
+            small = crate::store::checked_small_block(&content.blocks, content.inline.as_ref())?;
         }
         let _writing = self.write_lock(user).await;
         for _ in 0..MAX_ATTEMPTS {
@@ -1368,7 +1368,7 @@ impl MetaStore for DynamoStore {
         origin: Origin,
     ) -> StoreResult<(Node, ChangeEvent)> {
         check_blocks(content.blocks.len())?;
-        let small = small_blocks::checked(&content.blocks, content.inline.as_ref())?;
+        let small = crate::store::checked_small_block(&content.blocks, content.inline.as_ref())?;
         let _writing = self.write_lock(user).await;
         for _ in 0..MAX_ATTEMPTS {
             let seq = self.seq(user).await?;

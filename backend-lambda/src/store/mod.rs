@@ -508,6 +508,29 @@ pub trait MetaStore: Send + Sync + 'static {
     }
 }
 
+/// The one block a content names, with its bytes, checked: bytes that are not the block
+/// named are refused (the router checks this before; here it keeps a wrong block from ever
+/// being stored under a hash). Engines that keep small blocks store what this returns.
+pub fn checked_small_block<'a>(
+    blocks: &'a [String],
+    inline: Option<&'a jewel_wire::InlineBytes>,
+) -> StoreResult<Option<(&'a str, &'a [u8])>> {
+    let Some(inline) = inline else {
+        return Ok(None);
+    };
+    let [hash] = blocks else {
+        return Err(StoreError::Backend(
+            "inline content must name exactly one block".into(),
+        ));
+    };
+    if crate::blobs::sha256_hex(&inline.0) != *hash {
+        return Err(StoreError::Backend(
+            "inline content is not the block it names".into(),
+        ));
+    }
+    Ok(Some((hash.as_str(), inline.0.as_slice())))
+}
+
 /// The folders whose watchers hear an event: the node's folder, the folder it moved out of,
 /// and a folder itself (a device inside it hears it renamed or deleted). The root has no
 /// folder of its own but itself.

@@ -80,9 +80,9 @@ use rusqlite::{
 };
 
 use super::{
-    event_folders, fill_page, folders_touched, is_new_folder, json_len, new_id, now_ns, BatchDone,
-    BatchOp, MetaStore, Moved, NewNode, Origin, Page, PendingLink, StoreError, StoreResult,
-    TokenOwner, TrashCursor, User, UserId, MAX_PAGE_BYTES, MAX_VERSIONS,
+    checked_small_block, event_folders, fill_page, folders_touched, is_new_folder, json_len,
+    new_id, now_ns, BatchDone, BatchOp, MetaStore, Moved, NewNode, Origin, Page, PendingLink,
+    StoreError, StoreResult, TokenOwner, TrashCursor, User, UserId, MAX_PAGE_BYTES, MAX_VERSIONS,
 };
 
 /// Knobs of the SQLite engine.
@@ -905,24 +905,14 @@ fn keep_small_block(
     blocks: &[String],
     inline: Option<&InlineBytes>,
 ) -> StoreResult<()> {
-    let Some(inline) = inline else {
+    let Some((hash, bytes)) = checked_small_block(blocks, inline)? else {
         return Ok(());
     };
-    let [hash] = blocks else {
-        return Err(StoreError::Backend(
-            "inline content must name exactly one block".into(),
-        ));
-    };
-    if crate::blobs::sha256_hex(&inline.0) != *hash {
-        return Err(StoreError::Backend(
-            "inline content is not the block it names".into(),
-        ));
-    }
     c.prepare_cached(
         "INSERT INTO small_blocks (user, hash, bytes) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
     )
     .db()?
-    .execute(params![user, hash, &inline.0[..]])
+    .execute(params![user, hash, bytes])
     .db()?;
     Ok(())
 }

@@ -27,7 +27,7 @@ use std::collections::{HashMap, HashSet};
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 use futures::{StreamExt, TryStreamExt};
-use jewel_wire::{InlineBytes, Seq};
+use jewel_wire::Seq;
 
 use super::condemned::condition_failed;
 use super::{be, count, get_n, get_s, key, n, DynamoStore, Item, Tx};
@@ -40,29 +40,6 @@ const DELETES_AT_ONCE: usize = 16;
 
 pub(super) fn small_pk(uid: &str) -> String {
     format!("U#{uid}#SB")
-}
-
-/// The one block a content names, with its bytes, checked: bytes that are not the block
-/// named are refused (the router checks this before; here it keeps a wrong item from ever
-/// being served under a hash).
-pub(super) fn checked<'a>(
-    blocks: &'a [String],
-    inline: Option<&'a InlineBytes>,
-) -> StoreResult<Option<(&'a str, &'a [u8])>> {
-    let Some(inline) = inline else {
-        return Ok(None);
-    };
-    let [hash] = blocks else {
-        return Err(StoreError::Backend(
-            "inline content must name exactly one block".into(),
-        ));
-    };
-    if crate::blobs::sha256_hex(&inline.0) != *hash {
-        return Err(StoreError::Backend(
-            "inline content is not the block it names".into(),
-        ));
-    }
-    Ok(Some((hash.as_str(), inline.0.as_slice())))
 }
 
 impl DynamoStore {
