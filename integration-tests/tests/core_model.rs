@@ -1821,6 +1821,11 @@ struct Variant {
 
 /// Runs `seeds` (or the seeds the environment names) and fails with every failing seed.
 fn run_seeds(default: &[u64], mut v: Variant) {
+    // The clients' logs, when asked for (`RUST_LOG=jewelfs=debug`) to trace a failing seed.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
     match env_num("JEWEL_MODEL_HTTP_FAULTS") {
         Some(0) => v.http = false,
         Some(_) => v.http = true,

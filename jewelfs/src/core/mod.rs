@@ -493,7 +493,19 @@ impl Core {
                 _ => {}
             }
         }
+        // A node made in a folder made here shows in that folder's listing, which is
+        // complete from the start (others show when their folder is listed).
+        self.link_pinned();
         Ok(())
+    }
+
+    /// Links every pinned node into its folder's listing, where that listing is cached.
+    fn link_pinned(&self) {
+        for n in self.tree.known() {
+            if self.tree.is_pinned(n.id) {
+                self.tree.link(n.parent, &n.name, n.id);
+            }
+        }
     }
 
     fn set_local(&self, id: NodeId, data: &str, size: u64) {
@@ -2112,11 +2124,7 @@ impl Core {
         }
         self.replay_uploaded();
         self.overlay_pending_in(&self.tree.listed_dirs());
-        for n in self.tree.known() {
-            if self.tree.is_pinned(n.id) {
-                self.tree.link(n.parent, &n.name, n.id);
-            }
-        }
+        self.link_pinned();
         if !self.cursor_known.swap(true, Ordering::Relaxed) {
             self.cursor.store(snap.cursor, Ordering::Relaxed);
         }
