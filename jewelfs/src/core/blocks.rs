@@ -6,7 +6,8 @@
 //!   first) evicts the least recently used blocks when the total passes the capacity.
 //! - **Verified**: a downloaded block is hashed before it is stored; a block already on disk
 //!   is hashed on its first use by this process, and a corrupt one is deleted and fetched
-//!   again. After that the block is trusted (the file is ours, written by rename).
+//!   again. After that the block is trusted (the file is ours: written by rename, or a
+//!   journal content file of this machine linked in, which never changes).
 //! - **One fetch per block**: concurrent readers of a missing block wait on one download
 //!   (a per-hash async lock), then all read the stored file.
 //! - **Read-ahead**: [`BlockCache::prefetch`] claims several blocks at once, asks for their
@@ -162,13 +163,39 @@ impl BlockCache {
         if self.lru.lock().unwrap().touch(hash) {
             return Ok(());
         }
-        // A unique temporary name: two writers of one block must never share a file.
+        let tmp = self.tmp_name(hash);
+        std::fs::write(&tmp, bytes)?;
+        self.add_file(hash, &tmp, bytes.len() as u64)
+    }
+
+    /// Stores a block that is the whole of file `path` (`len` bytes hashing to `hash`, which
+    /// the caller read) by linking that file into the cache: no copy and no new file. For
+    /// the journal's content files, which never change once written (see `journal.rs`): a
+    /// small file this machine wrote then costs the file system one new file, not two (new
+    /// files are what a client making many small ones spends most of its time on). Falls
+    /// back to copying `bytes` when the file system cannot link.
+    pub fn insert_file(&self, hash: &str, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        if self.lru.lock().unwrap().touch(hash) {
+            return Ok(());
+        }
+        let tmp = self.tmp_name(hash);
+        match std::fs::hard_link(path, &tmp) {
+            Ok(()) => self.add_file(hash, &tmp, bytes.len() as u64),
+            Err(_) => self.insert(hash, bytes),
+        }
+    }
+
+    /// A unique temporary name: two writers of one block must never share a file.
+    fn tmp_name(&self, hash: &str) -> PathBuf {
         static TMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = TMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = self.dir.join(format!(".{hash}.{}.{n}", std::process::id()));
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(&tmp, self.path(hash))?;
-        self.lru.lock().unwrap().add(hash, bytes.len() as u64);
+        self.dir.join(format!(".{hash}.{}.{n}", std::process::id()))
+    }
+
+    /// Puts the finished file `tmp` in the cache as block `hash`.
+    fn add_file(&self, hash: &str, tmp: &Path, len: u64) -> std::io::Result<()> {
+        std::fs::rename(tmp, self.path(hash))?;
+        self.lru.lock().unwrap().add(hash, len);
         self.verified.lock().unwrap().insert(hash.to_string());
         self.evict();
         Ok(())
@@ -519,6 +546,28 @@ mod tests {
         cache.prefetch(hashes.clone());
         assert_eq!(server.url_requests.load(Ordering::SeqCst), 1);
         assert_eq!(server.downloads.load(Ordering::SeqCst), 3);
+    }
+
+    /// A journal content file linked in is the cached block without a second file, and it
+    /// stays when the journal removes its own name.
+    #[tokio::test]
+    async fn a_content_file_linked_in_outlives_its_journal_name() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let server = Arc::new(BlockServer::default());
+        let cache = BlockCache::open(&dir.path().join("blocks"), 1 << 20, server.clone()).unwrap();
+        let content = dir.path().join("content");
+        std::fs::write(&content, b"a small file").unwrap();
+        let hash = sha256_hex(b"a small file");
+        cache.insert_file(&hash, &content, b"a small file").unwrap();
+        let linked = std::fs::metadata(cache.path(&hash)).unwrap();
+        assert_eq!(linked.ino(), std::fs::metadata(&content).unwrap().ino());
+        std::fs::remove_file(&content).unwrap();
+        assert!(cache.ready(&hash));
+        let mut buf = [0u8; 20];
+        assert_eq!(cache.read(&hash, 0, &mut buf).unwrap(), 12);
+        assert_eq!(&buf[..12], b"a small file");
+        assert_eq!(server.downloads.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]

@@ -4,7 +4,8 @@
 //! (`+<entry as JSON>` puts or rewrites the entry with that sequence number, `-<seq>` drops
 //! it, `!<seq>` says it was sent at least once; replay keeps the last record of each sequence number, and skips a line without its
 //! newline or that does not parse, so a torn tail is ignored); `data/<name>` holding the
-//! content of a file change (the closed staging file, moved here by rename); and `aliases`,
+//! content of a file change (the closed staging file, moved here by rename; it never changes
+//! after, so the block cache may link a one-block file in instead of copying it); and `aliases`,
 //! an append-only list of `local-id server-id` lines. The log is emptied when no entry is
 //! pending or waiting for a checkpoint (below) and rewritten with only the live entries at start and when it grows large.
 //!

@@ -457,7 +457,8 @@ impl Core {
             move || -> std::io::Result<(Vec<String>, u64, Option<InlineBytes>)> {
                 use std::os::unix::fs::FileExt;
                 let file = std::fs::File::open(&path)?;
-                let len = file.metadata()?.len().min(size);
+                let file_len = file.metadata()?.len();
+                let len = file_len.min(size);
                 let mut hashes = Vec::new();
                 let mut buf = vec![0u8; (len.min(BLOCK_SIZE)) as usize];
                 let mut off = 0;
@@ -465,7 +466,11 @@ impl Core {
                     let want = ((len - off).min(BLOCK_SIZE)) as usize;
                     file.read_exact_at(&mut buf[..want], off)?;
                     let hash = sha256_hex(&buf[..want]);
-                    cache.insert(&hash, &buf[..want])?;
+                    if want as u64 == file_len {
+                        cache.insert_file(&hash, &path, &buf[..want])?; // the whole file
+                    } else {
+                        cache.insert(&hash, &buf[..want])?;
+                    }
                     hashes.push(hash);
                     off += want as u64;
                 }
