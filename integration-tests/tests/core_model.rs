@@ -2098,6 +2098,34 @@ fn core_model_on_three_devices() {
 ///   our own echoes, devA never listed the conflict copy (and at times showed their file at
 ///   `/b` instead of its own). Fixed: a move aside whose answer is lost has its folder
 ///   re-listed once the journal drains (`keep_displaced` in `jewelfs/src/core/uploader.rs`).
+/// Three-device crash seeds that found bugs (`core_model_on_three_devices`' variant, its
+/// first 30 operations), replayed with their HTTP faults and service restarts:
+/// - seed 207: **a folder made offline showed empty after a crash**. devA, cut off, made
+///   `/d.txt`, `/d.txt/e` and `/d.txt/a` and crashed before they went up; started again
+///   online, it put the journaled nodes back but linked none into `/d.txt` (made here, so
+///   its listing is complete from the start), and `/d.txt` stayed empty. Fixed in
+///   `Core::replay_local_state` (`link_pinned`).
+/// - seed 276: **a folder's later changes never reached the device that made it**. devC
+///   made `/a/a` offline, crashed, and started again from its cache; the uploader sent the
+///   folder as soon as the service answered, before the listener had attached the device,
+///   so the service credited the folder to nobody and devC did not watch it: it never heard
+///   of another machine's delete and conflict copy in it. Fixed: the uploader waits for the
+///   device (`run_uploader`).
+#[test]
+fn core_model_three_device_crash_seeds_that_found_bugs() {
+    run_seeds(
+        &[207, 276],
+        Variant {
+            three: true,
+            crash: true,
+            http: true,
+            restarts: true,
+            ops: Some(30),
+            ..Variant::default()
+        },
+    );
+}
+
 #[test]
 fn core_model_three_device_seeds_that_found_bugs() {
     run_seeds(

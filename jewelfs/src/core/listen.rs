@@ -85,6 +85,7 @@ impl Core {
         self.echo_floor.store(me.latest_seq, Ordering::Relaxed);
         *self.listen.lock().unwrap() = dev.listen;
         self.device.store(dev.id, Ordering::Relaxed);
+        self.journal.changed.notify_waiters(); // the uploader waits for a device
         Ok(())
     }
 }

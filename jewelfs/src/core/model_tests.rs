@@ -1016,6 +1016,67 @@ async fn what_was_made_in_a_new_folder_offline_shows_after_a_crash_and_an_online
     assert_eq!(view(&restarted.core).await, before, "once uploaded");
 }
 
+/// A mount that starts offline from its cache sends nothing before it is attached as a
+/// device, so the service credits its changes to it: a folder it made is then one it
+/// watches, and hears of (the real service sends a device only the changes in folders it
+/// listed or made). The uploader used to send the journal as soon as the service answered,
+/// before the listener had attached the device: the folder went up as nobody's, and the
+/// device never heard of another machine's changes in it (three-device seed 276).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_from_an_offline_start_go_up_as_this_device() {
+    let svc = Service::new();
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_online(&svc, dir.path(), "a").await;
+    let tasks = run_tasks(&a);
+    a.save_snapshot().unwrap();
+    svc.online.store(false, Ordering::SeqCst);
+    a.mkdir(ROOT_ID, "made offline", 0o755).await.unwrap();
+    for t in &tasks {
+        t.abort(); // the crash
+    }
+    drop(a);
+
+    // Started offline from the cache (as `jewelfs mount` does when the service is away),
+    // then the service is back, but the listener (which attaches the device) is not running.
+    let api = Arc::new(Client {
+        svc: svc.clone(),
+        device: AtomicU64::new(0),
+    });
+    let mut cfg = Config::new(dir.path().to_path_buf(), "a".to_string());
+    cfg.settle_ms = 1;
+    let again = Core::open(cfg, api).unwrap();
+    assert!(again.load_snapshot().unwrap());
+    svc.online.store(true, Ordering::SeqCst);
+    let uploader = tokio::spawn(again.clone().run_uploader());
+    let made = || {
+        let st = svc.state.lock().unwrap();
+        st.log
+            .iter()
+            .find(|e| e.node.name == "made offline")
+            .map(|e| e.device)
+    };
+    // A window for the uploader to send it, which it must not take: nothing else can tell
+    // that it is waiting.
+    let window = std::time::Instant::now() + Duration::from_millis(500);
+    while std::time::Instant::now() < window {
+        assert_eq!(made(), None, "sent before the device was attached");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let restarted = Device_ {
+        tasks: vec![uploader, tokio::spawn(again.clone().run_listener())],
+        core: again,
+        _dir: dir,
+    };
+    settle(&svc, &[&restarted]).await;
+    let device = restarted.core.device.load(Ordering::SeqCst);
+    assert_ne!(device, 0);
+    assert_eq!(
+        made(),
+        Some(Some(device)),
+        "the folder went up as this device"
+    );
+}
+
 /// A new file renamed over one whose own change is still journaled (both made while the
 /// service was away): the rename wins on the service and here, and the replaced file's last
 /// content goes to the trash. The rename used to be folded into a content change queued

@@ -154,6 +154,15 @@ impl Core {
         let mut pacing = Pacing::default();
         loop {
             let notified = self.journal.changed.notified();
+            if self.device.load(Ordering::Relaxed) == 0 {
+                // Nothing goes up before this mount is attached as a device (an offline
+                // start attaches once the service answers): the service credits each change
+                // to the device that sent it, and a device watches the folders it made from
+                // their creation on. A folder sent without one was never heard of here
+                // again (three-device seed 276). Attaching notifies `changed`.
+                let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+                continue;
+            }
             match self.journal.take(self.cfg.settle_ms) {
                 Ok(entry) => {
                     let more = self.take_batch(&entry);

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::core::api::{Api, ApiErr};
 use crate::core::{Config, Core};
@@ -161,11 +162,13 @@ pub async fn start(cfg: Config, api: Arc<dyn Api>) -> Result<Running, StartErr> 
         Err(why) => return Err(StartErr::Unexpected { server, why }),
     };
 
+    // Each task's log lines name the device (a process may run many clients: the bench).
+    let span = tracing::info_span!("client", device = %core.cfg.device_name);
     let tasks = vec![
-        tokio::spawn(core.clone().run_uploader()),
-        tokio::spawn(core.clone().run_listener()),
-        tokio::spawn(core.clone().run_syncer()),
-        tokio::spawn(core.clone().run_preuploader()),
+        tokio::spawn(core.clone().run_uploader().instrument(span.clone())),
+        tokio::spawn(core.clone().run_listener().instrument(span.clone())),
+        tokio::spawn(core.clone().run_syncer().instrument(span.clone())),
+        tokio::spawn(core.clone().run_preuploader().instrument(span)),
     ];
     let saver = Some(tokio::spawn(save_tree(core.clone())));
     Ok(Running {
