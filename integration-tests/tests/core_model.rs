@@ -2087,17 +2087,6 @@ fn core_model_on_three_devices() {
     );
 }
 
-/// Three-device seeds that found bugs, replayed with their HTTP faults (the faults a device
-/// meets are drawn in the order it sends its requests, so a replay of operations that do not
-/// race meets the same ones):
-/// - racing seed 61 (its first 10 operations, a split, before any racing phase): **a conflict
-///   copy never shown on the device that made it**. devA, cut off, renamed a new file onto
-///   `/b`, a name the others filled meanwhile. Back online its move was refused (`exists`),
-///   and it moved their file aside under a conflict name; the service did that move but its
-///   answer came back torn. The rename, tried again, went ahead, and as the listener skips
-///   our own echoes, devA never listed the conflict copy (and at times showed their file at
-///   `/b` instead of its own). Fixed: a move aside whose answer is lost has its folder
-///   re-listed once the journal drains (`keep_displaced` in `jewelfs/src/core/uploader.rs`).
 /// Three-device crash seeds that found bugs (`core_model_on_three_devices`' variant, its
 /// first 30 operations), replayed with their HTTP faults and service restarts:
 /// - seed 207: **a folder made offline showed empty after a crash**. devA, cut off, made
@@ -2126,6 +2115,17 @@ fn core_model_three_device_crash_seeds_that_found_bugs() {
     );
 }
 
+/// Three-device seeds that found bugs, replayed with their HTTP faults (the faults a device
+/// meets are drawn in the order it sends its requests, so a replay of operations that do not
+/// race meets the same ones):
+/// - racing seed 61 (its first 10 operations, a split, before any racing phase): **a conflict
+///   copy never shown on the device that made it**. devA, cut off, renamed a new file onto
+///   `/b`, a name the others filled meanwhile. Back online its move was refused (`exists`),
+///   and it moved their file aside under a conflict name; the service did that move but its
+///   answer came back torn. The rename, tried again, went ahead, and as the listener skips
+///   our own echoes, devA never listed the conflict copy (and at times showed their file at
+///   `/b` instead of its own). Fixed: a move aside whose answer is lost has its folder
+///   re-listed once the journal drains (`keep_displaced` in `jewelfs/src/core/uploader.rs`).
 #[test]
 fn core_model_three_device_seeds_that_found_bugs() {
     run_seeds(
