@@ -1056,15 +1056,13 @@ impl Core {
         mtime_ns: i64,
     ) -> Res<Node> {
         let mut parent = parent;
-        for attempt in 0..8u32 {
-            let copy_name = free_conflict_name(name, &self.cfg.device_name, now_ns(), |n| {
-                self.taken(parent, n)
-            });
-            let copy_name = if attempt > 0 {
-                super::conflict::conflict_name(name, &self.cfg.device_name, now_ns(), attempt + 1)
-            } else {
-                copy_name
-            };
+        // Named after the edit's time, not the clock's, and tried in the same order every
+        // time: a retry after a lost answer asks for the name the first try took, and the
+        // service's "exists, with this content" says the copy is there (a name from the
+        // clock made a second copy in a later second).
+        for attempt in 1..=8u32 {
+            let copy_name =
+                super::conflict::conflict_name(name, &self.cfg.device_name, mtime_ns, attempt);
             let req = CreateNode {
                 parent,
                 name: copy_name,
