@@ -1129,7 +1129,9 @@ impl Core {
                         self.show_recreated(id, c)?;
                         return Ok(());
                     }
-                    name = free_conflict_name(&old.name, &self.cfg.device_name, now_ns(), |n| {
+                    // After the edit's time, as `create_copy` names it: a retry after a
+                    // lost answer meets the copy it made.
+                    name = free_conflict_name(&old.name, &self.cfg.device_name, mtime_ns, |n| {
                         n == name || self.taken(parent, n)
                     });
                     self.conflicts.fetch_add(1, Ordering::Relaxed);
