@@ -126,6 +126,15 @@ impl Core {
                     self.online.store(false, Ordering::Relaxed);
                     if e.code() == Some(ErrorCode::Unauthorized) {
                         self.token_refused(&e);
+                    } else if !e.is_transient() {
+                        // Refused (a full device list, say): nothing uploads until this mount
+                        // is a device, so `status` says why.
+                        let why = format!("the service does not take this machine as a device: {e}; changes wait in the journal");
+                        let mut last = self.last_error.lock().unwrap();
+                        if last.as_deref() != Some(why.as_str()) {
+                            tracing::warn!("{why}");
+                            *last = Some(why);
+                        }
                     }
                     tracing::debug!("service unreachable: {e}");
                     tokio::time::sleep(backoff).await;
