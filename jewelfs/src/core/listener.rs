@@ -38,6 +38,9 @@ use jewel_wire::*;
 use super::api::ApiErr;
 use super::blocks::sha256_hex;
 
+/// How `status` starts while the service will not take this mount as a device.
+pub const NOT_A_DEVICE: &str = "the service does not take this machine as a device";
+
 /// What `status` says while the service refuses this machine's token.
 pub const TOKEN_REFUSED: &str = "the service refused this machine's token (unlinked, or the \
     account token was reissued): run `jewelfs login` to link it again; pending changes are kept \
@@ -102,10 +105,13 @@ impl Core {
         *self.last_error.lock().unwrap() = Some(TOKEN_REFUSED.to_string());
     }
 
-    /// The token works (again): forget the refusal.
+    /// The token works (again): forget the refusal (of the token, or of the device).
     pub(crate) fn token_accepted(&self) {
         let mut last = self.last_error.lock().unwrap();
-        if last.as_deref() == Some(TOKEN_REFUSED) {
+        if last
+            .as_deref()
+            .is_some_and(|l| l == TOKEN_REFUSED || l.starts_with(NOT_A_DEVICE))
+        {
             *last = None;
         }
     }
@@ -129,7 +135,7 @@ impl Core {
                     } else if !e.is_transient() {
                         // Refused (a full device list, say): nothing uploads until this mount
                         // is a device, so `status` says why.
-                        let why = format!("the service does not take this machine as a device: {e}; changes wait in the journal");
+                        let why = format!("{NOT_A_DEVICE}: {e}; changes wait in the journal");
                         let mut last = self.last_error.lock().unwrap();
                         if last.as_deref() != Some(why.as_str()) {
                             tracing::warn!("{why}");

@@ -44,6 +44,8 @@ struct Service {
     /// Told when a create is held, and when the hold is lifted.
     create_held: tokio::sync::Notify,
     creates_go: tokio::sync::Notify,
+    /// While set, registering a device is refused (a full device list).
+    refuse_devices: AtomicBool,
     /// While set, the next conflict copy's create is done but its answer lost: the service
     /// goes away right after it commits (and stays away until the test brings it back).
     lose_copy_answer: AtomicBool,
@@ -93,6 +95,7 @@ impl Service {
             create_held: tokio::sync::Notify::new(),
             creates_go: tokio::sync::Notify::new(),
             lose_copy_answer: AtomicBool::new(false),
+            refuse_devices: AtomicBool::new(false),
         })
     }
 
@@ -367,6 +370,9 @@ impl Api for Client {
     }
     async fn register_device(&self, name: &str) -> ApiResult<Device> {
         self.svc.up()?;
+        if self.svc.refuse_devices.load(Ordering::SeqCst) {
+            return Err(err(ErrorCode::Forbidden, "too many devices"));
+        }
         let mut st = self.svc.state.lock().unwrap();
         let id = st.next_device;
         st.next_device += 1;
@@ -1085,6 +1091,53 @@ async fn changes_from_an_offline_start_go_up_as_this_device() {
         Some(Some(device)),
         "the folder went up as this device"
     );
+}
+
+/// A mount the service will not take as a device (its device list is full) uploads
+/// nothing, keeps its changes and says why in `status`; once the service takes it, the
+/// changes go up and the message goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mount_refused_as_a_device_keeps_its_changes_and_says_why() {
+    let svc = Service::new();
+    svc.refuse_devices.store(true, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let api = Arc::new(Client {
+        svc: svc.clone(),
+        device: AtomicU64::new(0),
+    });
+    let mut cfg = Config::new(dir.path().to_path_buf(), "a".to_string());
+    cfg.settle_ms = 1;
+    let core = Core::open(cfg, api).unwrap();
+    assert!(core.connect().await.is_err());
+    let a = Device_ {
+        tasks: run_tasks(&core),
+        core,
+        _dir: dir,
+    };
+    write(&a.core, ROOT_ID, "kept.txt", b"made while refused").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = a.core.status();
+        if st
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with(super::listener::NOT_A_DEVICE))
+        {
+            assert_eq!(st.pending_uploads, 1, "the change waits");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status never said why: {:?}",
+            st.last_error
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    svc.refuse_devices.store(false, Ordering::SeqCst);
+    settle(&svc, &[&a]).await;
+    assert_eq!(a.core.status().last_error, None);
+    let st = svc.state.lock().unwrap();
+    assert!(st.nodes.values().any(|n| n.name == "kept.txt"));
 }
 
 /// A conflict copy whose create answer was lost is made once: the retry names it as the
