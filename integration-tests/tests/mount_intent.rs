@@ -13,7 +13,8 @@
 //! over `NAME`), append, rename between the folder and its sub-folders, delete, and rename
 //! a sub-folder away and straight back. Both machines also write, rename and delete a few
 //! names in `shared/`. `JEWEL_INTENT_SEED` replays one seed (the timing between the
-//! machines does not replay), `JEWEL_INTENT_CASES=n` runs seeds 1..=n (`make soak`);
+//! machines does not replay), `JEWEL_INTENT_CASES=n` runs seeds 1..=n (`make soak`;
+//! `JEWEL_INTENT_FROM=k` starts at k instead, to go on past a failing seed);
 //! `JEWEL_INTENT_OPS` sets the operations per machine.
 
 use std::collections::BTreeMap;
@@ -305,7 +306,13 @@ fn each_machines_own_changes_survive_concurrency_outages_and_a_crash() {
         .and_then(|v| v.parse::<u64>().ok());
     let seeds: Vec<u64> = match (std::env::var("JEWEL_INTENT_SEED"), cases) {
         (Ok(s), _) => vec![s.parse().expect("JEWEL_INTENT_SEED is a number")],
-        (Err(_), Some(n)) => (1..=n).collect(),
+        (Err(_), Some(n)) => {
+            let from = std::env::var("JEWEL_INTENT_FROM")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(1);
+            (from..from + n).collect()
+        }
         (Err(_), None) => vec![1, 2, 6],
     };
     for seed in seeds {
