@@ -105,6 +105,17 @@ impl Core {
         *self.last_error.lock().unwrap() = Some(TOKEN_REFUSED.to_string());
     }
 
+    /// The service will not take this mount as a device (a full device list, say): nothing
+    /// uploads until it does, so `status` says why (logged once per message).
+    fn device_refused(&self, e: &ApiErr) {
+        let why = format!("{NOT_A_DEVICE}: {e}; changes wait in the journal");
+        let mut last = self.last_error.lock().unwrap();
+        if last.as_deref() != Some(why.as_str()) {
+            tracing::warn!("{why}");
+            *last = Some(why);
+        }
+    }
+
     /// The token works (again): forget the refusal (of the token, or of the device).
     pub(crate) fn token_accepted(&self) {
         let mut last = self.last_error.lock().unwrap();
@@ -133,14 +144,7 @@ impl Core {
                     if e.code() == Some(ErrorCode::Unauthorized) {
                         self.token_refused(&e);
                     } else if !e.is_transient() {
-                        // Refused (a full device list, say): nothing uploads until this mount
-                        // is a device, so `status` says why.
-                        let why = format!("{NOT_A_DEVICE}: {e}; changes wait in the journal");
-                        let mut last = self.last_error.lock().unwrap();
-                        if last.as_deref() != Some(why.as_str()) {
-                            tracing::warn!("{why}");
-                            *last = Some(why);
-                        }
+                        self.device_refused(&e);
                     }
                     tracing::debug!("service unreachable: {e}");
                     tokio::time::sleep(backoff).await;

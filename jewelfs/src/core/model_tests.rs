@@ -484,16 +484,21 @@ impl Drop for Device_ {
     }
 }
 
-/// Starts a client on `dir` as `jewelfs mount` starts one online: connects, lists the top
-/// folder, runs the uploader and the listener.
-async fn start_online(svc: &Arc<Service>, dir: &std::path::Path, name: &str) -> Arc<Core> {
+/// Opens a client's core on its cache `dir` (nothing attached, nothing running).
+fn open_core(svc: &Arc<Service>, dir: &std::path::Path, name: &str) -> Arc<Core> {
     let api = Arc::new(Client {
         svc: svc.clone(),
         device: AtomicU64::new(0),
     });
     let mut cfg = Config::new(dir.to_path_buf(), name.to_string());
     cfg.settle_ms = 1;
-    let core = Core::open(cfg, api).unwrap();
+    Core::open(cfg, api).unwrap()
+}
+
+/// Starts a client on `dir` as `jewelfs mount` starts one online: connects and lists the
+/// top folder (the caller runs the uploader and the listener, [`run_tasks`]).
+async fn start_online(svc: &Arc<Service>, dir: &std::path::Path, name: &str) -> Arc<Core> {
+    let core = open_core(svc, dir, name);
     core.connect().await.unwrap();
     core.ensure_listing(ROOT_ID).await.unwrap();
     core
@@ -972,13 +977,7 @@ async fn a_restart_from_a_tree_saved_at_seq_0_catches_up() {
     write(&b.core, ROOT_ID, "x", b"made while a was away").await;
     settle(&svc, &[&b]).await;
 
-    let api = Arc::new(Client {
-        svc: svc.clone(),
-        device: AtomicU64::new(0),
-    });
-    let mut cfg = Config::new(a._dir.path().to_path_buf(), "a".to_string());
-    cfg.settle_ms = 1;
-    let again = Core::open(cfg, api).unwrap();
+    let again = open_core(&svc, a._dir.path(), "a");
     assert!(again.load_snapshot().unwrap());
     again.connect().await.unwrap();
     // As a mount starts it: the uploader too (it also reads the cached listings again as the
@@ -1054,13 +1053,7 @@ async fn changes_from_an_offline_start_go_up_as_this_device() {
 
     // Started offline from the cache (as `jewelfs mount` does when the service is away),
     // then the service is back, but the listener (which attaches the device) is not running.
-    let api = Arc::new(Client {
-        svc: svc.clone(),
-        device: AtomicU64::new(0),
-    });
-    let mut cfg = Config::new(dir.path().to_path_buf(), "a".to_string());
-    cfg.settle_ms = 1;
-    let again = Core::open(cfg, api).unwrap();
+    let again = open_core(&svc, dir.path(), "a");
     assert!(again.load_snapshot().unwrap());
     svc.online.store(true, Ordering::SeqCst);
     let uploader = tokio::spawn(again.clone().run_uploader());
@@ -1101,13 +1094,7 @@ async fn a_mount_refused_as_a_device_keeps_its_changes_and_says_why() {
     let svc = Service::new();
     svc.refuse_devices.store(true, Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
-    let api = Arc::new(Client {
-        svc: svc.clone(),
-        device: AtomicU64::new(0),
-    });
-    let mut cfg = Config::new(dir.path().to_path_buf(), "a".to_string());
-    cfg.settle_ms = 1;
-    let core = Core::open(cfg, api).unwrap();
+    let core = open_core(&svc, dir.path(), "a");
     assert!(core.connect().await.is_err());
     let a = Device_ {
         tasks: run_tasks(&core),

@@ -168,9 +168,9 @@ pub async fn start(cfg: Config, api: Arc<dyn Api>) -> Result<Running, StartErr> 
         tokio::spawn(core.clone().run_uploader().instrument(span.clone())),
         tokio::spawn(core.clone().run_listener().instrument(span.clone())),
         tokio::spawn(core.clone().run_syncer().instrument(span.clone())),
-        tokio::spawn(core.clone().run_preuploader().instrument(span)),
+        tokio::spawn(core.clone().run_preuploader().instrument(span.clone())),
     ];
-    let saver = Some(tokio::spawn(save_tree(core.clone())));
+    let saver = Some(tokio::spawn(save_tree(core.clone()).instrument(span)));
     Ok(Running {
         core,
         saver,
