@@ -316,6 +316,8 @@ fn each_machines_own_changes_survive_concurrency_outages_and_a_crash() {
         (Err(_), None) => vec![1, 2, 6],
     };
     for seed in seeds {
+        let begun = std::time::Instant::now();
         run(seed, ops);
+        eprintln!("seed {seed}: passed in {:.1?}", begun.elapsed());
     }
 }
