@@ -829,6 +829,22 @@ impl Core {
                 }
             }
         }
+        // A node moved here whose old place no listing holds (a snapshot saves it where it
+        // was moved to, in a folder made here, which the snapshot leaves out) is placed by
+        // its pending move all the same.
+        for (id, to) in fate {
+            let Some((p, n)) = to else { continue };
+            if self.tree.is_pinned(id) {
+                continue;
+            }
+            if let Some(node) = self.tree.get(id) {
+                let mut moved = (*node).clone();
+                moved.parent = p;
+                moved.name = n.clone();
+                self.tree.link(p, &n, id);
+                self.tree.pin(moved);
+            }
+        }
     }
 
     /// A directory's entries (without `.` and `..`).

@@ -1031,6 +1031,44 @@ async fn what_was_made_in_a_new_folder_offline_shows_after_a_crash_and_an_online
     assert_eq!(view(&restarted.core).await, before, "once uploaded");
 }
 
+/// A file of the service's moved into a folder made here, both while the service was
+/// away, shows there after a crash and an offline start from the saved tree. The saved tree
+/// holds the file where it was moved to and leaves out the folder made here, so no listing
+/// held the file and the start placed it nowhere: it was gone from the view
+/// (three-device model seed 410).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_moved_offline_into_a_new_folder_shows_after_an_offline_start() {
+    let svc = Service::new();
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_online(&svc, dir.path(), "a").await;
+    let tasks = run_tasks(&a);
+    write(&a, ROOT_ID, "b", b"the service's file").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while a.journal.pending() > 0 || a.cursor.load(Ordering::SeqCst) < svc.latest() {
+        assert!(std::time::Instant::now() < deadline, "never uploaded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    svc.online.store(false, Ordering::SeqCst);
+    let d = a.mkdir(ROOT_ID, "d", 0o755).await.unwrap();
+    a.rename(ROOT_ID, "b", d.id, "c", MoveMode::Replace)
+        .await
+        .unwrap();
+    let before = view(&a).await;
+    assert_eq!(
+        before.get("/d/c"),
+        Some(&Some(b"the service's file".to_vec()))
+    );
+    a.save_snapshot().unwrap();
+    for t in &tasks {
+        t.abort(); // the crash
+    }
+    drop(a);
+
+    let again = open_core(&svc, dir.path(), "a");
+    assert!(again.load_snapshot().unwrap());
+    assert_eq!(view(&again).await, before, "started offline from the cache");
+}
+
 /// A mount that starts offline from its cache sends nothing before it is attached as a
 /// device, so the service credits its changes to it: a folder it made is then one it
 /// watches, and hears of (the real service sends a device only the changes in folders it
