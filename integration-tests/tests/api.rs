@@ -460,6 +460,75 @@ fn the_change_feed_and_long_poll() {
     assert!(empty.events.is_empty());
 }
 
+/// A device's own changes (its echoes) are not worth a long-poll answer of their own: a page
+/// of only those waits up to a second for another device's change, so a writing client is
+/// not answered once per commit. They still arrive, and another device's change goes out
+/// with them.
+#[test]
+fn a_devices_own_changes_wait_for_company_but_not_long() {
+    let server = Server::start();
+    let api = Api::new(&server, &server.add_user("olga"));
+    let me: Device = api.ok(api.post("/devices", json!({"name": "laptop"})));
+    let other: Device = api.ok(api.post("/devices", json!({"name": "desk"})));
+    api.ok::<ListPage>(api.as_device(me.id, api.http.get(api.url("/nodes/1/children"))));
+    let mkdir_as = |device: DeviceId, name: &str| -> Node {
+        api.ok(api.as_device(
+            device,
+            api.http
+                .post(api.url("/nodes"))
+                .json(&json!({"parent": 1, "name": name, "kind": "dir"})),
+        ))
+    };
+    let poll = |since: Seq| -> (ChangePage, Duration) {
+        let begun = Instant::now();
+        let page: ChangePage = api.ok(api.get(&format!(
+            "/devices/{}/poll?since={since}&timeout_ms=20000",
+            me.id
+        )));
+        (page, begun.elapsed())
+    };
+
+    // Only its own change: held back, then answered well before the poll's timeout.
+    let cursor = api.latest_seq();
+    let mine = mkdir_as(me.id, "mine");
+    let (page, waited) = poll(cursor);
+    let ids: Vec<NodeId> = page.events.iter().map(|e| e.node.id).collect();
+    assert_eq!(ids, vec![mine.id], "its own change still arrives");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "a page of its own changes was answered at once ({waited:?})"
+    );
+    assert!(waited < Duration::from_secs(10), "held {waited:?}");
+
+    // Its own change and then another device's: both, in order, in one answer.
+    let cursor = page.through.unwrap();
+    let mine = mkdir_as(me.id, "mine2");
+    let poll_thread = {
+        let api = Api::new(&server, &api.token);
+        let id = me.id;
+        std::thread::spawn(move || -> ChangePage {
+            api.ok(api.get(&format!(
+                "/devices/{id}/poll?since={cursor}&timeout_ms=20000"
+            )))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let theirs = mkdir_as(other.id, "theirs");
+    let page = poll_thread.join().unwrap();
+    let ids: Vec<NodeId> = page.events.iter().map(|e| e.node.id).collect();
+    assert_eq!(ids, vec![mine.id, theirs.id]);
+
+    // Another device's change alone is answered as before (the test above waits on it).
+    let (page, _) = {
+        let cursor = page.through.unwrap();
+        let theirs = mkdir_as(other.id, "theirs2");
+        let (page, waited) = poll(cursor);
+        assert_eq!(page.events[0].node.id, theirs.id);
+        (page, waited)
+    };
+    assert_eq!(page.events.len(), 1);
+}
+
 /// A device hears the folders it listed (or made), from when it listed them: not a folder it
 /// never opened, whose changes it sees whole when it lists it, and a long-poll already
 /// waiting wakes for a change in a folder listed while it waited.

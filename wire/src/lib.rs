@@ -51,7 +51,9 @@
 //! [`MAX_NODE_JSON_BYTES`] of JSON.
 //!
 //! Mutating requests may carry [`DEVICE_HEADER`] naming the caller's device, so the change
-//! events they cause say which device caused them (a client skips its own echoes).
+//! events they cause say which device caused them (a client skips its own echoes). A
+//! long-poll whose page holds only the caller's own changes may be held back up to a second,
+//! for another device's change to go with it: own echoes arrive, but not one answer each.
 //!
 //! **Who hears what.** A device hears the changes in the folders it has listed, not every
 //! change of its user: a listing (`GET /nodes/{id}/children`, first page) with

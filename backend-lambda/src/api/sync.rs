@@ -18,6 +18,13 @@
 //! log, so a burst of changes goes out as one page rather than one answer (and one new poll)
 //! per change: with many devices of one user all waiting, every commit woke every device,
 //! and each answered with a single event (a thundering herd, once per change).
+//!
+//! A page that holds only the caller's own changes (its echoes: the client already applied
+//! the answers to its own requests) is held back up to [`OWN_ECHO_DELAY`] for another
+//! device's change to go with it. A writing client then gets about one answer a second for
+//! its echoes instead of one per commit (each commit woke the writer's own poll as well as
+//! the others': a third of the answers in the bench). The echoes still arrive, within that
+//! delay: the client uses them to repair names it holds (`listener.rs`, `keep_listed`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,6 +167,20 @@ pub struct PollQuery {
 /// short against the one-second promise, long enough to gather a burst.
 pub const POLL_LINGER: Duration = Duration::from_millis(10);
 
+/// How long a page of only the caller's own changes waits for another device's (see the
+/// module docs): the longest a client's own echo is held back.
+pub const OWN_ECHO_DELAY: Duration = Duration::from_secs(1);
+
+/// Whether `page` is worth answering at once: it holds a change of another device, or it
+/// is cut short (the device must read on to reach the rest).
+fn has_news(page: &ChangePage, device: DeviceId) -> bool {
+    let covered = page
+        .through
+        .or_else(|| page.events.last().map(|e| e.seq))
+        .unwrap_or(page.latest_seq);
+    covered < page.latest_seq || page.events.iter().any(|e| e.device != Some(device))
+}
+
 pub async fn poll(
     State(svc): S,
     caller: Caller,
@@ -177,11 +198,17 @@ pub async fn poll(
     let limit = svc.limits.max_page;
     let read = || device_page(&svc, user, device, q.every_folder, q.since, limit);
     let mut page = read().await?;
-    if !page.events.is_empty() {
+    if has_news(&page, device) {
         return Ok(Json(page));
     }
     let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(25_000)).min(svc.limits.max_poll);
-    let deadline = tokio::time::Instant::now() + timeout;
+    let mut deadline = tokio::time::Instant::now() + timeout;
+    // Own echoes wait for company, but not long.
+    let hold_echoes =
+        |deadline: tokio::time::Instant| deadline.min(tokio::time::Instant::now() + OWN_ECHO_DELAY);
+    if !page.events.is_empty() {
+        deadline = hold_echoes(deadline);
+    }
     tokio::pin!(unlinked);
     let mut watched = None;
     loop {
@@ -229,9 +256,13 @@ pub async fn poll(
         }
         watched = Some((watch_generation, folders));
         tokio::time::sleep(POLL_LINGER).await;
+        let had_echoes = !page.events.is_empty();
         page = read().await?;
-        if !page.events.is_empty() || tokio::time::Instant::now() >= deadline {
+        if has_news(&page, device) || tokio::time::Instant::now() >= deadline {
             return Ok(Json(page));
+        }
+        if !page.events.is_empty() && !had_echoes {
+            deadline = hold_echoes(deadline);
         }
     }
 }
