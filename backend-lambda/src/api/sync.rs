@@ -203,15 +203,15 @@ pub async fn poll(
     }
     let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(25_000)).min(svc.limits.max_poll);
     let mut deadline = tokio::time::Instant::now() + timeout;
-    // Own echoes wait for company, but not long.
-    let hold_echoes =
-        |deadline: tokio::time::Instant| deadline.min(tokio::time::Instant::now() + OWN_ECHO_DELAY);
-    if !page.events.is_empty() {
-        deadline = hold_echoes(deadline);
-    }
+    let mut echoes_held = false;
     tokio::pin!(unlinked);
     let mut watched = None;
     loop {
+        // Own echoes wait for company, but not long: from when the first is in the page.
+        if !echoes_held && !page.events.is_empty() {
+            echoes_held = true;
+            deadline = deadline.min(tokio::time::Instant::now() + OWN_ECHO_DELAY);
+        }
         // The generation first: a folder listed after the folders are read ends the wait.
         let watch_generation = svc.bus.watch_generation(user, device);
         let folders = match watched.take() {
@@ -256,13 +256,9 @@ pub async fn poll(
         }
         watched = Some((watch_generation, folders));
         tokio::time::sleep(POLL_LINGER).await;
-        let had_echoes = !page.events.is_empty();
         page = read().await?;
         if has_news(&page, device) || tokio::time::Instant::now() >= deadline {
             return Ok(Json(page));
-        }
-        if !page.events.is_empty() && !had_echoes {
-            deadline = hold_echoes(deadline);
         }
     }
 }
