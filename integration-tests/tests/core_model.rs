@@ -2105,10 +2105,19 @@ fn core_model_on_three_devices() {
 ///   so the service credited the folder to nobody and devC did not watch it: it never heard
 ///   of another machine's delete and conflict copy in it. Fixed: the uploader waits for the
 ///   device (`run_uploader`).
+/// - seed 410: **a file moved offline into a folder made offline vanished after a crash**.
+///   devB, cut off, made `/d.txt` and moved `/b` to `/d.txt/c.txt`, then crashed and
+///   started offline from its cache. The saved tree holds `/b`'s node where it was moved to
+///   and leaves out the folder made here, so no listing held the node and the start placed
+///   it nowhere. Fixed in `Core::overlay_pending_in` (a pending move places its node even
+///   when no listing holds it). Seed 397 and the crash variant's seed 96 each failed once on
+///   the same check (a node moved offline not where its move put it after an offline
+///   start) and passed on every replay, before and after the fix: timing decides what the
+///   saved tree holds, and the fix places a pending move's node whatever it holds.
 #[test]
 fn core_model_three_device_crash_seeds_that_found_bugs() {
     run_seeds(
-        &[207, 276],
+        &[207, 276, 410],
         Variant {
             three: true,
             crash: true,
