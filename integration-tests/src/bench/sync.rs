@@ -992,6 +992,13 @@ pub fn run_core(
         run.wall_s = cpu0.2.elapsed().as_secs_f64();
         run.machine_cpu_s = super::env::machine_busy_s() - cpu0.3;
         run.io_stall_s = super::env::io_stall_s() - cpu0.4;
+        progress(&format!(
+            "{} N={n} run {}: CPU-s server {:.2}, clients {:.2}",
+            mode.name(),
+            r + 1,
+            run.server_cpu_s,
+            run.clients_cpu_s
+        ));
         let end = server.mark();
         request_stats(server, mark, end, &mut run, n * FILES);
         let mut cs = Vec::new();
