@@ -73,6 +73,18 @@ fn a_clean_unmount_logs_no_warning() {
     assert_quiet(&log);
 }
 
+/// The newest change in the user's log, as the service says.
+fn latest_seq(server: &Server, token: &str) -> jewel_wire::Seq {
+    let me: jewel_wire::Me = reqwest::blocking::Client::new()
+        .get(format!("{}{}/me", server.url, jewel_wire::API_PREFIX))
+        .bearer_auth(token)
+        .send()
+        .and_then(|r| r.error_for_status())
+        .and_then(|r| r.json())
+        .expect("GET /me");
+    me.latest_seq
+}
+
 #[test]
 fn an_idle_mount_does_not_rewrite_its_status_file() {
     let server = Server::start();
@@ -85,10 +97,13 @@ fn an_idle_mount_does_not_rewrite_its_status_file() {
         let m = fs::metadata(&file).expect("the status file");
         (m.ino(), m.mtime(), m.mtime_nsec(), m.len())
     };
-    // Let what just happened reach the file (it lags by at most 10 s), then watch.
+    // Let what just happened reach the file (it lags by at most 10 s), then watch. Done
+    // means uploaded and heard back: the mount's own changes come back as events (the
+    // service may hold them up to a second), and the status file names the newest it heard.
+    let latest = latest_seq(&server, &token);
     wait_for("the status file to say the upload is done", SYNC, || {
         jewelfs::mount::read_status(a.path())
-            .filter(|s| s.pending_uploads == 0 && s.uploaded >= 1)
+            .filter(|s| s.pending_uploads == 0 && s.uploaded >= 1 && s.last_seq >= latest)
             .map(|_| ())
     });
     let before = stamp();

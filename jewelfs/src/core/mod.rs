@@ -779,7 +779,8 @@ impl Core {
         self.overlay_pending_in(&[dir]);
     }
 
-    /// [`Core::overlay_pending`] for the listings of `dirs` (all of a snapshot just loaded).
+    /// [`Core::overlay_pending`] for the listings of `dirs` (all of a snapshot just loaded);
+    /// a node whose pending move the tree forgot is pinned at its new place wherever it was.
     fn overlay_pending_in(&self, dirs: &[NodeId]) {
         let entries = self.journal.entries();
         if entries.is_empty() {
@@ -808,41 +809,36 @@ impl Core {
                 _ => {}
             }
         }
+        // A node moved here and not pinned (the tree forgot the move: a restart) leaves its
+        // old place in these listings and is pinned at its new one.
+        let forgotten = |id: NodeId| !self.tree.is_pinned(id) && self.tree.get(id).is_some();
         for &dir in dirs {
             for (name, id) in self.tree.listing(dir).unwrap_or_default() {
                 match fate.get(&id) {
                     Some(None) => self.tree.unlink(dir, &name, id),
-                    Some(Some((p, n))) if (*p, n.as_str()) != (dir, name.as_str()) => {
-                        if self.tree.is_pinned(id) {
-                            continue; // its pinned place is the local one already
-                        }
-                        if let Some(node) = self.tree.get(id) {
-                            let mut moved = (*node).clone();
-                            moved.parent = *p;
-                            moved.name = n.clone();
-                            self.tree.unlink(dir, &name, id);
-                            self.tree.link(*p, n, id);
-                            self.tree.pin(moved);
-                        }
+                    Some(Some((p, n)))
+                        if (*p, n.as_str()) != (dir, name.as_str()) && forgotten(id) =>
+                    {
+                        self.tree.unlink(dir, &name, id)
                     }
                     _ => {}
                 }
             }
         }
-        // A node moved here whose old place no listing holds (a snapshot saves it where it
-        // was moved to, in a folder made here, which the snapshot leaves out) is placed by
-        // its pending move all the same.
+        // Whether or not a listing held its old place: a saved tree holds such a node where
+        // it was moved to, and leaves out a folder made here that it went into.
         for (id, to) in fate {
-            let Some((p, n)) = to else { continue };
-            if self.tree.is_pinned(id) {
+            let Some((parent, name)) = to else { continue };
+            if !forgotten(id) {
                 continue;
             }
             if let Some(node) = self.tree.get(id) {
-                let mut moved = (*node).clone();
-                moved.parent = p;
-                moved.name = n.clone();
-                self.tree.link(p, &n, id);
-                self.tree.pin(moved);
+                self.tree.link(parent, &name, id);
+                self.tree.pin(Node {
+                    parent,
+                    name,
+                    ..(*node).clone()
+                });
             }
         }
     }
