@@ -1040,14 +1040,15 @@ async fn what_was_made_in_a_new_folder_offline_shows_after_a_crash_and_an_online
 async fn a_file_moved_offline_into_a_new_folder_shows_after_an_offline_start() {
     let svc = Service::new();
     let dir = tempfile::tempdir().unwrap();
-    let a = start_online(&svc, dir.path(), "a").await;
-    let tasks = run_tasks(&a);
+    let core = start_online(&svc, dir.path(), "a").await;
+    let device = Device_ {
+        tasks: run_tasks(&core),
+        core,
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    let a = device.core.clone();
     write(&a, ROOT_ID, "b", b"the service's file").await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while a.journal.pending() > 0 || a.cursor.load(Ordering::SeqCst) < svc.latest() {
-        assert!(std::time::Instant::now() < deadline, "never uploaded");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    settle(&svc, &[&device]).await;
     svc.online.store(false, Ordering::SeqCst);
     let d = a.mkdir(ROOT_ID, "d", 0o755).await.unwrap();
     a.rename(ROOT_ID, "b", d.id, "c", MoveMode::Replace)
@@ -1059,10 +1060,10 @@ async fn a_file_moved_offline_into_a_new_folder_shows_after_an_offline_start() {
         Some(&Some(b"the service's file".to_vec()))
     );
     a.save_snapshot().unwrap();
-    for t in &tasks {
+    for t in &device.tasks {
         t.abort(); // the crash
     }
-    drop(a);
+    drop((a, device));
 
     let again = open_core(&svc, dir.path(), "a");
     assert!(again.load_snapshot().unwrap());
